@@ -1,0 +1,139 @@
+//! Operator routes: connections, rooms, channels, disconnecting, shutting down.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{Admin, ApiError, ok};
+use crate::node::Node;
+use crate::transport::frame::close_code;
+
+/// One connection as operators see it.
+#[derive(Debug, Serialize)]
+pub struct ConnectionInfo {
+    /// Id for disconnecting.
+    pub connection_id: String,
+    /// The client's own id.
+    pub client_id: String,
+    /// Authenticated user.
+    pub user_id: Option<String>,
+    /// Remote address.
+    pub remote_addr: String,
+    /// The endpoint path.
+    pub path: String,
+    /// RFC 3339 connect time.
+    pub connected_at: String,
+    /// Subscribed channels.
+    pub channels: Vec<String>,
+    /// Joined rooms.
+    pub rooms: Vec<String>,
+    /// Frames waiting to be written.
+    pub queued_frames: usize,
+    /// Shard that owns it.
+    pub shard: usize,
+}
+
+/// `?limit=`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    /// Most rows returned.
+    pub limit: Option<usize>,
+}
+
+/// `GET …/connections`.
+pub async fn connections(State(node): State<Arc<Node>>, _admin: Admin, Query(query): Query<ListQuery>) -> Response {
+    let limit = query.limit.unwrap_or(1000).min(100_000);
+    let per_shard = node
+        .hub
+        .ask(move |shard| {
+            shard
+                .all_sessions()
+                .iter()
+                .take(limit)
+                .map(|s| {
+                    let state = s.state.borrow();
+                    ConnectionInfo {
+                        connection_id: s.connection_id.to_string(),
+                        client_id: s.info.client_id.clone(),
+                        user_id: s.user_id().map(String::from),
+                        remote_addr: s.info.peer.to_string(),
+                        path: s.info.path.clone(),
+                        connected_at: humantime::format_rfc3339_millis(s.info.connected_at).to_string(),
+                        channels: state.channels.iter().map(|c| c.to_string()).collect(),
+                        rooms: state.rooms.iter().map(|r| r.to_string()).collect(),
+                        queued_frames: s.queued(),
+                        shard: shard.number(),
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+    let mut all: Vec<ConnectionInfo> = per_shard.into_iter().flatten().collect();
+    all.sort_by(|a, b| a.connected_at.cmp(&b.connected_at));
+    all.truncate(limit);
+    ok(json!({ "count": all.len(), "connections": all }))
+}
+
+/// Counts per key summed over shards, largest first.
+fn merge(per_shard: Vec<Vec<(Arc<str>, usize)>>) -> Vec<(String, usize)> {
+    let mut merged: HashMap<Arc<str>, usize> = HashMap::new();
+    for (key, n) in per_shard.into_iter().flatten() {
+        *merged.entry(key).or_default() += n;
+    }
+    let mut rows: Vec<(String, usize)> = merged.into_iter().map(|(k, n)| (k.to_string(), n)).collect();
+    rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    rows
+}
+
+/// `GET …/rooms`: active rooms with member counts.
+pub async fn rooms(State(node): State<Arc<Node>>, _admin: Admin) -> Response {
+    let rows = merge(node.hub.ask(|shard| shard.room_counts()).await);
+    let rooms: Vec<_> = rows
+        .into_iter()
+        .map(|(room, n)| json!({ "room_id": room, "room": room, "user_count": n, "connections": n }))
+        .collect();
+    ok(json!({ "count": rooms.len(), "rooms": rooms }))
+}
+
+/// `GET …/channels`: channels with subscriber counts.
+pub async fn channels(State(node): State<Arc<Node>>, _admin: Admin) -> Response {
+    let rows = merge(node.hub.ask(|shard| shard.channel_counts()).await);
+    let channels: Vec<_> = rows.into_iter().map(|(channel, n)| json!({ "channel": channel, "subscribers": n })).collect();
+    ok(json!({ "count": channels.len(), "channels": channels }))
+}
+
+/// `DELETE …/connections/{id}`: closes one connection with 4001.
+pub async fn disconnect(State(node): State<Arc<Node>>, _admin: Admin, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let wanted: Arc<str> = Arc::from(id.as_str());
+    let found = node
+        .hub
+        .ask(move |shard| {
+            let target = shard.all_sessions().into_iter().find(|s| s.connection_id == wanted);
+            match target {
+                Some(session) => {
+                    session.close(shard, close_code::DISCONNECTED_BY_ADMIN, "disconnected by an administrator");
+                    true
+                }
+                None => false,
+            }
+        })
+        .await;
+    if found.contains(&true) {
+        tracing::info!(connection = %id, "disconnected by an administrator");
+        Ok(ok(json!({ "connection_id": id })))
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no connection {id:?} on this node")))
+    }
+}
+
+/// `POST …/shutdown`: begins a graceful shutdown.
+pub async fn shutdown(State(node): State<Arc<Node>>, _admin: Admin) -> Response {
+    tracing::info!("shutdown requested through the API");
+    node.shutdown.cancel();
+    ok(json!({ "message": "shutting down" }))
+}

@@ -1,0 +1,46 @@
+//! `GET /health` and `GET <mount>/health`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde_json::json;
+
+use crate::node::Node;
+
+/// Health of the node: `healthy`, `degraded` (a dependency is down but local traffic flows) or
+/// `unhealthy` (shutting down). 200 unless unhealthy.
+pub async fn health(State(node): State<Arc<Node>>) -> Response {
+    let broker = node.broker.status();
+    let totals = node.stats.totals();
+    let (status, score) = if node.shutdown.is_cancelled() {
+        ("unhealthy", 0)
+    } else if !broker.connected {
+        ("degraded", 50)
+    } else {
+        ("healthy", 100)
+    };
+    let (_, rooms, users) = node.hub.interest_counts();
+    let body = json!({
+        "status": "success",
+        "health_status": status,
+        "node": &*node.id,
+        "data": {
+            "health_status": status,
+            "health_score": score,
+            "redis_connected": broker.kind != "local" && broker.connected,
+            "broker": broker,
+            "connection_stats": {
+                "total_connections": totals.connections,
+                "unique_users": users,
+                "total_rooms": rooms,
+            },
+            "uptime_seconds": node.stats.uptime_seconds(),
+        },
+        "timestamp": crate::protocol::outbound::now(),
+    });
+    let code = if status == "unhealthy" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    (code, Json(body)).into_response()
+}

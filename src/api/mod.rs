@@ -1,0 +1,170 @@
+//! The HTTP surface: publishing for backends, admin, stats, health and metrics.
+//!
+//! Routes live at `/api/...` and, for the seed documents' clients, are mirrored under every
+//! WebSocket mount (`/ws/stats`, `/api/v1/ws/rooms/{room}/broadcast`, …). Every response is JSON;
+//! every refusal is a 4xx with `{"success":false,"error":…,"code":…}`.
+
+pub mod admin;
+pub mod health;
+pub mod metrics;
+pub mod publish;
+pub mod stats;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Request};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use http::StatusCode;
+use http::request::Parts;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::config::EndpointKind;
+use crate::node::Node;
+use crate::transport::upgrade::{self, Endpoint};
+
+/// Default largest request body.
+const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// A refused or failed API request.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Machine-readable code.
+    pub code: &'static str,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl ApiError {
+    /// Builds an error.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    /// 400 with a code.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        upgrade::refuse(self.status, self.code, &self.message)
+    }
+}
+
+/// Proof that the request carries the admin key (or, with no key configured, comes from loopback).
+pub struct Admin;
+
+impl FromRequestParts<Arc<Node>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        let presented = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .or_else(|| parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+            .map(str::trim);
+        match (&node.config.api.key, presented) {
+            (Some(key), Some(given)) if bool::from(key.as_bytes().ct_eq(given.as_bytes())) => Ok(Admin),
+            (Some(_), Some(_)) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "AUTHENTICATION_FAILED", "invalid API key")),
+            (Some(_), None) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "AUTHENTICATION_FAILED",
+                "this route needs the API key: Authorization: Bearer <key>",
+            )),
+            (None, _) => {
+                let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+                if peer.is_some_and(|ip| ip.is_loopback()) {
+                    Ok(Admin)
+                } else {
+                    Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "PERMISSION_DENIED",
+                        "no api.key is configured, so admin routes answer loopback clients only",
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Parses a JSON request body, refusing with a clear 400.
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("INVALID_JSON", "the request body is empty; send a JSON object"));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("INVALID_JSON", format!("invalid request body: {e}")))
+}
+
+/// The whole HTTP surface of a node.
+pub fn router(node: Arc<Node>) -> Router {
+    let mut router = Router::new()
+        .route("/health", get(health::health))
+        .route("/metrics", get(metrics::metrics))
+        .route("/api/publish", post(publish::publish))
+        .route("/api/broadcast", post(publish::broadcast))
+        .route("/api/stats", get(stats::stats))
+        .route("/api/health", get(health::health));
+    let admin_routes = |prefix: &str, router: Router<Arc<Node>>| {
+        router
+            .route(&format!("{prefix}/rooms"), get(admin::rooms))
+            .route(&format!("{prefix}/channels"), get(admin::channels))
+            .route(&format!("{prefix}/rooms/{{room}}/broadcast"), post(publish::room_broadcast))
+            .route(&format!("{prefix}/users/{{user}}/notify"), post(publish::notify_user))
+            .route(&format!("{prefix}/connections"), get(admin::connections))
+            .route(&format!("{prefix}/connections/{{id}}"), delete(admin::disconnect))
+            .route(&format!("{prefix}/stats/detailed"), get(stats::detailed))
+            .route(&format!("{prefix}/shutdown"), post(admin::shutdown))
+    };
+    router = admin_routes("/api", router);
+    for mount in &node.config.server.mounts {
+        router = admin_routes(mount, router).route(&format!("{mount}/health"), get(health::health));
+        let stats_stream = Endpoint {
+            path: format!("{mount}/stats"),
+            kind: EndpointKind::Stats,
+            channels: Vec::new(),
+            rooms: Vec::new(),
+            query_channels: false,
+            welcome: crate::config::WelcomeStyle::None,
+            max_message: node.config.websocket.max_message_size,
+        };
+        router = route_endpoint(router, stats_stream);
+    }
+    for endpoint in upgrade::endpoints(&node.config) {
+        router = route_endpoint(router, endpoint);
+    }
+    let body_limit = node.config.api.max_body_size.unwrap_or(DEFAULT_BODY_LIMIT);
+    router.fallback(not_found).layer(DefaultBodyLimit::max(body_limit)).with_state(node)
+}
+
+fn route_endpoint(router: Router<Arc<Node>>, endpoint: Endpoint) -> Router<Arc<Node>> {
+    let path = endpoint.path.clone();
+    let endpoint = Arc::new(endpoint);
+    router.route(
+        &path,
+        get(move |axum::extract::State(node): axum::extract::State<Arc<Node>>, request: Request| {
+            upgrade::handle(node, endpoint.clone(), request)
+        }),
+    )
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no route for {} {}", request.method(), request.uri().path()))
+}
+
+/// `{"success":true, …fields}`.
+pub fn ok(fields: serde_json::Value) -> Response {
+    let mut body = json!({ "success": true });
+    if let (Some(target), serde_json::Value::Object(extra)) = (body.as_object_mut(), fields) {
+        target.extend(extra);
+    }
+    axum::Json(body).into_response()
+}

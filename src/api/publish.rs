@@ -1,0 +1,128 @@
+//! Publishing for backends: to a channel (optionally with a room and a user), to a room, to a
+//! user's connections, or to several channels at once.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use bytes::Bytes;
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Admin, ApiError, ok, parse_body};
+use crate::hub::Target;
+use crate::hub::event::EventError;
+use crate::node::{Node, PublishError};
+
+/// A user id given as a string or a number (the dashboard document uses numbers).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum IdValue {
+    /// `"user_123"`.
+    Text(String),
+    /// `123`.
+    Number(serde_json::Number),
+}
+
+impl IdValue {
+    /// The id as text.
+    pub fn into_string(self) -> String {
+        match self {
+            IdValue::Text(s) => s,
+            IdValue::Number(n) => n.to_string(),
+        }
+    }
+}
+
+/// `POST /api/publish`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// Channel whose subscribers receive the event.
+    pub channel: Option<String>,
+    /// Room whose members receive it.
+    pub room: Option<String>,
+    /// User whose connections receive it.
+    pub user_id: Option<IdValue>,
+    /// Every connection receives it.
+    #[serde(default)]
+    pub broadcast: bool,
+    /// The event, a JSON object delivered as is (plus a default `type` if the channel has one).
+    pub event: Value,
+}
+
+/// `POST /api/broadcast`: one event to several channels.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastRequest {
+    /// Channels whose subscribers receive it.
+    pub channels: Vec<String>,
+    /// The event.
+    pub event: Value,
+}
+
+pub(crate) fn publish_error(e: PublishError) -> ApiError {
+    match e {
+        PublishError::Invalid(EventError::NotAnObject) => ApiError::bad_request("INVALID_EVENT", e.to_string()),
+        PublishError::Invalid(EventError::NoTarget) => ApiError::bad_request("NO_TARGET", e.to_string()),
+        PublishError::Invalid(EventError::InvalidName(_)) => ApiError::bad_request("INVALID_NAME", e.to_string()),
+        PublishError::Broker(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", e.to_string()),
+    }
+}
+
+fn target(channel: Option<String>, room: Option<String>, user: Option<String>, broadcast: bool) -> Target {
+    Target { channel: channel.map(Arc::from), room: room.map(Arc::from), user: user.map(Arc::from), broadcast }
+}
+
+/// Publishes one event.
+pub async fn publish(State(node): State<Arc<Node>>, _admin: Admin, body: Bytes) -> Result<Response, ApiError> {
+    let request: PublishRequest = parse_body(&body)?;
+    let target = target(request.channel, request.room, request.user_id.map(IdValue::into_string), request.broadcast);
+    node.publish(target, request.event, None).await.map_err(publish_error)?;
+    Ok(ok(json!({})))
+}
+
+/// Publishes one event to several channels; a connection subscribed to several gets it once
+/// per channel, as it would from separate publishes.
+pub async fn broadcast(State(node): State<Arc<Node>>, _admin: Admin, body: Bytes) -> Result<Response, ApiError> {
+    let request: BroadcastRequest = parse_body(&body)?;
+    if request.channels.is_empty() {
+        return Err(ApiError::bad_request("NO_TARGET", "\"channels\" must name at least one channel"));
+    }
+    // Validate everything before publishing anything, so a bad name publishes nothing.
+    for channel in &request.channels {
+        node.prepare(target(Some(channel.clone()), None, None, false), request.event.clone())
+            .map_err(|e| publish_error(e.into()))?;
+    }
+    for channel in &request.channels {
+        node.publish(target(Some(channel.clone()), None, None, false), request.event.clone(), None)
+            .await
+            .map_err(publish_error)?;
+    }
+    Ok(ok(json!({ "channels": request.channels })))
+}
+
+/// `POST …/rooms/{room}/broadcast`: the body is the event.
+pub async fn room_broadcast(
+    State(node): State<Arc<Node>>,
+    _admin: Admin,
+    Path(room): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let event: Value = parse_body(&body)?;
+    node.publish(target(None, Some(room.clone()), None, false), event, None).await.map_err(publish_error)?;
+    Ok(ok(json!({ "room": room })))
+}
+
+/// `POST …/users/{user}/notify`: the body is the event, delivered to all of the user's connections.
+pub async fn notify_user(
+    State(node): State<Arc<Node>>,
+    _admin: Admin,
+    Path(user): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let event: Value = parse_body(&body)?;
+    node.publish(target(None, None, Some(user.clone()), false), event, None).await.map_err(publish_error)?;
+    Ok(ok(json!({ "user_id": user })))
+}

@@ -1,0 +1,129 @@
+//! Statistics: the JSON of `GET <mount>/stats` and `/api/stats`, and the live stream behind the
+//! WebSocket upgrade of `<mount>/stats`.
+
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::Admin;
+use crate::hub::shard::Shard;
+use crate::node::Node;
+use crate::protocol::outbound;
+use crate::session::Session;
+
+/// How often the stats stream pushes (the dashboard document's 500 ms).
+const STREAM_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Figures shared by every stats shape.
+fn figures(node: &Node, clients: Option<usize>) -> Value {
+    let totals = node.stats.totals();
+    let latest = node.stats.latest();
+    let broker = node.broker.status();
+    let (channels, rooms, users) = node.hub.interest_counts();
+    let redis_connected = broker.kind != "local" && broker.connected;
+    json!({
+        "connected_clients": totals.connections,
+        "total_connections": totals.connections,
+        "clients": clients.unwrap_or(totals.connections as usize),
+        "authenticated_connections": totals.authenticated,
+        "unique_users": users,
+        "total_channel_subscriptions": totals.channel_subscriptions,
+        "total_room_subscriptions": totals.room_memberships,
+        "channels_active": channels,
+        "rooms_active": rooms,
+        "messages_per_second": latest.deliveries_per_second,
+        "publishes_per_second": latest.publishes_per_second,
+        "messages_in_per_second": latest.messages_in_per_second,
+        "uptime_seconds": node.stats.uptime_seconds(),
+        "redis_connected": redis_connected,
+        "broker": broker,
+        "node": &*node.id,
+        "totals": totals,
+    })
+}
+
+/// `GET <mount>/stats`: the fields both seed documents read, at the top level and under `stats`.
+pub async fn stats(State(node): State<Arc<Node>>) -> Response {
+    let distinct = node
+        .hub
+        .ask(|shard| shard.all_sessions().iter().map(|s| s.info.client_id.clone()).collect::<Vec<_>>())
+        .await
+        .into_iter()
+        .flatten()
+        .collect::<HashSet<_>>()
+        .len();
+    let figures = figures(&node, Some(distinct));
+    let mut body = json!({ "success": true, "stats": figures.clone(), "timestamp": outbound::now() });
+    if let (Some(body), Value::Object(top)) = (body.as_object_mut(), figures) {
+        for (k, v) in top {
+            body.entry(k).or_insert(v);
+        }
+    }
+    Json(body).into_response()
+}
+
+/// `GET …/stats/detailed`: adds per-shard figures and the last minutes of samples.
+pub async fn detailed(State(node): State<Arc<Node>>, _admin: Admin) -> Response {
+    let shards = node
+        .hub
+        .ask(|shard| {
+            let (rooms, channels) = shard.key_counts();
+            json!({ "shard": shard.number(), "connections": shard.all_sessions().len(), "rooms": rooms, "channels": channels })
+        })
+        .await;
+    Json(json!({
+        "success": true,
+        "stats": figures(&node, None),
+        "shards": shards,
+        "history": node.stats.recent(300),
+        "timestamp": outbound::now(),
+    }))
+    .into_response()
+}
+
+/// The object pushed on the stats stream: the dashboard document's fields, from Herald's own
+/// persistence writer, plus the node's live figures.
+pub fn stream_frame(node: &Node) -> Value {
+    let totals = node.stats.totals();
+    let latest = node.stats.latest();
+    let avg_batch = if totals.stored_batches == 0 {
+        0.0
+    } else {
+        (totals.stored_messages as f64 / totals.stored_batches as f64 * 10.0).round() / 10.0
+    };
+    let mut frame = json!({
+        "type": "stats",
+        "total_messages": totals.stored_messages,
+        "current_rps": latest.stored_per_second,
+        "messages_per_second": latest.stored_per_second,
+        "queue_depth": totals.writer_queue_depth,
+        "queue_length": totals.writer_queue_depth,
+        "total_batches": totals.stored_batches,
+        "avg_batch_size": avg_batch,
+        "timestamp": outbound::now(),
+    });
+    if let (Some(frame), Value::Object(extra)) = (frame.as_object_mut(), figures(node, None)) {
+        for (k, v) in extra {
+            frame.entry(k).or_insert(v);
+        }
+    }
+    frame
+}
+
+/// Pushes [`stream_frame`] every 500 ms until the connection closes.
+pub(crate) async fn stream(shard: Rc<Shard>, session: Rc<Session>) {
+    let mut ticker = tokio::time::interval(STREAM_INTERVAL);
+    loop {
+        ticker.tick().await;
+        if session.is_closing() || session.killed.get() {
+            return;
+        }
+        session.reply(&shard, &outbound::to_bytes(&stream_frame(shard.node())));
+    }
+}

@@ -1,0 +1,208 @@
+//! The hub: which connections an event reaches, and the shards that deliver it.
+//!
+//! The node-wide [`Hub`] is a handle: it holds each shard's inbox and the node's *interest*
+//! (which channels, rooms and users have at least one local connection), which the broker uses
+//! to subscribe only to what this node needs. The index itself is split per shard
+//! ([`shard::Shard`]), so no lock sits between an event and its recipients.
+
+pub mod event;
+pub(crate) mod index;
+pub mod rules;
+pub mod shard;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+pub use event::{ConnId, Event, Target};
+use shard::{Shard, ShardMsg};
+
+/// Capacity of a shard's inbox; a full inbox makes publishers wait (back-pressure).
+const INBOX_CAPACITY: usize = 16 * 1024;
+
+/// A key the node may need events for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum InterestKey {
+    /// A channel with local subscribers.
+    Channel(Arc<str>),
+    /// A room with local members.
+    Room(Arc<str>),
+    /// A user with local connections.
+    User(Arc<str>),
+}
+
+/// A change of the node's interest: `present` is true when the first local connection appeared,
+/// false when the last one left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterestChange {
+    /// The key.
+    pub key: InterestKey,
+    /// Whether the node now has local connections for it.
+    pub present: bool,
+}
+
+struct ShardHandle {
+    inbox: mpsc::Sender<ShardMsg>,
+}
+
+/// The node-wide handle on all shards.
+pub struct Hub {
+    shards: Vec<ShardHandle>,
+    next_shard: AtomicUsize,
+    interest: Mutex<Interest>,
+}
+
+#[derive(Default)]
+struct Interest {
+    /// Number of shards with local connections for each key.
+    counts: HashMap<InterestKey, u32>,
+    listener: Option<mpsc::UnboundedSender<InterestChange>>,
+}
+
+impl Hub {
+    /// A hub for `shards` shards, with the inboxes the shard threads will read.
+    pub(crate) fn new(shards: usize) -> (Hub, Vec<mpsc::Receiver<ShardMsg>>) {
+        let (handles, inboxes) = (0..shards)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+                (ShardHandle { inbox: tx }, rx)
+            })
+            .unzip();
+        (Hub { shards: handles, next_shard: AtomicUsize::new(0), interest: Mutex::new(Interest::default()) }, inboxes)
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Hands an event to every shard for local fan-out. Waits while a shard's inbox is full.
+    pub async fn dispatch(&self, event: Arc<Event>) {
+        for shard in &self.shards {
+            // A closed inbox means the node is stopping; the event has nowhere to go.
+            let _ = shard.inbox.send(ShardMsg::Deliver(event.clone())).await;
+        }
+    }
+
+    /// Hands an accepted socket to the shard with the fewest connections (ties rotate).
+    pub(crate) async fn accept(&self, stream: std::net::TcpStream, peer: SocketAddr, load: impl Fn(usize) -> u64) {
+        let start = self.next_shard.fetch_add(1, Ordering::Relaxed);
+        let n = self.shards.len();
+        let target = (0..n).map(|i| (start + i) % n).min_by_key(|&i| load(i)).unwrap_or(0);
+        let _ = self.shards[target].inbox.send(ShardMsg::Accept(stream, peer)).await;
+    }
+
+    /// Runs `f` on every shard and collects the results.
+    pub async fn ask<T, F>(&self, f: F) -> Vec<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Rc<Shard>) -> T + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        let mut replies = Vec::with_capacity(self.shards.len());
+        for shard in &self.shards {
+            let (tx, rx) = oneshot::channel();
+            let f = f.clone();
+            let call = ShardMsg::Call(Box::new(move |s: &Rc<Shard>| {
+                let _ = tx.send(f(s));
+            }));
+            if shard.inbox.send(call).await.is_ok() {
+                replies.push(rx);
+            }
+        }
+        let mut results = Vec::with_capacity(replies.len());
+        for reply in replies {
+            if let Ok(value) = reply.await {
+                results.push(value);
+            }
+        }
+        results
+    }
+
+    /// Tells every shard to close its connections with 1001.
+    pub(crate) async fn shutdown(&self) {
+        for shard in &self.shards {
+            let _ = shard.inbox.send(ShardMsg::Shutdown).await;
+        }
+    }
+
+    /// Records that a shard gained (`present`) or lost its last local connection for `key`;
+    /// the listener hears only node-wide transitions.
+    pub(crate) fn interest(&self, key: InterestKey, present: bool) {
+        let mut interest = self.interest.lock();
+        let changed = if present {
+            let count = interest.counts.entry(key.clone()).or_insert(0);
+            *count += 1;
+            *count == 1
+        } else {
+            match interest.counts.get_mut(&key) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                Some(_) => {
+                    interest.counts.remove(&key);
+                    true
+                }
+                None => false,
+            }
+        };
+        if changed && let Some(listener) = &interest.listener {
+            let _ = listener.send(InterestChange { key, present });
+        }
+    }
+
+    /// Starts reporting interest changes; returns the keys of current interest and the stream
+    /// of later changes, atomically so none is missed.
+    pub fn watch_interest(&self) -> (Vec<InterestKey>, mpsc::UnboundedReceiver<InterestChange>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut interest = self.interest.lock();
+        interest.listener = Some(tx);
+        (interest.counts.keys().cloned().collect(), rx)
+    }
+
+    /// Distinct channels, rooms and users with local connections.
+    pub fn interest_counts(&self) -> (usize, usize, usize) {
+        let interest = self.interest.lock();
+        let mut counts = (0, 0, 0);
+        for key in interest.counts.keys() {
+            match key {
+                InterestKey::Channel(_) => counts.0 += 1,
+                InterestKey::Room(_) => counts.1 += 1,
+                InterestKey::User(_) => counts.2 += 1,
+            }
+        }
+        counts
+    }
+
+    /// Keys this node currently has local connections for.
+    pub fn interest_snapshot(&self) -> Vec<InterestKey> {
+        self.interest.lock().counts.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interest_reports_only_node_wide_transitions() {
+        let (hub, _inboxes) = Hub::new(2);
+        let (initial, mut changes) = hub.watch_interest();
+        assert!(initial.is_empty());
+        let key = InterestKey::Channel(Arc::from("jobs"));
+        hub.interest(key.clone(), true);
+        hub.interest(key.clone(), true);
+        hub.interest(key.clone(), false);
+        hub.interest(key.clone(), false);
+        hub.interest(key.clone(), false);
+        assert_eq!(changes.try_recv().unwrap(), InterestChange { key: key.clone(), present: true });
+        assert_eq!(changes.try_recv().unwrap(), InterestChange { key, present: false });
+        assert!(changes.try_recv().is_err());
+    }
+}

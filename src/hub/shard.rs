@@ -1,0 +1,430 @@
+//! A shard: one OS thread with its own single-threaded runtime, owning a share of the node's
+//! connections, their index and their sockets.
+//!
+//! Everything about a connection happens on its shard's thread: the HTTP request that upgraded
+//! it, its reader, its writes and every fan-out that reaches it. Events arrive through the
+//! shard's bounded inbox; a batch of them is fanned out with writes deferred, then every touched
+//! socket is written once. One event to ten thousand local connections is one pass over an
+//! index and at most ten thousand `writev` calls, with no task wake-ups and no locks.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use slab::Slab;
+use tokio::sync::mpsc;
+use tokio::task::LocalSet;
+
+use super::event::Event;
+use super::index::LocalIndex;
+use super::InterestKey;
+use super::event::Target;
+use crate::config::EndpointKind;
+use crate::node::Node;
+use crate::protocol::outbound;
+use crate::session::Session;
+use crate::stats::{self, ShardCounters};
+use crate::transport::frame::{self, close_code};
+
+/// A function run on a shard's thread.
+pub(crate) type ShardCall = Box<dyn FnOnce(&Rc<Shard>) + Send>;
+
+/// Work sent to a shard.
+pub(crate) enum ShardMsg {
+    /// A freshly accepted socket to serve.
+    Accept(std::net::TcpStream, SocketAddr),
+    /// An event to fan out to this shard's connections.
+    Deliver(Arc<Event>),
+    /// A function to run on the shard's thread (admin queries, targeted disconnects).
+    Call(ShardCall),
+    /// Close every connection with 1001 and stop accepting.
+    Shutdown,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
+}
+
+/// One shard's state; lives on, and is only touched from, its own thread.
+pub struct Shard {
+    number: usize,
+    node: Arc<Node>,
+    router: axum::Router,
+    sessions: RefCell<Slab<Rc<Session>>>,
+    index: RefCell<LocalIndex>,
+    stamp: Cell<u64>,
+    batching: Cell<bool>,
+    dirty: RefCell<Vec<Rc<Session>>>,
+    shutting_down: Cell<bool>,
+    next_heartbeat: Cell<Instant>,
+}
+
+impl Shard {
+    /// The shard running on this thread, if any.
+    pub fn current() -> Option<Rc<Shard>> {
+        CURRENT.with(|c| c.borrow().clone())
+    }
+
+    /// This shard's number.
+    pub fn number(&self) -> usize {
+        self.number
+    }
+
+    /// The node this shard belongs to.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// This shard's counters.
+    pub fn counters(&self) -> &ShardCounters {
+        &self.node.stats.shards[self.number]
+    }
+
+    /// Whether a fan-out batch is in progress (writes are deferred to its end).
+    pub(crate) fn in_batch(&self) -> bool {
+        self.batching.get()
+    }
+
+    /// Remembers a connection to write at the end of the batch.
+    pub(crate) fn mark_dirty(&self, session: &Rc<Session>) {
+        self.dirty.borrow_mut().push(session.clone());
+    }
+
+    /// Runs a task on this shard's thread.
+    pub fn spawn(&self, future: impl Future<Output = ()> + 'static) {
+        tokio::task::spawn_local(future);
+    }
+
+    /// Whether the shard is closing its connections for shutdown.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.get()
+    }
+
+    /// Adds a connection.
+    pub(crate) fn register(&self, session: &Rc<Session>) {
+        let slot = self.sessions.borrow_mut().insert(session.clone());
+        session.slot.set(slot);
+        let counters = self.counters();
+        stats::bump(&counters.connections, 1);
+        stats::bump(&counters.connections_total, 1);
+        if session.info.user.is_some() {
+            stats::bump(&counters.authenticated, 1);
+        }
+    }
+
+    /// Removes a connection and every index entry that points at it.
+    pub(crate) fn unregister(&self, session: &Rc<Session>) {
+        let slot = session.slot.get();
+        let (channels, rooms) = {
+            let mut state = session.state.borrow_mut();
+            (std::mem::take(&mut state.channels), std::mem::take(&mut state.rooms))
+        };
+        {
+            let mut index = self.index.borrow_mut();
+            for channel in &channels {
+                if index.channels.remove(channel, slot) {
+                    self.node.hub.interest(InterestKey::Channel(channel.clone()), false);
+                }
+            }
+            for room in &rooms {
+                if index.rooms.remove(room, slot) {
+                    self.node.hub.interest(InterestKey::Room(room.clone()), false);
+                }
+            }
+            if let Some(user) = &session.info.user
+                && index.users.remove(&user.id, slot)
+            {
+                self.node.hub.interest(InterestKey::User(user.id.clone()), false);
+            }
+        }
+        let counters = self.counters();
+        stats::drop_by(&counters.channel_subscriptions, channels.len() as u64);
+        stats::drop_by(&counters.room_memberships, rooms.len() as u64);
+        stats::drop_by(&counters.connections, 1);
+        if session.info.user.is_some() {
+            stats::drop_by(&counters.authenticated, 1);
+        }
+        let mut sessions = self.sessions.borrow_mut();
+        if sessions.get(slot).is_some_and(|s| Rc::ptr_eq(s, session)) {
+            sessions.remove(slot);
+        }
+    }
+
+    /// Subscribes a connection to a channel; `false` if it already was.
+    pub(crate) fn subscribe(&self, session: &Session, channel: &str) -> bool {
+        if session.state.borrow().channels.contains(channel) {
+            return false;
+        }
+        let (name, first) = self.index.borrow_mut().channels.add(channel, session.slot.get());
+        session.state.borrow_mut().channels.insert(name.clone());
+        stats::bump(&self.counters().channel_subscriptions, 1);
+        if first {
+            self.node.hub.interest(InterestKey::Channel(name), true);
+        }
+        true
+    }
+
+    /// Unsubscribes a connection from a channel; `false` if it was not subscribed.
+    pub(crate) fn unsubscribe(&self, session: &Session, channel: &str) -> bool {
+        let Some(name) = session.state.borrow_mut().channels.take(channel) else { return false };
+        stats::drop_by(&self.counters().channel_subscriptions, 1);
+        if self.index.borrow_mut().channels.remove(channel, session.slot.get()) {
+            self.node.hub.interest(InterestKey::Channel(name), false);
+        }
+        true
+    }
+
+    /// Adds a connection to a room; `false` if it already was a member.
+    pub(crate) fn join(&self, session: &Session, room: &str) -> bool {
+        if session.state.borrow().rooms.contains(room) {
+            return false;
+        }
+        let (name, first) = self.index.borrow_mut().rooms.add(room, session.slot.get());
+        session.state.borrow_mut().rooms.insert(name.clone());
+        stats::bump(&self.counters().room_memberships, 1);
+        if first {
+            self.node.hub.interest(InterestKey::Room(name), true);
+        }
+        true
+    }
+
+    /// Removes a connection from a room; `false` if it was not a member.
+    pub(crate) fn leave(&self, session: &Session, room: &str) -> bool {
+        let Some(name) = session.state.borrow_mut().rooms.take(room) else { return false };
+        stats::drop_by(&self.counters().room_memberships, 1);
+        if self.index.borrow_mut().rooms.remove(room, session.slot.get()) {
+            self.node.hub.interest(InterestKey::Room(name), false);
+        }
+        true
+    }
+
+    /// Indexes a connection under its user, for user-targeted events.
+    pub(crate) fn bind_user(&self, session: &Session) {
+        if let Some(user) = &session.info.user {
+            let (name, first) = self.index.borrow_mut().users.add(&user.id, session.slot.get());
+            if first {
+                self.node.hub.interest(InterestKey::User(name), true);
+            }
+        }
+    }
+
+    /// Fans an event out to this shard's recipients: channel subscribers, room members and the
+    /// user's connections, each once.
+    pub(crate) fn deliver(self: &Rc<Self>, event: &Event) {
+        let stamp = self.stamp.get() + 1;
+        self.stamp.set(stamp);
+        let sessions = self.sessions.borrow();
+        let index = self.index.borrow();
+        let mut delivered = 0u64;
+        let mut deliver_to = |session: &Rc<Session>| {
+            if session.stamp.replace(stamp) == stamp || event.exclude == Some(session.id) {
+                return;
+            }
+            if let Some(frame) = session.frame_for(event) {
+                session.send(self, frame);
+                delivered += 1;
+            }
+        };
+        if event.target.broadcast {
+            for (_, session) in sessions.iter() {
+                if session.info.kind == EndpointKind::Events {
+                    deliver_to(session);
+                }
+            }
+        } else {
+            let keys = [
+                event.target.channel.as_deref().and_then(|c| index.channels.get(c)),
+                event.target.room.as_deref().and_then(|r| index.rooms.get(r)),
+                event.target.user.as_deref().and_then(|u| index.users.get(u)),
+            ];
+            for members in keys.into_iter().flatten() {
+                for slot in members {
+                    if let Some(session) = sessions.get(*slot) {
+                        deliver_to(session);
+                    }
+                }
+            }
+        }
+        let counters = self.counters();
+        stats::bump(&counters.deliveries, delivered);
+        stats::bump(&counters.fanouts, 1);
+        let latency = event.received.elapsed();
+        stats::bump(&counters.fanout_latency_us, latency.as_micros() as u64);
+        if delivered > 0 {
+            metrics::histogram!("herald_publish_to_write_seconds").record(latency.as_secs_f64());
+        }
+    }
+
+    /// Writes every connection touched during the batch.
+    fn flush_dirty(self: &Rc<Self>) {
+        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        for session in &dirty {
+            session.flush(self);
+        }
+        let mut slot = self.dirty.borrow_mut();
+        if slot.is_empty() && dirty.capacity() <= 4096 {
+            // Keep the allocation for the next batch.
+            let mut reuse = dirty;
+            reuse.clear();
+            *slot = reuse;
+        }
+    }
+
+    fn process(self: &Rc<Self>, batch: &mut Vec<ShardMsg>) {
+        self.batching.set(true);
+        for msg in batch.drain(..) {
+            match msg {
+                ShardMsg::Deliver(event) => self.deliver(&event),
+                ShardMsg::Accept(stream, peer) => self.accept(stream, peer),
+                ShardMsg::Call(f) => f(self),
+                ShardMsg::Shutdown => self.begin_shutdown(),
+            }
+        }
+        self.batching.set(false);
+        self.flush_dirty();
+    }
+
+    fn accept(self: &Rc<Self>, stream: std::net::TcpStream, peer: SocketAddr) {
+        if self.shutting_down.get() {
+            return;
+        }
+        match tokio::net::TcpStream::from_std(stream) {
+            Ok(stream) => self.spawn(crate::transport::http::serve(stream, peer, self.router.clone())),
+            Err(e) => tracing::warn!(error = %e, "could not register an accepted socket"),
+        }
+    }
+
+    fn begin_shutdown(self: &Rc<Self>) {
+        self.shutting_down.set(true);
+        for session in self.all_sessions() {
+            session.close(self, close_code::GOING_AWAY, "server shutting down; reconnect to another node");
+        }
+    }
+
+    /// A snapshot of every connection on the shard.
+    pub fn all_sessions(&self) -> Vec<Rc<Session>> {
+        self.sessions.borrow().iter().map(|(_, s)| s.clone()).collect()
+    }
+
+    /// Member counts of this shard's rooms.
+    pub fn room_counts(&self) -> Vec<(Arc<str>, usize)> {
+        self.index.borrow().rooms.counts().map(|(k, n)| (k.clone(), n)).collect()
+    }
+
+    /// Subscriber counts of this shard's channels.
+    pub fn channel_counts(&self) -> Vec<(Arc<str>, usize)> {
+        self.index.borrow().channels.counts().map(|(k, n)| (k.clone(), n)).collect()
+    }
+
+    /// Number of distinct rooms and channels on this shard.
+    pub fn key_counts(&self) -> (usize, usize) {
+        let index = self.index.borrow();
+        (index.rooms.len(), index.channels.len())
+    }
+
+    /// Heartbeats, idle and close-deadline sweeps, gauges.
+    fn tick(self: &Rc<Self>) {
+        let now = Instant::now();
+        let ws = &self.node.config.websocket;
+        let heartbeat_due = now >= self.next_heartbeat.get();
+        if heartbeat_due {
+            self.next_heartbeat.set(now + ws.heartbeat_interval);
+        }
+        let heartbeat = (heartbeat_due && ws.heartbeat_message).then(|| Event::new(Target::default(), outbound::heartbeat()));
+        let ping = (heartbeat_due && ws.ping_frames).then(|| frame::encode(frame::OP_PING, b""));
+        let mut queued = 0u64;
+        self.batching.set(true);
+        for session in self.all_sessions() {
+            queued += session.queued() as u64;
+            if let Some(deadline) = session.close_deadline.get() {
+                if now >= deadline {
+                    session.abort();
+                }
+                continue;
+            }
+            if now.duration_since(session.last_seen.get()) > ws.idle_timeout {
+                stats::bump(&self.counters().idle_disconnects, 1);
+                tracing::debug!(connection = %session.connection_id, "idle timeout");
+                session.close(self, close_code::IDLE_TIMEOUT, "idle timeout: nothing received");
+                continue;
+            }
+            if session.info.kind == EndpointKind::Events {
+                self.send_keepalive(&session, heartbeat.as_deref(), ping.as_ref());
+            }
+        }
+        self.batching.set(false);
+        self.flush_dirty();
+        self.counters().queued_frames.store(queued, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn send_keepalive(self: &Rc<Self>, session: &Rc<Session>, heartbeat: Option<&Event>, ping: Option<&Bytes>) {
+        if let Some(frame) = heartbeat.and_then(|h| session.frame_for(h)) {
+            session.send(self, frame);
+            stats::bump(&self.counters().replies, 1);
+        }
+        if let Some(ping) = ping {
+            session.send(self, ping.clone());
+        }
+    }
+}
+
+/// Starts shard `number` on its own thread.
+pub(crate) fn spawn_thread(
+    number: usize,
+    node: Arc<Node>,
+    router: axum::Router,
+    inbox: mpsc::Receiver<ShardMsg>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(format!("herald-shard-{number}")).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                tracing::error!(shard = number, error = %e, "could not start the shard's runtime");
+                return;
+            }
+        };
+        LocalSet::new().block_on(&runtime, run(number, node, router, inbox));
+    })
+}
+
+async fn run(number: usize, node: Arc<Node>, router: axum::Router, mut inbox: mpsc::Receiver<ShardMsg>) {
+    let period = tick_period_for(node.config.websocket.heartbeat_interval);
+    let shard = Rc::new(Shard {
+        number,
+        next_heartbeat: Cell::new(Instant::now() + node.config.websocket.heartbeat_interval),
+        node,
+        router,
+        sessions: RefCell::new(Slab::new()),
+        index: RefCell::new(LocalIndex::default()),
+        stamp: Cell::new(0),
+        batching: Cell::new(false),
+        dirty: RefCell::new(Vec::new()),
+        shutting_down: Cell::new(false),
+    });
+    CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(256);
+    loop {
+        tokio::select! {
+            biased;
+            received = inbox.recv_many(&mut batch, 256) => {
+                if received == 0 {
+                    break;
+                }
+                shard.process(&mut batch);
+            }
+            _ = ticker.tick() => shard.tick(),
+        }
+    }
+    CURRENT.with(|c| c.borrow_mut().take());
+}
+
+/// How often a shard sweeps: at least once a second, and at least as often as heartbeats.
+pub(crate) fn tick_period_for(heartbeat: Duration) -> Duration {
+    heartbeat.min(Duration::from_secs(1))
+}

@@ -1,0 +1,98 @@
+//! A node: the parts assembled, shared by every shard, handler and background task.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, BrokerError};
+use crate::config::Config;
+use crate::hub::event::{EventError, prepare_payload};
+use crate::hub::rules::ChannelRules;
+use crate::hub::{ConnId, Event, Hub, Target};
+use crate::protocol::validate_name;
+use crate::stats::Stats;
+
+/// Everything one node is made of.
+pub struct Node {
+    /// This node's name in a cluster.
+    pub id: Arc<str>,
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Shards and interest.
+    pub hub: Hub,
+    /// Cross-node transport.
+    pub broker: Broker,
+    /// Counters.
+    pub stats: Stats,
+    /// Per-channel behaviour.
+    pub rules: ChannelRules,
+    /// Cancelled when the node begins shutting down.
+    pub shutdown: CancellationToken,
+    /// Source of connection numbers.
+    pub next_connection: AtomicU64,
+}
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The event or its target is invalid.
+    #[error(transparent)]
+    Invalid(#[from] EventError),
+    /// The broker could not take it.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl Node {
+    /// Resolves where an event goes and serializes it, applying the channel's rules (default
+    /// `type`, broadcast to everyone).
+    pub fn prepare(&self, mut target: Target, event: Value) -> Result<(Target, Bytes), EventError> {
+        let Value::Object(event) = event else { return Err(EventError::NotAnObject) };
+        for (what, name) in [("channel", &target.channel), ("room", &target.room), ("user", &target.user)] {
+            if let Some(name) = name {
+                validate_name(what, name).map_err(|e| EventError::InvalidName(e.message))?;
+            }
+        }
+        if target.is_empty() {
+            return Err(EventError::NoTarget);
+        }
+        let rule = target.channel.as_deref().and_then(|c| self.rules.get(c));
+        if rule.is_some_and(|r| r.broadcast) {
+            target.broadcast = true;
+        }
+        Ok((target, prepare_payload(event, rule.and_then(|r| r.default_type.as_deref()))))
+    }
+
+    /// Validates and publishes an event to every node.
+    pub async fn publish(&self, target: Target, event: Value, exclude: Option<ConnId>) -> Result<(), PublishError> {
+        let (target, payload) = match self.prepare(target, event) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                self.stats.node.publish_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        };
+        let event = match exclude {
+            Some(conn) => Event::excluding(target, payload, conn),
+            None => Event::new(target, payload),
+        };
+        self.publish_event(event).await
+    }
+
+    /// Publishes a prepared event.
+    pub async fn publish_event(&self, event: Arc<Event>) -> Result<(), PublishError> {
+        match self.broker.publish(self, event).await {
+            Ok(()) => {
+                self.stats.node.publishes.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.node.publish_errors.fetch_add(1, Ordering::Relaxed);
+                Err(e.into())
+            }
+        }
+    }
+}

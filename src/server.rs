@@ -1,0 +1,158 @@
+//! Starting and stopping a node: bind, start shards and background tasks, accept, and shut down
+//! gracefully on SIGINT, SIGTERM or the admin API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Broker;
+use crate::config::{Config, ConfigError};
+use crate::hub::Hub;
+use crate::hub::rules::ChannelRules;
+use crate::node::Node;
+use crate::stats::Stats;
+use crate::transport::listener;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listening address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A shard thread could not be started.
+    #[error("cannot start shard threads: {0}")]
+    Threads(std::io::Error),
+}
+
+/// A started node: its address and the means to stop it.
+pub struct Running {
+    /// The bound address (with the real port when 0 was asked for).
+    pub local_addr: SocketAddr,
+    /// The node.
+    pub node: Arc<Node>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+fn node_id(config: &Config) -> Arc<str> {
+    match &config.server.node_id {
+        Some(id) => Arc::from(id.as_str()),
+        None => Arc::from(format!("n{:06x}", rand::random::<u32>() & 0xFF_FFFF)),
+    }
+}
+
+/// Binds, starts the shards and the accept loop. Must run inside a multi-threaded Tokio runtime.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    config.validate()?;
+    let addr = config.listen_addr()?;
+    let std_listener = listener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+    let local_addr = std_listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+
+    let shards = match config.server.shards {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let (hub, inboxes) = Hub::new(shards);
+    let node = Arc::new(Node {
+        id: node_id(&config),
+        rules: ChannelRules::new(&config.channels),
+        config: Arc::new(config),
+        hub,
+        broker: Broker::Local,
+        stats: Stats::new(shards),
+        shutdown: CancellationToken::new(),
+        next_connection: AtomicU64::new(1),
+    });
+    crate::api::metrics::install();
+    let router = crate::api::router(node.clone());
+    for (number, inbox) in inboxes.into_iter().enumerate() {
+        crate::hub::shard::spawn_thread(number, node.clone(), router.clone(), inbox).map_err(StartError::Threads)?;
+    }
+    tokio::spawn(sample_stats(node.clone()));
+    let accept = tokio::spawn({
+        let node = node.clone();
+        async move {
+            if let Err(e) = listener::accept_loop(node, std_listener).await {
+                tracing::error!(error = %e, "accept loop failed");
+            }
+        }
+    });
+    tracing::info!(node = %node.id, %local_addr, shards, broker = node.broker.status().kind, "herald started");
+    Ok(Running { local_addr, node, accept })
+}
+
+async fn sample_stats(node: Arc<Node>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => node.stats.sample(),
+            _ = node.shutdown.cancelled() => return,
+        }
+    }
+}
+
+impl Running {
+    /// Waits for SIGINT, SIGTERM or an API shutdown request, then shuts down gracefully.
+    pub async fn run_until_signalled(self) {
+        let node = self.node.clone();
+        tokio::select! {
+            _ = shutdown_signal() => tracing::info!("signal received; shutting down"),
+            _ = node.shutdown.cancelled() => {}
+        }
+        self.shutdown().await;
+    }
+
+    /// Stops accepting, closes every connection with 1001, and waits for them to go, at most
+    /// `server.shutdown_timeout`.
+    pub async fn shutdown(self) {
+        let node = self.node;
+        node.shutdown.cancel();
+        let _ = self.accept.await;
+        node.hub.shutdown().await;
+        let deadline = Instant::now() + node.config.server.shutdown_timeout;
+        loop {
+            let open: u64 = node.stats.shards.iter().map(|s| s.connections.load(Ordering::Relaxed)).sum();
+            if open == 0 {
+                tracing::info!("all connections closed; bye");
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(open, "shutdown deadline reached; dropping remaining connections");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

@@ -1,0 +1,139 @@
+//! From an accepted upgrade to a registered, welcomed, pre-subscribed session.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpStream;
+
+use super::{ConnInfo, Session, handlers, reader};
+use crate::auth::Identity;
+use crate::config::{EndpointKind, WelcomeStyle};
+use crate::hub::shard::Shard;
+use crate::protocol::outbound;
+use crate::transport::io::{ConnIo, TlsStream};
+
+/// Everything decided about a connection before the upgrade completes.
+#[derive(Debug, Clone)]
+pub struct ConnectPlan {
+    /// The client's own id.
+    pub client_id: Option<String>,
+    /// Remote address.
+    pub peer: SocketAddr,
+    /// What the endpoint serves.
+    pub kind: EndpointKind,
+    /// The request path.
+    pub path: String,
+    /// Channels to subscribe at once.
+    pub channels: Vec<String>,
+    /// Rooms to join at once.
+    pub rooms: Vec<String>,
+    /// Which welcome message to send.
+    pub welcome: WelcomeStyle,
+    /// Largest message the client may send.
+    pub max_message: usize,
+    /// The authenticated user.
+    pub user: Option<Arc<Identity>>,
+}
+
+/// Waits for hyper to hand over the socket, then runs the session until it ends.
+pub(crate) async fn run(shard: Rc<Shard>, on_upgrade: OnUpgrade, plan: ConnectPlan) {
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let (io, leftover) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => (ConnIo::Tcp(parts.io.into_inner()), parts.read_buf),
+        Err(upgraded) => match upgraded.downcast::<TokioIo<TlsStream>>() {
+            Ok(parts) => (ConnIo::Tls(Box::new(std::cell::RefCell::new(parts.io.into_inner()))), parts.read_buf),
+            Err(_) => {
+                tracing::error!("upgraded connection has an unexpected transport type");
+                return;
+            }
+        },
+    };
+    let node = shard.node();
+    let id = node.next_connection.fetch_add(1, Ordering::Relaxed);
+    let connection_id: Arc<str> = Arc::from(format!("{}-{id}", node.id));
+    let info = ConnInfo {
+        client_id: plan.client_id.clone().unwrap_or_else(|| connection_id.to_string()),
+        peer: plan.peer,
+        kind: plan.kind,
+        path: plan.path.clone(),
+        connected_at: SystemTime::now(),
+        user: plan.user.clone(),
+        max_message: plan.max_message,
+    };
+    let session = Rc::new(Session::new(id, connection_id, info, io));
+    shard.register(&session);
+    shard.bind_user(&session);
+    tracing::debug!(connection = %session.connection_id, peer = %plan.peer, path = %plan.path, "connected");
+
+    if plan.kind == EndpointKind::Events {
+        start_events(&shard, &session, &plan);
+    } else if plan.kind == EndpointKind::Stats {
+        shard.spawn(crate::api::stats::stream(shard.clone(), session.clone()));
+    }
+    reader::run(&shard, &session, leftover).await;
+    shard.unregister(&session);
+    tracing::debug!(connection = %session.connection_id, "disconnected");
+}
+
+/// Pre-subscriptions and the welcome message.
+fn start_events(shard: &Rc<Shard>, session: &Rc<Session>, plan: &ConnectPlan) {
+    let mut refused = Vec::new();
+    for channel in &plan.channels {
+        if let Err(e) = handlers::channels::subscribe_one(shard, session, channel) {
+            refused.push(e);
+        }
+    }
+    for room in &plan.rooms {
+        if let Err(e) = handlers::rooms::join_one(shard, session, room) {
+            refused.push(e);
+        }
+    }
+    let kind = match plan.welcome {
+        WelcomeStyle::Connection => Some("connection"),
+        WelcomeStyle::ConnectionEstablished => Some("connection_established"),
+        WelcomeStyle::None => None,
+    };
+    if let Some(kind) = kind {
+        session.reply(shard, &welcome(shard, session, kind));
+    }
+    for error in refused {
+        session.send_error(shard, &error, None);
+    }
+}
+
+fn welcome(shard: &Shard, session: &Session, kind: &str) -> Bytes {
+    let state = session.state.borrow();
+    let mut channels: Vec<&str> = state.channels.iter().map(|c| &**c).collect();
+    channels.sort_unstable();
+    let mut rooms: Vec<&str> = state.rooms.iter().map(|r| &**r).collect();
+    rooms.sort_unstable();
+    let config = &shard.node().config.websocket;
+    let mut fields = json!({
+            "status": "connected",
+            "connection_id": &*session.connection_id,
+            "client_id": session.info.client_id,
+            "channels": channels,
+            "rooms": rooms,
+            "node": &*shard.node().id,
+            "server": "herald",
+            "version": env!("CARGO_PKG_VERSION"),
+            "heartbeat_interval": config.heartbeat_interval.as_secs_f64(),
+    });
+    if let (Some(user), Some(map)) = (session.user_id(), fields.as_object_mut()) {
+        map.insert("user_id".into(), user.into());
+    }
+    outbound::reply(kind, fields, None)
+}

@@ -1,0 +1,263 @@
+//! A connection's bounded outbound queue and how it reaches the socket.
+//!
+//! Frames are shared `Bytes`: queuing an event for ten thousand connections copies no payload.
+//! Outside a fan-out batch a frame is written at once with one non-blocking `writev`; inside a
+//! batch the connection is marked dirty and written once at the end, so a burst of events leaves
+//! in one system call. Only when the kernel buffer is full does a flusher task wait for the
+//! socket to become writable. A queue over its limit marks a slow consumer: it is closed with
+//! close code 4008 and never blocks anyone else.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::Session;
+use crate::hub::shard::Shard;
+use crate::stats;
+use crate::transport::frame::{self, close_code};
+
+/// How long a closing connection may take to flush its close frame and answer it.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Most frames handed to one `writev`.
+const MAX_IOVECS: usize = 64;
+
+/// Frames waiting for the socket.
+#[derive(Default)]
+pub(crate) struct Outbound {
+    queue: VecDeque<Bytes>,
+    queued_bytes: usize,
+    /// The first frame has been partly written; it must be finished before anything else.
+    head_partial: bool,
+    /// A flusher task is waiting for writability.
+    flusher: bool,
+    /// A close frame is queued; nothing more is accepted.
+    pub(crate) closing: bool,
+}
+
+impl Outbound {
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn push(&mut self, frame: Bytes) {
+        self.queued_bytes += frame.len();
+        self.queue.push_back(frame);
+    }
+
+    /// Marks `n` bytes as written.
+    fn advance(&mut self, mut n: usize) {
+        self.queued_bytes -= n;
+        while n > 0 {
+            let Some(head) = self.queue.front_mut() else { break };
+            if n >= head.len() {
+                n -= head.len();
+                self.queue.pop_front();
+                self.head_partial = false;
+            } else {
+                *head = head.slice(n..);
+                self.head_partial = true;
+                n = 0;
+            }
+        }
+        if self.queue.is_empty() && self.queue.capacity() > 16 {
+            // A burst grew the queue; an idle connection should not keep that memory.
+            self.queue = VecDeque::new();
+        }
+    }
+
+    fn slices(&self) -> ([IoSlice<'_>; MAX_IOVECS], usize) {
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let mut n = 0;
+        for frame in self.queue.iter().take(MAX_IOVECS) {
+            slices[n] = IoSlice::new(frame);
+            n += 1;
+        }
+        (slices, n)
+    }
+}
+
+/// What became of a frame handed to [`Session::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Written or queued.
+    Accepted,
+    /// The connection is closing; the frame was dropped.
+    Closed,
+    /// The queue overflowed; the connection is being closed as a slow consumer.
+    SlowConsumer,
+}
+
+impl Session {
+    /// Queues a frame for this connection. Inside a fan-out batch the write is deferred to the
+    /// end of the batch; otherwise it is attempted at once.
+    pub fn send(self: &Rc<Self>, shard: &Shard, frame: Bytes) -> SendOutcome {
+        let mut out = self.out.borrow_mut();
+        if out.closing {
+            return SendOutcome::Closed;
+        }
+        let limits = &shard.node().config.websocket;
+        if out.queue.len() >= limits.outbound_queue || out.queued_bytes + frame.len() > limits.outbound_queue_bytes {
+            drop(out);
+            stats::bump(&shard.counters().slow_consumer_disconnects, 1);
+            tracing::info!(connection = %self.connection_id, "slow consumer: outbound queue full, closing");
+            self.close(shard, close_code::SLOW_CONSUMER, "slow consumer: outbound queue full");
+            return SendOutcome::SlowConsumer;
+        }
+        let was_idle = out.queue.is_empty() && !out.flusher;
+        out.push(frame);
+        drop(out);
+        if was_idle {
+            if shard.in_batch() {
+                shard.mark_dirty(self);
+            } else {
+                self.flush(shard);
+            }
+        }
+        SendOutcome::Accepted
+    }
+
+    /// Writes as much of the queue as the socket takes now; starts a flusher for the rest.
+    pub(crate) fn flush(self: &Rc<Self>, shard: &Shard) {
+        let mut out = self.out.borrow_mut();
+        if out.flusher || out.queue.is_empty() {
+            return;
+        }
+        match write_now(self, &mut out) {
+            Ok(true) => {
+                if out.closing {
+                    drop(out);
+                    self.after_close_sent();
+                }
+            }
+            Ok(false) => {
+                out.flusher = true;
+                drop(out);
+                shard.spawn(flusher(self.clone()));
+            }
+            Err(e) => {
+                drop(out);
+                tracing::debug!(connection = %self.connection_id, error = %e, "write failed; dropping connection");
+                self.abort();
+            }
+        }
+    }
+
+    /// Starts the closing handshake: drops queued frames not yet begun, sends a close frame,
+    /// and gives the peer [`CLOSE_GRACE`] to answer before the socket is cut.
+    pub fn close(self: &Rc<Self>, shard: &Shard, code: u16, reason: &str) {
+        let mut out = self.out.borrow_mut();
+        if out.closing {
+            return;
+        }
+        out.closing = true;
+        let keep = usize::from(out.head_partial);
+        while out.queue.len() > keep {
+            if let Some(dropped) = out.queue.pop_back() {
+                out.queued_bytes -= dropped.len();
+            }
+        }
+        out.push(frame::close_frame(code, reason));
+        drop(out);
+        self.close_deadline.set(Some(Instant::now() + CLOSE_GRACE));
+        self.flush(shard);
+    }
+
+    /// Cuts the connection now: both directions shut, the reader wakes to end-of-stream and
+    /// cleans up.
+    pub fn abort(&self) {
+        self.killed.set(true);
+        self.io.shutdown_both();
+        if let Some(waker) = self.reader_waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Whether the closing handshake has begun.
+    pub fn is_closing(&self) -> bool {
+        self.out.borrow().closing
+    }
+
+    /// Frames waiting to be written.
+    pub fn queued(&self) -> usize {
+        self.out.borrow().len()
+    }
+
+    fn after_close_sent(&self) {
+        self.io.shutdown_write();
+    }
+
+    fn poll_write_queue(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut out = self.out.borrow_mut();
+        loop {
+            if out.queue.is_empty() {
+                return self.io.poll_flush(cx);
+            }
+            let (slices, n) = out.slices();
+            let written = match self.io.poll_write_vectored(cx, &slices[..n]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(written)) => written,
+            };
+            out.advance(written);
+        }
+    }
+}
+
+/// Writes until the queue is empty (`true`) or the socket is full (`false`).
+fn write_now(session: &Session, out: &mut Outbound) -> io::Result<bool> {
+    while !out.queue.is_empty() {
+        let (slices, n) = out.slices();
+        match session.io.try_write_vectored(&slices[..n]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => out.advance(written),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(!session.io.has_buffered_output())
+}
+
+/// Waits for the socket to drain the queue, then hands writing back to the fast path.
+async fn flusher(session: Rc<Session>) {
+    let result = std::future::poll_fn(|cx| session.poll_write_queue(cx)).await;
+    let closing = {
+        let mut out = session.out.borrow_mut();
+        out.flusher = false;
+        out.closing
+    };
+    match result {
+        Ok(()) if closing => session.after_close_sent(),
+        Ok(()) => {}
+        Err(e) => {
+            tracing::debug!(connection = %session.connection_id, error = %e, "write failed; dropping connection");
+            session.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advance_handles_partial_frames() {
+        let mut out = Outbound::default();
+        out.push(Bytes::from_static(b"abcd"));
+        out.push(Bytes::from_static(b"ef"));
+        out.advance(3);
+        assert!(out.head_partial);
+        assert_eq!(out.queue[0], Bytes::from_static(b"d"));
+        assert_eq!(out.queued_bytes, 3);
+        out.advance(3);
+        assert!(out.queue.is_empty());
+        assert!(!out.head_partial);
+        assert_eq!(out.queued_bytes, 0);
+    }
+}

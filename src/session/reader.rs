@@ -1,0 +1,149 @@
+//! A connection's reader: bytes to frames to actions, until the peer goes away.
+//!
+//! Reads go into one scratch buffer per shard thread and are decoded before the next await, so
+//! an idle connection holds no read buffer at all (only a partial frame, while one is pending).
+
+use std::cell::RefCell;
+use std::io;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{Session, dispatch};
+use crate::config::EndpointKind;
+use crate::hub::shard::Shard;
+use crate::protocol::{ErrorCode, ProtocolError};
+use crate::stats;
+use crate::transport::frame::{self, Decoder, FrameError, Message, Role, close_code};
+
+const SCRATCH_SIZE: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_SIZE].into_boxed_slice());
+}
+
+enum ReadOutcome {
+    Data,
+    Eof,
+    Violation(FrameError),
+    Failed(io::Error),
+}
+
+fn poll_read(session: &Session, cx: &mut Context<'_>, decoder: Option<&mut Decoder>, out: &mut Vec<Message>) -> Poll<ReadOutcome> {
+    if session.killed.get() {
+        return Poll::Ready(ReadOutcome::Eof);
+    }
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        match session.io.poll_read(cx, &mut buf) {
+            Poll::Pending => {
+                match session.reader_waker.take() {
+                    Some(waker) if waker.will_wake(cx.waker()) => session.reader_waker.set(Some(waker)),
+                    _ => session.reader_waker.set(Some(cx.waker().clone())),
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Ok(0)) => Poll::Ready(ReadOutcome::Eof),
+            Poll::Ready(Ok(n)) => {
+                session.last_seen.set(Instant::now());
+                let Some(decoder) = decoder else { return Poll::Ready(ReadOutcome::Data) };
+                match decoder.feed(&buf[..n], out) {
+                    Ok(()) => Poll::Ready(ReadOutcome::Data),
+                    Err(e) => Poll::Ready(ReadOutcome::Violation(e)),
+                }
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(ReadOutcome::Failed(e)),
+        }
+    })
+}
+
+/// Reads and handles frames until end-of-stream, an I/O error, or the connection is cut.
+pub(crate) async fn run(shard: &Rc<Shard>, session: &Rc<Session>, leftover: Bytes) {
+    let mut decoder = Some(Decoder::new(Role::Server, session.info.max_message));
+    let mut messages = Vec::new();
+    if !leftover.is_empty()
+        && let Some(d) = decoder.as_mut()
+        && let Err(e) = d.feed(&leftover, &mut messages)
+    {
+        violation(shard, session, &e);
+        decoder = None;
+    }
+    loop {
+        for message in messages.drain(..) {
+            handle(shard, session, message).await;
+        }
+        if messages.capacity() > 16 {
+            messages = Vec::new();
+        }
+        // After a protocol violation or once closing, input is read and discarded until the
+        // peer closes or the close deadline cuts the socket.
+        let closing = session.is_closing();
+        let outcome = std::future::poll_fn(|cx| {
+            let decoder = if closing { None } else { decoder.as_mut() };
+            poll_read(session, cx, decoder, &mut messages)
+        })
+        .await;
+        match outcome {
+            ReadOutcome::Data => {}
+            ReadOutcome::Eof => break,
+            ReadOutcome::Violation(e) => {
+                violation(shard, session, &e);
+                decoder = None;
+            }
+            ReadOutcome::Failed(e) => {
+                tracing::debug!(connection = %session.connection_id, error = %e, "read failed");
+                break;
+            }
+        }
+    }
+}
+
+fn violation(shard: &Rc<Shard>, session: &Rc<Session>, error: &FrameError) {
+    stats::bump(&shard.counters().protocol_errors, 1);
+    tracing::debug!(connection = %session.connection_id, error = %error, "closing for a WebSocket violation");
+    session.close(shard, error.close_code(), &error.to_string());
+}
+
+async fn handle(shard: &Rc<Shard>, session: &Rc<Session>, message: Message) {
+    if session.is_closing() {
+        return;
+    }
+    match message {
+        Message::Text(text) => {
+            stats::bump(&shard.counters().messages_in, 1);
+            match session.info.kind {
+                EndpointKind::Events => Box::pin(dispatch::handle_text(shard, session, text)).await,
+                EndpointKind::Echo => {
+                    session.send(shard, frame::encode(frame::OP_TEXT, &text));
+                }
+                EndpointKind::Stats => {}
+            }
+        }
+        Message::Binary(data) => {
+            stats::bump(&shard.counters().messages_in, 1);
+            match session.info.kind {
+                EndpointKind::Echo => {
+                    session.send(shard, frame::encode(frame::OP_BINARY, &data));
+                }
+                _ => session.send_error(
+                    shard,
+                    &ProtocolError::new(ErrorCode::UnsupportedFrame, "binary frames are not accepted on this connection; send JSON text"),
+                    None,
+                ),
+            }
+        }
+        Message::Ping(payload) => {
+            session.send(shard, frame::encode(frame::OP_PONG, &payload));
+        }
+        Message::Pong(_) => {}
+        Message::Close(code) => {
+            let code = match code {
+                Some((code, _)) => code,
+                None => close_code::NORMAL,
+            };
+            session.close(shard, code, "");
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! The listening socket and the accept loop that hands connections to shards.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::node::Node;
+
+/// Binds the listening socket with a deep backlog (connection storms happen at reconnect time).
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).ok();
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Accepts until the node shuts down, giving each socket to the least-loaded shard.
+pub(crate) async fn accept_loop(node: Arc<Node>, listener: std::net::TcpListener) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let mut last_error_log = None::<std::time::Instant>;
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = node.shutdown.cancelled() => return Ok(()),
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let std_stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not detach an accepted socket");
+                        continue;
+                    }
+                };
+                let stats = &node.stats;
+                node.hub.accept(std_stream, peer, |i| stats.shards[i].connections.load(Ordering::Relaxed)).await;
+            }
+            Err(e) => {
+                // Out of file descriptors or a transient kernel error: say so once in a while,
+                // back off briefly, and keep serving the connections we have.
+                if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, "accept failed; backing off");
+                    last_error_log = Some(std::time::Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
