@@ -50,8 +50,14 @@ impl Node {
     /// Resolves where an event goes and serializes it, applying the channel's rules (default
     /// `type`, broadcast to everyone).
     pub fn prepare(&self, mut target: Target, event: Value) -> Result<(Target, Bytes), EventError> {
-        let Value::Object(event) = event else { return Err(EventError::NotAnObject) };
-        for (what, name) in [("channel", &target.channel), ("room", &target.room), ("user", &target.user)] {
+        let Value::Object(event) = event else {
+            return Err(EventError::NotAnObject);
+        };
+        for (what, name) in [
+            ("channel", &target.channel),
+            ("room", &target.room),
+            ("user", &target.user),
+        ] {
             if let Some(name) = name {
                 validate_name(what, name).map_err(|e| EventError::InvalidName(e.message))?;
             }
@@ -63,15 +69,26 @@ impl Node {
         if rule.is_some_and(|r| r.broadcast) {
             target.broadcast = true;
         }
-        Ok((target, prepare_payload(event, rule.and_then(|r| r.default_type.as_deref()))))
+        Ok((
+            target,
+            prepare_payload(event, rule.and_then(|r| r.default_type.as_deref())),
+        ))
     }
 
     /// Validates and publishes an event to every node.
-    pub async fn publish(&self, target: Target, event: Value, exclude: Option<ConnId>) -> Result<(), PublishError> {
+    pub async fn publish(
+        &self,
+        target: Target,
+        event: Value,
+        exclude: Option<ConnId>,
+    ) -> Result<(), PublishError> {
         let (target, payload) = match self.prepare(target, event) {
             Ok(prepared) => prepared,
             Err(e) => {
-                self.stats.node.publish_errors.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .node
+                    .publish_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 return Err(e.into());
             }
         };
@@ -90,7 +107,10 @@ impl Node {
                 Ok(())
             }
             Err(e) => {
-                self.stats.node.publish_errors.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .node
+                    .publish_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 Err(e.into())
             }
         }

@@ -56,7 +56,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     config.validate()?;
     let addr = config.listen_addr()?;
     let std_listener = listener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
-    let local_addr = std_listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+    let local_addr = std_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
 
     let shards = match config.server.shards {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -76,19 +78,24 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     crate::api::metrics::install();
     let router = crate::api::router(node.clone());
     for (number, inbox) in inboxes.into_iter().enumerate() {
-        crate::hub::shard::spawn_thread(number, node.clone(), router.clone(), inbox).map_err(StartError::Threads)?;
+        crate::hub::shard::spawn_thread(number, node.clone(), inbox)
+            .map_err(StartError::Threads)?;
     }
     tokio::spawn(sample_stats(node.clone()));
     let accept = tokio::spawn({
         let node = node.clone();
         async move {
-            if let Err(e) = listener::accept_loop(node, std_listener).await {
+            if let Err(e) = listener::accept_loop(node, router, std_listener).await {
                 tracing::error!(error = %e, "accept loop failed");
             }
         }
     });
     tracing::info!(node = %node.id, %local_addr, shards, broker = node.broker.status().kind, "herald started");
-    Ok(Running { local_addr, node, accept })
+    Ok(Running {
+        local_addr,
+        node,
+        accept,
+    })
 }
 
 async fn sample_stats(node: Arc<Node>) {
@@ -121,13 +128,21 @@ impl Running {
         node.hub.shutdown().await;
         let deadline = Instant::now() + node.config.server.shutdown_timeout;
         loop {
-            let open: u64 = node.stats.shards.iter().map(|s| s.connections.load(Ordering::Relaxed)).sum();
+            let open: u64 = node
+                .stats
+                .shards
+                .iter()
+                .map(|s| s.connections.load(Ordering::Relaxed))
+                .sum();
             if open == 0 {
                 tracing::info!("all connections closed; bye");
                 break;
             }
             if Instant::now() >= deadline {
-                tracing::warn!(open, "shutdown deadline reached; dropping remaining connections");
+                tracing::warn!(
+                    open,
+                    "shutdown deadline reached; dropping remaining connections"
+                );
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -139,13 +154,14 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = interrupt.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = interrupt => {}
             _ = term.recv() => {}

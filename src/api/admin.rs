@@ -46,7 +46,11 @@ pub struct ListQuery {
 }
 
 /// `GET …/connections`.
-pub async fn connections(State(node): State<Arc<Node>>, _admin: Admin, Query(query): Query<ListQuery>) -> Response {
+pub async fn connections(
+    State(node): State<Arc<Node>>,
+    _admin: Admin,
+    Query(query): Query<ListQuery>,
+) -> Response {
     let limit = query.limit.unwrap_or(1000).min(100_000);
     let per_shard = node
         .hub
@@ -63,7 +67,8 @@ pub async fn connections(State(node): State<Arc<Node>>, _admin: Admin, Query(que
                         user_id: s.user_id().map(String::from),
                         remote_addr: s.info.peer.to_string(),
                         path: s.info.path.clone(),
-                        connected_at: humantime::format_rfc3339_millis(s.info.connected_at).to_string(),
+                        connected_at: humantime::format_rfc3339_millis(s.info.connected_at)
+                            .to_string(),
                         channels: state.channels.iter().map(|c| c.to_string()).collect(),
                         rooms: state.rooms.iter().map(|r| r.to_string()).collect(),
                         queued_frames: s.queued(),
@@ -85,7 +90,10 @@ fn merge(per_shard: Vec<Vec<(Arc<str>, usize)>>) -> Vec<(String, usize)> {
     for (key, n) in per_shard.into_iter().flatten() {
         *merged.entry(key).or_default() += n;
     }
-    let mut rows: Vec<(String, usize)> = merged.into_iter().map(|(k, n)| (k.to_string(), n)).collect();
+    let mut rows: Vec<(String, usize)> = merged
+        .into_iter()
+        .map(|(k, n)| (k.to_string(), n))
+        .collect();
     rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     rows
 }
@@ -95,7 +103,9 @@ pub async fn rooms(State(node): State<Arc<Node>>, _admin: Admin) -> Response {
     let rows = merge(node.hub.ask(|shard| shard.room_counts()).await);
     let rooms: Vec<_> = rows
         .into_iter()
-        .map(|(room, n)| json!({ "room_id": room, "room": room, "user_count": n, "connections": n }))
+        .map(
+            |(room, n)| json!({ "room_id": room, "room": room, "user_count": n, "connections": n }),
+        )
         .collect();
     ok(json!({ "count": rooms.len(), "rooms": rooms }))
 }
@@ -103,20 +113,34 @@ pub async fn rooms(State(node): State<Arc<Node>>, _admin: Admin) -> Response {
 /// `GET …/channels`: channels with subscriber counts.
 pub async fn channels(State(node): State<Arc<Node>>, _admin: Admin) -> Response {
     let rows = merge(node.hub.ask(|shard| shard.channel_counts()).await);
-    let channels: Vec<_> = rows.into_iter().map(|(channel, n)| json!({ "channel": channel, "subscribers": n })).collect();
+    let channels: Vec<_> = rows
+        .into_iter()
+        .map(|(channel, n)| json!({ "channel": channel, "subscribers": n }))
+        .collect();
     ok(json!({ "count": channels.len(), "channels": channels }))
 }
 
 /// `DELETE …/connections/{id}`: closes one connection with 4001.
-pub async fn disconnect(State(node): State<Arc<Node>>, _admin: Admin, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn disconnect(
+    State(node): State<Arc<Node>>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let wanted: Arc<str> = Arc::from(id.as_str());
     let found = node
         .hub
         .ask(move |shard| {
-            let target = shard.all_sessions().into_iter().find(|s| s.connection_id == wanted);
+            let target = shard
+                .all_sessions()
+                .into_iter()
+                .find(|s| s.connection_id == wanted);
             match target {
                 Some(session) => {
-                    session.close(shard, close_code::DISCONNECTED_BY_ADMIN, "disconnected by an administrator");
+                    session.close(
+                        shard,
+                        close_code::DISCONNECTED_BY_ADMIN,
+                        "disconnected by an administrator",
+                    );
                     true
                 }
                 None => false,
@@ -127,7 +151,11 @@ pub async fn disconnect(State(node): State<Arc<Node>>, _admin: Admin, Path(id): 
         tracing::info!(connection = %id, "disconnected by an administrator");
         Ok(ok(json!({ "connection_id": id })))
     } else {
-        Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no connection {id:?} on this node")))
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no connection {id:?} on this node"),
+        ))
     }
 }
 

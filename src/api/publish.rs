@@ -64,41 +64,86 @@ pub struct BroadcastRequest {
 
 pub(crate) fn publish_error(e: PublishError) -> ApiError {
     match e {
-        PublishError::Invalid(EventError::NotAnObject) => ApiError::bad_request("INVALID_EVENT", e.to_string()),
-        PublishError::Invalid(EventError::NoTarget) => ApiError::bad_request("NO_TARGET", e.to_string()),
-        PublishError::Invalid(EventError::InvalidName(_)) => ApiError::bad_request("INVALID_NAME", e.to_string()),
-        PublishError::Broker(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", e.to_string()),
+        PublishError::Invalid(EventError::NotAnObject) => {
+            ApiError::bad_request("INVALID_EVENT", e.to_string())
+        }
+        PublishError::Invalid(EventError::NoTarget) => {
+            ApiError::bad_request("NO_TARGET", e.to_string())
+        }
+        PublishError::Invalid(EventError::InvalidName(_)) => {
+            ApiError::bad_request("INVALID_NAME", e.to_string())
+        }
+        PublishError::Broker(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            e.to_string(),
+        ),
     }
 }
 
-fn target(channel: Option<String>, room: Option<String>, user: Option<String>, broadcast: bool) -> Target {
-    Target { channel: channel.map(Arc::from), room: room.map(Arc::from), user: user.map(Arc::from), broadcast }
+fn target(
+    channel: Option<String>,
+    room: Option<String>,
+    user: Option<String>,
+    broadcast: bool,
+) -> Target {
+    Target {
+        channel: channel.map(Arc::from),
+        room: room.map(Arc::from),
+        user: user.map(Arc::from),
+        broadcast,
+    }
 }
 
 /// Publishes one event.
-pub async fn publish(State(node): State<Arc<Node>>, _admin: Admin, body: Bytes) -> Result<Response, ApiError> {
+pub async fn publish(
+    State(node): State<Arc<Node>>,
+    _admin: Admin,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let request: PublishRequest = parse_body(&body)?;
-    let target = target(request.channel, request.room, request.user_id.map(IdValue::into_string), request.broadcast);
-    node.publish(target, request.event, None).await.map_err(publish_error)?;
+    let target = target(
+        request.channel,
+        request.room,
+        request.user_id.map(IdValue::into_string),
+        request.broadcast,
+    );
+    node.publish(target, request.event, None)
+        .await
+        .map_err(publish_error)?;
     Ok(ok(json!({})))
 }
 
 /// Publishes one event to several channels; a connection subscribed to several gets it once
 /// per channel, as it would from separate publishes.
-pub async fn broadcast(State(node): State<Arc<Node>>, _admin: Admin, body: Bytes) -> Result<Response, ApiError> {
+pub async fn broadcast(
+    State(node): State<Arc<Node>>,
+    _admin: Admin,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let request: BroadcastRequest = parse_body(&body)?;
     if request.channels.is_empty() {
-        return Err(ApiError::bad_request("NO_TARGET", "\"channels\" must name at least one channel"));
+        return Err(ApiError::bad_request(
+            "NO_TARGET",
+            "\"channels\" must name at least one channel",
+        ));
     }
     // Validate everything before publishing anything, so a bad name publishes nothing.
     for channel in &request.channels {
-        node.prepare(target(Some(channel.clone()), None, None, false), request.event.clone())
-            .map_err(|e| publish_error(e.into()))?;
+        node.prepare(
+            target(Some(channel.clone()), None, None, false),
+            request.event.clone(),
+        )
+        .map_err(|e| publish_error(e.into()))?;
     }
     for channel in &request.channels {
-        node.publish(target(Some(channel.clone()), None, None, false), request.event.clone(), None)
-            .await
-            .map_err(publish_error)?;
+        node.publish(
+            target(Some(channel.clone()), None, None, false),
+            request.event.clone(),
+            None,
+        )
+        .await
+        .map_err(publish_error)?;
     }
     Ok(ok(json!({ "channels": request.channels })))
 }
@@ -111,7 +156,9 @@ pub async fn room_broadcast(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let event: Value = parse_body(&body)?;
-    node.publish(target(None, Some(room.clone()), None, false), event, None).await.map_err(publish_error)?;
+    node.publish(target(None, Some(room.clone()), None, false), event, None)
+        .await
+        .map_err(publish_error)?;
     Ok(ok(json!({ "room": room })))
 }
 
@@ -123,6 +170,8 @@ pub async fn notify_user(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let event: Value = parse_body(&body)?;
-    node.publish(target(None, None, Some(user.clone()), false), event, None).await.map_err(publish_error)?;
+    node.publish(target(None, None, Some(user.clone()), false), event, None)
+        .await
+        .map_err(publish_error)?;
     Ok(ok(json!({ "user_id": user })))
 }

@@ -52,14 +52,21 @@ fn figures(node: &Node, clients: Option<usize>) -> Value {
 pub async fn stats(State(node): State<Arc<Node>>) -> Response {
     let distinct = node
         .hub
-        .ask(|shard| shard.all_sessions().iter().map(|s| s.info.client_id.clone()).collect::<Vec<_>>())
+        .ask(|shard| {
+            shard
+                .all_sessions()
+                .iter()
+                .map(|s| s.info.client_id.clone())
+                .collect::<Vec<_>>()
+        })
         .await
         .into_iter()
         .flatten()
         .collect::<HashSet<_>>()
         .len();
     let figures = figures(&node, Some(distinct));
-    let mut body = json!({ "success": true, "stats": figures.clone(), "timestamp": outbound::now() });
+    let mut body =
+        json!({ "success": true, "stats": figures.clone(), "timestamp": outbound::now() });
     if let (Some(body), Value::Object(top)) = (body.as_object_mut(), figures) {
         for (k, v) in top {
             body.entry(k).or_insert(v);

@@ -22,4 +22,20 @@ pub struct Identity {
     /// Every claim of the token, for access rules.
     #[serde(skip)]
     pub claims: Map<String, Value>,
+    /// Whether a token proved this identity (false for a self-asserted `user_id`).
+    pub verified: bool,
+}
+
+impl Identity {
+    /// An identity the client asserted without proof (authentication off).
+    pub fn unverified(id: &str) -> Self {
+        Identity {
+            id: Arc::from(id),
+            name: None,
+            email: None,
+            roles: Vec::new(),
+            claims: Map::new(),
+            verified: false,
+        }
+    }
 }

@@ -47,7 +47,10 @@ impl Broker {
     /// Current state.
     pub fn status(&self) -> BrokerStatus {
         match self {
-            Broker::Local => BrokerStatus { kind: "local", connected: true },
+            Broker::Local => BrokerStatus {
+                kind: "local",
+                connected: true,
+            },
         }
     }
 }

@@ -228,7 +228,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Human, level: "info".into() }
+        Self {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
     }
 }
 
@@ -250,26 +253,48 @@ impl Config {
         let mut problem = |key: String, what: &str| problems.push(format!("{key}: {what}"));
 
         if self.server.listen.parse::<SocketAddr>().is_err() {
-            problem("server.listen".into(), "must be an address and port such as 127.0.0.1:8000 or [::1]:8000");
+            problem(
+                "server.listen".into(),
+                "must be an address and port such as 127.0.0.1:8000 or [::1]:8000",
+            );
         }
         if self.server.mounts.is_empty() {
-            problem("server.mounts".into(), "must name at least one path prefix such as \"/ws\"");
+            problem(
+                "server.mounts".into(),
+                "must name at least one path prefix such as \"/ws\"",
+            );
         }
         for (i, mount) in self.server.mounts.iter().enumerate() {
             if !mount.starts_with('/') || (mount.len() > 1 && mount.ends_with('/')) {
-                problem(format!("server.mounts[{i}]"), "must start with '/' and not end with '/'");
+                problem(
+                    format!("server.mounts[{i}]"),
+                    "must start with '/' and not end with '/'",
+                );
             }
             if mount == "/" || mount == "/api" || mount == "/metrics" || mount == "/health" {
-                problem(format!("server.mounts[{i}]"), "collides with a built-in route; choose a prefix such as /ws");
+                problem(
+                    format!("server.mounts[{i}]"),
+                    "collides with a built-in route; choose a prefix such as /ws",
+                );
             }
         }
         if let Some(id) = &self.server.node_id
-            && (id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            && (id.is_empty()
+                || id.len() > 64
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
         {
-            problem("server.node_id".into(), "must be 1-64 characters of letters, digits, '-' or '_'");
+            problem(
+                "server.node_id".into(),
+                "must be 1-64 characters of letters, digits, '-' or '_'",
+            );
         }
         if self.websocket.heartbeat_interval < Duration::from_millis(100) {
-            problem("websocket.heartbeat_interval".into(), "must be at least 100ms");
+            problem(
+                "websocket.heartbeat_interval".into(),
+                "must be at least 100ms",
+            );
         }
         if self.websocket.idle_timeout < self.websocket.heartbeat_interval {
             problem(
@@ -278,26 +303,40 @@ impl Config {
             );
         }
         if self.websocket.max_message_size < 125 {
-            problem("websocket.max_message_size".into(), "must be at least 125 bytes");
+            problem(
+                "websocket.max_message_size".into(),
+                "must be at least 125 bytes",
+            );
         }
         if self.websocket.outbound_queue == 0 {
             problem("websocket.outbound_queue".into(), "must be at least 1");
         }
         if self.websocket.outbound_queue_bytes < 1024 {
-            problem("websocket.outbound_queue_bytes".into(), "must be at least 1024");
+            problem(
+                "websocket.outbound_queue_bytes".into(),
+                "must be at least 1024",
+            );
         }
         let mut paths = std::collections::HashSet::new();
         for (i, endpoint) in self.endpoints.iter().enumerate() {
             let key = format!("endpoints[{i}].path");
-            if !endpoint.path.is_empty() && (!endpoint.path.starts_with('/') || endpoint.path.ends_with('/')) {
-                problem(key.clone(), "must be \"\" (the mount itself) or start with '/' and not end with '/'");
+            if !endpoint.path.is_empty()
+                && (!endpoint.path.starts_with('/') || endpoint.path.ends_with('/'))
+            {
+                problem(
+                    key.clone(),
+                    "must be \"\" (the mount itself) or start with '/' and not end with '/'",
+                );
             }
             if !paths.insert(endpoint.path.as_str()) {
                 problem(key.clone(), "is declared twice");
             }
             for reserved in RESERVED_MOUNT_PATHS {
                 if endpoint.path == *reserved {
-                    problem(key.clone(), "collides with a built-in route under the mount");
+                    problem(
+                        key.clone(),
+                        "collides with a built-in route under the mount",
+                    );
                 }
             }
             for (j, template) in endpoint.channels.iter().chain(&endpoint.rooms).enumerate() {
@@ -306,13 +345,19 @@ impl Config {
                 }
             }
             if endpoint.max_message_size.is_some_and(|m| m < 125) {
-                problem(format!("endpoints[{i}].max_message_size"), "must be at least 125 bytes");
+                problem(
+                    format!("endpoints[{i}].max_message_size"),
+                    "must be at least 125 bytes",
+                );
             }
         }
         for (i, channel) in self.channels.iter().enumerate() {
             let name = channel.name.strip_suffix('*').unwrap_or(&channel.name);
             if channel.name.is_empty() || name.contains('*') {
-                problem(format!("channels[{i}].name"), "must be a channel name, or a prefix followed by a single trailing '*'");
+                problem(
+                    format!("channels[{i}].name"),
+                    "must be a channel name, or a prefix followed by a single trailing '*'",
+                );
             }
             if channel.default_type.as_deref() == Some("") {
                 problem(format!("channels[{i}].default_type"), "must not be empty");
@@ -324,28 +369,47 @@ impl Config {
             problem("api.key".into(), "must be at least 8 characters");
         }
         if let Some(url) = &self.redis.url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://"))
+            && !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://"))
         {
-            problem("redis.url".into(), "must start with redis://, rediss:// or unix://");
+            problem(
+                "redis.url".into(),
+                "must start with redis://, rediss:// or unix://",
+            );
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problem("log.level".into(), &format!("is not a valid filter: {e}"));
         }
 
-        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
     }
 
     /// The listening address; valid after [`Config::validate`].
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.server
-            .listen
-            .parse()
-            .map_err(|_| ConfigError::Invalid(vec![format!("server.listen: {:?} is not an address", self.server.listen)]))
+        self.server.listen.parse().map_err(|_| {
+            ConfigError::Invalid(vec![format!(
+                "server.listen: {:?} is not an address",
+                self.server.listen
+            )])
+        })
     }
 }
 
 /// Paths under a mount that Herald serves itself and endpoints may not take.
-pub const RESERVED_MOUNT_PATHS: &[&str] = &["/stats", "/health", "/rooms", "/connections", "/users", "/broadcast", "/shutdown"];
+pub const RESERVED_MOUNT_PATHS: &[&str] = &[
+    "/stats",
+    "/health",
+    "/rooms",
+    "/connections",
+    "/users",
+    "/broadcast",
+    "/shutdown",
+];
 
 #[cfg(test)]
 mod tests {
@@ -362,10 +426,20 @@ mod tests {
         config.server.listen = "nowhere".into();
         config.server.mounts = vec!["ws/".into()];
         config.websocket.outbound_queue = 0;
-        config.endpoints.push(EndpointConfig { path: "campaigns".into(), ..Default::default() });
-        let ConfigError::Invalid(problems) = config.validate().unwrap_err() else { panic!("expected Invalid") };
+        config.endpoints.push(EndpointConfig {
+            path: "campaigns".into(),
+            ..Default::default()
+        });
+        let ConfigError::Invalid(problems) = config.validate().unwrap_err() else {
+            panic!("expected Invalid")
+        };
         let joined = problems.join("\n");
-        for key in ["server.listen", "server.mounts[0]", "websocket.outbound_queue", "endpoints[0].path"] {
+        for key in [
+            "server.listen",
+            "server.mounts[0]",
+            "websocket.outbound_queue",
+            "endpoints[0].path",
+        ] {
             assert!(joined.contains(key), "{key} missing from:\n{joined}");
         }
     }

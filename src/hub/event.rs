@@ -55,18 +55,31 @@ pub struct Event {
 impl Event {
     /// An event with its payload already serialized.
     pub fn new(target: Target, payload: Bytes) -> Arc<Event> {
-        Arc::new(Event { target, payload, exclude: None, received: Instant::now(), text_frame: OnceLock::new() })
+        Arc::new(Event {
+            target,
+            payload,
+            exclude: None,
+            received: Instant::now(),
+            text_frame: OnceLock::new(),
+        })
     }
 
     /// The same, not delivered to `exclude`.
     pub fn excluding(target: Target, payload: Bytes, exclude: ConnId) -> Arc<Event> {
-        Arc::new(Event { target, payload, exclude: Some(exclude), received: Instant::now(), text_frame: OnceLock::new() })
+        Arc::new(Event {
+            target,
+            payload,
+            exclude: Some(exclude),
+            received: Instant::now(),
+            text_frame: OnceLock::new(),
+        })
     }
 
     /// The WebSocket text frame carrying the payload, built by the first recipient's shard and
     /// shared by all.
     pub fn text_frame(&self) -> &Bytes {
-        self.text_frame.get_or_init(|| frame::encode(frame::OP_TEXT, &self.payload))
+        self.text_frame
+            .get_or_init(|| frame::encode(frame::OP_TEXT, &self.payload))
     }
 }
 
@@ -106,16 +119,24 @@ mod tests {
 
     #[test]
     fn missing_type_gets_the_default_first() {
-        let Value::Object(event) = json!({"job_id": "j1", "status": "completed"}) else { unreachable!() };
+        let Value::Object(event) = json!({"job_id": "j1", "status": "completed"}) else {
+            unreachable!()
+        };
         let bytes = prepare_payload(event, Some("job_update"));
-        assert!(bytes.starts_with(br#"{"type":"job_update""#), "{}", String::from_utf8_lossy(&bytes));
+        assert!(
+            bytes.starts_with(br#"{"type":"job_update""#),
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
         let v: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["status"], "completed");
     }
 
     #[test]
     fn an_existing_type_is_kept() {
-        let Value::Object(event) = json!({"type": "campaign:launched"}) else { unreachable!() };
+        let Value::Object(event) = json!({"type": "campaign:launched"}) else {
+            unreachable!()
+        };
         let v: Value = serde_json::from_slice(&prepare_payload(event, Some("job_update"))).unwrap();
         assert_eq!(v["type"], "campaign:launched");
     }

@@ -37,7 +37,9 @@ impl KeyIndex {
 
     /// Removes `slot` from `key`; returns whether the key is now empty on this shard.
     pub(crate) fn remove(&mut self, key: &str, slot: usize) -> bool {
-        let Some(members) = self.map.get_mut(key) else { return false };
+        let Some(members) = self.map.get_mut(key) else {
+            return false;
+        };
         members.swap_remove(&slot);
         if members.is_empty() {
             self.map.remove(key);

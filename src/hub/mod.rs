@@ -11,7 +11,6 @@ pub mod rules;
 pub mod shard;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -73,7 +72,14 @@ impl Hub {
                 (ShardHandle { inbox: tx }, rx)
             })
             .unzip();
-        (Hub { shards: handles, next_shard: AtomicUsize::new(0), interest: Mutex::new(Interest::default()) }, inboxes)
+        (
+            Hub {
+                shards: handles,
+                next_shard: AtomicUsize::new(0),
+                interest: Mutex::new(Interest::default()),
+            },
+            inboxes,
+        )
     }
 
     /// Number of shards.
@@ -89,12 +95,21 @@ impl Hub {
         }
     }
 
-    /// Hands an accepted socket to the shard with the fewest connections (ties rotate).
-    pub(crate) async fn accept(&self, stream: std::net::TcpStream, peer: SocketAddr, load: impl Fn(usize) -> u64) {
+    /// The shard with the fewest connections (ties rotate).
+    pub(crate) fn pick_shard(&self, load: impl Fn(usize) -> u64) -> usize {
         let start = self.next_shard.fetch_add(1, Ordering::Relaxed);
         let n = self.shards.len();
-        let target = (0..n).map(|i| (start + i) % n).min_by_key(|&i| load(i)).unwrap_or(0);
-        let _ = self.shards[target].inbox.send(ShardMsg::Accept(stream, peer)).await;
+        (0..n)
+            .map(|i| (start + i) % n)
+            .min_by_key(|&i| load(i))
+            .unwrap_or(0)
+    }
+
+    /// Hands an upgraded connection to a shard.
+    pub(crate) async fn adopt(&self, shard: usize, adoption: shard::Adoption) {
+        if let Some(handle) = self.shards.get(shard) {
+            let _ = handle.inbox.send(ShardMsg::Adopt(Box::new(adoption))).await;
+        }
     }
 
     /// Runs `f` on every shard and collects the results.
@@ -201,8 +216,20 @@ mod tests {
         hub.interest(key.clone(), false);
         hub.interest(key.clone(), false);
         hub.interest(key.clone(), false);
-        assert_eq!(changes.try_recv().unwrap(), InterestChange { key: key.clone(), present: true });
-        assert_eq!(changes.try_recv().unwrap(), InterestChange { key, present: false });
+        assert_eq!(
+            changes.try_recv().unwrap(),
+            InterestChange {
+                key: key.clone(),
+                present: true
+            }
+        );
+        assert_eq!(
+            changes.try_recv().unwrap(),
+            InterestChange {
+                key,
+                present: false
+            }
+        );
         assert!(changes.try_recv().is_err());
     }
 }

@@ -9,7 +9,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,24 +18,35 @@ use slab::Slab;
 use tokio::sync::mpsc;
 use tokio::task::LocalSet;
 
-use super::event::Event;
-use super::index::LocalIndex;
 use super::InterestKey;
+use super::event::Event;
 use super::event::Target;
+use super::index::LocalIndex;
 use crate::config::EndpointKind;
 use crate::node::Node;
 use crate::protocol::outbound;
-use crate::session::Session;
+use crate::session::{ConnectPlan, Session};
 use crate::stats::{self, ShardCounters};
 use crate::transport::frame::{self, close_code};
+use crate::transport::io::ConnIo;
+
+/// A WebSocket connection handed over after its upgrade, with what was decided about it.
+pub(crate) struct Adoption {
+    /// The socket, detached from the runtime that served the HTTP request.
+    pub stream: std::net::TcpStream,
+    /// Bytes the client sent after its handshake that HTTP parsing already read.
+    pub leftover: Bytes,
+    /// Pre-subscriptions, identity, limits.
+    pub plan: ConnectPlan,
+}
 
 /// A function run on a shard's thread.
 pub(crate) type ShardCall = Box<dyn FnOnce(&Rc<Shard>) + Send>;
 
 /// Work sent to a shard.
 pub(crate) enum ShardMsg {
-    /// A freshly accepted socket to serve.
-    Accept(std::net::TcpStream, SocketAddr),
+    /// An upgraded WebSocket connection to own from now on.
+    Adopt(Box<Adoption>),
     /// An event to fan out to this shard's connections.
     Deliver(Arc<Event>),
     /// A function to run on the shard's thread (admin queries, targeted disconnects).
@@ -53,7 +63,6 @@ thread_local! {
 pub struct Shard {
     number: usize,
     node: Arc<Node>,
-    router: axum::Router,
     sessions: RefCell<Slab<Rc<Session>>>,
     index: RefCell<LocalIndex>,
     stamp: Cell<u64>,
@@ -111,7 +120,7 @@ impl Shard {
         let counters = self.counters();
         stats::bump(&counters.connections, 1);
         stats::bump(&counters.connections_total, 1);
-        if session.info.user.is_some() {
+        if session.info.user.as_ref().is_some_and(|u| u.verified) {
             stats::bump(&counters.authenticated, 1);
         }
     }
@@ -121,31 +130,40 @@ impl Shard {
         let slot = session.slot.get();
         let (channels, rooms) = {
             let mut state = session.state.borrow_mut();
-            (std::mem::take(&mut state.channels), std::mem::take(&mut state.rooms))
+            (
+                std::mem::take(&mut state.channels),
+                std::mem::take(&mut state.rooms),
+            )
         };
         {
             let mut index = self.index.borrow_mut();
             for channel in &channels {
                 if index.channels.remove(channel, slot) {
-                    self.node.hub.interest(InterestKey::Channel(channel.clone()), false);
+                    self.node
+                        .hub
+                        .interest(InterestKey::Channel(channel.clone()), false);
                 }
             }
             for room in &rooms {
                 if index.rooms.remove(room, slot) {
-                    self.node.hub.interest(InterestKey::Room(room.clone()), false);
+                    self.node
+                        .hub
+                        .interest(InterestKey::Room(room.clone()), false);
                 }
             }
             if let Some(user) = &session.info.user
                 && index.users.remove(&user.id, slot)
             {
-                self.node.hub.interest(InterestKey::User(user.id.clone()), false);
+                self.node
+                    .hub
+                    .interest(InterestKey::User(user.id.clone()), false);
             }
         }
         let counters = self.counters();
         stats::drop_by(&counters.channel_subscriptions, channels.len() as u64);
         stats::drop_by(&counters.room_memberships, rooms.len() as u64);
         stats::drop_by(&counters.connections, 1);
-        if session.info.user.is_some() {
+        if session.info.user.as_ref().is_some_and(|u| u.verified) {
             stats::drop_by(&counters.authenticated, 1);
         }
         let mut sessions = self.sessions.borrow_mut();
@@ -159,7 +177,11 @@ impl Shard {
         if session.state.borrow().channels.contains(channel) {
             return false;
         }
-        let (name, first) = self.index.borrow_mut().channels.add(channel, session.slot.get());
+        let (name, first) = self
+            .index
+            .borrow_mut()
+            .channels
+            .add(channel, session.slot.get());
         session.state.borrow_mut().channels.insert(name.clone());
         stats::bump(&self.counters().channel_subscriptions, 1);
         if first {
@@ -170,9 +192,16 @@ impl Shard {
 
     /// Unsubscribes a connection from a channel; `false` if it was not subscribed.
     pub(crate) fn unsubscribe(&self, session: &Session, channel: &str) -> bool {
-        let Some(name) = session.state.borrow_mut().channels.take(channel) else { return false };
+        let Some(name) = session.state.borrow_mut().channels.take(channel) else {
+            return false;
+        };
         stats::drop_by(&self.counters().channel_subscriptions, 1);
-        if self.index.borrow_mut().channels.remove(channel, session.slot.get()) {
+        if self
+            .index
+            .borrow_mut()
+            .channels
+            .remove(channel, session.slot.get())
+        {
             self.node.hub.interest(InterestKey::Channel(name), false);
         }
         true
@@ -194,9 +223,16 @@ impl Shard {
 
     /// Removes a connection from a room; `false` if it was not a member.
     pub(crate) fn leave(&self, session: &Session, room: &str) -> bool {
-        let Some(name) = session.state.borrow_mut().rooms.take(room) else { return false };
+        let Some(name) = session.state.borrow_mut().rooms.take(room) else {
+            return false;
+        };
         stats::drop_by(&self.counters().room_memberships, 1);
-        if self.index.borrow_mut().rooms.remove(room, session.slot.get()) {
+        if self
+            .index
+            .borrow_mut()
+            .rooms
+            .remove(room, session.slot.get())
+        {
             self.node.hub.interest(InterestKey::Room(name), false);
         }
         true
@@ -205,7 +241,11 @@ impl Shard {
     /// Indexes a connection under its user, for user-targeted events.
     pub(crate) fn bind_user(&self, session: &Session) {
         if let Some(user) = &session.info.user {
-            let (name, first) = self.index.borrow_mut().users.add(&user.id, session.slot.get());
+            let (name, first) = self
+                .index
+                .borrow_mut()
+                .users
+                .add(&user.id, session.slot.get());
             if first {
                 self.node.hub.interest(InterestKey::User(name), true);
             }
@@ -237,9 +277,21 @@ impl Shard {
             }
         } else {
             let keys = [
-                event.target.channel.as_deref().and_then(|c| index.channels.get(c)),
-                event.target.room.as_deref().and_then(|r| index.rooms.get(r)),
-                event.target.user.as_deref().and_then(|u| index.users.get(u)),
+                event
+                    .target
+                    .channel
+                    .as_deref()
+                    .and_then(|c| index.channels.get(c)),
+                event
+                    .target
+                    .room
+                    .as_deref()
+                    .and_then(|r| index.rooms.get(r)),
+                event
+                    .target
+                    .user
+                    .as_deref()
+                    .and_then(|u| index.users.get(u)),
             ];
             for members in keys.into_iter().flatten() {
                 for slot in members {
@@ -279,7 +331,7 @@ impl Shard {
         for msg in batch.drain(..) {
             match msg {
                 ShardMsg::Deliver(event) => self.deliver(&event),
-                ShardMsg::Accept(stream, peer) => self.accept(stream, peer),
+                ShardMsg::Adopt(adoption) => self.adopt(*adoption),
                 ShardMsg::Call(f) => f(self),
                 ShardMsg::Shutdown => self.begin_shutdown(),
             }
@@ -288,36 +340,65 @@ impl Shard {
         self.flush_dirty();
     }
 
-    fn accept(self: &Rc<Self>, stream: std::net::TcpStream, peer: SocketAddr) {
+    fn adopt(self: &Rc<Self>, adoption: Adoption) {
+        let Adoption {
+            stream,
+            leftover,
+            plan,
+        } = adoption;
         if self.shutting_down.get() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
             return;
         }
         match tokio::net::TcpStream::from_std(stream) {
-            Ok(stream) => self.spawn(crate::transport::http::serve(stream, peer, self.router.clone())),
-            Err(e) => tracing::warn!(error = %e, "could not register an accepted socket"),
+            Ok(stream) => self.spawn(crate::session::connect::run(
+                self.clone(),
+                ConnIo::Tcp(stream),
+                leftover,
+                plan,
+            )),
+            Err(e) => tracing::warn!(error = %e, "could not register an upgraded socket"),
         }
     }
 
     fn begin_shutdown(self: &Rc<Self>) {
         self.shutting_down.set(true);
         for session in self.all_sessions() {
-            session.close(self, close_code::GOING_AWAY, "server shutting down; reconnect to another node");
+            session.close(
+                self,
+                close_code::GOING_AWAY,
+                "server shutting down; reconnect to another node",
+            );
         }
     }
 
     /// A snapshot of every connection on the shard.
     pub fn all_sessions(&self) -> Vec<Rc<Session>> {
-        self.sessions.borrow().iter().map(|(_, s)| s.clone()).collect()
+        self.sessions
+            .borrow()
+            .iter()
+            .map(|(_, s)| s.clone())
+            .collect()
     }
 
     /// Member counts of this shard's rooms.
     pub fn room_counts(&self) -> Vec<(Arc<str>, usize)> {
-        self.index.borrow().rooms.counts().map(|(k, n)| (k.clone(), n)).collect()
+        self.index
+            .borrow()
+            .rooms
+            .counts()
+            .map(|(k, n)| (k.clone(), n))
+            .collect()
     }
 
     /// Subscriber counts of this shard's channels.
     pub fn channel_counts(&self) -> Vec<(Arc<str>, usize)> {
-        self.index.borrow().channels.counts().map(|(k, n)| (k.clone(), n)).collect()
+        self.index
+            .borrow()
+            .channels
+            .counts()
+            .map(|(k, n)| (k.clone(), n))
+            .collect()
     }
 
     /// Number of distinct rooms and channels on this shard.
@@ -334,7 +415,8 @@ impl Shard {
         if heartbeat_due {
             self.next_heartbeat.set(now + ws.heartbeat_interval);
         }
-        let heartbeat = (heartbeat_due && ws.heartbeat_message).then(|| Event::new(Target::default(), outbound::heartbeat()));
+        let heartbeat = (heartbeat_due && ws.heartbeat_message)
+            .then(|| Event::new(Target::default(), outbound::heartbeat()));
         let ping = (heartbeat_due && ws.ping_frames).then(|| frame::encode(frame::OP_PING, b""));
         let mut queued = 0u64;
         self.batching.set(true);
@@ -349,7 +431,11 @@ impl Shard {
             if now.duration_since(session.last_seen.get()) > ws.idle_timeout {
                 stats::bump(&self.counters().idle_disconnects, 1);
                 tracing::debug!(connection = %session.connection_id, "idle timeout");
-                session.close(self, close_code::IDLE_TIMEOUT, "idle timeout: nothing received");
+                session.close(
+                    self,
+                    close_code::IDLE_TIMEOUT,
+                    "idle timeout: nothing received",
+                );
                 continue;
             }
             if session.info.kind == EndpointKind::Events {
@@ -358,10 +444,17 @@ impl Shard {
         }
         self.batching.set(false);
         self.flush_dirty();
-        self.counters().queued_frames.store(queued, std::sync::atomic::Ordering::Relaxed);
+        self.counters()
+            .queued_frames
+            .store(queued, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn send_keepalive(self: &Rc<Self>, session: &Rc<Session>, heartbeat: Option<&Event>, ping: Option<&Bytes>) {
+    fn send_keepalive(
+        self: &Rc<Self>,
+        session: &Rc<Session>,
+        heartbeat: Option<&Event>,
+        ping: Option<&Bytes>,
+    ) {
         if let Some(frame) = heartbeat.and_then(|h| session.frame_for(h)) {
             session.send(self, frame);
             stats::bump(&self.counters().replies, 1);
@@ -376,7 +469,6 @@ impl Shard {
 pub(crate) fn spawn_thread(
     number: usize,
     node: Arc<Node>,
-    router: axum::Router,
     inbox: mpsc::Receiver<ShardMsg>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name(format!("herald-shard-{number}")).spawn(move || {
@@ -387,17 +479,16 @@ pub(crate) fn spawn_thread(
                 return;
             }
         };
-        LocalSet::new().block_on(&runtime, run(number, node, router, inbox));
+        LocalSet::new().block_on(&runtime, run(number, node, inbox));
     })
 }
 
-async fn run(number: usize, node: Arc<Node>, router: axum::Router, mut inbox: mpsc::Receiver<ShardMsg>) {
+async fn run(number: usize, node: Arc<Node>, mut inbox: mpsc::Receiver<ShardMsg>) {
     let period = tick_period_for(node.config.websocket.heartbeat_interval);
     let shard = Rc::new(Shard {
         number,
         next_heartbeat: Cell::new(Instant::now() + node.config.websocket.heartbeat_interval),
         node,
-        router,
         sessions: RefCell::new(Slab::new()),
         index: RefCell::new(LocalIndex::default()),
         stamp: Cell::new(0),

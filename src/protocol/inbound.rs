@@ -23,7 +23,10 @@ pub struct ProtocolError {
 impl ProtocolError {
     /// Builds an error.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -50,18 +53,38 @@ impl Inbound {
     /// Parses a text frame. Fails with `INVALID_JSON` for anything but an object, and with
     /// `INVALID_MESSAGE` when `type` is missing or not a string.
     pub fn parse(text: &[u8]) -> Result<Inbound, ProtocolError> {
-        let value: Value = serde_json::from_slice(text)
-            .map_err(|e| ProtocolError::new(ErrorCode::InvalidJson, format!("message is not valid JSON: {e}")))?;
+        let value: Value = serde_json::from_slice(text).map_err(|e| {
+            ProtocolError::new(
+                ErrorCode::InvalidJson,
+                format!("message is not valid JSON: {e}"),
+            )
+        })?;
         let Value::Object(body) = value else {
-            return Err(ProtocolError::new(ErrorCode::InvalidJson, "message must be a JSON object"));
+            return Err(ProtocolError::new(
+                ErrorCode::InvalidJson,
+                "message must be a JSON object",
+            ));
         };
         let kind = match body.get("type") {
             Some(Value::String(kind)) if !kind.is_empty() && kind.len() <= 100 => kind.clone(),
             Some(Value::String(_)) => {
-                return Err(ProtocolError::new(ErrorCode::InvalidMessage, "field \"type\" must be 1-100 characters"));
+                return Err(ProtocolError::new(
+                    ErrorCode::InvalidMessage,
+                    "field \"type\" must be 1-100 characters",
+                ));
             }
-            Some(_) => return Err(ProtocolError::new(ErrorCode::InvalidMessage, "field \"type\" must be a string")),
-            None => return Err(ProtocolError::new(ErrorCode::InvalidMessage, "missing field \"type\"")),
+            Some(_) => {
+                return Err(ProtocolError::new(
+                    ErrorCode::InvalidMessage,
+                    "field \"type\" must be a string",
+                ));
+            }
+            None => {
+                return Err(ProtocolError::new(
+                    ErrorCode::InvalidMessage,
+                    "missing field \"type\"",
+                ));
+            }
         };
         let id = body
             .get("id")
@@ -95,7 +118,9 @@ impl Inbound {
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(Value::Number(n)) => Ok(Some(n.to_string())),
             Some(Value::Null) | None => Ok(None),
-            Some(_) => Err(invalid(format!("field {field:?} must be a string or a number"))),
+            Some(_) => Err(invalid(format!(
+                "field {field:?} must be a string or a number"
+            ))),
         }
     }
 
@@ -111,7 +136,11 @@ impl Inbound {
 
     /// The room if one is given (`room` or `room_id`).
     pub fn opt_room(&self) -> Result<Option<&str>, ProtocolError> {
-        if self.body.contains_key("room") || self.body.contains_key("room_id") { self.room().map(Some) } else { Ok(None) }
+        if self.body.contains_key("room") || self.body.contains_key("room_id") {
+            self.room().map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// The channels of a subscription message: `channels` as an array or comma-separated string,
@@ -120,9 +149,16 @@ impl Inbound {
         let names: Vec<&str> = match (self.body.get("channels"), self.body.get("channel")) {
             (Some(Value::Array(items)), _) => items
                 .iter()
-                .map(|item| item.as_str().ok_or_else(|| invalid("field \"channels\" must contain only strings")))
+                .map(|item| {
+                    item.as_str()
+                        .ok_or_else(|| invalid("field \"channels\" must contain only strings"))
+                })
                 .collect::<Result<_, _>>()?,
-            (Some(Value::String(list)), _) => list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect(),
+            (Some(Value::String(list)), _) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect(),
             (Some(_), _) => return Err(invalid("field \"channels\" must be an array of strings")),
             (None, Some(Value::String(one))) => vec![one.as_str()],
             (None, Some(_)) => return Err(invalid("field \"channel\" must be a string")),
@@ -146,16 +182,25 @@ fn invalid(message: impl Into<String>) -> ProtocolError {
 /// Any other Unicode is allowed; names are opaque keys, never paths.
 pub fn validate_name(what: &str, name: &str) -> Result<(), ProtocolError> {
     if name.is_empty() {
-        return Err(ProtocolError::new(ErrorCode::InvalidName, format!("{what} name must not be empty")));
+        return Err(ProtocolError::new(
+            ErrorCode::InvalidName,
+            format!("{what} name must not be empty"),
+        ));
     }
     if name.len() > MAX_NAME_LEN {
         return Err(ProtocolError::new(
             ErrorCode::InvalidName,
-            format!("{what} name is {} bytes; the limit is {MAX_NAME_LEN}", name.len()),
+            format!(
+                "{what} name is {} bytes; the limit is {MAX_NAME_LEN}",
+                name.len()
+            ),
         ));
     }
     if name.chars().any(char::is_control) {
-        return Err(ProtocolError::new(ErrorCode::InvalidName, format!("{what} name must not contain control characters")));
+        return Err(ProtocolError::new(
+            ErrorCode::InvalidName,
+            format!("{what} name must not contain control characters"),
+        ));
     }
     Ok(())
 }
@@ -166,7 +211,8 @@ mod tests {
 
     #[test]
     fn parses_the_documents_messages() {
-        let m = Inbound::parse(br#"{"type":"subscribe","channels":["campaigns","emails"]}"#).unwrap();
+        let m =
+            Inbound::parse(br#"{"type":"subscribe","channels":["campaigns","emails"]}"#).unwrap();
         assert_eq!(m.kind, "subscribe");
         assert_eq!(m.channels().unwrap(), vec!["campaigns", "emails"]);
         let m = Inbound::parse(br#"{"type":"join_room","room_id":"workspace_123"}"#).unwrap();
@@ -178,16 +224,38 @@ mod tests {
 
     #[test]
     fn refusals_carry_codes() {
-        assert_eq!(Inbound::parse(b"not json").unwrap_err().code, ErrorCode::InvalidJson);
-        assert_eq!(Inbound::parse(b"[1,2]").unwrap_err().code, ErrorCode::InvalidJson);
-        assert_eq!(Inbound::parse(br#"{"channels":[]}"#).unwrap_err().code, ErrorCode::InvalidMessage);
-        assert_eq!(Inbound::parse(br#"{"type":5}"#).unwrap_err().code, ErrorCode::InvalidMessage);
+        assert_eq!(
+            Inbound::parse(b"not json").unwrap_err().code,
+            ErrorCode::InvalidJson
+        );
+        assert_eq!(
+            Inbound::parse(b"[1,2]").unwrap_err().code,
+            ErrorCode::InvalidJson
+        );
+        assert_eq!(
+            Inbound::parse(br#"{"channels":[]}"#).unwrap_err().code,
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            Inbound::parse(br#"{"type":5}"#).unwrap_err().code,
+            ErrorCode::InvalidMessage
+        );
         let m = Inbound::parse(br#"{"type":"subscribe","channels":[1]}"#).unwrap();
         assert_eq!(m.channels().unwrap_err().code, ErrorCode::InvalidMessage);
         let m = Inbound::parse(br#"{"type":"join_room"}"#).unwrap();
         assert!(m.room().unwrap_err().message.contains("room"));
-        let long = format!(r#"{{"type":"join_room","room":"{}"}}"#, "x".repeat(MAX_NAME_LEN + 1));
-        assert_eq!(Inbound::parse(long.as_bytes()).unwrap().room().unwrap_err().code, ErrorCode::InvalidName);
+        let long = format!(
+            r#"{{"type":"join_room","room":"{}"}}"#,
+            "x".repeat(MAX_NAME_LEN + 1)
+        );
+        assert_eq!(
+            Inbound::parse(long.as_bytes())
+                .unwrap()
+                .room()
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidName
+        );
         let ctl = Inbound::parse(br#"{"type":"join_room","room":"a\u0000b"}"#).unwrap();
         assert_eq!(ctl.room().unwrap_err().code, ErrorCode::InvalidName);
     }

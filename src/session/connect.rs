@@ -15,9 +15,10 @@ use tokio::net::TcpStream;
 use super::{ConnInfo, Session, handlers, reader};
 use crate::auth::Identity;
 use crate::config::{EndpointKind, WelcomeStyle};
-use crate::hub::shard::Shard;
+use crate::hub::shard::{Adoption, Shard};
+use crate::node::Node;
 use crate::protocol::outbound;
-use crate::transport::io::{ConnIo, TlsStream};
+use crate::transport::io::ConnIo;
 
 /// Everything decided about a connection before the upgrade completes.
 #[derive(Debug, Clone)]
@@ -42,8 +43,13 @@ pub struct ConnectPlan {
     pub user: Option<Arc<Identity>>,
 }
 
-/// Waits for hyper to hand over the socket, then runs the session until it ends.
-pub(crate) async fn run(shard: Rc<Shard>, on_upgrade: OnUpgrade, plan: ConnectPlan) {
+/// Waits for hyper to finish the upgrade, then hands the socket to `shard`.
+pub(crate) async fn hand_over(
+    node: Arc<Node>,
+    shard: usize,
+    on_upgrade: OnUpgrade,
+    plan: ConnectPlan,
+) {
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(e) => {
@@ -51,21 +57,42 @@ pub(crate) async fn run(shard: Rc<Shard>, on_upgrade: OnUpgrade, plan: ConnectPl
             return;
         }
     };
-    let (io, leftover) = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => (ConnIo::Tcp(parts.io.into_inner()), parts.read_buf),
-        Err(upgraded) => match upgraded.downcast::<TokioIo<TlsStream>>() {
-            Ok(parts) => (ConnIo::Tls(Box::new(std::cell::RefCell::new(parts.io.into_inner()))), parts.read_buf),
-            Err(_) => {
-                tracing::error!("upgraded connection has an unexpected transport type");
-                return;
-            }
-        },
+    let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => parts,
+        Err(_) => {
+            tracing::error!("upgraded connection has an unexpected transport type");
+            return;
+        }
     };
+    let stream = match parts.io.into_inner().into_std() {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not detach an upgraded socket");
+            return;
+        }
+    };
+    node.hub
+        .adopt(
+            shard,
+            Adoption {
+                stream,
+                leftover: parts.read_buf,
+                plan,
+            },
+        )
+        .await;
+}
+
+/// Runs a session on its shard until the connection ends.
+pub(crate) async fn run(shard: Rc<Shard>, io: ConnIo, leftover: Bytes, plan: ConnectPlan) {
     let node = shard.node();
     let id = node.next_connection.fetch_add(1, Ordering::Relaxed);
     let connection_id: Arc<str> = Arc::from(format!("{}-{id}", node.id));
     let info = ConnInfo {
-        client_id: plan.client_id.clone().unwrap_or_else(|| connection_id.to_string()),
+        client_id: plan
+            .client_id
+            .clone()
+            .unwrap_or_else(|| connection_id.to_string()),
         peer: plan.peer,
         kind: plan.kind,
         path: plan.path.clone(),

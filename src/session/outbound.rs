@@ -53,7 +53,9 @@ impl Outbound {
     fn advance(&mut self, mut n: usize) {
         self.queued_bytes -= n;
         while n > 0 {
-            let Some(head) = self.queue.front_mut() else { break };
+            let Some(head) = self.queue.front_mut() else {
+                break;
+            };
             if n >= head.len() {
                 n -= head.len();
                 self.queue.pop_front();
@@ -101,11 +103,17 @@ impl Session {
             return SendOutcome::Closed;
         }
         let limits = &shard.node().config.websocket;
-        if out.queue.len() >= limits.outbound_queue || out.queued_bytes + frame.len() > limits.outbound_queue_bytes {
+        if out.queue.len() >= limits.outbound_queue
+            || out.queued_bytes + frame.len() > limits.outbound_queue_bytes
+        {
             drop(out);
             stats::bump(&shard.counters().slow_consumer_disconnects, 1);
             tracing::info!(connection = %self.connection_id, "slow consumer: outbound queue full, closing");
-            self.close(shard, close_code::SLOW_CONSUMER, "slow consumer: outbound queue full");
+            self.close(
+                shard,
+                close_code::SLOW_CONSUMER,
+                "slow consumer: outbound queue full",
+            );
             return SendOutcome::SlowConsumer;
         }
         let was_idle = out.queue.is_empty() && !out.flusher;

@@ -31,7 +31,12 @@ enum ReadOutcome {
     Failed(io::Error),
 }
 
-fn poll_read(session: &Session, cx: &mut Context<'_>, decoder: Option<&mut Decoder>, out: &mut Vec<Message>) -> Poll<ReadOutcome> {
+fn poll_read(
+    session: &Session,
+    cx: &mut Context<'_>,
+    decoder: Option<&mut Decoder>,
+    out: &mut Vec<Message>,
+) -> Poll<ReadOutcome> {
     if session.killed.get() {
         return Poll::Ready(ReadOutcome::Eof);
     }
@@ -40,7 +45,9 @@ fn poll_read(session: &Session, cx: &mut Context<'_>, decoder: Option<&mut Decod
         match session.io.poll_read(cx, &mut buf) {
             Poll::Pending => {
                 match session.reader_waker.take() {
-                    Some(waker) if waker.will_wake(cx.waker()) => session.reader_waker.set(Some(waker)),
+                    Some(waker) if waker.will_wake(cx.waker()) => {
+                        session.reader_waker.set(Some(waker))
+                    }
                     _ => session.reader_waker.set(Some(cx.waker().clone())),
                 }
                 Poll::Pending
@@ -48,7 +55,9 @@ fn poll_read(session: &Session, cx: &mut Context<'_>, decoder: Option<&mut Decod
             Poll::Ready(Ok(0)) => Poll::Ready(ReadOutcome::Eof),
             Poll::Ready(Ok(n)) => {
                 session.last_seen.set(Instant::now());
-                let Some(decoder) = decoder else { return Poll::Ready(ReadOutcome::Data) };
+                let Some(decoder) = decoder else {
+                    return Poll::Ready(ReadOutcome::Data);
+                };
                 match decoder.feed(&buf[..n], out) {
                     Ok(()) => Poll::Ready(ReadOutcome::Data),
                     Err(e) => Poll::Ready(ReadOutcome::Violation(e)),
@@ -72,6 +81,13 @@ pub(crate) async fn run(shard: &Rc<Shard>, session: &Rc<Session>, leftover: Byte
     }
     loop {
         for message in messages.drain(..) {
+            if let Message::Close(_) = message
+                && session.is_closing()
+            {
+                // Both close frames have now been sent: the handshake is complete and the TCP
+                // connection is ours to close (RFC 6455 section 7.1.1).
+                return;
+            }
             handle(shard, session, message).await;
         }
         if messages.capacity() > 16 {
@@ -129,7 +145,10 @@ async fn handle(shard: &Rc<Shard>, session: &Rc<Session>, message: Message) {
                 }
                 _ => session.send_error(
                     shard,
-                    &ProtocolError::new(ErrorCode::UnsupportedFrame, "binary frames are not accepted on this connection; send JSON text"),
+                    &ProtocolError::new(
+                        ErrorCode::UnsupportedFrame,
+                        "binary frames are not accepted on this connection; send JSON text",
+                    ),
                     None,
                 ),
             }

@@ -1,8 +1,8 @@
-//! The listening socket and the accept loop that hands connections to shards.
+//! The listening socket and the accept loop. HTTP is served on the control runtime, so API
+//! requests never wait behind a fan-out; only upgraded WebSocket sockets move to shards.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -22,8 +22,12 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Accepts until the node shuts down, giving each socket to the least-loaded shard.
-pub(crate) async fn accept_loop(node: Arc<Node>, listener: std::net::TcpListener) -> std::io::Result<()> {
+/// Accepts until the node shuts down, serving HTTP on each socket.
+pub(crate) async fn accept_loop(
+    node: Arc<Node>,
+    router: axum::Router,
+    listener: std::net::TcpListener,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let mut last_error_log = None::<std::time::Instant>;
     loop {
@@ -33,15 +37,7 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: std::net::TcpListener
         };
         match accepted {
             Ok((stream, peer)) => {
-                let std_stream = match stream.into_std() {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "could not detach an accepted socket");
-                        continue;
-                    }
-                };
-                let stats = &node.stats;
-                node.hub.accept(std_stream, peer, |i| stats.shards[i].connections.load(Ordering::Relaxed)).await;
+                tokio::spawn(super::http::serve(stream, peer, router.clone()));
             }
             Err(e) => {
                 // Out of file descriptors or a transient kernel error: say so once in a while,

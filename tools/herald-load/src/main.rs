@@ -1,1 +1,39 @@
-fn main() {}
+//! `herald-load`: drives a running Herald over real sockets and prints figures a person can
+//! compare. See BENCHMARKS.md for the command lines and results.
+
+mod fanout;
+mod report;
+mod ws;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald-load",
+    version,
+    about = "Load tool for Herald: fan-out, connections and chat benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// N clients subscribed to a channel (or in rooms, or as one user's tabs); events published
+    /// at a fixed rate or as fast as possible; prints deliveries per second, latency and loss.
+    Fanout(fanout::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    report::now_ns();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Fanout(args) => fanout::run(args).await,
+        }
+    })
+}

@@ -1,0 +1,236 @@
+//! The HTTP API: publishing, admin, stats, health and metrics.
+
+use serde_json::json;
+
+use crate::common::{Herald, Options};
+
+#[tokio::test]
+async fn publish_requires_the_api_key() {
+    let herald = Herald::start("").await;
+    let http = reqwest::Client::new();
+    let body = json!({"channel": "a", "event": {"type": "x"}});
+    let response = http
+        .post(herald.url("/api/publish"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["code"], "AUTHENTICATION_FAILED");
+    let response = http
+        .post(herald.url("/api/publish"))
+        .bearer_auth("wrong-key-123")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = http
+        .post(herald.url("/api/publish"))
+        .header("x-api-key", crate::common::API_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn without_a_key_admin_routes_answer_loopback() {
+    let herald = Herald::start_with(Options {
+        no_api_key: true,
+        ..Default::default()
+    })
+    .await;
+    let (status, _) = herald
+        .post("/api/publish", json!({"channel": "a", "event": {}}))
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn bad_publish_requests_get_clear_400s() {
+    let herald = Herald::start("").await;
+    let cases = [
+        (json!({"channel": "a"}), "INVALID_JSON"),
+        (json!({"channel": "a", "event": [1]}), "INVALID_EVENT"),
+        (json!({"channel": "a", "event": "text"}), "INVALID_EVENT"),
+        (json!({"event": {"type": "x"}}), "NO_TARGET"),
+        (json!({"channel": "", "event": {}}), "INVALID_NAME"),
+        (
+            json!({"channel": "a", "event": {}, "surprise": 1}),
+            "INVALID_JSON",
+        ),
+        (json!({"channel": 5, "event": {}}), "INVALID_JSON"),
+    ];
+    for (body, code) in cases {
+        let (status, reply) = herald.post("/api/publish", body.clone()).await;
+        assert_eq!(status, 400, "{body} -> {reply}");
+        assert_eq!(reply["code"], code, "{body} -> {reply}");
+        assert_eq!(reply["success"], false);
+    }
+    let response = reqwest::Client::new()
+        .post(herald.url("/api/publish"))
+        .bearer_auth(crate::common::API_KEY)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let (status, reply) = herald.get("/api/nowhere").await;
+    assert_eq!(status, 404);
+    assert_eq!(reply["code"], "NOT_FOUND");
+}
+
+#[tokio::test]
+async fn broadcast_to_several_channels_and_to_a_room() {
+    let herald = Herald::start("").await;
+    let mut a = herald.connect("/ws?channels=a").await;
+    let mut b = herald.connect("/ws?channels=b").await;
+    let mut room = herald.connect("/ws").await;
+    room.request(json!({"type": "join_room", "room_id": "workspace_123"}))
+        .await;
+    let (status, _) = herald
+        .post(
+            "/api/broadcast",
+            json!({"channels": ["a", "b"], "event": {"type": "both"}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(a.recv_event().await["type"], "both");
+    assert_eq!(b.recv_event().await["type"], "both");
+    let (status, _) = herald
+        .post(
+            "/api/rooms/workspace_123/broadcast",
+            json!({"type": "system_announcement", "title": "Maintenance Notice"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let event = room.recv_event().await;
+    assert_eq!(event["type"], "system_announcement");
+    assert_eq!(event["title"], "Maintenance Notice");
+}
+
+#[tokio::test]
+async fn connections_rooms_and_disconnect() {
+    let herald = Herald::start("").await;
+    let mut one = herald.connect("/ws?client_id=first&channels=x").await;
+    one.request(json!({"type": "join_room", "room": "order_1"}))
+        .await;
+    let mut two = herald.connect("/ws?client_id=second").await;
+    two.request(json!({"type": "join_room", "room": "order_1"}))
+        .await;
+    two.request(json!({"type": "join_room", "room": "order_2"}))
+        .await;
+
+    let (status, list) = herald.get("/api/connections").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["count"], 2);
+    let first = list["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == "first")
+        .unwrap()
+        .clone();
+    assert_eq!(first["channels"], json!(["x"]));
+
+    let (_, rooms) = herald.get("/api/rooms").await;
+    assert_eq!(rooms["rooms"][0]["room_id"], "order_1");
+    assert_eq!(rooms["rooms"][0]["user_count"], 2);
+    assert_eq!(rooms["rooms"][1]["user_count"], 1);
+
+    let id = first["connection_id"].as_str().unwrap();
+    let (status, _) = herald.delete(&format!("/api/connections/{id}")).await;
+    assert_eq!(status, 200);
+    let (code, reason) = one.expect_close().await;
+    assert_eq!(code, 4001);
+    assert!(reason.contains("administrator"));
+    let (status, _) = herald.delete("/api/connections/nobody-1").await;
+    assert_eq!(status, 404);
+    two.assert_alive().await;
+}
+
+#[tokio::test]
+async fn stats_carry_both_documents_fields() {
+    let herald = Herald::start("[server]\nmounts = [\"/ws\", \"/api/v1/ws\"]").await;
+    let mut c = herald.connect("/ws?client_id=dash&channels=a,b").await;
+    c.request(json!({"type": "join_room", "room": "r"})).await;
+    for path in ["/ws/stats", "/api/v1/ws/stats", "/api/stats"] {
+        let (status, stats) = herald.get(path).await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(stats["success"], true);
+        assert_eq!(stats["connected_clients"], 1, "{path}: {stats}");
+        assert_eq!(stats["stats"]["total_connections"], 1);
+        assert_eq!(stats["stats"]["clients"], 1);
+        assert_eq!(stats["stats"]["total_channel_subscriptions"], 2);
+        assert_eq!(stats["stats"]["total_room_subscriptions"], 1);
+        assert_eq!(stats["rooms_active"], 1);
+        assert!(stats["messages_per_second"].is_number());
+        assert!(stats["uptime_seconds"].is_number());
+        assert_eq!(stats["stats"]["redis_connected"], false);
+        assert!(stats["timestamp"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let herald = Herald::start("").await;
+    let _c = herald.connect("/ws").await;
+    for path in ["/health", "/ws/health"] {
+        let (status, health) = herald.get(path).await;
+        assert_eq!(status, 200);
+        assert_eq!(health["data"]["health_status"], "healthy");
+        assert_eq!(health["data"]["connection_stats"]["total_connections"], 1);
+    }
+    let (status, text) = herald.get_text("/metrics").await;
+    assert_eq!(status, 200);
+    for metric in [
+        "herald_connections 1",
+        "herald_messages_out_total",
+        "herald_slow_consumer_disconnects_total",
+        "herald_publishes_total",
+    ] {
+        assert!(text.contains(metric), "{metric} missing from:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn the_stats_stream_pushes_the_dashboard_fields() {
+    let herald = Herald::start("").await;
+    let mut stream = herald.connect_raw("/ws/stats").await;
+    for _ in 0..2 {
+        let frame = stream.recv().await;
+        for field in [
+            "total_messages",
+            "current_rps",
+            "messages_per_second",
+            "queue_depth",
+            "queue_length",
+            "total_batches",
+            "avg_batch_size",
+            "timestamp",
+        ] {
+            assert!(!frame[field].is_null(), "{field} missing from {frame}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_plain_get_on_a_websocket_endpoint_is_told_to_upgrade() {
+    let herald = Herald::start("").await;
+    let (status, body) = herald.get("/ws").await;
+    assert_eq!(status, 426);
+    assert_eq!(body["code"], "UPGRADE_REQUIRED");
+}
+
+#[tokio::test]
+async fn shutdown_through_the_api() {
+    let mut herald = Herald::start("").await;
+    let mut client = herald.connect("/ws").await;
+    let (status, _) = herald.post("/api/shutdown", json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(client.expect_close().await.0, 1001);
+    assert_eq!(herald.wait_exit().await, Some(0));
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: the real binary, real sockets, real clients.
+
+mod api;
+mod cli;
+mod common;
+mod core;
+mod resilience;
+mod seeds;

@@ -1,0 +1,402 @@
+//! Fan-out: many subscribers, one or more publishers, latency from publish to receive.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use herald::transport::frame::Message;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::report::{self, ms};
+use crate::ws::{self, json_u64};
+
+/// Fan-out options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Herald's HTTP address.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub server: String,
+    /// WebSocket path.
+    #[arg(long, default_value = "/ws")]
+    pub path: String,
+    /// Number of subscribing clients.
+    #[arg(long, default_value_t = 1000)]
+    pub clients: usize,
+    /// Spread clients over this many rooms (each event goes to one room); 0: one channel.
+    #[arg(long, default_value_t = 0)]
+    pub rooms: usize,
+    /// Make clients the tabs of this many users (each event goes to one user); 0: one channel.
+    #[arg(long, default_value_t = 0)]
+    pub users: usize,
+    /// Events per second across all targets; 0 publishes as fast as the API accepts.
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Events published first and left out of the figures.
+    #[arg(long, default_value_t = 20)]
+    pub warmup: u64,
+    /// Approximate event size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Concurrent publishers.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// API key for publishing.
+    #[arg(long, env = "HERALD_API_KEY")]
+    pub api_key: Option<String>,
+    /// Source addresses for client sockets, e.g. 127.0.0.2-127.0.0.9 or 127.0.0.1,127.0.0.2.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub sources: String,
+    /// Connections opened at once while connecting.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Seconds to wait for stragglers after the last publish.
+    #[arg(long, default_value_t = 10.0)]
+    pub grace: f64,
+}
+
+/// Parses `a,b` or `a-b` (last octet range) into addresses.
+pub fn parse_sources(spec: &str) -> anyhow::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Some((from, to)) = part.split_once('-') {
+            let from: std::net::Ipv4Addr = from.parse().context("source range start")?;
+            let to: std::net::Ipv4Addr = to.parse().context("source range end")?;
+            let (f, t) = (u32::from(from), u32::from(to));
+            if t < f || t - f > 254 {
+                bail!("bad source range {part}");
+            }
+            out.extend((f..=t).map(|ip| IpAddr::V4(ip.into())));
+        } else {
+            out.push(
+                part.parse()
+                    .with_context(|| format!("bad source address {part}"))?,
+            );
+        }
+    }
+    for ip in &out {
+        if !ip.is_loopback() {
+            bail!("source address {ip} is not loopback; the load tool only uses loopback");
+        }
+    }
+    Ok(out)
+}
+
+struct Shared {
+    received: AtomicU64,
+    counted_latencies: AtomicU64,
+    last_receive_ns: AtomicU64,
+    closed_early: AtomicUsize,
+    stop: AtomicBool,
+    warmup: u64,
+}
+
+enum Mode {
+    Channel,
+    Rooms(usize),
+    Users(usize),
+}
+
+/// Runs the scenario and prints the report.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let base = args.server.trim_end_matches('/').to_string();
+    let host = base
+        .strip_prefix("http://")
+        .context("--server must be http://host:port")?;
+    let server: SocketAddr = host
+        .to_socket_addrs()?
+        .next()
+        .context("resolving --server")?;
+    if !server.ip().is_loopback() {
+        bail!("--server {server} is not a loopback address; the load tool only targets loopback");
+    }
+    let sources = parse_sources(&args.sources)?;
+    let mode = match (args.rooms, args.users) {
+        (0, 0) => Mode::Channel,
+        (r, 0) => Mode::Rooms(r),
+        (0, u) => Mode::Users(u),
+        _ => bail!("choose --rooms or --users, not both"),
+    };
+    let targets = match mode {
+        Mode::Channel => 1,
+        Mode::Rooms(n) | Mode::Users(n) => n,
+    };
+    let channel = format!("bench-{}", std::process::id());
+    println!(
+        "herald-load fanout: {}",
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
+    println!("machine: {}", report::machine());
+
+    let shared = Arc::new(Shared {
+        received: AtomicU64::new(0),
+        counted_latencies: AtomicU64::new(0),
+        last_receive_ns: AtomicU64::new(0),
+        closed_early: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+        warmup: args.warmup,
+    });
+    let members: Arc<Vec<AtomicU64>> = Arc::new((0..targets).map(|_| AtomicU64::new(0)).collect());
+
+    // Connect.
+    let connect_started = Instant::now();
+    let permits = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let mut connecting = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        let source = sources.get(i % sources.len().max(1)).copied();
+        let target = i % targets;
+        let path = match mode {
+            Mode::Channel => format!("{}?channels={channel}&client_id=load-{i}", args.path),
+            Mode::Rooms(_) => format!("{}?client_id=load-{i}", args.path),
+            Mode::Users(_) => format!(
+                "{}?client_id=load-{i}&user_id={channel}-user-{target}",
+                args.path
+            ),
+        };
+        let room = matches!(mode, Mode::Rooms(_)).then(|| format!("{channel}-room-{target}"));
+        let permits = permits.clone();
+        let members = members.clone();
+        connecting.push(tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let mut client = ws::connect(server, source, &path).await?;
+            let mut scratch = vec![0u8; 4096];
+            let mut messages = Vec::new();
+            wait_for(
+                &mut client,
+                &mut scratch,
+                &mut messages,
+                "\"type\":\"connection",
+            )
+            .await?;
+            if let Some(room) = &room {
+                client
+                    .send_text(&json!({"type": "join_room", "room": room}).to_string())
+                    .await?;
+                wait_for(
+                    &mut client,
+                    &mut scratch,
+                    &mut messages,
+                    "\"type\":\"room_joined",
+                )
+                .await?;
+            }
+            members[target].fetch_add(1, Ordering::Relaxed);
+            anyhow::Ok((client, target))
+        }));
+    }
+    let mut clients = Vec::with_capacity(args.clients);
+    for handle in connecting {
+        clients.push(handle.await.context("connect task")??);
+    }
+    let connect_secs = connect_started.elapsed().as_secs_f64();
+    println!(
+        "connected {} clients in {:.2} s ({:.0}/s) from {} source address(es)",
+        clients.len(),
+        connect_secs,
+        clients.len() as f64 / connect_secs,
+        sources.len()
+    );
+
+    // Receive.
+    let mut readers = Vec::with_capacity(clients.len());
+    for (client, _) in clients {
+        readers.push(tokio::spawn(receive(client, shared.clone())));
+    }
+
+    // Publish.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.publishers.max(1))
+        .build()?;
+    let published: Arc<Vec<AtomicU64>> =
+        Arc::new((0..targets).map(|_| AtomicU64::new(0)).collect());
+    let seq = Arc::new(AtomicU64::new(0));
+    let pad = "x".repeat(args.size.saturating_sub(60));
+    let total_events = args.warmup + (args.rate * args.duration).round() as u64;
+    let publish_started_ns = report::now_ns();
+    let publish_started = Instant::now();
+    let mut publishers = Vec::new();
+    for _ in 0..args.publishers.max(1) {
+        let (http, base, api_key, channel, pad) = (
+            http.clone(),
+            base.clone(),
+            args.api_key.clone(),
+            channel.clone(),
+            pad.clone(),
+        );
+        let (seq, published) = (seq.clone(), published.clone());
+        let rate = args.rate;
+        let duration = Duration::from_secs_f64(args.duration);
+        let mode_kind = match mode {
+            Mode::Channel => 0,
+            Mode::Rooms(_) => 1,
+            Mode::Users(_) => 2,
+        };
+        let publisher_count = args.publishers.max(1) as f64;
+        let warmup = args.warmup;
+        publishers.push(tokio::spawn(async move {
+            let mut ticker = (rate > 0.0).then(|| {
+                let mut t = tokio::time::interval(Duration::from_secs_f64(publisher_count / rate));
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                t
+            });
+            loop {
+                if let Some(t) = ticker.as_mut() {
+                    t.tick().await;
+                }
+                let n = seq.fetch_add(1, Ordering::Relaxed);
+                let past_warmup = n >= warmup;
+                let done = if rate > 0.0 {
+                    n >= total_events
+                } else {
+                    past_warmup && publish_started.elapsed() >= duration
+                };
+                if done {
+                    break;
+                }
+                let target = (n % published.len() as u64) as usize;
+                let event = json!({"type": "bench", "t": report::now_ns(), "seq": n, "pad": pad});
+                let body = match mode_kind {
+                    0 => json!({"channel": channel, "event": event}),
+                    1 => json!({"room": format!("{channel}-room-{target}"), "event": event}),
+                    _ => json!({"user_id": format!("{channel}-user-{target}"), "event": event}),
+                };
+                let mut request = http.post(format!("{base}/api/publish")).json(&body);
+                if let Some(key) = &api_key {
+                    request = request.bearer_auth(key);
+                }
+                let response = request.send().await?;
+                if !response.status().is_success() {
+                    bail!(
+                        "publish failed: {} {}",
+                        response.status(),
+                        response.text().await.unwrap_or_default()
+                    );
+                }
+                if past_warmup {
+                    published[target].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for publisher in publishers {
+        publisher.await.context("publisher task")??;
+    }
+    let publish_secs = publish_started.elapsed().as_secs_f64();
+    let expected: u64 = published
+        .iter()
+        .zip(members.iter())
+        .map(|(p, m)| p.load(Ordering::Relaxed) * m.load(Ordering::Relaxed))
+        .sum();
+    let events: u64 = published.iter().map(|p| p.load(Ordering::Relaxed)).sum();
+
+    // Wait for deliveries to arrive.
+    let grace_end = Instant::now() + Duration::from_secs_f64(args.grace);
+    while shared.counted_latencies.load(Ordering::Relaxed) < expected && Instant::now() < grace_end
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shared.stop.store(true, Ordering::Relaxed);
+    for reader in &readers {
+        reader.abort();
+    }
+    let received = shared.counted_latencies.load(Ordering::Relaxed);
+    let span_ns = shared
+        .last_receive_ns
+        .load(Ordering::Relaxed)
+        .saturating_sub(publish_started_ns)
+        .max(1);
+    let histogram = report::merged();
+    println!(
+        "published {events} events in {publish_secs:.2} s ({:.1}/s) to {targets} target(s), {} subscribers each on average",
+        events as f64 / publish_secs,
+        args.clients / targets
+    );
+    println!(
+        "deliveries: {received} of {expected} expected ({:.0} per second); lost {}; connections closed early {}",
+        received as f64 / (span_ns as f64 / 1e9),
+        expected.saturating_sub(received),
+        shared.closed_early.load(Ordering::Relaxed)
+    );
+    println!(
+        "latency ms: p50 {} p90 {} p99 {} p99.9 {} max {}",
+        ms(histogram.value_at_quantile(0.5)),
+        ms(histogram.value_at_quantile(0.9)),
+        ms(histogram.value_at_quantile(0.99)),
+        ms(histogram.value_at_quantile(0.999)),
+        ms(histogram.max())
+    );
+    Ok(())
+}
+
+async fn wait_for(
+    client: &mut ws::WsClient,
+    scratch: &mut [u8],
+    messages: &mut Vec<Message>,
+    needle: &str,
+) -> anyhow::Result<()> {
+    loop {
+        for message in messages.drain(..) {
+            if let Message::Text(text) = message
+                && text.windows(needle.len()).any(|w| w == needle.as_bytes())
+            {
+                return Ok(());
+            }
+        }
+        if !client.read_into(scratch, messages).await? {
+            bail!("closed before {needle}");
+        }
+    }
+}
+
+async fn receive(mut client: ws::WsClient, shared: Arc<Shared>) {
+    let mut scratch = vec![0u8; 4096];
+    let mut messages = Vec::new();
+    loop {
+        match client.read_into(&mut scratch, &mut messages).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => {
+                if !shared.stop.load(Ordering::Relaxed) {
+                    shared.closed_early.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+        }
+        let now = report::now_ns();
+        let mut counted = 0;
+        for message in messages.drain(..) {
+            match message {
+                Message::Text(text) => {
+                    let (Some(t), Some(seq)) = (json_u64(&text, "t"), json_u64(&text, "seq"))
+                    else {
+                        continue;
+                    };
+                    if seq >= shared.warmup {
+                        report::record(now.saturating_sub(t));
+                        counted += 1;
+                    }
+                }
+                Message::Ping(payload) => {
+                    let _ = client.pong(&payload).await;
+                }
+                Message::Close(_) => {
+                    shared.closed_early.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                _ => {}
+            }
+        }
+        if counted > 0 {
+            shared
+                .counted_latencies
+                .fetch_add(counted, Ordering::Relaxed);
+            shared.received.fetch_add(counted, Ordering::Relaxed);
+            shared.last_receive_ns.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+}
