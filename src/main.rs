@@ -84,10 +84,7 @@ fn main() -> anyhow::Result<()> {
         }
     };
     if cli.print_config {
-        print!(
-            "{}",
-            toml::to_string_pretty(&config).context("rendering the configuration")?
-        );
+        print!("{}", toml::to_string_pretty(&config).context("rendering the configuration")?);
         return Ok(());
     }
     if cli.check_config {
@@ -116,9 +113,7 @@ fn main() -> anyhow::Result<()> {
 
 fn init_logging(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),

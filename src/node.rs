@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, Published};
 use crate::config::Config;
 use crate::hub::event::{EventError, prepare_payload};
 use crate::hub::rules::ChannelRules;
@@ -53,11 +53,7 @@ impl Node {
         let Value::Object(event) = event else {
             return Err(EventError::NotAnObject);
         };
-        for (what, name) in [
-            ("channel", &target.channel),
-            ("room", &target.room),
-            ("user", &target.user),
-        ] {
+        for (what, name) in [("channel", &target.channel), ("room", &target.room), ("user", &target.user)] {
             if let Some(name) = name {
                 validate_name(what, name).map_err(|e| EventError::InvalidName(e.message))?;
             }
@@ -69,10 +65,7 @@ impl Node {
         if rule.is_some_and(|r| r.broadcast) {
             target.broadcast = true;
         }
-        Ok((
-            target,
-            prepare_payload(event, rule.and_then(|r| r.default_type.as_deref())),
-        ))
+        Ok((target, prepare_payload(event, rule.and_then(|r| r.default_type.as_deref()))))
     }
 
     /// Validates and publishes an event to every node.
@@ -81,14 +74,11 @@ impl Node {
         target: Target,
         event: Value,
         exclude: Option<ConnId>,
-    ) -> Result<(), PublishError> {
+    ) -> Result<Published, PublishError> {
         let (target, payload) = match self.prepare(target, event) {
             Ok(prepared) => prepared,
             Err(e) => {
-                self.stats
-                    .node
-                    .publish_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                self.stats.node.publish_errors.fetch_add(1, Ordering::Relaxed);
                 return Err(e.into());
             }
         };
@@ -100,17 +90,14 @@ impl Node {
     }
 
     /// Publishes a prepared event.
-    pub async fn publish_event(&self, event: Arc<Event>) -> Result<(), PublishError> {
+    pub async fn publish_event(&self, event: Arc<Event>) -> Result<Published, PublishError> {
         match self.broker.publish(self, event).await {
-            Ok(()) => {
+            Ok(published) => {
                 self.stats.node.publishes.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+                Ok(published)
             }
             Err(e) => {
-                self.stats
-                    .node
-                    .publish_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                self.stats.node.publish_errors.fetch_add(1, Ordering::Relaxed);
                 Err(e.into())
             }
         }

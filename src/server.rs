@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::Broker;
-use crate::config::{Config, ConfigError};
+use crate::broker::redis::RedisBroker;
+use crate::broker::{Broker, BrokerError};
+use crate::config::{Config, ConfigError, RedisMode};
 use crate::hub::Hub;
 use crate::hub::rules::ChannelRules;
 use crate::node::Node;
@@ -30,6 +31,9 @@ pub enum StartError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The broker could not be set up.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
     /// A shard thread could not be started.
     #[error("cannot start shard threads: {0}")]
     Threads(std::io::Error),
@@ -56,21 +60,31 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     config.validate()?;
     let addr = config.listen_addr()?;
     let std_listener = listener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
-    let local_addr = std_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr, source })?;
+    let local_addr = std_listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
 
     let shards = match config.server.shards {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
     let (hub, inboxes) = Hub::new(shards);
+    let id = node_id(&config);
+    let (broker, pushes) = match (&config.redis.url, config.redis.mode) {
+        (None, _) => (Broker::Local, None),
+        (Some(_), RedisMode::Standalone) => {
+            let (redis, pushes) = RedisBroker::connect(&config.redis, id.clone())?;
+            (Broker::Redis(Box::new(redis)), Some(pushes))
+        }
+        (Some(_), RedisMode::Cluster) => {
+            let (redis, pushes) = RedisBroker::connect_cluster(&config.redis, id.clone()).await?;
+            (Broker::Redis(Box::new(redis)), Some(pushes))
+        }
+    };
     let node = Arc::new(Node {
-        id: node_id(&config),
+        id,
         rules: ChannelRules::new(&config.channels),
         config: Arc::new(config),
         hub,
-        broker: Broker::Local,
+        broker,
         stats: Stats::new(shards),
         shutdown: CancellationToken::new(),
         next_connection: AtomicU64::new(1),
@@ -78,10 +92,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     crate::api::metrics::install();
     let router = crate::api::router(node.clone());
     for (number, inbox) in inboxes.into_iter().enumerate() {
-        crate::hub::shard::spawn_thread(number, node.clone(), inbox)
-            .map_err(StartError::Threads)?;
+        crate::hub::shard::spawn_thread(number, node.clone(), inbox).map_err(StartError::Threads)?;
     }
     tokio::spawn(sample_stats(node.clone()));
+    if let Some(pushes) = pushes {
+        tokio::spawn(crate::broker::redis::run(node.clone(), pushes));
+    }
     let accept = tokio::spawn({
         let node = node.clone();
         async move {
@@ -91,11 +107,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
     });
     tracing::info!(node = %node.id, %local_addr, shards, broker = node.broker.status().kind, "herald started");
-    Ok(Running {
-        local_addr,
-        node,
-        accept,
-    })
+    Ok(Running { local_addr, node, accept })
 }
 
 async fn sample_stats(node: Arc<Node>) {
@@ -128,21 +140,13 @@ impl Running {
         node.hub.shutdown().await;
         let deadline = Instant::now() + node.config.server.shutdown_timeout;
         loop {
-            let open: u64 = node
-                .stats
-                .shards
-                .iter()
-                .map(|s| s.connections.load(Ordering::Relaxed))
-                .sum();
+            let open: u64 = node.stats.shards.iter().map(|s| s.connections.load(Ordering::Relaxed)).sum();
             if open == 0 {
                 tracing::info!("all connections closed; bye");
                 break;
             }
             if Instant::now() >= deadline {
-                tracing::warn!(
-                    open,
-                    "shutdown deadline reached; dropping remaining connections"
-                );
+                tracing::warn!(open, "shutdown deadline reached; dropping remaining connections");
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -154,14 +158,13 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = interrupt => {}
             _ = term.recv() => {}

@@ -242,12 +242,7 @@ impl Stats {
 
     /// The most recent per-second sample.
     pub fn latest(&self) -> Sample {
-        self.history
-            .lock()
-            .samples
-            .back()
-            .copied()
-            .unwrap_or_default()
+        self.history.lock().samples.back().copied().unwrap_or_default()
     }
 
     /// Up to the last `n` samples, oldest first.
@@ -265,9 +260,7 @@ impl Stats {
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -46,11 +46,7 @@ pub struct ListQuery {
 }
 
 /// `GET …/connections`.
-pub async fn connections(
-    State(node): State<Arc<Node>>,
-    _admin: Admin,
-    Query(query): Query<ListQuery>,
-) -> Response {
+pub async fn connections(State(node): State<Arc<Node>>, _admin: Admin, Query(query): Query<ListQuery>) -> Response {
     let limit = query.limit.unwrap_or(1000).min(100_000);
     let per_shard = node
         .hub
@@ -67,8 +63,7 @@ pub async fn connections(
                         user_id: s.user_id().map(String::from),
                         remote_addr: s.info.peer.to_string(),
                         path: s.info.path.clone(),
-                        connected_at: humantime::format_rfc3339_millis(s.info.connected_at)
-                            .to_string(),
+                        connected_at: humantime::format_rfc3339_millis(s.info.connected_at).to_string(),
                         channels: state.channels.iter().map(|c| c.to_string()).collect(),
                         rooms: state.rooms.iter().map(|r| r.to_string()).collect(),
                         queued_frames: s.queued(),
@@ -90,10 +85,7 @@ fn merge(per_shard: Vec<Vec<(Arc<str>, usize)>>) -> Vec<(String, usize)> {
     for (key, n) in per_shard.into_iter().flatten() {
         *merged.entry(key).or_default() += n;
     }
-    let mut rows: Vec<(String, usize)> = merged
-        .into_iter()
-        .map(|(k, n)| (k.to_string(), n))
-        .collect();
+    let mut rows: Vec<(String, usize)> = merged.into_iter().map(|(k, n)| (k.to_string(), n)).collect();
     rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     rows
 }
@@ -103,9 +95,7 @@ pub async fn rooms(State(node): State<Arc<Node>>, _admin: Admin) -> Response {
     let rows = merge(node.hub.ask(|shard| shard.room_counts()).await);
     let rooms: Vec<_> = rows
         .into_iter()
-        .map(
-            |(room, n)| json!({ "room_id": room, "room": room, "user_count": n, "connections": n }),
-        )
+        .map(|(room, n)| json!({ "room_id": room, "room": room, "user_count": n, "connections": n }))
         .collect();
     ok(json!({ "count": rooms.len(), "rooms": rooms }))
 }
@@ -113,50 +103,46 @@ pub async fn rooms(State(node): State<Arc<Node>>, _admin: Admin) -> Response {
 /// `GET …/channels`: channels with subscriber counts.
 pub async fn channels(State(node): State<Arc<Node>>, _admin: Admin) -> Response {
     let rows = merge(node.hub.ask(|shard| shard.channel_counts()).await);
-    let channels: Vec<_> = rows
-        .into_iter()
-        .map(|(channel, n)| json!({ "channel": channel, "subscribers": n }))
-        .collect();
+    let channels: Vec<_> =
+        rows.into_iter().map(|(channel, n)| json!({ "channel": channel, "subscribers": n })).collect();
     ok(json!({ "count": channels.len(), "channels": channels }))
 }
 
-/// `DELETE …/connections/{id}`: closes one connection with 4001.
+/// Closes a connection of this node with 4001; returns whether it was here.
+pub async fn disconnect_local(node: &Node, id: &str) -> bool {
+    let wanted: Arc<str> = Arc::from(id);
+    let found = node
+        .hub
+        .ask(move |shard| match shard.all_sessions().into_iter().find(|s| s.connection_id == wanted) {
+            Some(session) => {
+                session.close(shard, close_code::DISCONNECTED_BY_ADMIN, "disconnected by an administrator");
+                true
+            }
+            None => false,
+        })
+        .await;
+    found.contains(&true)
+}
+
+/// `DELETE …/connections/{id}`: closes one connection with 4001, on whichever node holds it.
 pub async fn disconnect(
     State(node): State<Arc<Node>>,
     _admin: Admin,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let wanted: Arc<str> = Arc::from(id.as_str());
-    let found = node
-        .hub
-        .ask(move |shard| {
-            let target = shard
-                .all_sessions()
-                .into_iter()
-                .find(|s| s.connection_id == wanted);
-            match target {
-                Some(session) => {
-                    session.close(
-                        shard,
-                        close_code::DISCONNECTED_BY_ADMIN,
-                        "disconnected by an administrator",
-                    );
-                    true
-                }
-                None => false,
-            }
-        })
-        .await;
-    if found.contains(&true) {
+    if disconnect_local(&node, &id).await {
         tracing::info!(connection = %id, "disconnected by an administrator");
-        Ok(ok(json!({ "connection_id": id })))
-    } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            format!("no connection {id:?} on this node"),
-        ))
+        return Ok(ok(json!({ "connection_id": id })));
     }
+    // Connection ids are `<node>-<number>`: ask the owning node through the broker.
+    let owner = id.rsplit_once('-').map(|(owner, _)| owner).filter(|owner| *owner != &*node.id);
+    if let (Some(owner), Some(redis)) = (owner, node.broker.redis())
+        && redis.send_control(owner, &json!({ "disconnect": id })).await.unwrap_or(false)
+    {
+        tracing::info!(connection = %id, node = owner, "disconnect forwarded to the owning node");
+        return Ok(ok(json!({ "connection_id": id, "node": owner })));
+    }
+    Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no connection {id:?}")))
 }
 
 /// `POST …/shutdown`: begins a graceful shutdown.

@@ -41,10 +41,6 @@ pub async fn health(State(node): State<Arc<Node>>) -> Response {
         },
         "timestamp": crate::protocol::outbound::now(),
     });
-    let code = if status == "unhealthy" {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
+    let code = if status == "unhealthy" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     (code, Json(body)).into_response()
 }

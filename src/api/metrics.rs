@@ -22,9 +22,7 @@ pub fn install() {
         return;
     }
     let builder = PrometheusBuilder::new()
-        .set_buckets(&[
-            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-        ])
+        .set_buckets(&[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0])
         .unwrap_or_else(|_| PrometheusBuilder::new());
     match builder.install_recorder() {
         Ok(handle) => {
@@ -39,11 +37,7 @@ pub fn install() {
 /// Renders the metrics.
 pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let Some(handle) = HANDLE.get() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "metrics recorder not installed\n",
-        )
-            .into_response();
+        return (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder not installed\n").into_response();
     };
     let t = node.stats.totals();
     gauge!("herald_connections").set(t.connections as f64);
@@ -52,11 +46,7 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     gauge!("herald_room_memberships").set(t.room_memberships as f64);
     gauge!("herald_outbound_queued_frames").set(t.queued_frames as f64);
     gauge!("herald_writer_queue_depth").set(t.writer_queue_depth as f64);
-    gauge!("herald_broker_connected").set(if node.broker.status().connected {
-        1.0
-    } else {
-        0.0
-    });
+    gauge!("herald_broker_connected").set(if node.broker.status().connected { 1.0 } else { 0.0 });
     gauge!("herald_uptime_seconds").set(node.stats.uptime_seconds() as f64);
     counter!("herald_connections_total").absolute(t.connections_total);
     counter!("herald_messages_in_total").absolute(t.messages_in);
@@ -74,9 +64,5 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     counter!("herald_broker_malformed_total").absolute(t.broker_malformed);
     counter!("herald_stored_messages_total").absolute(t.stored_messages);
     counter!("herald_stored_batches_total").absolute(t.stored_batches);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        handle.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
 }

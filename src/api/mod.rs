@@ -43,11 +43,7 @@ pub struct ApiError {
 impl ApiError {
     /// Builds an error.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
+        Self { status, code, message: message.into() }
     }
 
     /// 400 with a code.
@@ -73,31 +69,21 @@ impl FromRequestParts<Arc<Node>> for Admin {
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .or_else(|| parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()))
             .map(str::trim);
         match (&node.config.api.key, presented) {
-            (Some(key), Some(given)) if bool::from(key.as_bytes().ct_eq(given.as_bytes())) => {
-                Ok(Admin)
+            (Some(key), Some(given)) if bool::from(key.as_bytes().ct_eq(given.as_bytes())) => Ok(Admin),
+            (Some(_), Some(_)) => {
+                Err(ApiError::new(StatusCode::UNAUTHORIZED, "AUTHENTICATION_FAILED", "invalid API key"))
             }
-            (Some(_), Some(_)) => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "AUTHENTICATION_FAILED",
-                "invalid API key",
-            )),
             (Some(_), None) => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "AUTHENTICATION_FAILED",
                 "this route needs the API key: Authorization: Bearer <key>",
             )),
             (None, _) => {
-                let peer = parts
-                    .extensions
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map(|c| c.0.ip());
+                let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
                 if peer.is_some_and(|ip| ip.is_loopback()) {
                     Ok(Admin)
                 } else {
@@ -115,10 +101,7 @@ impl FromRequestParts<Arc<Node>> for Admin {
 /// Parses a JSON request body, refusing with a clear 400.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.is_empty() {
-        return Err(ApiError::bad_request(
-            "INVALID_JSON",
-            "the request body is empty; send a JSON object",
-        ));
+        return Err(ApiError::bad_request("INVALID_JSON", "the request body is empty; send a JSON object"));
     }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("INVALID_JSON", format!("invalid request body: {e}")))
@@ -137,19 +120,10 @@ pub fn router(node: Arc<Node>) -> Router {
         router
             .route(&format!("{prefix}/rooms"), get(admin::rooms))
             .route(&format!("{prefix}/channels"), get(admin::channels))
-            .route(
-                &format!("{prefix}/rooms/{{room}}/broadcast"),
-                post(publish::room_broadcast),
-            )
-            .route(
-                &format!("{prefix}/users/{{user}}/notify"),
-                post(publish::notify_user),
-            )
+            .route(&format!("{prefix}/rooms/{{room}}/broadcast"), post(publish::room_broadcast))
+            .route(&format!("{prefix}/users/{{user}}/notify"), post(publish::notify_user))
             .route(&format!("{prefix}/connections"), get(admin::connections))
-            .route(
-                &format!("{prefix}/connections/{{id}}"),
-                delete(admin::disconnect),
-            )
+            .route(&format!("{prefix}/connections/{{id}}"), delete(admin::disconnect))
             .route(&format!("{prefix}/stats/detailed"), get(stats::detailed))
             .route(&format!("{prefix}/shutdown"), post(admin::shutdown))
     };
@@ -171,10 +145,7 @@ pub fn router(node: Arc<Node>) -> Router {
         router = route_endpoint(router, endpoint);
     }
     let body_limit = node.config.api.max_body_size.unwrap_or(DEFAULT_BODY_LIMIT);
-    router
-        .fallback(not_found)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(node)
+    router.fallback(not_found).layer(DefaultBodyLimit::max(body_limit)).with_state(node)
 }
 
 fn route_endpoint(router: Router<Arc<Node>>, endpoint: Endpoint) -> Router<Arc<Node>> {
@@ -182,11 +153,9 @@ fn route_endpoint(router: Router<Arc<Node>>, endpoint: Endpoint) -> Router<Arc<N
     let endpoint = Arc::new(endpoint);
     router.route(
         &path,
-        get(
-            move |axum::extract::State(node): axum::extract::State<Arc<Node>>, request: Request| {
-                upgrade::handle(node, endpoint.clone(), request)
-            },
-        ),
+        get(move |axum::extract::State(node): axum::extract::State<Arc<Node>>, request: Request| {
+            upgrade::handle(node, endpoint.clone(), request)
+        }),
     )
 }
 

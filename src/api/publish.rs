@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Admin, ApiError, ok, parse_body};
+use crate::broker::Published;
 use crate::hub::Target;
 use crate::hub::event::EventError;
 use crate::node::{Node, PublishError};
@@ -64,88 +65,60 @@ pub struct BroadcastRequest {
 
 pub(crate) fn publish_error(e: PublishError) -> ApiError {
     match e {
-        PublishError::Invalid(EventError::NotAnObject) => {
-            ApiError::bad_request("INVALID_EVENT", e.to_string())
-        }
-        PublishError::Invalid(EventError::NoTarget) => {
-            ApiError::bad_request("NO_TARGET", e.to_string())
-        }
-        PublishError::Invalid(EventError::InvalidName(_)) => {
-            ApiError::bad_request("INVALID_NAME", e.to_string())
-        }
-        PublishError::Broker(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "UNAVAILABLE",
-            e.to_string(),
-        ),
+        PublishError::Invalid(EventError::NotAnObject) => ApiError::bad_request("INVALID_EVENT", e.to_string()),
+        PublishError::Invalid(EventError::NoTarget) => ApiError::bad_request("NO_TARGET", e.to_string()),
+        PublishError::Invalid(EventError::InvalidName(_)) => ApiError::bad_request("INVALID_NAME", e.to_string()),
+        PublishError::Broker(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", e.to_string()),
     }
 }
 
-fn target(
-    channel: Option<String>,
-    room: Option<String>,
-    user: Option<String>,
-    broadcast: bool,
-) -> Target {
-    Target {
-        channel: channel.map(Arc::from),
-        room: room.map(Arc::from),
-        user: user.map(Arc::from),
-        broadcast,
+/// `{"success":true, …}`, plus `"local_only":true` when the broker was down and only this node's
+/// connections could be reached.
+fn outcome(published: Published, mut fields: Value) -> Response {
+    if published == Published::LocalOnly
+        && let Some(map) = fields.as_object_mut()
+    {
+        map.insert("local_only".into(), Value::Bool(true));
+        map.insert("warning".into(), Value::from("broker unavailable: delivered to this node's connections only"));
     }
+    ok(fields)
+}
+
+fn target(channel: Option<String>, room: Option<String>, user: Option<String>, broadcast: bool) -> Target {
+    Target { channel: channel.map(Arc::from), room: room.map(Arc::from), user: user.map(Arc::from), broadcast }
 }
 
 /// Publishes one event.
-pub async fn publish(
-    State(node): State<Arc<Node>>,
-    _admin: Admin,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+pub async fn publish(State(node): State<Arc<Node>>, _admin: Admin, body: Bytes) -> Result<Response, ApiError> {
     let request: PublishRequest = parse_body(&body)?;
-    let target = target(
-        request.channel,
-        request.room,
-        request.user_id.map(IdValue::into_string),
-        request.broadcast,
-    );
-    node.publish(target, request.event, None)
-        .await
-        .map_err(publish_error)?;
-    Ok(ok(json!({})))
+    let target = target(request.channel, request.room, request.user_id.map(IdValue::into_string), request.broadcast);
+    let published = node.publish(target, request.event, None).await.map_err(publish_error)?;
+    Ok(outcome(published, json!({})))
 }
 
 /// Publishes one event to several channels; a connection subscribed to several gets it once
 /// per channel, as it would from separate publishes.
-pub async fn broadcast(
-    State(node): State<Arc<Node>>,
-    _admin: Admin,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+pub async fn broadcast(State(node): State<Arc<Node>>, _admin: Admin, body: Bytes) -> Result<Response, ApiError> {
     let request: BroadcastRequest = parse_body(&body)?;
     if request.channels.is_empty() {
-        return Err(ApiError::bad_request(
-            "NO_TARGET",
-            "\"channels\" must name at least one channel",
-        ));
+        return Err(ApiError::bad_request("NO_TARGET", "\"channels\" must name at least one channel"));
     }
     // Validate everything before publishing anything, so a bad name publishes nothing.
     for channel in &request.channels {
-        node.prepare(
-            target(Some(channel.clone()), None, None, false),
-            request.event.clone(),
-        )
-        .map_err(|e| publish_error(e.into()))?;
+        node.prepare(target(Some(channel.clone()), None, None, false), request.event.clone())
+            .map_err(|e| publish_error(e.into()))?;
     }
+    let mut published = Published::Everywhere;
     for channel in &request.channels {
-        node.publish(
-            target(Some(channel.clone()), None, None, false),
-            request.event.clone(),
-            None,
-        )
-        .await
-        .map_err(publish_error)?;
+        let one = node
+            .publish(target(Some(channel.clone()), None, None, false), request.event.clone(), None)
+            .await
+            .map_err(publish_error)?;
+        if one == Published::LocalOnly {
+            published = one;
+        }
     }
-    Ok(ok(json!({ "channels": request.channels })))
+    Ok(outcome(published, json!({ "channels": request.channels })))
 }
 
 /// `POST …/rooms/{room}/broadcast`: the body is the event.
@@ -156,10 +129,9 @@ pub async fn room_broadcast(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let event: Value = parse_body(&body)?;
-    node.publish(target(None, Some(room.clone()), None, false), event, None)
-        .await
-        .map_err(publish_error)?;
-    Ok(ok(json!({ "room": room })))
+    let published =
+        node.publish(target(None, Some(room.clone()), None, false), event, None).await.map_err(publish_error)?;
+    Ok(outcome(published, json!({ "room": room })))
 }
 
 /// `POST …/users/{user}/notify`: the body is the event, delivered to all of the user's connections.
@@ -170,8 +142,7 @@ pub async fn notify_user(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let event: Value = parse_body(&body)?;
-    node.publish(target(None, None, Some(user.clone()), false), event, None)
-        .await
-        .map_err(publish_error)?;
-    Ok(ok(json!({ "user_id": user })))
+    let published =
+        node.publish(target(None, None, Some(user.clone()), false), event, None).await.map_err(publish_error)?;
+    Ok(outcome(published, json!({ "user_id": user })))
 }

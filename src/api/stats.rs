@@ -52,27 +52,41 @@ fn figures(node: &Node, clients: Option<usize>) -> Value {
 pub async fn stats(State(node): State<Arc<Node>>) -> Response {
     let distinct = node
         .hub
-        .ask(|shard| {
-            shard
-                .all_sessions()
-                .iter()
-                .map(|s| s.info.client_id.clone())
-                .collect::<Vec<_>>()
-        })
+        .ask(|shard| shard.all_sessions().iter().map(|s| s.info.client_id.clone()).collect::<Vec<_>>())
         .await
         .into_iter()
         .flatten()
         .collect::<HashSet<_>>()
         .len();
-    let figures = figures(&node, Some(distinct));
-    let mut body =
-        json!({ "success": true, "stats": figures.clone(), "timestamp": outbound::now() });
+    let mut figures = figures(&node, Some(distinct));
+    if let (Some(redis), Some(map)) = (node.broker.redis(), figures.as_object_mut()) {
+        map.insert("redis".into(), redis.describe());
+        map.insert("cluster".into(), cluster(redis).await);
+    }
+    let mut body = json!({ "success": true, "stats": figures.clone(), "timestamp": outbound::now() });
     if let (Some(body), Value::Object(top)) = (body.as_object_mut(), figures) {
         for (k, v) in top {
             body.entry(k).or_insert(v);
         }
     }
     Json(body).into_response()
+}
+
+/// Every live node's figures and their sums, from the registry in Redis.
+async fn cluster(redis: &crate::broker::redis::RedisBroker) -> Value {
+    let Ok(nodes) = redis.cluster_nodes().await else { return Value::Null };
+    let sum = |field: &str| nodes.iter().filter_map(|n| n[field].as_u64()).sum::<u64>();
+    json!({
+        "node_count": nodes.len(),
+        "total_connections": sum("connections"),
+        "authenticated_connections": sum("authenticated_connections"),
+        "total_channel_subscriptions": sum("channel_subscriptions"),
+        "total_room_subscriptions": sum("room_memberships"),
+        "deliveries": sum("deliveries"),
+        "publishes": sum("publishes"),
+        "messages_per_second": nodes.iter().filter_map(|n| n["deliveries_per_second"].as_f64()).sum::<f64>(),
+        "nodes": nodes,
+    })
 }
 
 /// `GET …/stats/detailed`: adds per-shard figures and the last minutes of samples.

@@ -29,13 +29,6 @@ pub struct Identity {
 impl Identity {
     /// An identity the client asserted without proof (authentication off).
     pub fn unverified(id: &str) -> Self {
-        Identity {
-            id: Arc::from(id),
-            name: None,
-            email: None,
-            roles: Vec::new(),
-            claims: Map::new(),
-            verified: false,
-        }
+        Identity { id: Arc::from(id), name: None, email: None, roles: Vec::new(), claims: Map::new(), verified: false }
     }
 }

@@ -31,9 +31,7 @@ impl de::Visitor<'_> for DurationVisitor {
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
-        u64::try_from(v)
-            .map(Duration::from_secs)
-            .map_err(|_| E::custom("a duration cannot be negative"))
+        u64::try_from(v).map(Duration::from_secs).map_err(|_| E::custom("a duration cannot be negative"))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {
@@ -46,8 +44,7 @@ impl de::Visitor<'_> for DurationVisitor {
         if let Ok(secs) = trimmed.parse::<u64>() {
             return Ok(Duration::from_secs(secs));
         }
-        humantime::parse_duration(trimmed)
-            .map_err(|e| E::custom(format!("invalid duration {v:?}: {e}")))
+        humantime::parse_duration(trimmed).map_err(|e| E::custom(format!("invalid duration {v:?}: {e}")))
     }
 }
 
@@ -56,19 +53,14 @@ pub mod option {
     use super::*;
 
     /// Deserializes an optional duration.
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<Duration>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
         #[derive(Deserialize)]
         struct Wrapper(#[serde(deserialize_with = "super::deserialize")] Duration);
         Option::<Wrapper>::deserialize(deserializer).map(|w| w.map(|Wrapper(d)| d))
     }
 
     /// Serializes an optional duration.
-    pub fn serialize<S: Serializer>(
-        value: &Option<Duration>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
         match value {
             Some(d) => super::serialize(d, serializer),
             None => serializer.serialize_none(),
@@ -95,10 +87,7 @@ mod tests {
         assert_eq!(parse("d = 25").unwrap(), Duration::from_secs(25));
         assert_eq!(parse("d = 0.5").unwrap(), Duration::from_millis(500));
         assert_eq!(parse("d = \"2m\"").unwrap(), Duration::from_secs(120));
-        assert_eq!(
-            parse("d = \"1500ms\"").unwrap(),
-            Duration::from_millis(1500)
-        );
+        assert_eq!(parse("d = \"1500ms\"").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse("d = \"45\"").unwrap(), Duration::from_secs(45));
     }
 

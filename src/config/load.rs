@@ -90,10 +90,7 @@ pub(crate) fn herald_env_key(name: &str) -> Option<String> {
 /// Maps a seed document's variable (`REDIS_URL`, `WEBSOCKET_PING_INTERVAL`, …) to its key.
 pub(crate) fn seed_alias_key(name: &str) -> Option<String> {
     let lower = name.to_ascii_lowercase();
-    SEED_ALIASES
-        .iter()
-        .find(|(alias, _)| *alias == lower)
-        .map(|(_, path)| (*path).to_string())
+    SEED_ALIASES.iter().find(|(alias, _)| *alias == lower).map(|(_, path)| (*path).to_string())
 }
 
 /// Loads, merges and validates the configuration from all sources.
@@ -106,16 +103,8 @@ pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
         figment = figment.merge(Toml::file_exact(path));
     }
     figment = figment.merge(redis_host_port_alias());
-    figment = figment.merge(
-        Env::raw()
-            .filter_map(|k| seed_alias_key(k.as_str()).map(Into::into))
-            .lowercase(false),
-    );
-    figment = figment.merge(
-        Env::raw()
-            .filter_map(|k| herald_env_key(k.as_str()).map(Into::into))
-            .lowercase(false),
-    );
+    figment = figment.merge(Env::raw().filter_map(|k| seed_alias_key(k.as_str()).map(Into::into)).lowercase(false));
+    figment = figment.merge(Env::raw().filter_map(|k| herald_env_key(k.as_str()).map(Into::into)).lowercase(false));
     figment = figment.merge(flags_provider(overrides));
     let config: Config = figment.extract()?;
     config.validate()?;
@@ -157,23 +146,13 @@ fn flags_provider(o: &Overrides) -> Figment {
         set("server.shards", Value::from(v as u64));
     }
     if let Some(v) = o.log_format {
-        set(
-            "log.format",
-            (if v == LogFormat::Json {
-                "json"
-            } else {
-                "human"
-            })
-            .into(),
-        );
+        set("log.format", (if v == LogFormat::Json { "json" } else { "human" }).into());
     }
     if let Some(v) = &o.log_level {
         set("log.level", v.clone().into());
     }
     for (key, raw) in &o.sets {
-        let value = raw
-            .parse::<Value>()
-            .unwrap_or_else(|_| Value::from(raw.clone()));
+        let value = raw.parse::<Value>().unwrap_or_else(|_| Value::from(raw.clone()));
         set(key, value);
     }
     figment
@@ -181,14 +160,10 @@ fn flags_provider(o: &Overrides) -> Figment {
 
 /// Parses `key=value` for `--set`.
 pub fn parse_set(arg: &str) -> Result<(String, String), String> {
-    let (key, value) = arg
-        .split_once('=')
-        .ok_or_else(|| format!("expected KEY=VALUE, got {arg:?}"))?;
+    let (key, value) = arg.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got {arg:?}"))?;
     let key = key.trim();
     if key.is_empty() || !key.split('.').all(|part| !part.is_empty()) {
-        return Err(format!(
-            "{key:?} is not a dotted configuration key such as websocket.idle_timeout"
-        ));
+        return Err(format!("{key:?} is not a dotted configuration key such as websocket.idle_timeout"));
     }
     Ok((key.to_string(), value.to_string()))
 }
@@ -200,32 +175,19 @@ mod tests {
 
     #[test]
     fn env_names_map_to_keys() {
-        assert_eq!(
-            herald_env_key("HERALD_LISTEN").as_deref(),
-            Some("server.listen")
-        );
+        assert_eq!(herald_env_key("HERALD_LISTEN").as_deref(), Some("server.listen"));
         assert_eq!(herald_env_key("HERALD_API_KEY").as_deref(), Some("api.key"));
-        assert_eq!(
-            herald_env_key("HERALD_WEBSOCKET__IDLE_TIMEOUT").as_deref(),
-            Some("websocket.idle_timeout")
-        );
+        assert_eq!(herald_env_key("HERALD_WEBSOCKET__IDLE_TIMEOUT").as_deref(), Some("websocket.idle_timeout"));
         assert_eq!(herald_env_key("HERALD_STRAY"), None);
         assert_eq!(herald_env_key("PATH"), None);
-        assert_eq!(
-            seed_alias_key("WEBSOCKET_PING_INTERVAL").as_deref(),
-            Some("websocket.heartbeat_interval")
-        );
+        assert_eq!(seed_alias_key("WEBSOCKET_PING_INTERVAL").as_deref(), Some("websocket.heartbeat_interval"));
         assert_eq!(seed_alias_key("HOME"), None);
     }
 
     #[test]
     fn flags_override_the_file() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
-        writeln!(
-            file,
-            "[server]\nlisten = \"127.0.0.1:9000\"\n[websocket]\nidle_timeout = \"3m\""
-        )
-        .unwrap();
+        writeln!(file, "[server]\nlisten = \"127.0.0.1:9000\"\n[websocket]\nidle_timeout = \"3m\"").unwrap();
         let overrides = Overrides {
             config_file: Some(file.path().into()),
             listen: Some("127.0.0.1:9001".into()),
@@ -234,10 +196,7 @@ mod tests {
         };
         let config = load(&overrides).unwrap();
         assert_eq!(config.server.listen, "127.0.0.1:9001");
-        assert_eq!(
-            config.websocket.idle_timeout,
-            std::time::Duration::from_secs(180)
-        );
+        assert_eq!(config.websocket.idle_timeout, std::time::Duration::from_secs(180));
         assert_eq!(config.websocket.outbound_queue, 512);
     }
 
@@ -245,10 +204,7 @@ mod tests {
     fn a_wrong_type_names_the_key() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         writeln!(file, "[websocket]\nmax_message_size = \"big\"").unwrap();
-        let overrides = Overrides {
-            config_file: Some(file.path().into()),
-            ..Default::default()
-        };
+        let overrides = Overrides { config_file: Some(file.path().into()), ..Default::default() };
         let err = load(&overrides).unwrap_err().to_string();
         assert!(err.contains("websocket.max_message_size"), "{err}");
     }
@@ -257,20 +213,14 @@ mod tests {
     fn unknown_keys_are_refused() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         writeln!(file, "[websocket]\nheartbeat = 5").unwrap();
-        let overrides = Overrides {
-            config_file: Some(file.path().into()),
-            ..Default::default()
-        };
+        let overrides = Overrides { config_file: Some(file.path().into()), ..Default::default() };
         let err = load(&overrides).unwrap_err().to_string();
         assert!(err.contains("heartbeat"), "{err}");
     }
 
     #[test]
     fn numeric_looking_strings_stay_strings() {
-        let overrides = Overrides {
-            sets: vec![("api.key".into(), "1234567890".into())],
-            ..Default::default()
-        };
+        let overrides = Overrides { sets: vec![("api.key".into(), "1234567890".into())], ..Default::default() };
         let config = load(&overrides).unwrap();
         assert_eq!(config.api.key.as_deref(), Some("1234567890"));
     }

@@ -199,12 +199,58 @@ pub struct LimitsConfig {
 }
 
 /// Redis settings.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://host:port/db`. Without it the node runs its in-process broker.
+    /// `redis://host:port/db`. Without it the node runs its in-process broker. In cluster mode,
+    /// any one node of the cluster (more in `cluster_nodes`).
     #[serde(deserialize_with = "text::opt_string")]
     pub url: Option<String>,
+    /// `standalone` (default) or `cluster` (Redis Cluster with sharded pub/sub).
+    pub mode: RedisMode,
+    /// Further cluster nodes to discover the cluster from.
+    pub cluster_nodes: Vec<String>,
+    /// Publishers' prefixes: the node pattern-subscribes `<prefix>:*` and routes each message to
+    /// the channel named by the rest (`fliptechpro:campaigns` → `campaigns`).
+    pub prefixes: Vec<String>,
+    /// Exact Redis channels to take events from (`botrix:jobs:updates`). The Herald channel is
+    /// the name without a matching prefix from `prefixes`, or the whole name.
+    pub channels: Vec<String>,
+    /// Field of a published message that also routes it to a room (empty: none).
+    pub room_field: String,
+    /// Field of a published message that also routes it to a user's connections (empty: none).
+    pub user_field: String,
+    /// Prefix of Herald's own keys and channels between nodes.
+    pub key_prefix: String,
+    /// How long to wait for Redis before a command counts as failed.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            mode: RedisMode::Standalone,
+            cluster_nodes: Vec::new(),
+            prefixes: Vec::new(),
+            channels: Vec::new(),
+            room_field: "room".into(),
+            user_field: "user_id".into(),
+            key_prefix: "herald".into(),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// How Herald talks to Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisMode {
+    /// One Redis server: `PUBLISH`/`SUBSCRIBE`.
+    Standalone,
+    /// Redis Cluster: `SPUBLISH`/`SSUBSCRIBE` between nodes, so traffic spreads over shards.
+    Cluster,
 }
 
 /// History storage settings.
@@ -228,10 +274,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            format: LogFormat::Human,
-            level: "info".into(),
-        }
+        Self { format: LogFormat::Human, level: "info".into() }
     }
 }
 
@@ -253,48 +296,28 @@ impl Config {
         let mut problem = |key: String, what: &str| problems.push(format!("{key}: {what}"));
 
         if self.server.listen.parse::<SocketAddr>().is_err() {
-            problem(
-                "server.listen".into(),
-                "must be an address and port such as 127.0.0.1:8000 or [::1]:8000",
-            );
+            problem("server.listen".into(), "must be an address and port such as 127.0.0.1:8000 or [::1]:8000");
         }
         if self.server.mounts.is_empty() {
-            problem(
-                "server.mounts".into(),
-                "must name at least one path prefix such as \"/ws\"",
-            );
+            problem("server.mounts".into(), "must name at least one path prefix such as \"/ws\"");
         }
         for (i, mount) in self.server.mounts.iter().enumerate() {
             if !mount.starts_with('/') || (mount.len() > 1 && mount.ends_with('/')) {
-                problem(
-                    format!("server.mounts[{i}]"),
-                    "must start with '/' and not end with '/'",
-                );
+                problem(format!("server.mounts[{i}]"), "must start with '/' and not end with '/'");
             }
             if mount == "/" || mount == "/api" || mount == "/metrics" || mount == "/health" {
-                problem(
-                    format!("server.mounts[{i}]"),
-                    "collides with a built-in route; choose a prefix such as /ws",
-                );
+                problem(format!("server.mounts[{i}]"), "collides with a built-in route; choose a prefix such as /ws");
             }
         }
         if let Some(id) = &self.server.node_id
             && (id.is_empty()
                 || id.len() > 64
-                || !id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+                || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
         {
-            problem(
-                "server.node_id".into(),
-                "must be 1-64 characters of letters, digits, '-' or '_'",
-            );
+            problem("server.node_id".into(), "must be 1-64 characters of letters, digits, '-' or '_'");
         }
         if self.websocket.heartbeat_interval < Duration::from_millis(100) {
-            problem(
-                "websocket.heartbeat_interval".into(),
-                "must be at least 100ms",
-            );
+            problem("websocket.heartbeat_interval".into(), "must be at least 100ms");
         }
         if self.websocket.idle_timeout < self.websocket.heartbeat_interval {
             problem(
@@ -303,40 +326,26 @@ impl Config {
             );
         }
         if self.websocket.max_message_size < 125 {
-            problem(
-                "websocket.max_message_size".into(),
-                "must be at least 125 bytes",
-            );
+            problem("websocket.max_message_size".into(), "must be at least 125 bytes");
         }
         if self.websocket.outbound_queue == 0 {
             problem("websocket.outbound_queue".into(), "must be at least 1");
         }
         if self.websocket.outbound_queue_bytes < 1024 {
-            problem(
-                "websocket.outbound_queue_bytes".into(),
-                "must be at least 1024",
-            );
+            problem("websocket.outbound_queue_bytes".into(), "must be at least 1024");
         }
         let mut paths = std::collections::HashSet::new();
         for (i, endpoint) in self.endpoints.iter().enumerate() {
             let key = format!("endpoints[{i}].path");
-            if !endpoint.path.is_empty()
-                && (!endpoint.path.starts_with('/') || endpoint.path.ends_with('/'))
-            {
-                problem(
-                    key.clone(),
-                    "must be \"\" (the mount itself) or start with '/' and not end with '/'",
-                );
+            if !endpoint.path.is_empty() && (!endpoint.path.starts_with('/') || endpoint.path.ends_with('/')) {
+                problem(key.clone(), "must be \"\" (the mount itself) or start with '/' and not end with '/'");
             }
             if !paths.insert(endpoint.path.as_str()) {
                 problem(key.clone(), "is declared twice");
             }
             for reserved in RESERVED_MOUNT_PATHS {
                 if endpoint.path == *reserved {
-                    problem(
-                        key.clone(),
-                        "collides with a built-in route under the mount",
-                    );
+                    problem(key.clone(), "collides with a built-in route under the mount");
                 }
             }
             for (j, template) in endpoint.channels.iter().chain(&endpoint.rooms).enumerate() {
@@ -345,10 +354,7 @@ impl Config {
                 }
             }
             if endpoint.max_message_size.is_some_and(|m| m < 125) {
-                problem(
-                    format!("endpoints[{i}].max_message_size"),
-                    "must be at least 125 bytes",
-                );
+                problem(format!("endpoints[{i}].max_message_size"), "must be at least 125 bytes");
             }
         }
         for (i, channel) in self.channels.iter().enumerate() {
@@ -369,47 +375,28 @@ impl Config {
             problem("api.key".into(), "must be at least 8 characters");
         }
         if let Some(url) = &self.redis.url
-            && !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("unix://"))
+            && !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://"))
         {
-            problem(
-                "redis.url".into(),
-                "must start with redis://, rediss:// or unix://",
-            );
+            problem("redis.url".into(), "must start with redis://, rediss:// or unix://");
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problem("log.level".into(), &format!("is not a valid filter: {e}"));
         }
 
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
-        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }
 
     /// The listening address; valid after [`Config::validate`].
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.server.listen.parse().map_err(|_| {
-            ConfigError::Invalid(vec![format!(
-                "server.listen: {:?} is not an address",
-                self.server.listen
-            )])
+            ConfigError::Invalid(vec![format!("server.listen: {:?} is not an address", self.server.listen)])
         })
     }
 }
 
 /// Paths under a mount that Herald serves itself and endpoints may not take.
-pub const RESERVED_MOUNT_PATHS: &[&str] = &[
-    "/stats",
-    "/health",
-    "/rooms",
-    "/connections",
-    "/users",
-    "/broadcast",
-    "/shutdown",
-];
+pub const RESERVED_MOUNT_PATHS: &[&str] =
+    &["/stats", "/health", "/rooms", "/connections", "/users", "/broadcast", "/shutdown"];
 
 #[cfg(test)]
 mod tests {
@@ -426,20 +413,10 @@ mod tests {
         config.server.listen = "nowhere".into();
         config.server.mounts = vec!["ws/".into()];
         config.websocket.outbound_queue = 0;
-        config.endpoints.push(EndpointConfig {
-            path: "campaigns".into(),
-            ..Default::default()
-        });
-        let ConfigError::Invalid(problems) = config.validate().unwrap_err() else {
-            panic!("expected Invalid")
-        };
+        config.endpoints.push(EndpointConfig { path: "campaigns".into(), ..Default::default() });
+        let ConfigError::Invalid(problems) = config.validate().unwrap_err() else { panic!("expected Invalid") };
         let joined = problems.join("\n");
-        for key in [
-            "server.listen",
-            "server.mounts[0]",
-            "websocket.outbound_queue",
-            "endpoints[0].path",
-        ] {
+        for key in ["server.listen", "server.mounts[0]", "websocket.outbound_queue", "endpoints[0].path"] {
             assert!(joined.contains(key), "{key} missing from:\n{joined}");
         }
     }

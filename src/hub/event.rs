@@ -38,11 +38,32 @@ impl Target {
     }
 }
 
+/// Which of the target's recipients a copy of an event is for.
+///
+/// Between nodes an event travels once per key of its target; each copy goes to the recipients
+/// reachable through its key and not through an earlier one (channel, room, user), so that every
+/// connection still receives the event exactly once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// All recipients of the target (an event that did not come through per-key copies).
+    Full,
+    /// The channel's subscribers.
+    Channel,
+    /// The room's members not subscribed to the event's channel.
+    Room,
+    /// The user's connections neither subscribed to the channel nor in the room.
+    User,
+    /// Every connection.
+    Broadcast,
+}
+
 /// An event ready for fan-out.
 #[derive(Debug)]
 pub struct Event {
     /// Recipients.
     pub target: Target,
+    /// Which of them this copy is for.
+    pub route: Route,
     /// The JSON object delivered to clients, as text.
     pub payload: Bytes,
     /// A connection that must not receive it (a sender that should not hear its own message).
@@ -55,31 +76,23 @@ pub struct Event {
 impl Event {
     /// An event with its payload already serialized.
     pub fn new(target: Target, payload: Bytes) -> Arc<Event> {
-        Arc::new(Event {
-            target,
-            payload,
-            exclude: None,
-            received: Instant::now(),
-            text_frame: OnceLock::new(),
-        })
+        Self::routed(target, payload, None, Route::Full)
     }
 
     /// The same, not delivered to `exclude`.
     pub fn excluding(target: Target, payload: Bytes, exclude: ConnId) -> Arc<Event> {
-        Arc::new(Event {
-            target,
-            payload,
-            exclude: Some(exclude),
-            received: Instant::now(),
-            text_frame: OnceLock::new(),
-        })
+        Self::routed(target, payload, Some(exclude), Route::Full)
+    }
+
+    /// A copy of an event for one route.
+    pub fn routed(target: Target, payload: Bytes, exclude: Option<ConnId>, route: Route) -> Arc<Event> {
+        Arc::new(Event { target, route, payload, exclude, received: Instant::now(), text_frame: OnceLock::new() })
     }
 
     /// The WebSocket text frame carrying the payload, built by the first recipient's shard and
     /// shared by all.
     pub fn text_frame(&self) -> &Bytes {
-        self.text_frame
-            .get_or_init(|| frame::encode(frame::OP_TEXT, &self.payload))
+        self.text_frame.get_or_init(|| frame::encode(frame::OP_TEXT, &self.payload))
     }
 }
 
@@ -119,24 +132,16 @@ mod tests {
 
     #[test]
     fn missing_type_gets_the_default_first() {
-        let Value::Object(event) = json!({"job_id": "j1", "status": "completed"}) else {
-            unreachable!()
-        };
+        let Value::Object(event) = json!({"job_id": "j1", "status": "completed"}) else { unreachable!() };
         let bytes = prepare_payload(event, Some("job_update"));
-        assert!(
-            bytes.starts_with(br#"{"type":"job_update""#),
-            "{}",
-            String::from_utf8_lossy(&bytes)
-        );
+        assert!(bytes.starts_with(br#"{"type":"job_update""#), "{}", String::from_utf8_lossy(&bytes));
         let v: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["status"], "completed");
     }
 
     #[test]
     fn an_existing_type_is_kept() {
-        let Value::Object(event) = json!({"type": "campaign:launched"}) else {
-            unreachable!()
-        };
+        let Value::Object(event) = json!({"type": "campaign:launched"}) else { unreachable!() };
         let v: Value = serde_json::from_slice(&prepare_payload(event, Some("job_update"))).unwrap();
         assert_eq!(v["type"], "campaign:launched");
     }

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-pub use event::{ConnId, Event, Target};
+pub use event::{ConnId, Event, Route, Target};
 use shard::{Shard, ShardMsg};
 
 /// Capacity of a shard's inbox; a full inbox makes publishers wait (back-pressure).
@@ -72,14 +72,7 @@ impl Hub {
                 (ShardHandle { inbox: tx }, rx)
             })
             .unzip();
-        (
-            Hub {
-                shards: handles,
-                next_shard: AtomicUsize::new(0),
-                interest: Mutex::new(Interest::default()),
-            },
-            inboxes,
-        )
+        (Hub { shards: handles, next_shard: AtomicUsize::new(0), interest: Mutex::new(Interest::default()) }, inboxes)
     }
 
     /// Number of shards.
@@ -99,10 +92,7 @@ impl Hub {
     pub(crate) fn pick_shard(&self, load: impl Fn(usize) -> u64) -> usize {
         let start = self.next_shard.fetch_add(1, Ordering::Relaxed);
         let n = self.shards.len();
-        (0..n)
-            .map(|i| (start + i) % n)
-            .min_by_key(|&i| load(i))
-            .unwrap_or(0)
+        (0..n).map(|i| (start + i) % n).min_by_key(|&i| load(i)).unwrap_or(0)
     }
 
     /// Hands an upgraded connection to a shard.
@@ -216,20 +206,8 @@ mod tests {
         hub.interest(key.clone(), false);
         hub.interest(key.clone(), false);
         hub.interest(key.clone(), false);
-        assert_eq!(
-            changes.try_recv().unwrap(),
-            InterestChange {
-                key: key.clone(),
-                present: true
-            }
-        );
-        assert_eq!(
-            changes.try_recv().unwrap(),
-            InterestChange {
-                key,
-                present: false
-            }
-        );
+        assert_eq!(changes.try_recv().unwrap(), InterestChange { key: key.clone(), present: true });
+        assert_eq!(changes.try_recv().unwrap(), InterestChange { key, present: false });
         assert!(changes.try_recv().is_err());
     }
 }

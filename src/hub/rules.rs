@@ -25,10 +25,7 @@ impl ChannelRules {
     pub fn new(configs: &[ChannelConfig]) -> Self {
         let mut rules = ChannelRules::default();
         for config in configs {
-            let rule = ChannelRule {
-                default_type: config.default_type.clone(),
-                broadcast: config.broadcast,
-            };
+            let rule = ChannelRule { default_type: config.default_type.clone(), broadcast: config.broadcast };
             match config.name.strip_suffix('*') {
                 Some(prefix) => rules.prefixes.push((prefix.to_string(), rule)),
                 None => {
@@ -36,20 +33,15 @@ impl ChannelRules {
                 }
             }
         }
-        rules
-            .prefixes
-            .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        rules.prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         rules
     }
 
     /// The rule for `channel`, if any applies.
     pub fn get(&self, channel: &str) -> Option<&ChannelRule> {
-        self.exact.get(channel).or_else(|| {
-            self.prefixes
-                .iter()
-                .find(|(prefix, _)| channel.starts_with(prefix.as_str()))
-                .map(|(_, r)| r)
-        })
+        self.exact
+            .get(channel)
+            .or_else(|| self.prefixes.iter().find(|(prefix, _)| channel.starts_with(prefix.as_str())).map(|(_, r)| r))
     }
 }
 
@@ -58,36 +50,16 @@ mod tests {
     use super::*;
 
     fn cfg(name: &str, kind: &str) -> ChannelConfig {
-        ChannelConfig {
-            name: name.into(),
-            default_type: Some(kind.into()),
-            broadcast: false,
-        }
+        ChannelConfig { name: name.into(), default_type: Some(kind.into()), broadcast: false }
     }
 
     #[test]
     fn exact_beats_longest_prefix_beats_shorter() {
-        let rules = ChannelRules::new(&[
-            cfg("jobs:*", "a"),
-            cfg("jobs:updates", "b"),
-            cfg("jobs:x:*", "c"),
-            cfg("*", "d"),
-        ]);
-        assert_eq!(
-            rules.get("jobs:updates").unwrap().default_type.as_deref(),
-            Some("b")
-        );
-        assert_eq!(
-            rules.get("jobs:x:1").unwrap().default_type.as_deref(),
-            Some("c")
-        );
-        assert_eq!(
-            rules.get("jobs:other").unwrap().default_type.as_deref(),
-            Some("a")
-        );
-        assert_eq!(
-            rules.get("misc").unwrap().default_type.as_deref(),
-            Some("d")
-        );
+        let rules =
+            ChannelRules::new(&[cfg("jobs:*", "a"), cfg("jobs:updates", "b"), cfg("jobs:x:*", "c"), cfg("*", "d")]);
+        assert_eq!(rules.get("jobs:updates").unwrap().default_type.as_deref(), Some("b"));
+        assert_eq!(rules.get("jobs:x:1").unwrap().default_type.as_deref(), Some("c"));
+        assert_eq!(rules.get("jobs:other").unwrap().default_type.as_deref(), Some("a"));
+        assert_eq!(rules.get("misc").unwrap().default_type.as_deref(), Some("d"));
     }
 }

@@ -18,10 +18,10 @@ use slab::Slab;
 use tokio::sync::mpsc;
 use tokio::task::LocalSet;
 
-use super::InterestKey;
 use super::event::Event;
 use super::event::Target;
 use super::index::LocalIndex;
+use super::{InterestKey, Route};
 use crate::config::EndpointKind;
 use crate::node::Node;
 use crate::protocol::outbound;
@@ -130,33 +130,24 @@ impl Shard {
         let slot = session.slot.get();
         let (channels, rooms) = {
             let mut state = session.state.borrow_mut();
-            (
-                std::mem::take(&mut state.channels),
-                std::mem::take(&mut state.rooms),
-            )
+            (std::mem::take(&mut state.channels), std::mem::take(&mut state.rooms))
         };
         {
             let mut index = self.index.borrow_mut();
             for channel in &channels {
                 if index.channels.remove(channel, slot) {
-                    self.node
-                        .hub
-                        .interest(InterestKey::Channel(channel.clone()), false);
+                    self.node.hub.interest(InterestKey::Channel(channel.clone()), false);
                 }
             }
             for room in &rooms {
                 if index.rooms.remove(room, slot) {
-                    self.node
-                        .hub
-                        .interest(InterestKey::Room(room.clone()), false);
+                    self.node.hub.interest(InterestKey::Room(room.clone()), false);
                 }
             }
             if let Some(user) = &session.info.user
                 && index.users.remove(&user.id, slot)
             {
-                self.node
-                    .hub
-                    .interest(InterestKey::User(user.id.clone()), false);
+                self.node.hub.interest(InterestKey::User(user.id.clone()), false);
             }
         }
         let counters = self.counters();
@@ -177,11 +168,7 @@ impl Shard {
         if session.state.borrow().channels.contains(channel) {
             return false;
         }
-        let (name, first) = self
-            .index
-            .borrow_mut()
-            .channels
-            .add(channel, session.slot.get());
+        let (name, first) = self.index.borrow_mut().channels.add(channel, session.slot.get());
         session.state.borrow_mut().channels.insert(name.clone());
         stats::bump(&self.counters().channel_subscriptions, 1);
         if first {
@@ -196,12 +183,7 @@ impl Shard {
             return false;
         };
         stats::drop_by(&self.counters().channel_subscriptions, 1);
-        if self
-            .index
-            .borrow_mut()
-            .channels
-            .remove(channel, session.slot.get())
-        {
+        if self.index.borrow_mut().channels.remove(channel, session.slot.get()) {
             self.node.hub.interest(InterestKey::Channel(name), false);
         }
         true
@@ -227,12 +209,7 @@ impl Shard {
             return false;
         };
         stats::drop_by(&self.counters().room_memberships, 1);
-        if self
-            .index
-            .borrow_mut()
-            .rooms
-            .remove(room, session.slot.get())
-        {
+        if self.index.borrow_mut().rooms.remove(room, session.slot.get()) {
             self.node.hub.interest(InterestKey::Room(name), false);
         }
         true
@@ -241,11 +218,7 @@ impl Shard {
     /// Indexes a connection under its user, for user-targeted events.
     pub(crate) fn bind_user(&self, session: &Session) {
         if let Some(user) = &session.info.user {
-            let (name, first) = self
-                .index
-                .borrow_mut()
-                .users
-                .add(&user.id, session.slot.get());
+            let (name, first) = self.index.borrow_mut().users.add(&user.id, session.slot.get());
             if first {
                 self.node.hub.interest(InterestKey::User(name), true);
             }
@@ -269,33 +242,41 @@ impl Shard {
                 delivered += 1;
             }
         };
-        if event.target.broadcast {
-            for (_, session) in sessions.iter() {
-                if session.info.kind == EndpointKind::Events {
+        let target = &event.target;
+        let channel_members = || target.channel.as_deref().and_then(|c| index.channels.get(c));
+        let room_members = || target.room.as_deref().and_then(|r| index.rooms.get(r));
+        let user_members = || target.user.as_deref().and_then(|u| index.users.get(u));
+        // A copy routed through a later key skips connections an earlier key already reached.
+        let reached_by_channel =
+            |s: &Session| target.channel.as_deref().is_some_and(|c| s.state.borrow().channels.contains(c));
+        let reached_by_room = |s: &Session| target.room.as_deref().is_some_and(|r| s.state.borrow().rooms.contains(r));
+        match event.route {
+            Route::Broadcast => self.for_each_event_session(&sessions, &mut deliver_to),
+            Route::Full if target.broadcast => self.for_each_event_session(&sessions, &mut deliver_to),
+            Route::Full => {
+                for members in [channel_members(), room_members(), user_members()].into_iter().flatten() {
+                    for slot in members {
+                        if let Some(session) = sessions.get(*slot) {
+                            deliver_to(session);
+                        }
+                    }
+                }
+            }
+            Route::Channel => {
+                for session in channel_members().into_iter().flatten().filter_map(|slot| sessions.get(*slot)) {
                     deliver_to(session);
                 }
             }
-        } else {
-            let keys = [
-                event
-                    .target
-                    .channel
-                    .as_deref()
-                    .and_then(|c| index.channels.get(c)),
-                event
-                    .target
-                    .room
-                    .as_deref()
-                    .and_then(|r| index.rooms.get(r)),
-                event
-                    .target
-                    .user
-                    .as_deref()
-                    .and_then(|u| index.users.get(u)),
-            ];
-            for members in keys.into_iter().flatten() {
-                for slot in members {
-                    if let Some(session) = sessions.get(*slot) {
+            Route::Room => {
+                for session in room_members().into_iter().flatten().filter_map(|slot| sessions.get(*slot)) {
+                    if !reached_by_channel(session) {
+                        deliver_to(session);
+                    }
+                }
+            }
+            Route::User => {
+                for session in user_members().into_iter().flatten().filter_map(|slot| sessions.get(*slot)) {
+                    if !reached_by_channel(session) && !reached_by_room(session) {
                         deliver_to(session);
                     }
                 }
@@ -308,6 +289,14 @@ impl Shard {
         stats::bump(&counters.fanout_latency_us, latency.as_micros() as u64);
         if delivered > 0 {
             metrics::histogram!("herald_publish_to_write_seconds").record(latency.as_secs_f64());
+        }
+    }
+
+    fn for_each_event_session(&self, sessions: &Slab<Rc<Session>>, deliver_to: &mut impl FnMut(&Rc<Session>)) {
+        for (_, session) in sessions.iter() {
+            if session.info.kind == EndpointKind::Events {
+                deliver_to(session);
+            }
         }
     }
 
@@ -341,22 +330,13 @@ impl Shard {
     }
 
     fn adopt(self: &Rc<Self>, adoption: Adoption) {
-        let Adoption {
-            stream,
-            leftover,
-            plan,
-        } = adoption;
+        let Adoption { stream, leftover, plan } = adoption;
         if self.shutting_down.get() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return;
         }
         match tokio::net::TcpStream::from_std(stream) {
-            Ok(stream) => self.spawn(crate::session::connect::run(
-                self.clone(),
-                ConnIo::Tcp(stream),
-                leftover,
-                plan,
-            )),
+            Ok(stream) => self.spawn(crate::session::connect::run(self.clone(), ConnIo::Tcp(stream), leftover, plan)),
             Err(e) => tracing::warn!(error = %e, "could not register an upgraded socket"),
         }
     }
@@ -364,41 +344,23 @@ impl Shard {
     fn begin_shutdown(self: &Rc<Self>) {
         self.shutting_down.set(true);
         for session in self.all_sessions() {
-            session.close(
-                self,
-                close_code::GOING_AWAY,
-                "server shutting down; reconnect to another node",
-            );
+            session.close(self, close_code::GOING_AWAY, "server shutting down; reconnect to another node");
         }
     }
 
     /// A snapshot of every connection on the shard.
     pub fn all_sessions(&self) -> Vec<Rc<Session>> {
-        self.sessions
-            .borrow()
-            .iter()
-            .map(|(_, s)| s.clone())
-            .collect()
+        self.sessions.borrow().iter().map(|(_, s)| s.clone()).collect()
     }
 
     /// Member counts of this shard's rooms.
     pub fn room_counts(&self) -> Vec<(Arc<str>, usize)> {
-        self.index
-            .borrow()
-            .rooms
-            .counts()
-            .map(|(k, n)| (k.clone(), n))
-            .collect()
+        self.index.borrow().rooms.counts().map(|(k, n)| (k.clone(), n)).collect()
     }
 
     /// Subscriber counts of this shard's channels.
     pub fn channel_counts(&self) -> Vec<(Arc<str>, usize)> {
-        self.index
-            .borrow()
-            .channels
-            .counts()
-            .map(|(k, n)| (k.clone(), n))
-            .collect()
+        self.index.borrow().channels.counts().map(|(k, n)| (k.clone(), n)).collect()
     }
 
     /// Number of distinct rooms and channels on this shard.
@@ -415,8 +377,8 @@ impl Shard {
         if heartbeat_due {
             self.next_heartbeat.set(now + ws.heartbeat_interval);
         }
-        let heartbeat = (heartbeat_due && ws.heartbeat_message)
-            .then(|| Event::new(Target::default(), outbound::heartbeat()));
+        let heartbeat =
+            (heartbeat_due && ws.heartbeat_message).then(|| Event::new(Target::default(), outbound::heartbeat()));
         let ping = (heartbeat_due && ws.ping_frames).then(|| frame::encode(frame::OP_PING, b""));
         let mut queued = 0u64;
         self.batching.set(true);
@@ -431,11 +393,7 @@ impl Shard {
             if now.duration_since(session.last_seen.get()) > ws.idle_timeout {
                 stats::bump(&self.counters().idle_disconnects, 1);
                 tracing::debug!(connection = %session.connection_id, "idle timeout");
-                session.close(
-                    self,
-                    close_code::IDLE_TIMEOUT,
-                    "idle timeout: nothing received",
-                );
+                session.close(self, close_code::IDLE_TIMEOUT, "idle timeout: nothing received");
                 continue;
             }
             if session.info.kind == EndpointKind::Events {
@@ -444,17 +402,10 @@ impl Shard {
         }
         self.batching.set(false);
         self.flush_dirty();
-        self.counters()
-            .queued_frames
-            .store(queued, std::sync::atomic::Ordering::Relaxed);
+        self.counters().queued_frames.store(queued, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn send_keepalive(
-        self: &Rc<Self>,
-        session: &Rc<Session>,
-        heartbeat: Option<&Event>,
-        ping: Option<&Bytes>,
-    ) {
+    fn send_keepalive(self: &Rc<Self>, session: &Rc<Session>, heartbeat: Option<&Event>, ping: Option<&Bytes>) {
         if let Some(frame) = heartbeat.and_then(|h| session.frame_for(h)) {
             session.send(self, frame);
             stats::bump(&self.counters().replies, 1);

@@ -23,10 +23,7 @@ pub struct ProtocolError {
 impl ProtocolError {
     /// Builds an error.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
 }
 
@@ -53,44 +50,24 @@ impl Inbound {
     /// Parses a text frame. Fails with `INVALID_JSON` for anything but an object, and with
     /// `INVALID_MESSAGE` when `type` is missing or not a string.
     pub fn parse(text: &[u8]) -> Result<Inbound, ProtocolError> {
-        let value: Value = serde_json::from_slice(text).map_err(|e| {
-            ProtocolError::new(
-                ErrorCode::InvalidJson,
-                format!("message is not valid JSON: {e}"),
-            )
-        })?;
+        let value: Value = serde_json::from_slice(text)
+            .map_err(|e| ProtocolError::new(ErrorCode::InvalidJson, format!("message is not valid JSON: {e}")))?;
         let Value::Object(body) = value else {
-            return Err(ProtocolError::new(
-                ErrorCode::InvalidJson,
-                "message must be a JSON object",
-            ));
+            return Err(ProtocolError::new(ErrorCode::InvalidJson, "message must be a JSON object"));
         };
         let kind = match body.get("type") {
             Some(Value::String(kind)) if !kind.is_empty() && kind.len() <= 100 => kind.clone(),
             Some(Value::String(_)) => {
-                return Err(ProtocolError::new(
-                    ErrorCode::InvalidMessage,
-                    "field \"type\" must be 1-100 characters",
-                ));
+                return Err(ProtocolError::new(ErrorCode::InvalidMessage, "field \"type\" must be 1-100 characters"));
             }
             Some(_) => {
-                return Err(ProtocolError::new(
-                    ErrorCode::InvalidMessage,
-                    "field \"type\" must be a string",
-                ));
+                return Err(ProtocolError::new(ErrorCode::InvalidMessage, "field \"type\" must be a string"));
             }
             None => {
-                return Err(ProtocolError::new(
-                    ErrorCode::InvalidMessage,
-                    "missing field \"type\"",
-                ));
+                return Err(ProtocolError::new(ErrorCode::InvalidMessage, "missing field \"type\""));
             }
         };
-        let id = body
-            .get("id")
-            .or_else(|| body.get("request_id"))
-            .filter(|v| v.is_string() || v.is_number())
-            .cloned();
+        let id = body.get("id").or_else(|| body.get("request_id")).filter(|v| v.is_string() || v.is_number()).cloned();
         Ok(Inbound { kind, id, body })
     }
 
@@ -118,9 +95,7 @@ impl Inbound {
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(Value::Number(n)) => Ok(Some(n.to_string())),
             Some(Value::Null) | None => Ok(None),
-            Some(_) => Err(invalid(format!(
-                "field {field:?} must be a string or a number"
-            ))),
+            Some(_) => Err(invalid(format!("field {field:?} must be a string or a number"))),
         }
     }
 
@@ -149,16 +124,9 @@ impl Inbound {
         let names: Vec<&str> = match (self.body.get("channels"), self.body.get("channel")) {
             (Some(Value::Array(items)), _) => items
                 .iter()
-                .map(|item| {
-                    item.as_str()
-                        .ok_or_else(|| invalid("field \"channels\" must contain only strings"))
-                })
+                .map(|item| item.as_str().ok_or_else(|| invalid("field \"channels\" must contain only strings")))
                 .collect::<Result<_, _>>()?,
-            (Some(Value::String(list)), _) => list
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect(),
+            (Some(Value::String(list)), _) => list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect(),
             (Some(_), _) => return Err(invalid("field \"channels\" must be an array of strings")),
             (None, Some(Value::String(one))) => vec![one.as_str()],
             (None, Some(_)) => return Err(invalid("field \"channel\" must be a string")),
@@ -182,18 +150,12 @@ fn invalid(message: impl Into<String>) -> ProtocolError {
 /// Any other Unicode is allowed; names are opaque keys, never paths.
 pub fn validate_name(what: &str, name: &str) -> Result<(), ProtocolError> {
     if name.is_empty() {
-        return Err(ProtocolError::new(
-            ErrorCode::InvalidName,
-            format!("{what} name must not be empty"),
-        ));
+        return Err(ProtocolError::new(ErrorCode::InvalidName, format!("{what} name must not be empty")));
     }
     if name.len() > MAX_NAME_LEN {
         return Err(ProtocolError::new(
             ErrorCode::InvalidName,
-            format!(
-                "{what} name is {} bytes; the limit is {MAX_NAME_LEN}",
-                name.len()
-            ),
+            format!("{what} name is {} bytes; the limit is {MAX_NAME_LEN}", name.len()),
         ));
     }
     if name.chars().any(char::is_control) {
@@ -211,8 +173,7 @@ mod tests {
 
     #[test]
     fn parses_the_documents_messages() {
-        let m =
-            Inbound::parse(br#"{"type":"subscribe","channels":["campaigns","emails"]}"#).unwrap();
+        let m = Inbound::parse(br#"{"type":"subscribe","channels":["campaigns","emails"]}"#).unwrap();
         assert_eq!(m.kind, "subscribe");
         assert_eq!(m.channels().unwrap(), vec!["campaigns", "emails"]);
         let m = Inbound::parse(br#"{"type":"join_room","room_id":"workspace_123"}"#).unwrap();
@@ -224,38 +185,16 @@ mod tests {
 
     #[test]
     fn refusals_carry_codes() {
-        assert_eq!(
-            Inbound::parse(b"not json").unwrap_err().code,
-            ErrorCode::InvalidJson
-        );
-        assert_eq!(
-            Inbound::parse(b"[1,2]").unwrap_err().code,
-            ErrorCode::InvalidJson
-        );
-        assert_eq!(
-            Inbound::parse(br#"{"channels":[]}"#).unwrap_err().code,
-            ErrorCode::InvalidMessage
-        );
-        assert_eq!(
-            Inbound::parse(br#"{"type":5}"#).unwrap_err().code,
-            ErrorCode::InvalidMessage
-        );
+        assert_eq!(Inbound::parse(b"not json").unwrap_err().code, ErrorCode::InvalidJson);
+        assert_eq!(Inbound::parse(b"[1,2]").unwrap_err().code, ErrorCode::InvalidJson);
+        assert_eq!(Inbound::parse(br#"{"channels":[]}"#).unwrap_err().code, ErrorCode::InvalidMessage);
+        assert_eq!(Inbound::parse(br#"{"type":5}"#).unwrap_err().code, ErrorCode::InvalidMessage);
         let m = Inbound::parse(br#"{"type":"subscribe","channels":[1]}"#).unwrap();
         assert_eq!(m.channels().unwrap_err().code, ErrorCode::InvalidMessage);
         let m = Inbound::parse(br#"{"type":"join_room"}"#).unwrap();
         assert!(m.room().unwrap_err().message.contains("room"));
-        let long = format!(
-            r#"{{"type":"join_room","room":"{}"}}"#,
-            "x".repeat(MAX_NAME_LEN + 1)
-        );
-        assert_eq!(
-            Inbound::parse(long.as_bytes())
-                .unwrap()
-                .room()
-                .unwrap_err()
-                .code,
-            ErrorCode::InvalidName
-        );
+        let long = format!(r#"{{"type":"join_room","room":"{}"}}"#, "x".repeat(MAX_NAME_LEN + 1));
+        assert_eq!(Inbound::parse(long.as_bytes()).unwrap().room().unwrap_err().code, ErrorCode::InvalidName);
         let ctl = Inbound::parse(br#"{"type":"join_room","room":"a\u0000b"}"#).unwrap();
         assert_eq!(ctl.room().unwrap_err().code, ErrorCode::InvalidName);
     }

@@ -20,9 +20,7 @@ pub fn reply(kind: &str, fields: Value, id: Option<&Value>) -> Bytes {
     if let Value::Object(fields) = fields {
         object.extend(fields);
     }
-    object
-        .entry("timestamp")
-        .or_insert_with(|| Value::from(now()));
+    object.entry("timestamp").or_insert_with(|| Value::from(now()));
     if let Some(id) = id {
         object.insert("id".into(), id.clone());
     }
@@ -36,12 +34,7 @@ pub fn error(code: ErrorCode, message: &str, id: Option<&Value>) -> Bytes {
 }
 
 /// An error with extra fields (a retry hint, the current version of a cell, …).
-pub fn error_with(
-    code: ErrorCode,
-    message: &str,
-    id: Option<&Value>,
-    extra: Map<String, Value>,
-) -> Bytes {
+pub fn error_with(code: ErrorCode, message: &str, id: Option<&Value>, extra: Map<String, Value>) -> Bytes {
     let mut fields = extra;
     fields.insert("error".into(), Value::from(message));
     fields.insert("message".into(), Value::from(message));
@@ -65,11 +58,7 @@ mod tests {
 
     #[test]
     fn errors_have_the_documented_shape() {
-        let bytes = error(
-            ErrorCode::PermissionDenied,
-            "Permission denied",
-            Some(&Value::from("r1")),
-        );
+        let bytes = error(ErrorCode::PermissionDenied, "Permission denied", Some(&Value::from("r1")));
         let v: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["code"], "PERMISSION_DENIED");

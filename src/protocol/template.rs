@@ -11,9 +11,7 @@ pub fn check(template: &str) -> Result<(), String> {
         let close = after.find('}').ok_or("has a '{' without a matching '}'")?;
         let name = &after[..close];
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!(
-                "parameter {{{name}}} must be a non-empty name of letters, digits or '_'"
-            ));
+            return Err(format!("parameter {{{name}}} must be a non-empty name of letters, digits or '_'"));
         }
         rest = &after[close + 1..];
     }
@@ -46,10 +44,7 @@ mod tests {
     #[test]
     fn renders_parameters() {
         let lookup = |k: &str| (k == "campaign_id").then_some("123");
-        assert_eq!(
-            render("campaign:{campaign_id}", lookup).as_deref(),
-            Some("campaign:123")
-        );
+        assert_eq!(render("campaign:{campaign_id}", lookup).as_deref(), Some("campaign:123"));
         assert_eq!(render("campaigns", lookup).as_deref(), Some("campaigns"));
         assert_eq!(render("demo:{demo_id}", lookup), None);
     }

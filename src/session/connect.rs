@@ -44,12 +44,7 @@ pub struct ConnectPlan {
 }
 
 /// Waits for hyper to finish the upgrade, then hands the socket to `shard`.
-pub(crate) async fn hand_over(
-    node: Arc<Node>,
-    shard: usize,
-    on_upgrade: OnUpgrade,
-    plan: ConnectPlan,
-) {
+pub(crate) async fn hand_over(node: Arc<Node>, shard: usize, on_upgrade: OnUpgrade, plan: ConnectPlan) {
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(e) => {
@@ -71,16 +66,7 @@ pub(crate) async fn hand_over(
             return;
         }
     };
-    node.hub
-        .adopt(
-            shard,
-            Adoption {
-                stream,
-                leftover: parts.read_buf,
-                plan,
-            },
-        )
-        .await;
+    node.hub.adopt(shard, Adoption { stream, leftover: parts.read_buf, plan }).await;
 }
 
 /// Runs a session on its shard until the connection ends.
@@ -89,10 +75,7 @@ pub(crate) async fn run(shard: Rc<Shard>, io: ConnIo, leftover: Bytes, plan: Con
     let id = node.next_connection.fetch_add(1, Ordering::Relaxed);
     let connection_id: Arc<str> = Arc::from(format!("{}-{id}", node.id));
     let info = ConnInfo {
-        client_id: plan
-            .client_id
-            .clone()
-            .unwrap_or_else(|| connection_id.to_string()),
+        client_id: plan.client_id.clone().unwrap_or_else(|| connection_id.to_string()),
         peer: plan.peer,
         kind: plan.kind,
         path: plan.path.clone(),

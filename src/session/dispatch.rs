@@ -23,10 +23,7 @@ pub(crate) async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: 
         "unsubscribe" => handlers::channels::unsubscribe(shard, session, &message),
         "join_room" => handlers::rooms::join(shard, session, &message),
         "leave_room" => handlers::rooms::leave(shard, session, &message),
-        other => Err(ProtocolError::new(
-            ErrorCode::UnknownMessageType,
-            format!("unknown message type {other:?}"),
-        )),
+        other => Err(ProtocolError::new(ErrorCode::UnknownMessageType, format!("unknown message type {other:?}"))),
     };
     if let Err(e) = result {
         session.send_error(shard, &e, message.id.as_ref());

@@ -103,17 +103,11 @@ impl Session {
             return SendOutcome::Closed;
         }
         let limits = &shard.node().config.websocket;
-        if out.queue.len() >= limits.outbound_queue
-            || out.queued_bytes + frame.len() > limits.outbound_queue_bytes
-        {
+        if out.queue.len() >= limits.outbound_queue || out.queued_bytes + frame.len() > limits.outbound_queue_bytes {
             drop(out);
             stats::bump(&shard.counters().slow_consumer_disconnects, 1);
             tracing::info!(connection = %self.connection_id, "slow consumer: outbound queue full, closing");
-            self.close(
-                shard,
-                close_code::SLOW_CONSUMER,
-                "slow consumer: outbound queue full",
-            );
+            self.close(shard, close_code::SLOW_CONSUMER, "slow consumer: outbound queue full");
             return SendOutcome::SlowConsumer;
         }
         let was_idle = out.queue.is_empty() && !out.flusher;

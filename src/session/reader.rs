@@ -45,9 +45,7 @@ fn poll_read(
         match session.io.poll_read(cx, &mut buf) {
             Poll::Pending => {
                 match session.reader_waker.take() {
-                    Some(waker) if waker.will_wake(cx.waker()) => {
-                        session.reader_waker.set(Some(waker))
-                    }
+                    Some(waker) if waker.will_wake(cx.waker()) => session.reader_waker.set(Some(waker)),
                     _ => session.reader_waker.set(Some(cx.waker().clone())),
                 }
                 Poll::Pending

@@ -129,13 +129,7 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder for `role` refusing messages over `max_message` bytes.
     pub fn new(role: Role, max_message: usize) -> Self {
-        Self {
-            role,
-            max_message,
-            pending: Vec::new(),
-            fragment: None,
-            inflate: None,
-        }
+        Self { role, max_message, pending: Vec::new(), fragment: None, inflate: None }
     }
 
     /// Enables RSV1 (permessage-deflate) with the given inflater.
@@ -177,11 +171,7 @@ impl Decoder {
     }
 
     /// Decodes one frame; `None` when more bytes are needed.
-    fn decode_one(
-        &mut self,
-        data: &[u8],
-        out: &mut Vec<Message>,
-    ) -> Result<Option<usize>, FrameError> {
+    fn decode_one(&mut self, data: &[u8], out: &mut Vec<Message>) -> Result<Option<usize>, FrameError> {
         if data.len() < 2 {
             return Ok(None);
         }
@@ -212,23 +202,17 @@ impl Decoder {
             }
         } else if opcode == OP_CONTINUATION {
             if self.fragment.is_none() {
-                return Err(FrameError::Protocol(
-                    "continuation frame without a message to continue",
-                ));
+                return Err(FrameError::Protocol("continuation frame without a message to continue"));
             }
             if rsv1 {
                 return Err(FrameError::Protocol("RSV1 set on a continuation frame"));
             }
         } else {
             if self.fragment.is_some() {
-                return Err(FrameError::Protocol(
-                    "new message started before the previous one finished",
-                ));
+                return Err(FrameError::Protocol("new message started before the previous one finished"));
             }
             if rsv1 && self.inflate.is_none() {
-                return Err(FrameError::Protocol(
-                    "RSV1 set without a negotiated extension",
-                ));
+                return Err(FrameError::Protocol("RSV1 set without a negotiated extension"));
             }
         }
         match (self.role, masked) {
@@ -256,9 +240,7 @@ impl Decoder {
                 raw.copy_from_slice(&data[2..10]);
                 let len = u64::from_be_bytes(raw);
                 if len >> 63 != 0 {
-                    return Err(FrameError::Protocol(
-                        "payload length has its most significant bit set",
-                    ));
+                    return Err(FrameError::Protocol("payload length has its most significant bit set"));
                 }
                 (len, 10)
             }
@@ -286,8 +268,7 @@ impl Decoder {
         if data.len() < total {
             if self.pending.capacity() < total {
                 // Reserve the whole frame once instead of growing read by read.
-                self.pending
-                    .reserve(total.saturating_sub(self.pending.len()));
+                self.pending.reserve(total.saturating_sub(self.pending.len()));
             }
             return Ok(None);
         }
@@ -315,14 +296,9 @@ impl Decoder {
             return Ok(Some(total));
         }
 
-        let fragment = self.fragment.get_or_insert_with(|| {
-            Box::new(Fragment {
-                opcode,
-                compressed: rsv1,
-                data: Vec::new(),
-                utf8_checked: 0,
-            })
-        });
+        let fragment = self
+            .fragment
+            .get_or_insert_with(|| Box::new(Fragment { opcode, compressed: rsv1, data: Vec::new(), utf8_checked: 0 }));
         let start = fragment.data.len();
         fragment.data.extend_from_slice(raw);
         if let Some(key) = mask {
@@ -341,28 +317,16 @@ impl Decoder {
             let Some(done) = self.fragment.take() else {
                 return Err(FrameError::Protocol("lost fragment state"));
             };
-            let Fragment {
-                opcode,
-                compressed,
-                data,
-                ..
-            } = *done;
+            let Fragment { opcode, compressed, data, .. } = *done;
             out.push(self.finish(opcode, compressed, data)?);
         }
         Ok(Some(total))
     }
 
-    fn finish(
-        &mut self,
-        opcode: u8,
-        compressed: bool,
-        payload: Vec<u8>,
-    ) -> Result<Message, FrameError> {
+    fn finish(&mut self, opcode: u8, compressed: bool, payload: Vec<u8>) -> Result<Message, FrameError> {
         let payload = if compressed {
             let Some(inflate) = self.inflate.as_mut() else {
-                return Err(FrameError::Protocol(
-                    "compressed message without an extension",
-                ));
+                return Err(FrameError::Protocol("compressed message without an extension"));
             };
             inflate.inflate(&payload, self.max_message)?
         } else {
@@ -397,9 +361,7 @@ fn parse_close(payload: &[u8]) -> Result<Option<(u16, String)>, FrameError> {
 
 /// XORs `buf` with the 4-byte mask, eight bytes at a time.
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4]) {
-    let wide = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
+    let wide = u64::from_ne_bytes([key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3]]);
     let mut chunks = buf.chunks_exact_mut(8);
     for chunk in &mut chunks {
         let mut word = [0u8; 8];
@@ -480,13 +442,7 @@ mod tests {
 
     fn raw_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
         let mut out = BytesMut::new();
-        put_header(
-            &mut out,
-            b0 & 0x0F,
-            b0 & 0x40 != 0,
-            payload.len(),
-            Some(KEY),
-        );
+        put_header(&mut out, b0 & 0x0F, b0 & 0x40 != 0, payload.len(), Some(KEY));
         out[0] = b0;
         let start = out.len();
         out.put_slice(payload);
@@ -512,11 +468,7 @@ mod tests {
             let payload = vec![b'a'; len];
             let frame = encode_masked(OP_BINARY, &payload, KEY);
             let out = decode_all(&frame).unwrap();
-            assert_eq!(
-                out,
-                vec![Message::Binary(Bytes::from(payload))],
-                "len {len}"
-            );
+            assert_eq!(out, vec![Message::Binary(Bytes::from(payload))], "len {len}");
         }
     }
 
@@ -526,64 +478,35 @@ mod tests {
         bytes.extend(raw_frame(0x80 | OP_PING, b"p"));
         bytes.extend(raw_frame(0x80 | OP_CONTINUATION, b"lo"));
         let out = decode_all(&bytes).unwrap();
-        assert_eq!(
-            out,
-            vec![
-                Message::Ping(Bytes::from_static(b"p")),
-                Message::Text(Bytes::from_static(b"Hello"))
-            ]
-        );
+        assert_eq!(out, vec![Message::Ping(Bytes::from_static(b"p")), Message::Text(Bytes::from_static(b"Hello"))]);
     }
 
     #[test]
     fn refuses_protocol_violations() {
         let unmasked = encode(OP_TEXT, b"x");
-        assert_eq!(
-            decode_all(&unmasked).unwrap_err().close_code(),
-            close_code::PROTOCOL_ERROR
-        );
+        assert_eq!(decode_all(&unmasked).unwrap_err().close_code(), close_code::PROTOCOL_ERROR);
         let reserved_opcode = raw_frame(0x80 | 0x3, b"");
-        assert!(matches!(
-            decode_all(&reserved_opcode),
-            Err(FrameError::Protocol(_))
-        ));
+        assert!(matches!(decode_all(&reserved_opcode), Err(FrameError::Protocol(_))));
         let rsv2 = raw_frame(0x80 | 0x20 | OP_TEXT, b"x");
         assert!(matches!(decode_all(&rsv2), Err(FrameError::Protocol(_))));
         let rsv1_without_extension = raw_frame(0x80 | 0x40 | OP_TEXT, b"x");
-        assert!(matches!(
-            decode_all(&rsv1_without_extension),
-            Err(FrameError::Protocol(_))
-        ));
+        assert!(matches!(decode_all(&rsv1_without_extension), Err(FrameError::Protocol(_))));
         let big_ping = raw_frame(0x80 | OP_PING, &[0u8; 126]);
-        assert!(matches!(
-            decode_all(&big_ping),
-            Err(FrameError::Protocol(_))
-        ));
+        assert!(matches!(decode_all(&big_ping), Err(FrameError::Protocol(_))));
         let fragmented_ping = raw_frame(OP_PING, b"");
-        assert!(matches!(
-            decode_all(&fragmented_ping),
-            Err(FrameError::Protocol(_))
-        ));
+        assert!(matches!(decode_all(&fragmented_ping), Err(FrameError::Protocol(_))));
         let lone_continuation = raw_frame(0x80 | OP_CONTINUATION, b"x");
-        assert!(matches!(
-            decode_all(&lone_continuation),
-            Err(FrameError::Protocol(_))
-        ));
+        assert!(matches!(decode_all(&lone_continuation), Err(FrameError::Protocol(_))));
         let mut interrupted = raw_frame(OP_TEXT, b"a");
         interrupted.extend(raw_frame(0x80 | OP_TEXT, b"b"));
-        assert!(matches!(
-            decode_all(&interrupted),
-            Err(FrameError::Protocol(_))
-        ));
+        assert!(matches!(decode_all(&interrupted), Err(FrameError::Protocol(_))));
     }
 
     #[test]
     fn refuses_bad_utf8_and_bad_close_frames() {
         let bad = encode_masked(
             OP_TEXT,
-            &[
-                0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5, 0xed, 0xa0, 0x80,
-            ],
+            &[0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5, 0xed, 0xa0, 0x80],
             KEY,
         );
         assert_eq!(decode_all(&bad).unwrap_err(), FrameError::InvalidUtf8);
@@ -591,20 +514,11 @@ mod tests {
         let first = raw_frame(OP_TEXT, &[0xff, b'a']);
         assert_eq!(decode_all(&first).unwrap_err(), FrameError::InvalidUtf8);
         let one_byte_close = encode_masked(OP_CLOSE, &[3], KEY);
-        assert!(matches!(
-            decode_all(&one_byte_close),
-            Err(FrameError::Protocol(_))
-        ));
+        assert!(matches!(decode_all(&one_byte_close), Err(FrameError::Protocol(_))));
         let reserved_code = encode_masked(OP_CLOSE, &1005u16.to_be_bytes(), KEY);
-        assert!(matches!(
-            decode_all(&reserved_code),
-            Err(FrameError::Protocol(_))
-        ));
+        assert!(matches!(decode_all(&reserved_code), Err(FrameError::Protocol(_))));
         let good = encode_masked(OP_CLOSE, &[0x03, 0xe8, b'o', b'k'], KEY);
-        assert_eq!(
-            decode_all(&good).unwrap(),
-            vec![Message::Close(Some((1000, "ok".into())))]
-        );
+        assert_eq!(decode_all(&good).unwrap(), vec![Message::Close(Some((1000, "ok".into())))]);
     }
 
     #[test]

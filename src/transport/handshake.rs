@@ -70,12 +70,7 @@ pub fn check(method: &Method, headers: &HeaderMap) -> Result<Upgrade, HandshakeE
     if method != Method::GET {
         return Err(HandshakeError::Method);
     }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        != Some("13")
-    {
+    if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()).map(str::trim) != Some("13") {
         return Err(HandshakeError::Version);
     }
     let key = headers
@@ -110,11 +105,7 @@ pub fn accept_key(key: &str) -> String {
 }
 
 /// The `101 Switching Protocols` response, with the chosen subprotocol and extension if any.
-pub fn switching_protocols<B: Default>(
-    key: &str,
-    protocol: Option<&str>,
-    extension: Option<&str>,
-) -> Response<B> {
+pub fn switching_protocols<B: Default>(key: &str, protocol: Option<&str>, extension: Option<&str>) -> Response<B> {
     let mut response = Response::new(B::default());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -139,49 +130,28 @@ mod tests {
     fn upgrade_headers() -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, Upgrade"),
-        );
-        h.insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        h.insert(
-            header::SEC_WEBSOCKET_KEY,
-            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
         h
     }
 
     #[test]
     fn rfc_example_accept_key() {
-        assert_eq!(
-            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
     fn checks_the_request() {
         let h = upgrade_headers();
         assert!(check(&Method::GET, &h).is_ok());
-        assert_eq!(
-            check(&Method::POST, &h).unwrap_err(),
-            HandshakeError::Method
-        );
+        assert_eq!(check(&Method::POST, &h).unwrap_err(), HandshakeError::Method);
         let mut v = h.clone();
         v.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
-        assert_eq!(
-            check(&Method::GET, &v).unwrap_err(),
-            HandshakeError::Version
-        );
+        assert_eq!(check(&Method::GET, &v).unwrap_err(), HandshakeError::Version);
         let mut k = h.clone();
         k.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("short"));
         assert_eq!(check(&Method::GET, &k).unwrap_err(), HandshakeError::Key);
-        assert_eq!(
-            check(&Method::GET, &HeaderMap::new()).unwrap_err(),
-            HandshakeError::NotUpgrade
-        );
+        assert_eq!(check(&Method::GET, &HeaderMap::new()).unwrap_err(), HandshakeError::NotUpgrade);
     }
 }

@@ -62,11 +62,7 @@ impl ConnIo {
     }
 
     /// Writes, registering the waker when the socket takes nothing.
-    pub fn poll_write_vectored(
-        &self,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
+    pub fn poll_write_vectored(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
         match self {
             ConnIo::Tcp(stream) => loop {
                 match stream.try_write_vectored(bufs) {
@@ -135,9 +131,7 @@ impl ConnIo {
         // Errors mean the socket is already gone, which is what was asked for.
         let _ = match self {
             ConnIo::Tcp(stream) => socket2::SockRef::from(stream).shutdown(how),
-            ConnIo::Tls(stream) => {
-                socket2::SockRef::from(stream.borrow().get_ref().0).shutdown(how)
-            }
+            ConnIo::Tls(stream) => socket2::SockRef::from(stream.borrow().get_ref().0).shutdown(how),
         };
     }
 }

@@ -44,13 +44,8 @@ pub struct Endpoint {
 pub fn endpoints(config: &Config) -> Vec<Endpoint> {
     let main = EndpointConfig::default();
     let declared = config.endpoints.iter();
-    let implicit_main =
-        config.websocket.main_endpoint && !config.endpoints.iter().any(|e| e.path.is_empty());
-    let all: Vec<&EndpointConfig> = implicit_main
-        .then_some(&main)
-        .into_iter()
-        .chain(declared)
-        .collect();
+    let implicit_main = config.websocket.main_endpoint && !config.endpoints.iter().any(|e| e.path.is_empty());
+    let all: Vec<&EndpointConfig> = implicit_main.then_some(&main).into_iter().chain(declared).collect();
     let mut out = Vec::new();
     for mount in &config.server.mounts {
         for e in &all {
@@ -61,9 +56,7 @@ pub fn endpoints(config: &Config) -> Vec<Endpoint> {
                 rooms: e.rooms.clone(),
                 query_channels: e.query_channels.unwrap_or(true),
                 welcome: e.welcome.unwrap_or(config.websocket.welcome),
-                max_message: e
-                    .max_message_size
-                    .unwrap_or(config.websocket.max_message_size),
+                max_message: e.max_message_size.unwrap_or(config.websocket.max_message_size),
             });
         }
     }
@@ -90,10 +83,7 @@ fn accept(node: &Arc<Node>, endpoint: &Endpoint, mut request: Request) -> Respon
         Err(e) => {
             let mut response = refuse(e.status(), "UPGRADE_REQUIRED", &e.to_string());
             if e == HandshakeError::Version {
-                response.headers_mut().insert(
-                    header::SEC_WEBSOCKET_VERSION,
-                    HeaderValue::from_static("13"),
-                );
+                response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
             }
             return response;
         }
@@ -107,93 +97,42 @@ fn accept(node: &Arc<Node>, endpoint: &Endpoint, mut request: Request) -> Respon
     }
     let cap = node.config.limits.max_connections;
     if cap > 0 && node.stats.totals().connections >= cap as u64 {
-        node.stats
-            .node
-            .refused_connections
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "TOO_MANY_CONNECTIONS",
-            "Too many connections",
-        );
+        node.stats.node.refused_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "TOO_MANY_CONNECTIONS", "Too many connections");
     }
-    let Some(ConnectInfo(peer)) = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .copied()
-    else {
-        return refuse(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL_ERROR",
-            "peer address unknown",
-        );
+    let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>().copied() else {
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "peer address unknown");
     };
-    let params: HashMap<String, String> = request
-        .uri()
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
+    let params: HashMap<String, String> =
+        request.uri().query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
     let plan = match plan(endpoint, &params, peer) {
         Ok(plan) => plan,
         Err(message) => return refuse(StatusCode::BAD_REQUEST, "INVALID_NAME", &message),
     };
-    let protocol = upgrade
-        .protocols
-        .iter()
-        .find(|p| PROTOCOLS.contains(&p.as_str()))
-        .cloned();
+    let protocol = upgrade.protocols.iter().find(|p| PROTOCOLS.contains(&p.as_str())).cloned();
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let shard = node.hub.pick_shard(|i| {
-        node.stats.shards[i]
-            .connections
-            .load(std::sync::atomic::Ordering::Relaxed)
-    });
-    tokio::spawn(crate::session::connect::hand_over(
-        node.clone(),
-        shard,
-        on_upgrade,
-        plan,
-    ));
+    let shard = node.hub.pick_shard(|i| node.stats.shards[i].connections.load(std::sync::atomic::Ordering::Relaxed));
+    tokio::spawn(crate::session::connect::hand_over(node.clone(), shard, on_upgrade, plan));
     handshake::switching_protocols::<Body>(&upgrade.key, protocol.as_deref(), None)
 }
 
 /// Channels and rooms from the endpoint's templates and the `channels` parameter.
-fn plan(
-    endpoint: &Endpoint,
-    params: &HashMap<String, String>,
-    peer: SocketAddr,
-) -> Result<ConnectPlan, String> {
+fn plan(endpoint: &Endpoint, params: &HashMap<String, String>, peer: SocketAddr) -> Result<ConnectPlan, String> {
     let lookup = |name: &str| params.get(name).map(String::as_str);
-    let mut channels: Vec<String> = endpoint
-        .channels
-        .iter()
-        .filter_map(|t| template::render(t, lookup))
-        .collect();
+    let mut channels: Vec<String> = endpoint.channels.iter().filter_map(|t| template::render(t, lookup)).collect();
     if endpoint.query_channels
         && let Some(list) = params.get("channels")
     {
-        channels.extend(
-            list.split(',')
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .map(String::from),
-        );
+        channels.extend(list.split(',').map(str::trim).filter(|c| !c.is_empty()).map(String::from));
     }
-    let rooms: Vec<String> = endpoint
-        .rooms
-        .iter()
-        .filter_map(|t| template::render(t, lookup))
-        .collect();
+    let rooms: Vec<String> = endpoint.rooms.iter().filter_map(|t| template::render(t, lookup)).collect();
     for channel in &channels {
         validate_name("channel", channel).map_err(|e| e.message)?;
     }
     for room in &rooms {
         validate_name("room", room).map_err(|e| e.message)?;
     }
-    let client_id = params
-        .get("client_id")
-        .filter(|c| !c.is_empty() && c.len() <= 200)
-        .cloned();
+    let client_id = params.get("client_id").filter(|c| !c.is_empty() && c.len() <= 200).cloned();
     // Without authentication a client may name its user, as the anonymous seed deployments do;
     // such an identity is self-asserted and only routes user-targeted events.
     let user = match params.get("user_id").filter(|u| !u.is_empty()) {
@@ -235,10 +174,8 @@ mod tests {
     #[test]
     fn plans_from_templates_and_query() {
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let params = HashMap::from([
-            ("campaign_id".to_string(), "123".to_string()),
-            ("channels".into(), "emails, ai".into()),
-        ]);
+        let params =
+            HashMap::from([("campaign_id".to_string(), "123".to_string()), ("channels".into(), "emails, ai".into())]);
         let plan = plan(&campaigns(), &params, peer).unwrap();
         assert_eq!(plan.channels, vec!["campaigns", "emails", "ai"]);
         assert_eq!(plan.rooms, vec!["campaign:123"]);
@@ -250,14 +187,8 @@ mod tests {
     fn endpoints_mount_everywhere() {
         let mut config = Config::default();
         config.server.mounts = vec!["/ws".into(), "/api/v1/ws".into()];
-        config.endpoints.push(EndpointConfig {
-            path: "/campaigns".into(),
-            ..Default::default()
-        });
+        config.endpoints.push(EndpointConfig { path: "/campaigns".into(), ..Default::default() });
         let paths: Vec<String> = endpoints(&config).into_iter().map(|e| e.path).collect();
-        assert_eq!(
-            paths,
-            vec!["/ws", "/ws/campaigns", "/api/v1/ws", "/api/v1/ws/campaigns"]
-        );
+        assert_eq!(paths, vec!["/ws", "/ws/campaigns", "/api/v1/ws", "/api/v1/ws/campaigns"]);
     }
 }

@@ -9,22 +9,11 @@ async fn publish_requires_the_api_key() {
     let herald = Herald::start("").await;
     let http = reqwest::Client::new();
     let body = json!({"channel": "a", "event": {"type": "x"}});
-    let response = http
-        .post(herald.url("/api/publish"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = http.post(herald.url("/api/publish")).json(&body).send().await.unwrap();
     assert_eq!(response.status(), 401);
     let error: serde_json::Value = response.json().await.unwrap();
     assert_eq!(error["code"], "AUTHENTICATION_FAILED");
-    let response = http
-        .post(herald.url("/api/publish"))
-        .bearer_auth("wrong-key-123")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = http.post(herald.url("/api/publish")).bearer_auth("wrong-key-123").json(&body).send().await.unwrap();
     assert_eq!(response.status(), 401);
     let response = http
         .post(herald.url("/api/publish"))
@@ -38,14 +27,8 @@ async fn publish_requires_the_api_key() {
 
 #[tokio::test]
 async fn without_a_key_admin_routes_answer_loopback() {
-    let herald = Herald::start_with(Options {
-        no_api_key: true,
-        ..Default::default()
-    })
-    .await;
-    let (status, _) = herald
-        .post("/api/publish", json!({"channel": "a", "event": {}}))
-        .await;
+    let herald = Herald::start_with(Options { no_api_key: true, ..Default::default() }).await;
+    let (status, _) = herald.post("/api/publish", json!({"channel": "a", "event": {}})).await;
     assert_eq!(status, 200);
 }
 
@@ -58,10 +41,7 @@ async fn bad_publish_requests_get_clear_400s() {
         (json!({"channel": "a", "event": "text"}), "INVALID_EVENT"),
         (json!({"event": {"type": "x"}}), "NO_TARGET"),
         (json!({"channel": "", "event": {}}), "INVALID_NAME"),
-        (
-            json!({"channel": "a", "event": {}, "surprise": 1}),
-            "INVALID_JSON",
-        ),
+        (json!({"channel": "a", "event": {}, "surprise": 1}), "INVALID_JSON"),
         (json!({"channel": 5, "event": {}}), "INVALID_JSON"),
     ];
     for (body, code) in cases {
@@ -89,14 +69,8 @@ async fn broadcast_to_several_channels_and_to_a_room() {
     let mut a = herald.connect("/ws?channels=a").await;
     let mut b = herald.connect("/ws?channels=b").await;
     let mut room = herald.connect("/ws").await;
-    room.request(json!({"type": "join_room", "room_id": "workspace_123"}))
-        .await;
-    let (status, _) = herald
-        .post(
-            "/api/broadcast",
-            json!({"channels": ["a", "b"], "event": {"type": "both"}}),
-        )
-        .await;
+    room.request(json!({"type": "join_room", "room_id": "workspace_123"})).await;
+    let (status, _) = herald.post("/api/broadcast", json!({"channels": ["a", "b"], "event": {"type": "both"}})).await;
     assert_eq!(status, 200);
     assert_eq!(a.recv_event().await["type"], "both");
     assert_eq!(b.recv_event().await["type"], "both");
@@ -116,24 +90,15 @@ async fn broadcast_to_several_channels_and_to_a_room() {
 async fn connections_rooms_and_disconnect() {
     let herald = Herald::start("").await;
     let mut one = herald.connect("/ws?client_id=first&channels=x").await;
-    one.request(json!({"type": "join_room", "room": "order_1"}))
-        .await;
+    one.request(json!({"type": "join_room", "room": "order_1"})).await;
     let mut two = herald.connect("/ws?client_id=second").await;
-    two.request(json!({"type": "join_room", "room": "order_1"}))
-        .await;
-    two.request(json!({"type": "join_room", "room": "order_2"}))
-        .await;
+    two.request(json!({"type": "join_room", "room": "order_1"})).await;
+    two.request(json!({"type": "join_room", "room": "order_2"})).await;
 
     let (status, list) = herald.get("/api/connections").await;
     assert_eq!(status, 200);
     assert_eq!(list["count"], 2);
-    let first = list["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["client_id"] == "first")
-        .unwrap()
-        .clone();
+    let first = list["connections"].as_array().unwrap().iter().find(|c| c["client_id"] == "first").unwrap().clone();
     assert_eq!(first["channels"], json!(["x"]));
 
     let (_, rooms) = herald.get("/api/rooms").await;

@@ -6,10 +6,7 @@ use crate::common::{Herald, Options, herald_bin};
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut command = Command::new(herald_bin());
-    command
-        .args(args)
-        .env_remove("REDIS_URL")
-        .env_remove("DATABASE_URL");
+    command.args(args).env_remove("REDIS_URL").env_remove("DATABASE_URL");
     for (k, v) in env {
         command.env(k, v);
     }
@@ -60,10 +57,7 @@ fn a_bad_value_stops_startup_naming_the_key() {
     assert_eq!(code, 2);
     assert!(err.contains("server.listen"), "{err}");
 
-    let (code, _, err) = run(
-        &["--check-config"],
-        &[("HERALD_WEBSOCKET__OUTBOUND_QUEUE", "0")],
-    );
+    let (code, _, err) = run(&["--check-config"], &[("HERALD_WEBSOCKET__OUTBOUND_QUEUE", "0")]);
     assert_eq!(code, 2);
     assert!(err.contains("websocket.outbound_queue"), "{err}");
 
@@ -76,43 +70,32 @@ fn a_bad_value_stops_startup_naming_the_key() {
 fn file_then_aliases_then_environment_then_flags() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("h.toml");
-    std::fs::write(&file, "[websocket]\nidle_timeout = \"100s\"\nheartbeat_interval = \"10s\"\nmax_message_size = 1000\n").unwrap();
+    std::fs::write(
+        &file,
+        "[websocket]\nidle_timeout = \"100s\"\nheartbeat_interval = \"10s\"\nmax_message_size = 1000\n",
+    )
+    .unwrap();
     let file = file.to_str().unwrap();
 
     let (_, out, err) = run(&["--config", file, "--print-config"], &[]);
     assert!(out.contains("idle_timeout = \"1m 40s\""), "{out}{err}");
 
     // The seed documents' variable overrides the file…
-    let (_, out, _) = run(
-        &["--config", file, "--print-config"],
-        &[("WEBSOCKET_PING_INTERVAL", "25")],
-    );
+    let (_, out, _) = run(&["--config", file, "--print-config"], &[("WEBSOCKET_PING_INTERVAL", "25")]);
     assert!(out.contains("heartbeat_interval = \"25s\""), "{out}");
     // …HERALD_* overrides the alias…
     let (_, out, _) = run(
         &["--config", file, "--print-config"],
-        &[
-            ("WEBSOCKET_PING_INTERVAL", "25"),
-            ("HERALD_WEBSOCKET__HEARTBEAT_INTERVAL", "20s"),
-        ],
+        &[("WEBSOCKET_PING_INTERVAL", "25"), ("HERALD_WEBSOCKET__HEARTBEAT_INTERVAL", "20s")],
     );
     assert!(out.contains("heartbeat_interval = \"20s\""), "{out}");
     // …and flags override everything.
     let (_, out, _) = run(
-        &[
-            "--config",
-            file,
-            "--print-config",
-            "--set",
-            "websocket.idle_timeout=300",
-        ],
+        &["--config", file, "--print-config", "--set", "websocket.idle_timeout=300"],
         &[("HERALD_WEBSOCKET__IDLE_TIMEOUT", "200s")],
     );
     assert!(out.contains("idle_timeout = \"5m\""), "{out}");
-    let (_, out, _) = run(
-        &["--print-config", "--api-key", "flag-key-123"],
-        &[("HERALD_API_KEY", "env-key-123")],
-    );
+    let (_, out, _) = run(&["--print-config", "--api-key", "flag-key-123"], &[("HERALD_API_KEY", "env-key-123")]);
     assert!(out.contains("key = \"flag-key-123\""), "{out}");
 }
 

@@ -31,17 +31,11 @@ broadcast = true
 #[tokio::test]
 async fn welcome_names_the_connection_and_its_subscriptions() {
     let herald = Herald::start(CAMPAIGNS).await;
-    let client = herald
-        .connect("/ws?client_id=user123&channels=leads,notifications")
-        .await;
+    let client = herald.connect("/ws?client_id=user123&channels=leads,notifications").await;
     let welcome = &client.welcome;
     assert_eq!(welcome["type"], "connection");
     assert_eq!(welcome["client_id"], "user123");
-    assert!(
-        welcome["connection_id"]
-            .as_str()
-            .is_some_and(|id| !id.is_empty())
-    );
+    assert!(welcome["connection_id"].as_str().is_some_and(|id| !id.is_empty()));
     assert_eq!(welcome["channels"], json!(["leads", "notifications"]));
     assert!(welcome["timestamp"].as_str().is_some());
 
@@ -59,46 +53,30 @@ async fn ping_subscribe_unsubscribe_join_and_leave_are_acknowledged() {
     assert_eq!(pong["type"], "pong");
     assert!(pong["timestamp"].is_string());
 
-    let ack = client
-        .request(json!({"type": "subscribe", "channels": ["campaigns", "emails"], "id": 1}))
-        .await;
+    let ack = client.request(json!({"type": "subscribe", "channels": ["campaigns", "emails"], "id": 1})).await;
     assert_eq!(
         ack,
         json!({"type": "subscribed", "channels": ["campaigns", "emails"], "timestamp": ack["timestamp"], "id": 1})
     );
 
-    let ack = client
-        .request(json!({"type": "unsubscribe", "channels": ["emails"]}))
-        .await;
+    let ack = client.request(json!({"type": "unsubscribe", "channels": ["emails"]})).await;
     assert_eq!(ack["type"], "unsubscribed");
     assert_eq!(ack["channels"], json!(["emails"]));
 
-    let ack = client
-        .request(json!({"type": "join_room", "room": "campaign:456"}))
-        .await;
+    let ack = client.request(json!({"type": "join_room", "room": "campaign:456"})).await;
     assert_eq!(ack["type"], "room_joined");
     assert_eq!(ack["room"], "campaign:456");
 
-    let ack = client
-        .request(json!({"type": "join_room", "room_id": "workspace_123"}))
-        .await;
+    let ack = client.request(json!({"type": "join_room", "room_id": "workspace_123"})).await;
     assert_eq!(ack["room_id"], "workspace_123");
 
-    let ack = client
-        .request(json!({"type": "leave_room", "room_id": "workspace_123"}))
-        .await;
+    let ack = client.request(json!({"type": "leave_room", "room_id": "workspace_123"})).await;
     assert_eq!(ack["type"], "room_left");
 
     // Unsubscribed channels and left rooms no longer deliver; subscribed ones do.
-    herald
-        .publish(json!({"channel": "emails", "event": {"type": "email:opened"}}))
-        .await;
-    herald
-        .publish(json!({"room": "workspace_123", "event": {"type": "left-room-event"}}))
-        .await;
-    herald
-        .publish(json!({"channel": "campaigns", "event": {"type": "campaign:launched"}}))
-        .await;
+    herald.publish(json!({"channel": "emails", "event": {"type": "email:opened"}})).await;
+    herald.publish(json!({"room": "workspace_123", "event": {"type": "left-room-event"}})).await;
+    herald.publish(json!({"channel": "campaigns", "event": {"type": "campaign:launched"}})).await;
     assert_eq!(client.recv_event().await["type"], "campaign:launched");
 }
 
@@ -106,14 +84,10 @@ async fn ping_subscribe_unsubscribe_join_and_leave_are_acknowledged() {
 async fn an_event_reaches_channel_room_and_user_once_each() {
     let herald = Herald::start("").await;
     let mut in_all = herald.connect("/ws?channels=campaigns&user_id=alice").await;
-    in_all
-        .request(json!({"type": "join_room", "room": "campaign:1"}))
-        .await;
+    in_all.request(json!({"type": "join_room", "room": "campaign:1"})).await;
     let mut channel_only = herald.connect("/ws?channels=campaigns").await;
     let mut room_only = herald.connect("/ws").await;
-    room_only
-        .request(json!({"type": "join_room", "room": "campaign:1"}))
-        .await;
+    room_only.request(json!({"type": "join_room", "room": "campaign:1"})).await;
     let mut user_tab_two = herald.connect("/ws?user_id=alice").await;
     let mut outsider = herald.connect("/ws?channels=emails&user_id=bob").await;
 
@@ -121,16 +95,9 @@ async fn an_event_reaches_channel_room_and_user_once_each() {
         .publish(json!({"channel": "campaigns", "room": "campaign:1", "user_id": "alice", "event": {"type": "campaign:launched", "n": 1}}))
         .await;
     // A marker published afterwards proves nothing else (no duplicate) came in between.
-    herald
-        .publish(json!({"broadcast": true, "event": {"type": "marker"}}))
-        .await;
+    herald.publish(json!({"broadcast": true, "event": {"type": "marker"}})).await;
 
-    for client in [
-        &mut in_all,
-        &mut channel_only,
-        &mut room_only,
-        &mut user_tab_two,
-    ] {
+    for client in [&mut in_all, &mut channel_only, &mut room_only, &mut user_tab_two] {
         assert_eq!(client.recv_event().await["type"], "campaign:launched");
         assert_eq!(client.recv_event().await["type"], "marker");
     }
@@ -162,18 +129,14 @@ async fn dedicated_endpoints_presubscribe_from_query_parameters() {
     let mut campaign = herald.connect("/ws/campaigns?campaign_id=123").await;
     assert_eq!(campaign.welcome["channels"], json!(["campaigns"]));
     assert_eq!(campaign.welcome["rooms"], json!(["campaign:123"]));
-    let mut demo = herald
-        .connect("/api/v1/ws/demos?demo_id=demo_789&client_id=dash")
-        .await;
+    let mut demo = herald.connect("/api/v1/ws/demos?demo_id=demo_789&client_id=dash").await;
     assert_eq!(demo.welcome["rooms"], json!(["demo:demo_789"]));
     let mut no_param = herald.connect("/ws/campaigns").await;
     assert_eq!(no_param.welcome["rooms"], json!([]));
 
     herald.publish(json!({"room": "campaign:123", "event": {"type": "email:opened", "room": "campaign:123"}})).await;
     herald.publish(json!({"channel": "demos", "room": "demo:demo_789", "event": {"type": "demo:completed"}})).await;
-    herald
-        .publish(json!({"channel": "campaigns", "event": {"type": "campaign:completed"}}))
-        .await;
+    herald.publish(json!({"channel": "campaigns", "event": {"type": "campaign:completed"}})).await;
 
     assert_eq!(campaign.recv_event().await["type"], "email:opened");
     assert_eq!(campaign.recv_event().await["type"], "campaign:completed");
@@ -201,8 +164,7 @@ async fn channel_defaults_give_a_type_and_broadcast_to_everyone() {
 
 #[tokio::test]
 async fn heartbeats_and_ping_frames_arrive_at_the_configured_interval() {
-    let herald =
-        Herald::start("[websocket]\nheartbeat_interval = \"200ms\"\nidle_timeout = \"5s\"").await;
+    let herald = Herald::start("[websocket]\nheartbeat_interval = \"200ms\"\nidle_timeout = \"5s\"").await;
     let mut raw = crate::common::raw::RawClient::connect(herald.addr, "/ws").await;
     let mut saw_heartbeat = false;
     let mut saw_ping = false;
@@ -223,9 +185,9 @@ async fn heartbeats_and_ping_frames_arrive_at_the_configured_interval() {
 
 #[tokio::test]
 async fn heartbeat_messages_can_be_turned_off() {
-    let herald = Herald::start_with(
-        Options::toml("[websocket]\nheartbeat_interval = \"100ms\"\nheartbeat_message = false\nidle_timeout = \"5s\""),
-    )
+    let herald = Herald::start_with(Options::toml(
+        "[websocket]\nheartbeat_interval = \"100ms\"\nheartbeat_message = false\nidle_timeout = \"5s\"",
+    ))
     .await;
     let mut raw = crate::common::raw::RawClient::connect(herald.addr, "/ws").await;
     // Three ping frames and no heartbeat text in between.

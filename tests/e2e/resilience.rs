@@ -21,47 +21,24 @@ async fn malformed_messages_get_errors_and_the_connection_stays_usable() {
         ("{\"type\": \"\"}", "INVALID_MESSAGE"),
         ("{\"type\": \"frobnicate\"}", "UNKNOWN_MESSAGE_TYPE"),
         ("{\"type\": \"subscribe\"}", "INVALID_MESSAGE"),
-        (
-            "{\"type\": \"subscribe\", \"channels\": 7}",
-            "INVALID_MESSAGE",
-        ),
-        (
-            "{\"type\": \"subscribe\", \"channels\": [1, 2]}",
-            "INVALID_MESSAGE",
-        ),
-        (
-            "{\"type\": \"subscribe\", \"channels\": []}",
-            "INVALID_MESSAGE",
-        ),
-        (
-            "{\"type\": \"subscribe\", \"channels\": [\"\"]}",
-            "INVALID_NAME",
-        ),
+        ("{\"type\": \"subscribe\", \"channels\": 7}", "INVALID_MESSAGE"),
+        ("{\"type\": \"subscribe\", \"channels\": [1, 2]}", "INVALID_MESSAGE"),
+        ("{\"type\": \"subscribe\", \"channels\": []}", "INVALID_MESSAGE"),
+        ("{\"type\": \"subscribe\", \"channels\": [\"\"]}", "INVALID_NAME"),
         ("{\"type\": \"join_room\"}", "INVALID_MESSAGE"),
         ("{\"type\": \"join_room\", \"room\": 5}", "INVALID_MESSAGE"),
-        (
-            "{\"type\": \"join_room\", \"room\": \"a\\u0000b\"}",
-            "INVALID_NAME",
-        ),
-        (
-            "{\"type\": \"leave_room\", \"room_id\": null}",
-            "INVALID_MESSAGE",
-        ),
+        ("{\"type\": \"join_room\", \"room\": \"a\\u0000b\"}", "INVALID_NAME"),
+        ("{\"type\": \"leave_room\", \"room_id\": null}", "INVALID_MESSAGE"),
     ];
     for (text, code) in cases {
         client.send_text(text).await;
         let error = client.recv_event().await;
         assert_eq!(error["type"], "error", "for {text}: {error}");
         assert_eq!(error["code"], code, "for {text}: {error}");
-        assert!(
-            error["error"].as_str().is_some_and(|e| !e.is_empty()),
-            "for {text}: {error}"
-        );
+        assert!(error["error"].as_str().is_some_and(|e| !e.is_empty()), "for {text}: {error}");
     }
     let long_room = "r".repeat(10_000);
-    let error = client
-        .request(json!({"type": "join_room", "room": long_room}))
-        .await;
+    let error = client.request(json!({"type": "join_room", "room": long_room})).await;
     assert_eq!(error["code"], "INVALID_NAME");
     client.assert_alive().await;
 }
@@ -86,9 +63,7 @@ async fn an_oversized_message_closes_with_1009_and_others_carry_on() {
     assert_eq!(raw.next_json().await["type"], "connection");
     raw.send_frame(frame::OP_TEXT, &vec![b' '; 2048]).await;
     assert_eq!(raw.expect_close().await, 1009);
-    herald
-        .publish(json!({"channel": "news", "event": {"type": "still-here"}}))
-        .await;
+    herald.publish(json!({"channel": "news", "event": {"type": "still-here"}})).await;
     assert_eq!(bystander.recv_event().await["type"], "still-here");
 }
 
@@ -123,12 +98,8 @@ async fn fragmented_messages_and_interleaved_pings_are_understood() {
     assert_eq!(raw.next_json().await["type"], "connection");
     raw.send_frame_bits(frame::OP_TEXT, br#"{"type":"#).await;
     raw.send_frame_bits(0x80 | frame::OP_PING, b"hi").await;
-    raw.send_frame_bits(0x80 | frame::OP_CONTINUATION, br#""ping"}"#)
-        .await;
-    assert_eq!(
-        raw.next().await,
-        Some(Message::Pong(bytes::Bytes::from_static(b"hi")))
-    );
+    raw.send_frame_bits(0x80 | frame::OP_CONTINUATION, br#""ping"}"#).await;
+    assert_eq!(raw.next().await, Some(Message::Pong(bytes::Bytes::from_static(b"hi"))));
     assert_eq!(raw.next_json().await["type"], "pong");
 }
 
@@ -138,10 +109,7 @@ async fn a_client_close_is_answered_with_the_same_code() {
     let mut raw = RawClient::connect(herald.addr, "/ws").await;
     raw.send_frame(frame::OP_CLOSE, &[0x0b, 0xb8]).await; // 3000
     assert_eq!(raw.expect_close().await, 3000);
-    assert!(
-        raw.next().await.is_none(),
-        "server must close the TCP connection after the handshake"
-    );
+    assert!(raw.next().await.is_none(), "server must close the TCP connection after the handshake");
 }
 
 #[tokio::test]
@@ -150,34 +118,25 @@ async fn thousands_of_subscriptions_are_served_and_bounded_by_the_limit() {
     let mut client = herald.connect("/ws").await;
     for batch in 0..10 {
         let channels: Vec<String> = (0..100).map(|i| format!("ch-{batch}-{i}")).collect();
-        let ack = client
-            .request(json!({"type": "subscribe", "channels": channels}))
-            .await;
+        let ack = client.request(json!({"type": "subscribe", "channels": channels})).await;
         assert_eq!(ack["type"], "subscribed", "{ack}");
     }
-    let refused = client
-        .request(json!({"type": "subscribe", "channels": ["one-too-many"]}))
-        .await;
+    let refused = client.request(json!({"type": "subscribe", "channels": ["one-too-many"]})).await;
     assert_eq!(refused["code"], "LIMIT_EXCEEDED");
-    herald
-        .publish(json!({"channel": "ch-9-99", "event": {"type": "last"}}))
-        .await;
+    herald.publish(json!({"channel": "ch-9-99", "event": {"type": "last"}})).await;
     assert_eq!(client.recv_event().await["type"], "last");
 }
 
 #[tokio::test]
 async fn a_slow_consumer_is_closed_with_4008_while_others_get_everything() {
-    let herald =
-        Herald::start("[websocket]\noutbound_queue = 8\noutbound_queue_bytes = 262144").await;
+    let herald = Herald::start("[websocket]\noutbound_queue = 8\noutbound_queue_bytes = 262144").await;
     let mut reader = herald.connect("/ws?channels=firehose").await;
     let mut stalled = RawClient::connect(herald.addr, "/ws?channels=firehose").await;
     let payload = "x".repeat(32 * 1024);
     let mut published = 0;
     // Publish until the stalled socket's kernel buffers and then its queue fill up; the fast
     // reader keeps reading as it goes.
-    while herald.get("/api/stats").await.1["totals"]["slow_consumer_disconnects"].as_u64()
-        == Some(0)
-    {
+    while herald.get("/api/stats").await.1["totals"]["slow_consumer_disconnects"].as_u64() == Some(0) {
         herald.publish(json!({"channel": "firehose", "event": {"type": "bulk", "n": published, "pad": payload}})).await;
         let got = reader.recv_event().await;
         assert_eq!(got["n"], published);
@@ -188,9 +147,7 @@ async fn a_slow_consumer_is_closed_with_4008_while_others_get_everything() {
     // The stalled client, reading at last, finds a close frame with the slow-consumer code.
     assert_eq!(stalled.expect_close().await, 4008);
     // The fast reader is unaffected.
-    herald
-        .publish(json!({"channel": "firehose", "event": {"type": "after"}}))
-        .await;
+    herald.publish(json!({"channel": "firehose", "event": {"type": "after"}})).await;
     assert_eq!(reader.recv_event().await["type"], "after");
     drop(stalled);
     herald.wait_for_total("connections", |n| n == 1).await;
@@ -198,9 +155,7 @@ async fn a_slow_consumer_is_closed_with_4008_while_others_get_everything() {
 
 #[tokio::test]
 async fn a_silent_connection_is_closed_after_the_idle_timeout() {
-    let herald =
-        Herald::start("[websocket]\nheartbeat_interval = \"200ms\"\nidle_timeout = \"600ms\"")
-            .await;
+    let herald = Herald::start("[websocket]\nheartbeat_interval = \"200ms\"\nidle_timeout = \"600ms\"").await;
     // The raw client never answers pings, so it is silent.
     let mut silent = RawClient::connect(herald.addr, "/ws").await;
     assert_eq!(silent.expect_close().await, 4000);
@@ -227,10 +182,7 @@ async fn sigterm_closes_every_socket_with_1001_and_exits_cleanly() {
     }
     assert_eq!(herald.wait_exit().await, Some(0));
     let log = herald.log.lock().clone();
-    assert!(
-        log.contains("all connections closed"),
-        "shutdown should finish before its deadline:\n{log}"
-    );
+    assert!(log.contains("all connections closed"), "shutdown should finish before its deadline:\n{log}");
 }
 
 #[tokio::test]
@@ -238,10 +190,8 @@ async fn the_connection_cap_refuses_with_503() {
     let herald = Herald::start_with(Options::toml("[limits]\nmax_connections = 2")).await;
     let _a = herald.connect("/ws").await;
     let _b = herald.connect("/ws").await;
-    let refused = RawClient::connect_with_headers(herald.addr, "/ws", &[])
-        .await
-        .err()
-        .expect("third connection refused");
+    let refused =
+        RawClient::connect_with_headers(herald.addr, "/ws", &[]).await.err().expect("third connection refused");
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
     assert!(refused.contains("Too many connections"), "{refused}");
 }

@@ -13,15 +13,9 @@ async fn run_seed_script(
     herald: &Herald,
     script: &str,
     original_host: &str,
-) -> (
-    tokio::process::Child,
-    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-) {
-    let source = std::fs::read_to_string(format!(
-        "{}/tests/seeds/{script}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .expect("seed script");
+) -> (tokio::process::Child, tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) {
+    let source =
+        std::fs::read_to_string(format!("{}/tests/seeds/{script}", env!("CARGO_MANIFEST_DIR"))).expect("seed script");
     let pointed = source.replace(original_host, &herald.addr.to_string());
     let path = herald.dir().join(script);
     std::fs::write(&path, pointed).expect("write script");
@@ -65,8 +59,7 @@ async fn expect_line(
 #[tokio::test]
 async fn campaign_document_python_client_works_unchanged() {
     let herald = Herald::start(include_str!("../../examples/campaign-events.toml")).await;
-    let (_child, mut lines) =
-        run_seed_script(&herald, "doc000_python_client.py", "localhost:8000").await;
+    let (_child, mut lines) = run_seed_script(&herald, "doc000_python_client.py", "localhost:8000").await;
     expect_line(&mut lines, "Connected to WebSocket").await;
     // The welcome and the subscription acknowledgement take the script's `else` branch.
     expect_line(&mut lines, "'type': 'subscribed'").await;
@@ -86,8 +79,7 @@ async fn campaign_document_python_client_works_unchanged() {
 #[tokio::test]
 async fn job_updates_document_python_client_works_unchanged() {
     let herald = Herald::start(include_str!("../../examples/job-updates.toml")).await;
-    let (_child, mut lines) =
-        run_seed_script(&herald, "doc002_python_client.py", "localhost:8080").await;
+    let (_child, mut lines) = run_seed_script(&herald, "doc002_python_client.py", "localhost:8080").await;
     expect_line(&mut lines, "Connected to WebSocket server").await;
     herald.wait_for_total("connections", |n| n == 1).await;
     // The worker's bare payload, as the document's redis-cli line publishes it.

@@ -9,16 +9,10 @@ use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound, validate_name
 use crate::session::Session;
 
 /// Subscribes to one channel, within the per-connection limit.
-pub(crate) fn subscribe_one(
-    shard: &Shard,
-    session: &Session,
-    channel: &str,
-) -> Result<(), ProtocolError> {
+pub(crate) fn subscribe_one(shard: &Shard, session: &Session, channel: &str) -> Result<(), ProtocolError> {
     validate_name("channel", channel)?;
     let limit = shard.node().config.limits.max_channels_per_connection;
-    if limit > 0
-        && session.state.borrow().channels.len() >= limit
-        && !session.state.borrow().channels.contains(channel)
+    if limit > 0 && session.state.borrow().channels.len() >= limit && !session.state.borrow().channels.contains(channel)
     {
         return Err(ProtocolError::new(
             ErrorCode::LimitExceeded,
@@ -29,42 +23,20 @@ pub(crate) fn subscribe_one(
     Ok(())
 }
 
-pub(crate) fn subscribe(
-    shard: &Rc<Shard>,
-    session: &Rc<Session>,
-    message: &Inbound,
-) -> Result<(), ProtocolError> {
+pub(crate) fn subscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), ProtocolError> {
     let channels = message.channels()?;
     for channel in &channels {
         subscribe_one(shard, session, channel)?;
     }
-    session.reply(
-        shard,
-        &outbound::reply(
-            "subscribed",
-            json!({ "channels": channels }),
-            message.id.as_ref(),
-        ),
-    );
+    session.reply(shard, &outbound::reply("subscribed", json!({ "channels": channels }), message.id.as_ref()));
     Ok(())
 }
 
-pub(crate) fn unsubscribe(
-    shard: &Rc<Shard>,
-    session: &Rc<Session>,
-    message: &Inbound,
-) -> Result<(), ProtocolError> {
+pub(crate) fn unsubscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), ProtocolError> {
     let channels = message.channels()?;
     for channel in &channels {
         shard.unsubscribe(session, channel);
     }
-    session.reply(
-        shard,
-        &outbound::reply(
-            "unsubscribed",
-            json!({ "channels": channels }),
-            message.id.as_ref(),
-        ),
-    );
+    session.reply(shard, &outbound::reply("unsubscribed", json!({ "channels": channels }), message.id.as_ref()));
     Ok(())
 }

@@ -8,14 +8,7 @@ use crate::hub::shard::Shard;
 use crate::protocol::{Inbound, ProtocolError, outbound};
 use crate::session::Session;
 
-pub(crate) fn handle(
-    shard: &Rc<Shard>,
-    session: &Rc<Session>,
-    message: &Inbound,
-) -> Result<(), ProtocolError> {
-    session.reply(
-        shard,
-        &outbound::reply("pong", json!({}), message.id.as_ref()),
-    );
+pub(crate) fn handle(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), ProtocolError> {
+    session.reply(shard, &outbound::reply("pong", json!({}), message.id.as_ref()));
     Ok(())
 }

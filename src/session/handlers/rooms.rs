@@ -12,10 +12,7 @@ use crate::session::Session;
 pub(crate) fn join_one(shard: &Shard, session: &Session, room: &str) -> Result<(), ProtocolError> {
     validate_name("room", room)?;
     let limit = shard.node().config.limits.max_rooms_per_connection;
-    if limit > 0
-        && session.state.borrow().rooms.len() >= limit
-        && !session.state.borrow().rooms.contains(room)
-    {
+    if limit > 0 && session.state.borrow().rooms.len() >= limit && !session.state.borrow().rooms.contains(room) {
         return Err(ProtocolError::new(
             ErrorCode::LimitExceeded,
             format!("a connection may be in at most {limit} rooms"),
@@ -25,38 +22,17 @@ pub(crate) fn join_one(shard: &Shard, session: &Session, room: &str) -> Result<(
     Ok(())
 }
 
-pub(crate) fn join(
-    shard: &Rc<Shard>,
-    session: &Rc<Session>,
-    message: &Inbound,
-) -> Result<(), ProtocolError> {
+pub(crate) fn join(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), ProtocolError> {
     let room = message.room()?;
     join_one(shard, session, room)?;
-    session.reply(
-        shard,
-        &outbound::reply(
-            "room_joined",
-            json!({ "room": room, "room_id": room }),
-            message.id.as_ref(),
-        ),
-    );
+    session
+        .reply(shard, &outbound::reply("room_joined", json!({ "room": room, "room_id": room }), message.id.as_ref()));
     Ok(())
 }
 
-pub(crate) fn leave(
-    shard: &Rc<Shard>,
-    session: &Rc<Session>,
-    message: &Inbound,
-) -> Result<(), ProtocolError> {
+pub(crate) fn leave(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), ProtocolError> {
     let room = message.room()?;
     shard.leave(session, room);
-    session.reply(
-        shard,
-        &outbound::reply(
-            "room_left",
-            json!({ "room": room, "room_id": room }),
-            message.id.as_ref(),
-        ),
-    );
+    session.reply(shard, &outbound::reply("room_left", json!({ "room": room, "room_id": room }), message.id.as_ref()));
     Ok(())
 }

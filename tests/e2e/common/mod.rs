@@ -59,10 +59,7 @@ pub struct Options {
 
 impl Options {
     pub fn toml(toml: &str) -> Self {
-        Options {
-            toml: toml.to_string(),
-            ..Default::default()
-        }
+        Options { toml: toml.to_string(), ..Default::default() }
     }
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
@@ -143,14 +140,7 @@ impl Herald {
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Herald {
-            child: Some(child),
-            addr,
-            log,
-            api_key,
-            dir,
-            http: reqwest::Client::new(),
-        }
+        Herald { child: Some(child), addr, log, api_key, dir, http: reqwest::Client::new() }
     }
 
     pub fn ws_url(&self, path_and_query: &str) -> String {
@@ -188,10 +178,7 @@ impl Herald {
             .await
             .unwrap_or_else(|_| panic!("connect to {url} timed out"))
             .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
-        Client {
-            ws,
-            welcome: Value::Null,
-        }
+        Client { ws, welcome: Value::Null }
     }
 
     /// POSTs JSON with the API key; returns status and body.
@@ -224,19 +211,13 @@ impl Herald {
     /// GETs plain text.
     pub async fn get_text(&self, path: &str) -> (u16, String) {
         let response = self.http.get(self.url(path)).send().await.expect("GET");
-        (
-            response.status().as_u16(),
-            response.text().await.unwrap_or_default(),
-        )
+        (response.status().as_u16(), response.text().await.unwrap_or_default())
     }
 
     async fn finish(response: reqwest::Response) -> (u16, Value) {
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     /// Publishes through the HTTP API and asserts success.
@@ -273,34 +254,21 @@ impl Herald {
             }
         })
         .await;
-        assert!(
-            found.is_ok(),
-            "log never contained {needle:?}; log:\n{}",
-            self.log.lock()
-        );
+        assert!(found.is_ok(), "log never contained {needle:?}; log:\n{}", self.log.lock());
     }
 
     /// Waits for the process to exit by itself; returns its exit code.
     pub async fn wait_exit(&mut self) -> Option<i32> {
         let mut child = self.child.take().expect("running");
-        let exit = tokio::time::timeout(WAIT, child.wait())
-            .await
-            .expect("herald did not exit")
-            .expect("wait");
+        let exit = tokio::time::timeout(WAIT, child.wait()).await.expect("herald did not exit").expect("wait");
         exit.code()
     }
 
     /// Sends a signal to the process.
     pub fn signal(&self, signal: &str) {
         let pid = self.pid();
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status();
-        assert!(
-            status.is_ok_and(|s| s.success()),
-            "kill -{signal} {pid} failed"
-        );
+        let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{signal} {pid} failed");
     }
 
     /// Sends a signal and waits for the process to exit; returns its exit code.
@@ -318,29 +286,20 @@ pub struct Client {
 
 impl Client {
     pub async fn send_json(&mut self, value: Value) {
-        self.ws
-            .send(Message::text(value.to_string()))
-            .await
-            .expect("send");
+        self.ws.send(Message::text(value.to_string())).await.expect("send");
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.ws
-            .send(Message::text(text.to_string()))
-            .await
-            .expect("send");
+        self.ws.send(Message::text(text.to_string())).await.expect("send");
     }
 
     /// The next text message as JSON, skipping control frames. Fails on close or timeout.
     pub async fn recv(&mut self) -> Value {
         loop {
-            let next = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("no message arrived in time");
+            let next = tokio::time::timeout(WAIT, self.ws.next()).await.expect("no message arrived in time");
             match next {
                 Some(Ok(Message::Text(text))) => {
-                    return serde_json::from_str(&text)
-                        .unwrap_or_else(|e| panic!("non-JSON text {text:?}: {e}"));
+                    return serde_json::from_str(&text).unwrap_or_else(|e| panic!("non-JSON text {text:?}: {e}"));
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 other => panic!("expected a text message, got {other:?}"),
@@ -377,14 +336,11 @@ impl Client {
     /// Waits for the server's close frame; returns its code and reason.
     pub async fn expect_close(&mut self) -> (u16, String) {
         loop {
-            let next = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("no close arrived in time");
+            let next = tokio::time::timeout(WAIT, self.ws.next()).await.expect("no close arrived in time");
             match next {
                 Some(Ok(Message::Close(frame))) => {
                     // Poll once more so tungstenite sends its close reply, as a browser would.
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.ws.next())
-                        .await;
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.ws.next()).await;
                     return match frame {
                         Some(CloseFrame { code, reason }) => (code.into(), reason.to_string()),
                         None => (1005, String::new()),

@@ -22,9 +22,7 @@ pub struct RawClient {
 impl RawClient {
     /// Opens a TCP connection and performs the opening handshake by hand.
     pub async fn connect(addr: SocketAddr, path: &str) -> RawClient {
-        Self::connect_with_headers(addr, path, &[])
-            .await
-            .expect("handshake refused")
+        Self::connect_with_headers(addr, path, &[]).await.expect("handshake refused")
     }
 
     /// The same with extra headers; returns the status line and body on a non-101 answer.
@@ -42,22 +40,14 @@ impl RawClient {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
         request.push_str("\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .expect("write handshake");
+        stream.write_all(request.as_bytes()).await.expect("write handshake");
         let mut buf = Vec::new();
         let header_end = loop {
             let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
-                .await
-                .expect("handshake timed out")
-                .expect("read");
+            let n =
+                tokio::time::timeout(WAIT, stream.read(&mut chunk)).await.expect("handshake timed out").expect("read");
             if n == 0 {
-                return Err(format!(
-                    "closed during handshake: {}",
-                    String::from_utf8_lossy(&buf)
-                ));
+                return Err(format!("closed during handshake: {}", String::from_utf8_lossy(&buf)));
             }
             buf.extend_from_slice(&chunk[..n]);
             if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -68,35 +58,19 @@ impl RawClient {
         if !head.starts_with("HTTP/1.1 101") {
             // Read the body for the caller's assertions.
             let mut rest = buf[header_end..].to_vec();
-            let _ = tokio::time::timeout(
-                std::time::Duration::from_millis(500),
-                stream.read_to_end(&mut rest),
-            )
-            .await;
-            return Err(format!(
-                "{}\n{}",
-                head.lines().next().unwrap_or_default(),
-                String::from_utf8_lossy(&rest)
-            ));
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(500), stream.read_to_end(&mut rest)).await;
+            return Err(format!("{}\n{}", head.lines().next().unwrap_or_default(), String::from_utf8_lossy(&rest)));
         }
-        let mut client = RawClient {
-            stream,
-            decoder: Decoder::new(Role::Client, 64 << 20),
-            pending: VecDeque::new(),
-        };
+        let mut client = RawClient { stream, decoder: Decoder::new(Role::Client, 64 << 20), pending: VecDeque::new() };
         let mut out = Vec::new();
-        client
-            .decoder
-            .feed(&buf[header_end..], &mut out)
-            .expect("server frames decode");
+        client.decoder.feed(&buf[header_end..], &mut out).expect("server frames decode");
         client.pending.extend(out);
         Ok(client)
     }
 
     /// Sends one masked frame.
     pub async fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
-        self.send_raw(&frame::encode_masked(opcode, payload, KEY))
-            .await;
+        self.send_raw(&frame::encode_masked(opcode, payload, KEY)).await;
     }
 
     /// Sends a masked frame with explicit first byte (FIN, RSV bits, opcode).
@@ -118,20 +92,17 @@ impl RawClient {
                 return Some(message);
             }
             let mut chunk = vec![0u8; 64 * 1024];
-            let n = match tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
-                .await
-                .expect("no frame arrived in time")
-            {
-                Ok(n) => n,
-                Err(_) => return None,
-            };
+            let n =
+                match tokio::time::timeout(WAIT, self.stream.read(&mut chunk)).await.expect("no frame arrived in time")
+                {
+                    Ok(n) => n,
+                    Err(_) => return None,
+                };
             if n == 0 {
                 return None;
             }
             let mut out = Vec::new();
-            self.decoder
-                .feed(&chunk[..n], &mut out)
-                .expect("server frames decode");
+            self.decoder.feed(&chunk[..n], &mut out).expect("server frames decode");
             self.pending.extend(out);
         }
     }

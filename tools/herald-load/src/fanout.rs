@@ -73,10 +73,7 @@ pub fn parse_sources(spec: &str) -> anyhow::Result<Vec<IpAddr>> {
             }
             out.extend((f..=t).map(|ip| IpAddr::V4(ip.into())));
         } else {
-            out.push(
-                part.parse()
-                    .with_context(|| format!("bad source address {part}"))?,
-            );
+            out.push(part.parse().with_context(|| format!("bad source address {part}"))?);
         }
     }
     for ip in &out {
@@ -105,13 +102,8 @@ enum Mode {
 /// Runs the scenario and prints the report.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let base = args.server.trim_end_matches('/').to_string();
-    let host = base
-        .strip_prefix("http://")
-        .context("--server must be http://host:port")?;
-    let server: SocketAddr = host
-        .to_socket_addrs()?
-        .next()
-        .context("resolving --server")?;
+    let host = base.strip_prefix("http://").context("--server must be http://host:port")?;
+    let server: SocketAddr = host.to_socket_addrs()?.next().context("resolving --server")?;
     if !server.ip().is_loopback() {
         bail!("--server {server} is not a loopback address; the load tool only targets loopback");
     }
@@ -127,10 +119,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Mode::Rooms(n) | Mode::Users(n) => n,
     };
     let channel = format!("bench-{}", std::process::id());
-    println!(
-        "herald-load fanout: {}",
-        std::env::args().collect::<Vec<_>>().join(" ")
-    );
+    println!("herald-load fanout: {}", std::env::args().collect::<Vec<_>>().join(" "));
     println!("machine: {}", report::machine());
 
     let shared = Arc::new(Shared {
@@ -153,10 +142,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let path = match mode {
             Mode::Channel => format!("{}?channels={channel}&client_id=load-{i}", args.path),
             Mode::Rooms(_) => format!("{}?client_id=load-{i}", args.path),
-            Mode::Users(_) => format!(
-                "{}?client_id=load-{i}&user_id={channel}-user-{target}",
-                args.path
-            ),
+            Mode::Users(_) => format!("{}?client_id=load-{i}&user_id={channel}-user-{target}", args.path),
         };
         let room = matches!(mode, Mode::Rooms(_)).then(|| format!("{channel}-room-{target}"));
         let permits = permits.clone();
@@ -166,24 +152,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let mut client = ws::connect(server, source, &path).await?;
             let mut scratch = vec![0u8; 4096];
             let mut messages = Vec::new();
-            wait_for(
-                &mut client,
-                &mut scratch,
-                &mut messages,
-                "\"type\":\"connection",
-            )
-            .await?;
+            wait_for(&mut client, &mut scratch, &mut messages, "\"type\":\"connection").await?;
             if let Some(room) = &room {
-                client
-                    .send_text(&json!({"type": "join_room", "room": room}).to_string())
-                    .await?;
-                wait_for(
-                    &mut client,
-                    &mut scratch,
-                    &mut messages,
-                    "\"type\":\"room_joined",
-                )
-                .await?;
+                client.send_text(&json!({"type": "join_room", "room": room}).to_string()).await?;
+                wait_for(&mut client, &mut scratch, &mut messages, "\"type\":\"room_joined").await?;
             }
             members[target].fetch_add(1, Ordering::Relaxed);
             anyhow::Ok((client, target))
@@ -209,11 +181,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     // Publish.
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.publishers.max(1))
-        .build()?;
-    let published: Arc<Vec<AtomicU64>> =
-        Arc::new((0..targets).map(|_| AtomicU64::new(0)).collect());
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.publishers.max(1)).build()?;
+    let published: Arc<Vec<AtomicU64>> = Arc::new((0..targets).map(|_| AtomicU64::new(0)).collect());
     let seq = Arc::new(AtomicU64::new(0));
     let pad = "x".repeat(args.size.saturating_sub(60));
     let total_events = args.warmup + (args.rate * args.duration).round() as u64;
@@ -221,13 +190,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let publish_started = Instant::now();
     let mut publishers = Vec::new();
     for _ in 0..args.publishers.max(1) {
-        let (http, base, api_key, channel, pad) = (
-            http.clone(),
-            base.clone(),
-            args.api_key.clone(),
-            channel.clone(),
-            pad.clone(),
-        );
+        let (http, base, api_key, channel, pad) =
+            (http.clone(), base.clone(), args.api_key.clone(), channel.clone(), pad.clone());
         let (seq, published) = (seq.clone(), published.clone());
         let rate = args.rate;
         let duration = Duration::from_secs_f64(args.duration);
@@ -250,11 +214,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 let n = seq.fetch_add(1, Ordering::Relaxed);
                 let past_warmup = n >= warmup;
-                let done = if rate > 0.0 {
-                    n >= total_events
-                } else {
-                    past_warmup && publish_started.elapsed() >= duration
-                };
+                let done =
+                    if rate > 0.0 { n >= total_events } else { past_warmup && publish_started.elapsed() >= duration };
                 if done {
                     break;
                 }
@@ -271,11 +232,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 let response = request.send().await?;
                 if !response.status().is_success() {
-                    bail!(
-                        "publish failed: {} {}",
-                        response.status(),
-                        response.text().await.unwrap_or_default()
-                    );
+                    bail!("publish failed: {} {}", response.status(), response.text().await.unwrap_or_default());
                 }
                 if past_warmup {
                     published[target].fetch_add(1, Ordering::Relaxed);
@@ -288,17 +245,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         publisher.await.context("publisher task")??;
     }
     let publish_secs = publish_started.elapsed().as_secs_f64();
-    let expected: u64 = published
-        .iter()
-        .zip(members.iter())
-        .map(|(p, m)| p.load(Ordering::Relaxed) * m.load(Ordering::Relaxed))
-        .sum();
+    let expected: u64 =
+        published.iter().zip(members.iter()).map(|(p, m)| p.load(Ordering::Relaxed) * m.load(Ordering::Relaxed)).sum();
     let events: u64 = published.iter().map(|p| p.load(Ordering::Relaxed)).sum();
 
     // Wait for deliveries to arrive.
     let grace_end = Instant::now() + Duration::from_secs_f64(args.grace);
-    while shared.counted_latencies.load(Ordering::Relaxed) < expected && Instant::now() < grace_end
-    {
+    while shared.counted_latencies.load(Ordering::Relaxed) < expected && Instant::now() < grace_end {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     shared.stop.store(true, Ordering::Relaxed);
@@ -306,11 +259,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         reader.abort();
     }
     let received = shared.counted_latencies.load(Ordering::Relaxed);
-    let span_ns = shared
-        .last_receive_ns
-        .load(Ordering::Relaxed)
-        .saturating_sub(publish_started_ns)
-        .max(1);
+    let span_ns = shared.last_receive_ns.load(Ordering::Relaxed).saturating_sub(publish_started_ns).max(1);
     let histogram = report::merged();
     println!(
         "published {events} events in {publish_secs:.2} s ({:.1}/s) to {targets} target(s), {} subscribers each on average",
@@ -372,8 +321,7 @@ async fn receive(mut client: ws::WsClient, shared: Arc<Shared>) {
         for message in messages.drain(..) {
             match message {
                 Message::Text(text) => {
-                    let (Some(t), Some(seq)) = (json_u64(&text, "t"), json_u64(&text, "seq"))
-                    else {
+                    let (Some(t), Some(seq)) = (json_u64(&text, "t"), json_u64(&text, "seq")) else {
                         continue;
                     };
                     if seq >= shared.warmup {
@@ -392,9 +340,7 @@ async fn receive(mut client: ws::WsClient, shared: Arc<Shared>) {
             }
         }
         if counted > 0 {
-            shared
-                .counted_latencies
-                .fetch_add(counted, Ordering::Relaxed);
+            shared.counted_latencies.fetch_add(counted, Ordering::Relaxed);
             shared.received.fetch_add(counted, Ordering::Relaxed);
             shared.last_receive_ns.fetch_max(now, Ordering::Relaxed);
         }

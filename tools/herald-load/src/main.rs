@@ -8,11 +8,7 @@ mod ws;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "herald-load",
-    version,
-    about = "Load tool for Herald: fan-out, connections and chat benchmarks"
-)]
+#[command(name = "herald-load", version, about = "Load tool for Herald: fan-out, connections and chat benchmarks")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,9 +24,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     report::now_ns();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         match cli.command {
             Command::Fanout(args) => fanout::run(args).await,

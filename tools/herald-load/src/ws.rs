@@ -20,25 +20,13 @@ pub struct WsClient {
 }
 
 /// Opens a TCP connection from `source` (any port) and performs the WebSocket handshake.
-pub async fn connect(
-    server: SocketAddr,
-    source: Option<IpAddr>,
-    path_and_query: &str,
-) -> io::Result<WsClient> {
-    let socket = if server.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+pub async fn connect(server: SocketAddr, source: Option<IpAddr>, path_and_query: &str) -> io::Result<WsClient> {
+    let socket = if server.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     if let Some(ip) = source {
         // Choose the port at connect time, so ports are per (source, destination) pair and
         // tens of thousands of connections fit on one source address.
-        nix::sys::socket::setsockopt(
-            &socket,
-            nix::sys::socket::sockopt::IpBindAddressNoPort,
-            &true,
-        )
-        .map_err(io::Error::from)?;
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
+            .map_err(io::Error::from)?;
         socket.bind(SocketAddr::new(ip, 0))?;
     }
     let mut stream = socket.connect(server).await?;
@@ -53,31 +41,20 @@ pub async fn connect(
         let mut chunk = [0u8; 1024];
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "closed during handshake",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed during handshake"));
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break pos + 4;
         }
         if buf.len() > 16 * 1024 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "oversized handshake response",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "oversized handshake response"));
         }
     };
     if !buf.starts_with(b"HTTP/1.1 101") {
-        let line = String::from_utf8_lossy(
-            &buf[..buf.iter().position(|b| *b == b'\r').unwrap_or(buf.len())],
-        )
-        .to_string();
-        return Err(io::Error::new(
-            io::ErrorKind::ConnectionRefused,
-            format!("upgrade refused: {line}"),
-        ));
+        let line =
+            String::from_utf8_lossy(&buf[..buf.iter().position(|b| *b == b'\r').unwrap_or(buf.len())]).to_string();
+        return Err(io::Error::new(io::ErrorKind::ConnectionRefused, format!("upgrade refused: {line}")));
     }
     Ok(WsClient {
         stream,
@@ -88,54 +65,36 @@ pub async fn connect(
 
 impl WsClient {
     /// Reads and decodes whatever is available into `out`; `Ok(false)` at end of stream.
-    pub async fn read_into(
-        &mut self,
-        scratch: &mut [u8],
-        out: &mut Vec<Message>,
-    ) -> io::Result<bool> {
+    pub async fn read_into(&mut self, scratch: &mut [u8], out: &mut Vec<Message>) -> io::Result<bool> {
         if !self.leftover.is_empty() {
             let leftover = std::mem::take(&mut self.leftover);
-            self.decoder
-                .feed(&leftover, out)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            self.decoder.feed(&leftover, out).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
             return Ok(true);
         }
         let n = self.stream.read(scratch).await?;
         if n == 0 {
             return Ok(false);
         }
-        self.decoder
-            .feed(&scratch[..n], out)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.decoder.feed(&scratch[..n], out).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         Ok(true)
     }
 
     /// Sends a text frame.
     pub async fn send_text(&mut self, text: &str) -> io::Result<()> {
-        self.stream
-            .write_all(&frame::encode_masked(frame::OP_TEXT, text.as_bytes(), MASK))
-            .await
+        self.stream.write_all(&frame::encode_masked(frame::OP_TEXT, text.as_bytes(), MASK)).await
     }
 
     /// Answers a ping.
     pub async fn pong(&mut self, payload: &[u8]) -> io::Result<()> {
-        self.stream
-            .write_all(&frame::encode_masked(frame::OP_PONG, payload, MASK))
-            .await
+        self.stream.write_all(&frame::encode_masked(frame::OP_PONG, payload, MASK)).await
     }
 }
 
 /// Extracts an unsigned integer field from a flat JSON object without parsing the whole of it.
 pub fn json_u64(text: &[u8], field: &str) -> Option<u64> {
     let needle = format!("\"{field}\":");
-    let start = text
-        .windows(needle.len())
-        .position(|w| w == needle.as_bytes())?
-        + needle.len();
-    let digits = text[start..]
-        .iter()
-        .skip_while(|b| **b == b' ')
-        .take_while(|b| b.is_ascii_digit());
+    let start = text.windows(needle.len()).position(|w| w == needle.as_bytes())? + needle.len();
+    let digits = text[start..].iter().skip_while(|b| **b == b' ').take_while(|b| b.is_ascii_digit());
     let mut value: u64 = 0;
     let mut any = false;
     for d in digits {

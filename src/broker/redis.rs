@@ -1,0 +1,644 @@
+//! The Redis broker: publishers' `PUBLISH <prefix>:<channel>` in, events between nodes, node
+//! registry for cluster-wide statistics.
+//!
+//! Two kinds of traffic, two designs:
+//!
+//! - **Publisher ingest** (`<prefix>:*`, exact channels): every node pattern-subscribes and every
+//!   node delivers each message to its own local recipients. A message may carry a room and a user
+//!   that reach connections not subscribed to the channel, so a node cannot know in advance which
+//!   messages it needs; pattern subscription is the only correct choice.
+//! - **Herald's own traffic** (`<key_prefix>:c:<channel>`, `:r:<room>`, `:u:<user>`, `:all`): a
+//!   node subscribes to a key only while it has local connections for it (reference counted by
+//!   the hub's interest), so at scale a node receives only what its clients need. An event is
+//!   published once per key of its target; the copy for a key is delivered to the local
+//!   recipients reachable through that key and not through an earlier one (channel, then room,
+//!   then user), so every connection still receives it exactly once. In cluster mode these are
+//!   sharded channels (`SPUBLISH`/`SSUBSCRIBE`), spreading traffic over the cluster's shards.
+//!
+//! When Redis is unreachable, publishing falls back to local delivery, health says `degraded`,
+//! connections are retried with backoff, and every subscription is restored once Redis is back.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use redis::aio::{AsyncPushSender, ConnectionManager, ConnectionManagerConfig, SendError};
+use redis::cluster_async::ClusterConnection;
+use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value as RedisValue};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use super::{BrokerError, BurstLog};
+use crate::config::{RedisConfig, RedisMode};
+use crate::hub::{Event, InterestChange, InterestKey, Route, Target};
+use crate::node::Node;
+
+/// Pushes buffered between the Redis connection and the dispatcher; beyond this they are dropped
+/// and counted rather than growing memory without bound.
+const PUSH_QUEUE: usize = 64 * 1024;
+
+/// How often the connection is checked (and, when down, retried).
+const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often this node records its figures for cluster-wide statistics, and when a record is stale.
+const REGISTRY_INTERVAL: Duration = Duration::from_secs(2);
+const REGISTRY_STALE_MS: u64 = 10_000;
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn query(&self, cmd: &redis::Cmd) -> redis::RedisResult<RedisValue> {
+        match self.clone() {
+            Conn::Single(mut c) => cmd.query_async(&mut c).await,
+            Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
+        }
+    }
+
+    async fn pipeline(&self, pipe: &redis::Pipeline) -> redis::RedisResult<RedisValue> {
+        match self.clone() {
+            Conn::Single(mut c) => pipe.query_async(&mut c).await,
+            Conn::Cluster(mut c) => pipe.query_async(&mut c).await,
+        }
+    }
+}
+
+/// A bounded push sender: Redis connections must never block on their consumer.
+struct BoundedPush {
+    tx: mpsc::Sender<PushInfo>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AsyncPushSender for BoundedPush {
+    fn send(&self, info: PushInfo) -> Result<(), SendError> {
+        match self.tx.try_send(info) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError),
+        }
+    }
+}
+
+/// Envelope of an event between nodes. The event itself stays raw JSON: never re-parsed.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    /// Origin node.
+    n: &'a str,
+    /// Which key of the target this copy travels on: `c`, `r`, `u` or `a`.
+    k: &'a str,
+    #[serde(default)]
+    c: Option<&'a str>,
+    #[serde(default)]
+    r: Option<&'a str>,
+    #[serde(default)]
+    u: Option<&'a str>,
+    /// Connection on the origin node that must not receive it.
+    #[serde(default)]
+    x: Option<u64>,
+    #[serde(borrow)]
+    e: &'a RawValue,
+}
+
+/// A command for one node (cross-node admin).
+#[derive(Deserialize)]
+struct Control {
+    disconnect: Option<String>,
+}
+
+/// The Redis broker.
+pub struct RedisBroker {
+    config: RedisConfig,
+    node_id: Arc<str>,
+    commands: Conn,
+    subscriber: Conn,
+    connected: AtomicBool,
+    /// Internal channels this node wants (from interest), restored after every reconnect.
+    wanted: Mutex<HashSet<String>>,
+    dropped: Arc<AtomicU64>,
+    malformed_log: Mutex<BurstLog>,
+    outage_since: Mutex<Option<Instant>>,
+}
+
+impl RedisBroker {
+    /// Creates the broker for one Redis server. Connections are lazy: an unreachable Redis does not
+    /// stop the node from starting. Returns the stream of pushes for [`run`].
+    pub fn connect(
+        config: &RedisConfig,
+        node_id: Arc<str>,
+    ) -> Result<(RedisBroker, mpsc::Receiver<PushInfo>), BrokerError> {
+        let url = config.url.clone().ok_or_else(|| BrokerError::Config("redis.url is not set".into()))?;
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel(PUSH_QUEUE);
+        let push = BoundedPush { tx, dropped: dropped.clone() };
+        let (commands, subscriber) = match config.mode {
+            RedisMode::Standalone => {
+                let info =
+                    url.as_str().into_connection_info().map_err(|e| BrokerError::Config(format!("redis.url: {e}")))?;
+                let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+                let client = redis::Client::open(info.set_redis_settings(settings))
+                    .map_err(|e| BrokerError::Config(format!("redis.url: {e}")))?;
+                let base = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(config.timeout))
+                    .set_response_timeout(Some(config.timeout))
+                    .set_min_delay(Duration::from_millis(100))
+                    .set_max_delay(Duration::from_secs(2))
+                    .set_number_of_retries(2);
+                let commands = ConnectionManager::new_lazy_with_config(client.clone(), base.clone())
+                    .map_err(|e| BrokerError::Config(format!("redis: {e}")))?;
+                let subscriber = ConnectionManager::new_lazy_with_config(client, base.set_push_sender(push))
+                    .map_err(|e| BrokerError::Config(format!("redis: {e}")))?;
+                (Conn::Single(commands), Conn::Single(subscriber))
+            }
+            RedisMode::Cluster => return Err(BrokerError::Config("cluster mode connects with connect_cluster".into())),
+        };
+        Ok((Self::assemble(config, node_id, commands, subscriber, dropped), rx))
+    }
+
+    /// Creates the broker for a Redis Cluster (connects at once; fails if no node answers).
+    pub async fn connect_cluster(
+        config: &RedisConfig,
+        node_id: Arc<str>,
+    ) -> Result<(RedisBroker, mpsc::Receiver<PushInfo>), BrokerError> {
+        let url = config.url.clone().ok_or_else(|| BrokerError::Config("redis.url is not set".into()))?;
+        let nodes: Vec<String> = std::iter::once(url).chain(config.cluster_nodes.iter().cloned()).collect();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel(PUSH_QUEUE);
+        let build = |push: Option<BoundedPush>| {
+            let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                .use_protocol(ProtocolVersion::RESP3)
+                .connection_timeout(config.timeout)
+                .response_timeout(config.timeout)
+                .retries(3);
+            if let Some(push) = push {
+                builder = builder.push_sender(push);
+            }
+            builder.build().map_err(|e| BrokerError::Config(format!("redis cluster: {e}")))
+        };
+        let commands =
+            build(None)?.get_async_connection().await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let subscriber = build(Some(BoundedPush { tx, dropped: dropped.clone() }))?
+            .get_async_connection()
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        Ok((Self::assemble(config, node_id, Conn::Cluster(commands), Conn::Cluster(subscriber), dropped), rx))
+    }
+
+    fn assemble(
+        config: &RedisConfig,
+        node_id: Arc<str>,
+        commands: Conn,
+        subscriber: Conn,
+        dropped: Arc<AtomicU64>,
+    ) -> Self {
+        RedisBroker {
+            config: config.clone(),
+            node_id,
+            commands,
+            subscriber,
+            connected: AtomicBool::new(false),
+            wanted: Mutex::new(HashSet::new()),
+            dropped,
+            malformed_log: Mutex::new(BurstLog::default()),
+            outage_since: Mutex::new(None),
+        }
+    }
+
+    /// Whether Redis answered the last check.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// The campaign document's `redis` object: state and what the node listens to.
+    pub fn describe(&self) -> serde_json::Value {
+        let connected = self.is_connected();
+        let mut channels: Vec<String> = self.config.prefixes.iter().map(|p| format!("{p}:*")).collect();
+        channels.extend(self.config.channels.iter().cloned());
+        serde_json::json!({
+            "healthy": connected,
+            "connected": connected,
+            "running": true,
+            "mode": self.config.mode,
+            "subscriptions": channels.len() + self.wanted.lock().len() + 2,
+            "channels": channels,
+            "dropped_messages": self.dropped(),
+        })
+    }
+
+    /// Pushes dropped because the node could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The Redis mode.
+    pub fn mode(&self) -> RedisMode {
+        self.config.mode
+    }
+
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}:{kind}:{name}", self.config.key_prefix)
+    }
+
+    fn all_key(&self) -> String {
+        format!("{}:all", self.config.key_prefix)
+    }
+
+    fn control_key(&self) -> String {
+        format!("{}:ctl:{}", self.config.key_prefix, self.node_id)
+    }
+
+    fn interest_channel(&self, key: &InterestKey) -> String {
+        match key {
+            InterestKey::Channel(c) => self.key("c", c),
+            InterestKey::Room(r) => self.key("r", r),
+            InterestKey::User(u) => self.key("u", u),
+        }
+    }
+
+    fn publish_cmd(&self) -> &'static str {
+        match self.config.mode {
+            RedisMode::Standalone => "PUBLISH",
+            RedisMode::Cluster => "SPUBLISH",
+        }
+    }
+
+    fn subscribe_cmd(&self, subscribe: bool) -> &'static str {
+        match (self.config.mode, subscribe) {
+            (RedisMode::Standalone, true) => "SUBSCRIBE",
+            (RedisMode::Standalone, false) => "UNSUBSCRIBE",
+            (RedisMode::Cluster, true) => "SSUBSCRIBE",
+            (RedisMode::Cluster, false) => "SUNSUBSCRIBE",
+        }
+    }
+
+    /// Publishes an event to every node subscribed to one of its keys.
+    pub async fn publish(&self, node_id: &str, event: &Event) -> Result<(), BrokerError> {
+        let t = &event.target;
+        let mut head = format!("{{\"v\":1,\"n\":{}", json_string(node_id));
+        for (field, value) in [("c", &t.channel), ("r", &t.room), ("u", &t.user)] {
+            if let Some(value) = value {
+                head.push_str(&format!(",\"{field}\":{}", json_string(value)));
+            }
+        }
+        if let Some(x) = event.exclude {
+            head.push_str(&format!(",\"x\":{x}"));
+        }
+        let copies: Vec<(&str, String)> = if t.broadcast {
+            vec![("a", self.all_key())]
+        } else {
+            [("c", t.channel.as_deref()), ("r", t.room.as_deref()), ("u", t.user.as_deref())]
+                .into_iter()
+                .filter_map(|(k, name)| name.map(|n| (k, self.key(k, n))))
+                .collect()
+        };
+        let mut pipe = redis::pipe();
+        for (kind, channel) in &copies {
+            let mut message = Vec::with_capacity(head.len() + event.payload.len() + 16);
+            message.extend_from_slice(head.as_bytes());
+            message.extend_from_slice(format!(",\"k\":\"{kind}\",\"e\":").as_bytes());
+            message.extend_from_slice(&event.payload);
+            message.push(b'}');
+            pipe.cmd(self.publish_cmd()).arg(channel).arg(message).ignore();
+        }
+        match self.commands.pipeline(&pipe).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.mark_down(&e.to_string());
+                Err(BrokerError::Unavailable(e.to_string()))
+            }
+        }
+    }
+
+    /// Sends a command to another node (cross-node admin); returns whether a node listened.
+    pub async fn send_control(&self, node: &str, body: &serde_json::Value) -> Result<bool, BrokerError> {
+        let channel = format!("{}:ctl:{node}", self.config.key_prefix);
+        let cmd = redis::cmd("PUBLISH").arg(channel).arg(body.to_string()).to_owned();
+        match self.commands.query(&cmd).await {
+            Ok(RedisValue::Int(n)) => Ok(n > 0),
+            Ok(_) => Ok(false),
+            Err(e) => Err(BrokerError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Figures of every live node, as recorded in the registry.
+    pub async fn cluster_nodes(&self) -> Result<Vec<serde_json::Value>, BrokerError> {
+        let key = format!("{}:nodes", self.config.key_prefix);
+        let cmd = redis::cmd("HGETALL").arg(&key).to_owned();
+        let value = self.commands.query(&cmd).await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let now = crate::stats::unix_millis();
+        let mut nodes = Vec::new();
+        let mut stale = Vec::new();
+        let pairs: Vec<(String, String)> = redis::from_redis_value(value).unwrap_or_default();
+        for (id, json) in pairs {
+            match serde_json::from_str::<serde_json::Value>(&json) {
+                Ok(record)
+                    if record["updated_ms"].as_u64().is_some_and(|t| now.saturating_sub(t) < REGISTRY_STALE_MS) =>
+                {
+                    nodes.push(record)
+                }
+                _ => stale.push(id),
+            }
+        }
+        if !stale.is_empty() {
+            let cmd = redis::cmd("HDEL").arg(&key).arg(stale).to_owned();
+            let _ = self.commands.query(&cmd).await;
+        }
+        nodes.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
+        Ok(nodes)
+    }
+
+    fn mark_down(&self, why: &str) {
+        if self.connected.swap(false, Ordering::Relaxed) {
+            *self.outage_since.lock() = Some(Instant::now());
+            tracing::warn!(error = why, "redis connection lost; local delivery continues, retrying with backoff");
+        }
+    }
+
+    async fn set_subscription(&self, channels: &[String], subscribe: bool) -> redis::RedisResult<()> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        // One channel per command: in cluster mode each sharded channel may live on another node.
+        let cmds: Vec<redis::Cmd> = match self.config.mode {
+            RedisMode::Cluster => {
+                channels.iter().map(|c| redis::cmd(self.subscribe_cmd(subscribe)).arg(c).to_owned()).collect()
+            }
+            RedisMode::Standalone => vec![redis::cmd(self.subscribe_cmd(subscribe)).arg(channels).to_owned()],
+        };
+        for cmd in cmds {
+            self.subscriber.query(&cmd).await?;
+        }
+        Ok(())
+    }
+
+    /// Subscribes to everything this node needs: ingest patterns, exact channels, the broadcast
+    /// and control channels, and every internal key of current interest.
+    async fn subscribe_all(&self) -> redis::RedisResult<usize> {
+        let patterns: Vec<String> = self.config.prefixes.iter().map(|p| format!("{p}:*")).collect();
+        if !patterns.is_empty() {
+            self.subscriber.query(&redis::cmd("PSUBSCRIBE").arg(&patterns).to_owned()).await?;
+        }
+        let mut plain: Vec<String> = self.config.channels.clone();
+        plain.push(self.control_key());
+        self.subscriber.query(&redis::cmd("SUBSCRIBE").arg(&plain).to_owned()).await?;
+        let mut internal: Vec<String> = self.wanted.lock().iter().cloned().collect();
+        internal.push(self.all_key());
+        self.set_subscription(&internal, true).await?;
+        Ok(patterns.len() + plain.len() + internal.len())
+    }
+
+    async fn check(&self) -> bool {
+        let ping = redis::cmd("PING");
+        let subscriber_ok = self.subscriber.query(&ping).await.is_ok();
+        subscriber_ok && self.commands.query(&ping).await.is_ok()
+    }
+
+    async fn record_node(&self, node: &Node) {
+        let totals = node.stats.totals();
+        let record = serde_json::json!({
+            "node": &*node.id,
+            "updated_ms": crate::stats::unix_millis(),
+            "uptime_seconds": node.stats.uptime_seconds(),
+            "connections": totals.connections,
+            "authenticated_connections": totals.authenticated,
+            "channel_subscriptions": totals.channel_subscriptions,
+            "room_memberships": totals.room_memberships,
+            "deliveries": totals.deliveries,
+            "publishes": totals.publishes,
+            "messages_in": totals.messages_in,
+            "deliveries_per_second": node.stats.latest().deliveries_per_second,
+            "slow_consumer_disconnects": totals.slow_consumer_disconnects,
+        });
+        let cmd = redis::cmd("HSET")
+            .arg(format!("{}:nodes", self.config.key_prefix))
+            .arg(&*node.id)
+            .arg(record.to_string())
+            .to_owned();
+        let _ = self.commands.query(&cmd).await;
+    }
+}
+
+/// Runs the broker's background work until the node shuts down: dispatching pushes, following the
+/// hub's interest, checking the connection and restoring subscriptions after an outage.
+pub async fn run(node: Arc<Node>, mut pushes: mpsc::Receiver<PushInfo>) {
+    let Some(broker) = node.broker.redis() else { return };
+    let (initial, mut changes) = node.hub.watch_interest();
+    broker.wanted.lock().extend(initial.iter().map(|k| broker.interest_channel(k)));
+
+    let health = {
+        let node = node.clone();
+        async move {
+            let Some(broker) = node.broker.redis() else { return };
+            let mut ticker = tokio::time::interval(HEALTH_INTERVAL);
+            let mut last_record = Instant::now() - REGISTRY_INTERVAL;
+            loop {
+                ticker.tick().await;
+                if broker.check().await {
+                    if !broker.is_connected() {
+                        match broker.subscribe_all().await {
+                            Ok(n) => {
+                                broker.connected.store(true, Ordering::Relaxed);
+                                match broker.outage_since.lock().take() {
+                                    Some(since) => tracing::info!(
+                                        subscriptions = n,
+                                        outage_ms = since.elapsed().as_millis() as u64,
+                                        "redis connection restored; resubscribed"
+                                    ),
+                                    None => tracing::info!(subscriptions = n, mode = ?broker.mode(), "redis connected"),
+                                }
+                            }
+                            Err(e) => broker.mark_down(&e.to_string()),
+                        }
+                    }
+                } else {
+                    if broker.outage_since.lock().is_none() && !broker.is_connected() {
+                        // Never connected yet: say so once.
+                        *broker.outage_since.lock() = Some(Instant::now());
+                        tracing::warn!("redis is unreachable; serving local traffic and retrying with backoff");
+                    }
+                    broker.mark_down("health check failed");
+                }
+                if broker.is_connected() && last_record.elapsed() >= REGISTRY_INTERVAL {
+                    last_record = Instant::now();
+                    broker.record_node(&node).await;
+                }
+            }
+        }
+    };
+
+    let interest = {
+        let node = node.clone();
+        async move {
+            let Some(broker) = node.broker.redis() else { return };
+            while let Some(InterestChange { key, present }) = changes.recv().await {
+                let channel = broker.interest_channel(&key);
+                let changed = {
+                    let mut wanted = broker.wanted.lock();
+                    if present { wanted.insert(channel.clone()) } else { wanted.remove(&channel) }
+                };
+                if changed && broker.is_connected() {
+                    // A failure here marks the connection down; the reconnect path resubscribes
+                    // everything in `wanted`, so nothing is lost.
+                    if let Err(e) = broker.set_subscription(std::slice::from_ref(&channel), present).await {
+                        broker.mark_down(&e.to_string());
+                    }
+                }
+            }
+        }
+    };
+
+    let dispatch = {
+        let node = node.clone();
+        async move {
+            while let Some(push) = pushes.recv().await {
+                handle_push(&node, push).await;
+            }
+        }
+    };
+
+    tokio::select! {
+        _ = health => {}
+        _ = interest => {}
+        _ = dispatch => {}
+        _ = node.shutdown.cancelled() => {}
+    }
+}
+
+async fn handle_push(node: &Arc<Node>, push: PushInfo) {
+    let Some(broker) = node.broker.redis() else { return };
+    let (channel, payload) = match push.kind {
+        PushKind::Message | PushKind::SMessage => match (push.data.first(), push.data.get(1)) {
+            (Some(channel), Some(payload)) => (channel, payload),
+            _ => return,
+        },
+        PushKind::PMessage => match (push.data.get(1), push.data.get(2)) {
+            (Some(channel), Some(payload)) => (channel, payload),
+            _ => return,
+        },
+        PushKind::Disconnection => {
+            broker.mark_down("connection closed");
+            return;
+        }
+        _ => return,
+    };
+    let (Some(channel), Some(payload)) = (bytes_of(channel), bytes_of(payload)) else { return };
+    let Ok(channel) = std::str::from_utf8(channel) else { return };
+    let prefix = &broker.config.key_prefix;
+    if let Some(rest) = channel.strip_prefix(prefix.as_str()).and_then(|r| r.strip_prefix(':'))
+        && (rest.starts_with("c:") || rest.starts_with("r:") || rest.starts_with("u:") || rest == "all")
+    {
+        internal_event(node, broker, payload).await;
+    } else if channel == broker.control_key() {
+        control(node, payload).await;
+    } else {
+        ingest(node, broker, channel, payload).await;
+    }
+}
+
+fn bytes_of(value: &RedisValue) -> Option<&[u8]> {
+    match value {
+        RedisValue::BulkString(bytes) => Some(bytes),
+        RedisValue::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// An event from another node (or from this one, through Redis).
+async fn internal_event(node: &Arc<Node>, broker: &RedisBroker, payload: &[u8]) {
+    let envelope: Envelope<'_> = match serde_json::from_slice(payload) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            node.stats.node.broker_malformed.fetch_add(1, Ordering::Relaxed);
+            broker.malformed_log.lock().warn("malformed message between nodes", &e.to_string());
+            return;
+        }
+    };
+    let route = match envelope.k {
+        "c" => Route::Channel,
+        "r" => Route::Room,
+        "u" => Route::User,
+        _ => Route::Broadcast,
+    };
+    let target = Target {
+        channel: envelope.c.map(Arc::from),
+        room: envelope.r.map(Arc::from),
+        user: envelope.u.map(Arc::from),
+        broadcast: route == Route::Broadcast,
+    };
+    let exclude = if envelope.n == &*node.id { envelope.x } else { None };
+    let event = Event::routed(target, Bytes::copy_from_slice(envelope.e.get().as_bytes()), exclude, route);
+    node.hub.dispatch(event).await;
+}
+
+/// A message a publisher put on `<prefix>:<channel>` or an exact ingest channel.
+async fn ingest(node: &Arc<Node>, broker: &RedisBroker, redis_channel: &str, payload: &[u8]) {
+    let channel = broker
+        .config
+        .prefixes
+        .iter()
+        .find_map(|p| redis_channel.strip_prefix(p.as_str()).and_then(|r| r.strip_prefix(':')))
+        .unwrap_or(redis_channel);
+    let value: serde_json::Value = match serde_json::from_slice(payload) {
+        Ok(value @ serde_json::Value::Object(_)) => value,
+        Ok(_) => {
+            node.stats.node.broker_malformed.fetch_add(1, Ordering::Relaxed);
+            broker.malformed_log.lock().warn("dropped a published message that is not a JSON object", redis_channel);
+            return;
+        }
+        Err(e) => {
+            node.stats.node.broker_malformed.fetch_add(1, Ordering::Relaxed);
+            broker
+                .malformed_log
+                .lock()
+                .warn("dropped a published message that is not valid JSON", &format!("{redis_channel}: {e}"));
+            return;
+        }
+    };
+    let field = |name: &str| -> Option<Arc<str>> {
+        if name.is_empty() {
+            return None;
+        }
+        match value.get(name) {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => Some(Arc::from(s.as_str())),
+            Some(serde_json::Value::Number(n)) => Some(Arc::from(n.to_string())),
+            _ => None,
+        }
+    };
+    let target = Target {
+        channel: Some(Arc::from(channel)),
+        room: field(&broker.config.room_field),
+        user: field(&broker.config.user_field),
+        broadcast: false,
+    };
+    match node.prepare(target, value) {
+        Ok((target, payload)) => {
+            node.stats.node.publishes.fetch_add(1, Ordering::Relaxed);
+            node.hub.dispatch(Event::new(target, payload)).await;
+        }
+        Err(e) => {
+            node.stats.node.broker_malformed.fetch_add(1, Ordering::Relaxed);
+            broker.malformed_log.lock().warn("dropped a published message", &format!("{redis_channel}: {e}"));
+        }
+    }
+}
+
+async fn control(node: &Arc<Node>, payload: &[u8]) {
+    let Ok(command) = serde_json::from_slice::<Control>(payload) else { return };
+    if let Some(id) = command.disconnect {
+        let found = crate::api::admin::disconnect_local(node, &id).await;
+        tracing::info!(connection = %id, found, "disconnect requested by another node");
+    }
+}
