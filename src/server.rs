@@ -96,7 +96,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     tokio::spawn(sample_stats(node.clone()));
     if let Some(pushes) = pushes {
-        tokio::spawn(crate::broker::redis::run(node.clone(), pushes));
+        let interest = node.hub.watch_interest();
+        tokio::spawn(crate::broker::redis::run(node.clone(), pushes, interest));
     }
     let accept = tokio::spawn({
         let node = node.clone();

@@ -429,9 +429,15 @@ impl RedisBroker {
 
 /// Runs the broker's background work until the node shuts down: dispatching pushes, following the
 /// hub's interest, checking the connection and restoring subscriptions after an outage.
-pub async fn run(node: Arc<Node>, mut pushes: mpsc::Receiver<PushInfo>) {
+/// `interest` must come from [`crate::hub::Hub::watch_interest`], taken before the node accepts
+/// connections so that no change is missed.
+pub async fn run(
+    node: Arc<Node>,
+    mut pushes: mpsc::Receiver<PushInfo>,
+    interest: (Vec<InterestKey>, mpsc::UnboundedReceiver<InterestChange>),
+) {
     let Some(broker) = node.broker.redis() else { return };
-    let (initial, mut changes) = node.hub.watch_interest();
+    let (initial, mut changes) = interest;
     broker.wanted.lock().extend(initial.iter().map(|k| broker.interest_channel(k)));
 
     let health = {
@@ -479,7 +485,7 @@ pub async fn run(node: Arc<Node>, mut pushes: mpsc::Receiver<PushInfo>) {
         let node = node.clone();
         async move {
             let Some(broker) = node.broker.redis() else { return };
-            while let Some(InterestChange { key, present }) = changes.recv().await {
+            while let Some(InterestChange { key, present, ready }) = changes.recv().await {
                 let channel = broker.interest_channel(&key);
                 let changed = {
                     let mut wanted = broker.wanted.lock();
@@ -491,6 +497,11 @@ pub async fn run(node: Arc<Node>, mut pushes: mpsc::Receiver<PushInfo>) {
                     if let Err(e) = broker.set_subscription(std::slice::from_ref(&channel), present).await {
                         broker.mark_down(&e.to_string());
                     }
+                }
+                // While Redis is down the subscription is restored on reconnect; waiting for it
+                // would only hold acknowledgements hostage to the outage.
+                if let Some(ready) = ready {
+                    let _ = ready.send(());
                 }
             }
         }

@@ -15,6 +15,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use futures_util::FutureExt;
+use futures_util::future::Shared;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
@@ -35,14 +37,20 @@ pub enum InterestKey {
     User(Arc<str>),
 }
 
+/// Resolves once the broker listens for a key, so that an acknowledgement sent after it means
+/// "events published anywhere reach you from now on".
+pub type InterestReady = Shared<oneshot::Receiver<()>>;
+
 /// A change of the node's interest: `present` is true when the first local connection appeared,
 /// false when the last one left.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct InterestChange {
     /// The key.
     pub key: InterestKey,
     /// Whether the node now has local connections for it.
     pub present: bool,
+    /// Signalled by the broker once it listens for the key.
+    pub ready: Option<oneshot::Sender<()>>,
 }
 
 struct ShardHandle {
@@ -61,6 +69,8 @@ struct Interest {
     /// Number of shards with local connections for each key.
     counts: HashMap<InterestKey, u32>,
     listener: Option<mpsc::UnboundedSender<InterestChange>>,
+    /// Keys whose broker subscription is still in flight.
+    pending: HashMap<InterestKey, InterestReady>,
 }
 
 impl Hub {
@@ -137,28 +147,56 @@ impl Hub {
     }
 
     /// Records that a shard gained (`present`) or lost its last local connection for `key`;
-    /// the listener hears only node-wide transitions.
-    pub(crate) fn interest(&self, key: InterestKey, present: bool) {
+    /// the listener hears only node-wide transitions. When the broker must first subscribe, the
+    /// returned future resolves once it has.
+    pub(crate) fn interest(&self, key: InterestKey, present: bool) -> Option<InterestReady> {
         let mut interest = self.interest.lock();
-        let changed = if present {
+        if present {
             let count = interest.counts.entry(key.clone()).or_insert(0);
             *count += 1;
-            *count == 1
+            if *count > 1 {
+                // Another shard's subscription for the key may still be in flight.
+                let pending = interest.pending.get(&key).cloned();
+                return match pending {
+                    Some(ready) if ready.peek().is_none() => Some(ready),
+                    Some(_) => {
+                        interest.pending.remove(&key);
+                        None
+                    }
+                    None => None,
+                };
+            }
+            let listener = interest.listener.clone()?;
+            let (tx, rx) = oneshot::channel();
+            let ready = rx.shared();
+            interest.pending.insert(key.clone(), ready.clone());
+            let _ = listener.send(InterestChange { key, present: true, ready: Some(tx) });
+            Some(ready)
         } else {
             match interest.counts.get_mut(&key) {
-                Some(count) if *count > 1 => {
-                    *count -= 1;
-                    false
-                }
+                Some(count) if *count > 1 => *count -= 1,
                 Some(_) => {
                     interest.counts.remove(&key);
-                    true
+                    interest.pending.remove(&key);
+                    if let Some(listener) = &interest.listener {
+                        let _ = listener.send(InterestChange { key, present: false, ready: None });
+                    }
                 }
-                None => false,
+                None => {}
             }
-        };
-        if changed && let Some(listener) = &interest.listener {
-            let _ = listener.send(InterestChange { key, present });
+            None
+        }
+    }
+
+    /// The readiness of a key whose broker subscription is still in flight.
+    pub(crate) fn pending(&self, key: &InterestKey) -> Option<InterestReady> {
+        self.interest.lock().pending.get(key).filter(|ready| ready.peek().is_none()).cloned()
+    }
+
+    /// Waits (bounded by `limit`) until the broker listens for every key in `waits`.
+    pub async fn ready(waits: Vec<InterestReady>, limit: std::time::Duration) {
+        if !waits.is_empty() {
+            let _ = tokio::time::timeout(limit, futures_util::future::join_all(waits)).await;
         }
     }
 
@@ -201,13 +239,17 @@ mod tests {
         let (initial, mut changes) = hub.watch_interest();
         assert!(initial.is_empty());
         let key = InterestKey::Channel(Arc::from("jobs"));
-        hub.interest(key.clone(), true);
-        hub.interest(key.clone(), true);
+        let first = hub.interest(key.clone(), true).expect("the first subscriber waits for the broker");
+        let second = hub.interest(key.clone(), true).expect("so does a second one while it is in flight");
         hub.interest(key.clone(), false);
         hub.interest(key.clone(), false);
         hub.interest(key.clone(), false);
-        assert_eq!(changes.try_recv().unwrap(), InterestChange { key: key.clone(), present: true });
-        assert_eq!(changes.try_recv().unwrap(), InterestChange { key, present: false });
+        let change = changes.try_recv().unwrap();
+        assert_eq!((&change.key, change.present), (&key, true));
+        change.ready.unwrap().send(()).unwrap();
+        assert!(first.now_or_never().is_some() && second.now_or_never().is_some());
+        let change = changes.try_recv().unwrap();
+        assert_eq!((&change.key, change.present), (&key, false));
         assert!(changes.try_recv().is_err());
     }
 }

@@ -21,7 +21,7 @@ use tokio::task::LocalSet;
 use super::event::Event;
 use super::event::Target;
 use super::index::LocalIndex;
-use super::{InterestKey, Route};
+use super::{InterestKey, InterestReady, Route};
 use crate::config::EndpointKind;
 use crate::node::Node;
 use crate::protocol::outbound;
@@ -163,18 +163,20 @@ impl Shard {
         }
     }
 
-    /// Subscribes a connection to a channel; `false` if it already was.
-    pub(crate) fn subscribe(&self, session: &Session, channel: &str) -> bool {
+    /// Subscribes a connection to a channel. The returned future, if any, resolves once the
+    /// broker listens for the channel; acknowledge only after it.
+    pub(crate) fn subscribe(&self, session: &Session, channel: &str) -> Option<InterestReady> {
         if session.state.borrow().channels.contains(channel) {
-            return false;
+            return self.node.hub.pending(&InterestKey::Channel(Arc::from(channel)));
         }
         let (name, first) = self.index.borrow_mut().channels.add(channel, session.slot.get());
         session.state.borrow_mut().channels.insert(name.clone());
         stats::bump(&self.counters().channel_subscriptions, 1);
-        if first {
-            self.node.hub.interest(InterestKey::Channel(name), true);
-        }
-        true
+        self.interest_added(InterestKey::Channel(name), first)
+    }
+
+    fn interest_added(&self, key: InterestKey, first_on_shard: bool) -> Option<InterestReady> {
+        if first_on_shard { self.node.hub.interest(key, true) } else { self.node.hub.pending(&key) }
     }
 
     /// Unsubscribes a connection from a channel; `false` if it was not subscribed.
@@ -189,18 +191,15 @@ impl Shard {
         true
     }
 
-    /// Adds a connection to a room; `false` if it already was a member.
-    pub(crate) fn join(&self, session: &Session, room: &str) -> bool {
+    /// Adds a connection to a room; the future works as for [`Shard::subscribe`].
+    pub(crate) fn join(&self, session: &Session, room: &str) -> Option<InterestReady> {
         if session.state.borrow().rooms.contains(room) {
-            return false;
+            return self.node.hub.pending(&InterestKey::Room(Arc::from(room)));
         }
         let (name, first) = self.index.borrow_mut().rooms.add(room, session.slot.get());
         session.state.borrow_mut().rooms.insert(name.clone());
         stats::bump(&self.counters().room_memberships, 1);
-        if first {
-            self.node.hub.interest(InterestKey::Room(name), true);
-        }
-        true
+        self.interest_added(InterestKey::Room(name), first)
     }
 
     /// Removes a connection from a room; `false` if it was not a member.
@@ -216,13 +215,10 @@ impl Shard {
     }
 
     /// Indexes a connection under its user, for user-targeted events.
-    pub(crate) fn bind_user(&self, session: &Session) {
-        if let Some(user) = &session.info.user {
-            let (name, first) = self.index.borrow_mut().users.add(&user.id, session.slot.get());
-            if first {
-                self.node.hub.interest(InterestKey::User(name), true);
-            }
-        }
+    pub(crate) fn bind_user(&self, session: &Session) -> Option<InterestReady> {
+        let user = session.info.user.as_ref()?;
+        let (name, first) = self.index.borrow_mut().users.add(&user.id, session.slot.get());
+        self.interest_added(InterestKey::User(name), first)
     }
 
     /// Fans an event out to this shard's recipients: channel subscribers, room members and the

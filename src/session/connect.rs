@@ -16,6 +16,7 @@ use super::{ConnInfo, Session, handlers, reader};
 use crate::auth::Identity;
 use crate::config::{EndpointKind, WelcomeStyle};
 use crate::hub::shard::{Adoption, Shard};
+use crate::hub::{Hub, InterestReady};
 use crate::node::Node;
 use crate::protocol::outbound;
 use crate::transport::io::ConnIo;
@@ -85,11 +86,11 @@ pub(crate) async fn run(shard: Rc<Shard>, io: ConnIo, leftover: Bytes, plan: Con
     };
     let session = Rc::new(Session::new(id, connection_id, info, io));
     shard.register(&session);
-    shard.bind_user(&session);
+    let user_ready = shard.bind_user(&session);
     tracing::debug!(connection = %session.connection_id, peer = %plan.peer, path = %plan.path, "connected");
 
     if plan.kind == EndpointKind::Events {
-        start_events(&shard, &session, &plan);
+        start_events(&shard, &session, &plan, user_ready).await;
     } else if plan.kind == EndpointKind::Stats {
         shard.spawn(crate::api::stats::stream(shard.clone(), session.clone()));
     }
@@ -98,19 +99,26 @@ pub(crate) async fn run(shard: Rc<Shard>, io: ConnIo, leftover: Bytes, plan: Con
     tracing::debug!(connection = %session.connection_id, "disconnected");
 }
 
-/// Pre-subscriptions and the welcome message.
-fn start_events(shard: &Rc<Shard>, session: &Rc<Session>, plan: &ConnectPlan) {
+/// Pre-subscriptions and the welcome message. The welcome is sent once every pre-subscription
+/// is live across the cluster, and the connection takes events only from then on, so a client
+/// always sees its welcome first.
+async fn start_events(shard: &Rc<Shard>, session: &Rc<Session>, plan: &ConnectPlan, user_ready: Option<InterestReady>) {
     let mut refused = Vec::new();
+    let mut waits: Vec<InterestReady> = user_ready.into_iter().collect();
     for channel in &plan.channels {
-        if let Err(e) = handlers::channels::subscribe_one(shard, session, channel) {
-            refused.push(e);
+        match handlers::channels::subscribe_one(shard, session, channel) {
+            Ok(ready) => waits.extend(ready),
+            Err(e) => refused.push(e),
         }
     }
     for room in &plan.rooms {
-        if let Err(e) = handlers::rooms::join_one(shard, session, room) {
-            refused.push(e);
+        match handlers::rooms::join_one(shard, session, room) {
+            Ok(ready) => waits.extend(ready),
+            Err(e) => refused.push(e),
         }
     }
+    Hub::ready(waits, shard.node().config.redis.timeout).await;
+    session.accepting.set(true);
     let kind = match plan.welcome {
         WelcomeStyle::Connection => Some("connection"),
         WelcomeStyle::ConnectionEstablished => Some("connection_established"),

@@ -19,9 +19,9 @@ pub(crate) async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: 
     };
     let result = match message.kind.as_str() {
         "ping" => handlers::ping::handle(shard, session, &message),
-        "subscribe" => handlers::channels::subscribe(shard, session, &message),
+        "subscribe" => handlers::channels::subscribe(shard, session, &message).await,
         "unsubscribe" => handlers::channels::unsubscribe(shard, session, &message),
-        "join_room" => handlers::rooms::join(shard, session, &message),
+        "join_room" => handlers::rooms::join(shard, session, &message).await,
         "leave_room" => handlers::rooms::leave(shard, session, &message),
         other => Err(ProtocolError::new(ErrorCode::UnknownMessageType, format!("unknown message type {other:?}"))),
     };

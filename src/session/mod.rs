@@ -84,6 +84,8 @@ pub struct Session {
     pub(crate) close_deadline: Cell<Option<Instant>>,
     pub(crate) reader_waker: Cell<Option<Waker>>,
     pub(crate) killed: Cell<bool>,
+    /// Takes events (set once the welcome is sent).
+    pub(crate) accepting: Cell<bool>,
 }
 
 impl Session {
@@ -101,11 +103,15 @@ impl Session {
             close_deadline: Cell::new(None),
             reader_waker: Cell::new(None),
             killed: Cell::new(false),
+            accepting: Cell::new(false),
         }
     }
 
     /// The frame this connection gets for `event`, or `None` if it should not get it.
     pub fn frame_for(&self, event: &Event) -> Option<Bytes> {
+        if !self.accepting.get() {
+            return None;
+        }
         Some(event.text_frame().clone())
     }
 

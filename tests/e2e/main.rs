@@ -4,5 +4,7 @@ mod api;
 mod cli;
 mod common;
 mod core;
+mod nginx;
+mod redis;
 mod resilience;
 mod seeds;

@@ -5,11 +5,17 @@ use std::rc::Rc;
 use serde_json::json;
 
 use crate::hub::shard::Shard;
+use crate::hub::{Hub, InterestReady};
 use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound, validate_name};
 use crate::session::Session;
 
 /// Subscribes to one channel, within the per-connection limit.
-pub(crate) fn subscribe_one(shard: &Shard, session: &Session, channel: &str) -> Result<(), ProtocolError> {
+/// The future, if any, resolves once the broker listens for the channel.
+pub(crate) fn subscribe_one(
+    shard: &Shard,
+    session: &Session,
+    channel: &str,
+) -> Result<Option<InterestReady>, ProtocolError> {
     validate_name("channel", channel)?;
     let limit = shard.node().config.limits.max_channels_per_connection;
     if limit > 0 && session.state.borrow().channels.len() >= limit && !session.state.borrow().channels.contains(channel)
@@ -19,15 +25,22 @@ pub(crate) fn subscribe_one(shard: &Shard, session: &Session, channel: &str) -> 
             format!("a connection may subscribe to at most {limit} channels"),
         ));
     }
-    shard.subscribe(session, channel);
-    Ok(())
+    Ok(shard.subscribe(session, channel))
 }
 
-pub(crate) fn subscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), ProtocolError> {
+/// Acknowledges only once every channel is live across the cluster, so that an event published
+/// anywhere after the acknowledgement reaches the client.
+pub(crate) async fn subscribe(
+    shard: &Rc<Shard>,
+    session: &Rc<Session>,
+    message: &Inbound,
+) -> Result<(), ProtocolError> {
     let channels = message.channels()?;
+    let mut waits = Vec::new();
     for channel in &channels {
-        subscribe_one(shard, session, channel)?;
+        waits.extend(subscribe_one(shard, session, channel)?);
     }
+    Hub::ready(waits, shard.node().config.redis.timeout).await;
     session.reply(shard, &outbound::reply("subscribed", json!({ "channels": channels }), message.id.as_ref()));
     Ok(())
 }

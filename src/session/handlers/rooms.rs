@@ -5,11 +5,13 @@ use std::rc::Rc;
 use serde_json::json;
 
 use crate::hub::shard::Shard;
+use crate::hub::{Hub, InterestReady};
 use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound, validate_name};
 use crate::session::Session;
 
-/// Joins one room, within the per-connection limit.
-pub(crate) fn join_one(shard: &Shard, session: &Session, room: &str) -> Result<(), ProtocolError> {
+/// Joins one room, within the per-connection limit. The future, if any, resolves once the
+/// broker listens for the room.
+pub(crate) fn join_one(shard: &Shard, session: &Session, room: &str) -> Result<Option<InterestReady>, ProtocolError> {
     validate_name("room", room)?;
     let limit = shard.node().config.limits.max_rooms_per_connection;
     if limit > 0 && session.state.borrow().rooms.len() >= limit && !session.state.borrow().rooms.contains(room) {
@@ -18,13 +20,13 @@ pub(crate) fn join_one(shard: &Shard, session: &Session, room: &str) -> Result<(
             format!("a connection may be in at most {limit} rooms"),
         ));
     }
-    shard.join(session, room);
-    Ok(())
+    Ok(shard.join(session, room))
 }
 
-pub(crate) fn join(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), ProtocolError> {
+pub(crate) async fn join(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), ProtocolError> {
     let room = message.room()?;
-    join_one(shard, session, room)?;
+    let ready = join_one(shard, session, room)?;
+    Hub::ready(ready.into_iter().collect(), shard.node().config.redis.timeout).await;
     session
         .reply(shard, &outbound::reply("room_joined", json!({ "room": room, "room_id": room }), message.id.as_ref()));
     Ok(())

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod raw;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -16,9 +16,21 @@ use crate::ws::{self, json_u64};
 /// Fan-out options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// Herald's HTTP address.
+    /// Herald's HTTP address (where HTTP publishing goes).
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     pub server: String,
+    /// Nodes the clients connect to, round-robin (comma-separated http://host:port); default: --server.
+    #[arg(long)]
+    pub connect: Option<String>,
+    /// Publish through the HTTP API (`http`) or with Redis PUBLISH on `<prefix>:<channel>` (`redis`).
+    #[arg(long, default_value = "http")]
+    pub via: Via,
+    /// Redis URL for `--via redis`.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Publishers' prefix Herald listens on (`redis.prefixes`), for `--via redis`.
+    #[arg(long, default_value = "bench")]
+    pub redis_prefix: String,
     /// WebSocket path.
     #[arg(long, default_value = "/ws")]
     pub path: String,
@@ -84,6 +96,24 @@ pub fn parse_sources(spec: &str) -> anyhow::Result<Vec<IpAddr>> {
     Ok(out)
 }
 
+/// How events are published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    /// `POST /api/publish`.
+    Http,
+    /// Redis `PUBLISH <prefix>:<channel>`, with `room`/`user_id` fields for rooms and users.
+    Redis,
+}
+
+fn loopback_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let host = url.trim_end_matches('/').strip_prefix("http://").context("addresses must be http://host:port")?;
+    let addr: SocketAddr = host.to_socket_addrs()?.next().context("resolving an address")?;
+    if !addr.ip().is_loopback() {
+        bail!("{addr} is not a loopback address; the load tool only targets loopback");
+    }
+    Ok(addr)
+}
+
 struct Shared {
     received: AtomicU64,
     counted_latencies: AtomicU64,
@@ -102,11 +132,13 @@ enum Mode {
 /// Runs the scenario and prints the report.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let base = args.server.trim_end_matches('/').to_string();
-    let host = base.strip_prefix("http://").context("--server must be http://host:port")?;
-    let server: SocketAddr = host.to_socket_addrs()?.next().context("resolving --server")?;
-    if !server.ip().is_loopback() {
-        bail!("--server {server} is not a loopback address; the load tool only targets loopback");
-    }
+    loopback_addr(&base)?;
+    let servers: Vec<SocketAddr> = match &args.connect {
+        Some(list) => {
+            list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(loopback_addr).collect::<Result<_, _>>()?
+        }
+        None => vec![loopback_addr(&base)?],
+    };
     let sources = parse_sources(&args.sources)?;
     let mode = match (args.rooms, args.users) {
         (0, 0) => Mode::Channel,
@@ -138,6 +170,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut connecting = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
         let source = sources.get(i % sources.len().max(1)).copied();
+        let server = servers[i % servers.len()];
         let target = i % targets;
         let path = match mode {
             Mode::Channel => format!("{}?channels={channel}&client_id=load-{i}", args.path),
@@ -167,11 +200,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let connect_secs = connect_started.elapsed().as_secs_f64();
     println!(
-        "connected {} clients in {:.2} s ({:.0}/s) from {} source address(es)",
+        "connected {} clients in {:.2} s ({:.0}/s) from {} source address(es) to {} node(s)",
         clients.len(),
         connect_secs,
         clients.len() as f64 / connect_secs,
-        sources.len()
+        sources.len(),
+        servers.len()
     );
 
     // Receive.
@@ -182,6 +216,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // Publish.
     let http = reqwest::Client::builder().pool_max_idle_per_host(args.publishers.max(1)).build()?;
+    let redis = match args.via {
+        Via::Redis => {
+            let client = redis::Client::open(args.redis_url.as_str()).context("--redis-url")?;
+            Some(client.get_multiplexed_async_connection().await.context("connecting to Redis")?)
+        }
+        Via::Http => None,
+    };
+    let redis_prefix = args.redis_prefix.clone();
     let published: Arc<Vec<AtomicU64>> = Arc::new((0..targets).map(|_| AtomicU64::new(0)).collect());
     let seq = Arc::new(AtomicU64::new(0));
     let pad = "x".repeat(args.size.saturating_sub(60));
@@ -193,6 +235,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let (http, base, api_key, channel, pad) =
             (http.clone(), base.clone(), args.api_key.clone(), channel.clone(), pad.clone());
         let (seq, published) = (seq.clone(), published.clone());
+        let (mut redis, redis_prefix) = (redis.clone(), redis_prefix.clone());
         let rate = args.rate;
         let duration = Duration::from_secs_f64(args.duration);
         let mode_kind = match mode {
@@ -220,19 +263,39 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     break;
                 }
                 let target = (n % published.len() as u64) as usize;
-                let event = json!({"type": "bench", "t": report::now_ns(), "seq": n, "pad": pad});
-                let body = match mode_kind {
-                    0 => json!({"channel": channel, "event": event}),
-                    1 => json!({"room": format!("{channel}-room-{target}"), "event": event}),
-                    _ => json!({"user_id": format!("{channel}-user-{target}"), "event": event}),
-                };
-                let mut request = http.post(format!("{base}/api/publish")).json(&body);
-                if let Some(key) = &api_key {
-                    request = request.bearer_auth(key);
-                }
-                let response = request.send().await?;
-                if !response.status().is_success() {
-                    bail!("publish failed: {} {}", response.status(), response.text().await.unwrap_or_default());
+                let room = (mode_kind == 1).then(|| format!("{channel}-room-{target}"));
+                let user = (mode_kind == 2).then(|| format!("{channel}-user-{target}"));
+                let mut event = json!({"type": "bench", "t": report::now_ns(), "seq": n, "pad": pad});
+                if let Some(redis) = redis.as_mut() {
+                    // Through Redis the room and user travel inside the event, on the channel.
+                    if let Some(room) = &room {
+                        event["room"] = json!(room);
+                    }
+                    if let Some(user) = &user {
+                        event["user_id"] = json!(user);
+                    }
+                    let target_channel =
+                        if mode_kind == 0 { channel.clone() } else { format!("{channel}-unsubscribed") };
+                    redis::cmd("PUBLISH")
+                        .arg(format!("{redis_prefix}:{target_channel}"))
+                        .arg(event.to_string())
+                        .query_async::<i64>(redis)
+                        .await
+                        .context("PUBLISH")?;
+                } else {
+                    let body = match mode_kind {
+                        0 => json!({"channel": channel, "event": event}),
+                        1 => json!({"room": room, "event": event}),
+                        _ => json!({"user_id": user, "event": event}),
+                    };
+                    let mut request = http.post(format!("{base}/api/publish")).json(&body);
+                    if let Some(key) = &api_key {
+                        request = request.bearer_auth(key);
+                    }
+                    let response = request.send().await?;
+                    if !response.status().is_success() {
+                        bail!("publish failed: {} {}", response.status(), response.text().await.unwrap_or_default());
+                    }
                 }
                 if past_warmup {
                     published[target].fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,344 @@
+//! Redis: publishers' PUBLISH, several nodes acting as one, Redis Cluster, and Redis outages.
+
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::common::redis::{RedisCluster, RedisServer};
+use crate::common::{Herald, Options, WAIT};
+
+fn node_config(redis: &str, extra: &str) -> String {
+    format!(
+        r#"
+[redis]
+url = "{redis}"
+prefixes = ["fliptechpro", "botrix"]
+{extra}
+
+[[channels]]
+name = "jobs:updates"
+default_type = "job_update"
+broadcast = true
+"#
+    )
+}
+
+async fn node(redis: &RedisServer) -> Herald {
+    Herald::start(&node_config(&redis.url(), "")).await
+}
+
+/// Waits until `count` subscribers listen on a Redis channel (`PUBSUB NUMSUB`).
+async fn wait_numsub(redis: &RedisServer, channel: &str, count: u64) {
+    let ok = tokio::time::timeout(WAIT, async {
+        loop {
+            let out = redis.cli(&["PUBSUB", "NUMSUB", channel]).unwrap_or_default();
+            if out.lines().nth(1).and_then(|n| n.trim().parse::<u64>().ok()) == Some(count) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "{channel} never had {count} subscribers");
+}
+
+/// Waits until the node reports Redis as connected.
+async fn wait_redis_connected(herald: &Herald, connected: bool) {
+    let ok = tokio::time::timeout(WAIT, async {
+        loop {
+            let (_, health) = herald.get("/health").await;
+            if health["data"]["broker"]["connected"] == connected {
+                return health;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "the node never reported redis connected = {connected}");
+}
+
+#[tokio::test]
+async fn a_prefixed_publish_reaches_channel_room_and_user_once_each() {
+    let redis = RedisServer::start().await;
+    let herald = node(&redis).await;
+    wait_redis_connected(&herald, true).await;
+    let mut subscriber = herald.connect("/ws?channels=campaigns").await;
+    let mut member = herald.connect("/ws").await;
+    member.request(json!({"type": "join_room", "room": "campaign:123"})).await;
+    let mut user = herald.connect("/ws?user_id=owner-7").await;
+    let mut everything = herald.connect("/ws?channels=campaigns&user_id=owner-7").await;
+    everything.request(json!({"type": "join_room", "room": "campaign:123"})).await;
+    let mut outsider = herald.connect("/ws?channels=emails").await;
+
+    let event = json!({"type": "campaign:launched", "campaign_id": 123, "room": "campaign:123", "user_id": "owner-7"});
+    assert_eq!(redis.publish("fliptechpro:campaigns", &event.to_string()), 1, "one node listens on the pattern");
+    redis.publish("fliptechpro:emails", &json!({"type": "marker"}).to_string());
+    redis.publish("fliptechpro:campaigns", &json!({"type": "marker"}).to_string());
+    herald.publish(json!({"user_id": "owner-7", "room": "campaign:123", "event": {"type": "marker"}})).await;
+
+    for client in [&mut subscriber, &mut member, &mut user, &mut everything] {
+        let got = client.recv_event().await;
+        assert_eq!(got, event, "delivered exactly as published");
+        assert_eq!(client.recv_event().await["type"], "marker", "and only once");
+    }
+    assert_eq!(outsider.recv_event().await["type"], "marker");
+}
+
+#[tokio::test]
+async fn the_documents_publishers_work_unchanged() {
+    let redis = RedisServer::start().await;
+    let herald = node(&redis).await;
+    wait_redis_connected(&herald, true).await;
+
+    // Document 002: `redis-cli PUBLISH botrix:jobs:updates '…'`, the exact line, to a browser
+    // that subscribed to nothing.
+    let mut browser = herald.connect("/ws").await;
+    let status = Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string()])
+        .args([
+            "PUBLISH",
+            "botrix:jobs:updates",
+            r#"{"job_id":"test-123","status":"completed","data":{"success":true}}"#,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let job = browser.recv_event().await;
+    assert_eq!(job["type"], "job_update");
+    assert_eq!(job["job_id"], "test-123");
+    assert_eq!(job["data"]["success"], true);
+
+    // Document 000: redis-py's `r.publish("fliptechpro:campaigns", json.dumps({...}))`, as written.
+    let mut dashboard = herald.connect("/ws?channels=campaigns").await;
+    let source =
+        std::fs::read_to_string(format!("{}/tests/seeds/doc000_redis_publish.py", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let script = herald.dir().join("doc000_redis_publish.py");
+    std::fs::write(&script, source.replace("redis://localhost:6379", &redis.url())).unwrap();
+    let python = std::env::var("HERALD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let output = Command::new(python).arg(&script).output().expect("python3");
+    assert!(
+        output.status.success(),
+        "publisher failed (is the redis package installed?): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let launched = dashboard.recv_event().await;
+    assert_eq!(launched["type"], "campaign:launched");
+    assert_eq!(launched["campaign_name"], "Test");
+}
+
+#[tokio::test]
+async fn malformed_messages_are_counted_logged_once_and_never_stop_the_listener() {
+    let redis = RedisServer::start().await;
+    let herald = node(&redis).await;
+    wait_redis_connected(&herald, true).await;
+    let mut client = herald.connect("/ws?channels=campaigns").await;
+    for i in 0..50 {
+        redis.publish("fliptechpro:campaigns", &format!("not json {i}"));
+    }
+    redis.publish("fliptechpro:campaigns", "[1,2,3]");
+    redis.publish("fliptechpro:campaigns", &json!({"type": "fine"}).to_string());
+    assert_eq!(client.recv_event().await["type"], "fine");
+    herald.wait_for_total("broker_malformed", |n| n == 51).await;
+    let log = herald.log.lock().clone();
+    let lines = log.lines().filter(|l| l.contains("dropped a published message")).count();
+    assert!((1..=2).contains(&lines), "a burst should log once, not {lines} times:\n{log}");
+}
+
+#[tokio::test]
+async fn three_nodes_act_as_one() {
+    let redis = RedisServer::start().await;
+    let (a, b, c) = (node(&redis).await, node(&redis).await, node(&redis).await);
+    for n in [&a, &b, &c] {
+        wait_redis_connected(n, true).await;
+    }
+
+    // A channel subscriber on A receives what C's API publishes.
+    let mut on_a = a.connect("/ws?channels=news").await;
+    c.publish(json!({"channel": "news", "event": {"type": "from-c"}})).await;
+    assert_eq!(on_a.recv_event().await["type"], "from-c");
+
+    // A room spans nodes.
+    let mut room_a = a.connect("/ws").await;
+    room_a.request(json!({"type": "join_room", "room": "order_1"})).await;
+    let mut room_b = b.connect("/ws").await;
+    room_b.request(json!({"type": "join_room", "room": "order_1"})).await;
+    c.publish(json!({"room": "order_1", "event": {"type": "room-event"}})).await;
+    assert_eq!(room_a.recv_event().await["type"], "room-event");
+    assert_eq!(room_b.recv_event().await["type"], "room-event");
+
+    // A user notified on any node gets it on every connection on every node.
+    let mut tab_a = a.connect("/ws?user_id=dana").await;
+    let mut tab_c = c.connect("/ws?user_id=dana").await;
+    let (status, _) = b.post("/api/users/dana/notify", json!({"type": "direct_message", "message": "hi"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(tab_a.recv_event().await["message"], "hi");
+    assert_eq!(tab_c.recv_event().await["message"], "hi");
+
+    // A connection reached through channel, room and user gets one copy, not three.
+    let mut all_three = a.connect("/ws?channels=news&user_id=dana").await;
+    all_three.request(json!({"type": "join_room", "room": "order_1"})).await;
+    b.publish(json!({"channel": "news", "room": "order_1", "user_id": "dana", "event": {"type": "once"}})).await;
+    b.publish(json!({"channel": "news", "event": {"type": "marker"}})).await;
+    assert_eq!(all_three.recv_event().await["type"], "once");
+    assert_eq!(all_three.recv_event().await["type"], "marker");
+
+    // Stats report this node and the cluster.
+    let expected_total = 6;
+    let cluster_total = tokio::time::timeout(WAIT, async {
+        loop {
+            let (_, stats) = b.get("/api/stats").await;
+            let total = stats["stats"]["cluster"]["total_connections"].as_u64().unwrap_or(0);
+            if total == expected_total {
+                return stats;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("cluster-wide connection count");
+    assert_eq!(cluster_total["stats"]["cluster"]["node_count"], 3);
+    assert_eq!(cluster_total["connected_clients"], 1, "node B's own figure");
+}
+
+#[tokio::test]
+async fn a_node_subscribes_only_to_what_its_clients_need() {
+    let redis = RedisServer::start().await;
+    let herald = node(&redis).await;
+    wait_redis_connected(&herald, true).await;
+    wait_numsub(&redis, "herald:c:sparse", 0).await;
+    let mut one = herald.connect("/ws?channels=sparse").await;
+    let mut two = herald.connect("/ws?channels=sparse").await;
+    wait_numsub(&redis, "herald:c:sparse", 1).await;
+    one.request(json!({"type": "unsubscribe", "channels": ["sparse"]})).await;
+    // Still one local subscriber: the node stays subscribed.
+    two.assert_alive().await;
+    wait_numsub(&redis, "herald:c:sparse", 1).await;
+    two.request(json!({"type": "unsubscribe", "channels": ["sparse"]})).await;
+    wait_numsub(&redis, "herald:c:sparse", 0).await;
+}
+
+#[tokio::test]
+async fn a_subscription_acknowledged_on_one_node_receives_what_another_node_publishes_next() {
+    let redis = RedisServer::start().await;
+    // Node A talks to Redis over a slow link, node B over a fast one: without the wait for the
+    // subscription, A's acknowledgement would beat its SUBSCRIBE and B's event would be lost.
+    let slow = crate::common::redis::latency_proxy(redis.port, std::time::Duration::from_millis(100)).await;
+    let a = Herald::start(&node_config(&format!("redis://127.0.0.1:{slow}"), "")).await;
+    let b = node(&redis).await;
+    wait_redis_connected(&a, true).await;
+    wait_redis_connected(&b, true).await;
+    let mut client = a.connect("/ws").await;
+    for round in 0..5 {
+        let channel = format!("fresh-{round}");
+        let ack = client.request(json!({"type": "subscribe", "channels": [channel]})).await;
+        assert_eq!(ack["type"], "subscribed");
+        // No waiting here: the acknowledgement itself promises the subscription is live.
+        b.publish(json!({"channel": channel, "event": {"type": "right-after", "round": round}})).await;
+        assert_eq!(client.recv_event().await["round"], round);
+    }
+}
+
+#[tokio::test]
+async fn redis_restart_mid_stream_degrades_then_recovers_without_restarting_herald() {
+    let mut redis = RedisServer::start().await;
+    let herald = node(&redis).await;
+    wait_redis_connected(&herald, true).await;
+    let mut client = herald.connect("/ws?channels=campaigns").await;
+    redis.publish("fliptechpro:campaigns", &json!({"type": "before"}).to_string());
+    assert_eq!(client.recv_event().await["type"], "before");
+
+    redis.kill();
+    wait_redis_connected(&herald, false).await;
+    let (status, health) = herald.get("/health").await;
+    assert_eq!(status, 200);
+    assert_eq!(health["data"]["health_status"], "degraded");
+    let (_, stats) = herald.get("/ws/stats").await;
+    assert_eq!(stats["stats"]["redis_connected"], false);
+
+    // Local traffic continues.
+    let (status, reply) =
+        herald.post("/api/publish", json!({"channel": "campaigns", "event": {"type": "during"}})).await;
+    assert_eq!(status, 200);
+    assert_eq!(reply["local_only"], true);
+    assert_eq!(client.recv_event().await["type"], "during");
+    // A subscription made during the outage is restored with the rest.
+    client.request(json!({"type": "subscribe", "channels": ["made-during-outage"]})).await;
+
+    redis.restart().await;
+    wait_redis_connected(&herald, true).await;
+    redis.publish("fliptechpro:campaigns", &json!({"type": "after"}).to_string());
+    assert_eq!(client.recv_event().await["type"], "after");
+    wait_numsub(&redis, "herald:c:made-during-outage", 1).await;
+    herald.publish(json!({"channel": "made-during-outage", "event": {"type": "restored"}})).await;
+    assert_eq!(client.recv_event().await["type"], "restored");
+
+    let log = herald.log.lock().clone();
+    assert_eq!(log.matches("redis connection lost").count(), 1, "the outage is logged once:\n{log}");
+    assert_eq!(log.matches("redis connection restored").count(), 1, "and its end once:\n{log}");
+}
+
+#[tokio::test]
+async fn redis_cluster_with_sharded_pub_sub() {
+    let cluster = RedisCluster::start().await;
+    let config = node_config(&cluster.url(), "mode = \"cluster\"");
+    let (a, b) = (Herald::start(&config).await, Herald::start(&config).await);
+    wait_redis_connected(&a, true).await;
+    wait_redis_connected(&b, true).await;
+    let (_, stats) = a.get("/api/stats").await;
+    assert_eq!(stats["broker"]["kind"], "redis-cluster");
+
+    // Many channels, so they land on every shard of the cluster.
+    let channels: Vec<String> = (0..12).map(|i| format!("sharded-{i}")).collect();
+    let mut client = a.connect(&format!("/ws?channels={}", channels.join(","))).await;
+    for channel in &channels {
+        b.publish(json!({"channel": channel, "event": {"type": "x", "channel": channel}})).await;
+        assert_eq!(&client.recv_event().await["channel"], channel);
+    }
+    // The internal channels are sharded: each master serves some of them.
+    let mut serving = 0;
+    for master in &cluster.nodes {
+        let out = master.cli(&["PUBSUB", "SHARDCHANNELS", "herald:*"]).unwrap_or_default();
+        if out.lines().any(|l| l.starts_with("herald:c:sharded-")) {
+            serving += 1;
+        }
+    }
+    assert!(serving >= 2, "sharded channels should spread over the masters, {serving} served them");
+
+    // Publishers' PUBLISH on any cluster node reaches both Herald nodes.
+    let mut on_b = b.connect("/ws?channels=campaigns").await;
+    cluster.publish(2, "fliptechpro:campaigns", &json!({"type": "campaign:launched"}).to_string());
+    assert_eq!(on_b.recv_event().await["type"], "campaign:launched");
+
+    // A room across Herald nodes.
+    let mut room_a = a.connect("/ws").await;
+    room_a.request(json!({"type": "join_room", "room": "quote_9"})).await;
+    let mut room_b = b.connect("/ws").await;
+    room_b.request(json!({"type": "join_room", "room": "quote_9"})).await;
+    a.publish(json!({"room": "quote_9", "event": {"type": "quote"}})).await;
+    assert_eq!(room_a.recv_event().await["type"], "quote");
+    assert_eq!(room_b.recv_event().await["type"], "quote");
+}
+
+#[tokio::test]
+async fn admin_disconnect_reaches_the_owning_node() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    wait_redis_connected(&a, true).await;
+    wait_redis_connected(&b, true).await;
+    let mut on_b = b.connect("/ws").await;
+    let id = on_b.welcome["connection_id"].as_str().unwrap().to_string();
+    let (status, _) = a.delete(&format!("/api/connections/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(on_b.expect_close().await.0, 4001);
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_at_start_is_not_fatal() {
+    let port = crate::common::redis::free_port();
+    let herald = Herald::start_with(Options::toml(&node_config(&format!("redis://127.0.0.1:{port}"), ""))).await;
+    let (_, health) = herald.get("/health").await;
+    assert_eq!(health["data"]["health_status"], "degraded");
+    let mut client = herald.connect("/ws?channels=a").await;
+    herald.publish(json!({"channel": "a", "event": {"type": "local"}})).await;
+    assert_eq!(client.recv_event().await["type"], "local");
+}
