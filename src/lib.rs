@@ -18,10 +18,12 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod hub;
+pub mod limits;
 pub mod node;
 pub mod protocol;
 pub mod server;

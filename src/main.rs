@@ -91,7 +91,7 @@ fn main() -> anyhow::Result<()> {
         println!("configuration is valid");
         return Ok(());
     }
-    init_logging(config.log.format, &config.log.level);
+    init_logging(config.log.format, &config.log.level, config.audit.file.as_deref())?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -103,7 +103,8 @@ fn main() -> anyhow::Result<()> {
         let running = herald::server::start(config).await?;
         let addr = running.local_addr;
         let mounts = running.node.config.server.mounts.join(", ");
-        println!("herald listening on http://{addr} (WebSocket under {mounts}; API under /api)");
+        let scheme = running.scheme;
+        println!("herald listening on {scheme}://{addr} (WebSocket under {mounts}; API under /api)");
         running.run_until_signalled().await;
         anyhow::Ok(())
     })?;
@@ -111,11 +112,38 @@ fn main() -> anyhow::Result<()> {
     std::process::exit(0);
 }
 
-fn init_logging(format: LogFormat, level: &str) {
+/// Logs to stderr (human or JSON). With `audit.file`, audit records go there instead, one JSON
+/// object per line, whatever the log level.
+fn init_logging(format: LogFormat, level: &str, audit_file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::filter_fn;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.init(),
+    let separate_audit = audit_file.is_some();
+    let not_audit = filter_fn(move |meta| !(separate_audit && meta.target() == herald::audit::TARGET));
+    let main_layer = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
+        LogFormat::Human => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
     }
+    .with_filter(not_audit)
+    .with_filter(filter);
+    let audit_layer = match audit_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("audit.file: cannot open {}", path.display()))?;
+            let layer = tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::sync::Mutex::new(file))
+                .with_filter(filter_fn(|meta| meta.target() == herald::audit::TARGET));
+            Some(layer)
+        }
+        None => None,
+    };
+    tracing_subscriber::registry().with(main_layer).with(audit_layer).init();
+    Ok(())
 }

@@ -7,11 +7,13 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Auth;
 use crate::broker::{Broker, BrokerError, Published};
 use crate::config::Config;
 use crate::hub::event::{EventError, prepare_payload};
 use crate::hub::rules::ChannelRules;
 use crate::hub::{ConnId, Event, Hub, Target};
+use crate::limits::Limits;
 use crate::protocol::validate_name;
 use crate::stats::Stats;
 
@@ -29,6 +31,10 @@ pub struct Node {
     pub stats: Stats,
     /// Per-channel behaviour.
     pub rules: ChannelRules,
+    /// Tokens and access rules.
+    pub auth: Auth,
+    /// Rate and connection limits.
+    pub limits: Arc<Limits>,
     /// Cancelled when the node begins shutting down.
     pub shutdown: CancellationToken,
     /// Source of connection numbers.

@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Auth, AuthSetupError};
 use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, BrokerError};
 use crate::config::{Config, ConfigError, RedisMode};
 use crate::hub::Hub;
 use crate::hub::rules::ChannelRules;
+use crate::limits::Limits;
 use crate::node::Node;
 use crate::stats::Stats;
 use crate::transport::listener;
@@ -31,6 +33,12 @@ pub enum StartError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The TLS certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::transport::tls::TlsError),
+    /// Keys or access rules could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
     /// The broker could not be set up.
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -45,6 +53,8 @@ pub struct Running {
     pub local_addr: SocketAddr,
     /// The node.
     pub node: Arc<Node>,
+    /// `http` or `https`.
+    pub scheme: &'static str,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -82,6 +92,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let node = Arc::new(Node {
         id,
         rules: ChannelRules::new(&config.channels),
+        auth: Auth::new(&config)?,
+        limits: Arc::new(Limits::new(&config.limits)),
         config: Arc::new(config),
         hub,
         broker,
@@ -91,6 +103,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     });
     crate::api::metrics::install();
     let router = crate::api::router(node.clone());
+    let tls = crate::transport::tls::acceptor(&node.config.tls)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     for (number, inbox) in inboxes.into_iter().enumerate() {
         crate::hub::shard::spawn_thread(number, node.clone(), inbox).map_err(StartError::Threads)?;
     }
@@ -102,20 +116,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let accept = tokio::spawn({
         let node = node.clone();
         async move {
-            if let Err(e) = listener::accept_loop(node, router, std_listener).await {
+            if let Err(e) = listener::accept_loop(node, router, std_listener, tls).await {
                 tracing::error!(error = %e, "accept loop failed");
             }
         }
     });
-    tracing::info!(node = %node.id, %local_addr, shards, broker = node.broker.status().kind, "herald started");
-    Ok(Running { local_addr, node, accept })
+    tracing::info!(node = %node.id, %local_addr, shards, broker = node.broker.status().kind, scheme, "herald started");
+    Ok(Running { local_addr, node, accept, scheme })
 }
 
 async fn sample_stats(node: Arc<Node>) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = ticker.tick() => node.stats.sample(),
+            _ = ticker.tick() => {
+                node.stats.sample();
+                node.limits.housekeeping();
+            }
             _ = node.shutdown.cancelled() => return,
         }
     }

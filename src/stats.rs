@@ -52,6 +52,8 @@ pub struct ShardCounters {
     pub protocol_errors: AtomicU64,
     /// Client messages refused with an error reply.
     pub client_errors: AtomicU64,
+    /// Client messages refused by the rate limits.
+    pub rate_limited: AtomicU64,
     /// Frames queued but not yet written, summed over connections (gauge).
     pub queued_frames: AtomicU64,
     /// Sum of publish-to-write latency in microseconds of events, and their count.
@@ -133,6 +135,8 @@ pub struct Totals {
     pub protocol_errors: u64,
     /// Refused client messages.
     pub client_errors: u64,
+    /// Messages refused by the rate limits.
+    pub rate_limited: u64,
     /// Refused upgrades.
     pub refused_connections: u64,
     /// Unparseable broker messages.
@@ -200,6 +204,7 @@ impl Stats {
             t.idle_disconnects += s.idle_disconnects.load(Relaxed);
             t.protocol_errors += s.protocol_errors.load(Relaxed);
             t.client_errors += s.client_errors.load(Relaxed);
+            t.rate_limited += s.rate_limited.load(Relaxed);
             t.queued_frames += s.queued_frames.load(Relaxed);
             t.fanout_latency_us += s.fanout_latency_us.load(Relaxed);
         }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{Admin, ApiError, ok};
+use crate::audit;
 use crate::node::Node;
 use crate::transport::frame::close_code;
 
@@ -60,7 +61,7 @@ pub async fn connections(State(node): State<Arc<Node>>, _admin: Admin, Query(que
                     ConnectionInfo {
                         connection_id: s.connection_id.to_string(),
                         client_id: s.info.client_id.clone(),
-                        user_id: s.user_id().map(String::from),
+                        user_id: s.user_id().map(|u| u.to_string()),
                         remote_addr: s.info.peer.to_string(),
                         path: s.info.path.clone(),
                         connected_at: humantime::format_rfc3339_millis(s.info.connected_at).to_string(),
@@ -127,11 +128,12 @@ pub async fn disconnect_local(node: &Node, id: &str) -> bool {
 /// `DELETE …/connections/{id}`: closes one connection with 4001, on whichever node holds it.
 pub async fn disconnect(
     State(node): State<Arc<Node>>,
-    _admin: Admin,
+    admin: Admin,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    audit::admin_action(&admin.peer, "disconnect", &id);
     if disconnect_local(&node, &id).await {
-        tracing::info!(connection = %id, "disconnected by an administrator");
+        audit::forced_disconnect(&id, None, close_code::DISCONNECTED_BY_ADMIN, "disconnected by an administrator");
         return Ok(ok(json!({ "connection_id": id })));
     }
     // Connection ids are `<node>-<number>`: ask the owning node through the broker.
@@ -146,8 +148,8 @@ pub async fn disconnect(
 }
 
 /// `POST …/shutdown`: begins a graceful shutdown.
-pub async fn shutdown(State(node): State<Arc<Node>>, _admin: Admin) -> Response {
-    tracing::info!("shutdown requested through the API");
+pub async fn shutdown(State(node): State<Arc<Node>>, admin: Admin) -> Response {
+    audit::admin_action(&admin.peer, "shutdown", "graceful shutdown requested through the API");
     node.shutdown.cancel();
     ok(json!({ "message": "shutting down" }))
 }

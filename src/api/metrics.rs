@@ -60,6 +60,7 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     counter!("herald_idle_disconnects_total").absolute(t.idle_disconnects);
     counter!("herald_protocol_errors_total").absolute(t.protocol_errors);
     counter!("herald_client_errors_total").absolute(t.client_errors);
+    counter!("herald_rate_limited_total").absolute(t.rate_limited);
     counter!("herald_refused_connections_total").absolute(t.refused_connections);
     counter!("herald_broker_malformed_total").absolute(t.broker_malformed);
     counter!("herald_stored_messages_total").absolute(t.stored_messages);

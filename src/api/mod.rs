@@ -58,13 +58,33 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Proof that the request carries the admin key (or, with no key configured, comes from loopback).
-pub struct Admin;
+/// Proof that the request carries the admin key (or, with no key configured, comes from loopback)
+/// and comes from an address in `api.allowed_ips`.
+pub struct Admin {
+    /// The caller's address, for the audit log.
+    pub peer: String,
+}
 
 impl FromRequestParts<Arc<Node>> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        let client = peer.map(|ip| crate::transport::upgrade::client_ip(&node.config, ip, &parts.headers));
+        let allowed = &node.config.api.allowed_ips;
+        if !allowed.is_empty() {
+            let nets: Vec<ipnet::IpNet> = allowed.iter().filter_map(|a| crate::config::parse_net(a)).collect();
+            if !client.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))) {
+                let who = client.map(|ip| ip.to_string()).unwrap_or_default();
+                crate::audit::admin_action(&who, "refused", "address not in api.allowed_ips");
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "PERMISSION_DENIED",
+                    "this address may not use the admin API",
+                ));
+            }
+        }
+        let admin = Admin { peer: client.map(|ip| ip.to_string()).unwrap_or_default() };
         let presented = parts
             .headers
             .get(http::header::AUTHORIZATION)
@@ -73,8 +93,9 @@ impl FromRequestParts<Arc<Node>> for Admin {
             .or_else(|| parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()))
             .map(str::trim);
         match (&node.config.api.key, presented) {
-            (Some(key), Some(given)) if bool::from(key.as_bytes().ct_eq(given.as_bytes())) => Ok(Admin),
+            (Some(key), Some(given)) if bool::from(key.as_bytes().ct_eq(given.as_bytes())) => Ok(admin),
             (Some(_), Some(_)) => {
+                crate::audit::authentication_failed(&admin.peer, parts.uri.path(), "invalid API key");
                 Err(ApiError::new(StatusCode::UNAUTHORIZED, "AUTHENTICATION_FAILED", "invalid API key"))
             }
             (Some(_), None) => Err(ApiError::new(
@@ -83,9 +104,8 @@ impl FromRequestParts<Arc<Node>> for Admin {
                 "this route needs the API key: Authorization: Bearer <key>",
             )),
             (None, _) => {
-                let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
                 if peer.is_some_and(|ip| ip.is_loopback()) {
-                    Ok(Admin)
+                    Ok(admin)
                 } else {
                     Err(ApiError::new(
                         StatusCode::FORBIDDEN,
@@ -138,6 +158,7 @@ pub fn router(node: Arc<Node>) -> Router {
             query_channels: false,
             welcome: crate::config::WelcomeStyle::None,
             max_message: node.config.websocket.max_message_size,
+            auth: crate::config::AuthMode::Off,
         };
         router = route_endpoint(router, stats_stream);
     }
@@ -145,7 +166,21 @@ pub fn router(node: Arc<Node>) -> Router {
         router = route_endpoint(router, endpoint);
     }
     let body_limit = node.config.api.max_body_size.unwrap_or(DEFAULT_BODY_LIMIT);
-    router.fallback(not_found).layer(DefaultBodyLimit::max(body_limit)).with_state(node)
+    let cors = cors(&node.config.server.allowed_origins);
+    router.fallback(not_found).layer(DefaultBodyLimit::max(body_limit)).layer(cors).with_state(node)
+}
+
+/// CORS for browser callers of the API, from `server.allowed_origins` (empty or `*`: any origin).
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let methods = [http::Method::GET, http::Method::POST, http::Method::DELETE, http::Method::OPTIONS];
+    let headers = [http::header::AUTHORIZATION, http::header::CONTENT_TYPE, http::HeaderName::from_static("x-api-key")];
+    let layer = CorsLayer::new().allow_methods(methods).allow_headers(headers);
+    if origins.is_empty() || origins.iter().any(|o| o == "*") {
+        layer.allow_origin(AllowOrigin::any())
+    } else {
+        layer.allow_origin(AllowOrigin::list(origins.iter().filter_map(|o| http::HeaderValue::from_str(o).ok())))
+    }
 }
 
 fn route_endpoint(router: Router<Arc<Node>>, endpoint: Endpoint) -> Router<Arc<Node>> {

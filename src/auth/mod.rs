@@ -1,9 +1,21 @@
-//! Authentication and authorization: who a connection is, and what it may do.
+//! Authentication and authorization: who a connection is (JWT, see [`token`]), and what it may
+//! do to rooms and channels (see [`access`]). Every path that touches a room or channel asks
+//! [`Auth::check`]; refusals are audited.
 
+pub mod access;
+pub mod token;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use http::HeaderMap;
 use serde::Serialize;
 use serde_json::{Map, Value};
+
+use crate::audit;
+use crate::config::{AuthConfig, Config, NameKind};
+pub use access::{Action, Denied, Policy};
+pub use token::{KeyError, TokenError, Verified, Verifier};
 
 /// An authenticated identity attached to a connection and to everything it sends.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -30,5 +42,138 @@ impl Identity {
     /// An identity the client asserted without proof (authentication off).
     pub fn unverified(id: &str) -> Self {
         Identity { id: Arc::from(id), name: None, email: None, roles: Vec::new(), claims: Map::new(), verified: false }
+    }
+}
+
+/// Why authentication could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    /// A key could not be loaded.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// An access rule could not be compiled.
+    #[error("{0}")]
+    Rule(String),
+}
+
+/// A token presented with an upgrade request, and the subprotocol to answer with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Presented {
+    /// The token, if any.
+    pub token: Option<String>,
+    /// The subprotocol Herald must echo when the token came in `Sec-WebSocket-Protocol`.
+    pub protocol: Option<String>,
+}
+
+/// Markers that precede or prefix a token in `Sec-WebSocket-Protocol`.
+const PROTOCOL_MARKERS: &[&str] = &["bearer", "access_token", "token", "herald.token"];
+
+fn looks_like_jwt(s: &str) -> bool {
+    s.split('.').count() == 3 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Finds a token in the `token` (or `access_token`) query parameter, an `Authorization: Bearer`
+/// header, or `Sec-WebSocket-Protocol` (browsers cannot set headers): either the pair
+/// `bearer, <jwt>` (Herald answers `bearer`) or one entry `bearer.<jwt>`.
+pub fn presented(headers: &HeaderMap, params: &HashMap<String, String>, protocols: &[String]) -> Presented {
+    if let Some(token) = params.get("token").or_else(|| params.get("access_token")).filter(|t| !t.is_empty()) {
+        return Presented { token: Some(token.clone()), protocol: None };
+    }
+    let bearer = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    if let Some(token) = bearer {
+        return Presented { token: Some(token.to_string()), protocol: None };
+    }
+    for (i, offered) in protocols.iter().enumerate() {
+        let lower = offered.to_ascii_lowercase();
+        if PROTOCOL_MARKERS.contains(&lower.as_str())
+            && let Some(next) = protocols.get(i + 1).filter(|t| looks_like_jwt(t))
+        {
+            return Presented { token: Some(next.clone()), protocol: Some(offered.clone()) };
+        }
+        for marker in PROTOCOL_MARKERS {
+            if let Some(token) = lower.strip_prefix(&format!("{marker}.")).map(|_| &offered[marker.len() + 1..])
+                && looks_like_jwt(token)
+            {
+                return Presented { token: Some(token.to_string()), protocol: None };
+            }
+        }
+    }
+    Presented::default()
+}
+
+/// Verification and access, as configured.
+pub struct Auth {
+    verifier: Option<Verifier>,
+    policy: Policy,
+    /// The `[auth]` section.
+    pub config: AuthConfig,
+}
+
+impl Auth {
+    /// Loads keys and compiles rules.
+    pub fn new(config: &Config) -> Result<Auth, AuthSetupError> {
+        Ok(Auth {
+            verifier: Verifier::new(&config.auth)?,
+            policy: Policy::new(&config.access).map_err(AuthSetupError::Rule)?,
+            config: config.auth.clone(),
+        })
+    }
+
+    /// Verifies a token.
+    pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
+        match &self.verifier {
+            Some(verifier) => verifier.verify(token),
+            None => Err(TokenError::UnknownKey),
+        }
+    }
+
+    /// Whether `identity` may do `action` to `name`; refusals are audited.
+    pub async fn check(
+        &self,
+        identity: Option<&Identity>,
+        kind: NameKind,
+        name: &str,
+        action: Action,
+    ) -> Result<(), Denied> {
+        let decision = self.policy.check(identity, kind, name, action).await;
+        if let Err(denied) = &decision {
+            audit::permission_denied(identity.map(|i| &*i.id), kind, name, action, &denied.reason);
+        }
+        decision
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JWT: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2ln";
+
+    #[test]
+    fn finds_the_token_wherever_browsers_and_servers_put_it() {
+        let empty = HeaderMap::new();
+        let params = HashMap::from([("token".to_string(), JWT.to_string())]);
+        assert_eq!(presented(&empty, &params, &[]).token.as_deref(), Some(JWT));
+
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::AUTHORIZATION, format!("Bearer {JWT}").parse().unwrap());
+        assert_eq!(presented(&headers, &HashMap::new(), &[]).token.as_deref(), Some(JWT));
+
+        let pair = vec!["bearer".to_string(), JWT.to_string()];
+        let found = presented(&empty, &HashMap::new(), &pair);
+        assert_eq!(found.token.as_deref(), Some(JWT));
+        assert_eq!(found.protocol.as_deref(), Some("bearer"));
+
+        let prefixed = vec!["herald.json".to_string(), format!("bearer.{JWT}")];
+        let found = presented(&empty, &HashMap::new(), &prefixed);
+        assert_eq!(found.token.as_deref(), Some(JWT));
+        assert_eq!(found.protocol, None);
+
+        assert_eq!(presented(&empty, &HashMap::new(), &["chat".into()]), Presented::default());
     }
 }

@@ -127,6 +127,10 @@ pub struct RedisBroker {
     dropped: Arc<AtomicU64>,
     malformed_log: Mutex<BurstLog>,
     outage_since: Mutex<Option<Instant>>,
+    /// `<node>@<start ms>`: distinguishes this run of the node from earlier ones with the same id.
+    incarnation: String,
+    /// Incarnations with a fresh registry record, refreshed with the registry.
+    live: Mutex<HashSet<String>>,
 }
 
 impl RedisBroker {
@@ -200,6 +204,7 @@ impl RedisBroker {
         subscriber: Conn,
         dropped: Arc<AtomicU64>,
     ) -> Self {
+        let incarnation = format!("{node_id}@{}", crate::stats::unix_millis());
         RedisBroker {
             config: config.clone(),
             node_id,
@@ -210,6 +215,8 @@ impl RedisBroker {
             dropped,
             malformed_log: Mutex::new(BurstLog::default()),
             outage_since: Mutex::new(None),
+            incarnation,
+            live: Mutex::new(HashSet::new()),
         }
     }
 
@@ -232,6 +239,33 @@ impl RedisBroker {
             "channels": channels,
             "dropped_messages": self.dropped(),
         })
+    }
+
+    /// Prefix of Herald's own keys.
+    pub fn key_prefix(&self) -> &str {
+        &self.config.key_prefix
+    }
+
+    /// This run of this node.
+    pub fn incarnation(&self) -> &str {
+        &self.incarnation
+    }
+
+    /// Incarnations of live nodes (as of the last registry refresh).
+    pub fn live_incarnations(&self) -> HashSet<String> {
+        self.live.lock().clone()
+    }
+
+    /// Runs a command and converts its reply.
+    pub async fn query_as<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        let value = self.commands.query(cmd).await?;
+        redis::from_redis_value(value).map_err(Into::into)
+    }
+
+    /// Runs a pipeline and converts its replies.
+    pub async fn pipeline_as<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> redis::RedisResult<T> {
+        let value = self.commands.pipeline(pipe).await?;
+        redis::from_redis_value(value).map_err(Into::into)
     }
 
     /// Pushes dropped because the node could not keep up.
@@ -406,6 +440,7 @@ impl RedisBroker {
         let totals = node.stats.totals();
         let record = serde_json::json!({
             "node": &*node.id,
+            "incarnation": self.incarnation,
             "updated_ms": crate::stats::unix_millis(),
             "uptime_seconds": node.stats.uptime_seconds(),
             "connections": totals.connections,
@@ -476,6 +511,10 @@ pub async fn run(
                 if broker.is_connected() && last_record.elapsed() >= REGISTRY_INTERVAL {
                     last_record = Instant::now();
                     broker.record_node(&node).await;
+                    if let Ok(nodes) = broker.cluster_nodes().await {
+                        *broker.live.lock() =
+                            nodes.iter().filter_map(|n| n["incarnation"].as_str().map(String::from)).collect();
+                    }
                 }
             }
         }

@@ -58,6 +58,7 @@ const SHORTCUTS: &[(&str, &str)] = &[
     ("redis_url", "redis.url"),
     ("database_url", "database.url"),
     ("shards", "server.shards"),
+    ("jwt_secret", "auth.jwt_secret"),
     ("node_id", "server.node_id"),
     ("log_format", "log.format"),
     ("log_level", "log.level"),
@@ -70,6 +71,11 @@ const SEED_ALIASES: &[(&str, &str)] = &[
     ("websocket_ping_interval", "websocket.heartbeat_interval"),
     ("websocket_ping_timeout", "websocket.idle_timeout"),
     ("websocket_connection_timeout", "websocket.idle_timeout"),
+    ("jwt_secret_key", "auth.jwt_secret"),
+    ("websocket_max_connections_per_ip", "limits.max_connections_per_ip"),
+    ("websocket_message_rate_limit", "limits.messages_per_minute"),
+    ("websocket_requests_per_minute", "limits.messages_per_minute"),
+    ("websocket_requests_per_hour", "limits.messages_per_hour"),
 ];
 
 /// Maps `HERALD_SERVER__LISTEN` to `server.listen` and `HERALD_LISTEN` to its shortcut.
@@ -111,9 +117,15 @@ pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-/// The seed documents' `REDIS_HOST` / `REDIS_PORT` pair, when `REDIS_URL` is not given.
+/// The seed documents' variables that need more than a rename: `REDIS_HOST` / `REDIS_PORT` (when
+/// `REDIS_URL` is not given) and `WEBSOCKET_BLOCK_DURATION_MINUTES` (minutes, not seconds).
 fn redis_host_port_alias() -> Serialized<Dict> {
     let mut dict = Dict::new();
+    if let Ok(minutes) = std::env::var("WEBSOCKET_BLOCK_DURATION_MINUTES") {
+        let mut limits = Dict::new();
+        limits.insert("block_duration".into(), Value::from(format!("{}m", minutes.trim())));
+        dict.insert("limits".into(), Value::from(limits));
+    }
     if std::env::var_os("REDIS_URL").is_none()
         && let Ok(host) = std::env::var("REDIS_HOST")
     {

@@ -9,7 +9,13 @@
 
 pub mod duration;
 pub mod load;
+mod security;
 pub mod text;
+
+pub use security::{
+    AccessConfig, AccessDefault, AccessRuleConfig, AuditConfig, AuthConfig, AuthMode, ClaimCondition, ExpiryPolicy,
+    NameKind, RejectStyle, TlsConfig, parse_net,
+};
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -32,8 +38,16 @@ pub struct Config {
     pub channels: Vec<ChannelConfig>,
     /// The HTTP API for backends.
     pub api: ApiConfig,
-    /// Connection limits.
+    /// Connection and message limits.
     pub limits: LimitsConfig,
+    /// Token verification.
+    pub auth: AuthConfig,
+    /// Who may do what to rooms and channels.
+    pub access: AccessConfig,
+    /// TLS.
+    pub tls: TlsConfig,
+    /// The audit log.
+    pub audit: AuditConfig,
     /// Redis: the cross-node broker and the integration point for publishers.
     pub redis: RedisConfig,
     /// Persistence of history (SQLite by default, PostgreSQL by URL).
@@ -60,6 +74,10 @@ pub struct ServerConfig {
     /// How long a graceful shutdown may take before remaining sockets are dropped.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
+    /// Browser origins allowed to open WebSockets and call the API (CORS). Empty: any origin.
+    pub allowed_origins: Vec<String>,
+    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the real client.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +88,8 @@ impl Default for ServerConfig {
             shards: 0,
             node_id: None,
             shutdown_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -160,6 +180,8 @@ pub struct EndpointConfig {
     pub welcome: Option<WelcomeStyle>,
     /// Largest client message on this endpoint; `websocket.max_message_size` when absent.
     pub max_message_size: Option<usize>,
+    /// Authentication on this endpoint; `auth.mode` when absent.
+    pub auth: Option<AuthMode>,
 }
 
 /// Behaviour of one channel, or of every channel matching a pattern ending in `*`.
@@ -184,18 +206,54 @@ pub struct ApiConfig {
     pub key: Option<String>,
     /// Largest request body accepted, in bytes.
     pub max_body_size: Option<usize>,
+    /// Addresses or CIDR ranges allowed to call admin routes; empty: any (with the key).
+    pub allowed_ips: Vec<String>,
 }
 
-/// Connection limits.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// Connection and message limits. 0 disables a cap.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Total WebSocket connections this node accepts; further upgrades get HTTP 503. 0: no cap.
     pub max_connections: usize,
+    /// Connections from one client address (across nodes with Redis). 0: no cap.
+    pub max_connections_per_ip: usize,
+    /// Connections of one user (across nodes with Redis). 0: no cap.
+    pub max_connections_per_user: usize,
+    /// Client messages per minute, per connection and per user. 0: no limit.
+    pub messages_per_minute: u32,
+    /// Client messages per hour, per connection and per user. 0: no limit.
+    pub messages_per_hour: u32,
+    /// How long a connection (and its user) is refused after exceeding a rate.
+    #[serde(with = "duration")]
+    pub block_duration: Duration,
+    /// Refusals while blocked after which the connection is closed (1008). 0: never.
+    pub disconnect_after_refusals: u32,
+    /// Message types not counted by the rate limits (high-frequency, coalesced elsewhere).
+    pub rate_exempt_types: Vec<String>,
     /// Channels one connection may be subscribed to at once. 0: no cap.
     pub max_channels_per_connection: usize,
     /// Rooms one connection may be in at once. 0: no cap.
     pub max_rooms_per_connection: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            max_connections_per_user: 0,
+            messages_per_minute: 60,
+            messages_per_hour: 1000,
+            block_duration: Duration::from_secs(15 * 60),
+            disconnect_after_refusals: 20,
+            rate_exempt_types: ["ping", "pong", "cursor_move", "typing_start", "typing_stop", "refresh_token"]
+                .map(String::from)
+                .to_vec(),
+            max_channels_per_connection: 0,
+            max_rooms_per_connection: 0,
+        }
+    }
 }
 
 /// Redis settings.
@@ -379,6 +437,7 @@ impl Config {
         {
             problem("redis.url".into(), "must start with redis://, rediss:// or unix://");
         }
+        self.validate_security(&mut problem);
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problem("log.level".into(), &format!("is not a valid filter: {e}"));
         }

@@ -28,12 +28,14 @@ use crate::protocol::outbound;
 use crate::session::{ConnectPlan, Session};
 use crate::stats::{self, ShardCounters};
 use crate::transport::frame::{self, close_code};
-use crate::transport::io::ConnIo;
+use crate::transport::io::{ConnIo, TlsIo};
 
 /// A WebSocket connection handed over after its upgrade, with what was decided about it.
 pub(crate) struct Adoption {
     /// The socket, detached from the runtime that served the HTTP request.
     pub stream: std::net::TcpStream,
+    /// The TLS session, for a connection that arrived over TLS.
+    pub tls: Option<tokio_rustls::rustls::ServerConnection>,
     /// Bytes the client sent after its handshake that HTTP parsing already read.
     pub leftover: Bytes,
     /// Pre-subscriptions, identity, limits.
@@ -120,7 +122,7 @@ impl Shard {
         let counters = self.counters();
         stats::bump(&counters.connections, 1);
         stats::bump(&counters.connections_total, 1);
-        if session.info.user.as_ref().is_some_and(|u| u.verified) {
+        if session.is_authenticated() {
             stats::bump(&counters.authenticated, 1);
         }
     }
@@ -144,17 +146,17 @@ impl Shard {
                     self.node.hub.interest(InterestKey::Room(room.clone()), false);
                 }
             }
-            if let Some(user) = &session.info.user
-                && index.users.remove(&user.id, slot)
+            if let Some(user) = session.user_id()
+                && index.users.remove(&user, slot)
             {
-                self.node.hub.interest(InterestKey::User(user.id.clone()), false);
+                self.node.hub.interest(InterestKey::User(user), false);
             }
         }
         let counters = self.counters();
         stats::drop_by(&counters.channel_subscriptions, channels.len() as u64);
         stats::drop_by(&counters.room_memberships, rooms.len() as u64);
         stats::drop_by(&counters.connections, 1);
-        if session.info.user.as_ref().is_some_and(|u| u.verified) {
+        if session.is_authenticated() {
             stats::drop_by(&counters.authenticated, 1);
         }
         let mut sessions = self.sessions.borrow_mut();
@@ -216,8 +218,8 @@ impl Shard {
 
     /// Indexes a connection under its user, for user-targeted events.
     pub(crate) fn bind_user(&self, session: &Session) -> Option<InterestReady> {
-        let user = session.info.user.as_ref()?;
-        let (name, first) = self.index.borrow_mut().users.add(&user.id, session.slot.get());
+        let user = session.user_id()?;
+        let (name, first) = self.index.borrow_mut().users.add(&user, session.slot.get());
         self.interest_added(InterestKey::User(name), first)
     }
 
@@ -326,13 +328,19 @@ impl Shard {
     }
 
     fn adopt(self: &Rc<Self>, adoption: Adoption) {
-        let Adoption { stream, leftover, plan } = adoption;
+        let Adoption { stream, tls, leftover, plan } = adoption;
         if self.shutting_down.get() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return;
         }
         match tokio::net::TcpStream::from_std(stream) {
-            Ok(stream) => self.spawn(crate::session::connect::run(self.clone(), ConnIo::Tcp(stream), leftover, plan)),
+            Ok(stream) => {
+                let io = match tls {
+                    Some(tls) => ConnIo::Tls(Box::new(TlsIo::new(stream, tls))),
+                    None => ConnIo::Tcp(stream),
+                };
+                self.spawn(crate::session::connect::run(self.clone(), io, leftover, plan));
+            }
             Err(e) => tracing::warn!(error = %e, "could not register an upgraded socket"),
         }
     }
@@ -368,6 +376,7 @@ impl Shard {
     /// Heartbeats, idle and close-deadline sweeps, gauges.
     fn tick(self: &Rc<Self>) {
         let now = Instant::now();
+        let wall_clock = std::time::SystemTime::now();
         let ws = &self.node.config.websocket;
         let heartbeat_due = now >= self.next_heartbeat.get();
         if heartbeat_due {
@@ -394,6 +403,7 @@ impl Shard {
             }
             if session.info.kind == EndpointKind::Events {
                 self.send_keepalive(&session, heartbeat.as_deref(), ping.as_ref());
+                crate::session::check_expiry(self, &session, wall_clock);
             }
         }
         self.batching.set(false);

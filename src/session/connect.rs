@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
 use super::{ConnInfo, Session, handlers, reader};
@@ -18,16 +18,18 @@ use crate::config::{EndpointKind, WelcomeStyle};
 use crate::hub::shard::{Adoption, Shard};
 use crate::hub::{Hub, InterestReady};
 use crate::node::Node;
-use crate::protocol::outbound;
+use crate::protocol::{ErrorCode, ProtocolError, outbound};
+use crate::transport::frame::close_code;
 use crate::transport::io::ConnIo;
 
 /// Everything decided about a connection before the upgrade completes.
-#[derive(Debug, Clone)]
 pub struct ConnectPlan {
     /// The client's own id.
     pub client_id: Option<String>,
     /// Remote address.
     pub peer: SocketAddr,
+    /// The client's address (behind trusted proxies, from `X-Forwarded-For`).
+    pub client_ip: std::net::IpAddr,
     /// What the endpoint serves.
     pub kind: EndpointKind,
     /// The request path.
@@ -42,6 +44,12 @@ pub struct ConnectPlan {
     pub max_message: usize,
     /// The authenticated user.
     pub user: Option<Arc<Identity>>,
+    /// When the user's token expires.
+    pub expires_at: Option<std::time::SystemTime>,
+    /// Why authentication failed, when refusals are sent in-band (close 1008).
+    pub rejection: Option<String>,
+    /// The connection's slot under the per-address and per-user caps.
+    pub permit: Option<crate::limits::ConnectionPermit>,
 }
 
 /// Waits for hyper to finish the upgrade, then hands the socket to `shard`.
@@ -53,25 +61,32 @@ pub(crate) async fn hand_over(node: Arc<Node>, shard: usize, on_upgrade: OnUpgra
             return;
         }
     };
-    let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => parts,
-        Err(_) => {
-            tracing::error!("upgraded connection has an unexpected transport type");
-            return;
-        }
+    let (tcp, tls, leftover) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => (parts.io.into_inner(), None, parts.read_buf),
+        Err(upgraded) => match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
+            Ok(parts) => {
+                // The session keeps any plaintext it has decrypted but nobody has read yet.
+                let (tcp, session) = parts.io.into_inner().into_inner();
+                (tcp, Some(session), parts.read_buf)
+            }
+            Err(_) => {
+                tracing::error!("upgraded connection has an unexpected transport type");
+                return;
+            }
+        },
     };
-    let stream = match parts.io.into_inner().into_std() {
+    let stream = match tcp.into_std() {
         Ok(stream) => stream,
         Err(e) => {
             tracing::debug!(error = %e, "could not detach an upgraded socket");
             return;
         }
     };
-    node.hub.adopt(shard, Adoption { stream, leftover: parts.read_buf, plan }).await;
+    node.hub.adopt(shard, Adoption { stream, tls, leftover, plan }).await;
 }
 
 /// Runs a session on its shard until the connection ends.
-pub(crate) async fn run(shard: Rc<Shard>, io: ConnIo, leftover: Bytes, plan: ConnectPlan) {
+pub(crate) async fn run(shard: Rc<Shard>, io: ConnIo, leftover: Bytes, mut plan: ConnectPlan) {
     let node = shard.node();
     let id = node.next_connection.fetch_add(1, Ordering::Relaxed);
     let connection_id: Arc<str> = Arc::from(format!("{}-{id}", node.id));
@@ -81,15 +96,19 @@ pub(crate) async fn run(shard: Rc<Shard>, io: ConnIo, leftover: Bytes, plan: Con
         kind: plan.kind,
         path: plan.path.clone(),
         connected_at: SystemTime::now(),
-        user: plan.user.clone(),
         max_message: plan.max_message,
     };
-    let session = Rc::new(Session::new(id, connection_id, info, io));
+    let session = Rc::new(Session::new(id, connection_id, info, io, plan.user.clone(), plan.permit.take()));
+    session.expires_at.set(plan.expires_at);
     shard.register(&session);
     let user_ready = shard.bind_user(&session);
     tracing::debug!(connection = %session.connection_id, peer = %plan.peer, path = %plan.path, "connected");
 
-    if plan.kind == EndpointKind::Events {
+    if let Some(reason) = &plan.rejection {
+        // Refused in-band so that a browser learns why: an error frame, then close 1008.
+        session.send_error(&shard, &ProtocolError::new(ErrorCode::AuthenticationFailed, reason.clone()), None);
+        session.close(&shard, close_code::POLICY_VIOLATION, "authentication failed");
+    } else if plan.kind == EndpointKind::Events {
         start_events(&shard, &session, &plan, user_ready).await;
     } else if plan.kind == EndpointKind::Stats {
         shard.spawn(crate::api::stats::stream(shard.clone(), session.clone()));
@@ -106,13 +125,13 @@ async fn start_events(shard: &Rc<Shard>, session: &Rc<Session>, plan: &ConnectPl
     let mut refused = Vec::new();
     let mut waits: Vec<InterestReady> = user_ready.into_iter().collect();
     for channel in &plan.channels {
-        match handlers::channels::subscribe_one(shard, session, channel) {
+        match handlers::channels::subscribe_one(shard, session, channel).await {
             Ok(ready) => waits.extend(ready),
             Err(e) => refused.push(e),
         }
     }
     for room in &plan.rooms {
-        match handlers::rooms::join_one(shard, session, room) {
+        match handlers::rooms::join_one(shard, session, room).await {
             Ok(ready) => waits.extend(ready),
             Err(e) => refused.push(e),
         }
@@ -150,8 +169,11 @@ fn welcome(shard: &Shard, session: &Session, kind: &str) -> Bytes {
             "version": env!("CARGO_PKG_VERSION"),
             "heartbeat_interval": config.heartbeat_interval.as_secs_f64(),
     });
-    if let (Some(user), Some(map)) = (session.user_id(), fields.as_object_mut()) {
-        map.insert("user_id".into(), user.into());
+    if let (Some(user), Some(map)) = (session.user(), fields.as_object_mut()) {
+        map.insert("user_id".into(), Value::from(&*user.id));
+        if user.verified {
+            map.insert("user".into(), serde_json::to_value(&*user).unwrap_or(Value::Null));
+        }
     }
     outbound::reply(kind, fields, None)
 }

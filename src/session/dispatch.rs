@@ -5,8 +5,12 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use super::{Session, handlers};
+use crate::audit;
 use crate::hub::shard::Shard;
-use crate::protocol::{ErrorCode, Inbound, ProtocolError};
+use crate::limits::RateDecision;
+use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound};
+use crate::stats;
+use crate::transport::frame::close_code;
 
 /// Parses and handles one text message; every refusal becomes an error reply.
 pub(crate) async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: Bytes) {
@@ -17,8 +21,44 @@ pub(crate) async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: 
             return;
         }
     };
+    let node = shard.node();
+    if node.limits.counts(&message.kind) {
+        // Take the state out: no RefCell borrow may live across the await.
+        let mut rate = session.rate.borrow_mut().take();
+        let user = session.user().filter(|u| u.verified).map(|u| u.id.clone());
+        let decision = node.limits.check_message(node, &mut rate, user.as_ref()).await;
+        *session.rate.borrow_mut() = rate;
+        if let RateDecision::Refused { retry_after, disconnect } = decision {
+            let retry = retry_after.as_secs_f64().ceil() as u64;
+            let mut extra = serde_json::Map::new();
+            extra.insert("retry_after".into(), retry.into());
+            extra.insert("retry_after_ms".into(), (retry_after.as_millis() as u64).into());
+            stats::bump(&shard.counters().client_errors, 1);
+            stats::bump(&shard.counters().rate_limited, 1);
+            session.reply(
+                shard,
+                &outbound::error_with(
+                    ErrorCode::RateLimitExceeded,
+                    &format!("Rate limit exceeded: retry in {retry} s"),
+                    message.id.as_ref(),
+                    extra,
+                ),
+            );
+            if disconnect {
+                audit::forced_disconnect(
+                    &session.connection_id,
+                    user.as_deref(),
+                    close_code::POLICY_VIOLATION,
+                    "rate limit abuse",
+                );
+                session.close(shard, close_code::POLICY_VIOLATION, "rate limit exceeded repeatedly");
+            }
+            return;
+        }
+    }
     let result = match message.kind.as_str() {
         "ping" => handlers::ping::handle(shard, session, &message),
+        "refresh_token" => handlers::auth::refresh(shard, session, &message),
         "subscribe" => handlers::channels::subscribe(shard, session, &message).await,
         "unsubscribe" => handlers::channels::unsubscribe(shard, session, &message),
         "join_room" => handlers::rooms::join(shard, session, &message).await,

@@ -23,12 +23,14 @@ use bytes::Bytes;
 use serde_json::Value;
 
 pub use connect::ConnectPlan;
+pub(crate) use handlers::auth::check_expiry;
 pub use outbound::SendOutcome;
 
 use crate::auth::Identity;
 use crate::config::EndpointKind;
 use crate::hub::shard::Shard;
 use crate::hub::{ConnId, Event};
+use crate::limits::{ConnectionPermit, RateState};
 use crate::protocol::{ProtocolError, outbound as out};
 use crate::stats;
 use crate::transport::frame;
@@ -47,8 +49,6 @@ pub struct ConnInfo {
     pub path: String,
     /// When it connected.
     pub connected_at: SystemTime,
-    /// The authenticated user, if any.
-    pub user: Option<Arc<Identity>>,
     /// Largest message it may send.
     pub max_message: usize,
 }
@@ -86,10 +86,27 @@ pub struct Session {
     pub(crate) killed: Cell<bool>,
     /// Takes events (set once the welcome is sent).
     pub(crate) accepting: Cell<bool>,
+    /// Who it is; replaced when the client refreshes its token (the user id never changes).
+    user: RefCell<Option<Arc<Identity>>>,
+    /// When the user's token expires.
+    pub(crate) expires_at: Cell<Option<SystemTime>>,
+    /// Whether the client was asked for a fresh token.
+    pub(crate) refresh_requested: Cell<bool>,
+    /// Message-rate state, allocated once the client first sends a counted message.
+    pub(crate) rate: RefCell<Option<Box<RateState>>>,
+    /// Its slot under the per-address and per-user connection caps.
+    _permit: Option<ConnectionPermit>,
 }
 
 impl Session {
-    pub(crate) fn new(id: ConnId, connection_id: Arc<str>, info: ConnInfo, io: ConnIo) -> Self {
+    pub(crate) fn new(
+        id: ConnId,
+        connection_id: Arc<str>,
+        info: ConnInfo,
+        io: ConnIo,
+        user: Option<Arc<Identity>>,
+        permit: Option<ConnectionPermit>,
+    ) -> Self {
         Session {
             id,
             connection_id,
@@ -104,6 +121,11 @@ impl Session {
             reader_waker: Cell::new(None),
             killed: Cell::new(false),
             accepting: Cell::new(false),
+            user: RefCell::new(user),
+            expires_at: Cell::new(None),
+            refresh_requested: Cell::new(false),
+            rate: RefCell::new(None),
+            _permit: permit,
         }
     }
 
@@ -127,8 +149,23 @@ impl Session {
         self.reply(shard, &out::error(error.code, &error.message, id));
     }
 
-    /// The user id, if authenticated.
-    pub fn user_id(&self) -> Option<&str> {
-        self.info.user.as_ref().map(|u| &*u.id)
+    /// The connection's identity (verified by a token, or self-asserted with authentication off).
+    pub fn user(&self) -> Option<Arc<Identity>> {
+        self.user.borrow().clone()
+    }
+
+    /// The user id, if any.
+    pub fn user_id(&self) -> Option<Arc<str>> {
+        self.user.borrow().as_ref().map(|u| u.id.clone())
+    }
+
+    /// Whether a token proved who this is.
+    pub fn is_authenticated(&self) -> bool {
+        self.user.borrow().as_ref().is_some_and(|u| u.verified)
+    }
+
+    /// Replaces the identity after a token refresh (same user id).
+    pub(crate) fn set_user(&self, user: Arc<Identity>) {
+        *self.user.borrow_mut() = Some(user);
     }
 }

@@ -106,8 +106,13 @@ impl Session {
         if out.queue.len() >= limits.outbound_queue || out.queued_bytes + frame.len() > limits.outbound_queue_bytes {
             drop(out);
             stats::bump(&shard.counters().slow_consumer_disconnects, 1);
-            tracing::info!(connection = %self.connection_id, "slow consumer: outbound queue full, closing");
-            self.close(shard, close_code::SLOW_CONSUMER, "slow consumer: outbound queue full");
+            crate::audit::forced_disconnect(
+                &self.connection_id,
+                self.user_id().as_deref(),
+                close_code::SLOW_CONSUMER,
+                "slow consumer: outbound queue full",
+            );
+            self.close_dropping_queue(shard, close_code::SLOW_CONSUMER, "slow consumer: outbound queue full");
             return SendOutcome::SlowConsumer;
         }
         let was_idle = out.queue.is_empty() && !out.flusher;
@@ -149,15 +154,25 @@ impl Session {
         }
     }
 
-    /// Starts the closing handshake: drops queued frames not yet begun, sends a close frame,
-    /// and gives the peer [`CLOSE_GRACE`] to answer before the socket is cut.
+    /// Starts the closing handshake after what is already queued (an error explaining the close,
+    /// say), and gives the peer [`CLOSE_GRACE`] to answer before the socket is cut.
     pub fn close(self: &Rc<Self>, shard: &Shard, code: u16, reason: &str) {
+        self.close_with(shard, code, reason, false);
+    }
+
+    /// Starts the closing handshake at once, dropping queued frames not yet begun: for a
+    /// consumer too slow to ever read them.
+    pub fn close_dropping_queue(self: &Rc<Self>, shard: &Shard, code: u16, reason: &str) {
+        self.close_with(shard, code, reason, true);
+    }
+
+    fn close_with(self: &Rc<Self>, shard: &Shard, code: u16, reason: &str, drop_queue: bool) {
         let mut out = self.out.borrow_mut();
         if out.closing {
             return;
         }
         out.closing = true;
-        let keep = usize::from(out.head_partial);
+        let keep = if drop_queue { usize::from(out.head_partial) } else { out.queue.len() };
         while out.queue.len() > keep {
             if let Some(dropped) = out.queue.pop_back() {
                 out.queued_bytes -= dropped.len();

@@ -3,22 +3,112 @@
 //! writes from the fan-out and reads from the reader never overlap.
 
 use std::cell::RefCell;
-use std::io::{self, IoSlice};
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::io::{self, IoSlice, Read, Write};
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-
-/// A TLS stream served by this node.
-pub type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+use tokio_rustls::rustls::ServerConnection;
 
 /// The socket of one WebSocket connection.
 pub enum ConnIo {
     /// Plain TCP: written directly with non-blocking `writev` from the fan-out.
     Tcp(TcpStream),
-    /// TLS: encrypted by rustls; writes that cannot complete at once go through the flusher.
-    Tls(Box<RefCell<TlsStream>>),
+    /// TLS: rustls driven by hand over the shard's own socket (sans-IO), so reads and writes stay
+    /// non-blocking calls exactly as for plain TCP.
+    Tls(Box<TlsIo>),
+}
+
+/// A TLS session and its socket.
+pub struct TlsIo {
+    tcp: TcpStream,
+    tls: RefCell<ServerConnection>,
+}
+
+impl TlsIo {
+    /// Wraps a session handed over after its handshake and HTTP upgrade.
+    pub fn new(tcp: TcpStream, tls: ServerConnection) -> Self {
+        TlsIo { tcp, tls: RefCell::new(tls) }
+    }
+
+    /// Sends whatever encrypted records rustls holds until the socket refuses more.
+    fn flush_records(&self, tls: &mut ServerConnection) -> io::Result<()> {
+        while tls.wants_write() {
+            match tls.write_tls(&mut SocketWriter(&self.tcp)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        loop {
+            let mut tls = self.tls.borrow_mut();
+            match tls.reader().read(buf) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            match tls.read_tls(&mut SocketReader(&self.tcp)) {
+                Ok(0) => return Poll::Ready(Ok(0)),
+                Ok(_) => {
+                    if let Err(e) = tls.process_new_packets() {
+                        // Tell the peer why (an alert), best effort, then fail the read.
+                        let _ = self.flush_records(&mut tls);
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                    }
+                    // Key updates and alerts produce records of their own.
+                    self.flush_records(&mut tls)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drop(tls);
+                    if self.tcp.poll_read_ready(cx)?.is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let mut tls = self.tls.borrow_mut();
+        self.flush_records(&mut tls)?;
+        // rustls accepts plaintext up to its buffer limit and encrypts it at once.
+        let accepted = tls.writer().write_vectored(bufs)?;
+        self.flush_records(&mut tls)?;
+        if accepted == 0 && bufs.iter().any(|b| !b.is_empty()) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(accepted)
+    }
+}
+
+/// `io::Read` over a non-blocking tokio socket, for rustls.
+struct SocketReader<'a>(&'a TcpStream);
+
+impl io::Read for SocketReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+/// `io::Write` over a non-blocking tokio socket, for rustls.
+struct SocketWriter<'a>(&'a TcpStream);
+
+impl io::Write for SocketWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl ConnIo {
@@ -35,15 +125,7 @@ impl ConnIo {
                     other => return Poll::Ready(other),
                 }
             },
-            ConnIo::Tls(stream) => {
-                let mut stream = stream.borrow_mut();
-                let mut read_buf = ReadBuf::new(buf);
-                match Pin::new(&mut *stream).poll_read(cx, &mut read_buf) {
-                    Poll::Ready(Ok(())) => Poll::Ready(Ok(read_buf.filled().len())),
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
+            ConnIo::Tls(tls) => tls.poll_read(cx, buf),
         }
     }
 
@@ -51,13 +133,7 @@ impl ConnIo {
     pub fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
             ConnIo::Tcp(stream) => stream.try_write_vectored(bufs),
-            ConnIo::Tls(_) => {
-                let mut cx = Context::from_waker(Waker::noop());
-                match self.poll_write_vectored(&mut cx, bufs) {
-                    Poll::Ready(result) => result,
-                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
-                }
-            }
+            ConnIo::Tls(tls) => tls.try_write_vectored(bufs),
         }
     }
 
@@ -74,30 +150,16 @@ impl ConnIo {
                     other => return Poll::Ready(other),
                 }
             },
-            ConnIo::Tls(stream) => {
-                let mut stream = stream.borrow_mut();
-                // rustls encrypts one record per call; feed slices until one is refused.
-                let mut written = 0;
-                for buf in bufs.iter().filter(|b| !b.is_empty()) {
-                    match Pin::new(&mut *stream).poll_write(cx, buf) {
-                        Poll::Ready(Ok(n)) => {
-                            written += n;
-                            if n < buf.len() {
-                                break;
-                            }
+            ConnIo::Tls(tls) => loop {
+                match tls.try_write_vectored(bufs) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if tls.tcp.poll_write_ready(cx)?.is_pending() {
+                            return Poll::Pending;
                         }
-                        Poll::Ready(Err(e)) if written == 0 => return Poll::Ready(Err(e)),
-                        Poll::Pending if written == 0 => return Poll::Pending,
-                        _ => break,
                     }
+                    other => return Poll::Ready(other),
                 }
-                if written > 0 {
-                    // Push the encrypted records to the socket; what does not fit stays buffered
-                    // in rustls and goes out on the next flush.
-                    let _ = Pin::new(&mut *stream).poll_flush(cx);
-                }
-                Poll::Ready(Ok(written))
-            }
+            },
         }
     }
 
@@ -105,7 +167,15 @@ impl ConnIo {
     pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             ConnIo::Tcp(_) => Poll::Ready(Ok(())),
-            ConnIo::Tls(stream) => Pin::new(&mut *stream.borrow_mut()).poll_flush(cx),
+            ConnIo::Tls(tls) => loop {
+                tls.flush_records(&mut tls.tls.borrow_mut())?;
+                if !tls.tls.borrow().wants_write() {
+                    return Poll::Ready(Ok(()));
+                }
+                if tls.tcp.poll_write_ready(cx)?.is_pending() {
+                    return Poll::Pending;
+                }
+            },
         }
     }
 
@@ -113,12 +183,18 @@ impl ConnIo {
     pub fn has_buffered_output(&self) -> bool {
         match self {
             ConnIo::Tcp(_) => false,
-            ConnIo::Tls(stream) => stream.borrow().get_ref().1.wants_write(),
+            ConnIo::Tls(tls) => tls.tls.borrow().wants_write(),
         }
     }
 
-    /// Sends FIN after the close frame; the peer may still answer with its own close frame.
+    /// Sends FIN after the close frame (and TLS close_notify); the peer may still answer with its
+    /// own close frame.
     pub fn shutdown_write(&self) {
+        if let ConnIo::Tls(tls) = self {
+            let mut session = tls.tls.borrow_mut();
+            session.send_close_notify();
+            let _ = tls.flush_records(&mut session);
+        }
         self.shutdown(std::net::Shutdown::Write);
     }
 
@@ -131,7 +207,7 @@ impl ConnIo {
         // Errors mean the socket is already gone, which is what was asked for.
         let _ = match self {
             ConnIo::Tcp(stream) => socket2::SockRef::from(stream).shutdown(how),
-            ConnIo::Tls(stream) => socket2::SockRef::from(stream.borrow().get_ref().0).shutdown(how),
+            ConnIo::Tls(tls) => socket2::SockRef::from(&tls.tcp).shutdown(how),
         };
     }
 }

@@ -7,7 +7,12 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use tokio_rustls::TlsAcceptor;
+
 use crate::node::Node;
+
+/// How long a client may take to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds the listening socket with a deep backlog (connection storms happen at reconnect time).
 pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -27,6 +32,7 @@ pub(crate) async fn accept_loop(
     node: Arc<Node>,
     router: axum::Router,
     listener: std::net::TcpListener,
+    tls: Option<TlsAcceptor>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let mut last_error_log = None::<std::time::Instant>;
@@ -37,7 +43,23 @@ pub(crate) async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::spawn(super::http::serve(stream, peer, router.clone()));
+                // Events are small and latency matters more than packet count.
+                let _ = stream.set_nodelay(true);
+                match &tls {
+                    None => {
+                        tokio::spawn(super::http::serve(stream, peer, router.clone()));
+                    }
+                    Some(acceptor) => {
+                        let (acceptor, router) = (acceptor.clone(), router.clone());
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => super::http::serve(stream, peer, router).await,
+                                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                            }
+                        });
+                    }
+                }
             }
             Err(e) => {
                 // Out of file descriptors or a transient kernel error: say so once in a while,

@@ -6,4 +6,5 @@ pub mod handshake;
 pub(crate) mod http;
 pub mod io;
 pub(crate) mod listener;
+pub mod tls;
 pub mod upgrade;

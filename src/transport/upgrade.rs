@@ -12,8 +12,12 @@ use http::{HeaderValue, StatusCode, header};
 use serde_json::json;
 
 use super::handshake::{self, HandshakeError};
-use crate::auth::Identity;
-use crate::config::{Config, EndpointConfig, EndpointKind, WelcomeStyle};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+
+use crate::audit;
+use crate::auth::{self, Identity, TokenError};
+use crate::config::{AuthMode, Config, EndpointConfig, EndpointKind, RejectStyle, WelcomeStyle, parse_net};
 use crate::node::Node;
 use crate::protocol::{template, validate_name};
 use crate::session::ConnectPlan;
@@ -38,6 +42,8 @@ pub struct Endpoint {
     pub welcome: WelcomeStyle,
     /// Largest client message.
     pub max_message: usize,
+    /// Authentication on this endpoint.
+    pub auth: AuthMode,
 }
 
 /// Every endpoint under every mount.
@@ -57,6 +63,7 @@ pub fn endpoints(config: &Config) -> Vec<Endpoint> {
                 query_channels: e.query_channels.unwrap_or(true),
                 welcome: e.welcome.unwrap_or(config.websocket.welcome),
                 max_message: e.max_message_size.unwrap_or(config.websocket.max_message_size),
+                auth: e.auth.unwrap_or(config.auth.mode),
             });
         }
     }
@@ -70,14 +77,10 @@ pub fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 /// The handler behind every WebSocket endpoint.
-pub async fn handle(node: Arc<Node>, endpoint: Arc<Endpoint>, request: Request) -> Response {
+pub async fn handle(node: Arc<Node>, endpoint: Arc<Endpoint>, mut request: Request) -> Response {
     if endpoint.kind == EndpointKind::Stats && !handshake::is_upgrade(request.headers()) {
         return crate::api::stats::stats(axum::extract::State(node)).await;
     }
-    accept(&node, &endpoint, request)
-}
-
-fn accept(node: &Arc<Node>, endpoint: &Endpoint, mut request: Request) -> Response {
     let upgrade = match handshake::check(request.method(), request.headers()) {
         Ok(upgrade) => upgrade,
         Err(e) => {
@@ -95,25 +98,110 @@ fn accept(node: &Arc<Node>, endpoint: &Endpoint, mut request: Request) -> Respon
             "server shutting down; connect to another node",
         );
     }
-    let cap = node.config.limits.max_connections;
-    if cap > 0 && node.stats.totals().connections >= cap as u64 {
-        node.stats.node.refused_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "TOO_MANY_CONNECTIONS", "Too many connections");
-    }
     let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>().copied() else {
         return refuse(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "peer address unknown");
     };
+    let client_ip = client_ip(&node.config, peer.ip(), request.headers());
+    if let Err(origin) = check_origin(&node.config, request.headers()) {
+        refused(&node);
+        audit::authentication_failed(&client_ip.to_string(), &endpoint.path, &format!("origin {origin:?} not allowed"));
+        return refuse(StatusCode::FORBIDDEN, "ORIGIN_NOT_ALLOWED", &format!("origin {origin:?} is not allowed"));
+    }
+    let cap = node.config.limits.max_connections;
+    if cap > 0 && node.stats.totals().connections >= cap as u64 {
+        refused(&node);
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "TOO_MANY_CONNECTIONS", "Too many connections");
+    }
     let params: HashMap<String, String> =
         request.uri().query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
-    let plan = match plan(endpoint, &params, peer) {
+    let mut plan = match plan(&endpoint, &params, peer) {
         Ok(plan) => plan,
         Err(message) => return refuse(StatusCode::BAD_REQUEST, "INVALID_NAME", &message),
     };
-    let protocol = upgrade.protocols.iter().find(|p| PROTOCOLS.contains(&p.as_str())).cloned();
+    plan.client_ip = client_ip;
+
+    // Who is connecting.
+    let presented = auth::presented(request.headers(), &params, &upgrade.protocols);
+    let verdict = match (endpoint.auth, &presented.token) {
+        (AuthMode::Off, _) => Ok(None),
+        (AuthMode::Optional, None) => Ok(None),
+        (AuthMode::Required, None) => Err(TokenError::Missing),
+        (_, Some(token)) => node.auth.verify(token).map(Some),
+    };
+    match verdict {
+        Ok(Some(verified)) => {
+            plan.user = Some(verified.identity);
+            plan.expires_at = Some(verified.expires_at);
+        }
+        Ok(None) if endpoint.auth != AuthMode::Off => plan.user = None,
+        Ok(None) => {}
+        Err(e) => {
+            refused(&node);
+            audit::authentication_failed(&client_ip.to_string(), &endpoint.path, &e.to_string());
+            if node.auth.config.reject == RejectStyle::Http {
+                return refuse(StatusCode::UNAUTHORIZED, "AUTHENTICATION_FAILED", &e.to_string());
+            }
+            plan.user = None;
+            plan.rejection = Some(e.to_string());
+            plan.channels.clear();
+            plan.rooms.clear();
+        }
+    }
+
+    // How many connections this address and this user already have.
+    if plan.rejection.is_none() {
+        let user = plan.user.as_ref().filter(|u| u.verified).map(|u| u.id.clone());
+        match node.limits.acquire_connection(&node, client_ip, user.clone()).await {
+            Ok(permit) => plan.permit = Some(permit),
+            Err(e) => {
+                refused(&node);
+                audit::limit(&client_ip.to_string(), user.as_deref(), &e.to_string());
+                return refuse(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT_EXCEEDED", &e.to_string());
+            }
+        }
+    }
+
+    let protocol =
+        presented.protocol.or_else(|| upgrade.protocols.iter().find(|p| PROTOCOLS.contains(&p.as_str())).cloned());
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let shard = node.hub.pick_shard(|i| node.stats.shards[i].connections.load(std::sync::atomic::Ordering::Relaxed));
+    let shard = node.hub.pick_shard(|i| node.stats.shards[i].connections.load(Ordering::Relaxed));
     tokio::spawn(crate::session::connect::hand_over(node.clone(), shard, on_upgrade, plan));
     handshake::switching_protocols::<Body>(&upgrade.key, protocol.as_deref(), None)
+}
+
+fn refused(node: &Node) {
+    node.stats.node.refused_connections.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The client's address: the peer, or, behind a trusted proxy, the last address in
+/// `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn client_ip(config: &Config, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
+    let trusted: Vec<ipnet::IpNet> = config.server.trusted_proxies.iter().filter_map(|p| parse_net(p)).collect();
+    if !trusted.iter().any(|net| net.contains(&peer)) {
+        return peer;
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .collect::<Vec<_>>();
+    forwarded.into_iter().rev().find(|ip| !trusted.iter().any(|net| net.contains(ip))).unwrap_or(peer)
+}
+
+/// Checks the `Origin` of a browser's upgrade against `server.allowed_origins`. Requests without
+/// an `Origin` (servers, native apps) are not browsers and pass.
+fn check_origin(config: &Config, headers: &http::HeaderMap) -> Result<(), String> {
+    let allowed = &config.server.allowed_origins;
+    if allowed.is_empty() || allowed.iter().any(|o| o == "*") {
+        return Ok(());
+    }
+    match headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("")) {
+        None => Ok(()),
+        Some(origin) if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) => Ok(()),
+        Some(origin) => Err(origin.to_string()),
+    }
 }
 
 /// Channels and rooms from the endpoint's templates and the `channels` parameter.
@@ -135,7 +223,7 @@ fn plan(endpoint: &Endpoint, params: &HashMap<String, String>, peer: SocketAddr)
     let client_id = params.get("client_id").filter(|c| !c.is_empty() && c.len() <= 200).cloned();
     // Without authentication a client may name its user, as the anonymous seed deployments do;
     // such an identity is self-asserted and only routes user-targeted events.
-    let user = match params.get("user_id").filter(|u| !u.is_empty()) {
+    let user = match params.get("user_id").filter(|u| !u.is_empty() && endpoint.auth == AuthMode::Off) {
         Some(user) => {
             validate_name("user", user).map_err(|e| e.message)?;
             Some(Arc::new(Identity::unverified(user)))
@@ -145,6 +233,7 @@ fn plan(endpoint: &Endpoint, params: &HashMap<String, String>, peer: SocketAddr)
     Ok(ConnectPlan {
         client_id,
         peer,
+        client_ip: peer.ip(),
         kind: endpoint.kind,
         path: endpoint.path.clone(),
         channels,
@@ -152,6 +241,9 @@ fn plan(endpoint: &Endpoint, params: &HashMap<String, String>, peer: SocketAddr)
         welcome: endpoint.welcome,
         max_message: endpoint.max_message,
         user,
+        expires_at: None,
+        rejection: None,
+        permit: None,
     })
 }
 
@@ -168,6 +260,7 @@ mod tests {
             query_channels: true,
             welcome: WelcomeStyle::Connection,
             max_message: 1024,
+            auth: AuthMode::Off,
         }
     }
 

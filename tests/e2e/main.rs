@@ -7,4 +7,5 @@ mod core;
 mod nginx;
 mod redis;
 mod resilience;
+mod security;
 mod seeds;

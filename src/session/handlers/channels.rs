@@ -4,19 +4,25 @@ use std::rc::Rc;
 
 use serde_json::json;
 
+use crate::auth::Action;
+use crate::config::NameKind;
 use crate::hub::shard::Shard;
 use crate::hub::{Hub, InterestReady};
 use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound, validate_name};
 use crate::session::Session;
+use crate::session::handlers::denied;
 
 /// Subscribes to one channel, within the per-connection limit.
-/// The future, if any, resolves once the broker listens for the channel.
-pub(crate) fn subscribe_one(
+/// Subscribes to one channel after the access check. The future, if any, resolves once the
+/// broker listens for the channel.
+pub(crate) async fn subscribe_one(
     shard: &Shard,
     session: &Session,
     channel: &str,
 ) -> Result<Option<InterestReady>, ProtocolError> {
     validate_name("channel", channel)?;
+    let user = session.user();
+    shard.node().auth.check(user.as_deref(), NameKind::Channel, channel, Action::Subscribe).await.map_err(denied)?;
     let limit = shard.node().config.limits.max_channels_per_connection;
     if limit > 0 && session.state.borrow().channels.len() >= limit && !session.state.borrow().channels.contains(channel)
     {
@@ -38,7 +44,7 @@ pub(crate) async fn subscribe(
     let channels = message.channels()?;
     let mut waits = Vec::new();
     for channel in &channels {
-        waits.extend(subscribe_one(shard, session, channel)?);
+        waits.extend(subscribe_one(shard, session, channel).await?);
     }
     Hub::ready(waits, shard.node().config.redis.timeout).await;
     session.reply(shard, &outbound::reply("subscribed", json!({ "channels": channels }), message.id.as_ref()));

@@ -1,5 +1,13 @@
 //! One file per client message type (or family of types).
 
+pub(crate) mod auth;
 pub(crate) mod channels;
 pub(crate) mod ping;
 pub(crate) mod rooms;
+
+use crate::protocol::{ErrorCode, ProtocolError};
+
+/// An access refusal as a client error.
+pub(crate) fn denied(denied: crate::auth::Denied) -> ProtocolError {
+    ProtocolError::new(ErrorCode::PermissionDenied, denied.reason)
+}

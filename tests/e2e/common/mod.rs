@@ -124,7 +124,10 @@ impl Herald {
         let mut lines = BufReader::new(stdout).lines();
         let addr = tokio::time::timeout(WAIT, async {
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.strip_prefix("herald listening on http://") {
+                let rest = line
+                    .strip_prefix("herald listening on http://")
+                    .or_else(|| line.strip_prefix("herald listening on https://"));
+                if let Some(rest) = rest {
                     let addr = rest.split_whitespace().next().unwrap_or_default();
                     return addr.parse::<SocketAddr>().ok();
                 }

@@ -1,0 +1,335 @@
+//! Room and channel access: the one place that decides who may do what to a name. Joining,
+//! subscribing, writing into a room, reading history and presence, and every REST read ask it.
+//!
+//! Rules come from `[[access.rules]]`; the first whose pattern matches the name decides. A rule
+//! allows when any of its allowances holds. Only identities proven by a token count: a
+//! self-asserted `user_id` is anonymous here. A rule may defer to the application's backend (an
+//! HTTP call whose answers are cached for `access.backend_cache_ttl`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use regex::Regex;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::Identity;
+use crate::config::{AccessConfig, AccessDefault, AccessRuleConfig, NameKind};
+use crate::protocol::template;
+
+/// What is being done to a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Subscribe to a channel.
+    Subscribe,
+    /// Join a room.
+    Join,
+    /// Write into a room (chat, typing, edits).
+    Publish,
+    /// Read history, members, presence.
+    Read,
+}
+
+impl Action {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Subscribe => "subscribe",
+            Action::Join => "join",
+            Action::Publish => "publish",
+            Action::Read => "read",
+        }
+    }
+}
+
+/// Why access was refused; safe to show to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("permission denied: {reason}")]
+pub struct Denied {
+    /// For people.
+    pub reason: String,
+}
+
+struct Rule {
+    pattern: Regex,
+    source: String,
+    applies_to: Vec<NameKind>,
+    config: AccessRuleConfig,
+}
+
+/// The compiled access policy.
+pub struct Policy {
+    rules: Vec<Rule>,
+    default: AccessDefault,
+    backend: Option<Backend>,
+}
+
+/// User, kind, name and action of a cached backend decision.
+type DecisionKey = (String, NameKind, String, Action);
+
+struct Backend {
+    url: String,
+    client: reqwest::Client,
+    ttl: Duration,
+    cache: Mutex<HashMap<DecisionKey, (bool, Instant)>>,
+}
+
+/// Turns `user_{a}_{b}` into `^user_(?P<a>[^_]+)_(?P<b>.+)$`: a capture takes one or more
+/// characters up to the next literal character of the pattern; `*` takes anything.
+fn compile(pattern: &str) -> Result<Regex, String> {
+    let mut out = String::from("^");
+    let mut rest = pattern;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('{') {
+            let close = after.find('}').ok_or("unclosed '{'")?;
+            let name = &after[..close];
+            rest = &after[close + 1..];
+            match rest.chars().find(|c| *c != '*') {
+                Some(next) if !rest.starts_with('*') => {
+                    out.push_str(&format!("(?P<{name}>[^{}]+)", regex::escape(&next.to_string())))
+                }
+                _ => out.push_str(&format!("(?P<{name}>.+)")),
+            }
+        } else if let Some(after) = rest.strip_prefix('*') {
+            out.push_str(".*");
+            rest = after;
+        } else {
+            let next = rest.find(['{', '*']).unwrap_or(rest.len());
+            out.push_str(&regex::escape(&rest[..next]));
+            rest = &rest[next..];
+        }
+    }
+    out.push('$');
+    Regex::new(&out).map_err(|e| e.to_string())
+}
+
+impl Policy {
+    /// Compiles the configured rules (already validated with the configuration).
+    pub fn new(config: &AccessConfig) -> Result<Policy, String> {
+        let mut rules = Vec::new();
+        for (i, rule) in config.rules.iter().enumerate() {
+            let pattern = compile(&rule.pattern).map_err(|e| format!("access.rules[{i}].pattern: {e}"))?;
+            rules.push(Rule {
+                pattern,
+                source: rule.pattern.clone(),
+                applies_to: rule.applies_to.clone(),
+                config: rule.clone(),
+            });
+        }
+        let backend = config.backend_url.as_ref().map(|url| Backend {
+            url: url.clone(),
+            client: reqwest::Client::builder().timeout(config.backend_timeout).build().unwrap_or_default(),
+            ttl: config.backend_cache_ttl,
+            cache: Mutex::new(HashMap::new()),
+        });
+        Ok(Policy { rules, default: config.default, backend })
+    }
+
+    /// Whether `identity` may do `action` to the room or channel `name`.
+    pub async fn check(
+        &self,
+        identity: Option<&Identity>,
+        kind: NameKind,
+        name: &str,
+        action: Action,
+    ) -> Result<(), Denied> {
+        let rule = self
+            .rules
+            .iter()
+            .find(|r| (r.applies_to.is_empty() || r.applies_to.contains(&kind)) && r.pattern.is_match(name));
+        let Some(rule) = rule else {
+            return match self.default {
+                AccessDefault::Allow => Ok(()),
+                AccessDefault::Deny => Err(Denied { reason: format!("no rule lets anyone into {name:?}") }),
+            };
+        };
+        let c = &rule.config;
+        if c.deny {
+            return Err(Denied { reason: format!("{name:?} is closed") });
+        }
+        if c.public {
+            return Ok(());
+        }
+        let Some(user) = identity.filter(|i| i.verified) else {
+            return Err(Denied { reason: format!("{name:?} requires an authenticated user") });
+        };
+        if c.authenticated || c.roles.iter().any(|r| user.roles.contains(r)) {
+            return Ok(());
+        }
+        let captures = rule.pattern.captures(name);
+        let lookup = |key: &str| captures.as_ref().and_then(|c| c.name(key)).map(|m| m.as_str());
+        if c.users.iter().filter_map(|t| template::render(t, lookup)).any(|u| *u == *user.id) {
+            return Ok(());
+        }
+        for condition in &c.claims {
+            let Some(wanted) = template::render(&condition.contains, lookup) else { continue };
+            if claim_contains(user.claims.get(&condition.claim), &wanted) {
+                return Ok(());
+            }
+        }
+        if c.backend
+            && let Some(backend) = &self.backend
+            && backend.allows(user, kind, name, action).await
+        {
+            return Ok(());
+        }
+        Err(Denied { reason: format!("{name:?} is not open to this user (rule {:?})", rule.source) })
+    }
+}
+
+fn claim_contains(claim: Option<&Value>, wanted: &str) -> bool {
+    let matches = |v: &Value| match v {
+        Value::String(s) => s == wanted,
+        Value::Number(n) => n.to_string() == wanted,
+        _ => false,
+    };
+    match claim {
+        Some(Value::Array(items)) => items.iter().any(matches),
+        Some(Value::String(s)) => s == wanted || s.split([' ', ',']).any(|part| part == wanted),
+        Some(other) => matches(other),
+        None => false,
+    }
+}
+
+impl Backend {
+    async fn allows(&self, user: &Identity, kind: NameKind, name: &str, action: Action) -> bool {
+        let key = (user.id.to_string(), kind, name.to_string(), action);
+        if let Some((allow, at)) = self.cache.lock().get(&key).copied()
+            && at.elapsed() < self.ttl
+        {
+            return allow;
+        }
+        let body = json!({
+            "user_id": &*user.id,
+            "claims": user.claims,
+            "kind": kind,
+            "name": name,
+            "room": (kind == NameKind::Room).then_some(name),
+            "channel": (kind == NameKind::Channel).then_some(name),
+            "action": action,
+        });
+        let allow = match self.client.post(&self.url).json(&body).send().await {
+            Ok(response) if response.status().is_success() => response
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|v| v.get("allow").and_then(Value::as_bool))
+                .unwrap_or(false),
+            Ok(response) => {
+                tracing::warn!(status = %response.status(), "access backend refused the check; denying");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "access backend unreachable; denying");
+                false
+            }
+        };
+        let mut cache = self.cache.lock();
+        if cache.len() > 100_000 {
+            cache.retain(|_, (_, at)| at.elapsed() < self.ttl);
+        }
+        cache.insert(key, (allow, Instant::now()));
+        allow
+    }
+}
+
+/// Shared handle.
+pub type SharedPolicy = Arc<Policy>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ClaimCondition;
+
+    fn user(id: &str, roles: &[&str], claims: Value) -> Identity {
+        let Value::Object(claims) = claims else { panic!() };
+        Identity {
+            id: Arc::from(id),
+            name: None,
+            email: None,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            claims,
+            verified: true,
+        }
+    }
+
+    fn document_001_policy() -> Policy {
+        let rule = |pattern: &str| AccessRuleConfig { pattern: pattern.into(), ..Default::default() };
+        let config = AccessConfig {
+            default: AccessDefault::Deny,
+            rules: vec![
+                AccessRuleConfig {
+                    claims: vec![ClaimCondition { claim: "order_ids".into(), contains: "{id}".into() }],
+                    ..rule("order_{id}")
+                },
+                AccessRuleConfig {
+                    claims: vec![ClaimCondition { claim: "quote_ids".into(), contains: "{id}".into() }],
+                    ..rule("quote_{id}")
+                },
+                AccessRuleConfig { users: vec!["{a}".into(), "{b}".into()], ..rule("user_{a}_{b}") },
+                AccessRuleConfig {
+                    roles: vec!["support".into()],
+                    claims: vec![ClaimCondition { claim: "ticket_ids".into(), contains: "{ticket}".into() }],
+                    ..rule("support_{ticket}")
+                },
+                AccessRuleConfig { authenticated: true, ..rule("channel_{name}") },
+                AccessRuleConfig { public: true, ..rule("lobby") },
+            ],
+            ..Default::default()
+        };
+        Policy::new(&config).unwrap()
+    }
+
+    async fn allowed(policy: &Policy, who: Option<&Identity>, room: &str) -> bool {
+        policy.check(who, NameKind::Room, room, Action::Join).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn every_row_of_document_001s_table() {
+        let policy = document_001_policy();
+        let customer = user("7", &[], json!({"order_ids": [123, 124], "quote_ids": ["456"], "ticket_ids": [9]}));
+        let stranger = user("8", &[], json!({}));
+        let agent = user("99", &["support"], json!({}));
+        let mut anonymous = user("7", &[], json!({"order_ids": [123]}));
+        anonymous.verified = false;
+
+        assert!(allowed(&policy, Some(&customer), "order_123").await);
+        assert!(!allowed(&policy, Some(&stranger), "order_123").await);
+        assert!(!allowed(&policy, Some(&anonymous), "order_123").await, "a self-asserted identity proves nothing");
+        assert!(allowed(&policy, Some(&customer), "quote_456").await);
+        assert!(!allowed(&policy, Some(&customer), "quote_457").await);
+        assert!(allowed(&policy, Some(&customer), "user_7_8").await);
+        assert!(allowed(&policy, Some(&stranger), "user_7_8").await);
+        assert!(!allowed(&policy, Some(&agent), "user_7_8").await);
+        assert!(allowed(&policy, Some(&customer), "support_9").await);
+        assert!(allowed(&policy, Some(&agent), "support_9").await);
+        assert!(!allowed(&policy, Some(&stranger), "support_9").await);
+        assert!(allowed(&policy, Some(&stranger), "channel_general").await);
+        assert!(!allowed(&policy, None, "channel_general").await);
+        assert!(allowed(&policy, None, "lobby").await);
+        assert!(!allowed(&policy, Some(&customer), "elsewhere").await, "default deny");
+    }
+
+    #[test]
+    fn patterns_compile_to_anchored_regexes() {
+        let r = compile("user_{a}_{b}").unwrap();
+        let c = r.captures("user_12_34").unwrap();
+        assert_eq!((&c["a"], &c["b"]), ("12", "34"));
+        assert!(!r.is_match("xuser_1_2"));
+        assert!(compile("campaign:*").unwrap().is_match("campaign:123"));
+        assert!(!compile("order_{id}").unwrap().is_match("order_"));
+        assert!(compile("a.b").unwrap().is_match("a.b") && !compile("a.b").unwrap().is_match("axb"));
+    }
+
+    #[test]
+    fn claims_match_arrays_scalars_and_numbers() {
+        assert!(claim_contains(Some(&json!([1, 2])), "2"));
+        assert!(claim_contains(Some(&json!("a b")), "b"));
+        assert!(claim_contains(Some(&json!(5)), "5"));
+        assert!(!claim_contains(Some(&json!({"x": 1})), "1"));
+        assert!(!claim_contains(None, "1"));
+    }
+}

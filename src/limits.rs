@@ -1,0 +1,339 @@
+//! Rate and connection limits.
+//!
+//! - Messages per minute and per hour, per connection (GCRA via `governor`, allocated only once a
+//!   connection first sends something) and per user. Exceeding either blocks the connection and
+//!   its user for `limits.block_duration`; refusals answer `RATE_LIMIT_EXCEEDED` with a retry hint,
+//!   and a connection that keeps sending while blocked is closed.
+//! - Connections per client address and per user.
+//!
+//! With Redis the per-user rates, blocks and both connection counts are shared by all nodes: rate
+//! windows are `INCR` counters, connection counts are per-node fields of a hash, so a node that
+//! dies stops counting once the node registry forgets it.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use parking_lot::Mutex;
+
+use crate::config::LimitsConfig;
+use crate::node::Node;
+
+type UserLimiter = DefaultKeyedRateLimiter<Arc<str>>;
+
+/// Per-connection rate state, kept in the session once it first sends a counted message.
+pub struct RateState {
+    minute: Option<DefaultDirectRateLimiter>,
+    hour: Option<DefaultDirectRateLimiter>,
+    blocked_until: Option<Instant>,
+    refusals: u32,
+}
+
+/// The verdict on one client message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateDecision {
+    /// Go ahead.
+    Allowed,
+    /// Refused; try again after this long. `disconnect` when the client keeps pushing.
+    Refused {
+        /// When to retry.
+        retry_after: Duration,
+        /// Close the connection now.
+        disconnect: bool,
+    },
+}
+
+/// Why a connection was refused at upgrade.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectionRefused {
+    /// Too many connections from one address.
+    #[error("too many connections from this address (limit {0})")]
+    PerIp(usize),
+    /// Too many connections of one user.
+    #[error("too many connections for this user (limit {0})")]
+    PerUser(usize),
+}
+
+/// Node-wide limit state.
+pub struct Limits {
+    config: LimitsConfig,
+    /// Per-minute and per-hour limiters keyed by user, when rates are limited at all.
+    per_user: Option<(Option<UserLimiter>, Option<UserLimiter>)>,
+    blocked_users: Mutex<HashMap<Arc<str>, Instant>>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    per_user_connections: Mutex<HashMap<Arc<str>, usize>>,
+}
+
+fn quota_minute(n: u32) -> Option<Quota> {
+    NonZeroU32::new(n).map(Quota::per_minute)
+}
+
+fn quota_hour(n: u32) -> Option<Quota> {
+    NonZeroU32::new(n).map(Quota::per_hour)
+}
+
+impl Limits {
+    /// Limits as configured.
+    pub fn new(config: &LimitsConfig) -> Limits {
+        let rates = config.messages_per_minute > 0 || config.messages_per_hour > 0;
+        Limits {
+            per_user: rates.then(|| {
+                (
+                    quota_minute(config.messages_per_minute).map(RateLimiter::keyed),
+                    quota_hour(config.messages_per_hour).map(RateLimiter::keyed),
+                )
+            }),
+            config: config.clone(),
+            blocked_users: Mutex::new(HashMap::new()),
+            per_ip: Mutex::new(HashMap::new()),
+            per_user_connections: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether messages of `kind` are rate limited at all.
+    pub fn counts(&self, kind: &str) -> bool {
+        self.per_user.is_some() && !self.config.rate_exempt_types.iter().any(|t| t == kind)
+    }
+
+    /// Counts one message of a connection (and its user); `state` is the connection's own.
+    pub async fn check_message(
+        &self,
+        node: &Node,
+        state: &mut Option<Box<RateState>>,
+        user: Option<&Arc<str>>,
+    ) -> RateDecision {
+        let now = Instant::now();
+        let state = state.get_or_insert_with(|| {
+            Box::new(RateState {
+                minute: quota_minute(self.config.messages_per_minute).map(RateLimiter::direct),
+                hour: quota_hour(self.config.messages_per_hour).map(RateLimiter::direct),
+                blocked_until: None,
+                refusals: 0,
+            })
+        });
+        let user_block = match user {
+            Some(user) => self.user_blocked_until(node, user, now).await,
+            None => None,
+        };
+        let blocked = state.blocked_until.into_iter().chain(user_block).filter(|until| *until > now).max();
+        if let Some(until) = blocked {
+            return self.refuse(state, until - now);
+        }
+        let connection_ok = state.minute.as_ref().is_none_or(|l| l.check().is_ok())
+            && state.hour.as_ref().is_none_or(|l| l.check().is_ok());
+        let user_ok = match user {
+            Some(user) => self.user_message(node, user).await,
+            None => true,
+        };
+        if connection_ok && user_ok {
+            state.refusals = 0;
+            return RateDecision::Allowed;
+        }
+        let until = now + self.config.block_duration;
+        state.blocked_until = Some(until);
+        if let Some(user) = user {
+            self.block_user(node, user, until).await;
+        }
+        self.refuse(state, self.config.block_duration)
+    }
+
+    fn refuse(&self, state: &mut RateState, retry_after: Duration) -> RateDecision {
+        state.refusals += 1;
+        let limit = self.config.disconnect_after_refusals;
+        RateDecision::Refused { retry_after, disconnect: limit > 0 && state.refusals >= limit }
+    }
+
+    async fn user_blocked_until(&self, node: &Node, user: &Arc<str>, now: Instant) -> Option<Instant> {
+        if let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) {
+            let key = format!("{}:lim:block:{user}", redis.key_prefix());
+            let ttl_ms: i64 = redis.query_as(redis::cmd("PTTL").arg(key)).await.unwrap_or(-2);
+            return (ttl_ms > 0).then(|| now + Duration::from_millis(ttl_ms as u64));
+        }
+        self.blocked_users.lock().get(user).copied()
+    }
+
+    async fn block_user(&self, node: &Node, user: &Arc<str>, until: Instant) {
+        if let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) {
+            let key = format!("{}:lim:block:{user}", redis.key_prefix());
+            let ms = until.saturating_duration_since(Instant::now()).as_millis().max(1) as u64;
+            let _: Result<(), _> = redis.query_as(redis::cmd("SET").arg(key).arg(1).arg("PX").arg(ms)).await;
+            return;
+        }
+        self.blocked_users.lock().insert(user.clone(), until);
+    }
+
+    /// Counts a message of `user`; false once the user is over a rate.
+    async fn user_message(&self, node: &Node, user: &Arc<str>) -> bool {
+        if let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) {
+            // Fixed windows shared by all nodes: one round trip per message.
+            let secs = crate::stats::unix_millis() / 1000;
+            let prefix = redis.key_prefix();
+            let minute_key = format!("{prefix}:lim:rate:{user}:m{}", secs / 60);
+            let hour_key = format!("{prefix}:lim:rate:{user}:h{}", secs / 3600);
+            let mut pipe = redis::pipe();
+            pipe.cmd("INCR").arg(&minute_key).cmd("EXPIRE").arg(&minute_key).arg(120).ignore();
+            pipe.cmd("INCR").arg(&hour_key).cmd("EXPIRE").arg(&hour_key).arg(7200).ignore();
+            let Ok((minute, hour)) = redis.pipeline_as::<(u64, u64)>(&pipe).await else { return true };
+            let over = |count: u64, limit: u32| limit > 0 && count > u64::from(limit);
+            return !over(minute, self.config.messages_per_minute) && !over(hour, self.config.messages_per_hour);
+        }
+        let Some((minute, hour)) = &self.per_user else { return true };
+        minute.as_ref().is_none_or(|l| l.check_key(user).is_ok())
+            && hour.as_ref().is_none_or(|l| l.check_key(user).is_ok())
+    }
+
+    /// Forgets idle per-user state; called once a second.
+    pub fn housekeeping(&self) {
+        if let Some((minute, hour)) = &self.per_user {
+            for limiter in [minute, hour].into_iter().flatten() {
+                limiter.retain_recent();
+            }
+        }
+        let now = Instant::now();
+        self.blocked_users.lock().retain(|_, until| *until > now);
+    }
+
+    /// Reserves a connection slot for `ip` and `user`; the permit gives it back when dropped.
+    pub async fn acquire_connection(
+        self: &Arc<Self>,
+        node: &Arc<Node>,
+        ip: IpAddr,
+        user: Option<Arc<str>>,
+    ) -> Result<ConnectionPermit, ConnectionRefused> {
+        let (ip_cap, user_cap) = (self.config.max_connections_per_ip, self.config.max_connections_per_user);
+        let user = user.filter(|_| user_cap > 0);
+        let shared = node.broker.redis().is_some_and(|r| r.is_connected());
+        let mut permit = ConnectionPermit { limits: self.clone(), node: node.clone(), ip: None, user: None, shared };
+        if ip_cap > 0 {
+            let count = self
+                .count_up(node, shared, &format!("ip:{ip}"), || {
+                    let mut map = self.per_ip.lock();
+                    let n = map.entry(ip).or_default();
+                    *n += 1;
+                    *n
+                })
+                .await;
+            permit.ip = Some(ip);
+            if count > ip_cap {
+                return Err(ConnectionRefused::PerIp(ip_cap));
+            }
+        }
+        if let Some(user) = user {
+            let count = self
+                .count_up(node, shared, &format!("user:{user}"), || {
+                    let mut map = self.per_user_connections.lock();
+                    let n = map.entry(user.clone()).or_default();
+                    *n += 1;
+                    *n
+                })
+                .await;
+            permit.user = Some(user);
+            if count > user_cap {
+                return Err(ConnectionRefused::PerUser(user_cap));
+            }
+        }
+        Ok(permit)
+    }
+
+    /// Counts a connection up, locally or across nodes; returns the new total. A failed Redis
+    /// round trip counts the connection as the only one rather than refusing it.
+    async fn count_up(&self, node: &Node, shared: bool, key: &str, local: impl FnOnce() -> usize) -> usize {
+        if !shared {
+            return local();
+        }
+        if let Some(redis) = node.broker.redis() {
+            let hash = format!("{}:lim:conn:{key}", redis.key_prefix());
+            let field = redis.incarnation();
+            let mut pipe = redis::pipe();
+            pipe.cmd("HINCRBY").arg(&hash).arg(field).arg(1).ignore().cmd("HGETALL").arg(&hash);
+            if let Ok((counts,)) = redis.pipeline_as::<(HashMap<String, i64>,)>(&pipe).await {
+                let live = redis.live_incarnations();
+                return counts
+                    .iter()
+                    .filter(|(field, _)| *field == redis.incarnation() || live.contains(*field))
+                    .map(|(_, n)| (*n).max(0) as usize)
+                    .sum();
+            }
+        }
+        1
+    }
+
+    fn release(&self, node: &Arc<Node>, shared: bool, ip: Option<IpAddr>, user: Option<&Arc<str>>) {
+        if shared {
+            let Some(redis) = node.broker.redis() else { return };
+            let keys: Vec<String> = ip
+                .map(|ip| format!("ip:{ip}"))
+                .into_iter()
+                .chain(user.map(|u| format!("user:{u}")))
+                .map(|k| format!("{}:lim:conn:{k}", redis.key_prefix()))
+                .collect();
+            let field = redis.incarnation().to_string();
+            let node = node.clone();
+            // Runs on whichever runtime drops the permit (a shard's or the control runtime).
+            tokio::spawn(async move {
+                let Some(redis) = node.broker.redis() else { return };
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("HINCRBY").arg(key).arg(&field).arg(-1).ignore();
+                }
+                // If Redis is down the count stays with this node's incarnation, which stops
+                // counting when the node restarts or dies.
+                let _ = redis.pipeline_as::<()>(&pipe).await;
+            });
+            return;
+        }
+        if let Some(ip) = ip {
+            let mut map = self.per_ip.lock();
+            if let Some(n) = map.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+        if let Some(user) = user {
+            let mut map = self.per_user_connections.lock();
+            if let Some(n) = map.get_mut(user) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(user);
+                }
+            }
+        }
+    }
+}
+
+/// A reserved connection slot; dropping it gives the slot back.
+pub struct ConnectionPermit {
+    limits: Arc<Limits>,
+    node: Arc<Node>,
+    ip: Option<IpAddr>,
+    user: Option<Arc<str>>,
+    shared: bool,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        if self.ip.is_some() || self.user.is_some() {
+            self.limits.release(&self.node, self.shared, self.ip, self.user.as_ref());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exempt_types_are_not_counted() {
+        let limits = Limits::new(&LimitsConfig::default());
+        assert!(limits.counts("chat_message"));
+        assert!(!limits.counts("cursor_move"));
+        let off =
+            Limits::new(&LimitsConfig { messages_per_minute: 0, messages_per_hour: 0, ..LimitsConfig::default() });
+        assert!(!off.counts("chat_message"));
+    }
+}

@@ -1,0 +1,82 @@
+//! `refresh_token`: a client replaces its token before it expires; and the expiry check the shard
+//! runs on every tick.
+
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+
+use crate::audit;
+use crate::config::ExpiryPolicy;
+use crate::hub::shard::Shard;
+use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound};
+use crate::session::Session;
+use crate::transport::frame::close_code;
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `{"type":"refresh_token","token":"…"}` → `{"type":"token_refreshed","expires_at":…}`. The new
+/// token must name the same user; its claims (roles, …) replace the old ones.
+pub(crate) fn refresh(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), ProtocolError> {
+    let token = message.str("token")?;
+    let Some(current) = session.user().filter(|u| u.verified) else {
+        return Err(ProtocolError::new(
+            ErrorCode::AuthenticationFailed,
+            "this connection has no token to refresh; reconnect with one",
+        ));
+    };
+    let verified = shard
+        .node()
+        .auth
+        .verify(token)
+        .map_err(|e| ProtocolError::new(ErrorCode::AuthenticationFailed, e.to_string()))?;
+    if verified.identity.id != current.id {
+        audit::authentication_failed(
+            &session.info.peer.to_string(),
+            &session.info.path,
+            "refresh token names another user",
+        );
+        return Err(ProtocolError::new(ErrorCode::AuthenticationFailed, "the new token names another user"));
+    }
+    session.set_user(verified.identity);
+    session.expires_at.set(Some(verified.expires_at));
+    session.refresh_requested.set(false);
+    session.reply(
+        shard,
+        &outbound::reply("token_refreshed", json!({ "expires_at": unix(verified.expires_at) }), message.id.as_ref()),
+    );
+    Ok(())
+}
+
+/// Acts on an expiring or expired token: asks for a refresh ahead of time (policy `refresh`),
+/// closes with 4003 once it has expired.
+pub(crate) fn check_expiry(shard: &Rc<Shard>, session: &Rc<Session>, now: SystemTime) {
+    let Some(expires_at) = session.expires_at.get() else { return };
+    let config = &shard.node().auth.config;
+    if now >= expires_at + config.leeway {
+        session.send_error(shard, &ProtocolError::new(ErrorCode::AuthenticationFailed, "token expired"), None);
+        audit::forced_disconnect(
+            &session.connection_id,
+            session.user_id().as_deref(),
+            close_code::TOKEN_EXPIRED,
+            "token expired",
+        );
+        session.close(shard, close_code::TOKEN_EXPIRED, "token expired");
+        return;
+    }
+    let ahead = config.refresh_ahead;
+    if config.on_expiry == ExpiryPolicy::Refresh && !session.refresh_requested.get() && now + ahead >= expires_at {
+        session.refresh_requested.set(true);
+        let expires_in = expires_at.duration_since(now).unwrap_or(Duration::ZERO).as_secs();
+        session.reply(
+            shard,
+            &outbound::reply(
+                "token_expiring",
+                json!({ "expires_at": unix(expires_at), "expires_in": expires_in, "refresh_with": "refresh_token" }),
+                None,
+            ),
+        );
+    }
+}
