@@ -247,10 +247,15 @@ impl Limits {
         if let Some(redis) = node.broker.redis() {
             let hash = format!("{}:lim:conn:{key}", redis.key_prefix());
             let field = redis.incarnation();
+            // The count and the registry of live nodes in one round trip: a field counts only while
+            // its node is alive.
             let mut pipe = redis::pipe();
             pipe.cmd("HINCRBY").arg(&hash).arg(field).arg(1).ignore().cmd("HGETALL").arg(&hash);
-            if let Ok((counts,)) = redis.pipeline_as::<(HashMap<String, i64>,)>(&pipe).await {
-                let live = redis.live_incarnations();
+            pipe.cmd("HGETALL").arg(redis.registry_key());
+            if let Ok((counts, registry)) =
+                redis.pipeline_as::<(HashMap<String, i64>, HashMap<String, String>)>(&pipe).await
+            {
+                let live = crate::broker::redis::live_from_registry(registry.values());
                 return counts
                     .iter()
                     .filter(|(field, _)| *field == redis.incarnation() || live.contains(*field))

@@ -129,8 +129,6 @@ pub struct RedisBroker {
     outage_since: Mutex<Option<Instant>>,
     /// `<node>@<start ms>`: distinguishes this run of the node from earlier ones with the same id.
     incarnation: String,
-    /// Incarnations with a fresh registry record, refreshed with the registry.
-    live: Mutex<HashSet<String>>,
 }
 
 impl RedisBroker {
@@ -216,7 +214,6 @@ impl RedisBroker {
             malformed_log: Mutex::new(BurstLog::default()),
             outage_since: Mutex::new(None),
             incarnation,
-            live: Mutex::new(HashSet::new()),
         }
     }
 
@@ -251,9 +248,9 @@ impl RedisBroker {
         &self.incarnation
     }
 
-    /// Incarnations of live nodes (as of the last registry refresh).
-    pub fn live_incarnations(&self) -> HashSet<String> {
-        self.live.lock().clone()
+    /// The hash in which every node records its figures.
+    pub fn registry_key(&self) -> String {
+        format!("{}:nodes", self.config.key_prefix)
     }
 
     /// Runs a command and converts its reply.
@@ -462,6 +459,16 @@ impl RedisBroker {
     }
 }
 
+/// Incarnations whose registry record is fresh.
+pub fn live_from_registry<'a>(records: impl Iterator<Item = &'a String>) -> HashSet<String> {
+    let now = crate::stats::unix_millis();
+    records
+        .filter_map(|json| serde_json::from_str::<serde_json::Value>(json).ok())
+        .filter(|r| r["updated_ms"].as_u64().is_some_and(|t| now.saturating_sub(t) < REGISTRY_STALE_MS))
+        .filter_map(|r| r["incarnation"].as_str().map(String::from))
+        .collect()
+}
+
 /// Runs the broker's background work until the node shuts down: dispatching pushes, following the
 /// hub's interest, checking the connection and restoring subscriptions after an outage.
 /// `interest` must come from [`crate::hub::Hub::watch_interest`], taken before the node accepts
@@ -487,6 +494,10 @@ pub async fn run(
                     if !broker.is_connected() {
                         match broker.subscribe_all().await {
                             Ok(n) => {
+                                // Registered before it says it is connected, so that other nodes
+                                // count this one from the first moment it takes cross-node traffic.
+                                broker.record_node(&node).await;
+                                last_record = Instant::now();
                                 broker.connected.store(true, Ordering::Relaxed);
                                 match broker.outage_since.lock().take() {
                                     Some(since) => tracing::info!(
@@ -511,10 +522,6 @@ pub async fn run(
                 if broker.is_connected() && last_record.elapsed() >= REGISTRY_INTERVAL {
                     last_record = Instant::now();
                     broker.record_node(&node).await;
-                    if let Ok(nodes) = broker.cluster_nodes().await {
-                        *broker.live.lock() =
-                            nodes.iter().filter_map(|n| n["incarnation"].as_str().map(String::from)).collect();
-                    }
                 }
             }
         }

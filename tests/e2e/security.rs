@@ -469,3 +469,43 @@ async fn audit_records_go_to_their_own_file_as_json_lines() {
     let record: Value = serde_json::from_str(&line).expect("one JSON object per line");
     assert_eq!(record["fields"]["audit"], "authentication_failed", "{record}");
 }
+
+#[tokio::test]
+async fn limits_are_counted_across_nodes_with_redis() {
+    let redis = crate::common::redis::RedisServer::start().await;
+    let toml = format!(
+        "[auth]\nmode = \"required\"\njwt_secret = \"{SECRET}\"\n[redis]\nurl = \"{}\"\n[limits]\nmax_connections_per_user = 2\nmessages_per_minute = 6\nblock_duration = \"1m\"",
+        redis.url()
+    );
+    let (a, b) = (Herald::start(&toml).await, Herald::start(&toml).await);
+    for node in [&a, &b] {
+        tokio::time::timeout(WAIT, async {
+            while node.get("/health").await.1["data"]["broker"]["connected"] != true {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("redis connected");
+    }
+    let token = hs256(user("7", json!({})));
+    let mut on_a = a.connect(&format!("/ws?token={token}")).await;
+    let mut on_b = b.connect(&format!("/ws?token={token}")).await;
+    // The user's third connection is refused on either node.
+    let third = RawClient::connect_with_headers(a.addr, &format!("/ws?token={token}"), &[]).await.err().unwrap();
+    assert!(third.starts_with("HTTP/1.1 429"), "{third}");
+
+    // The user's messages count together: six in all, whichever node they go through.
+    let mut refused = None;
+    for i in 0..8 {
+        let client = if i % 2 == 0 { &mut on_a } else { &mut on_b };
+        let reply = client.request(json!({"type": "subscribe", "channels": [format!("x{i}")]})).await;
+        if reply["code"] == "RATE_LIMIT_EXCEEDED" {
+            refused = Some(i);
+            break;
+        }
+    }
+    assert_eq!(refused, Some(6), "the seventh message of the user is the first refused");
+    // The block is shared too: the other node refuses as well.
+    let reply = on_a.request(json!({"type": "subscribe", "channels": ["after-block"]})).await;
+    assert_eq!(reply["code"], "RATE_LIMIT_EXCEEDED");
+}
