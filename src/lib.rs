@@ -29,4 +29,5 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod store;
 pub mod transport;

@@ -125,7 +125,10 @@ fn init_logging(format: LogFormat, level: &str, audit_file: Option<&std::path::P
     let not_audit = filter_fn(move |meta| !(separate_audit && meta.target() == herald::audit::TARGET));
     let main_layer = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
-        LogFormat::Human => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Human => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .boxed(),
     }
     .with_filter(not_audit)
     .with_filter(filter);

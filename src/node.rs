@@ -16,6 +16,8 @@ use crate::hub::{ConnId, Event, Hub, Target};
 use crate::limits::Limits;
 use crate::protocol::validate_name;
 use crate::stats::Stats;
+use crate::store::Store;
+use crate::store::writer::Writer;
 
 /// Everything one node is made of.
 pub struct Node {
@@ -35,6 +37,10 @@ pub struct Node {
     pub auth: Auth,
     /// Rate and connection limits.
     pub limits: Arc<Limits>,
+    /// History storage.
+    pub store: Arc<Store>,
+    /// The batching writer in front of the store.
+    pub writer: Writer,
     /// Cancelled when the node begins shutting down.
     pub shutdown: CancellationToken,
     /// Source of connection numbers.
@@ -93,6 +99,14 @@ impl Node {
             None => Event::new(target, payload),
         };
         self.publish_event(event).await
+    }
+
+    /// Publishes prepared events in order (one broker round trip).
+    pub async fn publish_events(&self, events: Vec<Arc<Event>>) -> Published {
+        let count = events.len() as u64;
+        let published = self.broker.publish_batch(self, events).await;
+        self.stats.node.publishes.fetch_add(count, Ordering::Relaxed);
+        published
     }
 
     /// Publishes a prepared event.

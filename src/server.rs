@@ -17,6 +17,8 @@ use crate::hub::rules::ChannelRules;
 use crate::limits::Limits;
 use crate::node::Node;
 use crate::stats::Stats;
+use crate::store::Store;
+use crate::store::writer::Writer;
 use crate::transport::listener;
 
 /// Why a node could not start.
@@ -39,6 +41,9 @@ pub enum StartError {
     /// Keys or access rules could not be loaded.
     #[error(transparent)]
     Auth(#[from] AuthSetupError),
+    /// The message store could not be opened.
+    #[error("cannot open the message store ({0}); check database.url")]
+    Store(#[from] crate::store::StoreError),
     /// The broker could not be set up.
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -56,6 +61,7 @@ pub struct Running {
     /// `http` or `https`.
     pub scheme: &'static str,
     accept: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<()>,
 }
 
 fn node_id(config: &Config) -> Arc<str> {
@@ -76,6 +82,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    let store = Arc::new(Store::open(&config.database).await?);
+    let (writer, write_queue) = Writer::new(config.database.queue_capacity);
     let (hub, inboxes) = Hub::new(shards);
     let id = node_id(&config);
     let (broker, pushes) = match (&config.redis.url, config.redis.mode) {
@@ -94,6 +102,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         rules: ChannelRules::new(&config.channels),
         auth: Auth::new(&config)?,
         limits: Arc::new(Limits::new(&config.limits)),
+        store: store.clone(),
+        writer,
         config: Arc::new(config),
         hub,
         broker,
@@ -109,6 +119,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         crate::hub::shard::spawn_thread(number, node.clone(), inbox).map_err(StartError::Threads)?;
     }
     tokio::spawn(sample_stats(node.clone()));
+    let writer = tokio::spawn(crate::store::writer::run(node.clone(), store, write_queue));
+    tokio::spawn(crate::store::retention::run(node.clone()));
     if let Some(pushes) = pushes {
         let interest = node.hub.watch_interest();
         tokio::spawn(crate::broker::redis::run(node.clone(), pushes, interest));
@@ -122,7 +134,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
     });
     tracing::info!(node = %node.id, %local_addr, shards, broker = node.broker.status().kind, scheme, "herald started");
-    Ok(Running { local_addr, node, accept, scheme })
+    Ok(Running { local_addr, node, accept, scheme, writer })
 }
 
 async fn sample_stats(node: Arc<Node>) {
@@ -168,6 +180,12 @@ impl Running {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Every connection is gone (or out of time): write what is queued, then stop.
+        node.writer.close();
+        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(2));
+        if tokio::time::timeout(remaining, self.writer).await.is_err() {
+            tracing::error!("the message writer did not drain before the deadline");
         }
     }
 }

@@ -91,8 +91,13 @@ fn merge(per_shard: Vec<Vec<(Arc<str>, usize)>>) -> Vec<(String, usize)> {
     rows
 }
 
-/// `GET …/rooms`: active rooms with member counts.
+/// `GET /api/rooms`: active rooms with member counts.
 pub async fn rooms(State(node): State<Arc<Node>>, _admin: Admin) -> Response {
+    active_rooms(&node).await
+}
+
+/// Active rooms with member counts, summed over shards.
+pub async fn active_rooms(node: &Node) -> Response {
     let rows = merge(node.hub.ask(|shard| shard.room_counts()).await);
     let rooms: Vec<_> = rows
         .into_iter()

@@ -15,10 +15,11 @@ use crate::node::Node;
 pub async fn health(State(node): State<Arc<Node>>) -> Response {
     let broker = node.broker.status();
     let totals = node.stats.totals();
+    let database_ok = node.writer.is_healthy();
     let (status, score) = if node.shutdown.is_cancelled() {
         ("unhealthy", 0)
-    } else if !broker.connected {
-        ("degraded", 50)
+    } else if !broker.connected || !database_ok {
+        ("degraded", if broker.connected || database_ok { 50 } else { 25 })
     } else {
         ("healthy", 100)
     };
@@ -32,6 +33,11 @@ pub async fn health(State(node): State<Arc<Node>>) -> Response {
             "health_score": score,
             "redis_connected": broker.kind != "local" && broker.connected,
             "broker": broker,
+            "database": {
+                "kind": node.store.kind(),
+                "connected": database_ok,
+                "queue_depth": node.writer.queue_depth(),
+            },
             "connection_stats": {
                 "total_connections": totals.connections,
                 "unique_users": users,

@@ -6,6 +6,8 @@
 
 pub mod admin;
 pub mod health;
+pub mod history;
+pub mod ingest;
 pub mod metrics;
 pub mod publish;
 pub mod stats;
@@ -135,10 +137,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/publish", post(publish::publish))
         .route("/api/broadcast", post(publish::broadcast))
         .route("/api/stats", get(stats::stats))
-        .route("/api/health", get(health::health));
+        .route("/api/health", get(health::health))
+        .route("/messages", post(ingest::post).get(ingest::recent))
+        .route("/api/rooms/{room}/messages", get(history::messages).post(history::post_message))
+        .route("/api/retention/run", post(history::run_retention))
+        .route("/api/search", get(history::search));
     let admin_routes = |prefix: &str, router: Router<Arc<Node>>| {
         router
-            .route(&format!("{prefix}/rooms"), get(admin::rooms))
+            .route(&format!("{prefix}/rooms"), get(history::rooms))
             .route(&format!("{prefix}/channels"), get(admin::channels))
             .route(&format!("{prefix}/rooms/{{room}}/broadcast"), post(publish::room_broadcast))
             .route(&format!("{prefix}/users/{{user}}/notify"), post(publish::notify_user))
@@ -149,7 +155,11 @@ pub fn router(node: Arc<Node>) -> Router {
     };
     router = admin_routes("/api", router);
     for mount in &node.config.server.mounts {
-        router = admin_routes(mount, router).route(&format!("{mount}/health"), get(health::health));
+        router = admin_routes(mount, router)
+            .route(&format!("{mount}/health"), get(health::health))
+            .route(&format!("{mount}/rooms/{{room}}/messages"), get(history::messages))
+            .route(&format!("{mount}/rooms/{{room}}/mark-read"), post(history::mark_read))
+            .route(&format!("{mount}/search"), get(history::search));
         let stats_stream = Endpoint {
             path: format!("{mount}/stats"),
             kind: EndpointKind::Stats,
@@ -200,6 +210,13 @@ async fn not_found(request: Request) -> ApiError {
         "NOT_FOUND",
         format!("no route for {} {}", request.method(), request.uri().path()),
     )
+}
+
+/// `201 Created` with `{"success":true, …fields}`.
+pub fn created(fields: serde_json::Value) -> Response {
+    let mut response = ok(fields);
+    *response.status_mut() = StatusCode::CREATED;
+    response
 }
 
 /// `{"success":true, …fields}`.

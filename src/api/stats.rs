@@ -43,6 +43,13 @@ fn figures(node: &Node, clients: Option<usize>) -> Value {
         "uptime_seconds": node.stats.uptime_seconds(),
         "redis_connected": redis_connected,
         "broker": broker,
+        "database": {
+            "kind": node.store.kind(),
+            "connected": node.writer.is_healthy(),
+            "queue_depth": node.writer.queue_depth(),
+            "stored_messages": totals.stored_messages,
+            "batches": totals.stored_batches,
+        },
         "node": &*node.id,
         "totals": totals,
     })

@@ -73,6 +73,27 @@ impl Broker {
         }
     }
 
+    /// Publishes several events in order, in one round trip when the broker is Redis.
+    pub async fn publish_batch(&self, node: &Node, events: Vec<Arc<Event>>) -> Published {
+        match self {
+            Broker::Local => {
+                for event in events {
+                    node.hub.dispatch(event).await;
+                }
+                Published::Everywhere
+            }
+            Broker::Redis(redis) => match redis.publish_batch(&node.id, &events).await {
+                Ok(()) => Published::Everywhere,
+                Err(_) => {
+                    for event in events {
+                        node.hub.dispatch(event).await;
+                    }
+                    Published::LocalOnly
+                }
+            },
+        }
+    }
+
     /// The Redis broker, if that is what runs.
     pub fn redis(&self) -> Option<&redis::RedisBroker> {
         match self {

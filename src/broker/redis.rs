@@ -313,6 +313,31 @@ impl RedisBroker {
 
     /// Publishes an event to every node subscribed to one of its keys.
     pub async fn publish(&self, node_id: &str, event: &Event) -> Result<(), BrokerError> {
+        let mut pipe = redis::pipe();
+        self.add_to_pipeline(&mut pipe, node_id, event);
+        self.run_publish(&pipe).await
+    }
+
+    /// Publishes events in order in one pipeline.
+    pub async fn publish_batch(&self, node_id: &str, events: &[Arc<Event>]) -> Result<(), BrokerError> {
+        let mut pipe = redis::pipe();
+        for event in events {
+            self.add_to_pipeline(&mut pipe, node_id, event);
+        }
+        self.run_publish(&pipe).await
+    }
+
+    async fn run_publish(&self, pipe: &redis::Pipeline) -> Result<(), BrokerError> {
+        match self.commands.pipeline(pipe).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.mark_down(&e.to_string());
+                Err(BrokerError::Unavailable(e.to_string()))
+            }
+        }
+    }
+
+    fn add_to_pipeline(&self, pipe: &mut redis::Pipeline, node_id: &str, event: &Event) {
         let t = &event.target;
         let mut head = format!("{{\"v\":1,\"n\":{}", json_string(node_id));
         for (field, value) in [("c", &t.channel), ("r", &t.room), ("u", &t.user)] {
@@ -331,7 +356,6 @@ impl RedisBroker {
                 .filter_map(|(k, name)| name.map(|n| (k, self.key(k, n))))
                 .collect()
         };
-        let mut pipe = redis::pipe();
         for (kind, channel) in &copies {
             let mut message = Vec::with_capacity(head.len() + event.payload.len() + 16);
             message.extend_from_slice(head.as_bytes());
@@ -339,13 +363,6 @@ impl RedisBroker {
             message.extend_from_slice(&event.payload);
             message.push(b'}');
             pipe.cmd(self.publish_cmd()).arg(channel).arg(message).ignore();
-        }
-        match self.commands.pipeline(&pipe).await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                self.mark_down(&e.to_string());
-                Err(BrokerError::Unavailable(e.to_string()))
-            }
         }
     }
 

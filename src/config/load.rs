@@ -72,6 +72,7 @@ const SEED_ALIASES: &[(&str, &str)] = &[
     ("websocket_ping_timeout", "websocket.idle_timeout"),
     ("websocket_connection_timeout", "websocket.idle_timeout"),
     ("jwt_secret_key", "auth.jwt_secret"),
+    ("websocket_encryption_key", "database.encryption_key"),
     ("websocket_max_connections_per_ip", "limits.max_connections_per_ip"),
     ("websocket_message_rate_limit", "limits.messages_per_minute"),
     ("websocket_requests_per_minute", "limits.messages_per_minute"),

@@ -312,12 +312,98 @@ pub enum RedisMode {
 }
 
 /// History storage settings.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// `sqlite://path` or `postgres://…`. Embedded SQLite when absent.
+    /// `sqlite://path` (embedded, the default `sqlite://herald.db`) or `postgres://…` (clusters).
     #[serde(deserialize_with = "text::opt_string")]
     pub url: Option<String>,
+    /// Connections in the pool.
+    pub max_connections: u32,
+    /// Most rows the writer commits in one transaction (the dashboard document's 50).
+    pub batch_size: usize,
+    /// How long the writer waits for a batch to fill once it has a row. 0 (the default) commits
+    /// at once and batches whatever arrived meanwhile ("group commit"); `2s` reproduces the
+    /// dashboard document's "50 rows or 2 seconds".
+    #[serde(with = "duration")]
+    pub batch_linger: Duration,
+    /// Rows waiting for the writer before senders are held back.
+    pub queue_capacity: usize,
+    /// SQLite `synchronous`: `full` (every commit reaches the disk) or `normal` (safe against a
+    /// process crash, not against power loss).
+    pub sqlite_synchronous: SqliteSynchronous,
+    /// A key or passphrase for sensitive content (key id `default`; the chat document's
+    /// `WEBSOCKET_ENCRYPTION_KEY`).
+    #[serde(deserialize_with = "text::opt_string")]
+    pub encryption_key: Option<String>,
+    /// Keys by id (base64 of 32 bytes, or passphrases), for rotation.
+    pub encryption_keys: std::collections::BTreeMap<String, String>,
+    /// The key id new messages are encrypted with.
+    pub encryption_key_id: Option<String>,
+    /// Rooms whose messages are always encrypted (patterns with `*`).
+    pub sensitive_rooms: Vec<String>,
+    /// Regular expressions that make a message sensitive (card numbers, …).
+    pub sensitive_patterns: Vec<String>,
+    /// Largest chat message content, in bytes.
+    pub max_content_size: usize,
+    /// Messages older than this (`"30d"`, `"90days"`) are deleted or archived; 0 keeps
+    /// everything.
+    #[serde(with = "duration")]
+    pub retention_max_age: Duration,
+    /// `delete` or `archive` (moved to `messages_archive`).
+    pub retention_mode: RetentionMode,
+    /// How often retention runs.
+    #[serde(with = "duration")]
+    pub retention_interval: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 8,
+            batch_size: 50,
+            batch_linger: Duration::ZERO,
+            queue_capacity: 10_000,
+            sqlite_synchronous: SqliteSynchronous::Full,
+            encryption_key: None,
+            encryption_keys: std::collections::BTreeMap::new(),
+            encryption_key_id: None,
+            sensitive_rooms: Vec::new(),
+            sensitive_patterns: Vec::new(),
+            max_content_size: 16 * 1024,
+            retention_max_age: Duration::ZERO,
+            retention_mode: RetentionMode::Delete,
+            retention_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// The URL in use: the configured one or the embedded SQLite file.
+    pub fn effective_url(&self) -> &str {
+        self.url.as_deref().unwrap_or("sqlite://herald.db")
+    }
+}
+
+/// SQLite durability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SqliteSynchronous {
+    /// Every commit is on disk before it is acknowledged.
+    Full,
+    /// Commits survive a crash of Herald, not necessarily of the machine.
+    Normal,
+}
+
+/// What retention does with old messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetentionMode {
+    /// Delete them.
+    Delete,
+    /// Move them to `messages_archive`.
+    Archive,
 }
 
 /// Log output.
@@ -438,6 +524,41 @@ impl Config {
             problem("redis.url".into(), "must start with redis://, rediss:// or unix://");
         }
         self.validate_security(&mut problem);
+        let db = &self.database;
+        let url = db.effective_url();
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            problem("database.url".into(), "must be sqlite://PATH or postgres://…");
+        }
+        if db.batch_size == 0 || db.batch_size > 10_000 {
+            problem("database.batch_size".into(), "must be between 1 and 10000");
+        }
+        if db.queue_capacity == 0 {
+            problem("database.queue_capacity".into(), "must be at least 1");
+        }
+        if db.max_connections == 0 {
+            problem("database.max_connections".into(), "must be at least 1");
+        }
+        if db.max_content_size == 0 {
+            problem("database.max_content_size".into(), "must be at least 1");
+        }
+        let has_key = db.encryption_key.is_some() || !db.encryption_keys.is_empty();
+        if (!db.sensitive_rooms.is_empty() || !db.sensitive_patterns.is_empty()) && !has_key {
+            problem(
+                "database.encryption_key".into(),
+                "sensitive rooms or patterns are configured, so an encryption key is required",
+            );
+        }
+        for (i, pattern) in db.sensitive_patterns.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(pattern) {
+                problem(format!("database.sensitive_patterns[{i}]"), &format!("is not a regular expression: {e}"));
+            }
+        }
+        if let Some(id) = &db.encryption_key_id
+            && !db.encryption_keys.contains_key(id)
+            && !(id == "default" && db.encryption_key.is_some())
+        {
+            problem("database.encryption_key_id".into(), "names no configured key");
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problem("log.level".into(), &format!("is not a valid filter: {e}"));
         }

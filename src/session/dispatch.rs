@@ -59,6 +59,8 @@ pub(crate) async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: 
     let result = match message.kind.as_str() {
         "ping" => handlers::ping::handle(shard, session, &message),
         "refresh_token" => handlers::auth::refresh(shard, session, &message),
+        "chat_message" => handlers::chat::chat(shard, session, &message).await,
+        "mark_read" | "read_receipt" => handlers::chat::mark_read(shard, session, &message).await,
         "subscribe" => handlers::channels::subscribe(shard, session, &message).await,
         "unsubscribe" => handlers::channels::unsubscribe(shard, session, &message),
         "join_room" => handlers::rooms::join(shard, session, &message).await,

@@ -7,7 +7,7 @@
 
 pub(crate) mod connect;
 mod dispatch;
-mod handlers;
+pub(crate) mod handlers;
 pub mod outbound;
 mod reader;
 
@@ -24,6 +24,7 @@ use serde_json::Value;
 
 pub use connect::ConnectPlan;
 pub(crate) use handlers::auth::check_expiry;
+pub use handlers::chat::{parse_mark, record_read};
 pub use outbound::SendOutcome;
 
 use crate::auth::Identity;

@@ -389,8 +389,7 @@ async fn a_token_is_refreshed_before_it_expires() {
 async fn tls_serves_wss_and_https() {
     let toml = format!("[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"", fixture("tls-cert.pem"), fixture("tls-key.pem"));
     let herald = Herald::start(&toml).await;
-    let log = herald.log.lock().clone();
-    assert!(log.contains("scheme=\"https\"") || log.contains("https"), "{log}");
+    herald.wait_for_log("scheme=\"https\"").await;
 
     // A TLS client trusting only the test certificate.
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();

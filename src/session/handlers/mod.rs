@@ -2,6 +2,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod channels;
+pub mod chat;
 pub(crate) mod ping;
 pub(crate) mod rooms;
 

@@ -35,6 +35,9 @@ pub(crate) async fn join_one(
 pub(crate) async fn join(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), ProtocolError> {
     let room = message.room()?;
     let ready = join_one(shard, session, room).await?;
+    if let Some(user) = session.user_id() {
+        shard.node().writer.record_member(room, &user, crate::store::now_ms());
+    }
     Hub::ready(ready.into_iter().collect(), shard.node().config.redis.timeout).await;
     session
         .reply(shard, &outbound::reply("room_joined", json!({ "room": room, "room_id": room }), message.id.as_ref()));

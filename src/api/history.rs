@@ -1,0 +1,336 @@
+//! Chat history over REST (the chat document's paths, under every mount): a room's messages,
+//! the caller's rooms with unread counts, mark-read, and search. Every read asks the access
+//! policy; a user sees only rooms it may read.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::response::Response;
+use bytes::Bytes;
+use http::StatusCode;
+use http::request::Parts;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use super::{Admin, ApiError, ok, parse_body};
+use crate::auth::{Action, Identity};
+use crate::config::{AuthMode, NameKind};
+use crate::node::Node;
+use crate::session::{parse_mark, record_read};
+use crate::store::{MessageType, NewMessage, Page, StoreError, now_ms};
+
+/// Who is calling: a backend holding the API key, a user holding a token, or nobody.
+pub struct Caller {
+    /// The user, when a token (or, with authentication off, a `user_id`) names one.
+    pub identity: Option<Arc<Identity>>,
+    /// Whether the caller holds the API key (backends read everything).
+    pub admin: bool,
+}
+
+impl FromRequestParts<Arc<Node>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        let params: HashMap<String, String> =
+            parts.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
+        let bearer = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(|s| s.trim().to_string())
+            .or_else(|| params.get("token").cloned());
+        if let Some(token) = bearer {
+            if node.config.api.key.as_ref().is_some_and(|k| bool::from(k.as_bytes().ct_eq(token.as_bytes()))) {
+                let _admin = Admin::from_request_parts(parts, node).await?;
+                return Ok(Caller { identity: None, admin: true });
+            }
+            let verified = node
+                .auth
+                .verify(&token)
+                .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "AUTHENTICATION_FAILED", e.to_string()))?;
+            return Ok(Caller { identity: Some(verified.identity), admin: false });
+        }
+        // No credentials: with no API key configured, a loopback caller is the backend; with
+        // authentication off, a `user_id` names the (unverified) user.
+        let loopback = parts.extensions.get::<ConnectInfo<SocketAddr>>().is_some_and(|c| c.0.ip().is_loopback());
+        let user = params.get("user_id").filter(|u| !u.is_empty() && node.config.auth.mode == AuthMode::Off);
+        Ok(Caller {
+            identity: user.map(|u| Arc::new(Identity::unverified(u))),
+            admin: node.config.api.key.is_none() && loopback && user.is_none(),
+        })
+    }
+}
+
+impl Caller {
+    async fn may_read(&self, node: &Node, room: &str) -> Result<(), ApiError> {
+        if self.admin {
+            return Ok(());
+        }
+        node.auth
+            .check(self.identity.as_deref(), NameKind::Room, room, Action::Read)
+            .await
+            .map_err(|d| ApiError::new(StatusCode::FORBIDDEN, "PERMISSION_DENIED", d.reason))
+    }
+}
+
+pub(crate) fn store_api_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Query(q) => ApiError::bad_request("INVALID_QUERY", q.to_string()),
+        other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", other.to_string()),
+    }
+}
+
+/// `?limit=&offset=` or `?before=`/`?after=` (cursor pagination).
+#[derive(Debug, Deserialize)]
+pub struct PageQuery {
+    limit: Option<String>,
+    offset: Option<String>,
+    before: Option<String>,
+    after: Option<String>,
+}
+
+fn number(name: &str, value: &Option<String>, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
+    let Some(text) = value else { return Ok(None) };
+    match text.parse::<i64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+        _ => Err(ApiError::bad_request("INVALID_PAGINATION", format!("{name} must be an integer from {min} to {max}"))),
+    }
+}
+
+/// `GET …/rooms/{room}/messages`.
+pub async fn messages(
+    State(node): State<Arc<Node>>,
+    caller: Caller,
+    Path(room): Path<String>,
+    Query(query): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    caller.may_read(&node, &room).await?;
+    let limit = number("limit", &query.limit, 1, 500)?.unwrap_or(50);
+    let offset = number("offset", &query.offset, 0, 1_000_000)?;
+    let before = number("before", &query.before, 1, i64::MAX)?;
+    let after = number("after", &query.after, 0, i64::MAX)?;
+    let page = match (offset, before, after) {
+        (None, None, None) => Page::Offset { limit: limit + 1, offset: 0 },
+        (Some(offset), None, None) => Page::Offset { limit: limit + 1, offset },
+        (None, Some(id), None) => Page::Before { id, limit: limit + 1 },
+        (None, None, Some(id)) => Page::After { id, limit: limit + 1 },
+        _ => return Err(ApiError::bad_request("INVALID_PAGINATION", "use one of offset, before or after")),
+    };
+    let mut rows = node.store.history(&room, page).await.map_err(store_api_error)?;
+    // One row more than asked tells whether there is more in the direction of travel.
+    let has_more = rows.len() as i64 > limit;
+    if has_more {
+        match page {
+            Page::After { .. } => {
+                rows.pop();
+            }
+            _ => {
+                rows.remove(0);
+            }
+        }
+    }
+    let messages: Vec<Value> = rows.iter().map(|m| m.to_json()).collect();
+    Ok(ok(json!({
+        "room": room,
+        "room_name": room,
+        "count": messages.len(),
+        "has_more": has_more,
+        "next_before": rows.first().map(|m| m.id),
+        "next_after": rows.last().map(|m| m.id),
+        "messages": messages,
+    })))
+}
+
+/// `GET <mount>/rooms`: a user's rooms with unread counts and last message (the chat
+/// document); with the API key instead, the active rooms with member counts.
+pub async fn rooms(State(node): State<Arc<Node>>, caller: Caller) -> Result<Response, ApiError> {
+    match (&caller.identity, caller.admin) {
+        (Some(user), _) => {
+            let mut rooms = Vec::new();
+            for summary in node.store.rooms_of(&user.id).await.map_err(store_api_error)? {
+                if caller.may_read(&node, &summary.room).await.is_err() {
+                    continue;
+                }
+                rooms.push(json!({
+                    "room": summary.room,
+                    "room_name": summary.room,
+                    "room_id": summary.room,
+                    "unread_count": summary.unread,
+                    "last_read_id": summary.last_read_id,
+                    "last_message": summary.last_message.map(|m| m.to_json()),
+                }));
+            }
+            Ok(ok(json!({ "user_id": &*user.id, "count": rooms.len(), "rooms": rooms })))
+        }
+        (None, true) => Ok(super::admin::active_rooms(&node).await),
+        (None, false) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "AUTHENTICATION_FAILED",
+            "send a user token (Authorization: Bearer <jwt>) or the API key",
+        )),
+    }
+}
+
+/// `POST …/rooms/{room}/mark-read` with `{"message_ids":[…]}` or `{"up_to": id}`.
+pub async fn mark_read(
+    State(node): State<Arc<Node>>,
+    caller: Caller,
+    Path(room): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Some(user) = caller.identity.clone() else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "AUTHENTICATION_FAILED",
+            "marking read needs a user token",
+        ));
+    };
+    let Value::Object(body) = parse_body::<Value>(&body)? else {
+        return Err(ApiError::bad_request("INVALID_JSON", "the body must be a JSON object"));
+    };
+    let what = parse_mark(&body).map_err(|e| ApiError::bad_request("INVALID_MESSAGE", e))?;
+    caller.may_read(&node, &room).await?;
+    let receipt = record_read(&node, &room, &user.id, &what).await.map_err(store_api_error)?;
+    Ok(ok(json!({ "room": room, "marked": receipt["message_ids"], "last_read_id": receipt["last_read_id"] })))
+}
+
+/// `?query=&room_name=&limit=`.
+#[derive(Debug, Deserialize)]
+pub struct SearchQuery {
+    query: Option<String>,
+    q: Option<String>,
+    room_name: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET …/search`: ranked by relevance, only from rooms the caller may read; encrypted messages
+/// are never found.
+pub async fn search(
+    State(node): State<Arc<Node>>,
+    caller: Caller,
+    Query(query): Query<SearchQuery>,
+) -> Result<Response, ApiError> {
+    let text = query.query.or(query.q).unwrap_or_default();
+    let limit = number("limit", &query.limit, 1, 100)?.unwrap_or(20);
+    if let Some(room) = &query.room_name {
+        caller.may_read(&node, room).await?;
+    }
+    // Over-fetch so that filtering out unreadable rooms still fills the page.
+    let hits =
+        node.store.search(&text, query.room_name.as_deref(), (limit * 4).min(400)).await.map_err(store_api_error)?;
+    let mut decisions: HashMap<String, bool> = HashMap::new();
+    let mut results = Vec::new();
+    for hit in hits {
+        let allowed = match decisions.get(&hit.message.room) {
+            Some(allowed) => *allowed,
+            None => {
+                let allowed = caller.may_read(&node, &hit.message.room).await.is_ok();
+                decisions.insert(hit.message.room.clone(), allowed);
+                allowed
+            }
+        };
+        if allowed {
+            let mut item = hit.message.to_json();
+            item["rank"] = json!(hit.rank);
+            results.push(item);
+            if results.len() as i64 == limit {
+                break;
+            }
+        }
+    }
+    Ok(ok(json!({ "query": text, "count": results.len(), "results": results })))
+}
+
+/// `POST /api/rooms/{room}/messages`: a backend posts a message (a system notice by default)
+/// through the same writer; answered once durable.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostMessage {
+    content: String,
+    #[serde(default)]
+    message_type: Option<String>,
+    #[serde(default)]
+    user_id: Option<super::publish::IdValue>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    metadata: Option<Value>,
+    #[serde(default)]
+    sensitive: bool,
+}
+
+/// Handler for [`PostMessage`].
+pub async fn post_message(
+    State(node): State<Arc<Node>>,
+    _admin: Admin,
+    Path(room): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: PostMessage = parse_body(&body)?;
+    crate::protocol::validate_name("room", &room).map_err(|e| ApiError::bad_request("INVALID_NAME", e.message))?;
+    let kind_text = request.message_type.as_deref().unwrap_or("system");
+    let kind = MessageType::parse(kind_text)
+        .ok_or_else(|| ApiError::bad_request("INVALID_MESSAGE", format!("unknown message_type {kind_text:?}")))?;
+    if request.content.len() > node.store.config.max_content_size {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "MESSAGE_TOO_LARGE",
+            "content exceeds database.max_content_size",
+        ));
+    }
+    if request.metadata.as_ref().is_some_and(|m| !m.is_object()) {
+        return Err(ApiError::bad_request("INVALID_MESSAGE", "\"metadata\" must be an object"));
+    }
+    let message = NewMessage {
+        room: Arc::from(room.as_str()),
+        user_id: request.user_id.map(super::publish::IdValue::into_string),
+        user_name: request.username,
+        message_type: kind,
+        content: request.content,
+        metadata: request.metadata,
+        sensitive: request.sensitive,
+        created_at: now_ms(),
+        channel: None,
+    };
+    let stored = store_one(&node, message).await?;
+    Ok(super::created(json!({ "message": stored.to_json() })))
+}
+
+/// Submits one message and waits until it is durable.
+pub(crate) async fn store_one(node: &Node, message: NewMessage) -> Result<crate::store::StoredMessage, ApiError> {
+    let ack = node.writer.submit(message).await.map_err(store_api_error)?;
+    match ack.await {
+        Ok(Ok(stored)) => Ok(stored),
+        Ok(Err(e)) => Err(store_api_error(e)),
+        Err(_) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the writer stopped")),
+    }
+}
+
+/// `?older_than=30d`.
+#[derive(Debug, Deserialize)]
+pub struct RetentionQuery {
+    older_than: Option<String>,
+}
+
+/// `POST /api/retention/run[?older_than=…]`: applies retention now, with the configured age or
+/// the one given.
+pub async fn run_retention(
+    State(node): State<Arc<Node>>,
+    admin: Admin,
+    Query(query): Query<RetentionQuery>,
+) -> Result<Response, ApiError> {
+    let max_age = match &query.older_than {
+        Some(text) => Some(
+            humantime::parse_duration(text)
+                .map_err(|e| ApiError::bad_request("INVALID_MESSAGE", format!("older_than: {e}")))?,
+        ),
+        None => None,
+    };
+    crate::audit::admin_action(&admin.peer, "retention", query.older_than.as_deref().unwrap_or("configured age"));
+    let removed = crate::store::retention::run_once(&node, max_age).await.map_err(store_api_error)?;
+    Ok(ok(json!({ "removed": removed, "mode": node.store.config.retention_mode })))
+}
