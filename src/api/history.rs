@@ -58,10 +58,16 @@ impl FromRequestParts<Arc<Node>> for Caller {
         // authentication off, a `user_id` names the (unverified) user.
         let loopback = parts.extensions.get::<ConnectInfo<SocketAddr>>().is_some_and(|c| c.0.ip().is_loopback());
         let user = params.get("user_id").filter(|u| !u.is_empty() && node.config.auth.mode == AuthMode::Off);
-        Ok(Caller {
-            identity: user.map(|u| Arc::new(Identity::unverified(u))),
-            admin: node.config.api.key.is_none() && loopback && user.is_none(),
-        })
+        let admin = node.config.api.key.is_none() && loopback && user.is_none();
+        if !admin && node.config.auth.mode == AuthMode::Required {
+            // As on the WebSocket endpoints: without a token, nothing.
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "AUTHENTICATION_FAILED",
+                "send a user token (Authorization: Bearer <jwt>) or the API key",
+            ));
+        }
+        Ok(Caller { identity: user.map(|u| Arc::new(Identity::unverified(u))), admin })
     }
 }
 

@@ -18,7 +18,8 @@ pub fn reply(kind: &str, fields: Value, id: Option<&Value>) -> Bytes {
     let mut object = Map::new();
     object.insert("type".into(), Value::from(kind));
     if let Value::Object(fields) = fields {
-        object.extend(fields);
+        // The reply's own type wins over any `type` among the fields.
+        object.extend(fields.into_iter().filter(|(k, _)| k != "type"));
     }
     object.entry("timestamp").or_insert_with(|| Value::from(now()));
     if let Some(id) = id {
@@ -65,5 +66,13 @@ mod tests {
         assert_eq!(v["error"], "Permission denied");
         assert_eq!(v["id"], "r1");
         assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn the_reply_type_wins_over_a_type_field() {
+        let bytes = reply("marked_read", json!({"type": "read_receipt", "room": "r"}), None);
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["type"], "marked_read");
+        assert_eq!(v["room"], "r");
     }
 }

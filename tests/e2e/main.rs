@@ -9,3 +9,4 @@ mod redis;
 mod resilience;
 mod security;
 mod seeds;
+mod store;
