@@ -1,6 +1,7 @@
 //! `herald-load`: drives a running Herald over real sockets and prints figures a person can
 //! compare. See BENCHMARKS.md for the command lines and results.
 
+mod chat;
 mod fanout;
 mod report;
 mod ws;
@@ -19,6 +20,9 @@ enum Command {
     /// N clients subscribed to a channel (or in rooms, or as one user's tabs); events published
     /// at a fixed rate or as fast as possible; prints deliveries per second, latency and loss.
     Fanout(fanout::Args),
+    /// Clients sending chat messages into rooms with persistence on; prints acknowledged
+    /// messages per second and ack latency.
+    Chat(chat::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,6 +32,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Fanout(args) => fanout::run(args).await,
+            Command::Chat(args) => chat::run(args).await,
         }
     })
 }
