@@ -255,7 +255,7 @@ impl Limits {
             if let Ok((counts, registry)) =
                 redis.pipeline_as::<(HashMap<String, i64>, HashMap<String, String>)>(&pipe).await
             {
-                let live = crate::broker::redis::live_from_registry(registry.values());
+                let live = redis.live_from_registry(registry.values());
                 return counts
                     .iter()
                     .filter(|(field, _)| *field == redis.incarnation() || live.contains(*field))

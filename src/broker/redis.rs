@@ -18,7 +18,7 @@
 //! When Redis is unreachable, publishing falls back to local delivery, health says `degraded`,
 //! connections are retried with backoff, and every subscription is restored once Redis is back.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -46,7 +46,6 @@ const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How often this node records its figures for cluster-wide statistics, and when a record is stale.
 const REGISTRY_INTERVAL: Duration = Duration::from_secs(2);
-const REGISTRY_STALE_MS: u64 = 10_000;
 
 #[derive(Clone)]
 enum Conn {
@@ -248,6 +247,29 @@ impl RedisBroker {
         &self.incarnation
     }
 
+    fn stale_ms(&self) -> u64 {
+        self.config.node_timeout.as_millis() as u64
+    }
+
+    /// Incarnations whose registry record is fresh.
+    pub fn live_from_registry<'a>(&self, records: impl Iterator<Item = &'a String>) -> HashSet<String> {
+        let now = crate::stats::unix_millis();
+        records
+            .filter_map(|json| serde_json::from_str::<serde_json::Value>(json).ok())
+            .filter(|r| r["updated_ms"].as_u64().is_some_and(|t| now.saturating_sub(t) < self.stale_ms()))
+            .filter_map(|r| r["incarnation"].as_str().map(String::from))
+            .collect()
+    }
+
+    /// Incarnations of live nodes, read from the registry now.
+    pub async fn live_incarnations(&self) -> Result<HashSet<String>, BrokerError> {
+        let records: HashMap<String, String> = self
+            .query_as(redis::cmd("HGETALL").arg(self.registry_key()))
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        Ok(self.live_from_registry(records.values()))
+    }
+
     /// The hash in which every node records its figures.
     pub fn registry_key(&self) -> String {
         format!("{}:nodes", self.config.key_prefix)
@@ -389,7 +411,7 @@ impl RedisBroker {
         for (id, json) in pairs {
             match serde_json::from_str::<serde_json::Value>(&json) {
                 Ok(record)
-                    if record["updated_ms"].as_u64().is_some_and(|t| now.saturating_sub(t) < REGISTRY_STALE_MS) =>
+                    if record["updated_ms"].as_u64().is_some_and(|t| now.saturating_sub(t) < self.stale_ms()) =>
                 {
                     nodes.push(record)
                 }
@@ -476,15 +498,6 @@ impl RedisBroker {
     }
 }
 
-/// Incarnations whose registry record is fresh.
-pub fn live_from_registry<'a>(records: impl Iterator<Item = &'a String>) -> HashSet<String> {
-    let now = crate::stats::unix_millis();
-    records
-        .filter_map(|json| serde_json::from_str::<serde_json::Value>(json).ok())
-        .filter(|r| r["updated_ms"].as_u64().is_some_and(|t| now.saturating_sub(t) < REGISTRY_STALE_MS))
-        .filter_map(|r| r["incarnation"].as_str().map(String::from))
-        .collect()
-}
 
 /// Runs the broker's background work until the node shuts down: dispatching pushes, following the
 /// hub's interest, checking the connection and restoring subscriptions after an outage.

@@ -7,11 +7,13 @@
 //!
 //! Every section has a `Default` that runs Herald embedded: no Redis, no database, loopback only.
 
+mod collab;
 pub mod duration;
 pub mod load;
 mod security;
 pub mod text;
 
+pub use collab::{AliasAction, AliasConfig, NotificationsConfig, PresenceConfig, UpstreamConfig};
 pub use security::{
     AccessConfig, AccessDefault, AccessRuleConfig, AuditConfig, AuthConfig, AuthMode, ClaimCondition, ExpiryPolicy,
     NameKind, RejectStyle, TlsConfig, parse_net,
@@ -48,6 +50,14 @@ pub struct Config {
     pub tls: TlsConfig,
     /// The audit log.
     pub audit: AuditConfig,
+    /// Presence, typing, cursors.
+    pub presence: PresenceConfig,
+    /// Stored notifications.
+    pub notifications: NotificationsConfig,
+    /// Requests and lifecycle events for the application's backend.
+    pub upstream: UpstreamConfig,
+    /// Application messages mapped to built-in actions.
+    pub aliases: Vec<AliasConfig>,
     /// Redis: the cross-node broker and the integration point for publishers.
     pub redis: RedisConfig,
     /// Persistence of history (SQLite by default, PostgreSQL by URL).
@@ -283,6 +293,10 @@ pub struct RedisConfig {
     /// How long to wait for Redis before a command counts as failed.
     #[serde(with = "duration")]
     pub timeout: Duration,
+    /// A node not heard from for this long is considered dead: its connections stop counting
+    /// and its users' presence expires.
+    #[serde(with = "duration")]
+    pub node_timeout: Duration,
 }
 
 impl Default for RedisConfig {
@@ -297,6 +311,7 @@ impl Default for RedisConfig {
             user_field: "user_id".into(),
             key_prefix: "herald".into(),
             timeout: Duration::from_secs(2),
+            node_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -559,6 +574,41 @@ impl Config {
         {
             problem("database.encryption_key_id".into(), "names no configured key");
         }
+        if self.redis.node_timeout < Duration::from_secs(3) {
+            problem("redis.node_timeout".into(), "must be at least 3s (nodes record themselves every 2 s)");
+        }
+        if let Some(url) = &self.upstream.webhook_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            problem("upstream.webhook_url".into(), "must be an http:// or https:// URL");
+        }
+        if !self.upstream.types.is_empty() && self.upstream.webhook_url.is_none() && self.upstream.redis_stream.is_none() {
+            problem("upstream.types".into(), "forwarded types need upstream.redis_stream or upstream.webhook_url");
+        }
+        if self.upstream.redis_stream.is_some() && self.redis.url.is_none() {
+            problem("upstream.redis_stream".into(), "needs redis.url");
+        }
+        for (i, event) in self.upstream.lifecycle.iter().enumerate() {
+            if !["connect", "disconnect", "join", "leave"].contains(&event.as_str()) {
+                problem(format!("upstream.lifecycle[{i}]"), "must be connect, disconnect, join or leave");
+            }
+        }
+        if !self.upstream.lifecycle.is_empty() && self.upstream.webhook_url.is_none() {
+            problem("upstream.lifecycle".into(), "lifecycle events need upstream.webhook_url");
+        }
+        for (i, event) in self.presence.status_events.iter().enumerate() {
+            if !["user_status_changed", "presence_update"].contains(&event.as_str()) {
+                problem(format!("presence.status_events[{i}]"), "must be user_status_changed or presence_update");
+            }
+        }
+        for (i, alias) in self.aliases.iter().enumerate() {
+            if alias.kind.is_empty() || BUILT_IN_TYPES.contains(&alias.kind.as_str()) {
+                problem(format!("aliases[{i}].type"), "must be a message type that Herald does not handle itself");
+            }
+            if let Err(e) = crate::protocol::template::check(&alias.target) {
+                problem(format!("aliases[{i}].target"), &e);
+            }
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problem("log.level".into(), &format!("is not a valid filter: {e}"));
         }
@@ -573,6 +623,26 @@ impl Config {
         })
     }
 }
+
+/// Message types Herald handles itself; aliases and forwarding cannot take them.
+pub const BUILT_IN_TYPES: &[&str] = &[
+    "ping",
+    "subscribe",
+    "unsubscribe",
+    "join_room",
+    "leave_room",
+    "refresh_token",
+    "chat_message",
+    "mark_read",
+    "read_receipt",
+    "status_update",
+    "typing_start",
+    "typing_stop",
+    "cursor_move",
+    "cell_update",
+    "subscribe_notifications",
+    "notification_read",
+];
 
 /// Paths under a mount that Herald serves itself and endpoints may not take.
 pub const RESERVED_MOUNT_PATHS: &[&str] =

@@ -20,6 +20,7 @@ macro_rules! prefixed_message_columns {
 }
 
 pub mod crypto;
+pub mod notifications;
 mod postgres;
 pub mod query;
 pub mod retention;

@@ -1,0 +1,117 @@
+//! Configuration of presence, notifications, requests for the backend and application aliases.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{duration, text};
+
+/// Presence, typing and cursors.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// Track who is where and announce it.
+    pub enabled: bool,
+    /// Send `room_state` to a connection that joins a room.
+    pub room_state_on_join: bool,
+    /// A typing state with no stop is announced as stopped after this long.
+    #[serde(with = "duration")]
+    pub typing_timeout: Duration,
+    /// At most one `cursor_moved` per user and room in this interval; faster moves are coalesced.
+    #[serde(with = "duration")]
+    pub cursor_interval: Duration,
+    /// Event types sent for a status change: the spreadsheet document's `user_status_changed`, the
+    /// chat document's `presence_update`, or both.
+    pub status_events: Vec<String>,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            room_state_on_join: true,
+            typing_timeout: Duration::from_secs(5),
+            cursor_interval: Duration::from_millis(50),
+            status_events: vec!["user_status_changed".into(), "presence_update".into()],
+        }
+    }
+}
+
+/// Stored notifications.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// Most unread notifications sent to a connection when it subscribes.
+    pub max_unread_on_subscribe: u32,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        Self { max_unread_on_subscribe: 100 }
+    }
+}
+
+/// Client messages Herald hands to the application's backend, and lifecycle webhooks.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Message types forwarded (`ai_request`, `file_upload_start`, …; `cell_update` forwards
+    /// accepted edits for persistence).
+    pub types: Vec<String>,
+    /// Redis stream requests are added to (`XADD`), read by workers with consumer groups.
+    pub redis_stream: Option<String>,
+    /// Approximate length the stream is trimmed to.
+    pub stream_max_len: u64,
+    /// URL requests (and lifecycle events) are POSTed to, signed with `webhook_secret`.
+    pub webhook_url: Option<String>,
+    /// HMAC-SHA256 key for the `X-Herald-Signature` header.
+    #[serde(deserialize_with = "text::opt_string")]
+    pub webhook_secret: Option<String>,
+    /// How long a webhook call may take.
+    #[serde(with = "duration")]
+    pub webhook_timeout: Duration,
+    /// Lifecycle events sent to the webhook: `connect`, `disconnect`, `join`, `leave`.
+    pub lifecycle: Vec<String>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            types: Vec::new(),
+            redis_stream: None,
+            stream_max_len: 100_000,
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_timeout: Duration::from_secs(5),
+            lifecycle: Vec::new(),
+        }
+    }
+}
+
+/// What an application alias does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AliasAction {
+    /// Join the room named by `target`.
+    JoinRoom,
+    /// Leave it.
+    LeaveRoom,
+    /// Subscribe to the channel named by `target`.
+    Subscribe,
+    /// Unsubscribe from it.
+    Unsubscribe,
+}
+
+/// An application's message mapped to a built-in action, e.g. the chat document's
+/// `{"type":"subscribe_order_updates","order_id":123}` → join `order_123`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AliasConfig {
+    /// The application's message type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The built-in action.
+    pub action: AliasAction,
+    /// Room or channel name template, filled from the message's fields.
+    pub target: String,
+}
