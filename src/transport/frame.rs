@@ -149,7 +149,8 @@ impl Decoder {
     }
 
     /// Decodes everything complete in `input` (plus earlier leftovers) into `out`.
-    /// After an error the connection must be closed with [`FrameError::close_code`].
+    /// After an error the connection must be closed with [`FrameError::close_code`]; the
+    /// messages pushed to `out` before it came first on the wire and are valid.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<Message>) -> Result<(), FrameError> {
         if self.pending.is_empty() {
             let used = self.decode_frames(input, out)?;
@@ -575,6 +576,17 @@ mod tests {
             decode_all(&interrupted),
             Err(FrameError::Protocol(_))
         ));
+    }
+
+    #[test]
+    fn messages_before_a_violation_are_still_returned() {
+        let mut bytes = raw_frame(0x80 | OP_TEXT, b"first");
+        bytes.extend(raw_frame(0x80 | 0x20 | OP_TEXT, b"bad"));
+        let mut decoder = Decoder::new(Role::Server, 1024);
+        let mut out = Vec::new();
+        let err = decoder.feed(&bytes, &mut out).unwrap_err();
+        assert!(matches!(err, FrameError::Protocol(_)));
+        assert_eq!(out, vec![Message::Text(Bytes::from_static(b"first"))]);
     }
 
     #[test]
