@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use load::{ConfigError, Overrides, load};
+pub use load::{ConfigError, Overrides, from_toml_str, load};
 
 /// The whole configuration of a node.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
