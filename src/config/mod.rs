@@ -290,6 +290,18 @@ impl Config {
                 "must be 1-64 characters of letters, digits, '-' or '_'",
             );
         }
+        for (key, value) in [
+            ("server.shutdown_timeout", self.server.shutdown_timeout),
+            (
+                "websocket.heartbeat_interval",
+                self.websocket.heartbeat_interval,
+            ),
+            ("websocket.idle_timeout", self.websocket.idle_timeout),
+        ] {
+            if value > MAX_DURATION {
+                problem(key.into(), "must be at most 365 days");
+            }
+        }
         if self.websocket.heartbeat_interval < Duration::from_millis(100) {
             problem(
                 "websocket.heartbeat_interval".into(),
@@ -400,6 +412,11 @@ impl Config {
     }
 }
 
+/// The longest interval or timeout a setting may take. Durations are added to the clock
+/// (heartbeat and shutdown deadlines), which cannot hold an arbitrarily distant future; a year is
+/// past any sensible value, and "never" is spelled with a long one.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// Paths under a mount that Herald serves itself and endpoints may not take.
 pub const RESERVED_MOUNT_PATHS: &[&str] = &[
     "/stats",
@@ -442,6 +459,33 @@ mod tests {
         ] {
             assert!(joined.contains(key), "{key} missing from:\n{joined}");
         }
+    }
+
+    // A duration past what `Instant` can hold validated, then panicked the shard threads
+    // (`now + heartbeat_interval`) or the shutdown (`now + shutdown_timeout`).
+    #[test]
+    fn durations_must_fit_the_clock() {
+        let mut config = Config::default();
+        let far = Duration::from_secs(i64::MAX as u64);
+        config.server.shutdown_timeout = far;
+        config.websocket.heartbeat_interval = far;
+        config.websocket.idle_timeout = far;
+        let err = config.validate().unwrap_err().to_string();
+        for key in [
+            "server.shutdown_timeout",
+            "websocket.heartbeat_interval",
+            "websocket.idle_timeout",
+        ] {
+            assert!(err.contains(key), "{key} missing from:\n{err}");
+        }
+
+        config.server.shutdown_timeout = MAX_DURATION;
+        config.websocket.heartbeat_interval = MAX_DURATION;
+        config.websocket.idle_timeout = MAX_DURATION;
+        config.validate().unwrap();
+        std::time::Instant::now()
+            .checked_add(MAX_DURATION)
+            .expect("the clock holds MAX_DURATION");
     }
 
     #[test]
