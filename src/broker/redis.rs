@@ -498,7 +498,6 @@ impl RedisBroker {
     }
 }
 
-
 /// Runs the broker's background work until the node shuts down: dispatching pushes, following the
 /// hub's interest, checking the connection and restoring subscriptions after an outage.
 /// `interest` must come from [`crate::hub::Hub::watch_interest`], taken before the node accepts

@@ -100,9 +100,28 @@ pub(crate) fn seed_alias_key(name: &str) -> Option<String> {
     SEED_ALIASES.iter().find(|(alias, _)| *alias == lower).map(|(_, path)| (*path).to_string())
 }
 
+/// The lowest layer of every configuration: the built-in defaults.
+fn defaults() -> Figment {
+    Figment::from(Serialized::defaults(Config::default()))
+}
+
+/// Turns merged sources into a configuration that is known to make sense.
+fn extract_valid(figment: &Figment) -> Result<Config, ConfigError> {
+    let config: Config = figment.extract()?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Loads a configuration from TOML text alone: the defaults, then `text`, then validation,
+/// exactly as a `--config` file is read but without environment variables or flags. For tools
+/// and tests that hold a configuration in memory.
+pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+    extract_valid(&defaults().merge(Toml::string(text)))
+}
+
 /// Loads, merges and validates the configuration from all sources.
 pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
-    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    let mut figment = defaults();
     if let Some(path) = &overrides.config_file {
         if !path.exists() {
             return Err(ConfigError::MissingFile(path.clone()));
@@ -113,9 +132,7 @@ pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
     figment = figment.merge(Env::raw().filter_map(|k| seed_alias_key(k.as_str()).map(Into::into)).lowercase(false));
     figment = figment.merge(Env::raw().filter_map(|k| herald_env_key(k.as_str()).map(Into::into)).lowercase(false));
     figment = figment.merge(flags_provider(overrides));
-    let config: Config = figment.extract()?;
-    config.validate()?;
-    Ok(config)
+    extract_valid(&figment)
 }
 
 /// The seed documents' variables that need more than a rename: `REDIS_HOST` / `REDIS_PORT` (when
@@ -215,20 +232,43 @@ mod tests {
 
     #[test]
     fn a_wrong_type_names_the_key() {
-        let mut file = tempfile::NamedTempFile::new().unwrap();
-        writeln!(file, "[websocket]\nmax_message_size = \"big\"").unwrap();
-        let overrides = Overrides { config_file: Some(file.path().into()), ..Default::default() };
-        let err = load(&overrides).unwrap_err().to_string();
+        let err = from_toml_str("[websocket]\nmax_message_size = \"big\"").unwrap_err().to_string();
         assert!(err.contains("websocket.max_message_size"), "{err}");
     }
 
     #[test]
     fn unknown_keys_are_refused() {
-        let mut file = tempfile::NamedTempFile::new().unwrap();
-        writeln!(file, "[websocket]\nheartbeat = 5").unwrap();
-        let overrides = Overrides { config_file: Some(file.path().into()), ..Default::default() };
-        let err = load(&overrides).unwrap_err().to_string();
+        let err = from_toml_str("[websocket]\nheartbeat = 5").unwrap_err().to_string();
         assert!(err.contains("heartbeat"), "{err}");
+    }
+
+    #[test]
+    fn toml_text_merges_over_the_defaults_and_is_validated() {
+        let config =
+            from_toml_str("[websocket]\nidle_timeout = \"3m\"\n[[endpoints]]\npath = \"/echo\"\nkind = \"echo\"")
+                .unwrap();
+        assert_eq!(config.websocket.idle_timeout, std::time::Duration::from_secs(180));
+        assert_eq!(config.endpoints.len(), 1);
+        assert_eq!(config.server.listen, Config::default().server.listen);
+
+        assert!(from_toml_str("").is_ok());
+        assert!(matches!(
+            from_toml_str("[server]\nlisten = \"nowhere\""),
+            Err(ConfigError::Invalid(problems)) if problems[0].starts_with("server.listen")
+        ));
+        assert!(matches!(from_toml_str("[server"), Err(ConfigError::Source(_))));
+    }
+
+    #[test]
+    fn the_shipped_examples_are_valid() {
+        for text in [
+            include_str!("../../examples/campaign-events.toml"),
+            include_str!("../../examples/job-updates.toml"),
+            include_str!("../../examples/manufacturing-chat.toml"),
+            include_str!("../../examples/message-dashboard.toml"),
+        ] {
+            from_toml_str(text).unwrap();
+        }
     }
 
     #[test]

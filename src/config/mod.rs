@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use load::{ConfigError, Overrides, load};
+pub use load::{ConfigError, Overrides, from_toml_str, load};
 
 /// The whole configuration of a node.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -475,6 +475,15 @@ impl Config {
         {
             problem("server.node_id".into(), "must be 1-64 characters of letters, digits, '-' or '_'");
         }
+        for (key, value) in [
+            ("server.shutdown_timeout", self.server.shutdown_timeout),
+            ("websocket.heartbeat_interval", self.websocket.heartbeat_interval),
+            ("websocket.idle_timeout", self.websocket.idle_timeout),
+        ] {
+            if value > MAX_DURATION {
+                problem(key.into(), "must be at most 365 days");
+            }
+        }
         if self.websocket.heartbeat_interval < Duration::from_millis(100) {
             problem("websocket.heartbeat_interval".into(), "must be at least 100ms");
         }
@@ -582,7 +591,10 @@ impl Config {
         {
             problem("upstream.webhook_url".into(), "must be an http:// or https:// URL");
         }
-        if !self.upstream.types.is_empty() && self.upstream.webhook_url.is_none() && self.upstream.redis_stream.is_none() {
+        if !self.upstream.types.is_empty()
+            && self.upstream.webhook_url.is_none()
+            && self.upstream.redis_stream.is_none()
+        {
             problem("upstream.types".into(), "forwarded types need upstream.redis_stream or upstream.webhook_url");
         }
         if self.upstream.redis_stream.is_some() && self.redis.url.is_none() {
@@ -644,6 +656,11 @@ pub const BUILT_IN_TYPES: &[&str] = &[
     "notification_read",
 ];
 
+/// The longest interval or timeout a setting may take. Durations are added to the clock
+/// (heartbeat and shutdown deadlines), which cannot hold an arbitrarily distant future; a year is
+/// past any sensible value, and "never" is spelled with a long one.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// Paths under a mount that Herald serves itself and endpoints may not take.
 pub const RESERVED_MOUNT_PATHS: &[&str] =
     &["/stats", "/health", "/rooms", "/connections", "/users", "/broadcast", "/shutdown"];
@@ -669,6 +686,27 @@ mod tests {
         for key in ["server.listen", "server.mounts[0]", "websocket.outbound_queue", "endpoints[0].path"] {
             assert!(joined.contains(key), "{key} missing from:\n{joined}");
         }
+    }
+
+    // A duration past what `Instant` can hold validated, then panicked the shard threads
+    // (`now + heartbeat_interval`) or the shutdown (`now + shutdown_timeout`).
+    #[test]
+    fn durations_must_fit_the_clock() {
+        let mut config = Config::default();
+        let far = Duration::from_secs(i64::MAX as u64);
+        config.server.shutdown_timeout = far;
+        config.websocket.heartbeat_interval = far;
+        config.websocket.idle_timeout = far;
+        let err = config.validate().unwrap_err().to_string();
+        for key in ["server.shutdown_timeout", "websocket.heartbeat_interval", "websocket.idle_timeout"] {
+            assert!(err.contains(key), "{key} missing from:\n{err}");
+        }
+
+        config.server.shutdown_timeout = MAX_DURATION;
+        config.websocket.heartbeat_interval = MAX_DURATION;
+        config.websocket.idle_timeout = MAX_DURATION;
+        config.validate().unwrap();
+        std::time::Instant::now().checked_add(MAX_DURATION).expect("the clock holds MAX_DURATION");
     }
 
     #[test]

@@ -207,6 +207,18 @@ mod tests {
         assert_eq!(m.channels().unwrap(), vec!["jobs"]);
     }
 
+    // Found by the client_message fuzz target: without serde_json's `float_roundtrip`, a number
+    // id was parsed one unit in the last place off the nearest double, so the id echoed in the
+    // reply was not the number a correct parser (a browser's, Python's) reads from the request.
+    #[test]
+    fn a_number_id_is_echoed_as_the_same_number() {
+        let m = Inbound::parse(br#"{"type":"ping","id":2112345678901234787890}"#).unwrap();
+        assert_eq!(m.id, Some(Value::from(2.112345678901235e21)));
+        let reply = super::super::outbound::error(ErrorCode::InvalidMessage, "x", m.id.as_ref());
+        let reply: Value = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(reply["id"], Value::from(2.112345678901235e21));
+    }
+
     #[test]
     fn unicode_and_path_like_names_are_plain_keys() {
         validate_name("room", "комната/../../etc/passwd").unwrap();

@@ -28,7 +28,13 @@ impl StoredNotification {
 
 impl Store {
     /// Stores a notification for a user (an existing id is left as it is).
-    pub async fn add_notification(&self, user: &str, id: &str, notification: &Value, at: i64) -> Result<(), StoreError> {
+    pub async fn add_notification(
+        &self,
+        user: &str,
+        id: &str,
+        notification: &Value,
+        at: i64,
+    ) -> Result<(), StoreError> {
         let text = |field: &str| notification.get(field).and_then(Value::as_str).map(String::from);
         let body = notification.to_string();
         match &self.backend {
@@ -67,7 +73,12 @@ impl Store {
     }
 
     /// A user's notifications, newest first; only unread ones when `unread_only`.
-    pub async fn notifications(&self, user: &str, unread_only: bool, limit: i64) -> Result<Vec<StoredNotification>, StoreError> {
+    pub async fn notifications(
+        &self,
+        user: &str,
+        unread_only: bool,
+        limit: i64,
+    ) -> Result<Vec<StoredNotification>, StoreError> {
         Ok(match &self.backend {
             Backend::Sqlite(s) => {
                 sqlx::query_as(

@@ -143,12 +143,15 @@ impl Decoder {
     }
 
     /// Decodes everything complete in `input` (plus earlier leftovers) into `out`.
-    /// After an error the connection must be closed with [`FrameError::close_code`].
+    /// After an error the connection must be closed with [`FrameError::close_code`]; the
+    /// messages pushed to `out` before it came first on the wire and are valid.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<Message>) -> Result<(), FrameError> {
         if self.pending.is_empty() {
             let used = self.decode_frames(input, out)?;
-            if used < input.len() {
-                self.pending.extend_from_slice(&input[used..]);
+            let rest = &input[used..];
+            if !rest.is_empty() {
+                self.pending.reserve(reserve_for(rest));
+                self.pending.extend_from_slice(rest);
             }
         } else {
             let mut pending = std::mem::take(&mut self.pending);
@@ -156,6 +159,7 @@ impl Decoder {
             let used = self.decode_frames(&pending, out)?;
             if used < pending.len() {
                 pending.drain(..used);
+                pending.reserve(reserve_for(&pending).saturating_sub(pending.len()));
                 self.pending = pending;
             }
         }
@@ -225,27 +229,12 @@ impl Decoder {
             _ => {}
         }
 
-        let (len, mut header_len) = match len7 {
-            126 => {
-                if data.len() < 4 {
-                    return Ok(None);
-                }
-                (u16::from_be_bytes([data[2], data[3]]) as u64, 4)
-            }
-            127 => {
-                if data.len() < 10 {
-                    return Ok(None);
-                }
-                let mut raw = [0u8; 8];
-                raw.copy_from_slice(&data[2..10]);
-                let len = u64::from_be_bytes(raw);
-                if len >> 63 != 0 {
-                    return Err(FrameError::Protocol("payload length has its most significant bit set"));
-                }
-                (len, 10)
-            }
-            n => (n as u64, 2),
+        let Some((len, mut header_len)) = payload_len(data) else {
+            return Ok(None);
         };
+        if len >> 63 != 0 {
+            return Err(FrameError::Protocol("payload length has its most significant bit set"));
+        }
         if !is_control {
             let so_far = self.fragment.as_ref().map_or(0, |f| f.data.len()) as u64;
             if so_far + len > self.max_message as u64 {
@@ -266,10 +255,6 @@ impl Decoder {
         };
         let total = header_len + len;
         if data.len() < total {
-            if self.pending.capacity() < total {
-                // Reserve the whole frame once instead of growing read by read.
-                self.pending.reserve(total.saturating_sub(self.pending.len()));
-            }
             return Ok(None);
         }
         let raw = &data[header_len..total];
@@ -341,6 +326,38 @@ impl Decoder {
             Ok(Message::Binary(Bytes::from(payload)))
         }
     }
+}
+
+/// Most bytes reserved for a frame beyond those already received.
+const MAX_RESERVE_AHEAD: usize = 64 * 1024;
+
+/// The payload length and the header length without the mask key, once the header has that far.
+fn payload_len(data: &[u8]) -> Option<(u64, usize)> {
+    match *data.get(1)? & 0x7F {
+        126 => {
+            let raw = data.get(2..4)?;
+            Some((u64::from(u16::from_be_bytes([raw[0], raw[1]])), 4))
+        }
+        127 => {
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(data.get(2..10)?);
+            Some((u64::from_be_bytes(raw), 10))
+        }
+        n => Some((u64::from(n), 2)),
+    }
+}
+
+/// The capacity worth holding for `partial`, an incomplete frame: the whole frame once its
+/// header says how long it is, so that it is not regrown read by read, but never more than
+/// [`MAX_RESERVE_AHEAD`] beyond what has arrived. The length is only the peer's claim; memory
+/// for the rest is committed as its bytes come in.
+fn reserve_for(partial: &[u8]) -> usize {
+    let Some((len, header_len)) = payload_len(partial) else {
+        return partial.len();
+    };
+    let mask_len = if partial[1] & 0x80 != 0 { 4 } else { 0 };
+    let total = usize::try_from(len).unwrap_or(usize::MAX).saturating_add(header_len + mask_len);
+    total.min(partial.len().saturating_add(MAX_RESERVE_AHEAD))
 }
 
 fn parse_close(payload: &[u8]) -> Result<Option<(u16, String)>, FrameError> {
@@ -503,6 +520,17 @@ mod tests {
     }
 
     #[test]
+    fn messages_before_a_violation_are_still_returned() {
+        let mut bytes = raw_frame(0x80 | OP_TEXT, b"first");
+        bytes.extend(raw_frame(0x80 | 0x20 | OP_TEXT, b"bad"));
+        let mut decoder = Decoder::new(Role::Server, 1024);
+        let mut out = Vec::new();
+        let err = decoder.feed(&bytes, &mut out).unwrap_err();
+        assert!(matches!(err, FrameError::Protocol(_)));
+        assert_eq!(out, vec![Message::Text(Bytes::from_static(b"first"))]);
+    }
+
+    #[test]
     fn refuses_bad_utf8_and_bad_close_frames() {
         let bad = encode_masked(
             OP_TEXT,
@@ -539,6 +567,48 @@ mod tests {
         assert!(decoder.buffered() > 0);
         decoder.feed(&frame[100..], &mut out).unwrap();
         assert_eq!(out.len(), 1);
+        assert_eq!(decoder.buffered(), 0);
+    }
+
+    // Found by the frame_decoder fuzz target: with a large message limit, a header claiming a
+    // huge payload made the decoder reserve the whole claimed frame up front (an allocation
+    // failure, aborting the process, for a claim near 2^63).
+    #[test]
+    fn a_claimed_length_reserves_only_a_bounded_amount_ahead() {
+        for limit in [1 << 30, usize::MAX] {
+            let mut decoder = Decoder::new(Role::Server, limit);
+            let mut header = BytesMut::new();
+            put_header(&mut header, OP_BINARY, false, 1 << 29, Some(KEY));
+            let mut out = Vec::new();
+            decoder.feed(&header, &mut out).unwrap();
+            decoder.feed(b"abc", &mut out).unwrap();
+            assert!(out.is_empty());
+            // Growth may double what is held, never more.
+            assert!(
+                decoder.buffered() <= 2 * (header.len() + 3 + MAX_RESERVE_AHEAD),
+                "holds {} bytes",
+                decoder.buffered()
+            );
+        }
+        let mut decoder = Decoder::new(Role::Server, usize::MAX);
+        let mut claim = vec![0x82, 0xFF];
+        claim.extend_from_slice(&((1u64 << 62) + 7).to_be_bytes());
+        claim.extend_from_slice(&KEY);
+        claim.push(b'x');
+        decoder.feed(&claim, &mut Vec::new()).unwrap();
+        assert!(decoder.buffered() <= claim.len() + MAX_RESERVE_AHEAD);
+    }
+
+    #[test]
+    fn a_frame_arriving_in_pieces_is_reserved_once_it_is_known() {
+        let frame = encode_masked(OP_BINARY, &[7u8; 5000], KEY);
+        let mut decoder = Decoder::new(Role::Server, 1 << 20);
+        let mut out = Vec::new();
+        decoder.feed(&frame[..1], &mut out).unwrap();
+        decoder.feed(&frame[1..10], &mut out).unwrap();
+        assert!(decoder.buffered() >= frame.len(), "the whole frame is reserved");
+        decoder.feed(&frame[10..], &mut out).unwrap();
+        assert_eq!(out, vec![Message::Binary(Bytes::from(vec![7u8; 5000]))]);
         assert_eq!(decoder.buffered(), 0);
     }
 
