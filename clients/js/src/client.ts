@@ -470,6 +470,13 @@ export class HeraldClient {
     this.#state = 'connecting';
     this.#welcome = undefined;
     this.#welcomeSeen = false;
+    // The timeout covers the whole attempt: fetching the token and opening the socket.
+    if (this.#connectTimeoutMs > 0) {
+      this.#connectTimer = setTimeout(() => {
+        this.#connectTimer = undefined;
+        if (gen === this.#gen && this.#state === 'connecting') this.#abandon(gen, 'connect timeout', false);
+      }, this.#connectTimeoutMs);
+    }
     let token = this.#options.token;
     if (this.#options.getToken !== undefined) {
       try {
@@ -480,7 +487,7 @@ export class HeraldClient {
         this.#socketEnded(gen, { code: CloseCode.ABNORMAL, reason: 'getToken failed', wasClean: false }, false);
         return;
       }
-      if (gen !== this.#gen) return;
+      if (gen !== this.#gen) return; // closed, timed out or superseded while waiting
     }
     let params = this.#options.params;
     const resumeParams = this.#options.resume?.params;
@@ -542,12 +549,6 @@ export class HeraldClient {
         opened,
       );
     };
-    if (this.#connectTimeoutMs > 0) {
-      this.#connectTimer = setTimeout(() => {
-        this.#connectTimer = undefined;
-        if (gen === this.#gen && !opened) this.#abandon(gen, 'connect timeout', false);
-      }, this.#connectTimeoutMs);
-    }
   }
 
   /** Restores the desired channels and rooms on a fresh connection, then becomes ready. */
@@ -625,22 +626,29 @@ export class HeraldClient {
       }),
       (p) => p.sentOn === gen,
     );
+    // Nothing from this attempt (a late getToken, a stale socket callback) may act any more.
+    const current = ++this.#gen;
     if (this.#stopped) return;
     const byDefault = defaultShouldReconnect(info, { canRefreshToken: this.#options.getToken !== undefined });
     let retry = this.#reconnect !== false && (this.#options.shouldReconnect?.(info, byDefault) ?? byDefault);
     if (retry && this.#reconnect !== false && this.#attempt >= this.#reconnect.maxAttempts) retry = false;
     if (!retry) {
-      this.#stopForGood(info, new HeraldError(ClientErrorCode.CLOSED, `connection closed (${info.code} ${info.reason}) and not retried`, { closeCode: info.code }));
+      const reason = `connection closed (${info.code} ${info.reason}) and not retried`;
+      this.#stopForGood(info, new HeraldError(ClientErrorCode.CLOSED, reason, { closeCode: info.code }));
       return;
     }
+    this.#state = 'reconnecting';
     if (opened) this.#emit('close', { ...info, willReconnect: true });
-    if (this.#stopped || gen !== this.#gen) return; // a handler closed or reconnected
+    if (this.#stopped || current !== this.#gen) return; // a handler closed or reconnected
     this.#scheduleReconnect(info);
   }
 
   #stopForGood(info: CloseInfo, error: HeraldError): void {
     this.#stopped = true;
     this.#gen += 1;
+    this.#clearTimer('reconnect');
+    this.#clearTimer('connect');
+    this.#clearTimer('watchdog');
     this.#state = 'closed';
     this.#rejectAll(error, () => true);
     this.#rejectReadyWaiters(error);

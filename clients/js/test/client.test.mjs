@@ -398,6 +398,30 @@ describe('HeraldClient against a scripted server', () => {
     assert.equal(errors.length, 1);
   });
 
+  test('a hanging or failing getToken counts as a failed attempt and is retried', async () => {
+    const server = await scriptedServer(() => undefined);
+    cleanup.push(server.close);
+    let calls = 0;
+    const c = client(server.url, {
+      connectTimeoutMs: 200,
+      getToken: () => {
+        calls += 1;
+        if (calls === 1) return new Promise(() => {}); // never settles
+        if (calls === 2) throw new Error('token service down');
+        return `token-${calls}`;
+      },
+    });
+    cleanup.push(() => c.close());
+    const events = record(c);
+    await within(c.connect(), 'connect() after two failed attempts');
+    assert.equal(calls, 3);
+    const reasons = events.filter(([t]) => t === 'reconnecting').map(([, e]) => e.lastClose.reason);
+    assert.deepEqual(reasons, ['connect timeout', 'getToken failed']);
+    assert.ok(events.some(([t, e]) => t === 'error' && e.code === ClientErrorCode.TOKEN_ERROR));
+    assert.equal(server.connections.length, 1);
+    assert.equal(new URL(server.connections[0].url, 'ws://x').searchParams.get('token'), 'token-3');
+  });
+
   test('a policy close (1008) is not retried and connect() rejects', async () => {
     const server = await scriptedServer(() => undefined, (conn) => conn.socket.close(1008, 'auth failed'));
     cleanup.push(server.close);
