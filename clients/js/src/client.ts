@@ -1,0 +1,905 @@
+import { computeBackoffDelay, normalizeReconnect, type ReconnectOptions } from './backoff.js';
+import { CloseCode, defaultShouldReconnect } from './close-codes.js';
+import { ClientErrorCode, HeraldError } from './errors.js';
+import { defaultStreamOf, PositionTracker, type StreamOf } from './positions.js';
+import type {
+  CloseInfo,
+  HeraldMessage,
+  StreamPosition,
+  WebSocketConstructor,
+  WebSocketLike,
+  WelcomeMessage,
+} from './types.js';
+import { assertName, buildConnectUrl, channelsInUrl } from './url.js';
+
+/** Hooks for resuming streams after a reconnect. Herald does not implement resume yet; see README. */
+export interface ResumeOptions {
+  /**
+   * Extra query parameters for a connection URL, built from the positions seen so far. Called
+   * before every connection attempt while at least one position is known.
+   */
+  params?: (positions: ReadonlyMap<string, StreamPosition>) => Record<string, string> | undefined;
+  /**
+   * Called when a connection opens while at least one position is known, before channels and
+   * rooms are restored; it may send messages (`client.send`, `client.request`). The connection
+   * becomes `ready` after the returned promise settles.
+   */
+  onOpen?: (context: {
+    positions: ReadonlyMap<string, StreamPosition>;
+    client: HeraldClient;
+    reconnect: boolean;
+  }) => void | Promise<unknown>;
+}
+
+/** Options of {@link HeraldClient}. */
+export interface HeraldClientOptions {
+  /** The endpoint, e.g. `wss://example.com/ws` (relative URLs resolve against the page in browsers). */
+  url: string;
+  /** A token sent as the `token` query parameter. */
+  token?: string;
+  /** Called before every connection attempt; its result is sent as `token` (wins over `token`). */
+  getToken?: () => string | Promise<string>;
+  /** Channels to subscribe to (restored on every reconnect, like later `subscribe` calls). */
+  channels?: string[];
+  /** Rooms to join (restored on every reconnect, like later `joinRoom` calls). */
+  rooms?: string[];
+  /** Sent as `client_id`. */
+  clientId?: string;
+  /** Sent as `user_id` (honoured by Herald while authentication is off). */
+  userId?: string | number;
+  /** Further query parameters, e.g. `{ campaign_id: '123' }` for a dedicated endpoint. */
+  params?: Record<string, string>;
+  /** WebSocket subprotocols to offer. */
+  protocols?: string | string[];
+  /** The WebSocket implementation; defaults to `globalThis.WebSocket` (pass `ws`'s in Node < 22). */
+  WebSocket?: WebSocketConstructor;
+  /** Reconnect timing, or `false` to never reconnect. */
+  reconnect?: Partial<ReconnectOptions> | false;
+  /**
+   * Decides whether to reconnect after a close. Receives the close and the default rule's answer
+   * (see `defaultShouldReconnect`). Not consulted after an explicit `close()`.
+   */
+  shouldReconnect?: (info: CloseInfo, byDefault: boolean) => boolean;
+  /**
+   * Consider the connection dead when nothing arrives for this long. Default: 2.5 × the
+   * `heartbeat_interval` the server announces in its welcome (30 s until then). 0 disables.
+   */
+  heartbeatTimeoutMs?: number;
+  /**
+   * Send `{"type":"ping"}` after half the heartbeat timeout of silence, so that a server that
+   * sends no heartbeat messages (only ping frames, which browsers hide) still answers. Default true.
+   */
+  idlePing?: boolean;
+  /** Give up on a connection attempt that has not opened after this long. Default 10 s. */
+  connectTimeoutMs?: number;
+  /** Reject a request that got no reply after this long. Default 10 s. */
+  requestTimeoutMs?: number;
+  /** Which stream a message belongs to, for position tracking. */
+  streamOf?: StreamOf;
+  /** Resume hooks (pending server support). */
+  resume?: ResumeOptions;
+  /** Random source for backoff jitter (tests replace it). Default `Math.random`. */
+  random?: () => number;
+}
+
+/**
+ * The client's state:
+ * - `idle`: created, `connect()` not called yet;
+ * - `connecting`: a connection attempt is in progress;
+ * - `open`: the socket is open and channels and rooms are being restored;
+ * - `ready`: restored; requests are sent immediately;
+ * - `reconnecting`: waiting for the backoff delay before the next attempt;
+ * - `closed`: `close()` was called, or the server closed with a code that means "do not retry".
+ */
+export type ConnectionState = 'idle' | 'connecting' | 'open' | 'ready' | 'reconnecting' | 'closed';
+
+/** Payload of the `open` lifecycle event. */
+export interface OpenEvent {
+  /** Whether an earlier connection of this client had opened. */
+  reconnect: boolean;
+  url: string;
+}
+
+/** Payload of the `ready` lifecycle event. */
+export interface ReadyEvent {
+  reconnect: boolean;
+  /** The welcome of this connection, unless the server sends none. */
+  welcome: WelcomeMessage | undefined;
+  channels: string[];
+  rooms: string[];
+}
+
+/** Payload of the `close` lifecycle event. */
+export interface CloseEvent extends CloseInfo {
+  /** Whether the client will reconnect. */
+  willReconnect: boolean;
+}
+
+/** Payload of the `reconnecting` lifecycle event. */
+export interface ReconnectingEvent {
+  /** 1 for the first attempt after a connection was lost. */
+  attempt: number;
+  delayMs: number;
+  /** Why the previous connection or attempt ended. */
+  lastClose: CloseInfo;
+}
+
+/** Lifecycle events and their payloads. */
+export interface HeraldLifecycleEvents {
+  open: OpenEvent;
+  welcome: WelcomeMessage;
+  ready: ReadyEvent;
+  close: CloseEvent;
+  reconnecting: ReconnectingEvent;
+  error: Error;
+}
+
+/** Lifecycle event names; server messages with these `type`s reach only `'*'` handlers. */
+export const LIFECYCLE_EVENTS: ReadonlySet<string> = new Set([
+  'open',
+  'welcome',
+  'ready',
+  'close',
+  'reconnecting',
+  'error',
+]);
+
+/** Options of one request. */
+export interface RequestOptions {
+  /** Overrides the client's `requestTimeoutMs`. */
+  timeoutMs?: number;
+}
+
+/** A message to send: an object with a string `type`. */
+export type OutgoingMessage = { type: string; [field: string]: unknown };
+
+type Handler = (payload: any) => void;
+
+interface Pending {
+  key: string;
+  message: HeraldMessage;
+  resolve: (reply: HeraldMessage) => void;
+  reject: (error: HeraldError) => void;
+  timer: ReturnType<typeof setTimeout> | undefined;
+  /** The socket generation it was sent on; `undefined` while queued. */
+  sentOn: number | undefined;
+}
+
+const OPEN = 1;
+const WELCOME_TYPES = new Set(['connection', 'connection_established']);
+const noop = (): void => {};
+
+function now(): number {
+  return globalThis.performance?.now() ?? Date.now();
+}
+
+function idKey(id: unknown): string | undefined {
+  if (typeof id === 'string') return `s:${id}`;
+  if (typeof id === 'number') return `n:${id}`;
+  return undefined;
+}
+
+function isMessage(value: unknown): value is HeraldMessage {
+  return typeof value === 'object' && value !== null && !Array.isArray(value) && typeof (value as HeraldMessage).type === 'string';
+}
+
+function toList(names: string | readonly string[]): string[] {
+  return typeof names === 'string' ? [names] : [...names];
+}
+
+/**
+ * A Herald connection that stays connected: it reconnects with backoff, restores the channels and
+ * rooms the application asked for, watches heartbeats, and matches replies to requests.
+ *
+ * ```ts
+ * const client = new HeraldClient({ url: 'wss://example.com/ws', channels: ['campaigns'] });
+ * client.on('campaign:launched', (event) => console.log(event.campaign_name));
+ * await client.connect();
+ * await client.joinRoom('campaign:123');
+ * ```
+ */
+export class HeraldClient {
+  readonly #options: HeraldClientOptions;
+  readonly #WebSocket: WebSocketConstructor;
+  readonly #reconnect: ReconnectOptions | false;
+  readonly #requestTimeoutMs: number;
+  readonly #connectTimeoutMs: number;
+  readonly #positions: PositionTracker;
+  readonly #handlers = new Map<string, Set<Handler>>();
+
+  // What the application asked for, restored on every connection.
+  readonly #channels = new Set<string>();
+  readonly #rooms = new Set<string>();
+
+  #state: ConnectionState = 'idle';
+  #stopped = true;
+  #ws: WebSocketLike | null = null;
+  /** Incremented for every connection attempt and by close(); stale callbacks compare it. */
+  #gen = 0;
+  #opened = 0;
+  #attempt = 0;
+  #urlChannels = new Set<string>();
+  #welcome: WelcomeMessage | undefined;
+  #welcomeSeen = false;
+  #heartbeatIntervalMs = 30_000;
+  #lastReceived = 0;
+  #pinged = false;
+
+  #reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  #connectTimer: ReturnType<typeof setTimeout> | undefined;
+  #watchdogTimer: ReturnType<typeof setTimeout> | undefined;
+
+  readonly #pending = new Map<string, Pending>();
+  #queue: Pending[] = [];
+  #readyWaiters: { resolve: () => void; reject: (e: HeraldError) => void }[] = [];
+  readonly #idPrefix = `hc${Math.random().toString(36).slice(2, 8)}-`;
+  #nextId = 0;
+
+  constructor(options: HeraldClientOptions) {
+    if (typeof options?.url !== 'string') {
+      throw new HeraldError(ClientErrorCode.INVALID_ARGUMENT, 'options.url is required');
+    }
+    const Ctor = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (Ctor === undefined) {
+      throw new HeraldError(
+        ClientErrorCode.INVALID_ARGUMENT,
+        'no WebSocket implementation: pass options.WebSocket (e.g. WebSocket from the "ws" package)',
+      );
+    }
+    this.#options = { ...options };
+    this.#WebSocket = Ctor;
+    this.#reconnect = options.reconnect === false ? false : normalizeReconnect(options.reconnect);
+    this.#requestTimeoutMs = options.requestTimeoutMs ?? 10_000;
+    this.#connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
+    this.#positions = new PositionTracker(options.streamOf ?? defaultStreamOf);
+    // Channels given in the URL itself become part of the desired set (so they can be unsubscribed).
+    for (const channel of [...channelsInUrl(options.url), ...(options.channels ?? [])]) {
+      assertName('channel', channel);
+      this.#channels.add(channel);
+    }
+    for (const room of options.rooms ?? []) {
+      assertName('room', room);
+      this.#rooms.add(room);
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Public API
+  // ------------------------------------------------------------------------------------------
+
+  /** The current state (see {@link ConnectionState}). */
+  get state(): ConnectionState {
+    return this.#state;
+  }
+
+  /** The welcome of the current connection, if one arrived. */
+  get welcome(): WelcomeMessage | undefined {
+    return this.#welcome;
+  }
+
+  /** The server's id for the current connection. */
+  get connectionId(): string | undefined {
+    return this.#welcome?.connection_id;
+  }
+
+  /** The channels the application asked for (restored on reconnect). */
+  get channels(): string[] {
+    return [...this.#channels];
+  }
+
+  /** The rooms the application asked for (restored on reconnect). */
+  get rooms(): string[] {
+    return [...this.#rooms];
+  }
+
+  /** The last `seq`/`epoch` seen per stream (for resume; see README). */
+  get positions(): Map<string, StreamPosition> {
+    return this.#positions.snapshot();
+  }
+
+  /** Forgets every stream position. */
+  resetPositions(): void {
+    this.#positions.clear();
+  }
+
+  /**
+   * Starts connecting (if not already) and resolves once the connection is `ready`: open, with
+   * channels and rooms restored. Rejects with `CLOSED` if the client is closed first (by
+   * `close()` or a close code that means "do not retry"). Calling it on a closed client starts
+   * it again.
+   */
+  connect(): Promise<void> {
+    if (this.#state === 'ready') return Promise.resolve();
+    const ready = new Promise<void>((resolve, reject) => this.#readyWaiters.push({ resolve, reject }));
+    ready.catch(noop); // a caller that does not await must not cause an unhandled rejection
+    if (this.#stopped) {
+      this.#stopped = false;
+      this.#attempt = 0;
+      void this.#openSocket();
+    }
+    return ready;
+  }
+
+  /**
+   * Closes the connection for good: no reconnect. Pending requests reject with `CLOSED`. The
+   * desired channels and rooms are kept, so a later `connect()` restores them.
+   */
+  close(code: number = CloseCode.NORMAL, reason = 'client closed'): void {
+    const previous = this.#state;
+    this.#stopped = true;
+    this.#gen += 1;
+    this.#clearTimer('reconnect');
+    this.#clearTimer('connect');
+    this.#clearTimer('watchdog');
+    const ws = this.#ws;
+    this.#ws = null;
+    const validCode = code === CloseCode.NORMAL || (code >= 3000 && code <= 4999) ? code : CloseCode.NORMAL;
+    if (ws !== null) {
+      detach(ws);
+      try {
+        ws.close(validCode, reason);
+      } catch {
+        // Already closing; nothing to do.
+      }
+    }
+    this.#state = 'closed';
+    const error = new HeraldError(ClientErrorCode.CLOSED, 'client closed', { closeCode: validCode });
+    this.#rejectAll(error, () => true);
+    this.#rejectReadyWaiters(error);
+    if (previous !== 'closed' && previous !== 'idle') {
+      this.#emit('close', { code: validCode, reason, wasClean: true, willReconnect: false });
+    }
+  }
+
+  /** During a backoff wait, reconnects at once (e.g. when the browser reports it is online again). */
+  reconnectNow(): void {
+    if (this.#state !== 'reconnecting') return;
+    this.#clearTimer('reconnect');
+    void this.#openSocket();
+  }
+
+  /**
+   * Registers a handler. `type` is a message type (`'campaign:launched'`, `'heartbeat'`,
+   * `'subscribed'`, …), `'*'` for every server message, or a lifecycle event (`open`, `welcome`,
+   * `ready`, `close`, `reconnecting`, `error`). Returns a function that removes the handler.
+   */
+  on<K extends keyof HeraldLifecycleEvents>(type: K, handler: (event: HeraldLifecycleEvents[K]) => void): () => void;
+  on<T extends HeraldMessage = HeraldMessage>(type: string, handler: (message: T) => void): () => void;
+  on(type: string, handler: Handler): () => void {
+    let set = this.#handlers.get(type);
+    if (set === undefined) {
+      set = new Set();
+      this.#handlers.set(type, set);
+    }
+    set.add(handler);
+    return () => this.off(type, handler);
+  }
+
+  /** Removes a handler registered with {@link on}. */
+  off(type: string, handler: (payload: any) => void): void {
+    const set = this.#handlers.get(type);
+    if (set === undefined) return;
+    set.delete(handler);
+    if (set.size === 0) this.#handlers.delete(type);
+  }
+
+  /**
+   * Sends a message now if the connection is open; returns whether it was sent. Nothing is
+   * queued or retried (use {@link request} for that).
+   */
+  send(message: OutgoingMessage): boolean {
+    if (!isMessage(message)) {
+      throw new HeraldError(ClientErrorCode.INVALID_ARGUMENT, 'a message must be an object with a string "type"');
+    }
+    const ws = this.#ws;
+    if (ws === null || ws.readyState !== OPEN || (this.#state !== 'open' && this.#state !== 'ready')) return false;
+    try {
+      ws.send(JSON.stringify(message));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * Sends `message` with an `id` (generated unless the message has one) and resolves with the
+   * server's reply carrying that `id`. Rejects with a {@link HeraldError}: the server's code for
+   * an `error` reply, `TIMEOUT`, `DISCONNECTED` (the connection dropped while it was in flight;
+   * requests are not re-sent), or `CLOSED`. Before the connection is ready the request waits in
+   * a queue (the timeout runs from this call).
+   */
+  request<R extends HeraldMessage = HeraldMessage>(message: OutgoingMessage, options: RequestOptions = {}): Promise<R> {
+    if (!isMessage(message)) {
+      return Promise.reject(
+        new HeraldError(ClientErrorCode.INVALID_ARGUMENT, 'a request must be an object with a string "type"'),
+      );
+    }
+    if (this.#state === 'closed') {
+      return Promise.reject(new HeraldError(ClientErrorCode.CLOSED, 'client closed'));
+    }
+    return this.#enqueue(message, options.timeoutMs ?? this.#requestTimeoutMs, false) as Promise<R>;
+  }
+
+  /**
+   * Subscribes to channels: remembers them (restored on every reconnect) and asks the server.
+   * Resolves with the `subscribed` reply. If the server refuses, the channels this call added
+   * are forgotten again and the promise rejects with the server's code. A promise nobody awaits
+   * does not cause an unhandled rejection.
+   */
+  subscribe(channels: string | readonly string[]): Promise<HeraldMessage> {
+    const names = this.#checkNames('channel', channels);
+    const added = names.filter((c) => !this.#channels.has(c));
+    for (const c of names) this.#channels.add(c);
+    return this.#intent({ type: 'subscribe', channels: names }, () => {
+      for (const c of added) this.#channels.delete(c);
+      // A refusal part-way may have subscribed the first names; undo them on the server too.
+      if (added.length > 0) this.#fireAndForget({ type: 'unsubscribe', channels: added });
+    });
+  }
+
+  /** Unsubscribes from channels: forgets them and tells the server. Resolves with `unsubscribed`. */
+  unsubscribe(channels: string | readonly string[]): Promise<HeraldMessage> {
+    const names = this.#checkNames('channel', channels);
+    for (const c of names) this.#channels.delete(c);
+    return this.#intent({ type: 'unsubscribe', channels: names }, noop);
+  }
+
+  /** Joins a room (restored on every reconnect). Resolves with `room_joined`. */
+  joinRoom(room: string): Promise<HeraldMessage> {
+    const [name] = this.#checkNames('room', room) as [string];
+    const added = !this.#rooms.has(name);
+    this.#rooms.add(name);
+    return this.#intent({ type: 'join_room', room: name }, () => {
+      if (added) this.#rooms.delete(name);
+    });
+  }
+
+  /** Leaves a room: forgets it and tells the server. Resolves with `room_left`. */
+  leaveRoom(room: string): Promise<HeraldMessage> {
+    const [name] = this.#checkNames('room', room) as [string];
+    this.#rooms.delete(name);
+    return this.#intent({ type: 'leave_room', room: name }, noop);
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Connections
+  // ------------------------------------------------------------------------------------------
+
+  async #openSocket(): Promise<void> {
+    const gen = ++this.#gen;
+    this.#state = 'connecting';
+    this.#welcome = undefined;
+    this.#welcomeSeen = false;
+    // The timeout covers the whole attempt: fetching the token and opening the socket.
+    if (this.#connectTimeoutMs > 0) {
+      this.#connectTimer = setTimeout(() => {
+        this.#connectTimer = undefined;
+        if (gen === this.#gen && this.#state === 'connecting') this.#abandon(gen, 'connect timeout', false);
+      }, this.#connectTimeoutMs);
+    }
+    let token = this.#options.token;
+    if (this.#options.getToken !== undefined) {
+      try {
+        token = await this.#options.getToken();
+      } catch (cause) {
+        if (gen !== this.#gen) return;
+        this.#emit('error', new HeraldError(ClientErrorCode.TOKEN_ERROR, 'getToken failed', { cause }));
+        this.#socketEnded(gen, { code: CloseCode.ABNORMAL, reason: 'getToken failed', wasClean: false }, false);
+        return;
+      }
+      if (gen !== this.#gen) return; // closed, timed out or superseded while waiting
+    }
+    let params = this.#options.params;
+    const resumeParams = this.#options.resume?.params;
+    if (resumeParams !== undefined && this.#positions.size > 0) {
+      params = { ...params, ...resumeParams(this.#positions.snapshot()) };
+    }
+    let ws: WebSocketLike;
+    let url: string;
+    try {
+      const built = buildConnectUrl(this.#options.url, {
+        channels: this.#channels,
+        token,
+        clientId: this.#options.clientId,
+        userId: this.#options.userId === undefined ? undefined : String(this.#options.userId),
+        params,
+      });
+      url = built.url;
+      this.#urlChannels = new Set(built.urlChannels);
+      ws = new this.#WebSocket(url, this.#options.protocols);
+    } catch (cause) {
+      // A URL the WebSocket implementation refuses will be refused every time: stop.
+      const error =
+        cause instanceof HeraldError
+          ? cause
+          : new HeraldError(ClientErrorCode.INVALID_ARGUMENT, `cannot open a WebSocket: ${String(cause)}`, { cause });
+      this.#emit('error', error);
+      this.#stopForGood({ code: CloseCode.ABNORMAL, reason: error.message, wasClean: false }, error);
+      return;
+    }
+    this.#ws = ws;
+    let opened = false;
+    ws.onopen = () => {
+      if (gen !== this.#gen) return;
+      opened = true;
+      this.#clearTimer('connect');
+      this.#opened += 1;
+      this.#state = 'open';
+      this.#lastReceived = now();
+      this.#pinged = false;
+      this.#armWatchdog(gen);
+      const reconnect = this.#opened > 1;
+      this.#emit('open', { reconnect, url });
+      if (gen === this.#gen) void this.#restore(gen, reconnect);
+    };
+    ws.onmessage = (event: { data: unknown }) => {
+      if (gen !== this.#gen) return;
+      this.#lastReceived = now();
+      this.#pinged = false;
+      this.#receive(event.data);
+    };
+    ws.onerror = () => {
+      if (gen !== this.#gen) return;
+      this.#emit('error', new HeraldError(ClientErrorCode.SOCKET_ERROR, `WebSocket error on ${redact(url)}`));
+    };
+    ws.onclose = (event: { code?: number; reason?: string; wasClean?: boolean }) => {
+      this.#socketEnded(
+        gen,
+        { code: event.code ?? CloseCode.ABNORMAL, reason: event.reason ?? '', wasClean: event.wasClean ?? false },
+        opened,
+      );
+    };
+  }
+
+  /** Restores the desired channels and rooms on a fresh connection, then becomes ready. */
+  async #restore(gen: number, reconnect: boolean): Promise<void> {
+    const onOpen = this.#options.resume?.onOpen;
+    if (onOpen !== undefined && this.#positions.size > 0) {
+      try {
+        await onOpen({ positions: this.#positions.snapshot(), client: this, reconnect });
+      } catch (cause) {
+        this.#emit('error', new HeraldError(ClientErrorCode.HANDLER_ERROR, 'resume.onOpen failed', { cause }));
+      }
+      if (gen !== this.#gen) return;
+    }
+    const steps: Promise<void>[] = [];
+    const missing = [...this.#channels].filter((c) => !this.#urlChannels.has(c));
+    const extra = [...this.#urlChannels].filter((c) => !this.#channels.has(c));
+    if (missing.length > 0) {
+      steps.push(this.#restoreStep(gen, { type: 'subscribe', channels: missing }, () => {
+        for (const c of missing) this.#channels.delete(c);
+      }));
+    }
+    if (extra.length > 0) steps.push(this.#restoreStep(gen, { type: 'unsubscribe', channels: extra }, noop));
+    for (const room of this.#rooms) {
+      steps.push(this.#restoreStep(gen, { type: 'join_room', room }, () => this.#rooms.delete(room)));
+    }
+    // Without other requests, a ping: its reply proves the server has registered the connection
+    // (and its URL subscriptions), so events published after `ready` reach it.
+    if (steps.length === 0) steps.push(this.#restoreStep(gen, { type: 'ping' }, noop));
+    await Promise.all(steps);
+    if (gen !== this.#gen || this.#state !== 'open') return;
+    this.#state = 'ready';
+    this.#attempt = 0;
+    const queued = this.#queue;
+    this.#queue = [];
+    for (const pending of queued) this.#transmit(pending);
+    const ready: ReadyEvent = { reconnect, welcome: this.#welcome, channels: this.channels, rooms: this.rooms };
+    const waiters = this.#readyWaiters;
+    this.#readyWaiters = [];
+    for (const waiter of waiters) waiter.resolve();
+    this.#emit('ready', ready);
+  }
+
+  /** One restore request; a server refusal drops the name from the desired set and is reported. */
+  async #restoreStep(gen: number, message: OutgoingMessage, forget: () => void): Promise<void> {
+    try {
+      await this.#enqueue(message, this.#requestTimeoutMs, true);
+    } catch (error) {
+      if (gen !== this.#gen) return;
+      if (error instanceof HeraldError && error.isServerError) {
+        forget();
+        this.#emit(
+          'error',
+          new HeraldError(error.code, `restoring ${JSON.stringify(message)} was refused: ${error.message}`, {
+            reply: error.reply as HeraldMessage,
+          }),
+        );
+      } else if (error instanceof HeraldError && error.code === ClientErrorCode.TIMEOUT) {
+        // Herald answers every request; no answer means the connection is not healthy.
+        this.#abandon(gen, 'restore timeout', true);
+      }
+    }
+  }
+
+  /** A socket closed (or an attempt failed): reconnect or stop. */
+  #socketEnded(gen: number, info: CloseInfo, opened: boolean): void {
+    if (gen !== this.#gen) return;
+    const ws = this.#ws;
+    this.#ws = null;
+    if (ws !== null) detach(ws);
+    this.#clearTimer('connect');
+    this.#clearTimer('watchdog');
+    this.#rejectAll(
+      new HeraldError(ClientErrorCode.DISCONNECTED, `connection closed (${info.code}) before the reply arrived`, {
+        closeCode: info.code,
+      }),
+      (p) => p.sentOn === gen,
+    );
+    // Nothing from this attempt (a late getToken, a stale socket callback) may act any more.
+    const current = ++this.#gen;
+    if (this.#stopped) return;
+    const byDefault = defaultShouldReconnect(info, { canRefreshToken: this.#options.getToken !== undefined });
+    let retry = this.#reconnect !== false && (this.#options.shouldReconnect?.(info, byDefault) ?? byDefault);
+    if (retry && this.#reconnect !== false && this.#attempt >= this.#reconnect.maxAttempts) retry = false;
+    if (!retry) {
+      const reason = `connection closed (${info.code} ${info.reason}) and not retried`;
+      this.#stopForGood(info, new HeraldError(ClientErrorCode.CLOSED, reason, { closeCode: info.code }));
+      return;
+    }
+    this.#state = 'reconnecting';
+    if (opened) this.#emit('close', { ...info, willReconnect: true });
+    if (this.#stopped || current !== this.#gen) return; // a handler closed or reconnected
+    this.#scheduleReconnect(info);
+  }
+
+  #stopForGood(info: CloseInfo, error: HeraldError): void {
+    this.#stopped = true;
+    this.#gen += 1;
+    this.#clearTimer('reconnect');
+    this.#clearTimer('connect');
+    this.#clearTimer('watchdog');
+    this.#state = 'closed';
+    this.#rejectAll(error, () => true);
+    this.#rejectReadyWaiters(error);
+    this.#emit('close', { ...info, willReconnect: false });
+  }
+
+  #scheduleReconnect(lastClose: CloseInfo): void {
+    const options = this.#reconnect as ReconnectOptions;
+    this.#attempt += 1;
+    const delayMs = computeBackoffDelay(this.#attempt, options, this.#options.random);
+    this.#state = 'reconnecting';
+    const gen = this.#gen;
+    this.#reconnectTimer = setTimeout(() => {
+      this.#reconnectTimer = undefined;
+      if (!this.#stopped && gen === this.#gen) void this.#openSocket();
+    }, delayMs);
+    this.#emit('reconnecting', { attempt: this.#attempt, delayMs, lastClose });
+  }
+
+  /** Gives up on a socket the client considers dead and proceeds as if it had closed. */
+  #abandon(gen: number, reason: string, opened: boolean): void {
+    const ws = this.#ws;
+    if (ws !== null) {
+      detach(ws);
+      try {
+        ws.close(CloseCode.NORMAL, reason);
+      } catch {
+        // Closing a socket that never opened may throw in some implementations.
+      }
+    }
+    this.#socketEnded(gen, { code: CloseCode.ABNORMAL, reason, wasClean: false }, opened);
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Heartbeat watchdog
+  // ------------------------------------------------------------------------------------------
+
+  #heartbeatTimeoutMs(): number {
+    return this.#options.heartbeatTimeoutMs ?? 2.5 * this.#heartbeatIntervalMs;
+  }
+
+  #armWatchdog(gen: number): void {
+    this.#clearTimer('watchdog');
+    const timeout = this.#heartbeatTimeoutMs();
+    if (!(timeout > 0)) return;
+    const pingAt = this.#lastReceived + timeout / 2;
+    const deadAt = this.#lastReceived + timeout;
+    const idlePing = this.#options.idlePing ?? true;
+    const t = now();
+    const next = idlePing && !this.#pinged && t < pingAt ? pingAt : deadAt;
+    this.#watchdogTimer = setTimeout(() => this.#checkWatchdog(gen), Math.max(0, next - t));
+  }
+
+  #checkWatchdog(gen: number): void {
+    this.#watchdogTimer = undefined;
+    if (gen !== this.#gen) return;
+    const timeout = this.#heartbeatTimeoutMs();
+    const silent = now() - this.#lastReceived;
+    if (silent >= timeout) {
+      this.#abandon(gen, 'heartbeat timeout', true);
+      return;
+    }
+    if ((this.#options.idlePing ?? true) && !this.#pinged && silent >= timeout / 2) {
+      this.#pinged = true;
+      this.send({ type: 'ping' });
+    }
+    this.#armWatchdog(gen);
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Messages
+  // ------------------------------------------------------------------------------------------
+
+  #receive(data: unknown): void {
+    let text: string;
+    if (typeof data === 'string') text = data;
+    else if (data instanceof ArrayBuffer || ArrayBuffer.isView(data)) text = new TextDecoder().decode(data as ArrayBuffer);
+    else {
+      this.#emit('error', new HeraldError(ClientErrorCode.INVALID_FRAME, 'received a frame that is not text'));
+      return;
+    }
+    let message: unknown;
+    try {
+      message = JSON.parse(text);
+    } catch (cause) {
+      this.#emit('error', new HeraldError(ClientErrorCode.INVALID_FRAME, 'received a frame that is not JSON', { cause }));
+      return;
+    }
+    if (!isMessage(message)) {
+      this.#emit('error', new HeraldError(ClientErrorCode.INVALID_FRAME, 'received JSON without a string "type"'));
+      return;
+    }
+    this.#positions.observe(message);
+
+    if (!this.#welcomeSeen && WELCOME_TYPES.has(message.type) && typeof message.connection_id === 'string') {
+      this.#welcomeSeen = true;
+      this.#welcome = message as WelcomeMessage;
+      const interval = (message as WelcomeMessage).heartbeat_interval;
+      if (typeof interval === 'number' && interval > 0) {
+        this.#heartbeatIntervalMs = interval * 1000;
+        this.#armWatchdog(this.#gen);
+      }
+      this.#emit('welcome', message as WelcomeMessage);
+    }
+
+    const key = idKey(message.id);
+    const pending = key === undefined ? undefined : this.#pending.get(key);
+    if (pending !== undefined && pending.sentOn === this.#gen) {
+      this.#settle(pending);
+      if (message.type === 'error') pending.reject(HeraldError.fromReply(message));
+      else pending.resolve(message);
+    } else if (message.type === 'error') {
+      // An error that answers no request of ours (e.g. for a message sent with `send`).
+      this.#emit('error', HeraldError.fromReply(message));
+    }
+    if (message.type !== 'error' && !LIFECYCLE_EVENTS.has(message.type)) this.#emit(message.type, message);
+    this.#emit('*', message);
+  }
+
+  /** Creates a request; sends it now if possible, otherwise queues it until ready. */
+  #enqueue(message: OutgoingMessage, timeoutMs: number, internal: boolean): Promise<HeraldMessage> {
+    const id = message.id ?? `${this.#idPrefix}${++this.#nextId}`;
+    const key = idKey(id);
+    if (key === undefined) {
+      return Promise.reject(new HeraldError(ClientErrorCode.INVALID_ARGUMENT, 'a request id must be a string or a number'));
+    }
+    if (this.#pending.has(key)) {
+      return Promise.reject(new HeraldError(ClientErrorCode.INVALID_ARGUMENT, `request id ${String(id)} is already in flight`));
+    }
+    return new Promise<HeraldMessage>((resolve, reject) => {
+      const pending: Pending = { key, message: { ...message, id }, resolve, reject, timer: undefined, sentOn: undefined };
+      this.#pending.set(key, pending);
+      if (timeoutMs > 0) {
+        pending.timer = setTimeout(() => {
+          pending.timer = undefined;
+          this.#settle(pending);
+          reject(new HeraldError(ClientErrorCode.TIMEOUT, `no reply to ${message.type} within ${timeoutMs} ms`));
+        }, timeoutMs);
+      }
+      if (internal || this.#state === 'ready') this.#transmit(pending);
+      else this.#queue.push(pending);
+    });
+  }
+
+  #transmit(pending: Pending): void {
+    const ws = this.#ws;
+    if (ws === null || ws.readyState !== OPEN) {
+      // Lost between the caller's check and now: keep it for the next connection.
+      this.#queue.push(pending);
+      return;
+    }
+    pending.sentOn = this.#gen;
+    try {
+      ws.send(JSON.stringify(pending.message));
+    } catch (cause) {
+      this.#settle(pending);
+      pending.reject(new HeraldError(ClientErrorCode.DISCONNECTED, 'could not send', { cause }));
+    }
+  }
+
+  /** Removes a request from the books (its promise is settled by the caller). */
+  #settle(pending: Pending): void {
+    if (pending.timer !== undefined) clearTimeout(pending.timer);
+    pending.timer = undefined;
+    this.#pending.delete(pending.key);
+    const i = this.#queue.indexOf(pending);
+    if (i >= 0) this.#queue.splice(i, 1);
+  }
+
+  #rejectAll(error: HeraldError, which: (p: Pending) => boolean): void {
+    for (const pending of [...this.#pending.values()]) {
+      if (!which(pending)) continue;
+      this.#settle(pending);
+      pending.reject(error);
+    }
+  }
+
+  #rejectReadyWaiters(error: HeraldError): void {
+    const waiters = this.#readyWaiters;
+    this.#readyWaiters = [];
+    for (const waiter of waiters) waiter.reject(error);
+  }
+
+  /** A subscription change: its promise never causes an unhandled rejection; refusals undo it. */
+  #intent(message: OutgoingMessage, undo: () => void): Promise<HeraldMessage> {
+    const promise =
+      this.#state === 'closed'
+        ? Promise.reject(new HeraldError(ClientErrorCode.CLOSED, 'client closed; the change applies on the next connect()'))
+        : this.#enqueue(message, this.#requestTimeoutMs, false);
+    promise.catch((error: unknown) => {
+      if (error instanceof HeraldError && error.isServerError) undo();
+    });
+    return promise;
+  }
+
+  #fireAndForget(message: OutgoingMessage): void {
+    if (this.#state === 'ready') this.#enqueue(message, this.#requestTimeoutMs, false).catch(noop);
+  }
+
+  #checkNames(kind: 'channel' | 'room', names: string | readonly string[]): string[] {
+    const list = toList(names);
+    if (list.length === 0) throw new HeraldError(ClientErrorCode.INVALID_ARGUMENT, `no ${kind} given`);
+    for (const name of list) assertName(kind, name);
+    return [...new Set(list)];
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Events and timers
+  // ------------------------------------------------------------------------------------------
+
+  #emit(type: string, payload: unknown): void {
+    const set = this.#handlers.get(type);
+    if (set === undefined) return;
+    for (const handler of [...set]) {
+      try {
+        handler(payload);
+      } catch (cause) {
+        if (type === 'error') {
+          // Nowhere left to report it without looping.
+          console.error('HeraldClient: an error handler threw', cause);
+        } else {
+          this.#emit('error', new HeraldError(ClientErrorCode.HANDLER_ERROR, `a "${type}" handler threw`, { cause }));
+        }
+      }
+    }
+  }
+
+  #clearTimer(which: 'reconnect' | 'connect' | 'watchdog'): void {
+    const field = which === 'reconnect' ? this.#reconnectTimer : which === 'connect' ? this.#connectTimer : this.#watchdogTimer;
+    if (field !== undefined) clearTimeout(field);
+    if (which === 'reconnect') this.#reconnectTimer = undefined;
+    else if (which === 'connect') this.#connectTimer = undefined;
+    else this.#watchdogTimer = undefined;
+  }
+}
+
+/** Stops a socket from calling back into the client (errors are swallowed: `ws` throws on unhandled ones). */
+function detach(ws: WebSocketLike): void {
+  ws.onopen = noop;
+  ws.onmessage = noop;
+  ws.onclose = noop;
+  ws.onerror = noop;
+}
+
+/** The URL without its `token`, for messages. */
+function redact(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.searchParams.has('token')) parsed.searchParams.set('token', '…');
+    return parsed.toString();
+  } catch {
+    return '(invalid URL)';
+  }
+}
