@@ -45,6 +45,12 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Source of connection numbers.
     pub next_connection: AtomicU64,
+    /// Who is where, with what status and cursor.
+    pub presence: crate::presence::Presence,
+    /// Versions of collaborative cells.
+    pub cells: crate::presence::cells::Cells,
+    /// Requests and lifecycle events for the application's backend.
+    pub upstream: crate::upstream::Upstream,
 }
 
 /// Why a publish failed.
@@ -103,6 +109,10 @@ impl Node {
 
     /// Publishes prepared events in order (one broker round trip).
     pub async fn publish_events(&self, events: Vec<Arc<Event>>) -> Published {
+        if events.is_empty() {
+            // An empty pipeline is an error to Redis, which would read as an outage.
+            return Published::Everywhere;
+        }
         let count = events.len() as u64;
         let published = self.broker.publish_batch(self, events).await;
         self.stats.node.publishes.fetch_add(count, Ordering::Relaxed);

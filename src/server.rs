@@ -97,6 +97,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             (Broker::Redis(Box::new(redis)), Some(pushes))
         }
     };
+    let upstream = crate::upstream::Upstream::new(&config.upstream);
     let node = Arc::new(Node {
         id,
         rules: ChannelRules::new(&config.channels),
@@ -110,6 +111,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stats: Stats::new(shards),
         shutdown: CancellationToken::new(),
         next_connection: AtomicU64::new(1),
+        presence: crate::presence::Presence::new(),
+        cells: crate::presence::cells::Cells::default(),
+        upstream,
     });
     crate::api::metrics::install();
     let router = crate::api::router(node.clone());
@@ -121,6 +125,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     tokio::spawn(sample_stats(node.clone()));
     let writer = tokio::spawn(crate::store::writer::run(node.clone(), store, write_queue));
     tokio::spawn(crate::store::retention::run(node.clone()));
+    tokio::spawn(crate::presence::run(node.clone()));
+    tokio::spawn(crate::upstream::run(node.clone()));
     if let Some(pushes) = pushes {
         let interest = node.hub.watch_interest();
         tokio::spawn(crate::broker::redis::run(node.clone(), pushes, interest));

@@ -9,6 +9,7 @@ pub mod health;
 pub mod history;
 pub mod ingest;
 pub mod metrics;
+pub mod presence;
 pub mod publish;
 pub mod stats;
 
@@ -148,6 +149,10 @@ pub fn router(node: Arc<Node>) -> Router {
             .route(&format!("{prefix}/channels"), get(admin::channels))
             .route(&format!("{prefix}/rooms/{{room}}/broadcast"), post(publish::room_broadcast))
             .route(&format!("{prefix}/users/{{user}}/notify"), post(publish::notify_user))
+            .route(&format!("{prefix}/users/{{user}}/presence"), get(presence::user))
+            .route(&format!("{prefix}/users/{{user}}/notifications"), get(presence::list))
+            .route(&format!("{prefix}/rooms/{{room}}/presence"), get(presence::room))
+            .route(&format!("{prefix}/broadcast/notification"), post(presence::broadcast))
             .route(&format!("{prefix}/connections"), get(admin::connections))
             .route(&format!("{prefix}/connections/{{id}}"), delete(admin::disconnect))
             .route(&format!("{prefix}/stats/detailed"), get(stats::detailed))

@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 
 use super::{BrokerError, BurstLog};
 use crate::config::{RedisConfig, RedisMode};
+use crate::hub::event::NotificationTags;
 use crate::hub::{Event, InterestChange, InterestKey, Route, Target};
 use crate::node::Node;
 
@@ -104,6 +105,9 @@ struct Envelope<'a> {
     /// Connection on the origin node that must not receive it.
     #[serde(default)]
     x: Option<u64>,
+    /// Notification tags.
+    #[serde(default)]
+    g: Option<NotificationTags>,
     #[serde(borrow)]
     e: &'a RawValue,
 }
@@ -342,6 +346,9 @@ impl RedisBroker {
 
     /// Publishes events in order in one pipeline.
     pub async fn publish_batch(&self, node_id: &str, events: &[Arc<Event>]) -> Result<(), BrokerError> {
+        if events.is_empty() {
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
         for event in events {
             self.add_to_pipeline(&mut pipe, node_id, event);
@@ -369,6 +376,10 @@ impl RedisBroker {
         }
         if let Some(x) = event.exclude {
             head.push_str(&format!(",\"x\":{x}"));
+        }
+        if let Some(tags) = &event.tags {
+            head.push_str(",\"g\":");
+            head.push_str(&serde_json::to_string(&**tags).unwrap_or_else(|_| "{}".into()));
         }
         let copies: Vec<(&str, String)> = if t.broadcast {
             vec![("a", self.all_key())]
@@ -516,7 +527,10 @@ pub async fn run(
         async move {
             let Some(broker) = node.broker.redis() else { return };
             let mut ticker = tokio::time::interval(HEALTH_INTERVAL);
-            let mut last_record = Instant::now() - REGISTRY_INTERVAL;
+            // Several records per node timeout, so that a busy moment never makes a live node
+            // look dead to the others.
+            let registry_interval = REGISTRY_INTERVAL.min(node.config.redis.node_timeout / 5);
+            let mut last_record = Instant::now() - registry_interval;
             loop {
                 ticker.tick().await;
                 if broker.check().await {
@@ -548,7 +562,7 @@ pub async fn run(
                     }
                     broker.mark_down("health check failed");
                 }
-                if broker.is_connected() && last_record.elapsed() >= REGISTRY_INTERVAL {
+                if broker.is_connected() && last_record.elapsed() >= registry_interval {
                     last_record = Instant::now();
                     broker.record_node(&node).await;
                 }
@@ -665,7 +679,8 @@ async fn internal_event(node: &Arc<Node>, broker: &RedisBroker, payload: &[u8]) 
         broadcast: route == Route::Broadcast,
     };
     let exclude = if envelope.n == &*node.id { envelope.x } else { None };
-    let event = Event::routed(target, Bytes::copy_from_slice(envelope.e.get().as_bytes()), exclude, route);
+    let payload = Bytes::copy_from_slice(envelope.e.get().as_bytes());
+    let event = Event::tagged(target, payload, exclude, route, envelope.g.map(Arc::new));
     node.hub.dispatch(event).await;
 }
 

@@ -10,7 +10,9 @@ use super::{duration, text};
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PresenceConfig {
-    /// Track who is where and announce it.
+    /// Track who is where and announce it: `room_state` on join, `user_joined` / `user_left`,
+    /// status changes. Off by default, so that a client that never asked for presence sees the
+    /// same frames as before (as Centrifugo's `presence` / `join_leave` options).
     pub enabled: bool,
     /// Send `room_state` to a connection that joins a room.
     pub room_state_on_join: bool,
@@ -23,16 +25,20 @@ pub struct PresenceConfig {
     /// Event types sent for a status change: the spreadsheet document's `user_status_changed`, the
     /// chat document's `presence_update`, or both.
     pub status_events: Vec<String>,
+    /// Typing event shapes: the chat document's `typing_indicator` (`is_typing`), the
+    /// spreadsheet document's `user_typing` (`user_typing_start` / `user_typing_stop`), or both.
+    pub typing_events: Vec<String>,
 }
 
 impl Default for PresenceConfig {
     fn default() -> Self {
         Self {
-            enabled: true,
+            enabled: false,
             room_state_on_join: true,
             typing_timeout: Duration::from_secs(5),
             cursor_interval: Duration::from_millis(50),
             status_events: vec!["user_status_changed".into(), "presence_update".into()],
+            typing_events: vec!["typing_indicator".into(), "user_typing".into()],
         }
     }
 }

@@ -266,6 +266,7 @@ mod tests {
             include_str!("../../examples/job-updates.toml"),
             include_str!("../../examples/manufacturing-chat.toml"),
             include_str!("../../examples/message-dashboard.toml"),
+            include_str!("../../examples/spreadsheet.toml"),
         ] {
             match from_toml_str(text) {
                 Ok(_) => {}

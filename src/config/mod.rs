@@ -613,6 +613,11 @@ impl Config {
                 problem(format!("presence.status_events[{i}]"), "must be user_status_changed or presence_update");
             }
         }
+        for (i, event) in self.presence.typing_events.iter().enumerate() {
+            if !["typing_indicator", "user_typing"].contains(&event.as_str()) {
+                problem(format!("presence.typing_events[{i}]"), "must be typing_indicator or user_typing");
+            }
+        }
         for (i, alias) in self.aliases.iter().enumerate() {
             if alias.kind.is_empty() || BUILT_IN_TYPES.contains(&alias.kind.as_str()) {
                 problem(format!("aliases[{i}].type"), "must be a message type that Herald does not handle itself");

@@ -70,7 +70,24 @@ pub struct Event {
     pub exclude: Option<ConnId>,
     /// When the event entered this node, for publish-to-write latency.
     pub received: Instant,
+    /// Set on notifications: connections whose notification filter refuses them skip the event.
+    pub tags: Option<Arc<NotificationTags>>,
     text_frame: OnceLock<Bytes>,
+}
+
+/// What a notification is about, matched against each connection's `subscribe_notifications`
+/// filter at delivery. Only notifications carry tags, so other events pay one branch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationTags {
+    /// `category`, e.g. `system`, `workspace`.
+    #[serde(default, rename = "c", skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// `module_name`, e.g. `tables`, `ai`.
+    #[serde(default, rename = "m", skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// `priority`, e.g. `normal`, `high`.
+    #[serde(default, rename = "p", skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
 }
 
 impl Event {
@@ -86,7 +103,26 @@ impl Event {
 
     /// A copy of an event for one route.
     pub fn routed(target: Target, payload: Bytes, exclude: Option<ConnId>, route: Route) -> Arc<Event> {
-        Arc::new(Event { target, route, payload, exclude, received: Instant::now(), text_frame: OnceLock::new() })
+        Arc::new(Event {
+            target,
+            route,
+            payload,
+            exclude,
+            received: Instant::now(),
+            tags: None,
+            text_frame: OnceLock::new(),
+        })
+    }
+
+    /// A copy of a notification for one route, carrying its tags.
+    pub fn tagged(
+        target: Target,
+        payload: Bytes,
+        exclude: Option<ConnId>,
+        route: Route,
+        tags: Option<Arc<NotificationTags>>,
+    ) -> Arc<Event> {
+        Arc::new(Event { target, route, payload, exclude, received: Instant::now(), tags, text_frame: OnceLock::new() })
     }
 
     /// The WebSocket text frame carrying the payload, built by the first recipient's shard and

@@ -235,6 +235,11 @@ impl Shard {
             if session.stamp.replace(stamp) == stamp || event.exclude == Some(session.id) {
                 return;
             }
+            if let Some(tags) = &event.tags
+                && !session.accepts_notification(tags)
+            {
+                return;
+            }
             if let Some(frame) = session.frame_for(event) {
                 session.send(self, frame);
                 delivered += 1;

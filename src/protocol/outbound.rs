@@ -13,6 +13,12 @@ pub fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
+/// RFC 3339 text of a Unix time in milliseconds.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
 /// A reply of `kind` with the given fields, a `timestamp`, and the request `id` when there was one.
 pub fn reply(kind: &str, fields: Value, id: Option<&Value>) -> Bytes {
     let mut object = Map::new();

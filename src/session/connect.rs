@@ -109,12 +109,17 @@ pub(crate) async fn run(shard: Rc<Shard>, io: ConnIo, leftover: Bytes, mut plan:
         session.send_error(&shard, &ProtocolError::new(ErrorCode::AuthenticationFailed, reason.clone()), None);
         session.close(&shard, close_code::POLICY_VIOLATION, "authentication failed");
     } else if plan.kind == EndpointKind::Events {
+        handlers::presence::after_connect(&shard, &session);
         start_events(&shard, &session, &plan, user_ready).await;
     } else if plan.kind == EndpointKind::Stats {
         shard.spawn(crate::api::stats::stream(shard.clone(), session.clone()));
     }
     reader::run(&shard, &session, leftover).await;
+    let rooms: Vec<Arc<str>> = session.state.borrow().rooms.iter().cloned().collect();
     shard.unregister(&session);
+    if plan.kind == EndpointKind::Events && plan.rejection.is_none() {
+        handlers::presence::after_disconnect(&shard, &session, rooms).await;
+    }
     tracing::debug!(connection = %session.connection_id, "disconnected");
 }
 
@@ -148,6 +153,11 @@ async fn start_events(shard: &Rc<Shard>, session: &Rc<Session>, plan: &ConnectPl
     }
     for error in refused {
         session.send_error(shard, &error, None);
+    }
+    let mut rooms: Vec<Arc<str>> = session.state.borrow().rooms.iter().cloned().collect();
+    rooms.sort();
+    for room in rooms {
+        handlers::presence::after_join(shard, session, &room).await;
     }
 }
 

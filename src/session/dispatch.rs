@@ -65,7 +65,22 @@ pub(crate) async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: 
         "unsubscribe" => handlers::channels::unsubscribe(shard, session, &message),
         "join_room" => handlers::rooms::join(shard, session, &message).await,
         "leave_room" => handlers::rooms::leave(shard, session, &message),
-        other => Err(ProtocolError::new(ErrorCode::UnknownMessageType, format!("unknown message type {other:?}"))),
+        "status_update" => handlers::presence::status_update(shard, session, &message).await,
+        "typing_start" => handlers::presence::typing_start(shard, session, &message).await,
+        "typing_stop" => handlers::presence::typing_stop(shard, session, &message).await,
+        "cursor_move" => handlers::presence::cursor_move(shard, session, &message).await,
+        "cell_update" => handlers::cells::update(shard, session, &message).await,
+        "subscribe_notifications" => handlers::notifications::subscribe(shard, session, &message).await,
+        "notification_read" => handlers::notifications::read(shard, session, &message).await,
+        other => {
+            if let Some(alias) = node.config.aliases.iter().find(|a| a.kind == other) {
+                handlers::upstream::alias(shard, session, &message, alias).await
+            } else if node.config.upstream.types.iter().any(|t| t == other) {
+                handlers::upstream::forward(shard, session, &message).await
+            } else {
+                Err(ProtocolError::new(ErrorCode::UnknownMessageType, format!("unknown message type {other:?}")))
+            }
+        }
     };
     if let Err(e) = result {
         session.send_error(shard, &e, message.id.as_ref());

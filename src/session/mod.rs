@@ -7,7 +7,8 @@
 
 pub(crate) mod connect;
 mod dispatch;
-pub(crate) mod handlers;
+pub mod handlers;
+pub mod live;
 pub mod outbound;
 mod reader;
 
@@ -95,6 +96,8 @@ pub struct Session {
     pub(crate) refresh_requested: Cell<bool>,
     /// Message-rate state, allocated once the client first sends a counted message.
     pub(crate) rate: RefCell<Option<Box<RateState>>>,
+    /// Typing, cursors and notification filters, allocated on first use.
+    pub(crate) live: RefCell<Option<Box<live::LiveState>>>,
     /// Its slot under the per-address and per-user connection caps.
     _permit: Option<ConnectionPermit>,
 }
@@ -126,6 +129,7 @@ impl Session {
             expires_at: Cell::new(None),
             refresh_requested: Cell::new(false),
             rate: RefCell::new(None),
+            live: RefCell::new(None),
             _permit: permit,
         }
     }
@@ -163,6 +167,20 @@ impl Session {
     /// Whether a token proved who this is.
     pub fn is_authenticated(&self) -> bool {
         self.user.borrow().as_ref().is_some_and(|u| u.verified)
+    }
+
+    /// Whether this connection's notification filter lets a notification through.
+    pub fn accepts_notification(&self, tags: &crate::hub::event::NotificationTags) -> bool {
+        match &*self.live.borrow() {
+            Some(live) => live.notifications.as_ref().is_none_or(|f| f.accepts(tags)),
+            None => true,
+        }
+    }
+
+    /// Runs `f` on the interactive state, allocating it on first use.
+    pub(crate) fn with_live<R>(&self, f: impl FnOnce(&mut live::LiveState) -> R) -> R {
+        let mut live = self.live.borrow_mut();
+        f(live.get_or_insert_with(Default::default))
     }
 
     /// Replaces the identity after a token refresh (same user id).

@@ -2,6 +2,7 @@
 
 mod api;
 mod cli;
+mod collab;
 mod common;
 mod core;
 mod nginx;

@@ -2,7 +2,7 @@
 
 use std::rc::Rc;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::auth::Action;
 use crate::config::NameKind;
@@ -41,21 +41,42 @@ pub(crate) async fn subscribe(
     session: &Rc<Session>,
     message: &Inbound,
 ) -> Result<(), ProtocolError> {
-    let channels = message.channels()?;
+    subscribe_names(shard, session, &message.channels()?, message.id.as_ref()).await
+}
+
+/// Subscribes to channels and acknowledges with `subscribed` once they are live.
+pub(crate) async fn subscribe_names(
+    shard: &Rc<Shard>,
+    session: &Rc<Session>,
+    channels: &[&str],
+    id: Option<&Value>,
+) -> Result<(), ProtocolError> {
     let mut waits = Vec::new();
-    for channel in &channels {
+    for channel in channels {
         waits.extend(subscribe_one(shard, session, channel).await?);
     }
     Hub::ready(waits, shard.node().config.redis.timeout).await;
-    session.reply(shard, &outbound::reply("subscribed", json!({ "channels": channels }), message.id.as_ref()));
+    session.reply(shard, &outbound::reply("subscribed", json!({ "channels": channels }), id));
     Ok(())
 }
 
 pub(crate) fn unsubscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), ProtocolError> {
-    let channels = message.channels()?;
-    for channel in &channels {
+    unsubscribe_names(shard, session, &message.channels()?, message.id.as_ref())
+}
+
+/// Unsubscribes from channels and acknowledges with `unsubscribed`.
+pub(crate) fn unsubscribe_names(
+    shard: &Rc<Shard>,
+    session: &Rc<Session>,
+    channels: &[&str],
+    id: Option<&Value>,
+) -> Result<(), ProtocolError> {
+    for channel in channels {
+        validate_name("channel", channel)?;
+    }
+    for channel in channels {
         shard.unsubscribe(session, channel);
     }
-    session.reply(shard, &outbound::reply("unsubscribed", json!({ "channels": channels }), message.id.as_ref()));
+    session.reply(shard, &outbound::reply("unsubscribed", json!({ "channels": channels }), id));
     Ok(())
 }

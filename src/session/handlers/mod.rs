@@ -1,10 +1,14 @@
 //! One file per client message type (or family of types).
 
 pub(crate) mod auth;
+pub(crate) mod cells;
 pub(crate) mod channels;
 pub mod chat;
+pub mod notifications;
 pub(crate) mod ping;
+pub(crate) mod presence;
 pub(crate) mod rooms;
+pub(crate) mod upstream;
 
 use crate::protocol::{ErrorCode, ProtocolError};
 

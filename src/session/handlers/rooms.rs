@@ -2,7 +2,7 @@
 
 use std::rc::Rc;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::auth::Action;
 use crate::config::NameKind;
@@ -10,7 +10,7 @@ use crate::hub::shard::Shard;
 use crate::hub::{Hub, InterestReady};
 use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound, validate_name};
 use crate::session::Session;
-use crate::session::handlers::denied;
+use crate::session::handlers::{denied, presence};
 
 /// Joins one room, within the per-connection limit. The future, if any, resolves once the
 /// broker listens for the room.
@@ -33,20 +33,48 @@ pub(crate) async fn join_one(
 }
 
 pub(crate) async fn join(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), ProtocolError> {
-    let room = message.room()?;
+    join_room(shard, session, message.room()?, message.id.as_ref()).await
+}
+
+/// Joins a room, acknowledges with `room_joined` once the room is live across the cluster, then
+/// does the presence side (`room_state` to the joiner, `user_joined` to the others).
+pub(crate) async fn join_room(
+    shard: &Rc<Shard>,
+    session: &Rc<Session>,
+    room: &str,
+    id: Option<&Value>,
+) -> Result<(), ProtocolError> {
+    let already_member = session.state.borrow().rooms.contains(room);
     let ready = join_one(shard, session, room).await?;
     if let Some(user) = session.user_id() {
         shard.node().writer.record_member(room, &user, crate::store::now_ms());
     }
     Hub::ready(ready.into_iter().collect(), shard.node().config.redis.timeout).await;
-    session
-        .reply(shard, &outbound::reply("room_joined", json!({ "room": room, "room_id": room }), message.id.as_ref()));
+    session.reply(shard, &outbound::reply("room_joined", json!({ "room": room, "room_id": room }), id));
+    if !already_member {
+        presence::after_join(shard, session, room).await;
+    }
     Ok(())
 }
 
 pub(crate) fn leave(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), ProtocolError> {
-    let room = message.room()?;
-    shard.leave(session, room);
-    session.reply(shard, &outbound::reply("room_left", json!({ "room": room, "room_id": room }), message.id.as_ref()));
+    leave_room(shard, session, message.room()?, message.id.as_ref())
+}
+
+/// Leaves a room, acknowledges with `room_left`, and tells the others if it was the user's last
+/// connection there.
+pub(crate) fn leave_room(
+    shard: &Rc<Shard>,
+    session: &Rc<Session>,
+    room: &str,
+    id: Option<&Value>,
+) -> Result<(), ProtocolError> {
+    validate_name("room", room)?;
+    let was_member = shard.leave(session, room);
+    session.reply(shard, &outbound::reply("room_left", json!({ "room": room, "room_id": room }), id));
+    if was_member {
+        let (task_shard, task_session, room) = (shard.clone(), session.clone(), room.to_string());
+        shard.spawn(async move { presence::after_leave(&task_shard, &task_session, &room).await });
+    }
     Ok(())
 }

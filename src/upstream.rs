@@ -1,0 +1,170 @@
+//! Requests for the application's backend: client messages Herald does not handle itself,
+//! handed over with the sender's identity, and lifecycle events (connect, disconnect, join,
+//! leave).
+//!
+//! Two ways out, both configured under `[upstream]`: a Redis stream that backend workers read
+//! with consumer groups (`XADD … MAXLEN ~ n`), or a webhook URL that receives a JSON POST signed
+//! with HMAC-SHA256 in `X-Herald-Signature: sha256=<hex>`. A forwarded request is acknowledged
+//! (`request_accepted`) only once the stream holds it or the webhook answered 2xx. Lifecycle
+//! events are not acknowledged to anyone, so they go through a bounded queue and are dropped and
+//! counted when the webhook cannot keep up.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hmac::{Hmac, Mac};
+use parking_lot::Mutex;
+use serde_json::Value;
+use sha2::Sha256;
+use tokio::sync::mpsc;
+
+use crate::config::UpstreamConfig;
+use crate::node::Node;
+
+/// Lifecycle events waiting for the webhook; beyond this they are dropped.
+const LIFECYCLE_QUEUE: usize = 10_000;
+
+/// The header carrying the body's HMAC-SHA256.
+pub const SIGNATURE_HEADER: &str = "X-Herald-Signature";
+
+/// Why a request could not be handed to the backend.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The Redis stream refused the request or Redis is down.
+    #[error("the request stream is unavailable: {0}")]
+    Stream(String),
+    /// The webhook could not be reached or did not answer in time.
+    #[error("the backend webhook is unavailable: {0}")]
+    Webhook(String),
+    /// The webhook answered with an error status.
+    #[error("the backend webhook answered {0}")]
+    Refused(u16),
+}
+
+/// Where a request went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handed {
+    /// Added to the stream with this entry id.
+    Stream(String),
+    /// Accepted by the webhook.
+    Webhook,
+}
+
+/// The upstream service of a node.
+pub struct Upstream {
+    client: reqwest::Client,
+    lifecycle: mpsc::Sender<Value>,
+    lifecycle_rx: Mutex<Option<mpsc::Receiver<Value>>>,
+    /// Lifecycle events dropped because the queue was full.
+    pub dropped: AtomicU64,
+    /// Requests handed to the backend.
+    pub forwarded: AtomicU64,
+}
+
+/// `sha256=<hex>` of `body` under `secret`.
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+impl Upstream {
+    /// The service for a configuration.
+    pub fn new(config: &UpstreamConfig) -> Upstream {
+        let (tx, rx) = mpsc::channel(LIFECYCLE_QUEUE);
+        let client = reqwest::Client::builder().timeout(config.webhook_timeout).build().unwrap_or_default();
+        Upstream {
+            client,
+            lifecycle: tx,
+            lifecycle_rx: Mutex::new(Some(rx)),
+            dropped: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
+        }
+    }
+
+    /// Hands a request to the backend: the stream when one is configured, else the webhook.
+    pub async fn forward(&self, node: &Node, request: &Value) -> Result<Handed, UpstreamError> {
+        let config = &node.config.upstream;
+        let body = request.to_string();
+        let handed = if let Some(stream) = &config.redis_stream {
+            let redis = node.broker.redis().ok_or_else(|| UpstreamError::Stream("Redis is not configured".into()))?;
+            let kind = request.get("type").and_then(Value::as_str).unwrap_or_default();
+            let id: String = redis
+                .query_as(
+                    redis::cmd("XADD")
+                        .arg(stream)
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(config.stream_max_len)
+                        .arg("*")
+                        .arg("type")
+                        .arg(kind)
+                        .arg("data")
+                        .arg(&body),
+                )
+                .await
+                .map_err(|e| UpstreamError::Stream(e.to_string()))?;
+            Handed::Stream(id)
+        } else {
+            self.post(config, body).await?;
+            Handed::Webhook
+        };
+        self.forwarded.fetch_add(1, Ordering::Relaxed);
+        Ok(handed)
+    }
+
+    async fn post(&self, config: &UpstreamConfig, body: String) -> Result<(), UpstreamError> {
+        let Some(url) = &config.webhook_url else { return Err(UpstreamError::Webhook("no webhook_url".into())) };
+        let mut request = self.client.post(url).header("content-type", "application/json");
+        if let Some(secret) = &config.webhook_secret {
+            request = request.header(SIGNATURE_HEADER, sign(secret, body.as_bytes()));
+        }
+        let response = request.body(body).send().await.map_err(|e| UpstreamError::Webhook(e.to_string()))?;
+        if response.status().is_success() { Ok(()) } else { Err(UpstreamError::Refused(response.status().as_u16())) }
+    }
+
+    /// Queues a lifecycle event (`connect`, `disconnect`, `join`, `leave`) if it is configured.
+    pub fn lifecycle(&self, node: &Node, event: &str, mut fields: Value) {
+        if !node.config.upstream.lifecycle.iter().any(|e| e == event) {
+            return;
+        }
+        if let Some(map) = fields.as_object_mut() {
+            map.insert("type".into(), Value::from(format!("herald.{event}")));
+            map.insert("event".into(), Value::from(event));
+            map.insert("node".into(), Value::from(&*node.id));
+            map.insert("timestamp".into(), Value::from(crate::protocol::outbound::now()));
+        }
+        if self.lifecycle.try_send(fields).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Posts lifecycle events to the webhook in order, until shutdown.
+pub async fn run(node: Arc<Node>) {
+    let Some(mut queue) = node.upstream.lifecycle_rx.lock().take() else { return };
+    loop {
+        let event = tokio::select! {
+            event = queue.recv() => match event { Some(event) => event, None => return },
+            _ = node.shutdown.cancelled() => return,
+        };
+        if let Err(e) = node.upstream.post(&node.config.upstream, event.to_string()).await {
+            tracing::warn!(error = %e, "a lifecycle event did not reach the webhook");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_is_hmac_sha256_hex() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            sign("Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}
