@@ -75,6 +75,9 @@ pub(crate) async fn hand_over(node: Arc<Node>, shard: usize, on_upgrade: OnUpgra
             }
         },
     };
+    // hyper hands back its whole read buffer (8 KiB or more) even when nothing is left in it;
+    // keeping that for the connection's life would triple an idle connection's memory.
+    let leftover = if leftover.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&leftover) };
     let stream = match tcp.into_std() {
         Ok(stream) => stream,
         Err(e) => {
@@ -104,21 +107,25 @@ pub(crate) async fn run(shard: Rc<Shard>, io: ConnIo, leftover: Bytes, mut plan:
     let user_ready = shard.bind_user(&session);
     tracing::debug!(connection = %session.connection_id, peer = %plan.peer, path = %plan.path, "connected");
 
+    let events = plan.kind == EndpointKind::Events && plan.rejection.is_none();
     if let Some(reason) = &plan.rejection {
         // Refused in-band so that a browser learns why: an error frame, then close 1008.
         session.send_error(&shard, &ProtocolError::new(ErrorCode::AuthenticationFailed, reason.clone()), None);
         session.close(&shard, close_code::POLICY_VIOLATION, "authentication failed");
-    } else if plan.kind == EndpointKind::Events {
+    } else if events {
         handlers::presence::after_connect(&shard, &session);
-        start_events(&shard, &session, &plan, user_ready).await;
+        // Boxed, here and below: this future lives as long as the connection, so it must not be
+        // sized for steps that run once (an idle connection's memory is mostly this future).
+        Box::pin(start_events(&shard, &session, &plan, user_ready)).await;
     } else if plan.kind == EndpointKind::Stats {
         shard.spawn(crate::api::stats::stream(shard.clone(), session.clone()));
     }
+    drop(plan);
     reader::run(&shard, &session, leftover).await;
     let rooms: Vec<Arc<str>> = session.state.borrow().rooms.iter().cloned().collect();
     shard.unregister(&session);
-    if plan.kind == EndpointKind::Events && plan.rejection.is_none() {
-        handlers::presence::after_disconnect(&shard, &session, rooms).await;
+    if events {
+        Box::pin(handlers::presence::after_disconnect(&shard, &session, rooms)).await;
     }
     tracing::debug!(connection = %session.connection_id, "disconnected");
 }

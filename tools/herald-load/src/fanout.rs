@@ -105,7 +105,7 @@ pub enum Via {
     Redis,
 }
 
-fn loopback_addr(url: &str) -> anyhow::Result<SocketAddr> {
+pub(crate) fn loopback_addr(url: &str) -> anyhow::Result<SocketAddr> {
     let host = url.trim_end_matches('/').strip_prefix("http://").context("addresses must be http://host:port")?;
     let addr: SocketAddr = host.to_socket_addrs()?.next().context("resolving an address")?;
     if !addr.ip().is_loopback() {
@@ -346,7 +346,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for(
+pub(crate) async fn wait_for(
     client: &mut ws::WsClient,
     scratch: &mut [u8],
     messages: &mut Vec<Message>,

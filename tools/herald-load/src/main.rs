@@ -2,6 +2,7 @@
 //! compare. See BENCHMARKS.md for the command lines and results.
 
 mod chat;
+mod connections;
 mod fanout;
 mod report;
 mod ws;
@@ -20,6 +21,9 @@ enum Command {
     /// N clients subscribed to a channel (or in rooms, or as one user's tabs); events published
     /// at a fixed rate or as fast as possible; prints deliveries per second, latency and loss.
     Fanout(fanout::Args),
+    /// N idle connections over several source addresses and processes; prints the server's
+    /// resident memory per connection and the connect rate.
+    Connections(connections::Args),
     /// Clients sending chat messages into rooms with persistence on; prints acknowledged
     /// messages per second and ack latency.
     Chat(chat::Args),
@@ -33,6 +37,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Fanout(args) => fanout::run(args).await,
             Command::Chat(args) => chat::run(args).await,
+            Command::Connections(args) => connections::run(args).await,
         }
     })
 }
