@@ -319,7 +319,9 @@ impl Shard {
     }
 
     fn process(self: &Rc<Self>, batch: &mut Vec<ShardMsg>) {
-        self.batching.set(true);
+        // Deferring writes pays only when a socket may get several frames from one batch; a lone
+        // message is written as it is delivered, so early recipients are not held back.
+        self.batching.set(batch.len() > 1);
         for msg in batch.drain(..) {
             match msg {
                 ShardMsg::Deliver(event) => self.deliver(&event),

@@ -116,6 +116,22 @@ impl Session {
             return SendOutcome::SlowConsumer;
         }
         let was_idle = out.queue.is_empty() && !out.flusher;
+        if was_idle && !shard.in_batch() && self.io.is_plain() {
+            // Nothing queued and nothing to coalesce with: write straight from the caller's
+            // frame, without a trip through the queue.
+            match self.io.try_write_vectored(&[IoSlice::new(&frame)]) {
+                Ok(n) if n == frame.len() => return SendOutcome::Accepted,
+                Ok(n) => {
+                    out.push(frame.slice(n..));
+                    out.head_partial = n > 0;
+                }
+                Err(_) => out.push(frame),
+            }
+            drop(out);
+            // The rest (or the error) is the regular path's business.
+            self.flush(shard);
+            return SendOutcome::Accepted;
+        }
         out.push(frame);
         drop(out);
         if was_idle {
@@ -229,8 +245,14 @@ impl Session {
 /// Writes until the queue is empty (`true`) or the socket is full (`false`).
 fn write_now(session: &Session, out: &mut Outbound) -> io::Result<bool> {
     while !out.queue.is_empty() {
-        let (slices, n) = out.slices();
-        match session.io.try_write_vectored(&slices[..n]) {
+        let result = if out.queue.len() == 1 {
+            // The common case at low rates: one frame, no iovec array to build.
+            session.io.try_write_vectored(&[IoSlice::new(&out.queue[0])])
+        } else {
+            let (slices, n) = out.slices();
+            session.io.try_write_vectored(&slices[..n])
+        };
+        match result {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(written) => out.advance(written),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),

@@ -129,6 +129,11 @@ impl ConnIo {
         }
     }
 
+    /// Plain TCP: what is written is on the wire, nothing stays buffered in user space.
+    pub fn is_plain(&self) -> bool {
+        matches!(self, ConnIo::Tcp(_))
+    }
+
     /// Writes what the socket takes now without waiting; `WouldBlock` when it takes nothing.
     pub fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {

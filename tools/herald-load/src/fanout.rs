@@ -67,6 +67,9 @@ pub struct Args {
     /// Connections opened at once while connecting.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
+    /// Writer threads of the floor server (`--via floor`); Herald's default is 2 shards.
+    #[arg(long, default_value_t = 2)]
+    pub floor_threads: usize,
     /// Seconds to wait for stragglers after the last publish.
     #[arg(long, default_value_t = 10.0)]
     pub grace: f64,
@@ -103,6 +106,9 @@ pub enum Via {
     Http,
     /// Redis `PUBLISH <prefix>:<channel>`, with `room`/`user_id` fields for rooms and users.
     Redis,
+    /// No Herald: the floor, an in-process server that only writes each event to every socket
+    /// (one `write` each, from `--floor-threads` threads). The same clients, the same events.
+    Floor,
 }
 
 pub(crate) fn loopback_addr(url: &str) -> anyhow::Result<SocketAddr> {
@@ -133,7 +139,16 @@ enum Mode {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let base = args.server.trim_end_matches('/').to_string();
     loopback_addr(&base)?;
+    let floor = if args.via == Via::Floor {
+        if args.rooms > 0 || args.users > 0 {
+            bail!("--via floor serves one channel only");
+        }
+        Some(Arc::new(crate::floor::Floor::start(args.clients, args.floor_threads)?))
+    } else {
+        None
+    };
     let servers: Vec<SocketAddr> = match &args.connect {
+        _ if floor.is_some() => vec![floor.as_ref().map(|f| f.addr).context("floor")?],
         Some(list) => {
             list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(loopback_addr).collect::<Result<_, _>>()?
         }
@@ -221,7 +236,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let client = redis::Client::open(args.redis_url.as_str()).context("--redis-url")?;
             Some(client.get_multiplexed_async_connection().await.context("connecting to Redis")?)
         }
-        Via::Http => None,
+        Via::Http | Via::Floor => None,
     };
     let redis_prefix = args.redis_prefix.clone();
     let published: Arc<Vec<AtomicU64>> = Arc::new((0..targets).map(|_| AtomicU64::new(0)).collect());
@@ -236,6 +251,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             (http.clone(), base.clone(), args.api_key.clone(), channel.clone(), pad.clone());
         let (seq, published) = (seq.clone(), published.clone());
         let (mut redis, redis_prefix) = (redis.clone(), redis_prefix.clone());
+        let floor = floor.clone();
         let rate = args.rate;
         let duration = Duration::from_secs_f64(args.duration);
         let mode_kind = match mode {
@@ -266,7 +282,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 let room = (mode_kind == 1).then(|| format!("{channel}-room-{target}"));
                 let user = (mode_kind == 2).then(|| format!("{channel}-user-{target}"));
                 let mut event = json!({"type": "bench", "t": report::now_ns(), "seq": n, "pad": pad});
-                if let Some(redis) = redis.as_mut() {
+                if let Some(floor) = &floor {
+                    floor.publish(event.to_string().as_bytes());
+                } else if let Some(redis) = redis.as_mut() {
                     // Through Redis the room and user travel inside the event, on the channel.
                     if let Some(room) = &room {
                         event["room"] = json!(room);

@@ -4,6 +4,7 @@
 mod chat;
 mod connections;
 mod fanout;
+mod floor;
 mod report;
 mod ws;
 
