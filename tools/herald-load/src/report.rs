@@ -63,5 +63,5 @@ pub fn machine() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
+    format!("{cpu}, {cores} cores, Linux {}; herald-load {}", kernel.trim(), env!("CARGO_PKG_VERSION"))
 }
