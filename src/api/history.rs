@@ -291,6 +291,10 @@ pub async fn post_message(
     if request.metadata.as_ref().is_some_and(|m| !m.is_object()) {
         return Err(ApiError::bad_request("INVALID_MESSAGE", "\"metadata\" must be an object"));
     }
+    crate::store::check_storable("content", &request.content)
+        .and_then(|()| request.username.as_deref().map_or(Ok(()), |u| crate::store::check_storable("username", u)))
+        .and_then(|()| request.metadata.as_ref().map_or(Ok(()), |m| crate::store::check_storable_json("metadata", m)))
+        .map_err(|e| ApiError::bad_request("INVALID_MESSAGE", e))?;
     let message = NewMessage {
         room: Arc::from(room.as_str()),
         user_id: request.user_id.map(super::publish::IdValue::into_string),

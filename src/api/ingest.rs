@@ -54,6 +54,10 @@ fn to_message(node: &Node, incoming: Incoming) -> Result<NewMessage, ApiError> {
     if incoming.metadata.as_ref().is_some_and(|m| !m.is_object()) {
         return Err(ApiError::bad_request("INVALID_MESSAGE", "\"metadata\" must be an object"));
     }
+    crate::store::check_storable("content", &incoming.content)
+        .and_then(|()| incoming.username.as_deref().map_or(Ok(()), |u| crate::store::check_storable("username", u)))
+        .and_then(|()| incoming.metadata.as_ref().map_or(Ok(()), |m| crate::store::check_storable_json("metadata", m)))
+        .map_err(|e| ApiError::bad_request("INVALID_MESSAGE", e))?;
     let name: Arc<str> = Arc::from(channel);
     Ok(NewMessage {
         room: name.clone(),

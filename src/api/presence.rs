@@ -116,6 +116,8 @@ pub async fn broadcast(
             return Err(ApiError::bad_request("INVALID_EVENT", format!("{field} must be a string")));
         }
     }
+    crate::store::check_storable_json("notification", &Value::Object(body.clone()))
+        .map_err(|e| ApiError::bad_request("INVALID_EVENT", e))?;
     let at = now_ms();
     let mut notification = Map::new();
     notification.insert("id".into(), id.clone().into());

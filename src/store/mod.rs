@@ -435,6 +435,24 @@ impl Store {
     }
 }
 
+/// Checks text bound for the store: PostgreSQL cannot hold U+0000 in text, so no backend takes
+/// it (the same rule on SQLite keeps the two interchangeable). `what` names the field.
+pub fn check_storable(what: &str, text: &str) -> Result<(), String> {
+    if text.contains('\0') { Err(format!("{what} must not contain NUL (U+0000) characters")) } else { Ok(()) }
+}
+
+/// The same for a JSON value (metadata): no string in it may hold U+0000.
+pub fn check_storable_json(what: &str, value: &serde_json::Value) -> Result<(), String> {
+    match value {
+        serde_json::Value::String(s) => check_storable(what, s),
+        serde_json::Value::Array(items) => items.iter().try_for_each(|v| check_storable_json(what, v)),
+        serde_json::Value::Object(map) => {
+            map.iter().try_for_each(|(k, v)| check_storable(what, k).and_then(|()| check_storable_json(what, v)))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     crate::stats::unix_millis() as i64

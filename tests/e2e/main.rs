@@ -1,6 +1,7 @@
 //! End-to-end tests: the real binary, real sockets, real clients.
 
 mod api;
+mod badinput;
 mod cli;
 mod collab;
 mod common;

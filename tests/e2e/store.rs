@@ -180,7 +180,63 @@ on_both!(
     ingestion_api_under_load_and_the_stats_stream,
     retention_deletes_or_archives,
     shutdown_drains_the_write_queue,
+    hostile_content_is_stored_and_returned_verbatim,
 );
+
+/// SQL-like and script-like text, quotes, NULs, control characters and far Unicode: stored,
+/// delivered, paged and searched exactly as sent, never interpreted.
+async fn hostile_content_is_stored_and_returned_verbatim(db: Db) {
+    let herald = Herald::start(&config(&db, "")).await;
+    let mut alice = user(&herald, "alice").await;
+    let mut bob = user(&herald, "bob").await;
+    let room = "room_'; DROP TABLE messages; --";
+    for client in [&mut alice, &mut bob] {
+        assert_eq!(client.request(json!({"type": "join_room", "room": room})).await["type"], "room_joined");
+    }
+    let contents = [
+        "'; DROP TABLE messages; --",
+        "\" OR 1=1 -- hostile",
+        "1); DELETE FROM messages WHERE (1=1",
+        "<script>alert('hostile')</script>",
+        "<img src=x onerror=alert(1)>",
+        "{{7*7}} ${7*7} %s %n %x",
+        "hostile \u{7} bell and \u{1b}[31m escape",
+        "emoji 🚀 RTL \u{202e}txet and combining e\u{301}",
+        "back\\slash and \"quotes\" and 'apostrophes'",
+    ];
+    let mut ids = Vec::new();
+    for content in contents {
+        let ack = say(&mut alice, room, content, json!({})).await;
+        assert_eq!(ack["type"], "chat_message_ack", "{content:?}: {ack}");
+        ids.push(ack["message_id"].as_i64().unwrap());
+        let seen = bob.recv_event().await;
+        assert_eq!(seen["content"], content, "delivered as sent");
+    }
+    // NUL cannot be stored (PostgreSQL refuses it in text): refused clearly on both backends.
+    let nul = say(&mut alice, room, "nul \u{0} inside", json!({})).await;
+    assert_eq!(nul["code"], "INVALID_MESSAGE", "{nul}");
+    let encoded: String = room
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    let (status, page) = get_as(&herald, &format!("/ws/rooms/{encoded}/messages?limit=50"), "alice").await;
+    assert_eq!(status, 200, "{page}");
+    let stored: Vec<&str> =
+        page["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
+    for content in contents {
+        assert!(stored.contains(&content), "{content:?} missing from {stored:?}");
+    }
+    let (status, found) = get_as(&herald, "/ws/search?query=DROP", "alice").await;
+    assert_eq!(status, 200, "{found}");
+    assert!(
+        found["results"].as_array().is_some_and(|r| !r.is_empty())
+            || found["messages"].as_array().is_some_and(|r| !r.is_empty()),
+        "{found}"
+    );
+    // The table is still there and still takes writes.
+    assert_eq!(say(&mut alice, room, "still here", json!({})).await["type"], "chat_message_ack");
+    assert_eq!(db.raw_rows(room).await.len(), contents.len() + 1);
+}
 
 async fn chat_is_stored_delivered_and_acknowledged(db: Db) {
     let herald = Herald::start(&config(&db, "")).await;

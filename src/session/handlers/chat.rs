@@ -37,6 +37,7 @@ pub(crate) async fn chat(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inb
             format!("content is {} bytes; the limit is {limit}", content.len()),
         ));
     }
+    crate::store::check_storable("content", &content).map_err(|e| ProtocolError::new(ErrorCode::InvalidMessage, e))?;
     let kind_text = message.opt_str("message_type")?.unwrap_or("text");
     let kind = MessageType::parse(kind_text).ok_or_else(|| {
         ProtocolError::new(
@@ -55,6 +56,10 @@ pub(crate) async fn chat(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inb
         Some(value @ Value::Object(_)) => Some(value.clone()),
         Some(_) => return Err(ProtocolError::new(ErrorCode::InvalidMessage, "field \"metadata\" must be an object")),
     };
+    if let Some(metadata) = &metadata {
+        crate::store::check_storable_json("metadata", metadata)
+            .map_err(|e| ProtocolError::new(ErrorCode::InvalidMessage, e))?;
+    }
     let sensitive = match message.body.get("sensitive") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
