@@ -86,6 +86,11 @@ impl Caller {
 pub(crate) fn store_api_error(e: StoreError) -> ApiError {
     match e {
         StoreError::Query(q) => ApiError::bad_request("INVALID_QUERY", q.to_string()),
+        // Asking for encryption a node is not configured for is the request's problem: retrying
+        // will not help, so not a 5xx.
+        StoreError::Crypto(e @ crate::store::crypto::CryptoError::NoKey) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "ENCRYPTION_NOT_CONFIGURED", e.to_string())
+        }
         other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", other.to_string()),
     }
 }

@@ -142,7 +142,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/messages", post(ingest::post).get(ingest::recent))
         .route("/api/rooms/{room}/messages", get(history::messages).post(history::post_message))
         .route("/api/retention/run", post(history::run_retention))
-        .route("/api/search", get(history::search));
+        .route("/api/search", get(history::search))
+        .route("/api/openapi.json", get(openapi));
     let admin_routes = |prefix: &str, router: Router<Arc<Node>>| {
         router
             .route(&format!("{prefix}/rooms"), get(history::rooms))
@@ -209,6 +210,14 @@ fn route_endpoint(router: Router<Arc<Node>>, endpoint: Endpoint) -> Router<Arc<N
     )
 }
 
+/// The OpenAPI document of the HTTP API (kept by hand beside the routes; a test checks that every
+/// route is in it).
+const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    ([(http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
 async fn not_found(request: Request) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -231,4 +240,29 @@ pub fn ok(fields: serde_json::Value) -> Response {
         target.extend(extra);
     }
     axum::Json(body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `/api…` and root route registered above, and every admin route under `/api`, is in
+    /// the OpenAPI document (mount copies mirror them and are described there in words).
+    #[test]
+    fn every_route_is_documented() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        let source = include_str!("mod.rs");
+        let mut checked = 0;
+        for line in source.lines().map(str::trim).filter(|l| l.starts_with(".route(")) {
+            let Some(path) = line.split('"').nth(1) else { continue };
+            let path = path.replace("{prefix}", "/api").replace("{{", "{").replace("}}", "}");
+            if path.starts_with("{mount}") || path == "/api/openapi.json" || path == "/api/shutdown" {
+                continue;
+            }
+            assert!(paths.contains_key(&path), "{path} is not in openapi.json");
+            checked += 1;
+        }
+        assert!(checked >= 20, "only {checked} routes found; did the router's layout change?");
+    }
 }

@@ -199,3 +199,33 @@ async fn shutdown_through_the_api() {
     assert_eq!(client.expect_close().await.0, 1001);
     assert_eq!(herald.wait_exit().await, Some(0));
 }
+
+/// Schemathesis (property-based API testing from the OpenAPI document): no request it generates,
+/// valid or not, gets a 5xx, and every status Herald answers is one the document lists.
+#[tokio::test]
+async fn schemathesis_finds_no_server_error_and_no_undocumented_status() {
+    let herald = Herald::start("").await;
+    let (status, doc) = herald.get("/api/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+    let python = std::env::var("HERALD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let beside_python = std::path::Path::new(&python).with_file_name("schemathesis");
+    let schemathesis = if beside_python.exists() { beside_python } else { "schemathesis".into() };
+    let output = tokio::process::Command::new(&schemathesis)
+        .arg("run")
+        .arg(herald.url("/api/openapi.json"))
+        .args(["--header", &format!("Authorization: Bearer {}", crate::common::API_KEY)])
+        .args(["--checks", "not_a_server_error,status_code_conformance"])
+        .args(["--max-examples", "40", "--seed", "20261123", "--request-timeout", "10"])
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{} must be installed (scripts/test installs it): {e}", schemathesis.display()));
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "schemathesis found problems:\n{report}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(report.contains("Tested: 23"), "every documented operation was exercised:\n{report}");
+}

@@ -17,6 +17,9 @@ use crate::store::{MarkRead, MessageType, NewMessage, StoreError, now_ms};
 /// A store failure as a client error.
 pub(crate) fn store_error(e: StoreError) -> ProtocolError {
     match e {
+        StoreError::Crypto(e @ crate::store::crypto::CryptoError::NoKey) => {
+            ProtocolError::new(ErrorCode::InvalidMessage, e.to_string())
+        }
         StoreError::Crypto(e) => ProtocolError::new(ErrorCode::InternalError, e.to_string()),
         StoreError::Query(e) => ProtocolError::new(ErrorCode::InvalidMessage, e.to_string()),
         other => ProtocolError::new(ErrorCode::Unavailable, format!("message not stored: {other}")),
