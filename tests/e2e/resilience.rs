@@ -195,3 +195,66 @@ async fn the_connection_cap_refuses_with_503() {
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
     assert!(refused.contains("Too many connections"), "{refused}");
 }
+
+/// File descriptors the process holds now.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn thousands_of_abrupt_drops_leave_no_trace_while_events_flow() {
+    let herald = Herald::start("").await;
+    let mut bystander = herald.connect("/ws?channels=flow").await;
+    let baseline_fds = open_fds(herald.pid());
+    let (_, health) = herald.get("/health").await;
+    assert_eq!(health["health_status"], "healthy", "{health}");
+
+    // 2,000 subscribers, then events keep flowing while they vanish without a close frame: half
+    // reset (SO_LINGER 0), half a plain FIN.
+    let mut doomed = Vec::new();
+    for i in 0..2000 {
+        let raw = RawClient::connect(herald.addr, &format!("/ws?channels=flow&client_id=doomed-{i}")).await;
+        doomed.push(raw);
+    }
+    herald.wait_for_total("connections", |n| n >= 2001).await;
+    let publisher = {
+        let url = herald.url("/api/publish");
+        let key = crate::common::API_KEY.to_string();
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for n in 0..200u64 {
+                let body = json!({"channel": "flow", "event": {"type": "flow", "n": n}});
+                let response = http.post(&url).bearer_auth(&key).json(&body).send().await.unwrap();
+                assert!(response.status().is_success());
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    for (i, raw) in doomed.into_iter().enumerate() {
+        if i % 2 == 0 {
+            raw.reset();
+        } else {
+            drop(raw);
+        }
+    }
+    publisher.await.unwrap();
+    // The bystander got every event, in order.
+    let mut expected = 0;
+    while expected < 200 {
+        let event = bystander.recv_event().await;
+        assert_eq!(event["n"], expected, "{event}");
+        expected += 1;
+    }
+    // Every dropped connection is gone: counted out and its descriptor closed.
+    herald.wait_for_total("connections", |n| n == 1).await;
+    tokio::time::timeout(crate::common::WAIT, async {
+        while open_fds(herald.pid()) > baseline_fds {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} descriptors open, {baseline_fds} before", open_fds(herald.pid())));
+    let (_, health) = herald.get("/health").await;
+    assert_eq!(health["health_status"], "healthy", "{health}");
+    bystander.assert_alive().await;
+}

@@ -20,6 +20,12 @@ pub struct RawClient {
 }
 
 impl RawClient {
+    /// Vanishes with a TCP reset: no close frame, no FIN (SO_LINGER 0, then close).
+    pub fn reset(self) {
+        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(std::time::Duration::ZERO));
+        drop(self);
+    }
+
     /// Opens a TCP connection and performs the opening handshake by hand.
     pub async fn connect(addr: SocketAddr, path: &str) -> RawClient {
         Self::connect_with_headers(addr, path, &[]).await.expect("handshake refused")
