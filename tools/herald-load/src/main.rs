@@ -6,6 +6,7 @@ mod connections;
 mod fanout;
 mod floor;
 mod report;
+mod soak;
 mod ws;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,9 @@ enum Command {
     /// N idle connections over several source addresses and processes; prints the server's
     /// resident memory per connection and the connect rate.
     Connections(connections::Args),
+    /// A bounded run of churn and traffic; fails if the node's memory or descriptors grow after
+    /// the warm-up.
+    Soak(soak::Args),
     /// Clients sending chat messages into rooms with persistence on; prints acknowledged
     /// messages per second and ack latency.
     Chat(chat::Args),
@@ -39,6 +43,7 @@ fn main() -> anyhow::Result<()> {
             Command::Fanout(args) => fanout::run(args).await,
             Command::Chat(args) => chat::run(args).await,
             Command::Connections(args) => connections::run(args).await,
+            Command::Soak(args) => soak::run(args).await,
         }
     })
 }
