@@ -33,3 +33,4 @@ pub mod stats;
 pub mod store;
 pub mod transport;
 pub mod upstream;
+pub mod web;

@@ -38,6 +38,7 @@ fn figures(node: &Node, clients: Option<usize>) -> Value {
         "channels_active": channels,
         "rooms_active": rooms,
         "messages_per_second": latest.deliveries_per_second,
+        "deliveries_per_second": latest.deliveries_per_second,
         "publishes_per_second": latest.publishes_per_second,
         "messages_in_per_second": latest.messages_in_per_second,
         "uptime_seconds": node.stats.uptime_seconds(),

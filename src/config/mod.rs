@@ -88,6 +88,11 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the real client.
     pub trusted_proxies: Vec<String>,
+    /// Serve the live dashboard and the test console (pages embedded in the binary).
+    pub dashboard: bool,
+    /// Where the dashboard lives; the console is at `<dashboard_path>console` (or `/console`).
+    #[serde(deserialize_with = "text::string")]
+    pub dashboard_path: String,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +105,8 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(10),
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
+            dashboard: true,
+            dashboard_path: "/".into(),
         }
     }
 }
@@ -467,6 +474,14 @@ impl Config {
             if mount == "/" || mount == "/api" || mount == "/metrics" || mount == "/health" {
                 problem(format!("server.mounts[{i}]"), "collides with a built-in route; choose a prefix such as /ws");
             }
+        }
+        let dashboard = &self.server.dashboard_path;
+        if !dashboard.starts_with('/') || !dashboard.ends_with('/') {
+            problem("server.dashboard_path".into(), "must start and end with '/', such as \"/\" or \"/admin/\"");
+        } else if dashboard.starts_with("/api/")
+            || self.server.mounts.iter().any(|m| dashboard.starts_with(&format!("{m}/")))
+        {
+            problem("server.dashboard_path".into(), "collides with the API or a WebSocket mount");
         }
         if let Some(id) = &self.server.node_id
             && (id.is_empty()
