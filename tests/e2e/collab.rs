@@ -407,6 +407,8 @@ async fn an_ai_request_is_answered_by_a_worker_reading_the_stream() {
     let redis = RedisServer::start().await;
     let toml = redis_toml(&redis, "[upstream]\ntypes = [\"ai_request\"]\nredis_stream = \"herald:requests\"");
     let herald = Herald::start(&toml).await;
+    // The worker's answers come through the node's pattern subscription: wait until it is live.
+    crate::redis::wait_redis_connected(&herald, true).await;
     // The backend worker: a consumer group on the stream, answering through PUBLISH.
     let client = ::redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -491,6 +493,8 @@ async fn presence_spans_nodes_and_a_killed_node_goes_offline_after_the_timeout()
     let toml = redis_toml(&redis, "");
     let mut node_a = Herald::start(&toml).await;
     let node_b = Herald::start(&toml).await;
+    crate::redis::wait_redis_connected(&node_a, true).await;
+    crate::redis::wait_redis_connected(&node_b, true).await;
     let mut alice = node_a.connect("/ws?user_id=alice").await;
     join(&mut alice, "shared").await;
     // Wait until node B sees alice (the mirror is asynchronous).

@@ -43,7 +43,7 @@ async fn wait_numsub(redis: &RedisServer, channel: &str, count: u64) {
 }
 
 /// Waits until the node reports Redis as connected.
-async fn wait_redis_connected(herald: &Herald, connected: bool) {
+pub(crate) async fn wait_redis_connected(herald: &Herald, connected: bool) {
     let ok = tokio::time::timeout(WAIT, async {
         loop {
             let (_, health) = herald.get("/health").await;
