@@ -97,6 +97,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             (Broker::Redis(Box::new(redis)), Some(pushes))
         }
     };
+    let config_history = config.history.clone();
     let node = Arc::new(Node {
         id,
         rules: ChannelRules::new(&config.channels),
@@ -110,6 +111,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stats: Stats::new(shards),
         shutdown: CancellationToken::new(),
         next_connection: AtomicU64::new(1),
+        history: crate::history::History::new(&config_history),
     });
     crate::api::metrics::install();
     let router = crate::api::router(node.clone());

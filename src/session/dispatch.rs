@@ -65,6 +65,7 @@ pub(crate) async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: 
         "unsubscribe" => handlers::channels::unsubscribe(shard, session, &message),
         "join_room" => handlers::rooms::join(shard, session, &message).await,
         "leave_room" => handlers::rooms::leave(shard, session, &message),
+        "history" => handlers::streams::history(shard, session, &message).await,
         other => Err(ProtocolError::new(ErrorCode::UnknownMessageType, format!("unknown message type {other:?}"))),
     };
     if let Err(e) = result {

@@ -5,6 +5,7 @@ pub(crate) mod channels;
 pub mod chat;
 pub(crate) mod ping;
 pub(crate) mod rooms;
+pub mod streams;
 
 use crate::protocol::{ErrorCode, ProtocolError};
 
