@@ -141,7 +141,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/messages", post(ingest::post).get(ingest::recent))
         .route("/api/rooms/{room}/messages", get(history::messages).post(history::post_message))
         .route("/api/retention/run", post(history::run_retention))
-        .route("/api/search", get(history::search));
+        .route("/api/search", get(history::search))
+        .route("/api/history/{kind}/{name}", get(history::stream_history));
     let admin_routes = |prefix: &str, router: Router<Arc<Node>>| {
         router
             .route(&format!("{prefix}/rooms"), get(history::rooms))
@@ -159,7 +160,8 @@ pub fn router(node: Arc<Node>) -> Router {
             .route(&format!("{mount}/health"), get(health::health))
             .route(&format!("{mount}/rooms/{{room}}/messages"), get(history::messages))
             .route(&format!("{mount}/rooms/{{room}}/mark-read"), post(history::mark_read))
-            .route(&format!("{mount}/search"), get(history::search));
+            .route(&format!("{mount}/search"), get(history::search))
+            .route(&format!("{mount}/history/{{kind}}/{{name}}"), get(history::stream_history));
         let stats_stream = Endpoint {
             path: format!("{mount}/stats"),
             kind: EndpointKind::Stats,
