@@ -19,6 +19,7 @@ use super::{Admin, ApiError, ok, parse_body};
 use crate::auth::{Action, Identity};
 use crate::config::{AuthMode, NameKind};
 use crate::node::Node;
+use crate::session::handlers::streams::ReadError;
 use crate::session::{parse_mark, record_read};
 use crate::store::{MessageType, NewMessage, Page, StoreError, now_ms};
 
@@ -380,8 +381,10 @@ pub async fn stream_history(
     let since =
         number("since", &query.since, 0, i64::MAX)?.map(|s| (s as u64, query.epoch.clone().unwrap_or_default()));
     let limit = number("limit", &query.limit, 1, 100_000)?.map(|l| l as usize);
-    let body = crate::session::handlers::streams::read(&node, kind, &name, since, limit)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "NO_HISTORY", e))?;
+    let body =
+        crate::session::handlers::streams::read(&node, kind, &name, since, limit).await.map_err(|e| match e {
+            ReadError::NoHistory(m) => ApiError::new(StatusCode::NOT_FOUND, "NO_HISTORY", m),
+            ReadError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", m),
+        })?;
     Ok(ok(body))
 }

@@ -254,6 +254,33 @@ mod tests {
     }
 
     #[test]
+    fn positions_are_appended_and_every_variant_is_built_once() {
+        let pos = StreamPos { stream: Arc::from("c:jobs"), seq: 7, epoch: Arc::from("ab") };
+        assert_eq!(
+            &with_position(br#"{"type":"t"}"#, &pos)[..],
+            br#"{"type":"t","seq":7,"epoch":"ab","stream":"c:jobs"}"#
+        );
+        assert_eq!(&with_position(b"{}", &pos)[..], br#"{"seq":7,"epoch":"ab","stream":"c:jobs"}"#);
+        let compression = CompressionConfig { threshold: 0, ..Default::default() };
+        let event = Event::new(Target::default(), Bytes::from(r#"{"type":"t","pad":"xxxxxxxxxxxxxxxx"}"#));
+        event.stream.set(pos).unwrap();
+        let deflate = DeflateParams { server_bits: 15, client_no_context_takeover: true };
+        for wire in [
+            Wire { msgpack: false, deflate: None },
+            Wire { msgpack: true, deflate: None },
+            Wire { msgpack: false, deflate: Some(deflate) },
+            Wire { msgpack: true, deflate: Some(deflate) },
+        ] {
+            for seq in [false, true] {
+                let a = event.frame(seq, &wire, &compression);
+                let b = event.frame(seq, &wire, &compression);
+                assert_eq!(a.as_ptr(), b.as_ptr(), "{wire:?} seq {seq}: one frame shared by all recipients");
+            }
+        }
+        assert_eq!(event.frame(false, &Wire::default(), &compression).as_ptr(), event.text_frame().as_ptr());
+    }
+
+    #[test]
     fn the_frame_is_built_once() {
         let event = Event::new(Target::default(), Bytes::from_static(b"{}"));
         let a = event.text_frame().as_ptr();

@@ -145,10 +145,23 @@ pub(crate) async fn history(shard: &Rc<Shard>, session: &Rc<Session>, message: &
                 ProtocolError::new(ErrorCode::InvalidMessage, "limit must be an integer from 1 to 100000")
             })? as usize),
         };
-    let reply =
-        read(node, kind, name, since, limit).await.map_err(|e| ProtocolError::new(ErrorCode::InvalidMessage, e))?;
+    let reply = read(node, kind, name, since, limit).await.map_err(|e| match e {
+        ReadError::NoHistory(m) => ProtocolError::new(ErrorCode::InvalidMessage, m),
+        ReadError::Unavailable(m) => ProtocolError::new(ErrorCode::InternalError, m),
+    })?;
     session.reply(shard, &outbound::reply("history", reply, message.id.as_ref()));
     Ok(())
+}
+
+/// Why a history read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The stream has no history configured.
+    #[error("{0}")]
+    NoHistory(String),
+    /// The history store (Redis) did not answer.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// The body of a history answer (WebSocket and REST): the stream, its epoch and last seq, and
@@ -159,13 +172,16 @@ pub async fn read(
     name: &str,
     since: Option<(u64, String)>,
     limit: Option<usize>,
-) -> Result<Value, String> {
+) -> Result<Value, ReadError> {
     let Some(settings) = node.history.settings(kind, name) else {
-        return Err(format!("{name:?} has no history (see [[history]] in the configuration)"));
+        return Err(ReadError::NoHistory(format!("{name:?} has no history (see [[history]] in the configuration)")));
     };
     let stream: Arc<str> = Arc::from(stream_name(kind, name));
-    let snapshot =
-        node.history.snapshot(node, &stream, settings).await.map_err(|e| format!("history is unavailable: {e}"))?;
+    let snapshot = node
+        .history
+        .snapshot(node, &stream, settings)
+        .await
+        .map_err(|e| ReadError::Unavailable(format!("history is unavailable: {e}")))?;
     let (recovered, epoch, top, mut events) = match since {
         Some((seq, epoch)) => {
             let r = snapshot.recover(Some((seq, &epoch)));
