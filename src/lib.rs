@@ -22,6 +22,7 @@ pub mod audit;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod history;
 pub mod hub;
 pub mod limits;
 pub mod node;

@@ -51,6 +51,8 @@ pub struct Node {
     pub cells: crate::presence::cells::Cells,
     /// Requests and lifecycle events for the application's backend.
     pub upstream: crate::upstream::Upstream,
+    /// Which streams keep history, and (embedded) their logs.
+    pub history: crate::history::History,
 }
 
 /// Why a publish failed.
@@ -114,6 +116,16 @@ impl Node {
             return Published::Everywhere;
         }
         let count = events.len() as u64;
+        if events.iter().any(|e| self.history.stream_for(&e.target).is_some()) {
+            // Events of streams with history are sequenced one by one, in order.
+            let mut published = Published::Everywhere;
+            for event in events {
+                if let Ok(Published::LocalOnly) = self.publish_event(event).await {
+                    published = Published::LocalOnly;
+                }
+            }
+            return published;
+        }
         let published = self.broker.publish_batch(self, events).await;
         self.stats.node.publishes.fetch_add(count, Ordering::Relaxed);
         published
@@ -121,7 +133,11 @@ impl Node {
 
     /// Publishes a prepared event.
     pub async fn publish_event(&self, event: Arc<Event>) -> Result<Published, PublishError> {
-        match self.broker.publish(self, event).await {
+        let result = match self.history.stream_for(&event.target) {
+            Some((stream, settings)) => crate::history::publish(self, event, stream, settings).await,
+            None => self.broker.publish(self, event).await,
+        };
+        match result {
             Ok(published) => {
                 self.stats.node.publishes.fetch_add(1, Ordering::Relaxed);
                 Ok(published)

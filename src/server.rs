@@ -98,6 +98,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
     };
     let upstream = crate::upstream::Upstream::new(&config.upstream);
+    let config_history = config.history.clone();
     let node = Arc::new(Node {
         id,
         rules: ChannelRules::new(&config.channels),
@@ -114,6 +115,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         presence: crate::presence::Presence::new(),
         cells: crate::presence::cells::Cells::default(),
         upstream,
+        history: crate::history::History::new(&config_history),
     });
     crate::api::metrics::install();
     let router = crate::api::router(node.clone());

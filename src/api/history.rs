@@ -19,6 +19,7 @@ use super::{Admin, ApiError, ok, parse_body};
 use crate::auth::{Action, Identity};
 use crate::config::{AuthMode, NameKind};
 use crate::node::Node;
+use crate::session::handlers::streams::ReadError;
 use crate::session::{parse_mark, record_read};
 use crate::store::{MessageType, NewMessage, Page, StoreError, now_ms};
 
@@ -348,4 +349,51 @@ pub async fn run_retention(
     crate::audit::admin_action(&admin.peer, "retention", query.older_than.as_deref().unwrap_or("configured age"));
     let removed = crate::store::retention::run_once(&node, max_age).await.map_err(store_api_error)?;
     Ok(ok(json!({ "removed": removed, "mode": node.store.config.retention_mode })))
+}
+
+/// `?since=&epoch=&limit=` of a stream history read.
+#[derive(Debug, Deserialize)]
+pub struct StreamQuery {
+    since: Option<String>,
+    epoch: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET …/history/{channel|room}/{name}`: the recent events of a stream with their positions
+/// (`since` + `epoch`: only those after a position, with `recovered`). Guarded like every read:
+/// a channel needs the right to subscribe to it, a room the right to read it.
+pub async fn stream_history(
+    State(node): State<Arc<Node>>,
+    caller: Caller,
+    Path((kind, name)): Path<(String, String)>,
+    Query(query): Query<StreamQuery>,
+) -> Result<Response, ApiError> {
+    let (kind, action) = match kind.as_str() {
+        "channel" | "channels" => (NameKind::Channel, Action::Subscribe),
+        "room" | "rooms" => (NameKind::Room, Action::Read),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "use /history/channel/{name} or /history/room/{name}",
+            ));
+        }
+    };
+    crate::protocol::validate_name(if kind == NameKind::Room { "room" } else { "channel" }, &name)
+        .map_err(|e| ApiError::bad_request("INVALID_NAME", e.message))?;
+    if !caller.admin {
+        node.auth
+            .check(caller.identity.as_deref(), kind, &name, action)
+            .await
+            .map_err(|d| ApiError::new(StatusCode::FORBIDDEN, "PERMISSION_DENIED", d.reason))?;
+    }
+    let since =
+        number("since", &query.since, 0, i64::MAX)?.map(|s| (s as u64, query.epoch.clone().unwrap_or_default()));
+    let limit = number("limit", &query.limit, 1, 100_000)?.map(|l| l as usize);
+    let body =
+        crate::session::handlers::streams::read(&node, kind, &name, since, limit).await.map_err(|e| match e {
+            ReadError::NoHistory(m) => ApiError::new(StatusCode::NOT_FOUND, "NO_HISTORY", m),
+            ReadError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", m),
+        })?;
+    Ok(ok(body))
 }

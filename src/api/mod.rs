@@ -143,7 +143,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/rooms/{room}/messages", get(history::messages).post(history::post_message))
         .route("/api/retention/run", post(history::run_retention))
         .route("/api/search", get(history::search))
-        .route("/api/openapi.json", get(openapi));
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/history/{kind}/{name}", get(history::stream_history));
     let admin_routes = |prefix: &str, router: Router<Arc<Node>>| {
         router
             .route(&format!("{prefix}/rooms"), get(history::rooms))
@@ -165,7 +166,8 @@ pub fn router(node: Arc<Node>) -> Router {
             .route(&format!("{mount}/health"), get(health::health))
             .route(&format!("{mount}/rooms/{{room}}/messages"), get(history::messages))
             .route(&format!("{mount}/rooms/{{room}}/mark-read"), post(history::mark_read))
-            .route(&format!("{mount}/search"), get(history::search));
+            .route(&format!("{mount}/search"), get(history::search))
+            .route(&format!("{mount}/history/{{kind}}/{{name}}"), get(history::stream_history));
         let stats_stream = Endpoint {
             path: format!("{mount}/stats"),
             kind: EndpointKind::Stats,

@@ -35,6 +35,7 @@ use tokio::sync::mpsc;
 use super::{BrokerError, BurstLog};
 use crate::config::{RedisConfig, RedisMode};
 use crate::hub::event::NotificationTags;
+use crate::hub::event::StreamPos;
 use crate::hub::{Event, InterestChange, InterestKey, Route, Target};
 use crate::node::Node;
 
@@ -59,6 +60,13 @@ impl Conn {
         match self.clone() {
             Conn::Single(mut c) => cmd.query_async(&mut c).await,
             Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
+        }
+    }
+
+    async fn script(&self, invocation: &redis::ScriptInvocation<'_>) -> redis::RedisResult<RedisValue> {
+        match self.clone() {
+            Conn::Single(mut c) => invocation.invoke_async(&mut c).await,
+            Conn::Cluster(mut c) => invocation.invoke_async(&mut c).await,
         }
     }
 
@@ -108,6 +116,13 @@ struct Envelope<'a> {
     /// Notification tags.
     #[serde(default)]
     g: Option<NotificationTags>,
+    /// The history stream, its seq and epoch, for events of streams with history.
+    #[serde(default)]
+    h: Option<&'a str>,
+    #[serde(default)]
+    s: Option<u64>,
+    #[serde(default)]
+    p: Option<&'a str>,
     #[serde(borrow)]
     e: &'a RawValue,
 }
@@ -132,6 +147,56 @@ pub struct RedisBroker {
     outage_since: Mutex<Option<Instant>>,
     /// `<node>@<start ms>`: distinguishes this run of the node from earlier ones with the same id.
     incarnation: String,
+    /// Incarnations of the live nodes, as last read from the registry: who owns which stream.
+    live: Mutex<Vec<String>>,
+    append_script: redis::Script,
+    read_script: redis::Script,
+}
+
+/// Gives an event of a stream its seq, appends it to the stream's Redis Stream and publishes
+/// it to the nodes, atomically: every node sees the stream's events in seq order.
+/// KEYS: stream, meta. ARGV: epoch if new, size, max age ms, payload, envelope head, then
+/// (channel, envelope tail) pairs.
+const APPEND_LUA: &str = r#"
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'epoch', epoch)
+end
+local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local age = tonumber(ARGV[3])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 's', seq, 'e', ARGV[4])
+redis.call('XTRIM', KEYS[1], 'MINID', '~', tostring(now - age))
+redis.call('PEXPIRE', KEYS[1], age)
+redis.call('PEXPIRE', KEYS[2], age + 86400000)
+for i = 6, #ARGV, 2 do
+  redis.call('PUBLISH', ARGV[i], ARGV[5] .. seq .. ',"p":"' .. epoch .. '"' .. ARGV[i + 1])
+end
+return seq
+"#;
+
+/// Reads a stream's epoch, last seq and newest entries in one step. KEYS: stream, meta.
+/// ARGV: most entries.
+const READ_LUA: &str = r#"
+local meta = redis.call('HMGET', KEYS[2], 'epoch', 'seq')
+if not meta[1] then return {false, 0, {}} end
+return {meta[1], tonumber(meta[2]), redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[1])}
+"#;
+
+/// Rendezvous weight of a node for a stream (stable across processes and versions).
+fn owner_weight(incarnation: &str, stream: &str) -> u64 {
+    use sha1::{Digest, Sha1};
+    let mut sha = Sha1::new();
+    sha.update(incarnation.as_bytes());
+    sha.update(b"\n");
+    sha.update(stream.as_bytes());
+    let digest = sha.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
 }
 
 impl RedisBroker {
@@ -217,6 +282,9 @@ impl RedisBroker {
             malformed_log: Mutex::new(BurstLog::default()),
             outage_since: Mutex::new(None),
             incarnation,
+            live: Mutex::new(Vec::new()),
+            append_script: redis::Script::new(APPEND_LUA),
+            read_script: redis::Script::new(READ_LUA),
         }
     }
 
@@ -238,7 +306,110 @@ impl RedisBroker {
             "subscriptions": channels.len() + self.wanted.lock().len() + 2,
             "channels": channels,
             "dropped_messages": self.dropped(),
+            "live_nodes": self.live.lock().len(),
         })
+    }
+
+    /// Whether this node owns a stream: of all live nodes it has the highest rendezvous weight.
+    /// The owner alone sequences publishers' raw messages for the stream.
+    pub fn owns(&self, stream: &str) -> bool {
+        let live = self.live.lock();
+        let mine = owner_weight(&self.incarnation, stream);
+        !live.iter().any(|other| other != &self.incarnation && owner_weight(other, stream) > mine)
+    }
+
+    async fn refresh_live(&self) {
+        if let Ok(live) = self.live_incarnations().await {
+            let mut live: Vec<String> = live.into_iter().collect();
+            live.sort();
+            *self.live.lock() = live;
+        }
+    }
+
+    fn history_keys(&self, stream: &str) -> (String, String) {
+        // One hash tag for both keys, so that they live together.
+        (format!("{}:h:{{{stream}}}", self.config.key_prefix), format!("{}:hm:{{{stream}}}", self.config.key_prefix))
+    }
+
+    /// Sequences, records and publishes an event of a stream with history (see [`APPEND_LUA`]).
+    pub async fn append_and_publish(
+        &self,
+        node_id: &str,
+        event: &Event,
+        stream: &str,
+        settings: crate::history::Settings,
+    ) -> Result<(), BrokerError> {
+        let (head, copies) = self.envelope_parts(node_id, event);
+        let head = format!("{head},\"h\":{},\"s\":", json_string(stream));
+        let (key, meta) = self.history_keys(stream);
+        let mut script = self.append_script.key(key);
+        script
+            .key(meta)
+            .arg(crate::history::new_epoch())
+            .arg(settings.size)
+            .arg(settings.max_age.as_millis() as u64)
+            .arg(&event.payload[..])
+            .arg(head);
+        for (kind, channel) in copies {
+            let mut tail = Vec::with_capacity(event.payload.len() + 16);
+            tail.extend_from_slice(format!(",\"k\":\"{kind}\",\"e\":").as_bytes());
+            tail.extend_from_slice(&event.payload);
+            tail.push(b'}');
+            script.arg(channel).arg(tail);
+        }
+        match self.commands.script(&script).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.mark_down(&e.to_string());
+                Err(BrokerError::Unavailable(e.to_string()))
+            }
+        }
+    }
+
+    /// A stream's history as Redis holds it.
+    pub async fn read_history(
+        &self,
+        stream: &str,
+        settings: crate::history::Settings,
+    ) -> Result<crate::history::Snapshot, BrokerError> {
+        let (key, meta) = self.history_keys(stream);
+        let mut script = self.read_script.key(key);
+        script.key(meta).arg(settings.size);
+        let value = self.commands.script(&script).await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let RedisValue::Array(parts) = value else {
+            return Err(BrokerError::Unavailable("unexpected history reply".into()));
+        };
+        let text = |v: &RedisValue| bytes_of(v).and_then(|b| std::str::from_utf8(b).ok()).map(String::from);
+        let epoch = parts.first().and_then(text).unwrap_or_default();
+        let top = match parts.get(1) {
+            Some(RedisValue::Int(n)) => *n as u64,
+            Some(other) => text(other).and_then(|t| t.parse().ok()).unwrap_or(0),
+            None => 0,
+        };
+        let mut events = Vec::new();
+        if let Some(RedisValue::Array(entries)) = parts.get(2) {
+            for entry in entries {
+                let RedisValue::Array(entry) = entry else { continue };
+                let fields: Vec<&RedisValue> = match entry.get(1) {
+                    Some(RedisValue::Array(fields)) => fields.iter().collect(),
+                    Some(RedisValue::Map(pairs)) => pairs.iter().flat_map(|(k, v)| [k, v]).collect(),
+                    _ => continue,
+                };
+                let (mut seq, mut payload) = (None, None);
+                for pair in fields.chunks(2) {
+                    match (pair.first().and_then(|k| bytes_of(k)), pair.get(1)) {
+                        (Some(b"s"), Some(v)) => seq = text(v).and_then(|t| t.parse::<u64>().ok()),
+                        (Some(b"e"), Some(v)) => payload = bytes_of(v).map(Bytes::copy_from_slice),
+                        _ => {}
+                    }
+                }
+                if let (Some(seq), Some(payload)) = (seq, payload) {
+                    events.push((seq, payload));
+                }
+            }
+        }
+        events.reverse();
+        Ok(crate::history::Snapshot { epoch: Arc::from(epoch), top, events })
     }
 
     /// Prefix of Herald's own keys.
@@ -367,6 +538,19 @@ impl RedisBroker {
     }
 
     fn add_to_pipeline(&self, pipe: &mut redis::Pipeline, node_id: &str, event: &Event) {
+        let (head, copies) = self.envelope_parts(node_id, event);
+        for (kind, channel) in &copies {
+            let mut message = Vec::with_capacity(head.len() + event.payload.len() + 16);
+            message.extend_from_slice(head.as_bytes());
+            message.extend_from_slice(format!(",\"k\":\"{kind}\",\"e\":").as_bytes());
+            message.extend_from_slice(&event.payload);
+            message.push(b'}');
+            pipe.cmd(self.publish_cmd()).arg(channel).arg(message).ignore();
+        }
+    }
+
+    /// The envelope's head (without closing brace) and the keys it travels on.
+    fn envelope_parts(&self, node_id: &str, event: &Event) -> (String, Vec<(&'static str, String)>) {
         let t = &event.target;
         let mut head = format!("{{\"v\":1,\"n\":{}", json_string(node_id));
         for (field, value) in [("c", &t.channel), ("r", &t.room), ("u", &t.user)] {
@@ -381,7 +565,7 @@ impl RedisBroker {
             head.push_str(",\"g\":");
             head.push_str(&serde_json::to_string(&**tags).unwrap_or_else(|_| "{}".into()));
         }
-        let copies: Vec<(&str, String)> = if t.broadcast {
+        let copies: Vec<(&'static str, String)> = if t.broadcast {
             vec![("a", self.all_key())]
         } else {
             [("c", t.channel.as_deref()), ("r", t.room.as_deref()), ("u", t.user.as_deref())]
@@ -389,14 +573,7 @@ impl RedisBroker {
                 .filter_map(|(k, name)| name.map(|n| (k, self.key(k, n))))
                 .collect()
         };
-        for (kind, channel) in &copies {
-            let mut message = Vec::with_capacity(head.len() + event.payload.len() + 16);
-            message.extend_from_slice(head.as_bytes());
-            message.extend_from_slice(format!(",\"k\":\"{kind}\",\"e\":").as_bytes());
-            message.extend_from_slice(&event.payload);
-            message.push(b'}');
-            pipe.cmd(self.publish_cmd()).arg(channel).arg(message).ignore();
-        }
+        (head, copies)
     }
 
     /// Sends a command to another node (cross-node admin); returns whether a node listened.
@@ -540,6 +717,7 @@ pub async fn run(
                                 // Registered before it says it is connected, so that other nodes
                                 // count this one from the first moment it takes cross-node traffic.
                                 broker.record_node(&node).await;
+                                broker.refresh_live().await;
                                 last_record = Instant::now();
                                 broker.connected.store(true, Ordering::Relaxed);
                                 match broker.outage_since.lock().take() {
@@ -565,6 +743,7 @@ pub async fn run(
                 if broker.is_connected() && last_record.elapsed() >= registry_interval {
                     last_record = Instant::now();
                     broker.record_node(&node).await;
+                    broker.refresh_live().await;
                 }
             }
         }
@@ -681,6 +860,9 @@ async fn internal_event(node: &Arc<Node>, broker: &RedisBroker, payload: &[u8]) 
     let exclude = if envelope.n == &*node.id { envelope.x } else { None };
     let payload = Bytes::copy_from_slice(envelope.e.get().as_bytes());
     let event = Event::tagged(target, payload, exclude, route, envelope.g.map(Arc::new));
+    if let (Some(stream), Some(seq), Some(epoch)) = (envelope.h, envelope.s, envelope.p) {
+        let _ = event.stream.set(StreamPos { stream: Arc::from(stream), seq, epoch: Arc::from(epoch) });
+    }
     node.hub.dispatch(event).await;
 }
 
@@ -726,6 +908,15 @@ async fn ingest(node: &Arc<Node>, broker: &RedisBroker, redis_channel: &str, pay
     };
     match node.prepare(target, value) {
         Ok((target, payload)) => {
+            if let Some((stream, settings)) = node.history.stream_for(&target) {
+                // Every node receives the publisher's message; only the stream's owner gives it
+                // a seq and republishes it to the nodes, so each event is sequenced once.
+                if broker.owns(&stream) {
+                    node.stats.node.publishes.fetch_add(1, Ordering::Relaxed);
+                    let _ = crate::history::publish(node, Event::new(target, payload), stream, settings).await;
+                }
+                return;
+            }
             node.stats.node.publishes.fetch_add(1, Ordering::Relaxed);
             node.hub.dispatch(Event::new(target, payload)).await;
         }

@@ -11,6 +11,7 @@ mod collab;
 pub mod duration;
 pub mod load;
 mod security;
+pub mod stream;
 pub mod text;
 
 pub use collab::{AliasAction, AliasConfig, NotificationsConfig, PresenceConfig, UpstreamConfig};
@@ -23,6 +24,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use stream::{CompressionConfig, HistoryConfig};
 
 pub use load::{ConfigError, Overrides, from_toml_str, load};
 
@@ -58,6 +61,10 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// Application messages mapped to built-in actions.
     pub aliases: Vec<AliasConfig>,
+    /// Bounded recent history (and sequence numbers) per channel or room namespace.
+    pub history: Vec<HistoryConfig>,
+    /// permessage-deflate (RFC 7692).
+    pub compression: CompressionConfig,
     /// Redis: the cross-node broker and the integration point for publishers.
     pub redis: RedisConfig,
     /// Persistence of history (SQLite by default, PostgreSQL by URL).
@@ -552,6 +559,7 @@ impl Config {
                 problem(format!("channels[{i}].default_type"), "must not be empty");
             }
         }
+        self.validate_streams(&mut problem);
         if let Some(key) = &self.api.key
             && key.len() < 8
         {

@@ -8,6 +8,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::config::CompressionConfig;
+use crate::transport::deflate::{self, DeflateParams};
 use crate::transport::frame;
 
 /// A connection's number, unique within a node.
@@ -57,6 +59,75 @@ pub enum Route {
     Broadcast,
 }
 
+/// An event's place in its stream's history: the stream (`c:<channel>` or `r:<room>`), its
+/// sequence number there, and the stream's epoch (which changes when history is lost).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamPos {
+    /// `c:<channel>` or `r:<room>`.
+    pub stream: Arc<str>,
+    /// Position in the stream, from 1.
+    pub seq: u64,
+    /// The stream's epoch.
+    pub epoch: Arc<str>,
+}
+
+/// How a connection wants its frames: the variants of one event, each built at most once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wire {
+    /// MessagePack in binary frames instead of JSON text.
+    pub msgpack: bool,
+    /// permessage-deflate, when negotiated.
+    pub deflate: Option<DeflateParams>,
+}
+
+impl Wire {
+    /// JSON text, uncompressed: what every client gets unless it asked for more.
+    pub fn is_plain(&self) -> bool {
+        !self.msgpack && self.deflate.is_none()
+    }
+
+    /// Encodes a message Herald built for one connection (a reply) in this wire format.
+    pub fn encode(&self, json: &[u8], compression: &CompressionConfig) -> Bytes {
+        self.encode_data(frame::OP_TEXT, json, compression)
+    }
+
+    /// Encodes a data frame (`opcode` text or binary), converting JSON text to MessagePack for a
+    /// MessagePack connection and compressing when negotiated and worth it.
+    pub fn encode_data(&self, opcode: u8, data: &[u8], compression: &CompressionConfig) -> Bytes {
+        let packed;
+        let (opcode, data) =
+            match (self.msgpack && opcode == frame::OP_TEXT).then(|| crate::protocol::msgpack::from_json(data)) {
+                Some(Some(bytes)) => {
+                    packed = bytes;
+                    (frame::OP_BINARY, &packed[..])
+                }
+                _ => (opcode, data),
+            };
+        match self.deflate {
+            Some(params) if data.len() >= compression.threshold => {
+                frame::encode_with(opcode, true, &deflate::compress(data, params.server_bits, compression.level))
+            }
+            _ => frame::encode(opcode, data),
+        }
+    }
+}
+
+/// The JSON payload with the stream position appended as `seq`, `epoch` and `stream`.
+pub fn with_position(payload: &[u8], pos: &StreamPos) -> Bytes {
+    let Some(body) = payload.strip_suffix(b"}") else {
+        return Bytes::copy_from_slice(payload);
+    };
+    let mut out = Vec::with_capacity(payload.len() + pos.stream.len() + pos.epoch.len() + 48);
+    out.extend_from_slice(body);
+    if !body.trim_ascii_end().ends_with(b"{") {
+        out.push(b',');
+    }
+    let stream = serde_json::to_string(&*pos.stream).unwrap_or_default();
+    let epoch = serde_json::to_string(&*pos.epoch).unwrap_or_default();
+    out.extend_from_slice(format!("\"seq\":{},\"epoch\":{epoch},\"stream\":{stream}}}", pos.seq).as_bytes());
+    Bytes::from(out)
+}
+
 /// An event ready for fan-out.
 #[derive(Debug)]
 pub struct Event {
@@ -72,7 +143,12 @@ pub struct Event {
     pub received: Instant,
     /// Set on notifications: connections whose notification filter refuses them skip the event.
     pub tags: Option<Arc<NotificationTags>>,
+    /// Its position in its stream's history, for streams with history.
+    pub stream: OnceLock<StreamPos>,
     text_frame: OnceLock<Bytes>,
+    /// Frames for connections that asked for positions, MessagePack or compression, indexed by
+    /// [`Event::variant`]; allocated only when such a connection receives the event.
+    variants: OnceLock<Box<[OnceLock<Bytes>; 8]>>,
 }
 
 /// What a notification is about, matched against each connection's `subscribe_notifications`
@@ -103,15 +179,7 @@ impl Event {
 
     /// A copy of an event for one route.
     pub fn routed(target: Target, payload: Bytes, exclude: Option<ConnId>, route: Route) -> Arc<Event> {
-        Arc::new(Event {
-            target,
-            route,
-            payload,
-            exclude,
-            received: Instant::now(),
-            tags: None,
-            text_frame: OnceLock::new(),
-        })
+        Self::tagged(target, payload, exclude, route, None)
     }
 
     /// A copy of a notification for one route, carrying its tags.
@@ -122,13 +190,45 @@ impl Event {
         route: Route,
         tags: Option<Arc<NotificationTags>>,
     ) -> Arc<Event> {
-        Arc::new(Event { target, route, payload, exclude, received: Instant::now(), tags, text_frame: OnceLock::new() })
+        Arc::new(Event {
+            target,
+            route,
+            payload,
+            exclude,
+            received: Instant::now(),
+            tags,
+            stream: OnceLock::new(),
+            text_frame: OnceLock::new(),
+            variants: OnceLock::new(),
+        })
     }
 
     /// The WebSocket text frame carrying the payload, built by the first recipient's shard and
     /// shared by all.
     pub fn text_frame(&self) -> &Bytes {
         self.text_frame.get_or_init(|| frame::encode(frame::OP_TEXT, &self.payload))
+    }
+
+    /// The frame for a connection with `wire`, with the stream position when `seq`. Each
+    /// variant is built once per event and shared; only a connection that negotiated a smaller
+    /// compression window than the node's gets a frame of its own.
+    pub fn frame(&self, seq: bool, wire: &Wire, compression: &CompressionConfig) -> Bytes {
+        let pos = self.stream.get().filter(|_| seq);
+        if pos.is_none() && wire.is_plain() {
+            return self.text_frame().clone();
+        }
+        let payload = || match pos {
+            Some(pos) => with_position(&self.payload, pos),
+            None => self.payload.clone(),
+        };
+        let shared = wire.deflate.is_none_or(|d| d.server_bits == compression.server_max_window_bits);
+        if !shared {
+            return wire.encode(&payload(), compression);
+        }
+        let index =
+            usize::from(pos.is_some()) << 2 | usize::from(wire.msgpack) << 1 | usize::from(wire.deflate.is_some());
+        let variants = self.variants.get_or_init(Default::default);
+        variants[index].get_or_init(|| wire.encode(&payload(), compression)).clone()
     }
 }
 
@@ -180,6 +280,33 @@ mod tests {
         let Value::Object(event) = json!({"type": "campaign:launched"}) else { unreachable!() };
         let v: Value = serde_json::from_slice(&prepare_payload(event, Some("job_update"))).unwrap();
         assert_eq!(v["type"], "campaign:launched");
+    }
+
+    #[test]
+    fn positions_are_appended_and_every_variant_is_built_once() {
+        let pos = StreamPos { stream: Arc::from("c:jobs"), seq: 7, epoch: Arc::from("ab") };
+        assert_eq!(
+            &with_position(br#"{"type":"t"}"#, &pos)[..],
+            br#"{"type":"t","seq":7,"epoch":"ab","stream":"c:jobs"}"#
+        );
+        assert_eq!(&with_position(b"{}", &pos)[..], br#"{"seq":7,"epoch":"ab","stream":"c:jobs"}"#);
+        let compression = CompressionConfig { threshold: 0, ..Default::default() };
+        let event = Event::new(Target::default(), Bytes::from(r#"{"type":"t","pad":"xxxxxxxxxxxxxxxx"}"#));
+        event.stream.set(pos).unwrap();
+        let deflate = DeflateParams { server_bits: 15, client_no_context_takeover: true };
+        for wire in [
+            Wire { msgpack: false, deflate: None },
+            Wire { msgpack: true, deflate: None },
+            Wire { msgpack: false, deflate: Some(deflate) },
+            Wire { msgpack: true, deflate: Some(deflate) },
+        ] {
+            for seq in [false, true] {
+                let a = event.frame(seq, &wire, &compression);
+                let b = event.frame(seq, &wire, &compression);
+                assert_eq!(a.as_ptr(), b.as_ptr(), "{wire:?} seq {seq}: one frame shared by all recipients");
+            }
+        }
+        assert_eq!(event.frame(false, &Wire::default(), &compression).as_ptr(), event.text_frame().as_ptr());
     }
 
     #[test]

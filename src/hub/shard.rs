@@ -231,6 +231,7 @@ impl Shard {
         let sessions = self.sessions.borrow();
         let index = self.index.borrow();
         let mut delivered = 0u64;
+        let compression = &self.node.config.compression;
         let mut deliver_to = |session: &Rc<Session>| {
             if session.stamp.replace(stamp) == stamp || event.exclude == Some(session.id) {
                 return;
@@ -240,7 +241,7 @@ impl Shard {
             {
                 return;
             }
-            if let Some(frame) = session.frame_for(event) {
+            if let Some(frame) = session.frame_for(event, compression) {
                 session.send(self, frame);
                 delivered += 1;
             }
@@ -419,7 +420,7 @@ impl Shard {
     }
 
     fn send_keepalive(self: &Rc<Self>, session: &Rc<Session>, heartbeat: Option<&Event>, ping: Option<&Bytes>) {
-        if let Some(frame) = heartbeat.and_then(|h| session.frame_for(h)) {
+        if let Some(frame) = heartbeat.and_then(|h| session.frame_for(h, &self.node.config.compression)) {
             session.send(self, frame);
             stats::bump(&self.counters().replies, 1);
         }

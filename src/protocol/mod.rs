@@ -5,6 +5,7 @@
 
 mod error;
 pub mod inbound;
+pub mod msgpack;
 pub mod outbound;
 pub mod template;
 

@@ -50,6 +50,10 @@ pub struct ConnectPlan {
     pub rejection: Option<String>,
     /// The connection's slot under the per-address and per-user caps.
     pub permit: Option<crate::limits::ConnectionPermit>,
+    /// Encoding and compression negotiated at the upgrade.
+    pub wire: crate::hub::event::Wire,
+    /// Positions on every stream it follows (`?seq=1`).
+    pub seq: bool,
 }
 
 /// Waits for hyper to finish the upgrade, then hands the socket to `shard`.
@@ -100,6 +104,8 @@ pub(crate) async fn run(shard: Rc<Shard>, io: ConnIo, leftover: Bytes, mut plan:
         path: plan.path.clone(),
         connected_at: SystemTime::now(),
         max_message: plan.max_message,
+        wire: plan.wire,
+        seq: plan.seq,
     };
     let session = Rc::new(Session::new(id, connection_id, info, io, plan.user.clone(), plan.permit.take()));
     session.expires_at.set(plan.expires_at);
@@ -138,13 +144,19 @@ async fn start_events(shard: &Rc<Shard>, session: &Rc<Session>, plan: &ConnectPl
     let mut waits: Vec<InterestReady> = user_ready.into_iter().collect();
     for channel in &plan.channels {
         match handlers::channels::subscribe_one(shard, session, channel).await {
-            Ok(ready) => waits.extend(ready),
+            Ok(ready) => {
+                waits.extend(ready);
+                start_follow(shard, session, crate::config::NameKind::Channel, channel);
+            }
             Err(e) => refused.push(e),
         }
     }
     for room in &plan.rooms {
         match handlers::rooms::join_one(shard, session, room).await {
-            Ok(ready) => waits.extend(ready),
+            Ok(ready) => {
+                waits.extend(ready);
+                start_follow(shard, session, crate::config::NameKind::Room, room);
+            }
             Err(e) => refused.push(e),
         }
     }
@@ -165,6 +177,15 @@ async fn start_events(shard: &Rc<Shard>, session: &Rc<Session>, plan: &ConnectPl
     rooms.sort();
     for room in rooms {
         handlers::presence::after_join(shard, session, &room).await;
+    }
+}
+
+/// With `?seq=1`, a pre-subscribed stream with history is followed with positions from the
+/// welcome on (the connection takes no events before it, so nothing needs holding back).
+fn start_follow(shard: &Shard, session: &Session, kind: crate::config::NameKind, name: &str) {
+    if session.info.seq && shard.node().history.settings(kind, name).is_some() {
+        let stream = crate::history::stream_name(kind, name);
+        session.follows.borrow_mut().insert(Arc::from(stream), super::Follow::default());
     }
 }
 

@@ -71,6 +71,7 @@ pub(crate) async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: 
         "cursor_move" => handlers::presence::cursor_move(shard, session, &message).await,
         "cell_update" => handlers::cells::update(shard, session, &message).await,
         "subscribe_notifications" => handlers::notifications::subscribe(shard, session, &message).await,
+        "history" => handlers::streams::history(shard, session, &message).await,
         "notification_read" => handlers::notifications::read(shard, session, &message).await,
         other => {
             if let Some(alias) = node.config.aliases.iter().find(|a| a.kind == other) {

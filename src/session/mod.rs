@@ -30,6 +30,7 @@ pub use outbound::SendOutcome;
 
 use crate::auth::Identity;
 use crate::config::EndpointKind;
+use crate::hub::event::Wire;
 use crate::hub::shard::Shard;
 use crate::hub::{ConnId, Event};
 use crate::limits::{ConnectionPermit, RateState};
@@ -53,6 +54,22 @@ pub struct ConnInfo {
     pub connected_at: SystemTime,
     /// Largest message it may send.
     pub max_message: usize,
+    /// Encoding and compression negotiated at the upgrade.
+    pub wire: Wire,
+    /// Whether the client asked for stream positions on everything it follows (`?seq=1`).
+    pub seq: bool,
+}
+
+/// A stream a connection follows with positions (`seq`): the last position it was given, and,
+/// while history is being replayed to it, the live frames held back until the replay is done.
+#[derive(Debug, Default)]
+pub struct Follow {
+    /// Last seq delivered (events at or below it are not delivered again).
+    pub last: u64,
+    /// The epoch of `last`; an event of another epoch starts the count again.
+    pub epoch: Option<Arc<str>>,
+    /// Live frames `(seq, frame)` held back during a replay.
+    pub held: Option<Vec<(u64, Bytes)>>,
 }
 
 /// What a connection has subscribed to and joined.
@@ -94,6 +111,8 @@ pub struct Session {
     pub(crate) expires_at: Cell<Option<SystemTime>>,
     /// Whether the client was asked for a fresh token.
     pub(crate) refresh_requested: Cell<bool>,
+    /// Streams followed with positions; empty (and never looked up) for plain clients.
+    pub(crate) follows: RefCell<std::collections::HashMap<Arc<str>, Follow>>,
     /// Message-rate state, allocated once the client first sends a counted message.
     pub(crate) rate: RefCell<Option<Box<RateState>>>,
     /// Typing, cursors and notification filters, allocated on first use.
@@ -130,22 +149,50 @@ impl Session {
             refresh_requested: Cell::new(false),
             rate: RefCell::new(None),
             live: RefCell::new(None),
+            follows: RefCell::new(std::collections::HashMap::new()),
             _permit: permit,
         }
     }
 
     /// The frame this connection gets for `event`, or `None` if it should not get it.
-    pub fn frame_for(&self, event: &Event) -> Option<Bytes> {
+    pub fn frame_for(&self, event: &Event, compression: &crate::config::CompressionConfig) -> Option<Bytes> {
         if !self.accepting.get() {
             return None;
         }
-        Some(event.text_frame().clone())
+        let wire = &self.info.wire;
+        let Some(pos) = event.stream.get() else {
+            if wire.is_plain() {
+                return Some(event.text_frame().clone());
+            }
+            return Some(event.frame(false, wire, compression));
+        };
+        let mut follows = self.follows.borrow_mut();
+        let Some(follow) = follows.get_mut(&pos.stream) else {
+            drop(follows);
+            return Some(event.frame(false, wire, compression));
+        };
+        if follow.epoch.as_ref() == Some(&pos.epoch) && pos.seq <= follow.last {
+            return None; // already delivered (by a replay, or a duplicate copy)
+        }
+        let frame = event.frame(true, wire, compression);
+        if let Some(held) = follow.held.as_mut() {
+            held.push((pos.seq, frame));
+            return None;
+        }
+        follow.last = pos.seq;
+        follow.epoch = Some(pos.epoch.clone());
+        Some(frame)
     }
 
     /// Sends a reply Herald built for this connection alone.
     pub fn reply(self: &Rc<Self>, shard: &Shard, payload: &[u8]) {
         stats::bump(&shard.counters().replies, 1);
-        self.send(shard, frame::encode(frame::OP_TEXT, payload));
+        let frame = if self.info.wire.is_plain() {
+            frame::encode(frame::OP_TEXT, payload)
+        } else {
+            self.info.wire.encode(payload, &shard.node().config.compression)
+        };
+        self.send(shard, frame);
     }
 
     /// Sends an error reply.

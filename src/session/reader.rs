@@ -69,6 +69,9 @@ fn poll_read(
 /// Reads and handles frames until end-of-stream, an I/O error, or the connection is cut.
 pub(crate) async fn run(shard: &Rc<Shard>, session: &Rc<Session>, leftover: Bytes) {
     let mut decoder = Some(Decoder::new(Role::Server, session.info.max_message));
+    if let (Some(d), Some(params)) = (decoder.as_mut(), session.info.wire.deflate) {
+        d.set_inflate(Box::new(crate::transport::deflate::Inflater::new(!params.client_no_context_takeover)));
+    }
     let mut messages = Vec::new();
     // A violation found while decoding a read. The frames before it in the same read are valid
     // and were sent first, so they are handled before the connection is closed for it.
@@ -124,6 +127,18 @@ pub(crate) async fn run(shard: &Rc<Shard>, session: &Rc<Session>, leftover: Byte
     }
 }
 
+/// The echo of a data message, compressed when the connection negotiated permessage-deflate.
+fn echo(shard: &Shard, session: &Session, opcode: u8, data: &[u8]) -> Bytes {
+    match session.info.wire.deflate {
+        Some(_) => crate::hub::event::Wire { msgpack: false, ..session.info.wire }.encode_data(
+            opcode,
+            data,
+            &shard.node().config.compression,
+        ),
+        None => frame::encode(opcode, data),
+    }
+}
+
 fn violation(shard: &Rc<Shard>, session: &Rc<Session>, error: &FrameError) {
     stats::bump(&shard.counters().protocol_errors, 1);
     tracing::debug!(connection = %session.connection_id, error = %error, "closing for a WebSocket violation");
@@ -140,7 +155,7 @@ async fn handle(shard: &Rc<Shard>, session: &Rc<Session>, message: Message) {
             match session.info.kind {
                 EndpointKind::Events => Box::pin(dispatch::handle_text(shard, session, text)).await,
                 EndpointKind::Echo => {
-                    session.send(shard, frame::encode(frame::OP_TEXT, &text));
+                    session.send(shard, echo(shard, session, frame::OP_TEXT, &text));
                 }
                 EndpointKind::Stats => {}
             }
@@ -149,8 +164,14 @@ async fn handle(shard: &Rc<Shard>, session: &Rc<Session>, message: Message) {
             stats::bump(&shard.counters().messages_in, 1);
             match session.info.kind {
                 EndpointKind::Echo => {
-                    session.send(shard, frame::encode(frame::OP_BINARY, &data));
+                    session.send(shard, echo(shard, session, frame::OP_BINARY, &data));
                 }
+                EndpointKind::Events if session.info.wire.msgpack => match crate::protocol::msgpack::to_json(&data) {
+                    Ok(json) => Box::pin(dispatch::handle_text(shard, session, Bytes::from(json))).await,
+                    Err(e) => {
+                        session.send_error(shard, &ProtocolError::new(ErrorCode::InvalidJson, e.to_string()), None)
+                    }
+                },
                 _ => session.send_error(
                     shard,
                     &ProtocolError::new(

@@ -1,6 +1,7 @@
 //! Bytes on the wire: the listener, HTTP serving on shards, the WebSocket handshake and framing,
 //! and the socket abstraction that lets a shard write to many connections in one pass.
 
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub(crate) mod http;

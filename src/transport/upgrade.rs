@@ -23,7 +23,7 @@ use crate::protocol::{template, validate_name};
 use crate::session::ConnectPlan;
 
 /// Subprotocols Herald understands, in order of preference.
-pub const PROTOCOLS: &[&str] = &["herald.json"];
+pub const PROTOCOLS: &[&str] = &["herald.json", "herald.msgpack"];
 
 /// An endpoint as mounted at one path.
 #[derive(Debug, Clone)]
@@ -163,10 +163,18 @@ pub async fn handle(node: Arc<Node>, endpoint: Arc<Endpoint>, mut request: Reque
 
     let protocol =
         presented.protocol.or_else(|| upgrade.protocols.iter().find(|p| PROTOCOLS.contains(&p.as_str())).cloned());
+    plan.wire.msgpack = protocol.as_deref() == Some("herald.msgpack");
+    let extension = match crate::transport::deflate::negotiate(&upgrade.extensions, &node.config.compression) {
+        Some((response, params)) => {
+            plan.wire.deflate = Some(params);
+            Some(response)
+        }
+        None => None,
+    };
     let on_upgrade = hyper::upgrade::on(&mut request);
     let shard = node.hub.pick_shard(|i| node.stats.shards[i].connections.load(Ordering::Relaxed));
     tokio::spawn(crate::session::connect::hand_over(node.clone(), shard, on_upgrade, plan));
-    handshake::switching_protocols::<Body>(&upgrade.key, protocol.as_deref(), None)
+    handshake::switching_protocols::<Body>(&upgrade.key, protocol.as_deref(), extension.as_deref())
 }
 
 fn refused(node: &Node) {
@@ -244,6 +252,8 @@ fn plan(endpoint: &Endpoint, params: &HashMap<String, String>, peer: SocketAddr)
         expires_at: None,
         rejection: None,
         permit: None,
+        wire: Default::default(),
+        seq: matches!(params.get("seq").map(String::as_str), Some("1" | "true")),
     })
 }
 

@@ -9,6 +9,7 @@ mod core;
 mod nginx;
 mod redis;
 mod resilience;
+mod resume;
 mod security;
 mod seeds;
 mod store;

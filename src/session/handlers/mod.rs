@@ -8,6 +8,7 @@ pub mod notifications;
 pub(crate) mod ping;
 pub(crate) mod presence;
 pub(crate) mod rooms;
+pub mod streams;
 pub(crate) mod upstream;
 
 use crate::protocol::{ErrorCode, ProtocolError};

@@ -10,7 +10,7 @@ use crate::hub::shard::Shard;
 use crate::hub::{Hub, InterestReady};
 use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound, validate_name};
 use crate::session::Session;
-use crate::session::handlers::{denied, presence};
+use crate::session::handlers::{denied, presence, streams};
 
 /// Joins one room, within the per-connection limit. The future, if any, resolves once the
 /// broker listens for the room.
@@ -33,24 +33,48 @@ pub(crate) async fn join_one(
 }
 
 pub(crate) async fn join(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), ProtocolError> {
-    join_room(shard, session, message.room()?, message.id.as_ref()).await
+    let room = message.room()?;
+    // `seq: true` follows the room with positions; `recover: {seq, epoch}` also replays.
+    let wanted = session.info.seq || message.body.get("seq").and_then(Value::as_bool).unwrap_or(false);
+    let since = match message.body.get("recover") {
+        None | Some(Value::Null) => None,
+        Some(p) => Some(streams::parse_position(p, "recover")?),
+    };
+    join_room(shard, session, room, message.id.as_ref(), wanted, since).await
 }
 
-/// Joins a room, acknowledges with `room_joined` once the room is live across the cluster, then
-/// does the presence side (`room_state` to the joiner, `user_joined` to the others).
+/// Joins a room, acknowledges with `room_joined` once the room is live across the cluster
+/// (replaying from `since` first for a room with history), then does the presence side
+/// (`room_state` to the joiner, `user_joined` to the others).
 pub(crate) async fn join_room(
     shard: &Rc<Shard>,
     session: &Rc<Session>,
     room: &str,
     id: Option<&Value>,
+    wanted: bool,
+    since: Option<(u64, String)>,
 ) -> Result<(), ProtocolError> {
     let already_member = session.state.borrow().rooms.contains(room);
+    let asked = since.is_some();
     let ready = join_one(shard, session, room).await?;
+    let pending = streams::begin(shard, session, NameKind::Room, room, wanted, since);
     if let Some(user) = session.user_id() {
         shard.node().writer.record_member(room, &user, crate::store::now_ms());
     }
     Hub::ready(ready.into_iter().collect(), shard.node().config.redis.timeout).await;
-    session.reply(shard, &outbound::reply("room_joined", json!({ "room": room, "room_id": room }), id));
+    let mut fields = json!({ "room": room, "room_id": room });
+    let recovery = match &pending {
+        Some(p) => {
+            let recovery = streams::fetch(shard, p).await;
+            fields["stream"] = streams::report(&recovery, asked);
+            Some(recovery)
+        }
+        None => None,
+    };
+    session.reply(shard, &outbound::reply("room_joined", fields, id));
+    if let (Some(p), Some(recovery)) = (pending, recovery) {
+        streams::finish(shard, session, &p, recovery);
+    }
     if !already_member {
         presence::after_join(shard, session, room).await;
     }
@@ -71,6 +95,7 @@ pub(crate) fn leave_room(
 ) -> Result<(), ProtocolError> {
     validate_name("room", room)?;
     let was_member = shard.leave(session, room);
+    streams::end(session, NameKind::Room, room);
     session.reply(shard, &outbound::reply("room_left", json!({ "room": room, "room_id": room }), id));
     if was_member {
         let (task_shard, task_session, room) = (shard.clone(), session.clone(), room.to_string());

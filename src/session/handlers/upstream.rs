@@ -75,10 +75,15 @@ pub(crate) async fn alias(
         )
     })?;
     match alias.action {
-        AliasAction::JoinRoom => super::rooms::join_room(shard, session, &target, message.id.as_ref()).await,
+        AliasAction::JoinRoom => {
+            super::rooms::join_room(shard, session, &target, message.id.as_ref(), session.info.seq, None).await
+        }
         AliasAction::LeaveRoom => super::rooms::leave_room(shard, session, &target, message.id.as_ref()),
         AliasAction::Subscribe => {
-            super::channels::subscribe_names(shard, session, &[target.as_str()], message.id.as_ref()).await
+            let wanted = session.info.seq;
+            let none = serde_json::Map::new();
+            super::channels::subscribe_names(shard, session, &[target.as_str()], message.id.as_ref(), wanted, &none)
+                .await
         }
         AliasAction::Unsubscribe => {
             super::channels::unsubscribe_names(shard, session, &[target.as_str()], message.id.as_ref())

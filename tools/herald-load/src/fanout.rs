@@ -70,6 +70,12 @@ pub struct Args {
     /// Writer threads of the floor server (`--via floor`); Herald's default is 2 shards.
     #[arg(long, default_value_t = 2)]
     pub floor_threads: usize,
+    /// Ask for stream positions (`?seq=1`); the channel needs a `[[history]]` entry (`bench-*`).
+    #[arg(long)]
+    pub seq: bool,
+    /// Offer permessage-deflate and inflate what arrives compressed.
+    #[arg(long)]
+    pub deflate: bool,
     /// Seconds to wait for stragglers after the last publish.
     #[arg(long, default_value_t = 10.0)]
     pub grace: f64,
@@ -183,12 +189,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let connect_started = Instant::now();
     let permits = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let mut connecting = Vec::with_capacity(args.clients);
+    let seq = if args.seq { "&seq=1" } else { "" };
+    let deflate = args.deflate;
     for i in 0..args.clients {
         let source = sources.get(i % sources.len().max(1)).copied();
         let server = servers[i % servers.len()];
         let target = i % targets;
         let path = match mode {
-            Mode::Channel => format!("{}?channels={channel}&client_id=load-{i}", args.path),
+            Mode::Channel => format!("{}?channels={channel}&client_id=load-{i}{seq}", args.path),
             Mode::Rooms(_) => format!("{}?client_id=load-{i}", args.path),
             Mode::Users(_) => format!("{}?client_id=load-{i}&user_id={channel}-user-{target}", args.path),
         };
@@ -197,7 +205,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let members = members.clone();
         connecting.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let mut client = ws::connect(server, source, &path).await?;
+            let mut client = ws::connect_with(server, source, &path, deflate).await?;
             let mut scratch = vec![0u8; 4096];
             let mut messages = Vec::new();
             wait_for(&mut client, &mut scratch, &mut messages, "\"type\":\"connection").await?;

@@ -21,6 +21,16 @@ pub struct WsClient {
 
 /// Opens a TCP connection from `source` (any port) and performs the WebSocket handshake.
 pub async fn connect(server: SocketAddr, source: Option<IpAddr>, path_and_query: &str) -> io::Result<WsClient> {
+    connect_with(server, source, path_and_query, false).await
+}
+
+/// The same, offering permessage-deflate when `deflate` (inflating with Herald's own inflater).
+pub async fn connect_with(
+    server: SocketAddr,
+    source: Option<IpAddr>,
+    path_and_query: &str,
+    deflate: bool,
+) -> io::Result<WsClient> {
     let socket = if server.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     if let Some(ip) = source {
         // Choose the port at connect time, so ports are per (source, destination) pair and
@@ -33,7 +43,8 @@ pub async fn connect(server: SocketAddr, source: Option<IpAddr>, path_and_query:
     stream.set_nodelay(true)?;
     let request = format!(
         "GET {path_and_query} HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{}\r\n",
+        if deflate { "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n" } else { "" }
     );
     stream.write_all(request.as_bytes()).await?;
     let mut buf = Vec::with_capacity(1024);
@@ -56,11 +67,14 @@ pub async fn connect(server: SocketAddr, source: Option<IpAddr>, path_and_query:
             String::from_utf8_lossy(&buf[..buf.iter().position(|b| *b == b'\r').unwrap_or(buf.len())]).to_string();
         return Err(io::Error::new(io::ErrorKind::ConnectionRefused, format!("upgrade refused: {line}")));
     }
-    Ok(WsClient {
-        stream,
-        decoder: Decoder::new(Role::Client, 16 << 20),
-        leftover: Bytes::copy_from_slice(&buf[end..]),
-    })
+    let mut decoder = Decoder::new(Role::Client, 16 << 20);
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    if deflate && head.contains("sec-websocket-extensions: permessage-deflate") {
+        decoder.set_inflate(Box::new(herald::transport::deflate::Inflater::new(
+            !head.contains("server_no_context_takeover"),
+        )));
+    }
+    Ok(WsClient { stream, decoder, leftover: Bytes::copy_from_slice(&buf[end..]) })
 }
 
 impl WsClient {

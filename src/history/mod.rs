@@ -1,0 +1,308 @@
+//! Stream history: sequence numbers, a bounded recent log per channel or room, and recovery of
+//! what a reconnecting client missed.
+//!
+//! A *stream* is a channel (`c:<name>`) or a room (`r:<name>`) that a `[[history]]` entry
+//! covers. An event belongs to at most one stream: its channel's if that has history, else its
+//! room's. Each event of a stream gets the next `seq` and the stream's `epoch`; the epoch
+//! changes whenever the history is lost (memory history at every start of the process; Redis
+//! history when its keys vanish), so a client holding an old position learns it cannot resume.
+//!
+//! With the local broker the log is kept here, in memory. With Redis it is a Redis Stream, and
+//! the sequence assignment, the append and the publication to other nodes are one Lua script
+//! (`broker::redis`), so any node can serve a resume and every node sees one order.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::OwnedMutexGuard;
+
+use crate::broker::{Broker, BrokerError, Published};
+use crate::config::{HistoryConfig, NameKind};
+use crate::hub::event::StreamPos;
+use crate::hub::{Event, Target};
+use crate::node::Node;
+
+/// Limits of one stream's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Most events kept.
+    pub size: usize,
+    /// Oldest event kept.
+    pub max_age: Duration,
+}
+
+struct Rule {
+    kind: NameKind,
+    pattern: String,
+    settings: Settings,
+}
+
+/// A stream's history at one moment: its epoch, its last seq, and the events still kept
+/// (oldest first).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The stream's epoch (empty when the stream never had an event).
+    pub epoch: Arc<str>,
+    /// The last seq given out.
+    pub top: u64,
+    /// `(seq, payload)`, oldest first.
+    pub events: Vec<(u64, Bytes)>,
+}
+
+/// What a client that presented a position gets back.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    /// Whether every event after the position is in `events`.
+    pub recovered: bool,
+    /// The stream's current epoch.
+    pub epoch: Arc<str>,
+    /// The stream's current last seq.
+    pub top: u64,
+    /// The missed events, in order (empty unless `recovered`).
+    pub events: Vec<(u64, Bytes)>,
+}
+
+impl Snapshot {
+    /// The events after `since` (`(seq, epoch)`), if history still holds all of them.
+    pub fn recover(self, since: Option<(u64, &str)>) -> Recovery {
+        let Snapshot { epoch, top, events } = self;
+        let Some((seq, client_epoch)) = since else {
+            return Recovery { recovered: true, epoch, top, events: Vec::new() };
+        };
+        let same_epoch = *epoch == *client_epoch || (top == 0 && client_epoch.is_empty());
+        if !same_epoch {
+            return Recovery { recovered: false, epoch, top, events: Vec::new() };
+        }
+        if seq >= top {
+            return Recovery { recovered: true, epoch, top, events: Vec::new() };
+        }
+        let missed: Vec<(u64, Bytes)> = events.into_iter().filter(|(s, _)| *s > seq).collect();
+        let complete = missed.first().is_some_and(|(s, _)| *s == seq + 1)
+            && missed.windows(2).all(|w| w[1].0 == w[0].0 + 1)
+            && missed.last().is_some_and(|(s, _)| *s == top);
+        if complete {
+            Recovery { recovered: true, epoch, top, events: missed }
+        } else {
+            Recovery { recovered: false, epoch, top, events: Vec::new() }
+        }
+    }
+}
+
+/// One stream's log in memory.
+pub struct MemStream {
+    epoch: Arc<str>,
+    top: u64,
+    entries: VecDeque<(u64, Instant, Bytes)>,
+}
+
+impl MemStream {
+    fn trim(&mut self, settings: Settings, now: Instant) {
+        while self.entries.len() > settings.size
+            || self.entries.front().is_some_and(|(_, at, _)| now.duration_since(*at) > settings.max_age)
+        {
+            self.entries.pop_front();
+        }
+    }
+
+    /// Appends an event, giving it the next seq.
+    pub fn append(&mut self, stream: &Arc<str>, payload: Bytes, settings: Settings) -> StreamPos {
+        self.top += 1;
+        let now = Instant::now();
+        self.entries.push_back((self.top, now, payload));
+        self.trim(settings, now);
+        StreamPos { stream: stream.clone(), seq: self.top, epoch: self.epoch.clone() }
+    }
+
+    fn snapshot(&mut self, settings: Settings) -> Snapshot {
+        self.trim(settings, Instant::now());
+        Snapshot {
+            epoch: self.epoch.clone(),
+            top: self.top,
+            events: self.entries.iter().map(|(s, _, p)| (*s, p.clone())).collect(),
+        }
+    }
+}
+
+/// The node's history: which streams have it, and (with the local broker) their logs.
+pub struct History {
+    rules: Vec<Rule>,
+    /// Per-stream locks: the seq assignment and the hand-over to the shards happen under the
+    /// stream's lock, so the shards see a stream's events in seq order.
+    memory: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<MemStream>>>>,
+}
+
+/// A fresh random epoch.
+pub fn new_epoch() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+/// The stream name of a channel or a room.
+pub fn stream_name(kind: NameKind, name: &str) -> String {
+    match kind {
+        NameKind::Room => format!("r:{name}"),
+        _ => format!("c:{name}"),
+    }
+}
+
+impl History {
+    /// History as configured.
+    pub fn new(config: &[HistoryConfig]) -> Self {
+        let rules = config
+            .iter()
+            .filter_map(|h| {
+                let settings = Settings { size: h.size, max_age: h.max_age };
+                match (&h.channels, &h.rooms) {
+                    (Some(p), _) => Some(Rule { kind: NameKind::Channel, pattern: p.clone(), settings }),
+                    (None, Some(p)) => Some(Rule { kind: NameKind::Room, pattern: p.clone(), settings }),
+                    (None, None) => None,
+                }
+            })
+            .collect();
+        History { rules, memory: Mutex::new(HashMap::new()) }
+    }
+
+    /// Whether any stream has history (when none does, publishing takes the plain path).
+    pub fn is_enabled(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
+    /// The settings of a channel's or room's history, if it has one (first matching entry).
+    pub fn settings(&self, kind: NameKind, name: &str) -> Option<Settings> {
+        self.rules
+            .iter()
+            .find(|r| r.kind == kind && crate::config::stream::pattern_matches(&r.pattern, name))
+            .map(|r| r.settings)
+    }
+
+    /// The settings of a stream given by its name (`c:…` / `r:…`).
+    pub fn stream_settings(&self, stream: &str) -> Option<Settings> {
+        match stream.split_once(':') {
+            Some(("c", name)) => self.settings(NameKind::Channel, name),
+            Some(("r", name)) => self.settings(NameKind::Room, name),
+            _ => None,
+        }
+    }
+
+    /// The stream an event with this target belongs to: its channel's, else its room's.
+    pub fn stream_for(&self, target: &Target) -> Option<(Arc<str>, Settings)> {
+        if !self.is_enabled() {
+            return None;
+        }
+        if let Some(channel) = &target.channel
+            && let Some(settings) = self.settings(NameKind::Channel, channel)
+        {
+            return Some((Arc::from(stream_name(NameKind::Channel, channel)), settings));
+        }
+        let room = target.room.as_ref()?;
+        let settings = self.settings(NameKind::Room, room)?;
+        Some((Arc::from(stream_name(NameKind::Room, room)), settings))
+    }
+
+    async fn lock_memory(&self, stream: &Arc<str>) -> OwnedMutexGuard<MemStream> {
+        let lock = self
+            .memory
+            .lock()
+            .entry(stream.clone())
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Mutex::new(MemStream {
+                    epoch: Arc::from(new_epoch()),
+                    top: 0,
+                    entries: VecDeque::new(),
+                }))
+            })
+            .clone();
+        lock.lock_owned().await
+    }
+
+    /// The stream's history now, from memory or from Redis.
+    pub async fn snapshot(&self, node: &Node, stream: &Arc<str>, settings: Settings) -> Result<Snapshot, BrokerError> {
+        match &node.broker {
+            Broker::Local => Ok(self.lock_memory(stream).await.snapshot(settings)),
+            Broker::Redis(redis) => redis.read_history(stream, settings).await,
+        }
+    }
+}
+
+/// Publishes an event of a stream with history: gives it its seq, records it and hands it to
+/// every node, in one step per stream so that every node sees the stream in seq order.
+pub async fn publish(
+    node: &Node,
+    event: Arc<Event>,
+    stream: Arc<str>,
+    settings: Settings,
+) -> Result<Published, BrokerError> {
+    match &node.broker {
+        Broker::Local => {
+            let mut log = node.history.lock_memory(&stream).await;
+            let pos = log.append(&stream, event.payload.clone(), settings);
+            let _ = event.stream.set(pos);
+            node.hub.dispatch(event).await;
+            drop(log);
+            Ok(Published::Everywhere)
+        }
+        Broker::Redis(redis) => match redis.append_and_publish(&node.id, &event, &stream, settings).await {
+            Ok(()) => Ok(Published::Everywhere),
+            Err(_) => {
+                // Without Redis there is no cluster-wide seq to give: local clients get the
+                // event without a position, as they would any event during an outage.
+                node.hub.dispatch(event).await;
+                Ok(Published::LocalOnly)
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(top: u64, seqs: &[u64]) -> Snapshot {
+        Snapshot {
+            epoch: Arc::from("e1"),
+            top,
+            events: seqs.iter().map(|s| (*s, Bytes::from(format!("{{\"n\":{s}}}")))).collect(),
+        }
+    }
+
+    #[test]
+    fn recovers_only_complete_gaps_of_the_same_epoch() {
+        let r = snapshot(10, &[6, 7, 8, 9, 10]).recover(Some((7, "e1")));
+        assert!(r.recovered);
+        assert_eq!(r.events.iter().map(|e| e.0).collect::<Vec<_>>(), vec![8, 9, 10]);
+        assert!(!snapshot(10, &[6, 7, 8, 9, 10]).recover(Some((4, "e1"))).recovered);
+        assert!(!snapshot(10, &[6, 7, 8, 9, 10]).recover(Some((7, "other"))).recovered);
+        let up_to_date = snapshot(10, &[]).recover(Some((10, "e1")));
+        assert!(up_to_date.recovered && up_to_date.events.is_empty());
+    }
+
+    #[test]
+    fn memory_history_is_bounded_by_count() {
+        let mut log = MemStream { epoch: Arc::from("e"), top: 0, entries: VecDeque::new() };
+        let settings = Settings { size: 3, max_age: Duration::from_secs(60) };
+        let stream: Arc<str> = Arc::from("c:x");
+        for i in 0..5 {
+            log.append(&stream, Bytes::from(format!("{i}")), settings);
+        }
+        let snap = log.snapshot(settings);
+        assert_eq!((snap.top, snap.events.iter().map(|e| e.0).collect::<Vec<_>>()), (5, vec![3, 4, 5]));
+    }
+
+    #[test]
+    fn an_event_belongs_to_its_channel_first() {
+        let history = History::new(&[
+            HistoryConfig { channels: Some("jobs:*".into()), ..Default::default() },
+            HistoryConfig { rooms: Some("order_*".into()), ..Default::default() },
+        ]);
+        let t = |c: Option<&str>, r: Option<&str>| Target {
+            channel: c.map(Arc::from),
+            room: r.map(Arc::from),
+            ..Default::default()
+        };
+        assert_eq!(&*history.stream_for(&t(Some("jobs:1"), Some("order_1"))).unwrap().0, "c:jobs:1");
+        assert_eq!(&*history.stream_for(&t(Some("other"), Some("order_1"))).unwrap().0, "r:order_1");
+        assert!(history.stream_for(&t(Some("other"), None)).is_none());
+    }
+}
