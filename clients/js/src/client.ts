@@ -12,7 +12,10 @@ import type {
 } from './types.js';
 import { assertName, buildConnectUrl, channelsInUrl } from './url.js';
 
-/** Hooks for resuming streams after a reconnect. Herald does not implement resume yet; see README. */
+/**
+ * Low-level hooks around reconnects, for protocols of your own. Herald's own resume needs none of
+ * them: set `recover: true`.
+ */
 export interface ResumeOptions {
   /**
    * Extra query parameters for a connection URL, built from the positions seen so far. Called
@@ -76,7 +79,15 @@ export interface HeraldClientOptions {
   requestTimeoutMs?: number;
   /** Which stream a message belongs to, for position tracking. */
   streamOf?: StreamOf;
-  /** Resume hooks (pending server support). */
+  /**
+   * Follow channels and rooms with positions (Herald's `seq`/`epoch`, for streams covered by a
+   * `[[history]]` entry) and, after a reconnect, ask Herald for exactly the events missed while
+   * disconnected, in order, before live events resume. When Herald no longer has them
+   * (`recovered: false`), a `gap` event tells the application to reload its state. Needs the
+   * default `streamOf`. Default false: a plain client.
+   */
+  recover?: boolean;
+  /** Low-level reconnect hooks (see {@link ResumeOptions}). */
   resume?: ResumeOptions;
   /** Random source for backoff jitter (tests replace it). Default `Math.random`. */
   random?: () => number;
@@ -124,6 +135,23 @@ export interface ReconnectingEvent {
   lastClose: CloseInfo;
 }
 
+/**
+ * Payload of the `gap` lifecycle event: after a reconnect with `recover: true`, Herald could not
+ * replay what this stream missed (history no longer reaches back, or the stream was reset, e.g. a
+ * single node restarted). Events from `seq` on follow live; reload the state from the application.
+ */
+export interface GapEvent {
+  /** `c:<channel>` or `r:<room>`. */
+  stream: string;
+  channel?: string;
+  room?: string;
+  /** The position the client asked to resume from. */
+  from: StreamPosition | undefined;
+  /** The stream's current position. */
+  seq: number;
+  epoch: string;
+}
+
 /** Lifecycle events and their payloads. */
 export interface HeraldLifecycleEvents {
   open: OpenEvent;
@@ -131,6 +159,7 @@ export interface HeraldLifecycleEvents {
   ready: ReadyEvent;
   close: CloseEvent;
   reconnecting: ReconnectingEvent;
+  gap: GapEvent;
   error: Error;
 }
 
@@ -141,6 +170,7 @@ export const LIFECYCLE_EVENTS: ReadonlySet<string> = new Set([
   'ready',
   'close',
   'reconnecting',
+  'gap',
   'error',
 ]);
 
@@ -430,7 +460,7 @@ export class HeraldClient {
     const names = this.#checkNames('channel', channels);
     const added = names.filter((c) => !this.#channels.has(c));
     for (const c of names) this.#channels.add(c);
-    return this.#intent({ type: 'subscribe', channels: names }, () => {
+    return this.#intent({ type: 'subscribe', channels: names, ...this.#seqField() }, () => {
       for (const c of added) this.#channels.delete(c);
       // A refusal part-way may have subscribed the first names; undo them on the server too.
       if (added.length > 0) this.#fireAndForget({ type: 'unsubscribe', channels: added });
@@ -440,7 +470,10 @@ export class HeraldClient {
   /** Unsubscribes from channels: forgets them and tells the server. Resolves with `unsubscribed`. */
   unsubscribe(channels: string | readonly string[]): Promise<HeraldMessage> {
     const names = this.#checkNames('channel', channels);
-    for (const c of names) this.#channels.delete(c);
+    for (const c of names) {
+      this.#channels.delete(c);
+      this.#positions.delete(`c:${c}`);
+    }
     return this.#intent({ type: 'unsubscribe', channels: names }, noop);
   }
 
@@ -449,7 +482,7 @@ export class HeraldClient {
     const [name] = this.#checkNames('room', room) as [string];
     const added = !this.#rooms.has(name);
     this.#rooms.add(name);
-    return this.#intent({ type: 'join_room', room: name }, () => {
+    return this.#intent({ type: 'join_room', room: name, ...this.#seqField() }, () => {
       if (added) this.#rooms.delete(name);
     });
   }
@@ -458,6 +491,7 @@ export class HeraldClient {
   leaveRoom(room: string): Promise<HeraldMessage> {
     const [name] = this.#checkNames('room', room) as [string];
     this.#rooms.delete(name);
+    this.#positions.delete(`r:${name}`);
     return this.#intent({ type: 'leave_room', room: name }, noop);
   }
 
@@ -497,12 +531,15 @@ export class HeraldClient {
     let ws: WebSocketLike;
     let url: string;
     try {
+      // With positions to recover, channels go in `subscribe` requests (which can carry them),
+      // not in the URL (which cannot).
+      const recovering = this.#options.recover === true && this.#positions.size > 0;
       const built = buildConnectUrl(this.#options.url, {
-        channels: this.#channels,
+        channels: recovering ? new Set<string>() : this.#channels,
         token,
         clientId: this.#options.clientId,
         userId: this.#options.userId === undefined ? undefined : String(this.#options.userId),
-        params,
+        params: this.#options.recover === true ? { ...params, seq: '1' } : params,
       });
       url = built.url;
       this.#urlChannels = new Set(built.urlChannels);
@@ -566,13 +603,19 @@ export class HeraldClient {
     const missing = [...this.#channels].filter((c) => !this.#urlChannels.has(c));
     const extra = [...this.#urlChannels].filter((c) => !this.#channels.has(c));
     if (missing.length > 0) {
-      steps.push(this.#restoreStep(gen, { type: 'subscribe', channels: missing }, () => {
+      const recover = this.#recoverFor('c', missing);
+      const subscribe: OutgoingMessage = { type: 'subscribe', channels: missing, ...this.#seqField() };
+      if (recover !== undefined) subscribe.recover = recover;
+      steps.push(this.#restoreStep(gen, subscribe, () => {
         for (const c of missing) this.#channels.delete(c);
       }));
     }
     if (extra.length > 0) steps.push(this.#restoreStep(gen, { type: 'unsubscribe', channels: extra }, noop));
     for (const room of this.#rooms) {
-      steps.push(this.#restoreStep(gen, { type: 'join_room', room }, () => this.#rooms.delete(room)));
+      const join: OutgoingMessage = { type: 'join_room', room, ...this.#seqField() };
+      const recover = this.#recoverFor('r', [room]);
+      if (recover !== undefined) join.recover = recover[room];
+      steps.push(this.#restoreStep(gen, join, () => this.#rooms.delete(room)));
     }
     // Without other requests, a ping: its reply proves the server has registered the connection
     // (and its URL subscriptions), so events published after `ready` reach it.
@@ -589,6 +632,52 @@ export class HeraldClient {
     this.#readyWaiters = [];
     for (const waiter of waiters) waiter.resolve();
     this.#emit('ready', ready);
+  }
+
+  /** `{seq: true}` for subscribe and join requests when the client follows positions. */
+  #seqField(): { seq?: true } {
+    return this.#options.recover === true ? { seq: true } : {};
+  }
+
+  /** The known positions of these channels (`c`) or rooms (`r`), as Herald's `recover` map. */
+  #recoverFor(kind: 'c' | 'r', names: readonly string[]): Record<string, { seq: number; epoch: string }> | undefined {
+    if (this.#options.recover !== true) return undefined;
+    const positions = this.#positions.snapshot();
+    const recover: Record<string, { seq: number; epoch: string }> = {};
+    let any = false;
+    for (const name of names) {
+      const position = positions.get(`${kind}:${name}`);
+      if (position === undefined) continue;
+      recover[name] = { seq: position.seq, epoch: position.epoch === undefined ? '' : String(position.epoch) };
+      any = true;
+    }
+    return any ? recover : undefined;
+  }
+
+  /**
+   * Reads the position reports of `subscribed` (`streams: {channel: {seq, epoch, recovered?}}`)
+   * and `room_joined` (`stream: {…}`): reports a gap, and starts a stream's position at the
+   * reported one unless a replay (`recovered: true`) is about to advance it event by event.
+   */
+  #readStreamReports(message: HeraldMessage): void {
+    if (this.#options.recover !== true) return;
+    const reports: [string, { channel?: string; room?: string }, unknown][] = [];
+    if (message.type === 'subscribed' && typeof message.streams === 'object' && message.streams !== null) {
+      for (const [channel, report] of Object.entries(message.streams as Record<string, unknown>)) {
+        reports.push([`c:${channel}`, { channel }, report]);
+      }
+    } else if (message.type === 'room_joined' && typeof message.room === 'string') {
+      reports.push([`r:${message.room}`, { room: message.room }, message.stream]);
+    }
+    for (const [stream, names, report] of reports) {
+      if (typeof report !== 'object' || report === null) continue;
+      const { seq, epoch, recovered } = report as { seq?: unknown; epoch?: unknown; recovered?: unknown };
+      if (typeof seq !== 'number' || typeof epoch !== 'string') continue;
+      if (recovered === true) continue;
+      const from = this.#positions.snapshot().get(stream);
+      this.#positions.reset(stream, { seq, epoch });
+      if (recovered === false) this.#emit('gap', { stream, ...names, from, seq, epoch });
+    }
   }
 
   /** One restore request; a server refusal drops the name from the desired set and is reported. */
@@ -742,6 +831,7 @@ export class HeraldClient {
       return;
     }
     this.#positions.observe(message);
+    this.#readStreamReports(message);
 
     if (!this.#welcomeSeen && WELCOME_TYPES.has(message.type) && typeof message.connection_id === 'string') {
       this.#welcomeSeen = true;

@@ -7,6 +7,7 @@ export {
   HeraldClient,
   LIFECYCLE_EVENTS,
   type CloseEvent,
+  type GapEvent,
   type ConnectionState,
   type HeraldClientOptions,
   type HeraldLifecycleEvents,

@@ -6,7 +6,8 @@ import type { HeraldMessage, StreamPosition } from './types.js';
  *
  * The default reads, in order: a string `stream` field (used as is), a string `channel` field,
  * a string `room` field. Herald delivers events exactly as published, so this only finds what
- * publishers (or, once resume exists, Herald) put into the event.
+ * publishers put into the event, or the `stream` (`c:<channel>`, `r:<room>`) Herald adds to events of
+ * streams with history for connections that asked for positions.
  */
 export type StreamOf = (message: HeraldMessage) => string | undefined;
 
@@ -18,9 +19,8 @@ export const defaultStreamOf: StreamOf = (message) => {
 };
 
 /**
- * The last `seq` (and `epoch`) seen per stream. This is the client half of resume-after-reconnect,
- * which Herald does not implement yet: the positions are kept so that a future server protocol
- * can be fed from them (see the `resume` option), but nothing is sent by default.
+ * The last `seq` (and `epoch`) seen per stream: the client half of resume-after-reconnect. With
+ * the client's `recover` option they are sent back to Herald on every reconnect.
  *
  * A position only moves forward within an epoch; a new epoch (the stream was reset) replaces it.
  */
@@ -39,6 +39,19 @@ export class PositionTracker {
     const previous = this.#positions.get(stream);
     if (previous !== undefined && previous.epoch === epoch && previous.seq >= seq) return;
     this.#positions.set(stream, epoch === undefined ? { seq } : { seq, epoch });
+  }
+
+  /** Sets a stream's position as reported by the server (a fresh follow, or after a gap). */
+  reset(stream: string, position: StreamPosition): void {
+    const previous = this.#positions.get(stream);
+    // A live event may already have moved past the report; never go back within an epoch.
+    if (previous !== undefined && previous.epoch === position.epoch && previous.seq >= position.seq) return;
+    this.#positions.set(stream, { ...position });
+  }
+
+  /** Forgets one stream (unsubscribed, left). */
+  delete(stream: string): void {
+    this.#positions.delete(stream);
   }
 
   /** A copy of every stream's position. */

@@ -151,4 +151,16 @@ describe('stream positions', () => {
     tracker.observe({ type: 'x', channel: 'campaigns', seq: 1, epoch: 'e2' });
     assert.deepEqual(tracker.snapshot().get('channel:campaigns'), { seq: 1, epoch: 'e2' });
   });
+
+  test('a reported position starts a stream but never moves one back; delete forgets it', () => {
+    const tracker = new PositionTracker(defaultStreamOf);
+    tracker.reset('c:jobs', { seq: 41, epoch: 'e1' });
+    tracker.observe({ type: 'x', stream: 'c:jobs', seq: 43, epoch: 'e1' });
+    tracker.reset('c:jobs', { seq: 42, epoch: 'e1' });
+    assert.deepEqual(tracker.snapshot().get('c:jobs'), { seq: 43, epoch: 'e1' });
+    tracker.reset('c:jobs', { seq: 7, epoch: 'e2' });
+    assert.deepEqual(tracker.snapshot().get('c:jobs'), { seq: 7, epoch: 'e2' });
+    tracker.delete('c:jobs');
+    assert.equal(tracker.size, 0);
+  });
 });

@@ -435,3 +435,131 @@ describe('HeraldClient against a scripted server', () => {
     assert.equal(events.filter(([t]) => t === 'close').at(-1)[1].willReconnect, false);
   });
 });
+
+describe('recover: true resumes streams after a reconnect', () => {
+  let herald;
+  const clients = [];
+
+  before(async () => {
+    herald = await startHerald({
+      config: [
+        '[[history]]',
+        'channels = "orders*"',
+        'size = 1000',
+        '[[history]]',
+        'rooms = "order_*"',
+        'size = 1000',
+        '[[history]]',
+        'channels = "short*"',
+        'size = 5',
+      ].join('\n'),
+    });
+  });
+
+  after(async () => {
+    for (const c of clients) c.close();
+    await herald?.stop();
+  });
+
+  /**
+   * A client that reconnects after the operator disconnect the test uses to cut it off, and that
+   * runs `whileAway` on the attempt after the first: events published there are published while
+   * the client has no connection at all.
+   */
+  function resumingClient(options, whileAway) {
+    let attempts = 0;
+    const c = client(herald.wsUrl, {
+      recover: true,
+      shouldReconnect: () => true,
+      getToken: async () => {
+        attempts += 1;
+        if (attempts === 2) await whileAway();
+        return '';
+      },
+      ...options,
+    });
+    clients.push(c);
+    return c;
+  }
+
+  async function cutOff(c) {
+    const reconnected = next(c, 'ready', (r) => r.reconnect, 'the ready after a reconnect');
+    const { status } = await herald.delete(`/api/connections/${encodeURIComponent(c.connectionId)}`);
+    assert.equal(status, 200);
+    return reconnected;
+  }
+
+  test('events published while disconnected arrive once each, in order, before live ones', async () => {
+    const publishChannel = (n) => herald.publish({ channel: 'orders', event: { type: 'order', n } });
+    const publishRoom = (n) => herald.post('/api/rooms/order_1/broadcast', { type: 'order_room', n });
+    const c = resumingClient({ channels: ['orders'], rooms: ['order_1'] }, async () => {
+      for (let n = 3; n < 28; n++) await publishChannel(n);
+      for (let n = 2; n < 7; n++) await publishRoom(n);
+    });
+    const channelEvents = [];
+    const roomEvents = [];
+    const gaps = [];
+    c.on('order', (m) => channelEvents.push(m));
+    c.on('order_room', (m) => roomEvents.push(m));
+    c.on('gap', (g) => gaps.push(g));
+    await c.connect();
+    let seen = next(c, 'order', (m) => m.n === 2, 'the third channel event');
+    for (let n = 0; n < 3; n++) await publishChannel(n);
+    await seen;
+    seen = next(c, 'order_room', (m) => m.n === 1, 'the second room event');
+    for (let n = 0; n < 2; n++) await publishRoom(n);
+    await seen;
+    assert.equal(channelEvents[0].stream, 'c:orders');
+    assert.equal(typeof channelEvents[0].seq, 'number');
+
+    await cutOff(c);
+    const liveChannel = next(c, 'order', (m) => m.n === 28, 'the live channel event after the replay');
+    const liveRoom = next(c, 'order_room', (m) => m.n === 7, 'the live room event after the replay');
+    await publishChannel(28);
+    await publishRoom(7);
+    await liveChannel;
+    await liveRoom;
+
+    assert.deepEqual(channelEvents.map((m) => m.n), Array.from({ length: 29 }, (_, n) => n));
+    assert.deepEqual(roomEvents.map((m) => m.n), Array.from({ length: 8 }, (_, n) => n));
+    const seqs = channelEvents.map((m) => m.seq);
+    assert.deepEqual(seqs, [...seqs].sort((a, b) => a - b));
+    assert.equal(new Set(seqs).size, seqs.length);
+    assert.deepEqual(gaps, []);
+    assert.equal(c.positions.get('c:orders').seq, channelEvents.at(-1).seq);
+    assert.equal(c.positions.get('r:order_1').seq, roomEvents.at(-1).seq);
+  });
+
+  test('a gap history no longer covers is reported as a "gap" event; live events follow', async () => {
+    const publish = (n) => herald.publish({ channel: 'shortlived', event: { type: 'tick', n } });
+    const c = resumingClient({ channels: ['shortlived'] }, async () => {
+      for (let n = 1; n < 21; n++) await publish(n);
+    });
+    const ticks = [];
+    c.on('tick', (m) => ticks.push(m.n));
+    await c.connect();
+    const first = next(c, 'tick', (m) => m.n === 0, 'the first tick');
+    await publish(0);
+    const before = (await first).seq;
+    const gap = next(c, 'gap');
+    await cutOff(c);
+    const reported = await gap;
+    assert.equal(reported.stream, 'c:shortlived');
+    assert.equal(reported.channel, 'shortlived');
+    assert.equal(reported.from.seq, before);
+    assert.equal(reported.seq, before + 20);
+    const live = next(c, 'tick', (m) => m.n === 21, 'the live tick after the gap');
+    await publish(21);
+    assert.equal((await live).seq, before + 21);
+    assert.deepEqual(ticks, [0, 21]);
+  });
+
+  test('a client without recover sees plain events, without positions', async () => {
+    const c = client(herald.wsUrl, { channels: ['orders-plain'] });
+    clients.push(c);
+    await c.connect();
+    const got = next(c, 'plain');
+    await herald.publish({ channel: 'orders-plain', event: { type: 'plain', n: 1 } });
+    assert.deepEqual(await got, { type: 'plain', n: 1 });
+  });
+});
