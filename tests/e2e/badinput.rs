@@ -4,6 +4,10 @@
 
 use serde_json::{Value, json};
 
+use herald::transport::deflate::compress;
+use herald::transport::frame::Message;
+
+use crate::common::raw::RawClient;
 use crate::common::{Client, Herald};
 
 /// A node with every client feature on (presence, notifications, a forwarded type, an alias).
@@ -14,6 +18,9 @@ messages_per_hour = 0
 
 [presence]
 enabled = true
+
+[[history]]
+channels = "feed"
 
 [[aliases]]
 type = "subscribe_order_updates"
@@ -123,6 +130,30 @@ fn wrong_field_cases() -> Vec<(Value, &'static str)> {
         (json!({"type": "notification_read"}), "INVALID_MESSAGE"),
         (json!({"type": "notification_read", "notification_id": {"id": 1}}), "INVALID_MESSAGE"),
         (json!({"type": "notification_read", "notification_id": "notif_unknown"}), "INVALID_MESSAGE"),
+        // positions, resume and history (issue 7)
+        (json!({"type": "subscribe", "channels": ["a"], "recover": 5}), "INVALID_MESSAGE"),
+        (json!({"type": "subscribe", "channels": ["a"], "recover": ["a"]}), "INVALID_MESSAGE"),
+        (json!({"type": "subscribe", "channels": ["a"], "recover": {"a": 41}}), "INVALID_MESSAGE"),
+        (json!({"type": "subscribe", "channels": ["a"], "recover": {"a": {"seq": "41"}}}), "INVALID_MESSAGE"),
+        (json!({"type": "subscribe", "channels": ["a"], "recover": {"a": {"seq": -1}}}), "INVALID_MESSAGE"),
+        (json!({"type": "subscribe", "channels": ["a"], "recover": {"a": {"seq": 1.5}}}), "INVALID_MESSAGE"),
+        (json!({"type": "subscribe", "channels": ["a"], "recover": {"a": {"seq": 1, "epoch": 7}}}), "INVALID_MESSAGE"),
+        (
+            json!({"type": "subscribe", "channels": ["a"], "recover": {"a": {"seq": 1, "epoch": "e".repeat(65)}}}),
+            "INVALID_MESSAGE",
+        ),
+        (json!({"type": "join_room", "room": "r", "recover": "41"}), "INVALID_MESSAGE"),
+        (json!({"type": "join_room", "room": "r", "recover": {"epoch": "e"}}), "INVALID_MESSAGE"),
+        (json!({"type": "history"}), "INVALID_MESSAGE"),
+        (json!({"type": "history", "channel": 5}), "INVALID_MESSAGE"),
+        (json!({"type": "history", "channel": ""}), "INVALID_NAME"),
+        (json!({"type": "history", "room": "no-history-here"}), "INVALID_MESSAGE"),
+        (json!({"type": "history", "channel": "no-history-here"}), "INVALID_MESSAGE"),
+        (json!({"type": "history", "channel": "feed", "limit": 0}), "INVALID_MESSAGE"),
+        (json!({"type": "history", "channel": "feed", "limit": "5"}), "INVALID_MESSAGE"),
+        (json!({"type": "history", "channel": "feed", "limit": 100_001}), "INVALID_MESSAGE"),
+        (json!({"type": "history", "channel": "feed", "since": 3}), "INVALID_MESSAGE"),
+        (json!({"type": "history", "channel": "feed", "since": {"seq": true}}), "INVALID_MESSAGE"),
         // aliases and unknown types
         (json!({"type": "subscribe_order_updates"}), "INVALID_MESSAGE"),
         (json!({"type": "subscribe_order_updates", "order_id": [1]}), "INVALID_MESSAGE"),
@@ -257,4 +288,92 @@ async fn thousands_of_requests_in_a_burst_are_all_answered_in_order() {
     assert_eq!(refused, expected, "channels past the 100th are refused, the others acknowledged");
     bystander_alive(&herald, &mut bystander, 1).await;
     client.assert_alive().await;
+}
+
+/// A handshake that negotiates permessage-deflate, for hand-made compressed frames.
+async fn deflate_client(herald: &Herald) -> RawClient {
+    let extension = ("Sec-WebSocket-Extensions", "permessage-deflate; client_no_context_takeover");
+    RawClient::connect_with_headers(herald.addr, "/ws", &[extension]).await.expect("handshake")
+}
+
+/// FIN + RSV1 (compressed) + text.
+const COMPRESSED_TEXT: u8 = 0x80 | 0x40 | 0x01;
+
+#[tokio::test]
+async fn hostile_compressed_and_messagepack_frames_get_clear_errors() {
+    let herald = Herald::start(CONFIG).await;
+    let mut bystander = herald.connect("/ws?channels=bystander").await;
+
+    // A compressed request is understood.
+    let mut raw = deflate_client(&herald).await;
+    assert_eq!(raw.next_json().await["type"], "connection");
+    raw.send_frame_bits(COMPRESSED_TEXT, &compress(br#"{"type":"ping","id":1}"#, 15, 6)).await;
+    let pong = raw.next_json().await;
+    assert_eq!((pong["type"].as_str(), pong["id"].as_u64()), (Some("pong"), Some(1)), "{pong}");
+
+    // A decompression bomb: 64 KiB is the message limit; 16 MiB of zeros deflate to ~16 KiB.
+    let bomb = compress(&vec![0u8; 16 << 20], 15, 9);
+    assert!(bomb.len() < 64 * 1024);
+    raw.send_frame_bits(COMPRESSED_TEXT, &bomb).await;
+    assert_eq!(raw.expect_close().await, 1009, "a message that inflates past the limit is too big");
+    bystander_alive(&herald, &mut bystander, 1).await;
+
+    // Bytes that are not deflate data.
+    let mut raw = deflate_client(&herald).await;
+    assert_eq!(raw.next_json().await["type"], "connection");
+    raw.send_frame_bits(COMPRESSED_TEXT, &[0xff, 0xfe, 0xfd, 0xfc, 0x00, 0x13]).await;
+    assert_eq!(raw.expect_close().await, 1007, "a compressed frame that does not inflate is an invalid payload");
+    bystander_alive(&herald, &mut bystander, 2).await;
+
+    // A compressed frame on a connection that did not negotiate compression.
+    let mut raw = RawClient::connect(herald.addr, "/ws").await;
+    assert_eq!(raw.next_json().await["type"], "connection");
+    raw.send_frame_bits(COMPRESSED_TEXT, &compress(br#"{"type":"ping"}"#, 15, 6)).await;
+    assert_eq!(raw.expect_close().await, 1002, "RSV1 without the extension is a protocol error");
+    bystander_alive(&herald, &mut bystander, 3).await;
+
+    // MessagePack sessions: garbage and non-maps get an error; the session carries on.
+    let mut raw = RawClient::connect_with_headers(herald.addr, "/ws", &[("Sec-WebSocket-Protocol", "herald.msgpack")])
+        .await
+        .expect("handshake");
+    let welcome = next_msgpack(&mut raw).await;
+    assert_eq!(welcome["type"], "connection", "{welcome}");
+    let bad: [(&[u8], &str); 5] = [
+        (&[0xc1], "INVALID_JSON"),                                        // never used in MessagePack
+        (&[0x2a], "INVALID_JSON"),                                        // the integer 42, not a map
+        (&[0x92, 0x01, 0x02], "INVALID_JSON"),                            // an array
+        (&[0x81, 0xa4, b't', b'y'], "INVALID_JSON"),                      // a map cut short
+        (&[0x81, 0xa4, b't', b'y', b'p', b'e', 0x07], "INVALID_MESSAGE"), // type is a number
+    ];
+    for (i, (frame, code)) in bad.iter().enumerate() {
+        raw.send_frame(0x02, frame).await;
+        let error = next_msgpack(&mut raw).await;
+        assert_eq!(
+            (error["type"].as_str(), error["code"].as_str()),
+            (Some("error"), Some(*code)),
+            "{frame:?} → {error}"
+        );
+        bystander_alive(&herald, &mut bystander, 10 + i).await;
+    }
+    let ping = rmp_serde::to_vec_named(&json!({"type": "ping", "id": 9})).unwrap();
+    raw.send_frame(0x02, &ping).await;
+    let pong = next_msgpack(&mut raw).await;
+    assert_eq!((pong["type"].as_str(), pong["id"].as_u64()), (Some("pong"), Some(9)), "{pong}");
+    println!("bad-input cases: 4 compressed frames, {} MessagePack frames", bad.len());
+}
+
+/// The next binary MessagePack message that is not a heartbeat, as JSON.
+async fn next_msgpack(raw: &mut RawClient) -> Value {
+    loop {
+        match raw.next().await {
+            Some(Message::Binary(data)) => {
+                let value: Value = rmp_serde::from_slice(&data).expect("MessagePack");
+                if value["type"] != "heartbeat" {
+                    return value;
+                }
+            }
+            Some(Message::Ping(_) | Message::Pong(_)) => {}
+            other => panic!("expected a MessagePack message, got {other:?}"),
+        }
+    }
 }
