@@ -120,6 +120,7 @@ pub async fn messages(
     Path(room): Path<String>,
     Query(query): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
+    super::valid_name("room", &room)?;
     caller.may_read(&node, &room).await?;
     let limit = number("limit", &query.limit, 1, 500)?.unwrap_or(50);
     let offset = number("offset", &query.offset, 0, 1_000_000)?;
@@ -205,6 +206,7 @@ pub async fn mark_read(
         return Err(ApiError::bad_request("INVALID_JSON", "the body must be a JSON object"));
     };
     let what = parse_mark(&body).map_err(|e| ApiError::bad_request("INVALID_MESSAGE", e))?;
+    super::valid_name("room", &room)?;
     caller.may_read(&node, &room).await?;
     let receipt = record_read(&node, &room, &user.id, &what).await.map_err(store_api_error)?;
     Ok(ok(json!({ "room": room, "marked": receipt["message_ids"], "last_read_id": receipt["last_read_id"] })))
@@ -229,6 +231,7 @@ pub async fn search(
     let text = query.query.or(query.q).unwrap_or_default();
     let limit = number("limit", &query.limit, 1, 100)?.unwrap_or(20);
     if let Some(room) = &query.room_name {
+        super::valid_name("room", room)?;
         caller.may_read(&node, room).await?;
     }
     // Over-fetch so that filtering out unreadable rooms still fills the page.

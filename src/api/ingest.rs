@@ -122,6 +122,7 @@ pub async fn recent(
     let Some(channel) = query.channel_id else {
         return Err(ApiError::bad_request("INVALID_MESSAGE", "give channel_id"));
     };
+    super::valid_name("channel", &channel)?;
     let rows = node.store.history(&channel, Page::Offset { limit, offset: 0 }).await.map_err(store_api_error)?;
     let messages: Vec<Value> = rows.iter().map(|m| m.to_json()).collect();
     Ok(ok(json!({ "count": messages.len(), "messages": messages })))

@@ -130,6 +130,13 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
         .map_err(|e| ApiError::bad_request("INVALID_JSON", format!("invalid request body: {e}")))
 }
 
+/// Refuses a room or channel name that no client could use (empty, over 200 bytes, control
+/// characters) with `400 INVALID_NAME`, as the WebSocket protocol does, instead of answering for
+/// a room that cannot exist.
+pub fn valid_name(what: &str, name: &str) -> Result<(), ApiError> {
+    crate::protocol::validate_name(what, name).map_err(|e| ApiError::bad_request("INVALID_NAME", e.message))
+}
+
 /// The whole HTTP surface of a node.
 pub fn router(node: Arc<Node>) -> Router {
     let mut router = Router::new()

@@ -62,6 +62,9 @@ pub enum TokenError {
     Claims(String),
 }
 
+/// The latest expiry a token can carry (9999-12-31T23:59:59Z); later ones are clamped to it.
+pub const MAX_EXPIRY: u64 = 253_402_300_799;
+
 struct Key {
     kid: Option<String>,
     key: DecodingKey,
@@ -205,7 +208,10 @@ impl Verifier {
             Some(Value::String(one)) => one.split([' ', ',']).filter(|r| !r.is_empty()).map(String::from).collect(),
             _ => Vec::new(),
         };
-        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        // A far-future `exp` (u64::MAX passes jsonwebtoken's checks) would overflow `SystemTime`
+        // here or when the session adds its leeway: such a token never expires, which a clamp to
+        // the last second of year 9999 keeps true without the arithmetic panicking.
+        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0).min(MAX_EXPIRY);
         let identity = Identity {
             id: Arc::from(id),
             name: text(&self.config.name_claim),
@@ -238,6 +244,16 @@ mod tests {
 
     fn sign(claims: Value, secret: &str) -> String {
         encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    }
+
+    #[test]
+    fn a_far_future_expiry_is_clamped_instead_of_overflowing_the_clock() {
+        let verifier = Verifier::new(&hs_config()).unwrap().unwrap();
+        let token = sign(json!({"sub": "u1", "exp": u64::MAX}), "a-test-secret-of-some-length");
+        let verified = verifier.verify(&token).unwrap();
+        assert_eq!(verified.expires_at, UNIX_EPOCH + Duration::from_secs(MAX_EXPIRY));
+        // The session adds leeway to the expiry; that must not overflow either.
+        assert!(verified.expires_at.checked_add(Duration::from_secs(3600)).is_some());
     }
 
     #[test]

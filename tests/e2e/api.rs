@@ -63,6 +63,29 @@ async fn bad_publish_requests_get_clear_400s() {
     assert_eq!(reply["code"], "NOT_FOUND");
 }
 
+/// Room and channel names in REST paths and queries are checked like the protocol's: a name no
+/// client could join gets `400 INVALID_NAME`, not an answer about a room that cannot exist.
+#[tokio::test]
+async fn rest_reads_refuse_names_no_client_could_use() {
+    let herald = Herald::start("").await;
+    let long = "r".repeat(300);
+    for path in [
+        format!("/api/rooms/{long}/messages"),
+        "/api/rooms/tab%09here/messages".to_string(),
+        "/api/rooms/nul%00/messages".to_string(),
+        format!("/api/search?q=hi&room_name={long}"),
+        "/api/search?q=hi&room_name=a%01b".to_string(),
+        format!("/messages?channel_id={long}"),
+        "/messages?channel_id=".to_string(),
+        format!("/api/history/channel/{long}"),
+    ] {
+        let (status, body) = herald.get(&path).await;
+        assert_eq!((status, body["code"].as_str()), (400, Some("INVALID_NAME")), "{path} → {body}");
+    }
+    let (status, _) = herald.get("/api/rooms/fine/messages").await;
+    assert_eq!(status, 200);
+}
+
 #[tokio::test]
 async fn broadcast_to_several_channels_and_to_a_room() {
     let herald = Herald::start("").await;
