@@ -96,7 +96,16 @@ pub struct MemStream {
     epoch: Arc<str>,
     top: u64,
     entries: VecDeque<(u64, Instant, Bytes)>,
+    /// Last append or read, for [`History::sweep`].
+    used: Instant,
 }
+
+/// How long a memory stream's position (epoch and seq) outlives its last event, like the meta
+/// hash of a Redis stream: a client that was up to date can still resume after a quiet spell.
+pub const POSITION_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// How often [`run`] sweeps the memory streams.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 impl MemStream {
     fn trim(&mut self, settings: Settings, now: Instant) {
@@ -111,13 +120,16 @@ impl MemStream {
     pub fn append(&mut self, stream: &Arc<str>, payload: Bytes, settings: Settings) -> StreamPos {
         self.top += 1;
         let now = Instant::now();
+        self.used = now;
         self.entries.push_back((self.top, now, payload));
         self.trim(settings, now);
         StreamPos { stream: stream.clone(), seq: self.top, epoch: self.epoch.clone() }
     }
 
     fn snapshot(&mut self, settings: Settings) -> Snapshot {
-        self.trim(settings, Instant::now());
+        let now = Instant::now();
+        self.used = now;
+        self.trim(settings, now);
         Snapshot {
             epoch: self.epoch.clone(),
             top: self.top,
@@ -211,10 +223,40 @@ impl History {
                     epoch: Arc::from(new_epoch()),
                     top: 0,
                     entries: VecDeque::new(),
+                    used: Instant::now(),
                 }))
             })
             .clone();
         lock.lock_owned().await
+    }
+
+    /// Bounds the memory streams of a quiet node: drops events older than `max_age` from streams
+    /// nobody publishes to (trimming otherwise happens only on append and read), and forgets
+    /// streams unused for `max_age` (never published to) or `max_age` + [`POSITION_TTL`]. A
+    /// forgotten stream starts a new epoch, so an old position is answered `recovered: false`.
+    /// Returns how many streams were forgotten.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let mut memory = self.memory.lock();
+        let before = memory.len();
+        memory.retain(|stream, log| {
+            let Some(settings) = self.stream_settings(stream) else { return false };
+            // Clones are made under the map's lock, which this holds: another holder is a
+            // publish or read in progress.
+            if Arc::strong_count(log) > 1 {
+                return true;
+            }
+            let Ok(mut log) = log.try_lock() else { return true };
+            log.trim(settings, now);
+            let idle = now.saturating_duration_since(log.used);
+            let keep_for = if log.top == 0 { settings.max_age } else { settings.max_age + POSITION_TTL };
+            idle < keep_for
+        });
+        before - memory.len()
+    }
+
+    /// How many streams are held in memory.
+    pub fn memory_streams(&self) -> usize {
+        self.memory.lock().len()
     }
 
     /// The stream's history now, from memory or from Redis.
@@ -222,6 +264,26 @@ impl History {
         match &node.broker {
             Broker::Local => Ok(self.lock_memory(stream).await.snapshot(settings)),
             Broker::Redis(redis) => redis.read_history(stream, settings).await,
+        }
+    }
+}
+
+/// Sweeps the memory streams every minute until the node shuts down (with the local broker
+/// and history configured; Redis trims and expires its own keys).
+pub async fn run(node: Arc<Node>) {
+    if !node.history.is_enabled() || !matches!(node.broker, Broker::Local) {
+        return;
+    }
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let forgotten = node.history.sweep(Instant::now());
+                if forgotten > 0 {
+                    tracing::debug!(forgotten, "forgot quiet history streams");
+                }
+            }
+            _ = node.shutdown.cancelled() => return,
         }
     }
 }
@@ -280,7 +342,7 @@ mod tests {
 
     #[test]
     fn memory_history_is_bounded_by_count() {
-        let mut log = MemStream { epoch: Arc::from("e"), top: 0, entries: VecDeque::new() };
+        let mut log = MemStream { epoch: Arc::from("e"), top: 0, entries: VecDeque::new(), used: Instant::now() };
         let settings = Settings { size: 3, max_age: Duration::from_secs(60) };
         let stream: Arc<str> = Arc::from("c:x");
         for i in 0..5 {
@@ -304,5 +366,38 @@ mod tests {
         assert_eq!(&*history.stream_for(&t(Some("jobs:1"), Some("order_1"))).unwrap().0, "c:jobs:1");
         assert_eq!(&*history.stream_for(&t(Some("other"), Some("order_1"))).unwrap().0, "r:order_1");
         assert!(history.stream_for(&t(Some("other"), None)).is_none());
+    }
+
+    #[tokio::test]
+    async fn quiet_streams_are_trimmed_then_forgotten() {
+        let history = History::new(&[HistoryConfig {
+            channels: Some("jobs:*".into()),
+            size: 100,
+            max_age: Duration::from_secs(60),
+            ..Default::default()
+        }]);
+        let settings = history.settings(NameKind::Channel, "jobs:1").unwrap();
+        let (busy, read_only): (Arc<str>, Arc<str>) = (Arc::from("c:jobs:1"), Arc::from("c:jobs:2"));
+        for i in 0..3 {
+            history.lock_memory(&busy).await.append(&busy, Bytes::from(format!("{i}")), settings);
+        }
+        let _ = history.lock_memory(&read_only).await.snapshot(settings);
+        let start = Instant::now();
+        assert_eq!(history.sweep(start), 0);
+
+        // After max_age: events dropped; the stream never published to is forgotten.
+        assert_eq!(history.sweep(start + Duration::from_secs(61)), 1);
+        assert_eq!(history.memory_streams(), 1);
+        let log = history.lock_memory(&busy).await;
+        assert_eq!((log.top, log.entries.len()), (3, 0), "the position stays, the events go");
+        drop(log);
+
+        // A stream in use is never forgotten, whatever its age.
+        let held = history.lock_memory(&busy).await;
+        assert_eq!(history.sweep(start + POSITION_TTL + Duration::from_secs(120)), 0);
+        drop(held);
+        // After max_age + POSITION_TTL of quiet, the position goes too.
+        assert_eq!(history.sweep(start + POSITION_TTL + Duration::from_secs(120)), 1);
+        assert_eq!(history.memory_streams(), 0);
     }
 }
