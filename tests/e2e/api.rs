@@ -241,6 +241,8 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_status() {
         .args(["--checks", "not_a_server_error,status_code_conformance"])
         .args(["--max-examples", "40", "--seed", "20261123", "--request-timeout", "10"])
         .env("NO_COLOR", "1")
+        // Its cache goes in the working directory: the node's temporary one, not the repository.
+        .current_dir(herald.dir())
         .output()
         .await
         .unwrap_or_else(|e| panic!("{} must be installed (scripts/test installs it): {e}", schemathesis.display()));
