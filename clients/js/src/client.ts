@@ -642,11 +642,10 @@ export class HeraldClient {
   /** The known positions of these channels (`c`) or rooms (`r`), as Herald's `recover` map. */
   #recoverFor(kind: 'c' | 'r', names: readonly string[]): Record<string, { seq: number; epoch: string }> | undefined {
     if (this.#options.recover !== true) return undefined;
-    const positions = this.#positions.snapshot();
     const recover: Record<string, { seq: number; epoch: string }> = {};
     let any = false;
     for (const name of names) {
-      const position = positions.get(`${kind}:${name}`);
+      const position = this.#positions.get(`${kind}:${name}`);
       if (position === undefined) continue;
       recover[name] = { seq: position.seq, epoch: position.epoch === undefined ? '' : String(position.epoch) };
       any = true;
@@ -674,7 +673,7 @@ export class HeraldClient {
       const { seq, epoch, recovered } = report as { seq?: unknown; epoch?: unknown; recovered?: unknown };
       if (typeof seq !== 'number' || typeof epoch !== 'string') continue;
       if (recovered === true) continue;
-      const from = this.#positions.snapshot().get(stream);
+      const from = this.#positions.get(stream);
       this.#positions.reset(stream, { seq, epoch });
       if (recovered === false) this.#emit('gap', { stream, ...names, from, seq, epoch });
     }

@@ -49,6 +49,12 @@ export class PositionTracker {
     this.#positions.set(stream, { ...position });
   }
 
+  /** A copy of one stream's position. */
+  get(stream: string): StreamPosition | undefined {
+    const position = this.#positions.get(stream);
+    return position === undefined ? undefined : { ...position };
+  }
+
   /** Forgets one stream (unsubscribed, left). */
   delete(stream: string): void {
     this.#positions.delete(stream);

@@ -160,6 +160,8 @@ describe('stream positions', () => {
     assert.deepEqual(tracker.snapshot().get('c:jobs'), { seq: 43, epoch: 'e1' });
     tracker.reset('c:jobs', { seq: 7, epoch: 'e2' });
     assert.deepEqual(tracker.snapshot().get('c:jobs'), { seq: 7, epoch: 'e2' });
+    assert.deepEqual(tracker.get('c:jobs'), { seq: 7, epoch: 'e2' });
+    assert.equal(tracker.get('c:other'), undefined);
     tracker.delete('c:jobs');
     assert.equal(tracker.size, 0);
   });
