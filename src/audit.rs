@@ -15,10 +15,7 @@ pub fn authentication_failed(peer: &str, path: &str, reason: &str) {
 
 /// An identity was refused access to a room or channel.
 pub fn permission_denied(user: Option<&str>, kind: NameKind, name: &str, action: Action, reason: &str) {
-    let kind = match kind {
-        NameKind::Room => "room",
-        NameKind::Channel => "channel",
-    };
+    let kind = kind.as_str();
     tracing::warn!(target: TARGET, audit = "permission_denied", user = user.unwrap_or("-"), kind, name, action = action.as_str(), reason);
 }
 

@@ -286,7 +286,7 @@ pub async fn post_message(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: PostMessage = parse_body(&body)?;
-    crate::protocol::validate_name("room", &room).map_err(|e| ApiError::bad_request("INVALID_NAME", e.message))?;
+    super::valid_name("room", &room)?;
     let kind_text = request.message_type.as_deref().unwrap_or("system");
     let kind = MessageType::parse(kind_text)
         .ok_or_else(|| ApiError::bad_request("INVALID_MESSAGE", format!("unknown message_type {kind_text:?}")))?;
@@ -382,8 +382,7 @@ pub async fn stream_history(
             ));
         }
     };
-    crate::protocol::validate_name(if kind == NameKind::Room { "room" } else { "channel" }, &name)
-        .map_err(|e| ApiError::bad_request("INVALID_NAME", e.message))?;
+    super::valid_name(kind.as_str(), &name)?;
     if !caller.admin {
         node.auth
             .check(caller.identity.as_deref(), kind, &name, action)

@@ -42,8 +42,7 @@ enum Body {
 
 fn to_message(node: &Node, incoming: Incoming) -> Result<NewMessage, ApiError> {
     let channel = incoming.channel_id.into_string();
-    crate::protocol::validate_name("channel", &channel)
-        .map_err(|e| ApiError::bad_request("INVALID_NAME", e.message))?;
+    super::valid_name("channel", &channel)?;
     if incoming.content.len() > node.store.config.max_content_size {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

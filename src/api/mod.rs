@@ -130,7 +130,7 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
         .map_err(|e| ApiError::bad_request("INVALID_JSON", format!("invalid request body: {e}")))
 }
 
-/// Refuses a room or channel name that no client could use (empty, over 200 bytes, control
+/// Refuses a room, channel or user name that no client could use (empty, over 200 bytes, control
 /// characters) with `400 INVALID_NAME`, as the WebSocket protocol does, instead of answering for
 /// a room that cannot exist.
 pub fn valid_name(what: &str, name: &str) -> Result<(), ApiError> {

@@ -15,7 +15,6 @@ use super::publish::{IdValue, publish_error};
 use super::{Admin, ApiError, created, ok, parse_body};
 use crate::hub::{Event, Route, Target};
 use crate::node::Node;
-use crate::protocol::validate_name;
 use crate::session::handlers::notifications::{notification_event, tags_of};
 use crate::store::now_ms;
 
@@ -25,7 +24,7 @@ pub async fn room(
     _admin: Admin,
     Path(room): Path<String>,
 ) -> Result<Response, ApiError> {
-    validate_name("room", &room).map_err(|e| ApiError::bad_request("INVALID_NAME", e.message))?;
+    super::valid_name("room", &room)?;
     let (users, sheets) = crate::presence::members(&node, &room).await;
     Ok(ok(
         json!({ "room": room, "room_id": room, "total_users": users.len(), "users": users, "active_sheets": sheets }),
@@ -38,7 +37,7 @@ pub async fn user(
     _admin: Admin,
     Path(user): Path<String>,
 ) -> Result<Response, ApiError> {
-    validate_name("user", &user).map_err(|e| ApiError::bad_request("INVALID_NAME", e.message))?;
+    super::valid_name("user", &user)?;
     Ok(ok(crate::presence::user_presence(&node, &user).await))
 }
 
@@ -59,7 +58,7 @@ pub async fn list(
     Path(user): Path<String>,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    validate_name("user", &user).map_err(|e| ApiError::bad_request("INVALID_NAME", e.message))?;
+    super::valid_name("user", &user)?;
     let limit = query.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("INVALID_QUERY", "limit must be between 1 and 1000"));
@@ -172,7 +171,7 @@ fn users_of(body: &mut Map<String, Value>) -> Result<Vec<String>, ApiError> {
         Some(_) => return Err(ApiError::bad_request("INVALID_EVENT", "user_ids must be a list")),
     }
     for user in &users {
-        validate_name("user", user).map_err(|e| ApiError::bad_request("INVALID_NAME", e.message))?;
+        super::valid_name("user", user)?;
     }
     users.sort();
     users.dedup();

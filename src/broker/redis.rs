@@ -186,6 +186,13 @@ if not meta[1] then return {false, 0, {}} end
 return {meta[1], tonumber(meta[2]), redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[1])}
 "#;
 
+/// Ends an envelope: the key kind it travels on and the event itself, then the closing brace.
+fn push_envelope_tail(out: &mut Vec<u8>, kind: &str, payload: &[u8]) {
+    out.extend_from_slice(format!(",\"k\":\"{kind}\",\"e\":").as_bytes());
+    out.extend_from_slice(payload);
+    out.push(b'}');
+}
+
 /// Rendezvous weight of a node for a stream (stable across processes and versions).
 fn owner_weight(incarnation: &str, stream: &str) -> u64 {
     use sha1::{Digest, Sha1};
@@ -352,9 +359,7 @@ impl RedisBroker {
             .arg(head);
         for (kind, channel) in copies {
             let mut tail = Vec::with_capacity(event.payload.len() + 16);
-            tail.extend_from_slice(format!(",\"k\":\"{kind}\",\"e\":").as_bytes());
-            tail.extend_from_slice(&event.payload);
-            tail.push(b'}');
+            push_envelope_tail(&mut tail, kind, &event.payload);
             script.arg(channel).arg(tail);
         }
         match self.commands.script(&script).await {
@@ -542,9 +547,7 @@ impl RedisBroker {
         for (kind, channel) in &copies {
             let mut message = Vec::with_capacity(head.len() + event.payload.len() + 16);
             message.extend_from_slice(head.as_bytes());
-            message.extend_from_slice(format!(",\"k\":\"{kind}\",\"e\":").as_bytes());
-            message.extend_from_slice(&event.payload);
-            message.push(b'}');
+            push_envelope_tail(&mut message, kind, &event.payload);
             pipe.cmd(self.publish_cmd()).arg(channel).arg(message).ignore();
         }
     }

@@ -548,8 +548,7 @@ impl Config {
             }
         }
         for (i, channel) in self.channels.iter().enumerate() {
-            let name = channel.name.strip_suffix('*').unwrap_or(&channel.name);
-            if channel.name.is_empty() || name.contains('*') {
+            if !stream::is_name_or_prefix(&channel.name) {
                 problem(
                     format!("channels[{i}].name"),
                     "must be a channel name, or a prefix followed by a single trailing '*'",

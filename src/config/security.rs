@@ -150,6 +150,16 @@ pub enum NameKind {
     Channel,
 }
 
+impl NameKind {
+    /// `"room"` or `"channel"`, as messages, logs and field names say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NameKind::Room => "room",
+            NameKind::Channel => "channel",
+        }
+    }
+}
+
 /// One access rule: a name pattern and who it lets in. Any allowance suffices.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]

@@ -64,6 +64,12 @@ impl Default for CompressionConfig {
     }
 }
 
+/// Whether `pattern` is a name, or a prefix followed by one trailing `*` (the form of
+/// `[[channels]]` names and `[[history]]` patterns).
+pub fn is_name_or_prefix(pattern: &str) -> bool {
+    !pattern.is_empty() && !pattern.strip_suffix('*').unwrap_or(pattern).contains('*')
+}
+
 /// Whether `name` matches `pattern` (exact, or a prefix followed by one trailing `*`).
 pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     match pattern.strip_suffix('*') {
@@ -81,7 +87,7 @@ impl Config {
                 }
                 (Some(p), None) | (None, Some(p)) => {
                     let key = if history.channels.is_some() { "channels" } else { "rooms" };
-                    if p.is_empty() || p.strip_suffix('*').unwrap_or(p).contains('*') {
+                    if !is_name_or_prefix(p) {
                         problem(
                             format!("history[{i}].{key}"),
                             "must be a name, or a prefix followed by one trailing '*'",

@@ -36,7 +36,6 @@ use crate::hub::{ConnId, Event};
 use crate::limits::{ConnectionPermit, RateState};
 use crate::protocol::{ProtocolError, outbound as out};
 use crate::stats;
-use crate::transport::frame;
 use crate::transport::io::ConnIo;
 
 /// What a connection is, fixed at connect time.
@@ -160,12 +159,8 @@ impl Session {
             return None;
         }
         let wire = &self.info.wire;
-        let Some(pos) = event.stream.get() else {
-            if wire.is_plain() {
-                return Some(event.text_frame().clone());
-            }
-            return Some(event.frame(false, wire, compression));
-        };
+        // `Event::frame` hands plain connections the shared text frame.
+        let Some(pos) = event.stream.get() else { return Some(event.frame(false, wire, compression)) };
         let mut follows = self.follows.borrow_mut();
         let Some(follow) = follows.get_mut(&pos.stream) else {
             drop(follows);
@@ -187,12 +182,7 @@ impl Session {
     /// Sends a reply Herald built for this connection alone.
     pub fn reply(self: &Rc<Self>, shard: &Shard, payload: &[u8]) {
         stats::bump(&shard.counters().replies, 1);
-        let frame = if self.info.wire.is_plain() {
-            frame::encode(frame::OP_TEXT, payload)
-        } else {
-            self.info.wire.encode(payload, &shard.node().config.compression)
-        };
-        self.send(shard, frame);
+        self.send(shard, self.info.wire.encode(payload, &shard.node().config.compression));
     }
 
     /// Sends an error reply.

@@ -127,16 +127,11 @@ pub(crate) async fn run(shard: &Rc<Shard>, session: &Rc<Session>, leftover: Byte
     }
 }
 
-/// The echo of a data message, compressed when the connection negotiated permessage-deflate.
+/// The echo of a data message as it came (never converted to MessagePack), compressed when the
+/// connection negotiated permessage-deflate.
 fn echo(shard: &Shard, session: &Session, opcode: u8, data: &[u8]) -> Bytes {
-    match session.info.wire.deflate {
-        Some(_) => crate::hub::event::Wire { msgpack: false, ..session.info.wire }.encode_data(
-            opcode,
-            data,
-            &shard.node().config.compression,
-        ),
-        None => frame::encode(opcode, data),
-    }
+    let wire = crate::hub::event::Wire { msgpack: false, ..session.info.wire };
+    wire.encode_data(opcode, data, &shard.node().config.compression)
 }
 
 fn violation(shard: &Rc<Shard>, session: &Rc<Session>, error: &FrameError) {

@@ -164,13 +164,12 @@ pub async fn handle(node: Arc<Node>, endpoint: Arc<Endpoint>, mut request: Reque
     let protocol =
         presented.protocol.or_else(|| upgrade.protocols.iter().find(|p| PROTOCOLS.contains(&p.as_str())).cloned());
     plan.wire.msgpack = protocol.as_deref() == Some("herald.msgpack");
-    let extension = match crate::transport::deflate::negotiate(&upgrade.extensions, &node.config.compression) {
-        Some((response, params)) => {
+    let extension = crate::transport::deflate::negotiate(&upgrade.extensions, &node.config.compression).map(
+        |(response, params)| {
             plan.wire.deflate = Some(params);
-            Some(response)
-        }
-        None => None,
-    };
+            response
+        },
+    );
     let on_upgrade = hyper::upgrade::on(&mut request);
     let shard = node.hub.pick_shard(|i| node.stats.shards[i].connections.load(Ordering::Relaxed));
     tokio::spawn(crate::session::connect::hand_over(node.clone(), shard, on_upgrade, plan));

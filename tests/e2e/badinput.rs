@@ -5,7 +5,6 @@
 use serde_json::{Value, json};
 
 use herald::transport::deflate::compress;
-use herald::transport::frame::Message;
 
 use crate::common::raw::RawClient;
 use crate::common::{Client, Herald};
@@ -336,7 +335,7 @@ async fn hostile_compressed_and_messagepack_frames_get_clear_errors() {
     let mut raw = RawClient::connect_with_headers(herald.addr, "/ws", &[("Sec-WebSocket-Protocol", "herald.msgpack")])
         .await
         .expect("handshake");
-    let welcome = next_msgpack(&mut raw).await;
+    let welcome = raw.next_msgpack().await;
     assert_eq!(welcome["type"], "connection", "{welcome}");
     let bad: [(&[u8], &str); 5] = [
         (&[0xc1], "INVALID_JSON"),                                        // never used in MessagePack
@@ -347,7 +346,7 @@ async fn hostile_compressed_and_messagepack_frames_get_clear_errors() {
     ];
     for (i, (frame, code)) in bad.iter().enumerate() {
         raw.send_frame(0x02, frame).await;
-        let error = next_msgpack(&mut raw).await;
+        let error = raw.next_msgpack().await;
         assert_eq!(
             (error["type"].as_str(), error["code"].as_str()),
             (Some("error"), Some(*code)),
@@ -357,23 +356,7 @@ async fn hostile_compressed_and_messagepack_frames_get_clear_errors() {
     }
     let ping = rmp_serde::to_vec_named(&json!({"type": "ping", "id": 9})).unwrap();
     raw.send_frame(0x02, &ping).await;
-    let pong = next_msgpack(&mut raw).await;
+    let pong = raw.next_msgpack().await;
     assert_eq!((pong["type"].as_str(), pong["id"].as_u64()), (Some("pong"), Some(9)), "{pong}");
     println!("bad-input cases: 4 compressed frames, {} MessagePack frames", bad.len());
-}
-
-/// The next binary MessagePack message that is not a heartbeat, as JSON.
-async fn next_msgpack(raw: &mut RawClient) -> Value {
-    loop {
-        match raw.next().await {
-            Some(Message::Binary(data)) => {
-                let value: Value = rmp_serde::from_slice(&data).expect("MessagePack");
-                if value["type"] != "heartbeat" {
-                    return value;
-                }
-            }
-            Some(Message::Ping(_) | Message::Pong(_)) => {}
-            other => panic!("expected a MessagePack message, got {other:?}"),
-        }
-    }
 }

@@ -134,7 +134,7 @@ pub(crate) async fn history(shard: &Rc<Shard>, session: &Rc<Session>, message: &
             return Err(ProtocolError::new(ErrorCode::InvalidMessage, "history needs a channel or a room"));
         }
     };
-    validate_name(if kind == NameKind::Room { "room" } else { "channel" }, name)?;
+    validate_name(kind.as_str(), name)?;
     let user = session.user();
     node.auth.check(user.as_deref(), kind, name, action).await.map_err(denied)?;
     let since = message.body.get("since").map(|v| parse_position(v, "since")).transpose()?;
@@ -202,7 +202,7 @@ pub async fn read(
         })
         .collect();
     let mut fields = Map::new();
-    fields.insert(if kind == NameKind::Room { "room" } else { "channel" }.into(), Value::from(name));
+    fields.insert(kind.as_str().into(), Value::from(name));
     fields.insert("stream".into(), Value::from(&*stream));
     fields.insert("epoch".into(), Value::from(&*epoch));
     fields.insert("seq".into(), Value::from(top));

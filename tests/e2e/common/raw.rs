@@ -129,6 +129,23 @@ impl RawClient {
         }
     }
 
+    /// The next binary MessagePack message (a `herald.msgpack` session) as JSON, skipping pings
+    /// and heartbeats.
+    pub async fn next_msgpack(&mut self) -> Value {
+        loop {
+            match self.next().await {
+                Some(Message::Binary(data)) => {
+                    let value: Value = rmp_serde::from_slice(&data).expect("MessagePack");
+                    if value["type"] != "heartbeat" {
+                        return value;
+                    }
+                }
+                Some(Message::Ping(_) | Message::Pong(_)) => continue,
+                other => panic!("expected a MessagePack message, got {other:?}"),
+            }
+        }
+    }
+
     /// Reads until the close frame; returns its code (1005 without one, 1006 on a bare end of stream).
     pub async fn expect_close(&mut self) -> u16 {
         loop {
