@@ -58,7 +58,8 @@ impl FromRequestParts<Arc<Node>> for Caller {
         // No credentials: with no API key configured, a loopback caller is the backend; with
         // authentication off, a `user_id` names the (unverified) user.
         let loopback = parts.extensions.get::<ConnectInfo<SocketAddr>>().is_some_and(|c| c.0.ip().is_loopback());
-        let user = params.get("user_id").filter(|u| !u.is_empty() && node.config.auth.mode == AuthMode::Off);
+        let user =
+            params.get("user_id").filter(|u| !u.is_empty() && node.auth.believes_claimed_ids(node.config.auth.mode));
         let admin = node.config.api.key.is_none() && loopback && user.is_none();
         if !admin && node.config.auth.mode == AuthMode::Required {
             // As on the WebSocket endpoints: without a token, nothing.

@@ -60,6 +60,13 @@ struct Rule {
     config: AccessRuleConfig,
 }
 
+impl Rule {
+    /// Whether the rule speaks for names of `kind` (no `applies_to`: for every kind).
+    fn applies(&self, kind: NameKind) -> bool {
+        self.applies_to.is_empty() || self.applies_to.contains(&kind)
+    }
+}
+
 /// The compiled access policy.
 pub struct Policy {
     rules: Vec<Rule>,
@@ -129,6 +136,12 @@ impl Policy {
     }
 
     /// Whether `identity` may do `action` to the room or channel `name`.
+    ///
+    /// A channel and a room of the same name are one name to the rules: a message posted to
+    /// channel `finance` is stored as room `finance`, and history, search and presence serve it
+    /// under that room. So besides the rule that decides for `kind`, the first rule that guards
+    /// the name only as the other kind (`applies_to` leaves `kind` out) must allow too; what one
+    /// rule guards is never reachable under another kind of name.
     pub async fn check(
         &self,
         identity: Option<&Identity>,
@@ -136,10 +149,25 @@ impl Policy {
         name: &str,
         action: Action,
     ) -> Result<(), Denied> {
-        let rule = self
-            .rules
-            .iter()
-            .find(|r| (r.applies_to.is_empty() || r.applies_to.contains(&kind)) && r.pattern.is_match(name));
+        self.check_kind(identity, kind, name, action).await?;
+        for other in [NameKind::Room, NameKind::Channel].into_iter().filter(|k| *k != kind) {
+            let guard = self.rules.iter().find(|r| r.applies(other) && r.pattern.is_match(name));
+            if guard.is_some_and(|r| !r.applies(kind)) {
+                self.check_kind(identity, other, name, action).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The decision of the first rule for `kind` that matches `name` (or the default).
+    async fn check_kind(
+        &self,
+        identity: Option<&Identity>,
+        kind: NameKind,
+        name: &str,
+        action: Action,
+    ) -> Result<(), Denied> {
+        let rule = self.rules.iter().find(|r| r.applies(kind) && r.pattern.is_match(name));
         let Some(rule) = rule else {
             return match self.default {
                 AccessDefault::Allow => Ok(()),
@@ -311,6 +339,28 @@ mod tests {
         assert!(!allowed(&policy, None, "channel_general").await);
         assert!(allowed(&policy, None, "lobby").await);
         assert!(!allowed(&policy, Some(&customer), "elsewhere").await, "default deny");
+    }
+
+    #[tokio::test]
+    async fn a_rule_for_one_kind_guards_the_same_name_under_the_other() {
+        let config = AccessConfig {
+            default: AccessDefault::Allow,
+            rules: vec![AccessRuleConfig {
+                pattern: "finance*".into(),
+                applies_to: vec![NameKind::Channel],
+                roles: vec!["finance".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let policy = Policy::new(&config).unwrap();
+        let clerk = user("c", &["finance"], json!({}));
+        let stranger = user("s", &[], json!({}));
+        for kind in [NameKind::Channel, NameKind::Room] {
+            assert!(policy.check(Some(&clerk), kind, "finance", Action::Read).await.is_ok());
+            assert!(policy.check(Some(&stranger), kind, "finance-q3", Action::Read).await.is_err(), "{kind:?}");
+        }
+        assert!(policy.check(Some(&stranger), NameKind::Room, "lobby", Action::Join).await.is_ok());
     }
 
     #[test]

@@ -124,6 +124,21 @@ impl Auth {
         })
     }
 
+    /// Whether this node can prove identities (a key is configured). On such a node a
+    /// self-asserted `user_id` is never believed, on any endpoint or route, whatever its
+    /// authentication mode: a claimed `alice` and a token's `alice` would otherwise share
+    /// user-targeted delivery, notifications, presence, chat authorship and per-user limits.
+    pub fn proves_identities(&self) -> bool {
+        self.verifier.is_some()
+    }
+
+    /// Whether a self-asserted `user_id` may name a connection or a REST caller on an endpoint
+    /// with authentication `mode`: only where tokens are not asked for and nothing on the node
+    /// could prove an identity that the claim might collide with.
+    pub fn believes_claimed_ids(&self, mode: crate::config::AuthMode) -> bool {
+        mode == crate::config::AuthMode::Off && !self.proves_identities()
+    }
+
     /// Verifies a token.
     pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
         match &self.verifier {

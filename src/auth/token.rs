@@ -1,7 +1,7 @@
 //! JWT verification: HS256/384/512 with a shared secret, RS/PS/ES with a PEM public key or a JWKS
-//! file. `exp` is required, `nbf`, `iss` and `aud` are checked when configured, and a key only
-//! verifies the algorithm family it belongs to, so a public key can never be used as an HMAC
-//! secret and `alg: none` is never accepted.
+//! file. `exp` is required, `nbf` is checked, `iss` and `aud` are required (and checked) when
+//! configured, and a key only verifies the algorithm family it belongs to, so a public key can
+//! never be used as an HMAC secret and `alg: none` is never accepted.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -156,11 +156,15 @@ impl Verifier {
         base.leeway = config.leeway.as_secs();
         base.validate_nbf = true;
         base.validate_aud = !config.audiences.is_empty();
+        // A configured set is a requirement: a token that leaves the claim out would otherwise
+        // pass, since jsonwebtoken only compares the claims a token carries.
         if !config.audiences.is_empty() {
             base.set_audience(&config.audiences);
+            base.required_spec_claims.insert("aud".into());
         }
         if !config.issuers.is_empty() {
             base.set_issuer(&config.issuers);
+            base.required_spec_claims.insert("iss".into());
         }
         Ok(Some(Verifier { keys, base, config: config.clone() }))
     }
@@ -303,6 +307,10 @@ mod tests {
         assert!(matches!(verifier.verify(&bad_iss).unwrap_err(), TokenError::Claims(_)));
         let bad_aud = sign(json!({"sub": "u", "exp": now() + 60, "iss": "https://idp", "aud": "other"}), secret);
         assert!(matches!(verifier.verify(&bad_aud).unwrap_err(), TokenError::Claims(_)));
+        let no_iss = sign(json!({"sub": "u", "exp": now() + 60, "aud": "herald"}), secret);
+        assert_eq!(verifier.verify(&no_iss).unwrap_err(), TokenError::Claims("missing claim iss".into()));
+        let no_aud = sign(json!({"sub": "u", "exp": now() + 60, "iss": "https://idp"}), secret);
+        assert_eq!(verifier.verify(&no_aud).unwrap_err(), TokenError::Claims("missing claim aud".into()));
     }
 
     #[test]

@@ -55,9 +55,9 @@ pub struct AuthConfig {
     pub public_key_file: Option<PathBuf>,
     /// JWKS file (keys chosen by `kid`).
     pub jwks_file: Option<PathBuf>,
-    /// Accepted `iss` values; empty: not checked.
+    /// Accepted `iss` values; when set, a token must carry one of them. Empty: not checked.
     pub issuers: Vec<String>,
-    /// Accepted `aud` values; empty: not checked.
+    /// Accepted `aud` values; when set, a token must carry one of them. Empty: not checked.
     pub audiences: Vec<String>,
     /// Clock skew allowed for `exp` and `nbf`.
     #[serde(with = "duration")]

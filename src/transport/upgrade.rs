@@ -114,7 +114,7 @@ pub async fn handle(node: Arc<Node>, endpoint: Arc<Endpoint>, mut request: Reque
     }
     let params: HashMap<String, String> =
         request.uri().query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
-    let mut plan = match plan(&endpoint, &params, peer) {
+    let mut plan = match plan(&endpoint, &params, peer, node.auth.believes_claimed_ids(endpoint.auth)) {
         Ok(plan) => plan,
         Err(message) => return refuse(StatusCode::BAD_REQUEST, "INVALID_NAME", &message),
     };
@@ -212,7 +212,15 @@ fn check_origin(config: &Config, headers: &http::HeaderMap) -> Result<(), String
 }
 
 /// Channels and rooms from the endpoint's templates and the `channels` parameter.
-fn plan(endpoint: &Endpoint, params: &HashMap<String, String>, peer: SocketAddr) -> Result<ConnectPlan, String> {
+/// `claimed_ids`: whether a `user_id` parameter names the connection (see
+/// [`auth::Auth::believes_claimed_ids`]); where it does not, the parameter is ignored and the
+/// connection is anonymous.
+fn plan(
+    endpoint: &Endpoint,
+    params: &HashMap<String, String>,
+    peer: SocketAddr,
+    claimed_ids: bool,
+) -> Result<ConnectPlan, String> {
     let lookup = |name: &str| params.get(name).map(String::as_str);
     let mut channels: Vec<String> = endpoint.channels.iter().filter_map(|t| template::render(t, lookup)).collect();
     if endpoint.query_channels
@@ -228,9 +236,10 @@ fn plan(endpoint: &Endpoint, params: &HashMap<String, String>, peer: SocketAddr)
         validate_name("room", room).map_err(|e| e.message)?;
     }
     let client_id = params.get("client_id").filter(|c| !c.is_empty() && c.len() <= 200).cloned();
-    // Without authentication a client may name its user, as the anonymous seed deployments do;
-    // such an identity is self-asserted and only routes user-targeted events.
-    let user = match params.get("user_id").filter(|u| !u.is_empty() && endpoint.auth == AuthMode::Off) {
+    // Without authentication a client may name its user, as the anonymous compatibility profiles
+    // do; such an identity is self-asserted, so it is believed only on a node where no token
+    // could prove the same name.
+    let user = match params.get("user_id").filter(|u| !u.is_empty() && claimed_ids) {
         Some(user) => {
             validate_name("user", user).map_err(|e| e.message)?;
             Some(Arc::new(Identity::unverified(user)))
@@ -278,10 +287,10 @@ mod tests {
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let params =
             HashMap::from([("campaign_id".to_string(), "123".to_string()), ("channels".into(), "emails, ai".into())]);
-        let plan = plan(&campaigns(), &params, peer).unwrap();
+        let plan = plan(&campaigns(), &params, peer, true).unwrap();
         assert_eq!(plan.channels, vec!["campaigns", "emails", "ai"]);
         assert_eq!(plan.rooms, vec!["campaign:123"]);
-        let plan_without = super::plan(&campaigns(), &HashMap::new(), peer).unwrap();
+        let plan_without = super::plan(&campaigns(), &HashMap::new(), peer, true).unwrap();
         assert!(plan_without.rooms.is_empty());
     }
 

@@ -12,4 +12,5 @@ mod resilience;
 mod resume;
 mod security;
 mod seeds;
+mod sidedoors;
 mod store;

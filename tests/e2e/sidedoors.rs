@@ -1,0 +1,157 @@
+//! Side doors (issue 22): a self-asserted identity beside proven ones, issuer and audience claims
+//! left out, a channel rule reached through the room of the same name, sensitive chat resting in
+//! clear, unpaged admin listings.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
+
+use crate::common::Herald;
+
+const SECRET: &str = "side-doors-test-secret";
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn token(claims: Value) -> String {
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+}
+
+fn user(sub: &str, extra: Value) -> String {
+    let mut claims = json!({"sub": sub, "exp": now() + 3600});
+    if let (Some(map), Value::Object(extra)) = (claims.as_object_mut(), extra) {
+        map.extend(extra);
+    }
+    token(claims)
+}
+
+async fn get_with(herald: &Herald, path: &str, bearer: &str) -> (u16, Value) {
+    let response = reqwest::Client::new().get(herald.url(path)).bearer_auth(bearer).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+}
+
+/// 22.1: on a node that requires tokens, a public endpoint (`auth = "off"`) with
+/// `?user_id=alice` must not become alice: no user events, no presence or status as alice.
+#[tokio::test]
+async fn a_claimed_user_id_never_meets_the_proven_one() {
+    let herald = Herald::start(&format!(
+        r#"
+[auth]
+mode = "required"
+jwt_secret = "{SECRET}"
+[access]
+default = "allow"
+[presence]
+enabled = true
+[[endpoints]]
+path = "/public"
+auth = "off"
+"#
+    ))
+    .await;
+    let mut alice = herald.connect(&format!("/ws?token={}", user("alice", json!({})))).await;
+    let mut claimed = herald.connect("/ws/public?user_id=alice&channels=news").await;
+    assert_eq!(claimed.welcome["user_id"], Value::Null, "{}", claimed.welcome);
+
+    let (status, _) = herald.post("/api/users/alice/notify", json!({"type": "private", "secret": "s3"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(alice.recv_event().await["type"], "private");
+    // Anything addressed to alice would have been queued before this: the claimed connection's
+    // next event is the broadcast.
+    herald.publish(json!({"channel": "news", "event": {"type": "headline"}})).await;
+    assert_eq!(claimed.recv_event().await["type"], "headline");
+
+    let reply = claimed.request(json!({"type": "status_update", "status": "away"})).await;
+    assert_eq!(reply["type"], "error", "a claimed id set alice's status: {reply}");
+    assert_eq!(reply["code"], "AUTHENTICATION_FAILED");
+    alice.assert_alive().await;
+}
+
+/// 22.2: with `auth.issuers` and `auth.audiences` set, a token without `iss` or `aud` is refused
+/// on connect, on REST and by `refresh_token`.
+#[tokio::test]
+async fn configured_issuers_and_audiences_are_required() {
+    let herald = Herald::start(&format!(
+        r#"
+[auth]
+mode = "required"
+jwt_secret = "{SECRET}"
+issuers = ["https://idp.example"]
+audiences = ["herald"]
+[access]
+default = "allow"
+"#
+    ))
+    .await;
+    let good = user("u1", json!({"iss": "https://idp.example", "aud": "herald"}));
+    let no_iss = user("u1", json!({"aud": "herald"}));
+    let no_aud = user("u1", json!({"iss": "https://idp.example"}));
+
+    for (what, bad) in [("iss", &no_iss), ("aud", &no_aud)] {
+        let mut refused = herald.connect_raw(&format!("/ws?token={bad}")).await;
+        let error = refused.recv().await;
+        assert_eq!(error["code"], "AUTHENTICATION_FAILED", "without {what}: {error}");
+        assert_eq!(refused.expect_close().await.0, 1008);
+        let (status, body) = get_with(&herald, "/ws/rooms/lobby/messages", bad).await;
+        assert_eq!(status, 401, "REST without {what}: {body}");
+    }
+    let (status, body) = get_with(&herald, "/ws/rooms/lobby/messages", &good).await;
+    assert_ne!(status, 401, "{body}");
+
+    let mut client = herald.connect(&format!("/ws?token={good}")).await;
+    for bad in [&no_iss, &no_aud] {
+        let reply = client.request(json!({"type": "refresh_token", "token": bad})).await;
+        assert_eq!(reply["code"], "AUTHENTICATION_FAILED", "{reply}");
+    }
+    let fresh = user("u1", json!({"iss": "https://idp.example", "aud": "herald", "exp": now() + 7200}));
+    assert_eq!(client.request(json!({"type": "refresh_token", "token": fresh})).await["type"], "token_refreshed");
+}
+
+/// 22.3: a rule on channel `finance*` guards the room `finance` too: joining it, reading its
+/// history and finding it in search, where `POST /messages` stores channel messages.
+#[tokio::test]
+async fn a_channel_rule_guards_the_room_of_the_same_name() {
+    let db = tempfile::tempdir().unwrap();
+    let herald = Herald::start(&format!(
+        r#"
+[auth]
+mode = "required"
+jwt_secret = "{SECRET}"
+[access]
+default = "allow"
+[[access.rules]]
+pattern = "finance*"
+applies_to = ["channel"]
+roles = ["finance"]
+[database]
+url = "sqlite://{}/herald.db"
+"#,
+        db.path().display()
+    ))
+    .await;
+    let clerk = user("clerk", json!({"roles": ["finance"]}));
+    let stranger = user("stranger", json!({}));
+
+    let (status, body) =
+        herald.post("/messages", json!({"user_id": "cfo", "channel_id": "finance", "content": "q3 payroll"})).await;
+    assert_eq!(status, 201, "{body}");
+
+    let mut outsider = herald.connect(&format!("/ws?token={stranger}")).await;
+    let channel = outsider.request(json!({"type": "subscribe", "channel": "finance"})).await;
+    assert_eq!(channel["code"], "PERMISSION_DENIED", "{channel}");
+    let room = outsider.request(json!({"type": "join_room", "room": "finance"})).await;
+    assert_eq!(room["code"], "PERMISSION_DENIED", "the room of the same name: {room}");
+    let (status, body) = get_with(&herald, "/ws/rooms/finance/messages", &stranger).await;
+    assert_eq!(status, 403, "history: {body}");
+    let (status, body) = get_with(&herald, "/ws/search?query=payroll", &stranger).await;
+    assert_eq!((status, &body["count"]), (200, &json!(0)), "search: {body}");
+
+    let mut member = herald.connect(&format!("/ws?token={clerk}")).await;
+    assert_eq!(member.request(json!({"type": "join_room", "room": "finance"})).await["type"], "room_joined");
+    let (status, body) = get_with(&herald, "/ws/rooms/finance/messages", &clerk).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = get_with(&herald, "/ws/search?query=payroll", &clerk).await;
+    assert_eq!(body["count"], 1, "{body}");
+}
