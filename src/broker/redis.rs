@@ -339,10 +339,12 @@ impl RedisBroker {
     }
 
     /// Sequences, records and publishes an event of a stream with history (see [`APPEND_LUA`]).
+    /// `record` is what the stream keeps: the payload, or its sealed form for a sensitive one.
     pub async fn append_and_publish(
         &self,
         node_id: &str,
         event: &Event,
+        record: &[u8],
         stream: &str,
         settings: crate::history::Settings,
     ) -> Result<(), BrokerError> {
@@ -355,7 +357,7 @@ impl RedisBroker {
             .arg(crate::history::new_epoch())
             .arg(settings.size)
             .arg(settings.max_age.as_millis() as u64)
-            .arg(&event.payload[..])
+            .arg(record)
             .arg(head);
         for (kind, channel) in copies {
             let mut tail = Vec::with_capacity(event.payload.len() + 16);

@@ -24,6 +24,7 @@ use crate::config::{HistoryConfig, NameKind};
 use crate::hub::event::StreamPos;
 use crate::hub::{Event, Target};
 use crate::node::Node;
+use crate::store::crypto::Keyring;
 
 /// Limits of one stream's history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,7 +264,28 @@ impl History {
     pub async fn snapshot(&self, node: &Node, stream: &Arc<str>, settings: Settings) -> Result<Snapshot, BrokerError> {
         match &node.broker {
             Broker::Local => Ok(self.lock_memory(stream).await.snapshot(settings)),
-            Broker::Redis(redis) => redis.read_history(stream, settings).await,
+            Broker::Redis(redis) => {
+                let mut snapshot = redis.read_history(stream, settings).await?;
+                let keyring = node.store.keyring();
+                // A sealed entry that no configured key opens is left out: the gap makes the
+                // recovery incomplete rather than silently short.
+                snapshot.events.retain_mut(|(_, payload)| {
+                    if !Keyring::is_sealed(payload) {
+                        return true;
+                    }
+                    match keyring.open_text(payload) {
+                        Ok(plain) => {
+                            *payload = Bytes::from(plain);
+                            true
+                        }
+                        Err(e) => {
+                            tracing::warn!(stream = %stream, error = %e, "cannot open a sealed history entry");
+                            false
+                        }
+                    }
+                });
+                Ok(snapshot)
+            }
         }
     }
 }
@@ -305,15 +327,30 @@ pub async fn publish(
             drop(log);
             Ok(Published::Everywhere)
         }
-        Broker::Redis(redis) => match redis.append_and_publish(&node.id, &event, &stream, settings).await {
-            Ok(()) => Ok(Published::Everywhere),
-            Err(_) => {
-                // Without Redis there is no cluster-wide seq to give: local clients get the
-                // event without a position, as they would any event during an outage.
-                node.hub.dispatch(event).await;
-                Ok(Published::LocalOnly)
+        Broker::Redis(redis) => {
+            // Redis keeps the stream on disk (RDB/AOF): a message stored encrypted is kept there
+            // only in its sealed form. Live delivery carries the plaintext, as it always has.
+            let sealed = match event.sensitive.then(|| node.store.keyring().seal_text(&event.payload)) {
+                None => None,
+                Some(Ok(sealed)) => Some(sealed),
+                Some(Err(e)) => {
+                    // Never recorded in the clear: delivered here, unrecorded.
+                    tracing::warn!(stream = %stream, error = %e, "cannot seal a sensitive event; not recorded");
+                    node.hub.dispatch(event).await;
+                    return Ok(Published::LocalOnly);
+                }
+            };
+            let record = sealed.as_deref().map_or(&event.payload[..], str::as_bytes);
+            match redis.append_and_publish(&node.id, &event, record, &stream, settings).await {
+                Ok(()) => Ok(Published::Everywhere),
+                Err(_) => {
+                    // Without Redis there is no cluster-wide seq to give: local clients get the
+                    // event without a position, as they would any event during an outage.
+                    node.hub.dispatch(event).await;
+                    Ok(Published::LocalOnly)
+                }
             }
-        },
+        }
     }
 }
 

@@ -145,6 +145,9 @@ pub struct Event {
     pub tags: Option<Arc<NotificationTags>>,
     /// Its position in its stream's history, for streams with history.
     pub stream: OnceLock<StreamPos>,
+    /// A message stored encrypted: wherever else it rests (Redis stream history) it rests
+    /// encrypted too.
+    pub sensitive: bool,
     text_frame: OnceLock<Bytes>,
     /// Frames for connections that asked for positions, MessagePack or compression, indexed by
     /// [`Event::variant`]; allocated only when such a connection receives the event.
@@ -170,6 +173,15 @@ impl Event {
     /// An event with its payload already serialized.
     pub fn new(target: Target, payload: Bytes) -> Arc<Event> {
         Self::routed(target, payload, None, Route::Full)
+    }
+
+    /// A stored message that was encrypted at rest (see [`Event::sensitive`]).
+    pub fn sensitive(target: Target, payload: Bytes) -> Arc<Event> {
+        let mut event = Self::routed(target, payload, None, Route::Full);
+        if let Some(event) = Arc::get_mut(&mut event) {
+            event.sensitive = true;
+        }
+        event
     }
 
     /// The same, not delivered to `exclude`.
@@ -198,6 +210,7 @@ impl Event {
             received: Instant::now(),
             tags,
             stream: OnceLock::new(),
+            sensitive: false,
             text_frame: OnceLock::new(),
             variants: OnceLock::new(),
         })

@@ -100,6 +100,33 @@ impl Keyring {
     }
 }
 
+/// How [`Keyring::seal_text`] marks its output: `sealed:<key id>:<base64>`. JSON objects, the
+/// only other thing stored where sealed text goes, never start with it.
+const SEALED: &[u8] = b"sealed:";
+
+impl Keyring {
+    /// Encrypts for places that hold text (a `TEXT` column, a Redis Stream field):
+    /// `sealed:<key id>:<base64 of nonce || ciphertext || tag>`.
+    pub fn seal_text(&self, plaintext: &[u8]) -> Result<String, CryptoError> {
+        let (id, sealed) = self.encrypt(plaintext)?;
+        Ok(format!("sealed:{id}:{}", base64::engine::general_purpose::STANDARD.encode(sealed)))
+    }
+
+    /// Whether `text` came from [`Keyring::seal_text`].
+    pub fn is_sealed(text: &[u8]) -> bool {
+        text.starts_with(SEALED)
+    }
+
+    /// Opens what [`Keyring::seal_text`] sealed.
+    pub fn open_text(&self, text: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let rest = text.strip_prefix(SEALED).and_then(|r| std::str::from_utf8(r).ok()).ok_or(CryptoError::Corrupt)?;
+        // base64 has no ':', so the last one ends the key id (which may contain one).
+        let (id, body) = rest.rsplit_once(':').ok_or(CryptoError::Corrupt)?;
+        let sealed = base64::engine::general_purpose::STANDARD.decode(body).map_err(|_| CryptoError::Corrupt)?;
+        self.decrypt(id, &sealed)
+    }
+}
+
 /// Which messages are sensitive: flagged by the sender, in a sensitive room, or matching a
 /// configured pattern (card numbers, say).
 pub struct Sensitivity {
@@ -161,6 +188,16 @@ mod tests {
         assert_eq!(rotated.encrypt(b"x").unwrap().0, "k2");
         let dropped = Keyring::new(&config(&[("k2", "second passphrase")], None)).unwrap();
         assert_eq!(dropped.decrypt(&id, &sealed).unwrap_err(), CryptoError::UnknownKey("k1".into()));
+    }
+
+    #[test]
+    fn sealed_text_round_trips_and_hides_the_plaintext() {
+        let ring = Keyring::new(&config(&[("k:1", "secret")], None)).unwrap();
+        let sealed = ring.seal_text(br#"{"url":"https://files/payroll.pdf"}"#).unwrap();
+        assert!(Keyring::is_sealed(sealed.as_bytes()) && !sealed.contains("payroll"));
+        assert_eq!(ring.open_text(sealed.as_bytes()).unwrap(), br#"{"url":"https://files/payroll.pdf"}"#);
+        assert!(!Keyring::is_sealed(br#"{"url":1}"#));
+        assert_eq!(ring.open_text(b"sealed:k:1:!!").unwrap_err(), CryptoError::Corrupt);
     }
 
     #[test]

@@ -318,6 +318,12 @@ impl Store {
         } else {
             (Some(message.content.clone()), None, None)
         };
+        // A sensitive message's metadata (a file's URL, say) is as sensitive as its content.
+        let metadata = match &message.metadata {
+            Some(m) if sensitive => Some(self.keyring.seal_text(m.to_string().as_bytes())?),
+            Some(m) => Some(m.to_string()),
+            None => None,
+        };
         Ok(InsertRow {
             room: message.room.to_string(),
             user_id: message.user_id.clone(),
@@ -326,9 +332,15 @@ impl Store {
             content,
             encrypted,
             key_id,
-            metadata: message.metadata.as_ref().map(Value::to_string),
+            metadata,
             created_at: message.created_at,
         })
+    }
+
+    /// The keys for sensitive content, for whatever else holds a sensitive message at rest
+    /// (Redis stream history).
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
     }
 
     fn open_row(&self, raw: RawMessage) -> Result<StoredMessage, StoreError> {
@@ -347,7 +359,13 @@ impl Store {
             user_name: raw.user_name,
             message_type: raw.message_type,
             content,
-            metadata: raw.metadata.and_then(|m| serde_json::from_str(&m).ok()),
+            metadata: match raw.metadata {
+                Some(m) if Keyring::is_sealed(m.as_bytes()) => {
+                    serde_json::from_slice(&self.keyring.open_text(m.as_bytes())?).ok()
+                }
+                Some(m) => serde_json::from_str(&m).ok(),
+                None => None,
+            },
             encrypted,
             created_at: raw.created_at,
         })

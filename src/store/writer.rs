@@ -202,7 +202,7 @@ async fn commit(node: &Arc<Node>, store: &Store, batch: &mut Vec<Job>) {
         };
         let payload = Bytes::from(stored.to_json().to_string());
         let target = Target { channel: message.channel, room: Some(message.room), user: None, broadcast: false };
-        events.push(Event::new(target, payload));
+        events.push(if encrypted { Event::sensitive(target, payload) } else { Event::new(target, payload) });
         acks.push((ack, stored));
     }
     // Delivery in commit order, in one broker round trip for the whole batch.

@@ -8,6 +8,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 
 use crate::common::Herald;
+use crate::common::redis::RedisServer;
 
 const SECRET: &str = "side-doors-test-secret";
 
@@ -154,4 +155,77 @@ url = "sqlite://{}/herald.db"
     assert_eq!(status, 200, "{body}");
     let (_, body) = get_with(&herald, "/ws/search?query=payroll", &clerk).await;
     assert_eq!(body["count"], 1, "{body}");
+}
+
+/// 22.4 and 22.5: a sensitive room with `[[history]]` on Redis: the Redis stream keeps only the
+/// sealed form, the database keeps the metadata sealed too, and both read back in clear for
+/// those who may read.
+#[tokio::test]
+async fn sensitive_chat_rests_encrypted_in_redis_history_and_metadata() {
+    let redis = RedisServer::start().await;
+    let db = tempfile::tempdir().unwrap();
+    let herald = Herald::start(&format!(
+        r#"
+[auth]
+mode = "required"
+jwt_secret = "{SECRET}"
+[access]
+default = "allow"
+[redis]
+url = "{redis}"
+[[history]]
+rooms = "vault_*"
+size = 100
+max_age = "10m"
+[database]
+url = "sqlite://{db}/herald.db"
+encryption_key = "a passphrase for the vault"
+sensitive_rooms = ["vault_*"]
+"#,
+        redis = redis.url(),
+        db = db.path().display()
+    ))
+    .await;
+    let alice = user("alice", json!({}));
+    let mut client = herald.connect(&format!("/ws?token={alice}")).await;
+    assert_eq!(client.request(json!({"type": "join_room", "room": "vault_1"})).await["type"], "room_joined");
+    client
+        .send_json(json!({"type": "chat_message", "room": "vault_1", "id": "m1", "content": "launch code 0451",
+            "metadata": {"file": "https://files.example/secret-plan.pdf"}}))
+        .await;
+    loop {
+        let reply = client.recv_event().await;
+        if reply["id"] == "m1" {
+            assert_eq!(reply["type"], "chat_message_ack", "{reply}");
+            break;
+        }
+    }
+
+    // Redis: every stream entry of the room is sealed.
+    let keys = redis.cli(&["--scan", "--pattern", "*:h:*vault_1*"]).unwrap();
+    let key = keys.lines().next().unwrap_or_else(|| panic!("no history stream in Redis: {keys:?}"));
+    let entries = redis.cli(&["XRANGE", key, "-", "+"]).unwrap();
+    assert!(entries.contains("sealed:"), "{entries}");
+    for secret in ["launch code", "secret-plan"] {
+        assert!(!entries.contains(secret), "plaintext {secret:?} in Redis: {entries}");
+    }
+    // SQLite: the metadata column too.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}/herald.db", db.path().display())).await.unwrap();
+    let metadata: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT metadata FROM messages WHERE room = 'vault_1'").fetch_all(&pool).await.unwrap();
+    assert_eq!(metadata.len(), 1);
+    let stored = metadata[0].clone().unwrap_or_default();
+    assert!(stored.starts_with("sealed:") && !stored.contains("secret-plan"), "metadata in clear: {stored}");
+
+    // Read back in clear: stream history (resume) and the room's history.
+    client.send_json(json!({"type": "history", "room": "vault_1", "limit": 5})).await;
+    let history = client.recv_type("history").await;
+    let events = history["events"].as_array().cloned().unwrap_or_default();
+    assert_eq!(events.len(), 1, "{history}");
+    assert_eq!(events[0]["content"], "launch code 0451");
+    let (status, page) = get_with(&herald, "/ws/rooms/vault_1/messages", &alice).await;
+    assert_eq!(status, 200, "{page}");
+    let message = &page["messages"][0];
+    assert_eq!(message["content"], "launch code 0451", "{page}");
+    assert_eq!(message["metadata"]["file"], "https://files.example/secret-plan.pdf", "{page}");
 }
