@@ -39,23 +39,58 @@ pub struct ConnectionInfo {
     pub shard: usize,
 }
 
-/// `?limit=`.
+/// `?limit=&offset=`: one page of an operator listing. Every listing is paged, so a node with
+/// many rooms or connections never answers (or builds) one huge body.
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
-    /// Most rows returned.
+    /// Most rows returned (default [`DEFAULT_PAGE`], at most [`MAX_PAGE`]).
     pub limit: Option<usize>,
+    /// Rows skipped (default 0).
+    pub offset: Option<usize>,
 }
 
-/// `GET …/connections`.
+/// Rows in a page when `limit` is not given.
+pub const DEFAULT_PAGE: usize = 1000;
+
+/// Most rows in one page.
+pub const MAX_PAGE: usize = 10_000;
+
+impl ListQuery {
+    /// `(limit, offset)`, bounded.
+    pub fn bounds(&self) -> (usize, usize) {
+        (self.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE), self.offset.unwrap_or(0))
+    }
+
+    /// The page of `rows` and the fields that describe it: `count`, `total`, `offset`, `limit`
+    /// and `next_offset` (null on the last page).
+    pub fn page<T>(&self, rows: Vec<T>) -> (Vec<T>, serde_json::Map<String, serde_json::Value>) {
+        let (limit, offset) = self.bounds();
+        let total = rows.len();
+        let page: Vec<T> = rows.into_iter().skip(offset).take(limit).collect();
+        let next = (offset.saturating_add(page.len()) < total).then(|| offset + page.len());
+        let mut fields = serde_json::Map::new();
+        fields.insert("count".into(), page.len().into());
+        fields.insert("total".into(), total.into());
+        fields.insert("offset".into(), offset.into());
+        fields.insert("limit".into(), limit.into());
+        fields.insert("next_offset".into(), next.into());
+        (page, fields)
+    }
+}
+
+/// `GET …/connections?limit=&offset=`, oldest first.
 pub async fn connections(State(node): State<Arc<Node>>, _admin: Admin, Query(query): Query<ListQuery>) -> Response {
-    let limit = query.limit.unwrap_or(1000).min(100_000);
+    let (limit, offset) = query.bounds();
+    // The oldest `offset + limit` of each shard hold the page; no shard describes more.
+    let wanted = offset.saturating_add(limit);
     let per_shard = node
         .hub
         .ask(move |shard| {
-            shard
-                .all_sessions()
+            let mut sessions = shard.all_sessions();
+            sessions.sort_by_key(|s| s.info.connected_at);
+            sessions
                 .iter()
-                .take(limit)
+                .take(wanted)
                 .map(|s| {
                     let state = s.state.borrow();
                     ConnectionInfo {
@@ -76,8 +111,14 @@ pub async fn connections(State(node): State<Arc<Node>>, _admin: Admin, Query(que
         .await;
     let mut all: Vec<ConnectionInfo> = per_shard.into_iter().flatten().collect();
     all.sort_by(|a, b| a.connected_at.cmp(&b.connected_at));
-    all.truncate(limit);
-    ok(json!({ "count": all.len(), "connections": all }))
+    let total = node.stats.totals().connections;
+    let (page, mut fields) = query.page(all);
+    // Each shard described at most `offset + limit`; the node's count is the real total.
+    fields.insert("total".into(), total.into());
+    let next = (((offset + page.len()) as u64) < total).then(|| offset + page.len());
+    fields.insert("next_offset".into(), next.into());
+    fields.insert("connections".into(), json!(page));
+    ok(serde_json::Value::Object(fields))
 }
 
 /// Counts per key summed over shards, largest first.
@@ -91,27 +132,25 @@ fn merge(per_shard: Vec<Vec<(Arc<str>, usize)>>) -> Vec<(String, usize)> {
     rows
 }
 
-/// `GET /api/rooms`: active rooms with member counts.
-pub async fn rooms(State(node): State<Arc<Node>>, _admin: Admin) -> Response {
-    active_rooms(&node).await
-}
-
-/// Active rooms with member counts, summed over shards.
-pub async fn active_rooms(node: &Node) -> Response {
-    let rows = merge(node.hub.ask(|shard| shard.room_counts()).await);
+/// A page of active rooms with member counts, summed over shards, largest first
+/// (`GET /api/rooms?limit=&offset=` with the API key).
+pub async fn active_rooms(node: &Node, query: &ListQuery) -> Response {
+    let (rows, mut fields) = query.page(merge(node.hub.ask(|shard| shard.room_counts()).await));
     let rooms: Vec<_> = rows
         .into_iter()
         .map(|(room, n)| json!({ "room_id": room, "room": room, "user_count": n, "connections": n }))
         .collect();
-    ok(json!({ "count": rooms.len(), "rooms": rooms }))
+    fields.insert("rooms".into(), rooms.into());
+    ok(serde_json::Value::Object(fields))
 }
 
-/// `GET …/channels`: channels with subscriber counts.
-pub async fn channels(State(node): State<Arc<Node>>, _admin: Admin) -> Response {
-    let rows = merge(node.hub.ask(|shard| shard.channel_counts()).await);
+/// `GET …/channels?limit=&offset=`: a page of channels with subscriber counts, largest first.
+pub async fn channels(State(node): State<Arc<Node>>, _admin: Admin, Query(query): Query<ListQuery>) -> Response {
+    let (rows, mut fields) = query.page(merge(node.hub.ask(|shard| shard.channel_counts()).await));
     let channels: Vec<_> =
         rows.into_iter().map(|(channel, n)| json!({ "channel": channel, "subscribers": n })).collect();
-    ok(json!({ "count": channels.len(), "channels": channels }))
+    fields.insert("channels".into(), channels.into());
+    ok(serde_json::Value::Object(fields))
 }
 
 /// Closes a connection of this node with 4001; returns whether it was here.

@@ -161,7 +161,11 @@ pub async fn messages(
 
 /// `GET <mount>/rooms`: a user's rooms with unread counts and last message (the chat
 /// document); with the API key instead, the active rooms with member counts.
-pub async fn rooms(State(node): State<Arc<Node>>, caller: Caller) -> Result<Response, ApiError> {
+pub async fn rooms(
+    State(node): State<Arc<Node>>,
+    caller: Caller,
+    Query(page): Query<super::admin::ListQuery>,
+) -> Result<Response, ApiError> {
     match (&caller.identity, caller.admin) {
         (Some(user), _) => {
             let mut rooms = Vec::new();
@@ -178,9 +182,12 @@ pub async fn rooms(State(node): State<Arc<Node>>, caller: Caller) -> Result<Resp
                     "last_message": summary.last_message.map(|m| m.to_json()),
                 }));
             }
-            Ok(ok(json!({ "user_id": &*user.id, "count": rooms.len(), "rooms": rooms })))
+            let (rooms, mut fields) = page.page(rooms);
+            fields.insert("user_id".into(), json!(&*user.id));
+            fields.insert("rooms".into(), rooms.into());
+            Ok(ok(Value::Object(fields)))
         }
-        (None, true) => Ok(super::admin::active_rooms(&node).await),
+        (None, true) => Ok(super::admin::active_rooms(&node, &page).await),
         (None, false) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "AUTHENTICATION_FAILED",

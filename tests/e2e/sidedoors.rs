@@ -229,3 +229,35 @@ sensitive_rooms = ["vault_*"]
     assert_eq!(message["content"], "launch code 0451", "{page}");
     assert_eq!(message["metadata"]["file"], "https://files.example/secret-plan.pdf", "{page}");
 }
+
+/// 22.7: every operator listing is paged (`limit`, `offset`, `total`, `next_offset`), with a
+/// bounded default and maximum, as `/api/connections` is.
+#[tokio::test]
+async fn admin_listings_are_paged() {
+    let herald = Herald::start("[access]\ndefault = \"allow\"").await;
+    let channels: Vec<String> = (0..25).map(|i| format!("feed-{i:02}")).collect();
+    let mut client = herald.connect(&format!("/ws?channels={}", channels.join(","))).await;
+    for i in 0..25 {
+        let reply = client.request(json!({"type": "join_room", "room": format!("room-{i:02}")})).await;
+        assert_eq!(reply["type"], "room_joined", "{reply}");
+    }
+    let _other = herald.connect("/ws").await;
+    let _third = herald.connect("/ws").await;
+
+    for (path, key) in [("/api/rooms", "rooms"), ("/api/channels", "channels")] {
+        let (status, first) = herald.get(&format!("{path}?limit=10")).await;
+        assert_eq!(status, 200, "{first}");
+        assert_eq!(first[key].as_array().map(Vec::len), Some(10), "{path}: {first}");
+        assert_eq!((&first["count"], &first["total"], &first["next_offset"]), (&json!(10), &json!(25), &json!(10)));
+        let (_, last) = herald.get(&format!("{path}?limit=10&offset=20")).await;
+        assert_eq!(last[key].as_array().map(Vec::len), Some(5), "{path}: {last}");
+        assert_eq!(last["next_offset"], Value::Null);
+        let (_, huge) = herald.get(&format!("{path}?limit=1000000")).await;
+        assert_eq!(huge["limit"], 10_000, "{path}: the page size is bounded: {huge}");
+    }
+    let (_, page) = herald.get("/api/connections?limit=2").await;
+    assert_eq!(page["connections"].as_array().map(Vec::len), Some(2), "{page}");
+    assert_eq!((&page["total"], &page["next_offset"]), (&json!(3), &json!(2)), "{page}");
+    let (_, rest) = herald.get("/api/connections?limit=2&offset=2").await;
+    assert_eq!(rest["connections"].as_array().map(Vec::len), Some(1), "{rest}");
+}
