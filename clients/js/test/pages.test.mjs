@@ -31,6 +31,56 @@ describe('pages served by herald, in Chromium', () => {
     return page;
   }
 
+  test('the pages run under a strict Content-Security-Policy: hashed scripts, their own origin only', async () => {
+    const host = new URL(herald.httpUrl).host;
+    for (const path of ['/', '/console']) {
+      const response = await fetch(`${herald.httpUrl}${path}`);
+      const csp = response.headers.get('content-security-policy') ?? '';
+      const directive = (name) => csp.split(';').map((d) => d.trim()).find((d) => d.startsWith(`${name} `)) ?? '';
+      const script = directive('script-src');
+      assert.ok(!script.includes('unsafe-inline'), `${path}: ${csp}`);
+      assert.match(script, /'sha256-[A-Za-z0-9+/]+={0,2}'/, `${path}: ${csp}`);
+      const connect = directive('connect-src').split(/\s+/).slice(1);
+      assert.deepEqual(connect, ["'self'", `ws://${host}`, `wss://${host}`], `${path}: ${csp}`);
+    }
+
+    // Both pages do their work under it, with no violation reported.
+    const violations = [];
+    const watch = (page) => page.on('console', (m) => {
+      if (/Content Security Policy/i.test(m.text())) violations.push(m.text());
+    });
+    const consolePage = await browser.context.newPage();
+    watch(consolePage);
+    await consolePage.goto(`${herald.httpUrl}/console`);
+    await consolePage.click('#connect');
+    await consolePage.waitForSelector('#status.connected', wait);
+    await consolePage.fill('#message', '{"type":"ping","id":"csp-ping"}');
+    await consolePage.click('#send');
+    await consolePage.waitForFunction(() => /"type":"pong".*csp-ping/.test(document.getElementById('log').textContent), null, wait);
+    const dashboard = await browser.context.newPage();
+    watch(dashboard);
+    await dashboard.goto(`${herald.httpUrl}/`);
+    await dashboard.waitForSelector('#stream.ok', wait);
+    await dashboard.fill('#api-key', API_KEY);
+    await dashboard.click('#key-form button');
+    await dashboard.waitForFunction(() => window.dashboard.state.frames > 0, null, wait);
+    await dashboard.waitForFunction(() => document.getElementById('nodes').textContent.length > 0, null, wait);
+    assert.deepEqual(violations, []);
+
+    // A WebSocket to any other host is refused by the policy.
+    const refused = await consolePage.evaluate(() => new Promise((resolve) => {
+      document.addEventListener('securitypolicyviolation', (e) => resolve(e.effectiveDirective), { once: true });
+      try {
+        new WebSocket('ws://127.0.0.2:9/elsewhere');
+      } catch (error) {
+        resolve(String(error));
+      }
+    }));
+    assert.match(refused, /connect-src|SecurityError/);
+    await consolePage.close();
+    await dashboard.close();
+  });
+
   test('the test console connects, subscribes, sends, publishes and shows every frame', async () => {
     const page = await openConsole();
     await page.waitForFunction(() => document.getElementById('log').textContent.includes('"type":"connection"'), null, wait);
