@@ -70,6 +70,54 @@ auth = "off"
     alice.assert_alive().await;
 }
 
+/// 22.1 over REST, on a node whose default is `auth = "off"` with one endpoint that requires
+/// tokens: `?user_id=alice` must not read alice's rooms, unread counts and last messages, nor
+/// mark them read.
+#[tokio::test]
+async fn a_claimed_user_id_reads_nothing_of_the_proven_one_over_rest() {
+    let db = tempfile::tempdir().unwrap();
+    let herald = Herald::start(&format!(
+        r#"
+[auth]
+mode = "off"
+jwt_secret = "{SECRET}"
+[access]
+default = "allow"
+[database]
+url = "sqlite://{}/herald.db"
+[[endpoints]]
+path = "/secure"
+auth = "required"
+"#,
+        db.path().display()
+    ))
+    .await;
+    let mut alice = herald.connect(&format!("/ws/secure?token={}", user("alice", json!({})))).await;
+    assert_eq!(alice.welcome["user_id"], "alice");
+    assert_eq!(alice.request(json!({"type": "join_room", "room": "plans"})).await["type"], "room_joined");
+    alice.send_json(json!({"type": "chat_message", "room": "plans", "id": "p1", "content": "merger on friday"})).await;
+    loop {
+        let reply = alice.recv_event().await;
+        if reply["id"] == "p1" {
+            assert_eq!(reply["type"], "chat_message_ack", "{reply}");
+            break;
+        }
+    }
+    let client = reqwest::Client::new();
+    let response = client.get(herald.url("/ws/rooms?user_id=alice")).send().await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap_or_default();
+    assert!(!body.contains("merger"), "alice's last message under a claimed id: {body}");
+    assert_eq!(status, 401, "{body}");
+    let response = client
+        .post(herald.url("/ws/rooms/plans/mark-read?user_id=alice"))
+        .json(&json!({"up_to": 1_000_000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+}
+
 /// 22.2: with `auth.issuers` and `auth.audiences` set, a token without `iss` or `aud` is refused
 /// on connect, on REST and by `refresh_token`.
 #[tokio::test]
