@@ -18,17 +18,24 @@ use crate::node::Node;
 use crate::session::handlers::notifications::{notification_event, tags_of};
 use crate::store::now_ms;
 
-/// `GET {prefix}/rooms/{room}/presence`: who is in the room across the cluster.
+/// `GET {prefix}/rooms/{room}/presence?limit=&offset=`: who is in the room across the cluster,
+/// a page of users at a time (`total_users` counts them all).
 pub async fn room(
     State(node): State<Arc<Node>>,
     _admin: Admin,
     Path(room): Path<String>,
+    Query(page): Query<super::admin::ListQuery>,
 ) -> Result<Response, ApiError> {
     super::valid_name("room", &room)?;
     let (users, sheets) = crate::presence::members(&node, &room).await;
-    Ok(ok(
-        json!({ "room": room, "room_id": room, "total_users": users.len(), "users": users, "active_sheets": sheets }),
-    ))
+    let total = users.len();
+    let (users, mut fields) = page.page(users);
+    fields.insert("room".into(), json!(room));
+    fields.insert("room_id".into(), json!(room));
+    fields.insert("total_users".into(), total.into());
+    fields.insert("users".into(), json!(users));
+    fields.insert("active_sheets".into(), json!(sheets));
+    Ok(ok(Value::Object(fields)))
 }
 
 /// `GET {prefix}/users/{user}/presence`: a user's status, connections and rooms.

@@ -286,7 +286,7 @@ sensitive_rooms = ["vault_*"]
 /// bounded default and maximum, as `/api/connections` is.
 #[tokio::test]
 async fn admin_listings_are_paged() {
-    let herald = Herald::start("[access]\ndefault = \"allow\"").await;
+    let herald = Herald::start("[access]\ndefault = \"allow\"\n[presence]\nenabled = true").await;
     let channels: Vec<String> = (0..25).map(|i| format!("feed-{i:02}")).collect();
     let mut client = herald.connect(&format!("/ws?channels={}", channels.join(","))).await;
     for i in 0..25 {
@@ -307,9 +307,23 @@ async fn admin_listings_are_paged() {
         let (_, huge) = herald.get(&format!("{path}?limit=1000000")).await;
         assert_eq!(huge["limit"], 10_000, "{path}: the page size is bounded: {huge}");
     }
+    // A room's presence, with three users in it (each announced to the first).
+    let mut first = herald.connect("/ws?user_id=u0").await;
+    assert_eq!(first.request(json!({"type": "join_room", "room": "crowd"})).await["type"], "room_joined");
+    let mut others = Vec::new();
+    for i in 1..3 {
+        let mut other = herald.connect(&format!("/ws?user_id=u{i}")).await;
+        assert_eq!(other.request(json!({"type": "join_room", "room": "crowd"})).await["type"], "room_joined");
+        assert_eq!(first.recv_type("user_joined").await["user_id"], format!("u{i}"));
+        others.push(other);
+    }
+    let (_, presence) = herald.get("/api/rooms/crowd/presence?limit=2").await;
+    assert_eq!(presence["users"].as_array().map(Vec::len), Some(2), "{presence}");
+    assert_eq!((&presence["total_users"], &presence["next_offset"]), (&json!(3), &json!(2)), "{presence}");
     let (_, page) = herald.get("/api/connections?limit=2").await;
     assert_eq!(page["connections"].as_array().map(Vec::len), Some(2), "{page}");
-    assert_eq!((&page["total"], &page["next_offset"]), (&json!(3), &json!(2)), "{page}");
-    let (_, rest) = herald.get("/api/connections?limit=2&offset=2").await;
-    assert_eq!(rest["connections"].as_array().map(Vec::len), Some(1), "{rest}");
+    assert_eq!((&page["total"], &page["next_offset"]), (&json!(6), &json!(2)), "{page}");
+    let (_, rest) = herald.get("/api/connections?limit=2&offset=4").await;
+    assert_eq!(rest["connections"].as_array().map(Vec::len), Some(2), "{rest}");
+    assert_eq!(rest["next_offset"], Value::Null, "{rest}");
 }
