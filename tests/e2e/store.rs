@@ -50,6 +50,22 @@ impl Db {
         }
     }
 
+    /// The raw `metadata` column of a room's first message.
+    async fn raw_metadata(&self, room: &str) -> String {
+        let query = "SELECT metadata FROM messages WHERE room = $1 ORDER BY id LIMIT 1";
+        let value: Option<String> = match self {
+            Db::Sqlite(_) => {
+                let pool = sqlx::SqlitePool::connect(&self.url()).await.unwrap();
+                sqlx::query_scalar(query).bind(room).fetch_one(&pool).await.unwrap()
+            }
+            Db::Postgres(_) => {
+                let pool = sqlx::PgPool::connect(&self.url()).await.unwrap();
+                sqlx::query_scalar(query).bind(room).fetch_one(&pool).await.unwrap()
+            }
+        };
+        value.unwrap_or_default()
+    }
+
     async fn archived(&self) -> i64 {
         match self {
             Db::Sqlite(_) => {
@@ -425,7 +441,7 @@ async fn sensitive_content_is_encrypted_at_rest(db: Db) {
     }
     let flagged = say(&mut alice, "room_e", "flagged margin figures", json!({"sensitive": true})).await;
     assert_eq!(flagged["type"], "chat_message_ack", "{flagged}");
-    say(&mut alice, "vault_1", "vault combination", json!({})).await;
+    say(&mut alice, "vault_1", "vault combination", json!({"metadata": {"file": "https://files/vault-map.pdf"}})).await;
     say(&mut alice, "room_e", "card 4111 1111 1111 1111 please", json!({})).await;
     say(&mut alice, "room_e", "plain hello", json!({})).await;
     // Entitled readers get plaintext, live and from history.
@@ -455,6 +471,11 @@ async fn sensitive_content_is_encrypted_at_rest(db: Db) {
             }
         }
     }
+    // Nor the metadata of a sensitive message (issue 22.5), which readers still get in clear.
+    let metadata = db.raw_metadata("vault_1").await;
+    assert!(metadata.starts_with("sealed:k1:") && !metadata.contains("vault-map"), "metadata in clear: {metadata}");
+    let (_, vault) = get_as(&herald, "/ws/rooms/vault_1/messages", "bob").await;
+    assert_eq!(vault["messages"][0]["metadata"]["file"], "https://files/vault-map.pdf", "{vault}");
     // Encrypted messages are never found by search.
     let (_, found) = get_as(&herald, "/ws/search?query=margin", "alice").await;
     assert_eq!(found["count"], 0);
