@@ -361,6 +361,25 @@ mod tests {
             assert!(policy.check(Some(&stranger), kind, "finance-q3", Action::Read).await.is_err(), "{kind:?}");
         }
         assert!(policy.check(Some(&stranger), NameKind::Room, "lobby", Action::Join).await.is_ok());
+
+        // And the other way round; a rule for both kinds decides alone, first match winning.
+        let config = AccessConfig {
+            default: AccessDefault::Allow,
+            rules: vec![
+                AccessRuleConfig { pattern: "vault_open".into(), public: true, ..Default::default() },
+                AccessRuleConfig {
+                    pattern: "vault*".into(),
+                    applies_to: vec![NameKind::Room],
+                    users: vec!["c".into()],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let policy = Policy::new(&config).unwrap();
+        assert!(policy.check(Some(&stranger), NameKind::Channel, "vault_1", Action::Subscribe).await.is_err());
+        assert!(policy.check(Some(&clerk), NameKind::Channel, "vault_1", Action::Subscribe).await.is_ok());
+        assert!(policy.check(Some(&stranger), NameKind::Channel, "vault_open", Action::Subscribe).await.is_ok());
     }
 
     #[test]
