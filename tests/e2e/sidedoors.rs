@@ -67,6 +67,13 @@ auth = "off"
     let reply = claimed.request(json!({"type": "status_update", "status": "away"})).await;
     assert_eq!(reply["type"], "error", "a claimed id set alice's status: {reply}");
     assert_eq!(reply["code"], "AUTHENTICATION_FAILED");
+    // Her stored notifications are neither replayed to it nor marked read by it.
+    for request in
+        [json!({"type": "subscribe_notifications"}), json!({"type": "notification_read", "notification_id": 1})]
+    {
+        let reply = claimed.request(request.clone()).await;
+        assert_eq!(reply["code"], "AUTHENTICATION_FAILED", "{request} under a claimed id: {reply}");
+    }
     alice.assert_alive().await;
 }
 
