@@ -56,11 +56,13 @@ impl FromRequestParts<Arc<Node>> for Caller {
             return Ok(Caller { identity: Some(verified.identity), admin: false });
         }
         // No credentials: with no API key configured, a loopback caller is the backend; with
-        // authentication off, a `user_id` names the (unverified) user.
+        // authentication off on a node that proves no identities, a `user_id` names the
+        // (unverified) user. A caller that claims a user is never taken for the backend, even
+        // where the claim is not believed.
         let loopback = parts.extensions.get::<ConnectInfo<SocketAddr>>().is_some_and(|c| c.0.ip().is_loopback());
-        let user =
-            params.get("user_id").filter(|u| !u.is_empty() && node.auth.believes_claimed_ids(node.config.auth.mode));
-        let admin = node.config.api.key.is_none() && loopback && user.is_none();
+        let claimed = params.get("user_id").filter(|u| !u.is_empty());
+        let user = claimed.filter(|_| node.auth.believes_claimed_ids(node.config.auth.mode));
+        let admin = node.config.api.key.is_none() && loopback && claimed.is_none();
         if !admin && node.config.auth.mode == AuthMode::Required {
             // As on the WebSocket endpoints: without a token, nothing.
             return Err(ApiError::new(
