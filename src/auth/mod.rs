@@ -117,11 +117,22 @@ pub struct Auth {
 impl Auth {
     /// Loads keys and compiles rules.
     pub fn new(config: &Config) -> Result<Auth, AuthSetupError> {
-        Ok(Auth {
+        let auth = Auth {
             verifier: Verifier::new(&config.auth)?,
             policy: Policy::new(&config.access).map_err(AuthSetupError::Rule)?,
             config: config.auth.clone(),
-        })
+        };
+        let open =
+            |mode: Option<crate::config::AuthMode>| mode.unwrap_or(config.auth.mode) == crate::config::AuthMode::Off;
+        if auth.proves_identities() && (open(None) || config.endpoints.iter().any(|e| open(e.auth))) {
+            // Said once, so that an operator of an anonymous profile who adds a key learns why
+            // `user_id` stopped naming users.
+            tracing::info!(
+                "a token key is configured: a user_id parameter names nobody, on endpoints with auth = \"off\" too \
+                 (those connections are anonymous)"
+            );
+        }
+        Ok(auth)
     }
 
     /// Whether this node can prove identities (a key is configured). On such a node a

@@ -99,6 +99,8 @@ auth = "required"
         db.path().display()
     ))
     .await;
+    // Start-up says so, once.
+    herald.wait_for_log("a user_id parameter names nobody").await;
     let mut alice = herald.connect(&format!("/ws/secure?token={}", user("alice", json!({})))).await;
     assert_eq!(alice.welcome["user_id"], "alice");
     assert_eq!(alice.request(json!({"type": "join_room", "room": "plans"})).await["type"], "room_joined");
