@@ -68,7 +68,7 @@ pub enum PublishError {
 
 impl Node {
     /// Resolves where an event goes and serializes it, applying the channel's rules (default
-    /// `type`, broadcast to everyone).
+    /// `type`, broadcast to everyone, shape). This runs once per event, before the fan-out.
     pub fn prepare(&self, mut target: Target, event: Value) -> Result<(Target, Bytes), EventError> {
         let Value::Object(event) = event else {
             return Err(EventError::NotAnObject);
@@ -85,7 +85,11 @@ impl Node {
         if rule.is_some_and(|r| r.broadcast) {
             target.broadcast = true;
         }
-        Ok((target, prepare_payload(event, rule.and_then(|r| r.default_type.as_deref()))))
+        let (event, kind) = match rule.and_then(|r| r.shape.as_deref()) {
+            Some(shape) => (shape.apply(event), shape.kind().or(rule.and_then(|r| r.default_type.as_deref()))),
+            None => (event, rule.and_then(|r| r.default_type.as_deref())),
+        };
+        Ok((target, prepare_payload(event, kind)))
     }
 
     /// Validates and publishes an event to every node.

@@ -218,6 +218,47 @@ pub struct ChannelConfig {
     pub default_type: Option<String>,
     /// Deliver every event of this channel to every connection of the node, subscribed or not.
     pub broadcast: bool,
+    /// Reshape every event of this channel once, before it fans out (`[channels.shape]`).
+    pub shape: Option<ShapeConfig>,
+}
+
+/// How a channel's events are reshaped before delivery, in this order: `rename`, `copy`, `lift`,
+/// `drop`, then `type`. Paths are dot-separated object keys (`data.status`); a list of paths takes
+/// the first one present, and a field whose paths are all absent is left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShapeConfig {
+    /// The `type` every event gets, replacing the publisher's (unlike `default_type`).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Top-level fields renamed: `{ old = "new" }`.
+    pub rename: std::collections::BTreeMap<String, String>,
+    /// Top-level fields set to a copy of the value at a path: `{ status = ["status", "data.status"] }`.
+    pub copy: std::collections::BTreeMap<String, ShapePaths>,
+    /// The same as `copy`, but the value is removed from where it was found.
+    pub lift: std::collections::BTreeMap<String, ShapePaths>,
+    /// Top-level fields removed (routing fields such as `event`, `room`, `user_id`).
+    pub drop: Vec<String>,
+}
+
+/// One path or a list of paths tried in order.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ShapePaths {
+    /// `"data.status"`.
+    One(String),
+    /// `["status", "data.status"]`: the first present.
+    Any(Vec<String>),
+}
+
+impl ShapePaths {
+    /// The paths, in the order they are tried.
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            ShapePaths::One(path) => std::slice::from_ref(path),
+            ShapePaths::Any(paths) => paths,
+        }
+    }
 }
 
 /// The HTTP API for backends and operators.
@@ -556,6 +597,28 @@ impl Config {
             }
             if channel.default_type.as_deref() == Some("") {
                 problem(format!("channels[{i}].default_type"), "must not be empty");
+            }
+            if let Some(shape) = &channel.shape {
+                let key = format!("channels[{i}].shape");
+                if shape.kind.as_deref() == Some("") {
+                    problem(format!("{key}.type"), "must not be empty");
+                }
+                let bad_path = |p: &String| p.split('.').any(str::is_empty);
+                for (what, fields) in [("copy", &shape.copy), ("lift", &shape.lift)] {
+                    for (field, paths) in fields {
+                        if field.is_empty() || paths.as_slice().is_empty() || paths.as_slice().iter().any(bad_path) {
+                            problem(
+                                format!("{key}.{what}.{field}"),
+                                "must name a field and one or more dot-separated paths such as \"data.status\"",
+                            );
+                        }
+                    }
+                }
+                if shape.rename.iter().any(|(from, to)| from.is_empty() || to.is_empty())
+                    || shape.drop.iter().any(String::is_empty)
+                {
+                    problem(key, "rename and drop need non-empty field names");
+                }
             }
         }
         self.validate_streams(&mut problem);
