@@ -43,6 +43,8 @@ pub struct Config {
     pub channels: Vec<ChannelConfig>,
     /// The HTTP API for backends.
     pub api: ApiConfig,
+    /// The message-ingestion route `POST /messages` (and `GET /messages`).
+    pub ingest: IngestConfig,
     /// Connection and message limits.
     pub limits: LimitsConfig,
     /// Token verification.
@@ -273,6 +275,37 @@ pub struct ApiConfig {
     pub max_body_size: Option<usize>,
     /// Addresses or CIDR ranges allowed to call admin routes; empty: any (with the key).
     pub allowed_ips: Vec<String>,
+}
+
+/// The message-ingestion route (`POST /messages`, `GET /messages`): when it answers, and who may
+/// call it, independently of the admin API.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Answer `201` only once the messages are committed, instead of `202` as soon as they are
+    /// queued for the batching writer. A full queue is refused with `503` either way.
+    pub wait_for_commit: bool,
+    /// Who may call the route.
+    pub access: IngestAccess,
+    /// The route's own bearer key, for `access = "key"`.
+    #[serde(deserialize_with = "text::opt_string")]
+    pub key: Option<String>,
+    /// Addresses or CIDR ranges allowed to call the route (with `access` `open` or `key`);
+    /// empty: any.
+    pub allowed_ips: Vec<String>,
+}
+
+/// Who may call the ingestion route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IngestAccess {
+    /// As the admin API: `api.key` (or loopback without one) and `api.allowed_ips`.
+    #[default]
+    Api,
+    /// The route's own `ingest.key`.
+    Key,
+    /// No key; only `ingest.allowed_ips`, when set, restricts callers.
+    Open,
 }
 
 /// Connection and message limits. 0 disables a cap.

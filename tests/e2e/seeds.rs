@@ -9,7 +9,8 @@ use tokio::process::Command;
 use crate::common::redis::RedisServer;
 use crate::common::{Herald, Options, WAIT};
 
-/// Runs a seed script with its hard-coded `localhost:PORT` pointed at the test server.
+/// Runs a seed script with its hard-coded `localhost:PORT` pointed at the test server: Python
+/// (`HERALD_TEST_PYTHON`), or bash for `.sh`.
 async fn run_seed_script(
     herald: &Herald,
     script: &str,
@@ -21,8 +22,15 @@ async fn run_seed_script(
     let path = herald.dir().join(script);
     std::fs::write(&path, pointed).expect("write script");
     let python = std::env::var("HERALD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut child = Command::new(python)
-        .arg("-u")
+    let mut command = match script.ends_with(".sh") {
+        true => Command::new("bash"),
+        false => {
+            let mut python = Command::new(python);
+            python.arg("-u");
+            python
+        }
+    };
+    let mut child = command
         .arg(&path)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -137,4 +145,109 @@ async fn job_updates_document_worker_message_reaches_its_clients_in_the_document
     expect_line(&mut lines, "Job test-123: completed").await;
     let second = plain.recv().await;
     assert_eq!((second["type"].as_str(), second["status"].as_str()), (Some("job_update"), Some("completed")));
+}
+
+/// The dashboard's stats stream, read until `pred` holds for a frame.
+async fn stats_frame_where(
+    stream: &mut crate::common::Client,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let frame = stream.recv().await;
+            if pred(&frame) {
+                return frame;
+            }
+        }
+    })
+    .await
+    .expect("the stats stream never showed the expected figures")
+}
+
+#[tokio::test]
+async fn dashboard_document_curl_loop_is_queued_without_a_key_and_counted_over_ten_seconds() {
+    // The harness gives the node an api.key; the example's ingestion route does not need it.
+    let herald = Herald::start(include_str!("../../examples/message-dashboard.toml")).await;
+    let mut stream = herald.connect_raw("/ws/stats").await;
+    let first = stream.recv().await;
+    for field in
+        ["total_messages", "current_rps", "messages_per_second", "queue_depth", "total_batches", "avg_batch_size"]
+    {
+        assert!(first[field].is_number(), "{field} in the first frame: {first}");
+    }
+    let (mut child, mut lines) = run_seed_script(&herald, "doc004_send_test_messages.sh", "localhost:8000").await;
+    let mut replies = Vec::new();
+    while let Ok(Some(line)) = tokio::time::timeout(WAIT, lines.next_line()).await.expect("curl output") {
+        replies.push(line);
+    }
+    assert!(child.wait().await.expect("bash").success());
+    let queued = replies.concat().matches(r#""status":"queued""#).count();
+    assert_eq!(queued, 100, "every curl call is answered as queued: {replies:?}");
+    // Committed in batches of 50, then still visible in the 10-second rate.
+    let frame = stats_frame_where(&mut stream, |f| f["total_messages"] == 100).await;
+    assert!(frame["total_batches"].as_u64().is_some_and(|b| b >= 2), "{frame}");
+    // The rate follows with the next per-second sample.
+    let frame = stats_frame_where(&mut stream, |f| f["current_rps"].as_f64().is_some_and(|r| r > 0.0)).await;
+    assert_eq!(frame["messages_per_second"], frame["current_rps"]);
+    // Seconds later the one-second rate is back to 0; the document's 10-second window is not.
+    let committed_at = frame["uptime_seconds"].as_u64().expect("uptime_seconds");
+    let later = stats_frame_where(&mut stream, |f| f["uptime_seconds"].as_u64() >= Some(committed_at + 3)).await;
+    assert!(later["current_rps"].as_f64().is_some_and(|r| r > 0.0), "{later}");
+}
+
+#[tokio::test]
+async fn dashboard_ingestion_answers_on_enqueue_refuses_a_full_queue_and_can_wait_for_the_commit() {
+    // An hour's linger: an answer that waited for the commit would never come in time.
+    let herald = Herald::start_with(
+        Options::toml(include_str!("../../examples/message-dashboard.toml"))
+            .env("HERALD_DATABASE__BATCH_LINGER", "1h")
+            .env("HERALD_DATABASE__QUEUE_CAPACITY", "60"),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let one = json!({"user_id": 1, "channel_id": 1, "content": "Test 1"});
+    let response = http.post(herald.url("/messages")).json(&one).send().await.expect("post");
+    assert_eq!(response.status(), 202);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!((body["status"].as_str(), body["count"].as_u64()), (Some("queued"), Some(1)));
+    // More than the queue holds at once: refused at once, all or nothing.
+    let many: Vec<serde_json::Value> =
+        (0..61).map(|i| json!({"user_id": i, "channel_id": 1, "content": format!("m{i}")})).collect();
+    let response = http.post(herald.url("/messages")).json(&many).send().await.expect("post");
+    assert_eq!(response.status(), 503);
+    // Bad input is still refused before anything is queued.
+    let response = http.post(herald.url("/messages")).json(&json!({"channel_id": 1})).send().await.expect("post");
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn dashboard_ingestion_has_its_own_key_independent_of_the_api_key() {
+    let herald = Herald::start_with(
+        Options::toml(include_str!("../../examples/message-dashboard.toml"))
+            .env("HERALD_INGEST__ACCESS", "key")
+            .env("HERALD_INGEST__KEY", "ingest-secret-1")
+            .env("HERALD_INGEST__WAIT_FOR_COMMIT", "true")
+            .env("HERALD_DATABASE__BATCH_LINGER", "10ms"),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let one = json!({"user_id": 1, "channel_id": 1, "content": "Test 1"});
+    let post = |key: Option<&str>| {
+        let request = http.post(herald.url("/messages")).json(&one);
+        match key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
+        .send()
+    };
+    assert_eq!(post(None).await.expect("post").status(), 401);
+    assert_eq!(
+        post(Some(crate::common::API_KEY)).await.expect("post").status(),
+        401,
+        "the API key is not the ingestion key"
+    );
+    let committed = post(Some("ingest-secret-1")).await.expect("post");
+    assert_eq!(committed.status(), 201, "wait_for_commit answers once committed");
+    let body: serde_json::Value = committed.json().await.expect("json");
+    assert!(body["id"].is_number(), "{body}");
 }
