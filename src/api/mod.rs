@@ -175,6 +175,8 @@ pub fn router(node: Arc<Node>) -> Router {
     for mount in &node.config.server.mounts {
         router = admin_routes(mount, router)
             .route(&format!("{mount}/health"), get(health::health))
+            // The manufacturing-chat profile's troubleshooting call; the same figures as stats.
+            .route(&format!("{mount}/connection-stats"), get(stats::stats))
             .route(&format!("{mount}/rooms/{{room}}/messages"), get(history::messages))
             .route(&format!("{mount}/rooms/{{room}}/mark-read"), post(history::mark_read))
             .route(&format!("{mount}/search"), get(history::search))

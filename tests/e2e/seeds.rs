@@ -251,3 +251,23 @@ async fn dashboard_ingestion_has_its_own_key_independent_of_the_api_key() {
     let body: serde_json::Value = committed.json().await.expect("json");
     assert!(body["id"].is_number(), "{body}");
 }
+
+#[tokio::test]
+async fn chat_document_troubleshooting_calls_answer() {
+    let herald = Herald::start_with(
+        Options::toml(include_str!("../../examples/manufacturing-chat.toml"))
+            .env("JWT_SECRET_KEY", "chat-secret-0123456789"),
+    )
+    .await;
+    // `curl http://localhost:8000/ws/connection-stats` and `curl http://localhost:8000/ws/health`,
+    // as the document's troubleshooting section runs them: no key.
+    let http = reqwest::Client::new();
+    for path in ["/ws/connection-stats", "/ws/health"] {
+        let response = http.get(herald.url(path)).send().await.expect("get");
+        assert_eq!(response.status(), 200, "{path}");
+        let body: serde_json::Value = response.json().await.expect("json");
+        if path == "/ws/connection-stats" {
+            assert_eq!(body["total_connections"], 0, "{body}");
+        }
+    }
+}
