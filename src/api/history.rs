@@ -179,6 +179,7 @@ pub async fn rooms(State(node): State<Arc<Node>>, caller: Caller) -> Result<Resp
             }
             Ok(ok(json!({ "user_id": &*user.id, "count": rooms.len(), "rooms": rooms })))
         }
+        (None, true) if node.config.api.bare_room_list => Ok(bare_room_list(&node).await),
         (None, true) => Ok(super::admin::active_rooms(&node).await),
         (None, false) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -186,6 +187,34 @@ pub async fn rooms(State(node): State<Arc<Node>>, caller: Caller) -> Result<Resp
             "send a user token (Authorization: Bearer <jwt>) or the API key",
         )),
     }
+}
+
+/// The active rooms as a bare list: users and sheets from presence (connections when presence is
+/// off), the newest activity of a member.
+async fn bare_room_list(node: &Node) -> Response {
+    let mut counts: std::collections::BTreeMap<Arc<str>, usize> = std::collections::BTreeMap::new();
+    for shard in node.hub.ask(|shard| shard.room_counts()).await {
+        for (room, n) in shard {
+            *counts.entry(room).or_default() += n;
+        }
+    }
+    let mut rooms = Vec::with_capacity(counts.len());
+    for (room, connections) in counts {
+        let (users, sheets, last) = if node.config.presence.enabled {
+            let (members, sheets) = crate::presence::members(node, &room).await;
+            let last = members.iter().map(|m| m.last_seen.clone()).max();
+            (members.len(), sheets.len(), last)
+        } else {
+            (connections, 0, None)
+        };
+        rooms.push(json!({
+            "room_id": &*room,
+            "user_count": users,
+            "active_sheets_count": sheets,
+            "last_activity": last,
+        }));
+    }
+    axum::response::IntoResponse::into_response(axum::Json(Value::Array(rooms)))
 }
 
 /// `POST …/rooms/{room}/mark-read` with `{"message_ids":[…]}` or `{"up_to": id}`.

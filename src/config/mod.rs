@@ -275,6 +275,10 @@ pub struct ApiConfig {
     pub max_body_size: Option<usize>,
     /// Addresses or CIDR ranges allowed to call admin routes; empty: any (with the key).
     pub allowed_ips: Vec<String>,
+    /// `GET <mount>/rooms` with the API key answers a bare JSON list of rooms (`room_id`,
+    /// `user_count`, `active_sheets_count`, `last_activity`), as the spreadsheet profile's
+    /// clients read it, instead of Herald's `{"success":…,"rooms":[…]}`.
+    pub bare_room_list: bool,
 }
 
 /// The message-ingestion route (`POST /messages`, `GET /messages`): when it answers, and who may

@@ -502,6 +502,13 @@ pub async fn joined(node: &Node, room: &Arc<str>, who: &Who, connection: crate::
     if first_here && !present_elsewhere(node, room, &who.user_id).await {
         let _ = node.publish(room_target(room), joined_event(room, who), Some(connection)).await;
     }
+    if node.config.presence.room_state_to_room {
+        // The others hear the new state through the room; the joiner gets it as a reply, as
+        // below, so it never depends on when the room's subscription took effect.
+        let state = room_state(node, room).await;
+        let _ = node.publish(room_target(room), state.clone(), Some(connection)).await;
+        return Some(state);
+    }
     if !node.config.presence.room_state_on_join {
         return None;
     }
@@ -516,6 +523,9 @@ pub async fn left(node: &Node, room: &Arc<str>, who: &Who) {
     }
     if node.presence.leave(room, who) && !present_elsewhere(node, room, &who.user_id).await {
         let _ = node.publish(room_target(room), left_event(room, &who.user_id, who.username.as_deref()), None).await;
+        if node.config.presence.room_state_to_room {
+            let _ = node.publish(room_target(room), room_state(node, room).await, None).await;
+        }
     }
 }
 

@@ -16,9 +16,18 @@ async fn run_seed_script(
     script: &str,
     original_host: &str,
 ) -> (tokio::process::Child, tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) {
+    run_seed_script_with(herald, script, &[(original_host, &herald.addr.to_string())]).await
+}
+
+/// The same, with other replacements too (a token the document leaves as a placeholder).
+async fn run_seed_script_with(
+    herald: &Herald,
+    script: &str,
+    replacements: &[(&str, &str)],
+) -> (tokio::process::Child, tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) {
     let source =
         std::fs::read_to_string(format!("{}/tests/seeds/{script}", env!("CARGO_MANIFEST_DIR"))).expect("seed script");
-    let pointed = source.replace(original_host, &herald.addr.to_string());
+    let pointed = replacements.iter().fold(source, |text, (from, to)| text.replace(from, to));
     let path = herald.dir().join(script);
     std::fs::write(&path, pointed).expect("write script");
     let python = std::env::var("HERALD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
@@ -270,4 +279,92 @@ async fn chat_document_troubleshooting_calls_answer() {
             assert_eq!(body["total_connections"], 0, "{body}");
         }
     }
+}
+
+const SPREADSHEET_SECRET: &str = "spreadsheet-secret-0123456789";
+
+fn spreadsheet_token(user: &str) -> String {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 3600;
+    let claims = json!({"sub": user, "exp": exp, "username": user, "workspace_ids": ["123"]});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SPREADSHEET_SECRET.as_bytes()),
+    )
+    .expect("token")
+}
+
+async fn spreadsheet(redis: &RedisServer) -> Herald {
+    let herald = Herald::start_with(
+        Options::toml(include_str!("../../examples/spreadsheet.toml"))
+            .env("HERALD_REDIS_URL", &redis.url())
+            .env("HERALD_JWT_SECRET", SPREADSHEET_SECRET),
+    )
+    .await;
+    crate::redis::wait_redis_connected(&herald, true).await;
+    herald
+}
+
+#[tokio::test]
+async fn spreadsheet_document_integration_test_gets_pong_as_the_first_frame() {
+    let redis = RedisServer::start().await;
+    let herald = spreadsheet(&redis).await;
+    let token = spreadsheet_token("user_1");
+    let addr = herald.addr.to_string();
+    let (mut child, mut lines) = run_seed_script_with(
+        &herald,
+        "doc003_integration_test.py",
+        &[("localhost:8000", &addr), ("test_token", &token)],
+    )
+    .await;
+    expect_line(&mut lines, "test_websocket_endpoint passed").await;
+    assert!(child.wait().await.expect("python").success());
+}
+
+#[tokio::test]
+async fn spreadsheet_document_room_state_leave_notifications_and_rooms_list() {
+    let redis = RedisServer::start().await;
+    let herald = spreadsheet(&redis).await;
+    let mut alice = herald.connect_raw(&format!("/api/v1/ws?token={}", spreadsheet_token("user_1"))).await;
+    let mut bob = herald.connect_raw(&format!("/api/v1/ws?token={}", spreadsheet_token("user_2"))).await;
+    // Leaving a room the connection is not in.
+    let refused = alice.request(json!({"type": "leave_room", "room_id": "workspace_123"})).await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("ROOM_NOT_FOUND")),
+        "{refused}"
+    );
+    // Joining: the joiner gets the room's state.
+    assert_eq!(alice.request(json!({"type": "join_room", "room_id": "workspace_123"})).await["type"], "room_joined");
+    let state = alice.recv_type("room_state").await;
+    assert_eq!(state["total_users"], 1, "{state}");
+    // Another user joins: everyone in the room gets the new state.
+    assert_eq!(bob.request(json!({"type": "join_room", "room_id": "workspace_123"})).await["type"], "room_joined");
+    assert_eq!(bob.recv_type("room_state").await["total_users"], 2);
+    assert_eq!(alice.recv_type("room_state").await["total_users"], 2);
+    // The rooms list, bare, as the document's REST API gives it.
+    let (status, rooms) = herald.get("/api/v1/ws/rooms").await;
+    assert_eq!(status, 200);
+    let room = rooms.as_array().and_then(|a| a.first()).cloned().unwrap_or_else(|| panic!("a bare list: {rooms}"));
+    assert_eq!((room["room_id"].as_str(), room["user_count"].as_u64()), (Some("workspace_123"), Some(2)), "{rooms}");
+    assert!(room["active_sheets_count"].is_number() && room["last_activity"].is_string(), "{room}");
+    // A user leaves: the others get the new state.
+    assert_eq!(bob.request(json!({"type": "leave_room", "room_id": "workspace_123"})).await["type"], "room_left");
+    assert_eq!(alice.recv_type("room_state").await["total_users"], 1);
+    // A notification the application created itself: the read goes to the backend, and the
+    // user's connections hear of it.
+    alice.send_json(json!({"type": "notification_read", "notification_id": "notif_123"})).await;
+    let read = loop {
+        let next = alice.recv().await;
+        assert_ne!(next["type"], "error", "{next}");
+        if next["type"] == "notification_event" {
+            break next;
+        }
+    };
+    assert_eq!(
+        (read["event_type"].as_str(), read["notification_id"].as_str()),
+        (Some("notification_read"), Some("notif_123"))
+    );
+    let stream = redis.cli(&["XRANGE", "spreadsheet:requests", "-", "+"]).unwrap_or_default();
+    assert!(stream.contains("notif_123"), "the backend's stream holds the read: {stream}");
 }
