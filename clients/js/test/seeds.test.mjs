@@ -234,3 +234,30 @@ test("document 004's dashboard hook shows the stats after the document's test me
     await herald.stop();
   }
 });
+
+test("document 002's client prints the worker's job updates with their status", async () => {
+  const herald = await startHerald({ config: example('job-updates.toml') });
+  const out = capture();
+  // The snippet calls the application's updateJobStatus(jobId, status, data).
+  const updateJobStatus = (...args) => out.console.log('updateJobStatus', ...args);
+  const snippet = runSnippet('doc002_browser_client.js', [['localhost:8080', herald.addr]], { console: out.console, updateJobStatus });
+  try {
+    await out.waitFor((l) => l.args[0] === 'Connected to WebSocket server', 'Connected to WebSocket server');
+    await herald.waitForTotal('connections', (n) => n === 1);
+    // The worker's message as the document's "Redis Message Format" gives it, here over HTTP.
+    const worker = {
+      event: 'job_update',
+      job_id: '550e8400-e29b-41d4-a716-446655440000',
+      timestamp: 1699369800,
+      data: { job_id: '550e8400-e29b-41d4-a716-446655440000', status: 'processing', progress: 50 },
+    };
+    await herald.publish({ channel: 'jobs:updates', event: worker });
+    const line = `Job ${worker.job_id} status: processing`;
+    await out.waitFor((l) => l.args[0] === line, line);
+    const ui = await out.waitFor((l) => l.args[0] === 'updateJobStatus', 'updateJobStatus(...)');
+    assert.deepEqual(ui.args, ['updateJobStatus', worker.job_id, 'processing', worker.data]);
+  } finally {
+    snippet.close();
+    await herald.stop();
+  }
+});
