@@ -130,13 +130,24 @@ impl Node {
             }
             return published;
         }
+        for event in &events {
+            self.note_room_event(&event.target);
+        }
         let published = self.broker.publish_batch(self, events).await;
         self.stats.node.publishes.fetch_add(count, Ordering::Relaxed);
         published
     }
 
+    /// Counts an event sent to a room for the bare rooms list, when one is configured.
+    pub fn note_room_event(&self, target: &Target) {
+        if let (true, Some(room)) = (self.config.api.bare_room_list, &target.room) {
+            self.presence.activity.message(room, crate::store::now_ms());
+        }
+    }
+
     /// Publishes a prepared event.
     pub async fn publish_event(&self, event: Arc<Event>) -> Result<Published, PublishError> {
+        self.note_room_event(&event.target);
         let result = match self.history.stream_for(&event.target) {
             Some((stream, settings)) => crate::history::publish(self, event, stream, settings).await,
             None => self.broker.publish(self, event).await,

@@ -190,7 +190,7 @@ pub async fn rooms(State(node): State<Arc<Node>>, caller: Caller) -> Result<Resp
 }
 
 /// The active rooms as a bare list: users and sheets from presence (connections when presence is
-/// off), the newest activity of a member.
+/// off); events sent, last activity and users per hour as this node saw them.
 async fn bare_room_list(node: &Node) -> Response {
     let mut counts: std::collections::BTreeMap<Arc<str>, usize> = std::collections::BTreeMap::new();
     for shard in node.hub.ask(|shard| shard.room_counts()).await {
@@ -200,18 +200,20 @@ async fn bare_room_list(node: &Node) -> Response {
     }
     let mut rooms = Vec::with_capacity(counts.len());
     for (room, connections) in counts {
-        let (users, sheets, last) = if node.config.presence.enabled {
+        let (users, sheets) = if node.config.presence.enabled {
             let (members, sheets) = crate::presence::members(node, &room).await;
-            let last = members.iter().map(|m| m.last_seen.clone()).max();
-            (members.len(), sheets.len(), last)
+            (members.len(), sheets.len())
         } else {
-            (connections, 0, None)
+            (connections, 0)
         };
+        let activity = node.presence.activity.summary(&room, now_ms());
         rooms.push(json!({
             "room_id": &*room,
             "user_count": users,
             "active_sheets_count": sheets,
-            "last_activity": last,
+            "last_activity": activity.as_ref().map(|a| crate::protocol::outbound::rfc3339_ms(a.last_activity)),
+            "messages_sent": activity.as_ref().map_or(0, |a| a.messages_sent),
+            "avg_users_per_hour": activity.as_ref().map_or(0.0, |a| a.avg_users_per_hour),
         }));
     }
     axum::response::IntoResponse::into_response(axum::Json(Value::Array(rooms)))

@@ -276,8 +276,9 @@ pub struct ApiConfig {
     /// Addresses or CIDR ranges allowed to call admin routes; empty: any (with the key).
     pub allowed_ips: Vec<String>,
     /// `GET <mount>/rooms` with the API key answers a bare JSON list of rooms (`room_id`,
-    /// `user_count`, `active_sheets_count`, `last_activity`), as the spreadsheet profile's
-    /// clients read it, instead of Herald's `{"success":…,"rooms":[…]}`.
+    /// `user_count`, `active_sheets_count`, `last_activity`, `messages_sent`,
+    /// `avg_users_per_hour`), as the spreadsheet profile's clients read it, instead of Herald's
+    /// `{"success":…,"rooms":[…]}`. Turning it on also records per-room activity.
     pub bare_room_list: bool,
 }
 

@@ -348,6 +348,9 @@ async fn spreadsheet_document_room_state_leave_notifications_and_rooms_list() {
     let room = rooms.as_array().and_then(|a| a.first()).cloned().unwrap_or_else(|| panic!("a bare list: {rooms}"));
     assert_eq!((room["room_id"].as_str(), room["user_count"].as_u64()), (Some("workspace_123"), Some(2)), "{rooms}");
     assert!(room["active_sheets_count"].is_number() && room["last_activity"].is_string(), "{room}");
+    // Two room_state and one user_joined went to the room; two users joined within the hour.
+    assert!(room["messages_sent"].as_u64().is_some_and(|n| n >= 3), "{room}");
+    assert_eq!(room["avg_users_per_hour"], 2.0, "{room}");
     // A user leaves: the others get the new state.
     assert_eq!(bob.request(json!({"type": "leave_room", "room_id": "workspace_123"})).await["type"], "room_left");
     assert_eq!(alice.recv_type("room_state").await["total_users"], 1);
