@@ -102,9 +102,11 @@ impl FromRequestParts<Arc<Node>> for Ingestor {
                 ));
             }
         }
-        if let (IngestAccess::Key, Some(key)) = (config.access, &config.key) {
+        if config.access == IngestAccess::Key {
+            // Validation requires the key with this mode; without one nothing matches.
+            let key = config.key.as_deref().unwrap_or_default();
             let given = super::presented_key(&parts.headers);
-            if !given.is_some_and(|given| bool::from(key.as_bytes().ct_eq(given.as_bytes()))) {
+            if key.is_empty() || !given.is_some_and(|given| bool::from(key.as_bytes().ct_eq(given.as_bytes()))) {
                 let who = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string());
                 crate::audit::authentication_failed(&who.unwrap_or_default(), parts.uri.path(), "invalid ingest key");
                 return Err(ApiError::new(

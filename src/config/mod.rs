@@ -838,6 +838,34 @@ mod tests {
     }
 
     #[test]
+    fn ingest_and_shape_problems_name_their_keys() {
+        let mut config = Config::default();
+        config.ingest.access = IngestAccess::Key;
+        config.ingest.allowed_ips = vec!["not-an-address".into()];
+        let shape = ShapeConfig {
+            kind: Some(String::new()),
+            copy: [("status".to_string(), ShapePaths::One("data..status".into()))].into(),
+            ..Default::default()
+        };
+        config.channels.push(ChannelConfig { name: "jobs".into(), shape: Some(shape), ..Default::default() });
+        let err = config.validate().unwrap_err().to_string();
+        for key in ["ingest.key", "ingest.allowed_ips[0]", "channels[0].shape.type", "channels[0].shape.copy.status"] {
+            assert!(err.contains(key), "{key} missing from:\n{err}");
+        }
+        // Every example configuration validates.
+        for example in [
+            include_str!("../../examples/job-updates.toml"),
+            include_str!("../../examples/message-dashboard.toml"),
+            include_str!("../../examples/spreadsheet.toml"),
+        ] {
+            let mut config: Config = toml::from_str(example).unwrap();
+            // The secret comes from the environment in the spreadsheet profile.
+            config.auth.jwt_secret.get_or_insert_with(|| "a-secret-from-the-environment".into());
+            config.validate().unwrap();
+        }
+    }
+
+    #[test]
     fn idle_timeout_must_cover_heartbeats() {
         let mut config = Config::default();
         config.websocket.idle_timeout = Duration::from_secs(5);
