@@ -371,3 +371,20 @@ async fn spreadsheet_document_room_state_leave_notifications_and_rooms_list() {
     let stream = redis.cli(&["XRANGE", "spreadsheet:requests", "-", "+"]).unwrap_or_default();
     assert!(stream.contains("notif_123"), "the backend's stream holds the read: {stream}");
 }
+
+#[tokio::test]
+async fn dashboard_ingestion_refuses_addresses_outside_its_allowed_list() {
+    let herald = Herald::start_with(
+        Options::toml(include_str!("../../examples/message-dashboard.toml"))
+            .env("HERALD_INGEST__ALLOWED_IPS", "[\"10.0.0.0/8\"]"),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let one = json!({"user_id": 1, "channel_id": 1, "content": "Test 1"});
+    let response = http.post(herald.url("/messages")).json(&one).send().await.expect("post");
+    assert_eq!(response.status(), 403, "loopback is not in 10.0.0.0/8");
+    // The API key does not open it either: the route has its own protection.
+    let response =
+        http.post(herald.url("/messages")).bearer_auth(crate::common::API_KEY).json(&one).send().await.expect("post");
+    assert_eq!(response.status(), 403);
+}
