@@ -68,7 +68,7 @@ pub enum PublishError {
 
 impl Node {
     /// Resolves where an event goes and serializes it, applying the channel's rules (default
-    /// `type`, broadcast to everyone).
+    /// `type`, broadcast to everyone, shape). This runs once per event, before the fan-out.
     pub fn prepare(&self, mut target: Target, event: Value) -> Result<(Target, Bytes), EventError> {
         let Value::Object(event) = event else {
             return Err(EventError::NotAnObject);
@@ -85,7 +85,11 @@ impl Node {
         if rule.is_some_and(|r| r.broadcast) {
             target.broadcast = true;
         }
-        Ok((target, prepare_payload(event, rule.and_then(|r| r.default_type.as_deref()))))
+        let (event, kind) = match rule.and_then(|r| r.shape.as_deref()) {
+            Some(shape) => (shape.apply(event), shape.kind().or(rule.and_then(|r| r.default_type.as_deref()))),
+            None => (event, rule.and_then(|r| r.default_type.as_deref())),
+        };
+        Ok((target, prepare_payload(event, kind)))
     }
 
     /// Validates and publishes an event to every node.
@@ -126,13 +130,24 @@ impl Node {
             }
             return published;
         }
+        for event in &events {
+            self.note_room_event(&event.target);
+        }
         let published = self.broker.publish_batch(self, events).await;
         self.stats.node.publishes.fetch_add(count, Ordering::Relaxed);
         published
     }
 
+    /// Counts an event sent to a room for the bare rooms list, when one is configured.
+    pub fn note_room_event(&self, target: &Target) {
+        if let (true, Some(room)) = (self.config.api.bare_room_list, &target.room) {
+            self.presence.activity.message(room, crate::store::now_ms());
+        }
+    }
+
     /// Publishes a prepared event.
     pub async fn publish_event(&self, event: Arc<Event>) -> Result<Published, PublishError> {
+        self.note_room_event(&event.target);
         let result = match self.history.stream_for(&event.target) {
             Some((stream, settings)) => crate::history::publish(self, event, stream, settings).await,
             None => self.broker.publish(self, event).await,

@@ -98,6 +98,9 @@ pub struct Sample {
     pub slow_consumer_disconnects: u64,
     /// Messages persisted per second.
     pub stored_per_second: f64,
+    /// Messages persisted per second over the last 10 seconds (the dashboard profile's
+    /// `current_rps`), so a burst stays visible for the window instead of one second.
+    pub stored_per_second_10s: f64,
     /// Persistence writer queue depth.
     pub writer_queue_depth: u64,
 }
@@ -154,6 +157,8 @@ pub struct Totals {
 }
 
 const HISTORY: usize = 600;
+/// Samples (seconds) averaged for the 10-second persistence rate.
+const RATE_WINDOW: usize = 10;
 
 /// All of a node's counters.
 #[derive(Debug)]
@@ -235,12 +240,19 @@ impl Stats {
                 queued_frames: totals.queued_frames,
                 slow_consumer_disconnects: totals.slow_consumer_disconnects,
                 stored_per_second: rate(totals.stored_messages, before.stored_messages),
+                stored_per_second_10s: 0.0,
                 writer_queue_depth: totals.writer_queue_depth,
             };
             if history.samples.len() == HISTORY {
                 history.samples.pop_front();
             }
             history.samples.push_back(sample);
+            let window: Vec<f64> =
+                history.samples.iter().rev().take(RATE_WINDOW).map(|s| s.stored_per_second).collect();
+            let average = window.iter().sum::<f64>() / window.len() as f64;
+            if let Some(last) = history.samples.back_mut() {
+                last.stored_per_second_10s = (average * 100.0).round() / 100.0;
+            }
         }
         history.last = Some((now, totals));
     }
@@ -271,6 +283,18 @@ pub fn unix_millis() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ten_second_rate_outlives_a_burst() {
+        let stats = Stats::new(1);
+        stats.sample();
+        stats.node.stored_messages.fetch_add(100, Relaxed);
+        stats.sample();
+        stats.sample();
+        let latest = stats.latest();
+        assert_eq!(latest.stored_per_second, 0.0, "the per-second rate is back to 0");
+        assert!(latest.stored_per_second_10s > 0.0, "the 10-second window still shows the burst");
+    }
 
     #[test]
     fn totals_sum_shards_and_samples_compute_rates() {

@@ -189,6 +189,7 @@ pub async fn rooms(
             fields.insert("rooms".into(), rooms.into());
             Ok(ok(Value::Object(fields)))
         }
+        (None, true) if node.config.api.bare_room_list => Ok(bare_room_list(&node, &page).await),
         (None, true) => Ok(super::admin::active_rooms(&node, &page).await),
         (None, false) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -196,6 +197,39 @@ pub async fn rooms(
             "send a user token (Authorization: Bearer <jwt>) or the API key",
         )),
     }
+}
+
+/// The active rooms as a bare list: users and sheets from presence (connections when presence is
+/// off); events sent, last activity and users per hour as this node saw them.
+async fn bare_room_list(node: &Node, page: &super::admin::ListQuery) -> Response {
+    let mut counts: std::collections::BTreeMap<Arc<str>, usize> = std::collections::BTreeMap::new();
+    for shard in node.hub.ask(|shard| shard.room_counts()).await {
+        for (room, n) in shard {
+            *counts.entry(room).or_default() += n;
+        }
+    }
+    // The profile's shape is a bare array, so paging shows only in which rows it holds; the
+    // per-room presence look-ups below run for that page alone.
+    let (limit, offset) = page.bounds();
+    let mut rooms = Vec::with_capacity(counts.len().min(limit));
+    for (room, connections) in counts.into_iter().skip(offset).take(limit) {
+        let (users, sheets) = if node.config.presence.enabled {
+            let (members, sheets) = crate::presence::members(node, &room).await;
+            (members.len(), sheets.len())
+        } else {
+            (connections, 0)
+        };
+        let activity = node.presence.activity.summary(&room, now_ms());
+        rooms.push(json!({
+            "room_id": &*room,
+            "user_count": users,
+            "active_sheets_count": sheets,
+            "last_activity": activity.as_ref().map(|a| crate::protocol::outbound::rfc3339_ms(a.last_activity)),
+            "messages_sent": activity.as_ref().map_or(0, |a| a.messages_sent),
+            "avg_users_per_hour": activity.as_ref().map_or(0.0, |a| a.avg_users_per_hour),
+        }));
+    }
+    axum::response::IntoResponse::into_response(axum::Json(Value::Array(rooms)))
 }
 
 /// `POST …/rooms/{room}/mark-read` with `{"message_ids":[…]}` or `{"up_to": id}`.

@@ -1,19 +1,25 @@
 //! The dashboard document's ingestion API: `POST /messages` with `user_id`, `channel_id`,
 //! `content` (one object, an array, or `{"messages": […]}`), stored through the batching writer
 //! and delivered to the channel's subscribers; `GET /messages` for the newest ones.
+//!
+//! The route answers `202` once the messages are queued (`ingest.wait_for_commit` makes it wait
+//! for the commit and answer `201` with the ids), and is protected by `[ingest]`, not `api.key`.
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
-use axum::response::Response;
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::StatusCode;
+use http::request::Parts;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
 
 use super::history::{store_api_error, store_one};
 use super::publish::IdValue;
 use super::{Admin, ApiError, created, ok, parse_body};
+use crate::config::IngestAccess;
 use crate::node::Node;
 use crate::store::{MessageType, NewMessage, Page, now_ms};
 
@@ -71,10 +77,69 @@ fn to_message(node: &Node, incoming: Incoming) -> Result<NewMessage, ApiError> {
     })
 }
 
-/// `POST /messages`: answered once every message is durable (201), or with the first error.
-/// Either every message of a request is valid and queued, or none is.
-pub async fn post(State(node): State<Arc<Node>>, _admin: Admin, body: Bytes) -> Result<Response, ApiError> {
+/// A caller `[ingest]` lets use the ingestion route.
+pub struct Ingestor;
+
+impl FromRequestParts<Arc<Node>> for Ingestor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        let config = &node.config.ingest;
+        if config.access == IngestAccess::Api {
+            Admin::from_request_parts(parts, node).await?;
+            return Ok(Ingestor);
+        }
+        if !config.allowed_ips.is_empty() {
+            let peer = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+            let client = peer.map(|ip| crate::transport::upgrade::client_ip(&node.config, ip, &parts.headers));
+            let nets: Vec<ipnet::IpNet> =
+                config.allowed_ips.iter().filter_map(|a| crate::config::parse_net(a)).collect();
+            if !client.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "PERMISSION_DENIED",
+                    "this address may not use the ingestion API (ingest.allowed_ips)",
+                ));
+            }
+        }
+        if config.access == IngestAccess::Key {
+            // Validation requires the key with this mode; without one nothing matches.
+            let key = config.key.as_deref().unwrap_or_default();
+            let given = super::presented_key(&parts.headers);
+            if key.is_empty() || !given.is_some_and(|given| bool::from(key.as_bytes().ct_eq(given.as_bytes()))) {
+                let who = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string());
+                crate::audit::authentication_failed(&who.unwrap_or_default(), parts.uri.path(), "invalid ingest key");
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "AUTHENTICATION_FAILED",
+                    "this route needs the ingestion key: Authorization: Bearer <key>",
+                ));
+            }
+        }
+        Ok(Ingestor)
+    }
+}
+
+/// `POST /messages`: answered `202` once every message is queued, or (with
+/// `ingest.wait_for_commit`) `201` once every message is durable; otherwise the first error.
+/// Either every message of a request is valid and queued, or none is; a full queue is refused
+/// with `503` at once.
+pub async fn post(State(node): State<Arc<Node>>, _caller: Ingestor, body: Bytes) -> Result<Response, ApiError> {
     let body: Body = parse_body(&body)?;
+    if !node.config.ingest.wait_for_commit {
+        let batch = match body {
+            Body::One(one) => vec![one],
+            Body::Many(many) | Body::Wrapped { messages: many } => many,
+        };
+        if batch.is_empty() || batch.len() > MAX_BATCH {
+            return Err(ApiError::bad_request("INVALID_MESSAGE", format!("a batch holds 1 to {MAX_BATCH} messages")));
+        }
+        let messages = batch.into_iter().map(|m| to_message(&node, m)).collect::<Result<Vec<_>, _>>()?;
+        let count = messages.len();
+        node.writer.enqueue(messages).map_err(store_api_error)?;
+        let body = json!({ "success": true, "status": "queued", "count": count });
+        return Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response());
+    }
     let batch = match body {
         Body::One(one) => {
             let stored = store_one(&node, to_message(&node, one)?).await?;
@@ -111,7 +176,7 @@ pub struct RecentQuery {
 /// `GET /messages`: the newest messages of a channel (`channel_id`), newest last.
 pub async fn recent(
     State(node): State<Arc<Node>>,
-    _admin: Admin,
+    _caller: Ingestor,
     Query(query): Query<RecentQuery>,
 ) -> Result<Response, ApiError> {
     let limit = query.limit.unwrap_or(50);

@@ -88,13 +88,7 @@ impl FromRequestParts<Arc<Node>> for Admin {
             }
         }
         let admin = Admin { peer: client.map(|ip| ip.to_string()).unwrap_or_default() };
-        let presented = parts
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .or_else(|| parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()))
-            .map(str::trim);
+        let presented = presented_key(&parts.headers);
         match (&node.config.api.key, presented) {
             (Some(key), Some(given)) if bool::from(key.as_bytes().ct_eq(given.as_bytes())) => Ok(admin),
             (Some(_), Some(_)) => {
@@ -119,6 +113,16 @@ impl FromRequestParts<Arc<Node>> for Admin {
             }
         }
     }
+}
+
+/// The key a request presents: `Authorization: Bearer <key>` or `X-API-Key`.
+pub(crate) fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim)
 }
 
 /// Parses a JSON request body, refusing with a clear 400.
@@ -171,6 +175,8 @@ pub fn router(node: Arc<Node>) -> Router {
     for mount in &node.config.server.mounts {
         router = admin_routes(mount, router)
             .route(&format!("{mount}/health"), get(health::health))
+            // The manufacturing-chat profile's troubleshooting call; the same figures as stats.
+            .route(&format!("{mount}/connection-stats"), get(stats::stats))
             .route(&format!("{mount}/rooms/{{room}}/messages"), get(history::messages))
             .route(&format!("{mount}/rooms/{{room}}/mark-read"), post(history::mark_read))
             .route(&format!("{mount}/search"), get(history::search))

@@ -129,8 +129,8 @@ pub fn stream_frame(node: &Node) -> Value {
     let mut frame = json!({
         "type": "stats",
         "total_messages": totals.stored_messages,
-        "current_rps": latest.stored_per_second,
-        "messages_per_second": latest.stored_per_second,
+        "current_rps": latest.stored_per_second_10s,
+        "messages_per_second": latest.stored_per_second_10s,
         "queue_depth": totals.writer_queue_depth,
         "queue_length": totals.writer_queue_depth,
         "total_batches": totals.stored_batches,

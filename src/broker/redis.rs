@@ -913,6 +913,7 @@ async fn ingest(node: &Arc<Node>, broker: &RedisBroker, redis_channel: &str, pay
     };
     match node.prepare(target, value) {
         Ok((target, payload)) => {
+            node.note_room_event(&target);
             if let Some((stream, settings)) = node.history.stream_for(&target) {
                 // Every node receives the publisher's message; only the stream's owner gives it
                 // a seq and republishes it to the nodes, so each event is sequenced once.

@@ -16,6 +16,9 @@ pub struct PresenceConfig {
     pub enabled: bool,
     /// Send `room_state` to a connection that joins a room.
     pub room_state_on_join: bool,
+    /// Send `room_state` to the whole room whenever a connection joins it and whenever a user
+    /// leaves it (the spreadsheet profile), instead of to the joining connection only.
+    pub room_state_to_room: bool,
     /// A typing state with no stop is announced as stopped after this long.
     #[serde(with = "duration")]
     pub typing_timeout: Duration,
@@ -35,6 +38,7 @@ impl Default for PresenceConfig {
         Self {
             enabled: false,
             room_state_on_join: true,
+            room_state_to_room: false,
             typing_timeout: Duration::from_secs(5),
             cursor_interval: Duration::from_millis(50),
             status_events: vec!["user_status_changed".into(), "presence_update".into()],

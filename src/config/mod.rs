@@ -43,6 +43,8 @@ pub struct Config {
     pub channels: Vec<ChannelConfig>,
     /// The HTTP API for backends.
     pub api: ApiConfig,
+    /// The message-ingestion route `POST /messages` (and `GET /messages`).
+    pub ingest: IngestConfig,
     /// Connection and message limits.
     pub limits: LimitsConfig,
     /// Token verification.
@@ -218,6 +220,47 @@ pub struct ChannelConfig {
     pub default_type: Option<String>,
     /// Deliver every event of this channel to every connection of the node, subscribed or not.
     pub broadcast: bool,
+    /// Reshape every event of this channel once, before it fans out (`[channels.shape]`).
+    pub shape: Option<ShapeConfig>,
+}
+
+/// How a channel's events are reshaped before delivery, in this order: `rename`, `copy`, `lift`,
+/// `drop`, then `type`. Paths are dot-separated object keys (`data.status`); a list of paths takes
+/// the first one present, and a field whose paths are all absent is left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShapeConfig {
+    /// The `type` every event gets, replacing the publisher's (unlike `default_type`).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Top-level fields renamed: `{ old = "new" }`.
+    pub rename: std::collections::BTreeMap<String, String>,
+    /// Top-level fields set to a copy of the value at a path: `{ status = ["status", "data.status"] }`.
+    pub copy: std::collections::BTreeMap<String, ShapePaths>,
+    /// The same as `copy`, but the value is removed from where it was found.
+    pub lift: std::collections::BTreeMap<String, ShapePaths>,
+    /// Top-level fields removed (routing fields such as `event`, `room`, `user_id`).
+    pub drop: Vec<String>,
+}
+
+/// One path or a list of paths tried in order.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ShapePaths {
+    /// `"data.status"`.
+    One(String),
+    /// `["status", "data.status"]`: the first present.
+    Any(Vec<String>),
+}
+
+impl ShapePaths {
+    /// The paths, in the order they are tried.
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            ShapePaths::One(path) => std::slice::from_ref(path),
+            ShapePaths::Any(paths) => paths,
+        }
+    }
 }
 
 /// The HTTP API for backends and operators.
@@ -232,6 +275,42 @@ pub struct ApiConfig {
     pub max_body_size: Option<usize>,
     /// Addresses or CIDR ranges allowed to call admin routes; empty: any (with the key).
     pub allowed_ips: Vec<String>,
+    /// `GET <mount>/rooms` with the API key answers a bare JSON list of rooms (`room_id`,
+    /// `user_count`, `active_sheets_count`, `last_activity`, `messages_sent`,
+    /// `avg_users_per_hour`), as the spreadsheet profile's clients read it, instead of Herald's
+    /// `{"success":…,"rooms":[…]}`. Turning it on also records per-room activity.
+    pub bare_room_list: bool,
+}
+
+/// The message-ingestion route (`POST /messages`, `GET /messages`): when it answers, and who may
+/// call it, independently of the admin API.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Answer `201` only once the messages are committed, instead of `202` as soon as they are
+    /// queued for the batching writer. A full queue is refused with `503` either way.
+    pub wait_for_commit: bool,
+    /// Who may call the route.
+    pub access: IngestAccess,
+    /// The route's own bearer key, for `access = "key"`.
+    #[serde(deserialize_with = "text::opt_string")]
+    pub key: Option<String>,
+    /// Addresses or CIDR ranges allowed to call the route (with `access` `open` or `key`);
+    /// empty: any.
+    pub allowed_ips: Vec<String>,
+}
+
+/// Who may call the ingestion route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IngestAccess {
+    /// As the admin API: `api.key` (or loopback without one) and `api.allowed_ips`.
+    #[default]
+    Api,
+    /// The route's own `ingest.key`.
+    Key,
+    /// No key; only `ingest.allowed_ips`, when set, restricts callers.
+    Open,
 }
 
 /// Connection and message limits. 0 disables a cap.
@@ -557,6 +636,28 @@ impl Config {
             if channel.default_type.as_deref() == Some("") {
                 problem(format!("channels[{i}].default_type"), "must not be empty");
             }
+            if let Some(shape) = &channel.shape {
+                let key = format!("channels[{i}].shape");
+                if shape.kind.as_deref() == Some("") {
+                    problem(format!("{key}.type"), "must not be empty");
+                }
+                let bad_path = |p: &String| p.split('.').any(str::is_empty);
+                for (what, fields) in [("copy", &shape.copy), ("lift", &shape.lift)] {
+                    for (field, paths) in fields {
+                        if field.is_empty() || paths.as_slice().is_empty() || paths.as_slice().iter().any(bad_path) {
+                            problem(
+                                format!("{key}.{what}.{field}"),
+                                "must name a field and one or more dot-separated paths such as \"data.status\"",
+                            );
+                        }
+                    }
+                }
+                if shape.rename.iter().any(|(from, to)| from.is_empty() || to.is_empty())
+                    || shape.drop.iter().any(String::is_empty)
+                {
+                    problem(key, "rename and drop need non-empty field names");
+                }
+            }
         }
         self.validate_streams(&mut problem);
         if let Some(key) = &self.api.key
@@ -734,6 +835,34 @@ mod tests {
         config.websocket.idle_timeout = MAX_DURATION;
         config.validate().unwrap();
         std::time::Instant::now().checked_add(MAX_DURATION).expect("the clock holds MAX_DURATION");
+    }
+
+    #[test]
+    fn ingest_and_shape_problems_name_their_keys() {
+        let mut config = Config::default();
+        config.ingest.access = IngestAccess::Key;
+        config.ingest.allowed_ips = vec!["not-an-address".into()];
+        let shape = ShapeConfig {
+            kind: Some(String::new()),
+            copy: [("status".to_string(), ShapePaths::One("data..status".into()))].into(),
+            ..Default::default()
+        };
+        config.channels.push(ChannelConfig { name: "jobs".into(), shape: Some(shape), ..Default::default() });
+        let err = config.validate().unwrap_err().to_string();
+        for key in ["ingest.key", "ingest.allowed_ips[0]", "channels[0].shape.type", "channels[0].shape.copy.status"] {
+            assert!(err.contains(key), "{key} missing from:\n{err}");
+        }
+        // Every example configuration validates.
+        for example in [
+            include_str!("../../examples/job-updates.toml"),
+            include_str!("../../examples/message-dashboard.toml"),
+            include_str!("../../examples/spreadsheet.toml"),
+        ] {
+            let mut config: Config = toml::from_str(example).unwrap();
+            // The secret comes from the environment in the spreadsheet profile.
+            config.auth.jwt_secret.get_or_insert_with(|| "a-secret-from-the-environment".into());
+            config.validate().unwrap();
+        }
     }
 
     #[test]

@@ -344,14 +344,23 @@ impl super::Config {
                 );
             }
         }
-        for (key, list) in
-            [("server.trusted_proxies", &self.server.trusted_proxies), ("api.allowed_ips", &self.api.allowed_ips)]
-        {
+        for (key, list) in [
+            ("server.trusted_proxies", &self.server.trusted_proxies),
+            ("api.allowed_ips", &self.api.allowed_ips),
+            ("ingest.allowed_ips", &self.ingest.allowed_ips),
+        ] {
             for (i, entry) in list.iter().enumerate() {
                 if parse_net(entry).is_none() {
                     problem(format!("{key}[{i}]"), "must be an IP address or a CIDR range such as 10.0.0.0/8");
                 }
             }
+        }
+        match (&self.ingest.access, &self.ingest.key) {
+            (super::IngestAccess::Key, None) => {
+                problem("ingest.key".into(), "is required with ingest.access = \"key\"")
+            }
+            (_, Some(key)) if key.len() < 8 => problem("ingest.key".into(), "must be at least 8 characters"),
+            _ => {}
         }
         if (self.limits.messages_per_minute > 0 || self.limits.messages_per_hour > 0)
             && self.limits.block_duration.is_zero()

@@ -8,6 +8,7 @@
 pub mod event;
 pub(crate) mod index;
 pub mod rules;
+pub mod shape;
 pub mod shard;
 
 use std::collections::HashMap;

@@ -1,6 +1,7 @@
 //! Per-channel routing behaviour from the `[[channels]]` configuration.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::config::ChannelConfig;
 
@@ -11,6 +12,8 @@ pub struct ChannelRule {
     pub default_type: Option<String>,
     /// Deliver to every connection, subscribed or not.
     pub broadcast: bool,
+    /// How its events are reshaped before the fan-out.
+    pub shape: Option<Arc<super::shape::Shape>>,
 }
 
 /// Channel rules compiled for lookup: exact names first, then the longest matching prefix pattern.
@@ -25,7 +28,11 @@ impl ChannelRules {
     pub fn new(configs: &[ChannelConfig]) -> Self {
         let mut rules = ChannelRules::default();
         for config in configs {
-            let rule = ChannelRule { default_type: config.default_type.clone(), broadcast: config.broadcast };
+            let rule = ChannelRule {
+                default_type: config.default_type.clone(),
+                broadcast: config.broadcast,
+                shape: config.shape.as_ref().map(|s| Arc::new(super::shape::Shape::new(s))),
+            };
             match config.name.strip_suffix('*') {
                 Some(prefix) => rules.prefixes.push((prefix.to_string(), rule)),
                 None => {
@@ -50,7 +57,7 @@ mod tests {
     use super::*;
 
     fn cfg(name: &str, kind: &str) -> ChannelConfig {
-        ChannelConfig { name: name.into(), default_type: Some(kind.into()), broadcast: false }
+        ChannelConfig { name: name.into(), default_type: Some(kind.into()), ..Default::default() }
     }
 
     #[test]

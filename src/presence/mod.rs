@@ -10,6 +10,7 @@
 //! sweeps the rooms its own clients are in, removes the dead node's fields and announces the
 //! departures to its own clients, so each client hears of it once.
 
+pub mod activity;
 pub mod cells;
 
 use std::collections::{HashMap, HashSet};
@@ -134,6 +135,8 @@ pub struct Who {
 
 /// The presence service of a node.
 pub struct Presence {
+    /// Per-room activity for the bare rooms list.
+    pub activity: activity::RoomActivity,
     local: Mutex<Local>,
     dirty: mpsc::UnboundedSender<Dirty>,
     dirty_rx: Mutex<Option<mpsc::UnboundedReceiver<Dirty>>>,
@@ -157,7 +160,12 @@ impl Presence {
     /// An empty presence service.
     pub fn new() -> Presence {
         let (tx, rx) = mpsc::unbounded_channel();
-        Presence { local: Mutex::new(Local::default()), dirty: tx, dirty_rx: Mutex::new(Some(rx)) }
+        Presence {
+            activity: activity::RoomActivity::default(),
+            local: Mutex::new(Local::default()),
+            dirty: tx,
+            dirty_rx: Mutex::new(Some(rx)),
+        }
     }
 
     fn mark(&self, dirty: Dirty) {
@@ -499,8 +507,18 @@ pub async fn joined(node: &Node, room: &Arc<str>, who: &Who, connection: crate::
         return None;
     }
     let first_here = node.presence.join(room, who);
+    if node.config.api.bare_room_list {
+        node.presence.activity.joined(room, &who.user_id, crate::store::now_ms());
+    }
     if first_here && !present_elsewhere(node, room, &who.user_id).await {
         let _ = node.publish(room_target(room), joined_event(room, who), Some(connection)).await;
+    }
+    if node.config.presence.room_state_to_room {
+        // The others hear the new state through the room; the joiner gets it as a reply, as
+        // below, so it never depends on when the room's subscription took effect.
+        let state = room_state(node, room).await;
+        let _ = node.publish(room_target(room), state.clone(), Some(connection)).await;
+        return Some(state);
     }
     if !node.config.presence.room_state_on_join {
         return None;
@@ -516,6 +534,9 @@ pub async fn left(node: &Node, room: &Arc<str>, who: &Who) {
     }
     if node.presence.leave(room, who) && !present_elsewhere(node, room, &who.user_id).await {
         let _ = node.publish(room_target(room), left_event(room, &who.user_id, who.username.as_deref()), None).await;
+        if node.config.presence.room_state_to_room {
+            let _ = node.publish(room_target(room), room_state(node, room).await, None).await;
+        }
     }
 }
 

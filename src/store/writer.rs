@@ -69,6 +69,24 @@ impl Writer {
         }
     }
 
+    /// Queues messages without waiting for their commit: all of them, or none when the queue
+    /// has no room for all at once (refused at once, never waited for).
+    pub fn enqueue(&self, messages: Vec<NewMessage>) -> Result<(), StoreError> {
+        let permits = match self.tx.try_reserve_many(messages.len()) {
+            Ok(permits) => permits,
+            Err(mpsc::error::TrySendError::Full(())) => {
+                return Err(StoreError::Unavailable("the write queue is full; try again".into()));
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                return Err(StoreError::Unavailable("the writer has stopped".into()));
+            }
+        };
+        for (permit, message) in permits.zip(messages) {
+            permit.send(Job::Message { message, ack: None });
+        }
+        Ok(())
+    }
+
     /// Records that a user joined a room (for "my rooms"); dropped rather than waited for when
     /// the queue is full, since the next message in the room records it too.
     pub fn record_member(&self, room: &str, user_id: &str, at: i64) {

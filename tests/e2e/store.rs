@@ -533,8 +533,13 @@ async fn acknowledged_messages_survive_kill_9(db: Db) {
 
 async fn ingestion_api_under_load_and_the_stats_stream(db: Db) {
     // The dashboard document's worker: 50 rows or 2 seconds.
-    let herald =
-        Herald::start_with(Options::toml(&config(&db, "batch_linger = \"2s\"")).env("HERALD_AUTH__MODE", "off")).await;
+    // Waiting for the commit (ingest.wait_for_commit) is what answers with the ids.
+    let herald = Herald::start_with(
+        Options::toml(&config(&db, "batch_linger = \"2s\""))
+            .env("HERALD_AUTH__MODE", "off")
+            .env("HERALD_INGEST__WAIT_FOR_COMMIT", "true"),
+    )
+    .await;
     let mut subscriber = herald.connect_raw("/ws?channels=1").await;
     subscriber.recv().await;
     let mut stream = herald.connect_raw("/ws/stats").await;

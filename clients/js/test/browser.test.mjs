@@ -218,6 +218,12 @@ describe('in Chromium', () => {
       assert.deepEqual(data.args, ['Data:', { success: true }]);
       const ui = await output.waitFor(startsWith('updateJobStatus'), 'updateJobStatus(...)');
       assert.deepEqual(ui.args, ['updateJobStatus', 'test-123', 'completed', { success: true }]);
+      // The worker's own message ("Redis Message Format"): the channel's shape lifts the status.
+      await herald.publish({
+        channel: 'jobs:updates',
+        event: { event: 'job_update', job_id: 'job-9', timestamp: 1699369800, data: { job_id: 'job-9', status: 'processing', progress: 50 } },
+      });
+      await output.waitFor((l) => l.args[0] === 'Job job-9 status: processing', 'Job job-9 status: processing');
       assert.deepEqual(output.errors, []);
     } finally {
       await page.close();

@@ -64,7 +64,8 @@ pub(crate) async fn subscribe(
 }
 
 /// `{"type":"notification_read","notification_id":…}`: marks it read and tells every connection
-/// of the user, on every node.
+/// of the user, on every node. An id Herald does not store is refused, or handed to the backend
+/// when `notification_read` is in `upstream.types`.
 pub(crate) async fn read(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), ProtocolError> {
     let user = user_of(session, "notification_read")?;
     let id = message
@@ -73,7 +74,16 @@ pub(crate) async fn read(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inb
     let node = shard.node();
     let at = now_ms();
     if !node.store.read_notification(&user, &id, at).await.map_err(store_error)? {
-        return Err(ProtocolError::new(ErrorCode::InvalidMessage, format!("no notification {id:?} for this user")));
+        // A notification Herald does not store (the application created and delivered it itself)
+        // is the application's to mark read, when it asked for these reads in `upstream.types`.
+        if !node.config.upstream.types.iter().any(|t| t == "notification_read") {
+            return Err(ProtocolError::new(ErrorCode::InvalidMessage, format!("no notification {id:?} for this user")));
+        }
+        let request = super::upstream::request_for(shard, session, message);
+        if let Err(e) = node.upstream.forward(node, &request).await {
+            tracing::warn!(error = %e, "a notification_read did not reach the backend");
+            return Err(ProtocolError::new(ErrorCode::InternalError, "the read could not be handed to the backend"));
+        }
     }
     let payload = json!({
         "type": "notification_event",

@@ -86,7 +86,7 @@ pub(crate) fn leave(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound)
 }
 
 /// Leaves a room, acknowledges with `room_left`, and tells the others if it was the user's last
-/// connection there.
+/// connection there. A room the connection is not in is `ROOM_NOT_FOUND`.
 pub(crate) fn leave_room(
     shard: &Rc<Shard>,
     session: &Rc<Session>,
@@ -96,6 +96,9 @@ pub(crate) fn leave_room(
     validate_name("room", room)?;
     let was_member = shard.leave(session, room);
     streams::end(session, NameKind::Room, room);
+    if !was_member {
+        return Err(ProtocolError::new(ErrorCode::RoomNotFound, format!("this connection is not in room {room:?}")));
+    }
     session.reply(shard, &outbound::reply("room_left", json!({ "room": room, "room_id": room }), id));
     if was_member {
         let (task_shard, task_session, room) = (shard.clone(), session.clone(), room.to_string());
