@@ -185,6 +185,9 @@ applies_to = ["channel"]
 roles = ["finance"]
 [database]
 url = "sqlite://{}/herald.db"
+[ingest]
+# The searches below must find the message: answer once it is committed.
+wait_for_commit = true
 "#,
         db.path().display()
     ))
