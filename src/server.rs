@@ -142,6 +142,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             }
         }
     });
+    if node.config.api.key.is_none() {
+        if node.config.api.local_admin_without_key {
+            tracing::warn!(
+                "DEVELOPMENT SETTING: api.local_admin_without_key is on and no api.key is set: any program on \
+                 this machine may publish and use admin routes without credentials (proxied requests never)"
+            );
+        } else {
+            tracing::info!("no api.key is set: publish and admin routes are closed");
+        }
+    }
     tracing::info!(node = %node.id, %local_addr, shards, broker = node.broker.status().kind, scheme, "herald started");
     Ok(Running { local_addr, node, accept, scheme, writer })
 }

@@ -3,10 +3,9 @@
 //! policy; a user sees only rooms it may read.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::response::Response;
 use bytes::Bytes;
 use http::StatusCode;
@@ -55,11 +54,10 @@ impl FromRequestParts<Arc<Node>> for Caller {
                 .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "AUTHENTICATION_FAILED", e.to_string()))?;
             return Ok(Caller { identity: Some(verified.identity), admin: false });
         }
-        // No credentials: with no API key configured, a loopback caller is the backend; with
-        // authentication off, a `user_id` names the (unverified) user.
-        let loopback = parts.extensions.get::<ConnectInfo<SocketAddr>>().is_some_and(|c| c.0.ip().is_loopback());
+        // No credentials: where the operator opened keyless local admin, a direct local caller is
+        // the backend; with authentication off, a `user_id` names the (unverified) user.
         let user = params.get("user_id").filter(|u| !u.is_empty() && node.config.auth.mode == AuthMode::Off);
-        let admin = node.config.api.key.is_none() && loopback && user.is_none();
+        let admin = user.is_none() && super::keyless_local(node, parts);
         if !admin && node.config.auth.mode == AuthMode::Required {
             // As on the WebSocket endpoints: without a token, nothing.
             return Err(ApiError::new(

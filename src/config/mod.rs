@@ -224,10 +224,14 @@ pub struct ChannelConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Bearer key required by publish and admin routes. Without one those routes accept
-    /// requests from loopback addresses only.
+    /// Bearer key required by publish and admin routes. Without one those routes refuse every
+    /// request, unless `local_admin_without_key` opens them to direct loopback callers.
     #[serde(deserialize_with = "text::opt_string")]
     pub key: Option<String>,
+    /// Development only: with no `key`, let a caller on this machine use publish and admin routes
+    /// without credentials. A request through a proxy (from `server.trusted_proxies`, or with a
+    /// forwarding header) never counts as local. Start-up announces it.
+    pub local_admin_without_key: bool,
     /// Largest request body accepted, in bytes.
     pub max_body_size: Option<usize>,
     /// Addresses or CIDR ranges allowed to call admin routes; empty: any (with the key).
