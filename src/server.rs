@@ -163,6 +163,7 @@ async fn sample_stats(node: Arc<Node>) {
             _ = ticker.tick() => {
                 node.stats.sample();
                 node.limits.housekeeping();
+                node.cells.evict_unused(|room| node.hub.has_room(room));
             }
             _ = node.shutdown.cancelled() => return,
         }

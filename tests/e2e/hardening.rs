@@ -1,9 +1,11 @@
 //! The outside attack's findings (hardening issue 14, and the bounds on collaborative state):
 //! each test replays one attack over real sockets and checks Herald's answer.
 
-use serde_json::json;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
 
-use crate::common::{Herald, Options};
+use crate::common::redis::RedisServer;
+use crate::common::{Client, Herald, Options};
 
 /// A keyless node behind a same-host proxy: forwarding headers must not make anyone an admin,
 /// and keyless admin is something an operator turns on, never the default.
@@ -60,4 +62,163 @@ async fn proxy_headers_never_make_a_remote_client_an_admin() {
     assert!(body["error"].as_str().unwrap_or_default().contains("api.key"), "{body}");
     let (status, _) = closed.get("/api/connections").await;
     assert_eq!(status, 403);
+}
+
+const SECRET: &str = "hardening-test-secret-0123456789";
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// An HS256 token for `sub` with extra claims, valid for an hour.
+fn token(sub: &str, extra: Value) -> String {
+    let mut claims = json!({"sub": sub, "exp": now_ms() / 1000 + 3600, "name": format!("User {sub}")});
+    if let (Some(map), Value::Object(extra)) = (claims.as_object_mut(), extra) {
+        map.extend(extra);
+    }
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+}
+
+/// The spreadsheet profile (`examples/spreadsheet.toml`) as shipped, on a test Redis.
+async fn spreadsheet(redis: &RedisServer, env: &[(&str, &str)]) -> Herald {
+    let example = std::fs::read_to_string(format!("{}/examples/spreadsheet.toml", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let mut options = Options::toml(&example)
+        .env("HERALD_JWT_SECRET", SECRET)
+        .env("HERALD_REDIS__URL", &redis.url())
+        .env("HERALD_LIMITS__MAX_CONNECTIONS_PER_IP", "0");
+    for (k, v) in env {
+        options = options.env(k, v);
+    }
+    Herald::start_with(options).await
+}
+
+/// Skips heartbeats and presence chatter until one of `kinds` arrives.
+async fn next_of(client: &mut Client, kinds: &[&str]) -> Value {
+    loop {
+        let message = client.recv().await;
+        if kinds.iter().any(|k| message["type"] == *k) {
+            return message;
+        }
+    }
+}
+
+async fn member_of(herald: &Herald, user: &str, workspaces: &[&str], room: &str) -> Client {
+    let mut client =
+        herald.connect(&format!("/api/v1/ws?token={}", token(user, json!({"workspace_ids": workspaces})))).await;
+    client.send_json(json!({"type": "join_room", "room_id": room})).await;
+    next_of(&mut client, &["room_state"]).await;
+    client
+}
+
+async fn edit(client: &mut Client, body: Value) -> Value {
+    let mut body = body;
+    body["type"] = "cell_update".into();
+    client.send_json(body).await;
+    next_of(client, &["cell_update_ack", "error"]).await
+}
+
+/// Cells belong to rooms: an outsider can neither read nor lock a workspace's cells, versions
+/// cannot run arbitrarily far ahead, and cell keys with `:` in their names do not collide.
+#[tokio::test]
+async fn cells_belong_to_their_room_and_cannot_be_read_or_locked_from_outside() {
+    let redis = RedisServer::start().await;
+    let herald = spreadsheet(&redis, &[]).await;
+    let mut victim = member_of(&herald, "victim", &["1"], "workspace_1").await;
+    let mut colleague = member_of(&herald, "colleague", &["1"], "workspace_1").await;
+    let mut attacker = member_of(&herald, "attacker", &["2"], "workspace_2").await;
+    let v = now_ms();
+    let ack = edit(&mut victim, json!({"sheet_id": "sheet_1", "cell_id": "A1", "value": "secret", "version": v})).await;
+    assert_eq!(ack["type"], "cell_update_ack", "{ack}");
+    next_of(&mut colleague, &["cell_updated"]).await;
+
+    // The outsider edits "the same" cell from its own workspace with a stale version: it is a
+    // different cell (its room's), so nothing of the victim's leaks.
+    let reply = edit(&mut attacker, json!({"sheet_id": "sheet_1", "cell_id": "A1", "value": "x", "version": 1})).await;
+    assert!(!reply.to_string().contains("secret"), "an outsider read a workspace's cell: {reply}");
+    assert_eq!(reply["type"], "cell_update_ack", "{reply}");
+    // Naming the victim's room does not help.
+    let reply =
+        edit(&mut attacker, json!({"sheet_id": "sheet_1", "cell_id": "A1", "version": 1, "room": "workspace_1"})).await;
+    assert_eq!(reply["code"], "PERMISSION_DENIED", "{reply}");
+    assert!(!reply.to_string().contains("secret"), "{reply}");
+
+    // Nobody can lock a cell with a huge version…
+    let huge = 1_i64 << 53;
+    let reply =
+        edit(&mut victim, json!({"sheet_id": "sheet_1", "cell_id": "A1", "value": "lock", "version": huge})).await;
+    assert_eq!(reply["code"], "INVALID_MESSAGE", "{reply}");
+    // …so the next honest edit goes through and the room sees it.
+    let ack =
+        edit(&mut colleague, json!({"sheet_id": "sheet_1", "cell_id": "A1", "value": "ok", "version": v + 1})).await;
+    assert_eq!(ack["type"], "cell_update_ack", "{ack}");
+    let seen = next_of(&mut victim, &["cell_updated"]).await;
+    assert_eq!(seen["value"], "ok");
+    // A stale edit by a member still conflicts, with the current content.
+    let conflict =
+        edit(&mut victim, json!({"sheet_id": "sheet_1", "cell_id": "A1", "value": "old", "version": v})).await;
+    assert_eq!(conflict["code"], "VERSION_CONFLICT", "{conflict}");
+    assert_eq!(conflict["current_value"], "ok");
+
+    // (`a:b`, `c`) and (`a`, `b:c`) are two cells.
+    let first = edit(&mut victim, json!({"sheet_id": "a:b", "cell_id": "c", "value": 1, "version": 5})).await;
+    assert_eq!(first["type"], "cell_update_ack", "{first}");
+    let second = edit(&mut victim, json!({"sheet_id": "a", "cell_id": "b:c", "value": 2, "version": 5})).await;
+    assert_eq!(second["type"], "cell_update_ack", "the two cells collided: {second}");
+}
+
+/// Collaborative state is bounded: cell size, sheets (and cells) per room, so `room_state` stays
+/// small whatever sheet ids a member invents.
+#[tokio::test]
+async fn collaborative_state_is_bounded() {
+    let redis = RedisServer::start().await;
+    let env = [
+        ("HERALD_PRESENCE__MAX_CELL_BYTES", "1024"),
+        ("HERALD_PRESENCE__MAX_SHEETS_PER_ROOM", "3"),
+        ("HERALD_PRESENCE__MAX_CELLS_PER_ROOM", "5"),
+    ];
+    let herald = spreadsheet(&redis, &env).await;
+    let mut editor = member_of(&herald, "editor", &["1"], "workspace_1").await;
+    let big = "x".repeat(2000);
+    let reply = edit(&mut editor, json!({"sheet_id": "s", "cell_id": "A1", "value": big, "version": 1})).await;
+    assert_eq!(reply["code"], "MESSAGE_TOO_LARGE", "{reply}");
+    for sheet in 0..3 {
+        let ack = edit(&mut editor, json!({"sheet_id": format!("s{sheet}"), "cell_id": "A1", "version": 1})).await;
+        assert_eq!(ack["type"], "cell_update_ack", "{ack}");
+    }
+    let reply = edit(&mut editor, json!({"sheet_id": "s3", "cell_id": "A1", "version": 1})).await;
+    assert_eq!(reply["code"], "LIMIT_EXCEEDED", "a fourth sheet: {reply}");
+    for cell in ["B1", "C1"] {
+        let ack = edit(&mut editor, json!({"sheet_id": "s0", "cell_id": cell, "version": 1})).await;
+        assert_eq!(ack["type"], "cell_update_ack", "{ack}");
+    }
+    let reply = edit(&mut editor, json!({"sheet_id": "s0", "cell_id": "D1", "version": 1})).await;
+    assert_eq!(reply["code"], "LIMIT_EXCEEDED", "a sixth cell: {reply}");
+    // Existing cells stay editable.
+    let ack = edit(&mut editor, json!({"sheet_id": "s0", "cell_id": "A1", "version": 2})).await;
+    assert_eq!(ack["type"], "cell_update_ack", "{ack}");
+    let joiner =
+        herald.connect(&format!("/api/v1/ws?token={}", token("joiner", json!({"workspace_ids": ["1"]})))).await;
+    let mut joiner = joiner;
+    joiner.send_json(json!({"type": "join_room", "room_id": "workspace_1"})).await;
+    let state = next_of(&mut joiner, &["room_state"]).await;
+    assert!(state["active_sheets"].as_array().unwrap().len() <= 3, "{state}");
+}
+
+/// Without Redis, a room's cells are forgotten once nobody on the node is in it.
+#[tokio::test]
+async fn cells_of_a_room_nobody_uses_are_evicted() {
+    let herald = Herald::start("[presence]\nenabled = true").await;
+    let mut alice = herald.connect("/ws?user_id=alice").await;
+    alice.send_json(json!({"type": "join_room", "room_id": "w"})).await;
+    next_of(&mut alice, &["room_state"]).await;
+    let ack = edit(&mut alice, json!({"sheet_id": "s", "cell_id": "A1", "value": "v", "version": 10})).await;
+    assert_eq!(ack["type"], "cell_update_ack", "{ack}");
+    drop(alice);
+    herald.wait_for_total("connections", |n| n == 0).await;
+    herald.wait_for_log("forgot the cells of rooms nobody is in").await;
+    let mut bob = herald.connect("/ws?user_id=bob").await;
+    bob.send_json(json!({"type": "join_room", "room_id": "w"})).await;
+    next_of(&mut bob, &["room_state"]).await;
+    let reply = edit(&mut bob, json!({"sheet_id": "s", "cell_id": "A1", "value": "new", "version": 1})).await;
+    assert_eq!(reply["type"], "cell_update_ack", "the empty room's cells were kept: {reply}");
 }
