@@ -30,7 +30,7 @@ use crate::node::Node;
 use crate::transport::upgrade::{self, Endpoint};
 
 /// Default largest request body.
-const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+pub(crate) const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
 /// A refused or failed API request.
 #[derive(Debug)]

@@ -91,6 +91,12 @@ pub struct ServerConfig {
     /// How long a graceful shutdown may take before remaining sockets are dropped.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
+    /// How long an HTTP request may take from its headers to its answer, body included; a
+    /// slower one gets 408 and its connection is closed.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// HTTP requests handled at once by the node; more get 503 at once. 0: no cap.
+    pub max_requests_in_flight: usize,
     /// Browser origins allowed to open WebSockets and call the API (CORS). Empty: any origin.
     pub allowed_origins: Vec<String>,
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the real client.
@@ -110,6 +116,8 @@ impl Default for ServerConfig {
             shards: 0,
             node_id: None,
             shutdown_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_requests_in_flight: 1024,
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
             dashboard: true,

@@ -222,3 +222,93 @@ async fn cells_of_a_room_nobody_uses_are_evicted() {
     let reply = edit(&mut bob, json!({"sheet_id": "s", "cell_id": "A1", "value": "new", "version": 1})).await;
     assert_eq!(reply["type"], "cell_update_ack", "the empty room's cells were kept: {reply}");
 }
+
+/// Reads from a raw socket until the server closes it; returns what it sent.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let closed = tokio::time::timeout(crate::common::WAIT, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&seen).to_string();
+    assert!(closed.is_ok(), "the server kept a stalled request open; it sent {text:?}");
+    text
+}
+
+/// Complete headers followed by a body that never comes: the whole request read is bounded
+/// (`server.request_timeout`), whether or not the route reads the body.
+#[tokio::test]
+async fn a_stalled_request_body_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let herald = Herald::start("[server]\nrequest_timeout = \"1s\"").await;
+    let key = crate::common::API_KEY;
+    let publish = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n{{\"chan"
+    );
+    let mut stream = tokio::net::TcpStream::connect(herald.addr).await.unwrap();
+    stream.write_all(publish.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "a stalled publish got {answer:?}");
+    // A route that never reads its body is bounded the same way.
+    let mut stream = tokio::net::TcpStream::connect(herald.addr).await.unwrap();
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n").await.unwrap();
+    read_until_closed(&mut stream).await;
+    // The node carries on.
+    let (status, _) = herald.get_text("/health").await;
+    assert_eq!(status, 200);
+}
+
+/// More requests in flight than `server.max_requests_in_flight` are answered 503 at once
+/// instead of piling up.
+#[tokio::test]
+async fn requests_in_flight_are_bounded() {
+    use tokio::io::AsyncWriteExt;
+    let herald = Herald::start("[server]\nmax_requests_in_flight = 4\nrequest_timeout = \"30s\"").await;
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(herald.addr).await.unwrap();
+        stream
+            .write_all(
+                format!(
+                    "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+                     Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+                    crate::common::API_KEY
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        stalled.push(stream);
+    }
+    // Each stalled request holds its place once the server has read its headers; until then a
+    // probe may still get through, so probe until the node is full.
+    let full = tokio::time::timeout(crate::common::WAIT, async {
+        loop {
+            let (status, body) = herald.get_text("/health").await;
+            if status == 503 {
+                return body;
+            }
+        }
+    })
+    .await
+    .expect("four stalled requests never filled the node");
+    assert!(full.contains("max_requests_in_flight"), "{full}");
+    drop(stalled);
+    let outcome = tokio::time::timeout(crate::common::WAIT, async {
+        loop {
+            if herald.get_text("/health").await.0 == 200 {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(outcome.is_ok(), "the places of closed requests were never given back");
+}
