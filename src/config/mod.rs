@@ -252,7 +252,8 @@ pub struct ApiConfig {
 pub struct LimitsConfig {
     /// Total WebSocket connections this node accepts; further upgrades get HTTP 503. 0: no cap.
     pub max_connections: usize,
-    /// Connections from one client address (across nodes with Redis). 0: no cap.
+    /// Connections from one client address (across nodes with Redis). 0: no cap. The default
+    /// (256) protects a node nobody tuned; load tests from one address raise it deliberately.
     pub max_connections_per_ip: usize,
     /// Connections of one user (across nodes with Redis). 0: no cap.
     pub max_connections_per_user: usize,
@@ -267,9 +268,9 @@ pub struct LimitsConfig {
     pub disconnect_after_refusals: u32,
     /// Message types not counted by the rate limits (high-frequency, coalesced elsewhere).
     pub rate_exempt_types: Vec<String>,
-    /// Channels one connection may be subscribed to at once. 0: no cap.
+    /// Channels one connection may be subscribed to at once (default 1,000). 0: no cap.
     pub max_channels_per_connection: usize,
-    /// Rooms one connection may be in at once. 0: no cap.
+    /// Rooms one connection may be in at once (default 200). 0: no cap.
     pub max_rooms_per_connection: usize,
 }
 
@@ -277,7 +278,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_connections: 0,
-            max_connections_per_ip: 0,
+            max_connections_per_ip: 256,
             max_connections_per_user: 0,
             messages_per_minute: 60,
             messages_per_hour: 1000,
@@ -286,8 +287,8 @@ impl Default for LimitsConfig {
             rate_exempt_types: ["ping", "pong", "cursor_move", "typing_start", "typing_stop", "refresh_token"]
                 .map(String::from)
                 .to_vec(),
-            max_channels_per_connection: 0,
-            max_rooms_per_connection: 0,
+            max_channels_per_connection: 1000,
+            max_rooms_per_connection: 200,
         }
     }
 }

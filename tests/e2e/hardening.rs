@@ -312,3 +312,45 @@ async fn requests_in_flight_are_bounded() {
     .await;
     assert!(outcome.is_ok(), "the places of closed requests were never given back");
 }
+
+/// A node nobody tuned protects itself: one connection cannot hold more than 1,000 channels or
+/// 200 rooms, and one address cannot open more than 256 connections.
+#[tokio::test]
+async fn untuned_defaults_bound_channels_rooms_and_connections_per_address() {
+    let herald = Herald::start("[limits]\nmessages_per_minute = 0\nmessages_per_hour = 0").await;
+    let mut client = herald.connect("/ws").await;
+    let channels: Vec<String> = (0..1500).map(|i| format!("c{i}")).collect();
+    for chunk in channels.chunks(500) {
+        client.send_json(json!({"type": "subscribe", "channels": chunk})).await;
+    }
+    let mut refused = false;
+    let mut subscribed = 0;
+    while !refused || subscribed < 1000 {
+        let reply = client.recv_event().await;
+        match reply["type"].as_str() {
+            Some("subscribed") => subscribed += reply["channels"].as_array().map_or(1, Vec::len),
+            Some("error") => {
+                assert_eq!(reply["code"], "LIMIT_EXCEEDED", "{reply}");
+                refused = true;
+            }
+            _ => {}
+        }
+        assert!(subscribed <= 1000, "subscribed to {subscribed} channels");
+    }
+    for i in 0..200 {
+        client.send_json(json!({"type": "join_room", "room_id": format!("r{i}")})).await;
+        assert_eq!(client.recv_event().await["type"], "room_joined");
+    }
+    client.send_json(json!({"type": "join_room", "room_id": "one-too-many"})).await;
+    assert_eq!(client.recv_event().await["code"], "LIMIT_EXCEEDED");
+
+    let mut held = Vec::new();
+    for _ in 0..255 {
+        held.push(crate::common::raw::RawClient::connect(herald.addr, "/ws").await);
+    }
+    let refused = crate::common::raw::RawClient::connect_with_headers(herald.addr, "/ws", &[]).await;
+    match refused {
+        Ok(_) => panic!("a 257th connection from one address was accepted"),
+        Err(answer) => assert!(answer.contains("429"), "{answer}"),
+    }
+}
