@@ -29,6 +29,8 @@ type UserLimiter = DefaultKeyedRateLimiter<Arc<str>>;
 pub struct RateState {
     minute: Option<DefaultDirectRateLimiter>,
     hour: Option<DefaultDirectRateLimiter>,
+    /// The budget of rate-exempt types, made on first use.
+    exempt: Option<DefaultDirectRateLimiter>,
     blocked_until: Option<Instant>,
     refusals: u32,
 }
@@ -94,6 +96,56 @@ impl Limits {
         }
     }
 
+    fn state<'a>(&self, state: &'a mut Option<Box<RateState>>) -> &'a mut RateState {
+        state.get_or_insert_with(|| {
+            Box::new(RateState {
+                minute: quota_minute(self.config.messages_per_minute).map(RateLimiter::direct),
+                hour: quota_hour(self.config.messages_per_hour).map(RateLimiter::direct),
+                exempt: None,
+                blocked_until: None,
+                refusals: 0,
+            })
+        })
+    }
+
+    /// Whether frames that are not valid messages (invalid JSON, no `type`) are rate limited:
+    /// they are, whenever messages are, so garbage is never a free channel.
+    pub fn counts_invalid(&self) -> bool {
+        self.per_user.is_some()
+    }
+
+    /// Whether `kind` is one of the rate-exempt types, which have their own per-second budget.
+    pub fn is_exempt(&self, kind: &str) -> bool {
+        self.config.rate_exempt_types.iter().any(|t| t == kind)
+    }
+
+    /// Counts one message of a rate-exempt type against the connection's per-second budget.
+    /// An allowed one does not forgive earlier refusals, so a flood that is mostly refused ends
+    /// in a disconnection like any other abuse. `cursor_move` is outside the budget: whatever
+    /// its rate, at most one position per connection and room goes out per
+    /// `presence.cursor_interval`, and a pointer moved fast must not get an honest client closed.
+    pub fn check_exempt(&self, state: &mut Option<Box<RateState>>, kind: &str) -> RateDecision {
+        let Some(per_second) = NonZeroU32::new(self.config.exempt_per_second) else {
+            return RateDecision::Allowed;
+        };
+        if kind == "cursor_move" {
+            return RateDecision::Allowed;
+        }
+        let state = self.state(state);
+        let budget = state.exempt.get_or_insert_with(|| RateLimiter::direct(Quota::per_second(per_second)));
+        if budget.check().is_ok() {
+            return RateDecision::Allowed;
+        }
+        self.refuse(state, Duration::from_secs(1))
+    }
+
+    /// Records a refusal decided by a handler (its own bound, e.g. typing changes per room);
+    /// true when the connection has now been refused often enough to be closed.
+    pub fn note_refusal(&self, state: &mut Option<Box<RateState>>) -> bool {
+        let state = self.state(state);
+        matches!(self.refuse(state, Duration::from_secs(1)), RateDecision::Refused { disconnect: true, .. })
+    }
+
     /// Whether messages of `kind` are rate limited at all.
     pub fn counts(&self, kind: &str) -> bool {
         self.per_user.is_some() && !self.config.rate_exempt_types.iter().any(|t| t == kind)
@@ -107,14 +159,7 @@ impl Limits {
         user: Option<&Arc<str>>,
     ) -> RateDecision {
         let now = Instant::now();
-        let state = state.get_or_insert_with(|| {
-            Box::new(RateState {
-                minute: quota_minute(self.config.messages_per_minute).map(RateLimiter::direct),
-                hour: quota_hour(self.config.messages_per_hour).map(RateLimiter::direct),
-                blocked_until: None,
-                refusals: 0,
-            })
-        });
+        let state = self.state(state);
         let user_block = match user {
             Some(user) => self.user_blocked_until(node, user, now).await,
             None => None,

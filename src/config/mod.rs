@@ -268,6 +268,10 @@ pub struct LimitsConfig {
     pub disconnect_after_refusals: u32,
     /// Message types not counted by the rate limits (high-frequency, coalesced elsewhere).
     pub rate_exempt_types: Vec<String>,
+    /// Messages of the rate-exempt types one connection may send per second (a burst of as many);
+    /// beyond it they are refused and the refusals count toward `disconnect_after_refusals`.
+    /// 0: no bound.
+    pub exempt_per_second: u32,
     /// Channels one connection may be subscribed to at once (default 1,000). 0: no cap.
     pub max_channels_per_connection: usize,
     /// Rooms one connection may be in at once (default 200). 0: no cap.
@@ -287,6 +291,7 @@ impl Default for LimitsConfig {
             rate_exempt_types: ["ping", "pong", "cursor_move", "typing_start", "typing_stop", "refresh_token"]
                 .map(String::from)
                 .to_vec(),
+            exempt_per_second: 50,
             max_channels_per_connection: 1000,
             max_rooms_per_connection: 200,
         }

@@ -19,6 +19,8 @@ pub struct LiveState {
     pub typing: HashMap<(Arc<str>, Option<String>), Instant>,
     /// room → cursor coalescing state.
     pub cursors: HashMap<Arc<str>, CursorState>,
+    /// room → (start of the current second, typing starts announced in it).
+    pub typing_starts: HashMap<Arc<str>, (Instant, u32)>,
     /// Which notifications this connection wants; `None` means all of them.
     pub notifications: Option<NotificationFilter>,
 }

@@ -354,3 +354,67 @@ async fn untuned_defaults_bound_channels_rooms_and_connections_per_address() {
         Err(answer) => assert!(answer.contains("429"), "{answer}"),
     }
 }
+
+/// Rate-exempt types are not a free channel: distinct typing states are bounded per room and
+/// second, a flood of them ends in the abuse disconnection, and cursors relay only a small flat
+/// position.
+#[tokio::test]
+async fn rate_exempt_types_have_their_own_bounds() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let herald = Herald::start("[presence]\nenabled = true").await;
+    let mut observer = herald.connect("/ws?user_id=observer").await;
+    observer.send_json(json!({"type": "join_room", "room_id": "w"})).await;
+    next_of(&mut observer, &["room_state"]).await;
+    let mut attacker = herald.connect("/ws?user_id=attacker").await;
+    attacker.send_json(json!({"type": "join_room", "room_id": "w"})).await;
+    next_of(&mut attacker, &["room_state"]).await;
+
+    // Cursors: nested or oversized data is refused, a position goes through.
+    for bad in [
+        json!({"type": "cursor_move", "room": "w", "x": 1, "payload": {"any": ["thing"]}}),
+        json!({"type": "cursor_move", "room": "w", "cursor": {"x": 1, "note": "y".repeat(500)}}),
+    ] {
+        attacker.send_json(bad.clone()).await;
+        let reply = next_of(&mut attacker, &["error"]).await;
+        assert_eq!(reply["code"], "INVALID_MESSAGE", "{bad} → {reply}");
+    }
+    attacker.send_json(json!({"type": "cursor_move", "room": "w", "x": 3, "y": 4, "cell": "B2"})).await;
+    let moved = next_of(&mut observer, &["cursor_moved"]).await;
+    assert_eq!(moved["cursor"], json!({"x": 3, "y": 4, "cell": "B2"}));
+
+    // 3,000 typing starts with distinct cells, as fast as the socket takes them.
+    for i in 0..3000 {
+        let frame = json!({"type": "typing_start", "room": "w", "cell_id": format!("cell-{i}")}).to_string();
+        if attacker.ws.send(Message::text(frame)).await.is_err() {
+            break;
+        }
+    }
+    let (code, _) = attacker.expect_close().await;
+    assert_eq!(code, 1008, "a typing flood must end in the abuse disconnection");
+    // The observer saw a handful of typing frames, then the attacker leave.
+    let mut typing = 0;
+    loop {
+        let event = observer.recv_event().await;
+        match event["type"].as_str() {
+            Some("typing_indicator" | "user_typing_start" | "user_typing_stop") => typing += 1,
+            Some("user_left") => break,
+            _ => {}
+        }
+    }
+    assert!(typing <= 40, "{typing} typing frames reached another member");
+}
+
+/// Frames that are not valid messages count toward the rate limit like any other.
+#[tokio::test]
+async fn invalid_json_counts_toward_the_rate_limit() {
+    let herald = Herald::start("[limits]\nmessages_per_minute = 5\ndisconnect_after_refusals = 0").await;
+    let mut client = herald.connect("/ws").await;
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        client.send_text("{not json").await;
+        codes.push(client.recv_event().await["code"].as_str().unwrap_or_default().to_string());
+    }
+    assert_eq!(codes.iter().filter(|c| *c == "INVALID_JSON").count(), 5, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| *c == "RATE_LIMIT_EXCEEDED").count(), 3, "{codes:?}");
+}
