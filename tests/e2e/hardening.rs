@@ -418,3 +418,24 @@ async fn invalid_json_counts_toward_the_rate_limit() {
     assert_eq!(codes.iter().filter(|c| *c == "INVALID_JSON").count(), 5, "{codes:?}");
     assert_eq!(codes.iter().filter(|c| *c == "RATE_LIMIT_EXCEEDED").count(), 3, "{codes:?}");
 }
+
+/// The manufacturing chat profile's direct-message rule `user_{a}_{b}` with ids that contain
+/// the separator: both parties get in, a third user does not.
+#[tokio::test]
+async fn direct_message_rooms_work_for_ids_containing_the_separator() {
+    let example =
+        std::fs::read_to_string(format!("{}/examples/manufacturing-chat.toml", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let options =
+        Options::toml(&example).env("JWT_SECRET_KEY", SECRET).env("HERALD_LIMITS__MAX_CONNECTIONS_PER_IP", "0");
+    let herald = Herald::start_with(options).await;
+    let room = "user_user_1_user_2";
+    for (sub, admitted) in [("user_1", true), ("user_2", true), ("user_3", false)] {
+        let mut client = herald.connect(&format!("/ws/connect?token={}", token(sub, json!({})))).await;
+        let reply = client.request(json!({"type": "join_room", "room_id": room})).await;
+        if admitted {
+            assert_eq!(reply["type"], "room_joined", "{sub}: {reply}");
+        } else {
+            assert_eq!(reply["code"], "PERMISSION_DENIED", "{sub}: {reply}");
+        }
+    }
+}
