@@ -37,7 +37,7 @@ pub(crate) async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: 
     };
     let result = match message.kind.as_str() {
         "ping" => handlers::ping::handle(shard, session, &message),
-        "refresh_token" => handlers::auth::refresh(shard, session, &message),
+        "refresh_token" => handlers::auth::refresh(shard, session, &message).await,
         "chat_message" => handlers::chat::chat(shard, session, &message).await,
         "mark_read" | "read_receipt" => handlers::chat::mark_read(shard, session, &message).await,
         "subscribe" => handlers::channels::subscribe(shard, session, &message).await,

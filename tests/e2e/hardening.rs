@@ -439,3 +439,33 @@ async fn direct_message_rooms_work_for_ids_containing_the_separator() {
         }
     }
 }
+
+/// A refreshed token that no longer grants a room takes the connection out of it, says why, and
+/// no more of the room's events arrive.
+#[tokio::test]
+async fn a_token_refresh_leaves_what_the_new_claims_no_longer_allow() {
+    let example =
+        std::fs::read_to_string(format!("{}/examples/manufacturing-chat.toml", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let options =
+        Options::toml(&example).env("JWT_SECRET_KEY", SECRET).env("HERALD_LIMITS__MAX_CONNECTIONS_PER_IP", "0");
+    let herald = Herald::start_with(options).await;
+    let mut client = herald.connect(&format!("/ws/connect?token={}", token("7", json!({"order_ids": [123]})))).await;
+    for room in ["order_123", "user_7_8"] {
+        client.send_json(json!({"type": "join_room", "room_id": room})).await;
+        let reply = next_of(&mut client, &["room_joined", "error"]).await;
+        assert_eq!(reply["type"], "room_joined", "{reply}");
+    }
+    client.send_json(json!({"type": "refresh_token", "token": token("7", json!({"order_ids": []}))})).await;
+    let refreshed = next_of(&mut client, &["token_refreshed", "error"]).await;
+    assert_eq!(refreshed["type"], "token_refreshed", "{refreshed}");
+    let left = next_of(&mut client, &["room_left"]).await;
+    assert_eq!(left["room"], "order_123", "{left}");
+    assert_eq!(left["revoked"], true);
+    assert!(left["reason"].as_str().is_some_and(|r| !r.is_empty()), "{left}");
+    let (status, body) = herald.post("/api/rooms/order_123/broadcast", json!({"type": "order_update"})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = herald.post("/api/rooms/user_7_8/broadcast", json!({"type": "marker"})).await;
+    assert_eq!(status, 200, "{body}");
+    let next = next_of(&mut client, &["order_update", "marker"]).await;
+    assert_eq!(next["type"], "marker", "an event of the revoked room arrived: {next}");
+}
