@@ -274,16 +274,35 @@ pub struct PostMessage {
     metadata: Option<Value>,
     #[serde(default)]
     sensitive: bool,
+    /// Also accepted as the `Idempotency-Key` header.
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
-/// Handler for [`PostMessage`].
+/// Handler for [`PostMessage`]. A retry with the same idempotency key (body field or
+/// `Idempotency-Key` header; same sender and room) answers with the original message and
+/// `"duplicate": true`, storing and delivering nothing.
 pub async fn post_message(
     State(node): State<Arc<Node>>,
     _admin: Admin,
     Path(room): Path<String>,
+    headers: http::HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: PostMessage = parse_body(&body)?;
+    let header_key = match headers.get("idempotency-key") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::bad_request("INVALID_MESSAGE", "the Idempotency-Key header must be text"))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let idempotency_key = request.idempotency_key.clone().or(header_key);
+    if let Some(key) = &idempotency_key {
+        crate::store::check_idempotency_key(key).map_err(|e| ApiError::bad_request("INVALID_MESSAGE", e))?;
+    }
     super::valid_name("room", &room)?;
     let kind_text = request.message_type.as_deref().unwrap_or("system");
     let kind = MessageType::parse(kind_text)
@@ -312,8 +331,12 @@ pub async fn post_message(
         sensitive: request.sensitive,
         created_at: now_ms(),
         channel: None,
+        idempotency_key,
     };
     let stored = store_one(&node, message).await?;
+    if stored.duplicate {
+        return Ok(super::created(json!({ "message": stored.to_json(), "duplicate": true })));
+    }
     Ok(super::created(json!({ "message": stored.to_json() })))
 }
 

@@ -469,3 +469,116 @@ async fn a_token_refresh_leaves_what_the_new_claims_no_longer_allow() {
     let next = next_of(&mut client, &["order_update", "marker"]).await;
     assert_eq!(next["type"], "marker", "an event of the revoked room arrived: {next}");
 }
+
+/// A chat node on `url` with authentication and no message rates.
+fn chat_config(url: &str) -> String {
+    format!(
+        "[auth]\nmode = \"required\"\njwt_secret = \"{SECRET}\"\n[limits]\nmessages_per_minute = 0\n\
+         messages_per_hour = 0\n[database]\nurl = \"{url}\"\n"
+    )
+}
+
+async fn chat_ack(client: &mut Client, body: Value) -> Value {
+    let mut body = body;
+    body["type"] = "chat_message".into();
+    client.send_json(body).await;
+    next_of(client, &["chat_message_ack", "error"]).await
+}
+
+/// A retried `chat_message` or REST post with the same idempotency key returns the original
+/// message, on another node sharing the database, and is stored and delivered once.
+async fn idempotent_retries(url: &str) {
+    let (a, b) = (Herald::start(&chat_config(url)).await, Herald::start(&chat_config(url)).await);
+    let mut alice_a = a.connect(&format!("/ws?token={}", token("alice", json!({})))).await;
+    let mut alice_b = b.connect(&format!("/ws?token={}", token("alice", json!({})))).await;
+    let mut bob = a.connect(&format!("/ws?token={}", token("bob", json!({})))).await;
+    let mut carol = a.connect(&format!("/ws?token={}", token("carol", json!({})))).await;
+    for client in [&mut alice_a, &mut alice_b, &mut bob, &mut carol] {
+        client.send_json(json!({"type": "join_room", "room_id": "deals"})).await;
+        next_of(client, &["room_joined"]).await;
+    }
+    let first = chat_ack(&mut alice_a, json!({"room": "deals", "content": "offer 1", "idempotency_key": "k1"})).await;
+    assert_eq!(first["type"], "chat_message_ack", "{first}");
+    let retry = chat_ack(&mut alice_b, json!({"room": "deals", "content": "offer 1", "idempotency_key": "k1"})).await;
+    assert_eq!(retry["type"], "chat_message_ack", "{retry}");
+    assert_eq!(retry["message_id"], first["message_id"], "a retry on another node stored a second copy");
+    assert_eq!(retry["duplicate"], true);
+    // Another user's key of the same text is their own.
+    let carols = chat_ack(&mut carol, json!({"room": "deals", "content": "offer 1", "idempotency_key": "k1"})).await;
+    assert_ne!(carols["message_id"], first["message_id"]);
+    // Bob saw alice's message once: the next chat after it is carol's.
+    let seen = next_of(&mut bob, &["chat_message"]).await;
+    assert_eq!(seen["message_id"], first["message_id"]);
+    let next = next_of(&mut bob, &["chat_message"]).await;
+    assert_eq!(next["message_id"], carols["message_id"], "the retry was delivered again: {next}");
+
+    // The REST posting route, with the standard header, on either node.
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for node in [&a, &b] {
+        let response = http
+            .post(node.url("/api/rooms/deals/messages"))
+            .bearer_auth(crate::common::API_KEY)
+            .header("Idempotency-Key", "rest-1")
+            .json(&json!({"content": "from the backend"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+        let body: Value = response.json().await.unwrap();
+        ids.push(body["message"]["message_id"].clone());
+    }
+    assert_eq!(ids[0], ids[1], "a retried REST post stored a second copy");
+    let (_, history) = a.get("/api/rooms/deals/messages?limit=50").await;
+    assert_eq!(history["count"], 3, "{history}");
+}
+
+#[tokio::test]
+async fn idempotency_keys_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    idempotent_retries(&format!("sqlite://{}/herald.db", dir.path().display())).await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_on_postgres() {
+    let pg = crate::common::postgres::Postgres::start().await;
+    idempotent_retries(&pg.url()).await;
+}
+
+/// SIGTERM during a burst of chat: every message that is stored was acknowledged to its sender
+/// before the connection closed.
+#[tokio::test]
+async fn shutdown_acknowledges_what_it_stored() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/herald.db", dir.path().display());
+    let toml = format!("{}batch_linger = \"200ms\"\n", chat_config(&url));
+    let mut herald = Herald::start(&toml).await;
+    let mut alice = herald.connect(&format!("/ws?token={}", token("alice", json!({})))).await;
+    alice.send_json(json!({"type": "join_room", "room_id": "burst"})).await;
+    next_of(&mut alice, &["room_joined"]).await;
+    for i in 0..300 {
+        let frame = json!({"type": "chat_message", "room": "burst", "content": format!("m{i}")}).to_string();
+        alice.ws.send(Message::text(frame)).await.unwrap();
+    }
+    herald.signal("TERM");
+    let mut acked = 0;
+    loop {
+        match tokio::time::timeout(crate::common::WAIT, futures_util::StreamExt::next(&mut alice.ws)).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                if serde_json::from_str::<Value>(&text).unwrap()["type"] == "chat_message_ack" {
+                    acked += 1;
+                }
+            }
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => break,
+            Ok(Some(Ok(_))) => {}
+            Err(_) => panic!("the connection was never closed"),
+        }
+    }
+    assert_eq!(herald.wait_exit().await, Some(0));
+    let restarted = Herald::start(&toml).await;
+    let (_, history) = restarted.get("/api/rooms/burst/messages?limit=500").await;
+    assert_eq!(history["count"], acked, "stored messages that were never acknowledged");
+    eprintln!("acknowledged and stored during shutdown: {acked}");
+}
