@@ -71,6 +71,9 @@ pub struct Policy {
 /// User, kind, name and action of a cached backend decision.
 type DecisionKey = (String, NameKind, String, Action);
 
+/// Most backend decisions kept.
+const MAX_CACHED_DECISIONS: usize = 100_000;
+
 struct Backend {
     url: String,
     client: reqwest::Client,
@@ -317,8 +320,13 @@ impl Backend {
             }
         };
         let mut cache = self.cache.lock();
-        if cache.len() > 100_000 {
+        if cache.len() > MAX_CACHED_DECISIONS {
             cache.retain(|_, (_, at)| at.elapsed() < self.ttl);
+            // Names are the client's choice: when even the fresh answers fill the cache, start
+            // over rather than grow without bound (the backend answers again).
+            if cache.len() > MAX_CACHED_DECISIONS {
+                cache.clear();
+            }
         }
         cache.insert(key, (allow, Instant::now()));
         allow
