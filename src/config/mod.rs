@@ -91,8 +91,8 @@ pub struct ServerConfig {
     /// How long a graceful shutdown may take before remaining sockets are dropped.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
-    /// How long an HTTP request may take from its headers to its answer, body included; a
-    /// slower one gets 408 and its connection is closed.
+    /// How long an HTTP request's body may take to arrive after its headers; a slower one gets
+    /// 408 and its connection is closed.
     #[serde(with = "duration")]
     pub request_timeout: Duration,
     /// HTTP requests handled at once by the node; more get 503 at once. 0: no cap.
