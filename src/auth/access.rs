@@ -81,9 +81,10 @@ struct Backend {
     cache: Mutex<HashMap<DecisionKey, (bool, Instant)>>,
 }
 
-/// Turns `user_{a}_{b}` into `^user_(?P<a>.+)_(?P<b>.+)$`: a capture takes one or more of any
-/// characters, `*` takes anything. The regex decides whether the rule applies (some split of the
-/// name fits the pattern); [`Segment::splits`] lists every split for the decision itself.
+/// Turns `user_{a}_{b}` into `^user_(?P<a>[^_]+)_(?P<b>.+)$`: a capture takes one or more
+/// characters up to the next literal character of the pattern; `*` takes anything. The regex only
+/// decides whether the rule applies; conditions on captures are decided over every split of the
+/// name ([`Segment::splits`]), since a capture may contain the separator.
 fn compile(pattern: &str) -> Result<Regex, String> {
     let mut out = String::from("^");
     let mut rest = pattern;
@@ -92,7 +93,12 @@ fn compile(pattern: &str) -> Result<Regex, String> {
             let close = after.find('}').ok_or("unclosed '{'")?;
             let name = &after[..close];
             rest = &after[close + 1..];
-            out.push_str(&format!("(?P<{name}>.+)"));
+            match rest.chars().find(|c| *c != '*') {
+                Some(next) if !rest.starts_with('*') => {
+                    out.push_str(&format!("(?P<{name}>[^{}]+)", regex::escape(&next.to_string())))
+                }
+                _ => out.push_str(&format!("(?P<{name}>.+)")),
+            }
         } else if let Some(after) = rest.strip_prefix('*') {
             out.push_str(".*");
             rest = after;
