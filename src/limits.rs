@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use parking_lot::Mutex;
 
+use crate::broker::keys;
 use crate::config::LimitsConfig;
 use crate::node::Node;
 
@@ -28,6 +29,8 @@ type UserLimiter = DefaultKeyedRateLimiter<Arc<str>>;
 pub struct RateState {
     minute: Option<DefaultDirectRateLimiter>,
     hour: Option<DefaultDirectRateLimiter>,
+    /// The budget of rate-exempt types, made on first use.
+    exempt: Option<DefaultDirectRateLimiter>,
     blocked_until: Option<Instant>,
     refusals: u32,
 }
@@ -93,6 +96,56 @@ impl Limits {
         }
     }
 
+    fn state<'a>(&self, state: &'a mut Option<Box<RateState>>) -> &'a mut RateState {
+        state.get_or_insert_with(|| {
+            Box::new(RateState {
+                minute: quota_minute(self.config.messages_per_minute).map(RateLimiter::direct),
+                hour: quota_hour(self.config.messages_per_hour).map(RateLimiter::direct),
+                exempt: None,
+                blocked_until: None,
+                refusals: 0,
+            })
+        })
+    }
+
+    /// Whether frames that are not valid messages (invalid JSON, no `type`) are rate limited:
+    /// they are, whenever messages are, so garbage is never a free channel.
+    pub fn counts_invalid(&self) -> bool {
+        self.per_user.is_some()
+    }
+
+    /// Whether `kind` is one of the rate-exempt types, which have their own per-second budget.
+    pub fn is_exempt(&self, kind: &str) -> bool {
+        self.config.rate_exempt_types.iter().any(|t| t == kind)
+    }
+
+    /// Counts one message of a rate-exempt type against the connection's per-second budget.
+    /// An allowed one does not forgive earlier refusals, so a flood that is mostly refused ends
+    /// in a disconnection like any other abuse. `cursor_move` is outside the budget: whatever
+    /// its rate, at most one position per connection and room goes out per
+    /// `presence.cursor_interval`, and a pointer moved fast must not get an honest client closed.
+    pub fn check_exempt(&self, state: &mut Option<Box<RateState>>, kind: &str) -> RateDecision {
+        let Some(per_second) = NonZeroU32::new(self.config.exempt_per_second) else {
+            return RateDecision::Allowed;
+        };
+        if kind == "cursor_move" {
+            return RateDecision::Allowed;
+        }
+        let state = self.state(state);
+        let budget = state.exempt.get_or_insert_with(|| RateLimiter::direct(Quota::per_second(per_second)));
+        if budget.check().is_ok() {
+            return RateDecision::Allowed;
+        }
+        self.refuse(state, Duration::from_secs(1))
+    }
+
+    /// Records a refusal decided by a handler (its own bound, e.g. typing changes per room);
+    /// true when the connection has now been refused often enough to be closed.
+    pub fn note_refusal(&self, state: &mut Option<Box<RateState>>) -> bool {
+        let state = self.state(state);
+        matches!(self.refuse(state, Duration::from_secs(1)), RateDecision::Refused { disconnect: true, .. })
+    }
+
     /// Whether messages of `kind` are rate limited at all.
     pub fn counts(&self, kind: &str) -> bool {
         self.per_user.is_some() && !self.config.rate_exempt_types.iter().any(|t| t == kind)
@@ -106,14 +159,7 @@ impl Limits {
         user: Option<&Arc<str>>,
     ) -> RateDecision {
         let now = Instant::now();
-        let state = state.get_or_insert_with(|| {
-            Box::new(RateState {
-                minute: quota_minute(self.config.messages_per_minute).map(RateLimiter::direct),
-                hour: quota_hour(self.config.messages_per_hour).map(RateLimiter::direct),
-                blocked_until: None,
-                refusals: 0,
-            })
-        });
+        let state = self.state(state);
         let user_block = match user {
             Some(user) => self.user_blocked_until(node, user, now).await,
             None => None,
@@ -148,7 +194,7 @@ impl Limits {
 
     async fn user_blocked_until(&self, node: &Node, user: &Arc<str>, now: Instant) -> Option<Instant> {
         if let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) {
-            let key = format!("{}:lim:block:{user}", redis.key_prefix());
+            let key = keys::key(redis.key_prefix(), "lim:block", &[user]);
             let ttl_ms: i64 = redis.query_as(redis::cmd("PTTL").arg(key)).await.unwrap_or(-2);
             return (ttl_ms > 0).then(|| now + Duration::from_millis(ttl_ms as u64));
         }
@@ -157,7 +203,7 @@ impl Limits {
 
     async fn block_user(&self, node: &Node, user: &Arc<str>, until: Instant) {
         if let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) {
-            let key = format!("{}:lim:block:{user}", redis.key_prefix());
+            let key = keys::key(redis.key_prefix(), "lim:block", &[user]);
             let ms = until.saturating_duration_since(Instant::now()).as_millis().max(1) as u64;
             let _: Result<(), _> = redis.query_as(redis::cmd("SET").arg(key).arg(1).arg("PX").arg(ms)).await;
             return;
@@ -171,8 +217,8 @@ impl Limits {
             // Fixed windows shared by all nodes: one round trip per message.
             let secs = crate::stats::unix_millis() / 1000;
             let prefix = redis.key_prefix();
-            let minute_key = format!("{prefix}:lim:rate:{user}:m{}", secs / 60);
-            let hour_key = format!("{prefix}:lim:rate:{user}:h{}", secs / 3600);
+            let minute_key = keys::key(prefix, "lim:rate", &[user, &format!("m{}", secs / 60)]);
+            let hour_key = keys::key(prefix, "lim:rate", &[user, &format!("h{}", secs / 3600)]);
             let mut pipe = redis::pipe();
             pipe.cmd("INCR").arg(&minute_key).cmd("EXPIRE").arg(&minute_key).arg(120).ignore();
             pipe.cmd("INCR").arg(&hour_key).cmd("EXPIRE").arg(&hour_key).arg(7200).ignore();
@@ -209,7 +255,7 @@ impl Limits {
         let mut permit = ConnectionPermit { limits: self.clone(), node: node.clone(), ip: None, user: None, shared };
         if ip_cap > 0 {
             let count = self
-                .count_up(node, shared, &format!("ip:{ip}"), || {
+                .count_up(node, shared, ("ip", &ip.to_string()), || {
                     let mut map = self.per_ip.lock();
                     let n = map.entry(ip).or_default();
                     *n += 1;
@@ -223,7 +269,7 @@ impl Limits {
         }
         if let Some(user) = user {
             let count = self
-                .count_up(node, shared, &format!("user:{user}"), || {
+                .count_up(node, shared, ("user", &user), || {
                     let mut map = self.per_user_connections.lock();
                     let n = map.entry(user.clone()).or_default();
                     *n += 1;
@@ -240,12 +286,18 @@ impl Limits {
 
     /// Counts a connection up, locally or across nodes; returns the new total. A failed Redis
     /// round trip counts the connection as the only one rather than refusing it.
-    async fn count_up(&self, node: &Node, shared: bool, key: &str, local: impl FnOnce() -> usize) -> usize {
+    async fn count_up(
+        &self,
+        node: &Node,
+        shared: bool,
+        (kind, name): (&str, &str),
+        local: impl FnOnce() -> usize,
+    ) -> usize {
         if !shared {
             return local();
         }
         if let Some(redis) = node.broker.redis() {
-            let hash = format!("{}:lim:conn:{key}", redis.key_prefix());
+            let hash = keys::key(redis.key_prefix(), "lim:conn", &[kind, name]);
             let field = redis.incarnation();
             // The count and the registry of live nodes in one round trip: a field counts only while
             // its node is alive.
@@ -270,10 +322,9 @@ impl Limits {
         if shared {
             let Some(redis) = node.broker.redis() else { return };
             let keys: Vec<String> = ip
-                .map(|ip| format!("ip:{ip}"))
+                .map(|ip| keys::key(redis.key_prefix(), "lim:conn", &["ip", &ip.to_string()]))
                 .into_iter()
-                .chain(user.map(|u| format!("user:{u}")))
-                .map(|k| format!("{}:lim:conn:{k}", redis.key_prefix()))
+                .chain(user.map(|u| keys::key(redis.key_prefix(), "lim:conn", &["user", u])))
                 .collect();
             let field = redis.incarnation().to_string();
             let node = node.clone();

@@ -142,6 +142,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             }
         }
     });
+    if node.config.api.key.is_none() {
+        if node.config.api.local_admin_without_key {
+            tracing::warn!(
+                "DEVELOPMENT SETTING: api.local_admin_without_key is on and no api.key is set: any program on \
+                 this machine may publish and use admin routes without credentials (proxied requests never)"
+            );
+        } else {
+            tracing::info!("no api.key is set: publish and admin routes are closed");
+        }
+    }
     tracing::info!(node = %node.id, %local_addr, shards, broker = node.broker.status().kind, scheme, "herald started");
     Ok(Running { local_addr, node, accept, scheme, writer })
 }
@@ -153,6 +163,7 @@ async fn sample_stats(node: Arc<Node>) {
             _ = ticker.tick() => {
                 node.stats.sample();
                 node.limits.housekeeping();
+                node.cells.evict_unused(|room| node.hub.has_room(room));
             }
             _ = node.shutdown.cancelled() => return,
         }
@@ -170,14 +181,25 @@ impl Running {
         self.shutdown().await;
     }
 
-    /// Stops accepting, closes every connection with 1001, and waits for them to go, at most
-    /// `server.shutdown_timeout`.
+    /// Stops accepting, writes and acknowledges every queued message, closes every connection
+    /// with 1001, and waits for them to go, all within `server.shutdown_timeout`.
+    ///
+    /// The writer is drained *before* connections close: a message stored during shutdown is
+    /// acknowledged to its sender (who then does not retry it) whenever the deadline allows.
+    /// Messages sent while the writer drains are refused with `UNAVAILABLE`, never stored
+    /// unacknowledged.
     pub async fn shutdown(self) {
         let node = self.node;
+        let mut writer = self.writer;
         node.shutdown.cancel();
         let _ = self.accept.await;
-        node.hub.shutdown().await;
         let deadline = Instant::now() + node.config.server.shutdown_timeout;
+        node.writer.close();
+        let drained =
+            tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), &mut writer).await.is_ok();
+        // Each shard lets its pending acknowledgements answer before it queues the close frames
+        // (`Shard::spawn_ack`).
+        node.hub.shutdown().await;
         loop {
             let open: u64 = node.stats.shards.iter().map(|s| s.connections.load(Ordering::Relaxed)).sum();
             if open == 0 {
@@ -190,11 +212,11 @@ impl Running {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Every connection is gone (or out of time): write what is queued, then stop.
-        node.writer.close();
-        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(2));
-        if tokio::time::timeout(remaining, self.writer).await.is_err() {
-            tracing::error!("the message writer did not drain before the deadline");
+        if !drained {
+            let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(2));
+            if tokio::time::timeout(remaining, writer).await.is_err() {
+                tracing::error!("the message writer did not drain before the deadline");
+            }
         }
     }
 }

@@ -3,10 +3,9 @@
 //! policy; a user sees only rooms it may read.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::response::Response;
 use bytes::Bytes;
 use http::StatusCode;
@@ -55,14 +54,13 @@ impl FromRequestParts<Arc<Node>> for Caller {
                 .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "AUTHENTICATION_FAILED", e.to_string()))?;
             return Ok(Caller { identity: Some(verified.identity), admin: false });
         }
-        // No credentials: with no API key configured, a loopback caller is the backend; with
-        // authentication off on a node that proves no identities, a `user_id` names the
-        // (unverified) user. A caller that claims a user is never taken for the backend, even
-        // where the claim is not believed.
-        let loopback = parts.extensions.get::<ConnectInfo<SocketAddr>>().is_some_and(|c| c.0.ip().is_loopback());
+        // No credentials: where the operator opened keyless local admin, a direct local caller is
+        // the backend; with authentication off on a node that proves no identities, a `user_id`
+        // names the (unverified) user. A caller that claims a user is never taken for the backend,
+        // even where the claim is not believed.
         let claimed = params.get("user_id").filter(|u| !u.is_empty());
         let user = claimed.filter(|_| node.auth.believes_claimed_ids(node.config.auth.mode));
-        let admin = node.config.api.key.is_none() && loopback && claimed.is_none();
+        let admin = claimed.is_none() && super::keyless_local(node, parts);
         if !admin && node.config.auth.mode == AuthMode::Required {
             // As on the WebSocket endpoints: without a token, nothing.
             return Err(ApiError::new(
@@ -320,16 +318,35 @@ pub struct PostMessage {
     metadata: Option<Value>,
     #[serde(default)]
     sensitive: bool,
+    /// Also accepted as the `Idempotency-Key` header.
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
-/// Handler for [`PostMessage`].
+/// Handler for [`PostMessage`]. A retry with the same idempotency key (body field or
+/// `Idempotency-Key` header; same sender and room) answers with the original message and
+/// `"duplicate": true`, storing and delivering nothing.
 pub async fn post_message(
     State(node): State<Arc<Node>>,
     _admin: Admin,
     Path(room): Path<String>,
+    headers: http::HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: PostMessage = parse_body(&body)?;
+    let header_key = match headers.get("idempotency-key") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::bad_request("INVALID_MESSAGE", "the Idempotency-Key header must be text"))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let idempotency_key = request.idempotency_key.clone().or(header_key);
+    if let Some(key) = &idempotency_key {
+        crate::store::check_idempotency_key(key).map_err(|e| ApiError::bad_request("INVALID_MESSAGE", e))?;
+    }
     super::valid_name("room", &room)?;
     let kind_text = request.message_type.as_deref().unwrap_or("system");
     let kind = MessageType::parse(kind_text)
@@ -358,8 +375,12 @@ pub async fn post_message(
         sensitive: request.sensitive,
         created_at: now_ms(),
         channel: None,
+        idempotency_key,
     };
     let stored = store_one(&node, message).await?;
+    if stored.duplicate {
+        return Ok(super::created(json!({ "message": stored.to_json(), "duplicate": true })));
+    }
     Ok(super::created(json!({ "message": stored.to_json() })))
 }
 

@@ -74,6 +74,7 @@ fn to_message(node: &Node, incoming: Incoming) -> Result<NewMessage, ApiError> {
         sensitive: false,
         created_at: now_ms(),
         channel: Some(name),
+        idempotency_key: None,
     })
 }
 

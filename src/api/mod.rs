@@ -30,7 +30,7 @@ use crate::node::Node;
 use crate::transport::upgrade::{self, Endpoint};
 
 /// Default largest request body.
-const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+pub(crate) const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
 /// A refused or failed API request.
 #[derive(Debug)]
@@ -61,8 +61,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Proof that the request carries the admin key (or, with no key configured, comes from loopback)
-/// and comes from an address in `api.allowed_ips`.
+/// Proof that the request carries the admin key (or, with no key configured and
+/// `api.local_admin_without_key` on, comes straight from loopback: see [`keyless_local`]) and
+/// comes from an address in `api.allowed_ips`.
 pub struct Admin {
     /// The caller's address, for the audit log.
     pub peer: String,
@@ -101,13 +102,15 @@ impl FromRequestParts<Arc<Node>> for Admin {
                 "this route needs the API key: Authorization: Bearer <key>",
             )),
             (None, _) => {
-                if peer.is_some_and(|ip| ip.is_loopback()) {
+                if keyless_local(node, parts) {
                     Ok(admin)
                 } else {
+                    crate::audit::admin_action(&admin.peer, "refused", "no api.key configured");
                     Err(ApiError::new(
                         StatusCode::FORBIDDEN,
                         "PERMISSION_DENIED",
-                        "no api.key is configured, so admin routes answer loopback clients only",
+                        "no api.key is configured: set api.key (or, for development on this machine only, \
+                         api.local_admin_without_key = true)",
                     ))
                 }
             }
@@ -123,6 +126,32 @@ pub(crate) fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
         .map(str::trim)
+}
+
+/// Whether a request without credentials may act as the backend. Only when the operator asked
+/// for it (`api.local_admin_without_key`, no `api.key`), and only for a caller that is itself on
+/// this machine: the socket's peer is loopback, is not one of `server.trusted_proxies`, and the
+/// request carries no forwarding header. A proxied request is never local, whatever the proxy's
+/// own address, because the proxy speaks for someone else.
+pub(crate) fn keyless_local(node: &Node, parts: &Parts) -> bool {
+    let api = &node.config.api;
+    if api.key.is_some() || !api.local_admin_without_key {
+        return false;
+    }
+    let Some(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()) else {
+        return false;
+    };
+    let proxy = node
+        .config
+        .server
+        .trusted_proxies
+        .iter()
+        .filter_map(|p| crate::config::parse_net(p))
+        .any(|n| n.contains(&peer));
+    let forwarded = ["x-forwarded-for", "forwarded", "x-real-ip", "x-forwarded-host"]
+        .iter()
+        .any(|h| parts.headers.contains_key(*h));
+    peer.is_loopback() && !proxy && !forwarded
 }
 
 /// Parses a JSON request body, refusing with a clear 400.

@@ -55,6 +55,7 @@ pub struct Denied {
 
 struct Rule {
     pattern: Regex,
+    segments: Vec<Segment>,
     source: String,
     applies_to: Vec<NameKind>,
     config: AccessRuleConfig,
@@ -77,6 +78,9 @@ pub struct Policy {
 /// User, kind, name and action of a cached backend decision.
 type DecisionKey = (String, NameKind, String, Action);
 
+/// Most backend decisions kept.
+const MAX_CACHED_DECISIONS: usize = 100_000;
+
 struct Backend {
     url: String,
     client: reqwest::Client,
@@ -85,7 +89,9 @@ struct Backend {
 }
 
 /// Turns `user_{a}_{b}` into `^user_(?P<a>[^_]+)_(?P<b>.+)$`: a capture takes one or more
-/// characters up to the next literal character of the pattern; `*` takes anything.
+/// characters up to the next literal character of the pattern; `*` takes anything. The regex only
+/// decides whether the rule applies; conditions on captures are decided over every split of the
+/// name ([`Segment::splits`]), since a capture may contain the separator.
 fn compile(pattern: &str) -> Result<Regex, String> {
     let mut out = String::from("^");
     let mut rest = pattern;
@@ -113,6 +119,94 @@ fn compile(pattern: &str) -> Result<Regex, String> {
     Regex::new(&out).map_err(|e| e.to_string())
 }
 
+/// A piece of a pattern.
+#[derive(Debug, Clone, PartialEq)]
+enum Segment {
+    /// Literal text.
+    Literal(String),
+    /// `{name}`: one or more characters.
+    Capture(String),
+    /// `*`: any characters.
+    Star,
+}
+
+/// Most splits of one name considered; a pattern with many captures over a long name cannot
+/// make a check expensive.
+const MAX_SPLITS: usize = 4096;
+
+impl Segment {
+    fn parse(pattern: &str) -> Vec<Segment> {
+        let mut segments = Vec::new();
+        let mut rest = pattern;
+        while !rest.is_empty() {
+            if let Some(after) = rest.strip_prefix('{')
+                && let Some(close) = after.find('}')
+            {
+                segments.push(Segment::Capture(after[..close].to_string()));
+                rest = &after[close + 1..];
+            } else if let Some(after) = rest.strip_prefix('*') {
+                segments.push(Segment::Star);
+                rest = after;
+            } else {
+                let first = rest.chars().next().map_or(0, char::len_utf8);
+                let next = rest[first..].find(['{', '*']).map_or(rest.len(), |i| i + first);
+                segments.push(Segment::Literal(rest[..next].to_string()));
+                rest = &rest[next..];
+            }
+        }
+        segments
+    }
+
+    /// Every assignment of captures under which `name` fits the pattern. A capture may contain
+    /// the pattern's own separators (`user_{a}_{b}` over `user_user_1_user_2` has three splits),
+    /// so a decision that depends on a capture must hold under *some* split, never just the
+    /// first one a regex happens to find.
+    fn splits<'s, 'n>(segments: &'s [Segment], name: &'n str) -> Vec<HashMap<&'s str, &'n str>> {
+        fn walk<'s, 'n>(
+            segments: &'s [Segment],
+            name: &'n str,
+            at: usize,
+            current: &mut Vec<(&'s str, &'n str)>,
+            out: &mut Vec<HashMap<&'s str, &'n str>>,
+        ) {
+            if out.len() >= MAX_SPLITS {
+                return;
+            }
+            let rest = &name[at..];
+            let Some((first, others)) = segments.split_first() else {
+                if rest.is_empty() {
+                    out.push(current.iter().copied().collect());
+                }
+                return;
+            };
+            match first {
+                Segment::Literal(text) => {
+                    if rest.starts_with(text.as_str()) {
+                        walk(others, name, at + text.len(), current, out);
+                    }
+                }
+                Segment::Capture(capture) => {
+                    for (i, c) in rest.char_indices() {
+                        let end = i + c.len_utf8();
+                        current.push((capture.as_str(), &rest[..end]));
+                        walk(others, name, at + end, current, out);
+                        current.pop();
+                    }
+                }
+                Segment::Star => {
+                    let ends = std::iter::once(0).chain(rest.char_indices().map(|(i, c)| i + c.len_utf8()));
+                    for end in ends {
+                        walk(others, name, at + end, current, out);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(segments, name, 0, &mut Vec::new(), &mut out);
+        out
+    }
+}
+
 impl Policy {
     /// Compiles the configured rules (already validated with the configuration).
     pub fn new(config: &AccessConfig) -> Result<Policy, String> {
@@ -121,6 +215,7 @@ impl Policy {
             let pattern = compile(&rule.pattern).map_err(|e| format!("access.rules[{i}].pattern: {e}"))?;
             rules.push(Rule {
                 pattern,
+                segments: Segment::parse(&rule.pattern),
                 source: rule.pattern.clone(),
                 applies_to: rule.applies_to.clone(),
                 config: rule.clone(),
@@ -187,15 +282,18 @@ impl Policy {
         if c.authenticated || c.roles.iter().any(|r| user.roles.contains(r)) {
             return Ok(());
         }
-        let captures = rule.pattern.captures(name);
-        let lookup = |key: &str| captures.as_ref().and_then(|c| c.name(key)).map(|m| m.as_str());
-        if c.users.iter().filter_map(|t| template::render(t, lookup)).any(|u| *u == *user.id) {
-            return Ok(());
-        }
-        for condition in &c.claims {
-            let Some(wanted) = template::render(&condition.contains, lookup) else { continue };
-            if claim_contains(user.claims.get(&condition.claim), &wanted) {
-                return Ok(());
+        if !c.users.is_empty() || !c.claims.is_empty() {
+            for split in Segment::splits(&rule.segments, name) {
+                let lookup = |key: &str| split.get(key).copied();
+                if c.users.iter().filter_map(|t| template::render(t, lookup)).any(|u| *u == *user.id) {
+                    return Ok(());
+                }
+                for condition in &c.claims {
+                    let Some(wanted) = template::render(&condition.contains, lookup) else { continue };
+                    if claim_contains(user.claims.get(&condition.claim), &wanted) {
+                        return Ok(());
+                    }
+                }
             }
         }
         if c.backend
@@ -256,8 +354,13 @@ impl Backend {
             }
         };
         let mut cache = self.cache.lock();
-        if cache.len() > 100_000 {
+        if cache.len() > MAX_CACHED_DECISIONS {
             cache.retain(|_, (_, at)| at.elapsed() < self.ttl);
+            // Names are the client's choice: when even the fresh answers fill the cache, start
+            // over rather than grow without bound (the backend answers again).
+            if cache.len() > MAX_CACHED_DECISIONS {
+                cache.clear();
+            }
         }
         cache.insert(key, (allow, Instant::now()));
         allow
@@ -391,6 +494,29 @@ mod tests {
         assert!(compile("campaign:*").unwrap().is_match("campaign:123"));
         assert!(!compile("order_{id}").unwrap().is_match("order_"));
         assert!(compile("a.b").unwrap().is_match("a.b") && !compile("a.b").unwrap().is_match("axb"));
+    }
+
+    #[test]
+    fn every_split_of_a_name_is_listed() {
+        let segments = Segment::parse("user_{a}_{b}");
+        let splits = Segment::splits(&segments, "user_user_1_user_2");
+        let pairs: Vec<(&str, &str)> = splits.iter().map(|s| (s["a"], s["b"])).collect();
+        assert_eq!(pairs, [("user", "1_user_2"), ("user_1", "user_2"), ("user_1_user", "2")]);
+        assert!(Segment::splits(&segments, "user_x").is_empty());
+        assert_eq!(Segment::splits(&Segment::parse("a*b"), "axxb").len(), 1);
+        let long = "x_".repeat(100);
+        assert!(Segment::splits(&Segment::parse("{a}_{b}_{c}_{d}"), &long).len() <= MAX_SPLITS);
+    }
+
+    #[tokio::test]
+    async fn direct_message_rooms_admit_ids_that_contain_the_separator() {
+        let policy = document_001_policy();
+        let first = user("user_1", &[], json!({}));
+        let second = user("user_2", &[], json!({}));
+        let other = user("user_3", &[], json!({}));
+        assert!(allowed(&policy, Some(&first), "user_user_1_user_2").await);
+        assert!(allowed(&policy, Some(&second), "user_user_1_user_2").await);
+        assert!(!allowed(&policy, Some(&other), "user_user_1_user_2").await);
     }
 
     #[test]

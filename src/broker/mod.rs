@@ -4,6 +4,7 @@
 //! embedded default (one node, events go straight to the hub); [`Broker::Redis`] carries events
 //! between nodes through Redis or a Redis Cluster and takes publishers' `PUBLISH` messages in.
 
+pub mod keys;
 pub mod redis;
 
 use std::sync::Arc;

@@ -31,6 +31,12 @@ pub struct PresenceConfig {
     /// Typing event shapes: the chat document's `typing_indicator` (`is_typing`), the
     /// spreadsheet document's `user_typing` (`user_typing_start` / `user_typing_stop`), or both.
     pub typing_events: Vec<String>,
+    /// Largest cell (`value` and `formula` as JSON) a `cell_update` may write, in bytes.
+    pub max_cell_bytes: usize,
+    /// Most cells a room holds; edits of new cells beyond it get `LIMIT_EXCEEDED`.
+    pub max_cells_per_room: usize,
+    /// Most distinct sheets a room's cells (and its `room_state.active_sheets`) span.
+    pub max_sheets_per_room: usize,
 }
 
 impl Default for PresenceConfig {
@@ -43,6 +49,9 @@ impl Default for PresenceConfig {
             cursor_interval: Duration::from_millis(50),
             status_events: vec!["user_status_changed".into(), "presence_update".into()],
             typing_events: vec!["typing_indicator".into(), "user_typing".into()],
+            max_cell_bytes: 32 * 1024,
+            max_cells_per_room: 10_000,
+            max_sheets_per_room: 100,
         }
     }
 }

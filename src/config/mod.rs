@@ -93,6 +93,12 @@ pub struct ServerConfig {
     /// How long a graceful shutdown may take before remaining sockets are dropped.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
+    /// How long an HTTP request's body may take to arrive after its headers; a slower one gets
+    /// 408 and its connection is closed.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// HTTP requests handled at once by the node; more get 503 at once. 0: no cap.
+    pub max_requests_in_flight: usize,
     /// Browser origins allowed to open WebSockets and call the API (CORS). Empty: any origin.
     pub allowed_origins: Vec<String>,
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the real client.
@@ -112,6 +118,8 @@ impl Default for ServerConfig {
             shards: 0,
             node_id: None,
             shutdown_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_requests_in_flight: 1024,
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
             dashboard: true,
@@ -267,10 +275,14 @@ impl ShapePaths {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Bearer key required by publish and admin routes. Without one those routes accept
-    /// requests from loopback addresses only.
+    /// Bearer key required by publish and admin routes. Without one those routes refuse every
+    /// request, unless `local_admin_without_key` opens them to direct loopback callers.
     #[serde(deserialize_with = "text::opt_string")]
     pub key: Option<String>,
+    /// Development only: with no `key`, let a caller on this machine use publish and admin routes
+    /// without credentials. A request through a proxy (from `server.trusted_proxies`, or with a
+    /// forwarding header) never counts as local. Start-up announces it.
+    pub local_admin_without_key: bool,
     /// Largest request body accepted, in bytes.
     pub max_body_size: Option<usize>,
     /// Addresses or CIDR ranges allowed to call admin routes; empty: any (with the key).
@@ -319,7 +331,8 @@ pub enum IngestAccess {
 pub struct LimitsConfig {
     /// Total WebSocket connections this node accepts; further upgrades get HTTP 503. 0: no cap.
     pub max_connections: usize,
-    /// Connections from one client address (across nodes with Redis). 0: no cap.
+    /// Connections from one client address (across nodes with Redis). 0: no cap. The default
+    /// (256) protects a node nobody tuned; load tests from one address raise it deliberately.
     pub max_connections_per_ip: usize,
     /// Connections of one user (across nodes with Redis). 0: no cap.
     pub max_connections_per_user: usize,
@@ -334,9 +347,13 @@ pub struct LimitsConfig {
     pub disconnect_after_refusals: u32,
     /// Message types not counted by the rate limits (high-frequency, coalesced elsewhere).
     pub rate_exempt_types: Vec<String>,
-    /// Channels one connection may be subscribed to at once. 0: no cap.
+    /// Messages of the rate-exempt types one connection may send per second (a burst of as many);
+    /// beyond it they are refused and the refusals count toward `disconnect_after_refusals`.
+    /// 0: no bound.
+    pub exempt_per_second: u32,
+    /// Channels one connection may be subscribed to at once (default 1,000). 0: no cap.
     pub max_channels_per_connection: usize,
-    /// Rooms one connection may be in at once. 0: no cap.
+    /// Rooms one connection may be in at once (default 200). 0: no cap.
     pub max_rooms_per_connection: usize,
 }
 
@@ -344,7 +361,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_connections: 0,
-            max_connections_per_ip: 0,
+            max_connections_per_ip: 256,
             max_connections_per_user: 0,
             messages_per_minute: 60,
             messages_per_hour: 1000,
@@ -353,8 +370,9 @@ impl Default for LimitsConfig {
             rate_exempt_types: ["ping", "pong", "cursor_move", "typing_start", "typing_stop", "refresh_token"]
                 .map(String::from)
                 .to_vec(),
-            max_channels_per_connection: 0,
-            max_rooms_per_connection: 0,
+            exempt_per_second: 50,
+            max_channels_per_connection: 1000,
+            max_rooms_per_connection: 200,
         }
     }
 }

@@ -224,6 +224,11 @@ impl Hub {
         counts
     }
 
+    /// Whether this node has a local connection in `room`.
+    pub fn has_room(&self, room: &str) -> bool {
+        self.interest.lock().counts.contains_key(&InterestKey::Room(Arc::from(room)))
+    }
+
     /// Keys this node currently has local connections for.
     pub fn interest_snapshot(&self) -> Vec<InterestKey> {
         self.interest.lock().counts.keys().cloned().collect()

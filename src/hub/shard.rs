@@ -57,6 +57,9 @@ pub(crate) enum ShardMsg {
     Shutdown,
 }
 
+/// How long shutdown waits for pending acknowledgements before closing connections anyway.
+const ACK_GRACE: Duration = Duration::from_secs(2);
+
 thread_local! {
     static CURRENT: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
 }
@@ -72,6 +75,9 @@ pub struct Shard {
     dirty: RefCell<Vec<Rc<Session>>>,
     shutting_down: Cell<bool>,
     next_heartbeat: Cell<Instant>,
+    /// Acknowledgement tasks waiting for the writer; shutdown lets them answer before closing.
+    acks_pending: Cell<usize>,
+    acks_settled: tokio::sync::Notify,
 }
 
 impl Shard {
@@ -108,6 +114,21 @@ impl Shard {
     /// Runs a task on this shard's thread.
     pub fn spawn(&self, future: impl Future<Output = ()> + 'static) {
         tokio::task::spawn_local(future);
+    }
+
+    /// Runs a task that acknowledges a write to a client once the writer answers. Shutdown
+    /// waits (briefly) for these before closing connections, so a committed message is
+    /// acknowledged before its connection closes.
+    pub(crate) fn spawn_ack(self: &Rc<Self>, future: impl Future<Output = ()> + 'static) {
+        self.acks_pending.set(self.acks_pending.get() + 1);
+        let shard = self.clone();
+        tokio::task::spawn_local(async move {
+            future.await;
+            shard.acks_pending.set(shard.acks_pending.get() - 1);
+            if shard.acks_pending.get() == 0 {
+                shard.acks_settled.notify_waiters();
+            }
+        });
     }
 
     /// Whether the shard is closing its connections for shutdown.
@@ -355,9 +376,24 @@ impl Shard {
 
     fn begin_shutdown(self: &Rc<Self>) {
         self.shutting_down.set(true);
-        for session in self.all_sessions() {
-            session.close(self, close_code::GOING_AWAY, "server shutting down; reconnect to another node");
-        }
+        let shard = self.clone();
+        // The node drained the writer before asking shards to close, so pending
+        // acknowledgements resolve at once; a stuck one never holds the close for long.
+        tokio::task::spawn_local(async move {
+            let deadline = tokio::time::Instant::now() + ACK_GRACE;
+            while shard.acks_pending.get() > 0 {
+                let settled = shard.acks_settled.notified();
+                if shard.acks_pending.get() == 0 {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                    break;
+                }
+            }
+            for session in shard.all_sessions() {
+                session.close(&shard, close_code::GOING_AWAY, "server shutting down; reconnect to another node");
+            }
+        });
     }
 
     /// A snapshot of every connection on the shard.
@@ -460,6 +496,8 @@ async fn run(number: usize, node: Arc<Node>, mut inbox: mpsc::Receiver<ShardMsg>
         batching: Cell::new(false),
         dirty: RefCell::new(Vec::new()),
         shutting_down: Cell::new(false),
+        acks_pending: Cell::new(0),
+        acks_settled: tokio::sync::Notify::new(),
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use crate::broker::keys;
 use crate::broker::redis::RedisBroker;
 use crate::hub::{Event, Target};
 use crate::node::Node;
@@ -287,12 +288,15 @@ impl Presence {
     }
 
     /// Records that a sheet is being edited in a room (for `room_state.active_sheets`).
-    pub fn note_sheet(&self, room: &Arc<str>, user: &Arc<str>, sheet: &str) {
+    /// At most `max` sheets are listed per room, so `room_state` stays small whatever sheet ids
+    /// clients choose.
+    pub fn note_sheet(&self, room: &Arc<str>, user: &Arc<str>, sheet: &str, max: usize) {
         let mut local = self.local.lock();
         if !local.rooms.contains_key(room) {
             return;
         }
-        let added = local.sheets.entry(room.clone()).or_default().insert(sheet.to_string());
+        let sheets = local.sheets.entry(room.clone()).or_default();
+        let added = (sheets.len() < max || sheets.contains(sheet)) && sheets.insert(sheet.to_string());
         drop(local);
         if added {
             self.mark(Dirty::Room(room.clone(), user.clone()));
@@ -359,7 +363,7 @@ async fn user_view(node: &Node, user: &str) -> UserView {
         view.add(&record);
     }
     if let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) {
-        let key = format!("{}:pr:user:{user}", redis.key_prefix());
+        let key = keys::key(redis.key_prefix(), "pr:user", &[user]);
         let (fields, live) = tokio::join!(hgetall(redis, &key), redis.live_incarnations());
         if let (Ok(fields), Ok(live)) = (fields, live) {
             for (incarnation, json) in fields {
@@ -383,8 +387,8 @@ async fn room_view(node: &Node, room: &str) -> (HashMap<String, Vec<RoomRecord>>
         users.entry(user).or_default().push(record);
     }
     if let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) {
-        let key = format!("{}:pr:room:{room}", redis.key_prefix());
-        let sheets_key = format!("{}:pr:sheets:{room}", redis.key_prefix());
+        let key = keys::key(redis.key_prefix(), "pr:room", &[room]);
+        let sheets_key = keys::key(redis.key_prefix(), "pr:sheets", &[room]);
         let (fields, remote_sheets, live) =
             tokio::join!(hgetall(redis, &key), smembers(redis, &sheets_key), redis.live_incarnations());
         if let (Ok(fields), Ok(live)) = (fields, live) {
@@ -405,6 +409,8 @@ async fn room_view(node: &Node, room: &str) -> (HashMap<String, Vec<RoomRecord>>
         }
     }
     sheets.sort();
+    // Each node lists at most the cap; the union of several nodes' lists is cut to it as well.
+    sheets.truncate(node.config.presence.max_sheets_per_room);
     (users, sheets)
 }
 
@@ -464,7 +470,7 @@ pub async fn user_presence(node: &Node, user: &str) -> Value {
 /// Whether the user has a connection in the room on any other live node.
 async fn present_elsewhere(node: &Node, room: &str, user: &str) -> bool {
     let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) else { return false };
-    let key = format!("{}:pr:room:{room}", redis.key_prefix());
+    let key = keys::key(redis.key_prefix(), "pr:room", &[room]);
     let (fields, live) = tokio::join!(hgetall(redis, &key), redis.live_incarnations());
     let (Ok(fields), Ok(live)) = (fields, live) else { return false };
     fields
@@ -659,7 +665,7 @@ async fn mirror(node: &Node, pending: &mut HashSet<Dirty>) {
         for change in pending.iter() {
             match change {
                 Dirty::Room(room, user) => {
-                    let key = format!("{prefix}:pr:room:{room}");
+                    let key = keys::key(&prefix, "pr:room", &[room]);
                     let field = field(user, &me);
                     match local.rooms.get(room).and_then(|m| m.get(user)) {
                         Some(record) => {
@@ -674,13 +680,13 @@ async fn mirror(node: &Node, pending: &mut HashSet<Dirty>) {
                         }
                     }
                     if let Some(sheets) = local.sheets.get(room).filter(|s| !s.is_empty()) {
-                        let key = format!("{prefix}:pr:sheets:{room}");
+                        let key = keys::key(&prefix, "pr:sheets", &[room]);
                         pipe.cmd("SADD").arg(&key).arg(sheets.iter().collect::<Vec<_>>()).ignore();
                         pipe.cmd("EXPIRE").arg(&key).arg(86_400).ignore();
                     }
                 }
                 Dirty::User(user) => {
-                    let key = format!("{prefix}:pr:user:{user}");
+                    let key = keys::key(&prefix, "pr:user", &[user]);
                     match local.users.get(user) {
                         Some(record) => {
                             pipe.cmd("HSET")
@@ -708,7 +714,7 @@ async fn sweep_dead(node: &Node) {
     let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) else { return };
     let Ok(live) = redis.live_incarnations().await else { return };
     for room in node.presence.local_rooms() {
-        let key = format!("{}:pr:room:{room}", redis.key_prefix());
+        let key = keys::key(redis.key_prefix(), "pr:room", &[&room]);
         let Ok(fields) = hgetall(redis, &key).await else { continue };
         let mut alive: HashSet<&str> = HashSet::new();
         let mut dead: Vec<(&str, &str, &String)> = Vec::new();
@@ -723,7 +729,7 @@ async fn sweep_dead(node: &Node) {
         for (user, incarnation, json) in dead {
             let removed: i64 =
                 redis.query_as(redis::cmd("HDEL").arg(&key).arg(field(user, incarnation))).await.unwrap_or(0);
-            let user_key = format!("{}:pr:user:{user}", redis.key_prefix());
+            let user_key = keys::key(redis.key_prefix(), "pr:user", &[user]);
             let _: Result<i64, _> = redis.query_as(redis::cmd("HDEL").arg(&user_key).arg(incarnation)).await;
             if removed == 0 || alive.contains(user) {
                 continue;
@@ -757,11 +763,11 @@ async fn remove_own(node: &Node) {
         let local = node.presence.local.lock();
         for (room, members) in &local.rooms {
             for user in members.keys() {
-                pipe.cmd("HDEL").arg(format!("{}:pr:room:{room}", redis.key_prefix())).arg(field(user, &me)).ignore();
+                pipe.cmd("HDEL").arg(keys::key(redis.key_prefix(), "pr:room", &[room])).arg(field(user, &me)).ignore();
             }
         }
         for user in local.users.keys() {
-            pipe.cmd("HDEL").arg(format!("{}:pr:user:{user}", redis.key_prefix())).arg(&me).ignore();
+            pipe.cmd("HDEL").arg(keys::key(redis.key_prefix(), "pr:user", &[user])).arg(&me).ignore();
         }
     }
     let _ = redis.pipeline_as::<()>(&pipe).await;

@@ -2,6 +2,8 @@
 
 use std::rc::Rc;
 
+use std::time::Duration;
+
 use bytes::Bytes;
 
 use super::{Session, handlers};
@@ -13,52 +15,29 @@ use crate::stats;
 use crate::transport::frame::close_code;
 
 /// Parses and handles one text message; every refusal becomes an error reply.
+///
+/// Every frame is counted before it is handled: ordinary types (and frames that are not valid
+/// messages at all) by the rate limits, rate-exempt types by their own per-second budget. A
+/// handler's own `RATE_LIMIT_EXCEEDED` (typing changes per room, …) counts as a refusal too, so
+/// every kind of flood ends in the same abuse disconnection.
 pub(crate) async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: Bytes) {
-    let message = match Inbound::parse(&text) {
+    let node = shard.node();
+    let parsed = Inbound::parse(&text);
+    let kind = parsed.as_ref().ok().map(|m| m.kind.as_str());
+    let id = parsed.as_ref().ok().and_then(|m| m.id.as_ref());
+    if !admit(shard, session, kind, id).await {
+        return;
+    }
+    let message = match parsed {
         Ok(message) => message,
         Err(e) => {
             session.send_error(shard, &e, None);
             return;
         }
     };
-    let node = shard.node();
-    if node.limits.counts(&message.kind) {
-        // Take the state out: no RefCell borrow may live across the await.
-        let mut rate = session.rate.borrow_mut().take();
-        let user = session.user().filter(|u| u.verified).map(|u| u.id.clone());
-        let decision = node.limits.check_message(node, &mut rate, user.as_ref()).await;
-        *session.rate.borrow_mut() = rate;
-        if let RateDecision::Refused { retry_after, disconnect } = decision {
-            let retry = retry_after.as_secs_f64().ceil() as u64;
-            let mut extra = serde_json::Map::new();
-            extra.insert("retry_after".into(), retry.into());
-            extra.insert("retry_after_ms".into(), (retry_after.as_millis() as u64).into());
-            stats::bump(&shard.counters().client_errors, 1);
-            stats::bump(&shard.counters().rate_limited, 1);
-            session.reply(
-                shard,
-                &outbound::error_with(
-                    ErrorCode::RateLimitExceeded,
-                    &format!("Rate limit exceeded: retry in {retry} s"),
-                    message.id.as_ref(),
-                    extra,
-                ),
-            );
-            if disconnect {
-                audit::forced_disconnect(
-                    &session.connection_id,
-                    user.as_deref(),
-                    close_code::POLICY_VIOLATION,
-                    "rate limit abuse",
-                );
-                session.close(shard, close_code::POLICY_VIOLATION, "rate limit exceeded repeatedly");
-            }
-            return;
-        }
-    }
     let result = match message.kind.as_str() {
         "ping" => handlers::ping::handle(shard, session, &message),
-        "refresh_token" => handlers::auth::refresh(shard, session, &message),
+        "refresh_token" => handlers::auth::refresh(shard, session, &message).await,
         "chat_message" => handlers::chat::chat(shard, session, &message).await,
         "mark_read" | "read_receipt" => handlers::chat::mark_read(shard, session, &message).await,
         "subscribe" => handlers::channels::subscribe(shard, session, &message).await,
@@ -85,5 +64,72 @@ pub(crate) async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: 
     };
     if let Err(e) = result {
         session.send_error(shard, &e, message.id.as_ref());
+        if e.code == ErrorCode::RateLimitExceeded && node.limits.note_refusal(&mut session.rate.borrow_mut()) {
+            abuse(shard, session);
+        }
     }
+}
+
+/// Counts one client frame of type `kind` (`None`: not a valid message) against the limits that
+/// apply to it; false (after answering the refusal) when it must not be handled.
+pub(crate) async fn admit(
+    shard: &Rc<Shard>,
+    session: &Rc<Session>,
+    kind: Option<&str>,
+    id: Option<&serde_json::Value>,
+) -> bool {
+    let node = shard.node();
+    let decision = if let Some(exempt) = kind.filter(|k| node.limits.is_exempt(k)) {
+        node.limits.check_exempt(&mut session.rate.borrow_mut(), exempt)
+    } else if kind.map_or_else(|| node.limits.counts_invalid(), |k| node.limits.counts(k)) {
+        // Take the state out: no RefCell borrow may live across the await.
+        let mut rate = session.rate.borrow_mut().take();
+        let user = session.user().filter(|u| u.verified).map(|u| u.id.clone());
+        let decision = node.limits.check_message(node, &mut rate, user.as_ref()).await;
+        *session.rate.borrow_mut() = rate;
+        decision
+    } else {
+        RateDecision::Allowed
+    };
+    match decision {
+        RateDecision::Allowed => true,
+        RateDecision::Refused { retry_after, disconnect } => {
+            refuse(shard, session, id, retry_after, disconnect);
+            false
+        }
+    }
+}
+
+/// Answers a refused message, and closes the connection when it keeps pushing.
+fn refuse(
+    shard: &Rc<Shard>,
+    session: &Rc<Session>,
+    id: Option<&serde_json::Value>,
+    retry_after: Duration,
+    disconnect: bool,
+) {
+    let retry = retry_after.as_secs_f64().ceil() as u64;
+    let mut extra = serde_json::Map::new();
+    extra.insert("retry_after".into(), retry.into());
+    extra.insert("retry_after_ms".into(), (retry_after.as_millis() as u64).into());
+    stats::bump(&shard.counters().client_errors, 1);
+    stats::bump(&shard.counters().rate_limited, 1);
+    session.reply(
+        shard,
+        &outbound::error_with(
+            ErrorCode::RateLimitExceeded,
+            &format!("Rate limit exceeded: retry in {retry} s"),
+            id,
+            extra,
+        ),
+    );
+    if disconnect {
+        abuse(shard, session);
+    }
+}
+
+fn abuse(shard: &Rc<Shard>, session: &Rc<Session>) {
+    let user = session.user().map(|u| u.id.clone());
+    audit::forced_disconnect(&session.connection_id, user.as_deref(), close_code::POLICY_VIOLATION, "rate limit abuse");
+    session.close(shard, close_code::POLICY_VIOLATION, "rate limit exceeded repeatedly");
 }

@@ -19,6 +19,8 @@ pub struct LiveState {
     pub typing: HashMap<(Arc<str>, Option<String>), Instant>,
     /// room → cursor coalescing state.
     pub cursors: HashMap<Arc<str>, CursorState>,
+    /// room → (start of the current second, typing starts announced in it).
+    pub typing_starts: HashMap<Arc<str>, (Instant, u32)>,
     /// Which notifications this connection wants; `None` means all of them.
     pub notifications: Option<NotificationFilter>,
 }
@@ -33,6 +35,10 @@ pub struct CursorState {
     /// A flush task is waiting for the interval to pass.
     pub flush_scheduled: bool,
 }
+
+/// Most values one list of a notification filter may hold (the filter lives as long as the
+/// connection).
+const MAX_FILTER_VALUES: usize = 100;
 
 /// A `subscribe_notifications` filter: each list, when given, must contain the notification's
 /// value. A notification without a value for a filtered field passes (nothing to refuse it on).
@@ -52,6 +58,10 @@ impl NotificationFilter {
         let list = |field: &str| -> Result<Option<HashSet<String>>, ProtocolError> {
             match body.get(field) {
                 None | Some(Value::Null) => Ok(None),
+                Some(Value::Array(items)) if items.len() > MAX_FILTER_VALUES => Err(ProtocolError::new(
+                    ErrorCode::InvalidMessage,
+                    format!("field {field:?} may list at most {MAX_FILTER_VALUES} values"),
+                )),
                 Some(Value::Array(items)) => items
                     .iter()
                     .map(|item| match item {
@@ -129,7 +139,8 @@ mod tests {
 
     #[test]
     fn wrong_types_are_refused() {
-        for body in [json!({"categories": "system"}), json!({"modules": [1]})] {
+        let many: Vec<String> = (0..=MAX_FILTER_VALUES).map(|i| i.to_string()).collect();
+        for body in [json!({"categories": "system"}), json!({"modules": [1]}), json!({"priorities": many})] {
             let Value::Object(body) = body else { unreachable!() };
             assert_eq!(NotificationFilter::parse(&body).unwrap_err().code, ErrorCode::InvalidMessage);
         }

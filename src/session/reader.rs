@@ -164,10 +164,24 @@ async fn handle(shard: &Rc<Shard>, session: &Rc<Session>, message: Message) {
                 EndpointKind::Events if session.info.wire.msgpack => match crate::protocol::msgpack::to_json(&data) {
                     Ok(json) => Box::pin(dispatch::handle_text(shard, session, Bytes::from(json))).await,
                     Err(e) => {
-                        session.send_error(shard, &ProtocolError::new(ErrorCode::InvalidJson, e.to_string()), None)
+                        if dispatch::admit(shard, session, None, None).await {
+                            session.send_error(shard, &ProtocolError::new(ErrorCode::InvalidJson, e.to_string()), None)
+                        }
                     }
                 },
-                _ => session.send_error(
+                EndpointKind::Events => {
+                    if dispatch::admit(shard, session, None, None).await {
+                        session.send_error(
+                            shard,
+                            &ProtocolError::new(
+                                ErrorCode::UnsupportedFrame,
+                                "binary frames are not accepted on this connection; send JSON text",
+                            ),
+                            None,
+                        )
+                    }
+                }
+                EndpointKind::Stats => session.send_error(
                     shard,
                     &ProtocolError::new(
                         ErrorCode::UnsupportedFrame,

@@ -125,6 +125,27 @@ pub struct NewMessage {
     pub created_at: i64,
     /// Also deliver to this channel's subscribers (the ingestion API's `channel_id`).
     pub channel: Option<Arc<str>>,
+    /// The sender's idempotency key: a second message of the same sender in the same room with
+    /// the same key is not stored again; its acknowledgement is the original message.
+    pub idempotency_key: Option<String>,
+}
+
+/// Longest idempotency key accepted.
+pub const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+/// Checks a client-chosen idempotency key: 1-200 characters without control characters.
+pub fn check_idempotency_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || key.chars().any(char::is_control) {
+        return Err(format!("an idempotency key is 1-{MAX_IDEMPOTENCY_KEY} characters without control characters"));
+    }
+    Ok(())
+}
+
+/// The stored form of an idempotency key: scoped to its sender, length-prefixed so that no two
+/// (sender, key) pairs share it.
+fn idempotency_scope(user: Option<&str>, key: &str) -> String {
+    let user = user.unwrap_or("");
+    format!("{}:{user}:{key}", user.len())
 }
 
 /// A message as read back, decrypted.
@@ -148,6 +169,10 @@ pub struct StoredMessage {
     pub encrypted: bool,
     /// Unix milliseconds.
     pub created_at: i64,
+    /// True when an idempotency key matched an earlier message: this is that message, and
+    /// nothing was stored or delivered again.
+    #[serde(skip)]
+    pub duplicate: bool,
 }
 
 impl StoredMessage {
@@ -203,6 +228,17 @@ pub(crate) struct InsertRow {
     pub(crate) key_id: Option<String>,
     pub(crate) metadata: Option<String>,
     pub(crate) created_at: i64,
+    /// Sender-scoped idempotency key.
+    pub(crate) idempotency_key: Option<String>,
+}
+
+/// What became of one row of a batch.
+#[derive(Debug)]
+pub(crate) enum Written {
+    /// Inserted with this id.
+    New(i64),
+    /// Its idempotency key matched this earlier message; nothing was inserted.
+    Existing(RawMessage),
 }
 
 /// Which page of a room's history.
@@ -334,6 +370,10 @@ impl Store {
             key_id,
             metadata,
             created_at: message.created_at,
+            idempotency_key: message
+                .idempotency_key
+                .as_deref()
+                .map(|k| idempotency_scope(message.user_id.as_deref(), k)),
         })
     }
 
@@ -343,7 +383,7 @@ impl Store {
         &self.keyring
     }
 
-    fn open_row(&self, raw: RawMessage) -> Result<StoredMessage, StoreError> {
+    pub(crate) fn open_row(&self, raw: RawMessage) -> Result<StoredMessage, StoreError> {
         let (content, encrypted) = match (raw.content, raw.encrypted, raw.key_id) {
             (Some(content), _, _) => (content, false),
             (None, Some(sealed), Some(key_id)) => {
@@ -368,6 +408,7 @@ impl Store {
             },
             encrypted,
             created_at: raw.created_at,
+            duplicate: false,
         })
     }
 
@@ -376,7 +417,7 @@ impl Store {
     }
 
     /// Writes rows in one transaction; returns the id of each message row, in order.
-    pub(crate) async fn write(&self, rows: &[Row]) -> Result<Vec<i64>, StoreError> {
+    pub(crate) async fn write(&self, rows: &[Row]) -> Result<Vec<Written>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.write(rows).await,
             Backend::Postgres(s) => s.write(rows).await,

@@ -6,7 +6,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row as _};
 
 use super::query::Query;
-use super::{MarkRead, Page, RawMessage, Row, StoreError};
+use super::{MarkRead, Page, RawMessage, Row, StoreError, Written};
 use crate::config::{DatabaseConfig, RetentionMode};
 
 pub(crate) struct PgStore {
@@ -24,7 +24,7 @@ impl PgStore {
         Ok(PgStore { pool })
     }
 
-    pub(crate) async fn write(&self, rows: &[Row]) -> Result<Vec<i64>, StoreError> {
+    pub(crate) async fn write(&self, rows: &[Row]) -> Result<Vec<Written>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let messages: Vec<&super::InsertRow> = rows
             .iter()
@@ -34,7 +34,45 @@ impl PgStore {
             })
             .collect();
         let mut ids = Vec::with_capacity(messages.len());
-        if !messages.is_empty() {
+        if messages.iter().any(|m| m.idempotency_key.is_some()) {
+            // Row by row, in order: a key that conflicts (in this batch, or with a row another
+            // node committed, whose transaction this one waits for) inserts nothing, and the
+            // earlier message is the answer.
+            for m in &messages {
+                let id: Option<i64> = sqlx::query_scalar(
+                    "INSERT INTO messages (room, user_id, user_name, message_type, content, encrypted, key_id, metadata, created_at, idempotency_key) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                     ON CONFLICT (room, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id",
+                )
+                .bind(&m.room)
+                .bind(&m.user_id)
+                .bind(&m.user_name)
+                .bind(m.message_type)
+                .bind(&m.content)
+                .bind(&m.encrypted)
+                .bind(&m.key_id)
+                .bind(&m.metadata)
+                .bind(m.created_at)
+                .bind(&m.idempotency_key)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match id {
+                    Some(id) => ids.push(Written::New(id)),
+                    None => {
+                        let existing: RawMessage = sqlx::query_as(concat!(
+                            "SELECT ",
+                            message_columns!(),
+                            " FROM messages WHERE room = $1 AND idempotency_key = $2"
+                        ))
+                        .bind(&m.room)
+                        .bind(&m.idempotency_key)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        ids.push(Written::Existing(existing));
+                    }
+                }
+            }
+        } else if !messages.is_empty() {
             // One statement for the whole batch; WITH ORDINALITY keeps the ids in input order.
             let room: Vec<&str> = messages.iter().map(|m| m.room.as_str()).collect();
             let user_id: Vec<Option<&str>> = messages.iter().map(|m| m.user_id.as_deref()).collect();
@@ -67,7 +105,7 @@ impl PgStore {
             .fetch_all(&mut *tx)
             .await?;
             for row in rows {
-                ids.push(row.try_get::<i64, _>("id")?);
+                ids.push(Written::New(row.try_get::<i64, _>("id")?));
             }
         }
         for row in rows {

@@ -7,7 +7,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{QueryBuilder, Row as _, Sqlite};
 
 use super::query::Query;
-use super::{MarkRead, Page, RawMessage, Row, StoreError};
+use super::{MarkRead, Page, RawMessage, Row, StoreError, Written};
 use crate::config::{DatabaseConfig, RetentionMode, SqliteSynchronous as Sync};
 
 pub(crate) struct SqliteStore {
@@ -34,15 +34,18 @@ impl SqliteStore {
         Ok(SqliteStore { pool })
     }
 
-    pub(crate) async fn write(&self, rows: &[Row]) -> Result<Vec<i64>, StoreError> {
+    pub(crate) async fn write(&self, rows: &[Row]) -> Result<Vec<Written>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut ids = Vec::with_capacity(rows.len());
         for row in rows {
             match row {
                 Row::Message(m) => {
-                    let id: i64 = sqlx::query_scalar(
-                        "INSERT INTO messages (room, user_id, user_name, message_type, content, encrypted, key_id, metadata, created_at) \
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    // With a key, a conflict inserts nothing and returns no id: the earlier
+                    // message with that key is the answer.
+                    let id: Option<i64> = sqlx::query_scalar(
+                        "INSERT INTO messages (room, user_id, user_name, message_type, content, encrypted, key_id, metadata, created_at, idempotency_key) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                         ON CONFLICT (room, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id",
                     )
                     .bind(&m.room)
                     .bind(&m.user_id)
@@ -53,9 +56,25 @@ impl SqliteStore {
                     .bind(&m.key_id)
                     .bind(&m.metadata)
                     .bind(m.created_at)
-                    .fetch_one(&mut *tx)
+                    .bind(&m.idempotency_key)
+                    .fetch_optional(&mut *tx)
                     .await?;
-                    ids.push(id);
+                    match id {
+                        Some(id) => ids.push(Written::New(id)),
+                        None => {
+                            let existing: RawMessage = sqlx::query_as(concat!(
+                                "SELECT ",
+                                message_columns!(),
+                                " FROM messages WHERE room = ? AND idempotency_key = ?"
+                            ))
+                            .bind(&m.room)
+                            .bind(&m.idempotency_key)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                            ids.push(Written::Existing(existing));
+                            continue;
+                        }
+                    }
                     if let Some(user) = &m.user_id {
                         upsert_member(&mut tx, &m.room, user, m.created_at).await?;
                     }

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{NewMessage, Row, Store, StoreError, StoredMessage};
+use super::{NewMessage, Row, Store, StoreError, StoredMessage, Written};
 use crate::broker::BurstLog;
 use crate::hub::{Event, Target};
 use crate::node::Node;
@@ -200,13 +200,25 @@ async fn commit(node: &Arc<Node>, store: &Store, batch: &mut Vec<Job>) {
             return;
         }
     };
-    node.stats.node.stored_messages.fetch_add(ids.len() as u64, Ordering::Relaxed);
+    let inserted = ids.iter().filter(|w| matches!(w, Written::New(_))).count();
+    node.stats.node.stored_messages.fetch_add(inserted as u64, Ordering::Relaxed);
     node.stats.node.stored_batches.fetch_add(1, Ordering::Relaxed);
     metrics::histogram!("herald_writer_batch_rows").record(rows.len() as f64);
 
     let mut events = Vec::with_capacity(waiting.len());
     let mut acks = Vec::with_capacity(waiting.len());
-    for ((message, ack, encrypted), id) in waiting.into_iter().zip(ids) {
+    for ((message, ack, encrypted), written) in waiting.into_iter().zip(ids) {
+        let id = match written {
+            Written::New(id) => id,
+            // A retry: the original was stored (and delivered) before; answer with it, once.
+            Written::Existing(raw) => {
+                let outcome = store.open_row(raw).map(|original| StoredMessage { duplicate: true, ..original });
+                if let Some(ack) = ack {
+                    let _ = ack.send(outcome);
+                }
+                continue;
+            }
+        };
         let stored = StoredMessage {
             id,
             room: message.room.to_string(),
@@ -217,6 +229,7 @@ async fn commit(node: &Arc<Node>, store: &Store, batch: &mut Vec<Job>) {
             metadata: message.metadata,
             encrypted,
             created_at: message.created_at,
+            duplicate: false,
         };
         let payload = Bytes::from(stored.to_json().to_string());
         let target = Target { channel: message.channel, room: Some(message.room), user: None, broadcast: false };

@@ -35,6 +35,7 @@ pub(crate) async fn accept_loop(
     tls: Option<TlsAcceptor>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
+    let limits = super::http::HttpLimits::new(&node);
     let mut last_error_log = None::<std::time::Instant>;
     loop {
         let accepted = tokio::select! {
@@ -47,13 +48,13 @@ pub(crate) async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 match &tls {
                     None => {
-                        tokio::spawn(super::http::serve(stream, peer, router.clone()));
+                        tokio::spawn(super::http::serve(stream, peer, router.clone(), limits.clone()));
                     }
                     Some(acceptor) => {
-                        let (acceptor, router) = (acceptor.clone(), router.clone());
+                        let (acceptor, router, limits) = (acceptor.clone(), router.clone(), limits.clone());
                         tokio::spawn(async move {
                             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                                Ok(Ok(stream)) => super::http::serve(stream, peer, router).await,
+                                Ok(Ok(stream)) => super::http::serve(stream, peer, router, limits).await,
                                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                             }

@@ -26,8 +26,10 @@ async fn publish_requires_the_api_key() {
 }
 
 #[tokio::test]
-async fn without_a_key_admin_routes_answer_loopback() {
-    let herald = Herald::start_with(Options { no_api_key: true, ..Default::default() }).await;
+async fn without_a_key_admin_routes_answer_loopback_only_when_asked() {
+    let herald =
+        Herald::start_with(Options { no_api_key: true, ..Options::toml("[api]\nlocal_admin_without_key = true") })
+            .await;
     let (status, _) = herald.post("/api/publish", json!({"channel": "a", "event": {}})).await;
     assert_eq!(status, 200);
 }

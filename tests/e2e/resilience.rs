@@ -203,7 +203,8 @@ fn open_fds(pid: u32) -> usize {
 
 #[tokio::test]
 async fn thousands_of_abrupt_drops_leave_no_trace_while_events_flow() {
-    let herald = Herald::start("").await;
+    // 2,000 clients from one address: past the default per-address cap on purpose.
+    let herald = Herald::start("[limits]\nmax_connections_per_ip = 0").await;
     let mut bystander = herald.connect("/ws?channels=flow").await;
     let baseline_fds = open_fds(herald.pid());
     let (_, health) = herald.get("/health").await;

@@ -2,12 +2,15 @@
 //! runs on every tick.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 
+use super::{presence, streams};
 use crate::audit;
-use crate::config::ExpiryPolicy;
+use crate::auth::{Action, Identity};
+use crate::config::{ExpiryPolicy, NameKind};
 use crate::hub::shard::Shard;
 use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound};
 use crate::session::Session;
@@ -18,8 +21,10 @@ fn unix(t: SystemTime) -> u64 {
 }
 
 /// `{"type":"refresh_token","token":"…"}` → `{"type":"token_refreshed","expires_at":…}`. The new
-/// token must name the same user; its claims (roles, …) replace the old ones.
-pub(crate) fn refresh(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), ProtocolError> {
+/// token must name the same user; its claims (roles, …) replace the old ones, and every room and
+/// channel the connection holds is checked again under them: what they no longer allow is left,
+/// each with a `room_left` / `unsubscribed` carrying `"revoked": true` and the reason.
+pub(crate) async fn refresh(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), ProtocolError> {
     let token = message.str("token")?;
     let Some(current) = session.user().filter(|u| u.verified) else {
         return Err(ProtocolError::new(
@@ -40,6 +45,7 @@ pub(crate) fn refresh(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inboun
         );
         return Err(ProtocolError::new(ErrorCode::AuthenticationFailed, "the new token names another user"));
     }
+    let identity = verified.identity.clone();
     session.set_user(verified.identity);
     session.expires_at.set(Some(verified.expires_at));
     session.refresh_requested.set(false);
@@ -47,7 +53,39 @@ pub(crate) fn refresh(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inboun
         shard,
         &outbound::reply("token_refreshed", json!({ "expires_at": unix(verified.expires_at) }), message.id.as_ref()),
     );
+    recheck(shard, session, &identity).await;
     Ok(())
+}
+
+/// Asks the access policy again, under `identity`, for every room and channel the connection
+/// holds, and leaves those it no longer allows, telling the client why.
+async fn recheck(shard: &Rc<Shard>, session: &Rc<Session>, identity: &Identity) {
+    let node = shard.node();
+    let (rooms, channels): (Vec<Arc<str>>, Vec<Arc<str>>) = {
+        let state = session.state.borrow();
+        (state.rooms.iter().cloned().collect(), state.channels.iter().cloned().collect())
+    };
+    for room in rooms {
+        let Err(denied) = node.auth.check(Some(identity), NameKind::Room, &room, Action::Join).await else {
+            continue;
+        };
+        let was_member = shard.leave(session, &room);
+        streams::end(session, NameKind::Room, &room);
+        let body = json!({ "room": &*room, "room_id": &*room, "revoked": true, "reason": denied.reason });
+        session.reply(shard, &outbound::reply("room_left", body, None));
+        if was_member {
+            presence::after_leave(shard, session, &room).await;
+        }
+    }
+    for channel in channels {
+        let Err(denied) = node.auth.check(Some(identity), NameKind::Channel, &channel, Action::Subscribe).await else {
+            continue;
+        };
+        shard.unsubscribe(session, &channel);
+        streams::end(session, NameKind::Channel, &channel);
+        let body = json!({ "channels": [&*channel], "revoked": true, "reason": denied.reason });
+        session.reply(shard, &outbound::reply("unsubscribed", body, None));
+    }
 }
 
 /// Acts on an expiring or expired token: asks for a refresh ahead of time (policy `refresh`),

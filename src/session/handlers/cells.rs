@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
+use crate::auth::Action;
+use crate::config::NameKind;
 use crate::hub::Target;
 use crate::hub::shard::Shard;
-use crate::presence::cells::{Applied, Cell};
+use crate::presence::cells::{Applied, Cell, CellLimits, MAX_AHEAD};
 use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound};
 use crate::session::Session;
 use crate::session::handlers::presence::who;
@@ -18,10 +20,12 @@ fn invalid(message: impl Into<String>) -> ProtocolError {
 
 /// `{"type":"cell_update","sheet_id":…,"cell_id":…,"value":…,"formula":…,"version":…}`.
 ///
-/// Accepted: `cell_updated` to the other members of the rooms the edit is for (its `room`, or
-/// every room the connection is in), `cell_update_ack` to the sender, and the edit forwarded to
-/// the backend when `cell_update` is in `upstream.types`. Refused: `VERSION_CONFLICT` carrying
-/// the cell's current value and version.
+/// The cell belongs to the edit's `room` (or the one room the connection is in) and the editor
+/// must be allowed to publish there. Accepted: `cell_updated` to the other members of that room,
+/// `cell_update_ack` to the sender, and the edit forwarded to the backend when `cell_update` is in
+/// `upstream.types`. Refused: `VERSION_CONFLICT` carrying the cell's current value and version,
+/// `LIMIT_EXCEEDED` when the room holds all the cells it may, `INVALID_MESSAGE` for a version
+/// too far ahead.
 pub(crate) async fn update(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), ProtocolError> {
     let node = shard.node();
     let who = who(session).ok_or_else(|| {
@@ -41,34 +45,77 @@ pub(crate) async fn update(shard: &Rc<Shard>, session: &Rc<Session>, message: &I
     };
     let formula = message.opt_str("formula")?.map(String::from);
     let value = message.body.get("value").cloned().unwrap_or(Value::Null);
-    let rooms: Vec<Arc<str>> = match message.opt_room()? {
-        Some(room) => {
-            let joined = session.state.borrow().rooms.get(room).cloned();
-            vec![joined.ok_or_else(|| {
+    let presence = &node.config.presence;
+    let size = serde_json::to_string(&value).map_or(usize::MAX, |v| v.len()) + formula.as_ref().map_or(0, String::len);
+    if size > presence.max_cell_bytes {
+        return Err(ProtocolError::new(
+            ErrorCode::MessageTooLarge,
+            format!("a cell holds at most {} bytes (presence.max_cell_bytes)", presence.max_cell_bytes),
+        ));
+    }
+    // A cell belongs to one room: the one named, or the only one the connection is in. Every read
+    // and write of it is for that room, under that room's rules.
+    let room: Arc<str> = {
+        let state = session.state.borrow();
+        match message.opt_room()? {
+            Some(room) => state.rooms.get(room).cloned().ok_or_else(|| {
                 ProtocolError::new(ErrorCode::PermissionDenied, format!("join room {room:?} before editing in it"))
-            })?]
-        }
-        None => {
-            let mut rooms: Vec<Arc<str>> = session.state.borrow().rooms.iter().cloned().collect();
-            rooms.sort();
-            rooms
+            })?,
+            None => {
+                let mut joined = state.rooms.iter();
+                match (joined.next(), joined.next()) {
+                    (Some(room), None) => room.clone(),
+                    (None, _) => {
+                        return Err(ProtocolError::new(
+                            ErrorCode::PermissionDenied,
+                            "join a room before editing cells",
+                        ));
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(invalid("this connection is in several rooms: name the cell's room in \"room\""));
+                    }
+                }
+            }
         }
     };
-    if rooms.is_empty() {
-        return Err(ProtocolError::new(ErrorCode::PermissionDenied, "join a room before editing cells"));
-    }
+    let user = session.user();
+    node.auth
+        .check(user.as_deref(), NameKind::Room, &room, Action::Publish)
+        .await
+        .map_err(|d| ProtocolError::new(ErrorCode::PermissionDenied, d.reason))?;
+    let rooms = [room.clone()];
+    let limits = CellLimits { cells: presence.max_cells_per_room, sheets: presence.max_sheets_per_room };
     let edit = Cell { value, formula, version, user_id: Some(who.user_id.to_string()), username: who.username.clone() };
     let applied = node
         .cells
-        .apply(node, &sheet, &cell_id, edit)
+        .apply(node, &room, &sheet, &cell_id, edit, limits)
         .await
         .map_err(|e| ProtocolError::new(ErrorCode::Unavailable, e.to_string()))?;
     let cell = match applied {
         Applied::Accepted(cell) => cell,
+        Applied::RoomFull(what) => {
+            return Err(ProtocolError::new(
+                ErrorCode::LimitExceeded,
+                format!("room {room:?} holds as many {what} as it may (presence.max_{what}_per_room)"),
+            ));
+        }
+        Applied::TooFarAhead(limit) => {
+            return Err(invalid(format!(
+                "field \"version\" runs too far ahead: at most {limit} (the current version or the time in \
+                 milliseconds, plus {MAX_AHEAD})"
+            )));
+        }
         Applied::Conflict(current) => {
+            // Only a reader of the room sees the current content (the edit's room was joined, so
+            // read was granted; the check runs again in case the rules changed since).
+            node.auth
+                .check(user.as_deref(), NameKind::Room, &room, Action::Read)
+                .await
+                .map_err(|d| ProtocolError::new(ErrorCode::PermissionDenied, d.reason))?;
             let mut extra = Map::new();
             extra.insert("sheet_id".into(), sheet.clone().into());
             extra.insert("cell_id".into(), cell_id.clone().into());
+            extra.insert("room".into(), (*room).into());
             extra.insert("current_value".into(), current.value.clone());
             extra.insert("current_version".into(), current.version.into());
             extra.insert("current".into(), serde_json::to_value(&current).unwrap_or(Value::Null));
@@ -87,7 +134,7 @@ pub(crate) async fn update(shard: &Rc<Shard>, session: &Rc<Session>, message: &I
         }
     };
     for room in &rooms {
-        node.presence.note_sheet(room, &who.user_id, &sheet);
+        node.presence.note_sheet(room, &who.user_id, &sheet, presence.max_sheets_per_room);
         let payload = json!({
             "type": "cell_updated",
             "sheet_id": &sheet,

@@ -26,8 +26,10 @@ pub(crate) fn store_error(e: StoreError) -> ProtocolError {
     }
 }
 
-/// `{"type":"chat_message","room":…,"content":…,"message_type":"text"}`: checked, stored, then
-/// delivered to the room and acknowledged with `chat_message_ack` once durable. The reader does
+/// `{"type":"chat_message","room":…,"content":…,"message_type":"text","idempotency_key"?:…}`:
+/// checked, stored, then delivered to the room and acknowledged with `chat_message_ack` once
+/// durable. A retry with the same `idempotency_key` (same sender and room) is not stored or
+/// delivered again: its acknowledgement names the original message, with `"duplicate": true`. The reader does
 /// not wait for the disk: the next message is read while this one commits.
 pub(crate) async fn chat(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), ProtocolError> {
     let node = shard.node();
@@ -70,6 +72,10 @@ pub(crate) async fn chat(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inb
             return Err(ProtocolError::new(ErrorCode::InvalidMessage, "field \"sensitive\" must be true or false"));
         }
     };
+    let idempotency_key = message.opt_id("idempotency_key")?;
+    if let Some(key) = &idempotency_key {
+        crate::store::check_idempotency_key(key).map_err(|e| ProtocolError::new(ErrorCode::InvalidMessage, e))?;
+    }
     let user = session.user();
     node.auth.check(user.as_deref(), NameKind::Room, &room, Action::Publish).await.map_err(denied)?;
     let new = NewMessage {
@@ -82,20 +88,22 @@ pub(crate) async fn chat(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inb
         sensitive,
         created_at: now_ms(),
         channel: None,
+        idempotency_key,
     };
     // Waiting for queue space holds back this client only (back-pressure), never the shard.
     let ack = node.writer.submit(new).await.map_err(store_error)?;
     let (shard, session, id) = (shard.clone(), session.clone(), message.id.clone());
-    shard.clone().spawn(async move {
+    shard.clone().spawn_ack(async move {
         match ack.await {
-            Ok(Ok(stored)) => session.reply(
-                &shard,
-                &outbound::reply(
-                    "chat_message_ack",
-                    json!({ "message_id": stored.id, "room": stored.room, "created_at": stored.created_at }),
-                    id.as_ref(),
-                ),
-            ),
+            Ok(Ok(stored)) => {
+                let mut ack = json!({ "message_id": stored.id, "room": stored.room, "created_at": stored.created_at });
+                if stored.duplicate
+                    && let Some(fields) = ack.as_object_mut()
+                {
+                    fields.insert("duplicate".into(), true.into());
+                }
+                session.reply(&shard, &outbound::reply("chat_message_ack", ack, id.as_ref()))
+            }
             Ok(Err(e)) => session.send_error(&shard, &store_error(e), id.as_ref()),
             Err(_) => session.send_error(
                 &shard,

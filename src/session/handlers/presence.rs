@@ -124,12 +124,50 @@ pub(crate) async fn typing_start(
 ) -> Result<(), ProtocolError> {
     let who = require_user(session, "typing_start")?;
     let room = joined_room(session, message)?;
-    let cell = message.opt_id("cell_id")?;
+    let cell = typing_cell(message)?;
     let timeout = shard.node().config.presence.typing_timeout;
     let key = (room.clone(), cell.clone());
-    let already = session.with_live(|live| live.typing.insert(key.clone(), Instant::now() + timeout).is_some());
-    if already {
-        return Ok(());
+    let now = Instant::now();
+    enum Typing {
+        Refreshed,
+        Started { replaced: Option<Option<String>> },
+        TooFast,
+    }
+    // One typing state per connection and room (a new cell replaces the old one), and at most
+    // TYPING_STARTS_PER_SECOND announced starts per room and second: the per-connection state
+    // and what others receive stay bounded whatever cell ids a client invents.
+    let outcome = session.with_live(|live| {
+        if let Some(deadline) = live.typing.get_mut(&key) {
+            *deadline = now + timeout;
+            return Typing::Refreshed;
+        }
+        let window = live.typing_starts.entry(room.clone()).or_insert((now, 0));
+        if now.duration_since(window.0) >= std::time::Duration::from_secs(1) {
+            *window = (now, 0);
+        }
+        if window.1 >= TYPING_STARTS_PER_SECOND {
+            return Typing::TooFast;
+        }
+        window.1 += 1;
+        let replaced = live.typing.keys().find(|(r, _)| *r == room).cloned();
+        if let Some(old) = &replaced {
+            live.typing.remove(old);
+        }
+        live.typing.insert(key.clone(), now + timeout);
+        Typing::Started { replaced: replaced.map(|(_, cell)| cell) }
+    });
+    match outcome {
+        Typing::Refreshed => return Ok(()),
+        Typing::TooFast => {
+            return Err(ProtocolError::new(
+                ErrorCode::RateLimitExceeded,
+                format!("at most {TYPING_STARTS_PER_SECOND} typing starts per room per second"),
+            ));
+        }
+        Typing::Started { replaced: Some(old) } => {
+            announce_typing(shard, session, &who, &room, old.as_deref(), false).await;
+        }
+        Typing::Started { replaced: None } => {}
     }
     announce_typing(shard, session, &who, &room, cell.as_deref(), true).await;
     let (shard_for_task, session_for_task) = (shard.clone(), session.clone());
@@ -160,7 +198,7 @@ pub(crate) async fn typing_stop(
 ) -> Result<(), ProtocolError> {
     let who = require_user(session, "typing_stop")?;
     let room = joined_room(session, message)?;
-    let cell = message.opt_id("cell_id")?;
+    let cell = typing_cell(message)?;
     let was_typing = session.with_live(|live| live.typing.remove(&(room.clone(), cell.clone())).is_some());
     if was_typing {
         announce_typing(shard, session, &who, &room, cell.as_deref(), false).await;
@@ -168,16 +206,68 @@ pub(crate) async fn typing_stop(
     Ok(())
 }
 
+/// Typing starts announced per connection, room and second; more are refused.
+const TYPING_STARTS_PER_SECOND: u32 = 5;
+
+/// What a relayed cursor may hold: a flat object of at most this many fields…
+const CURSOR_FIELDS: usize = 16;
+/// …whose names and string values are at most this long…
+const CURSOR_TEXT: usize = 200;
+/// …and which is at most this large as JSON.
+const CURSOR_BYTES: usize = 1024;
+
+/// The optional `cell_id` of a typing message, which others receive: a short name.
+fn typing_cell(message: &Inbound) -> Result<Option<String>, ProtocolError> {
+    let cell = message.opt_id("cell_id")?;
+    if let Some(cell) = &cell
+        && (cell.is_empty() || cell.len() > CURSOR_TEXT || cell.chars().any(char::is_control))
+    {
+        return Err(ProtocolError::new(
+            ErrorCode::InvalidMessage,
+            format!("field \"cell_id\" must be 1-{CURSOR_TEXT} characters without control characters"),
+        ));
+    }
+    Ok(cell)
+}
+
 /// The cursor of a `cursor_move`: its `cursor` object, or every field but the routing ones.
-fn cursor_of(message: &Inbound) -> Value {
-    if let Some(cursor @ Value::Object(_)) = message.body.get("cursor") {
-        return cursor.clone();
+/// Only a small flat object of numbers, booleans and short strings is relayed: a cursor is a
+/// position, not a channel for arbitrary data.
+fn cursor_of(message: &Inbound) -> Result<Value, ProtocolError> {
+    let cursor = match message.body.get("cursor") {
+        Some(Value::Object(cursor)) => cursor.clone(),
+        _ => {
+            let mut cursor = message.body.clone();
+            for field in ["type", "room", "room_id", "id", "request_id"] {
+                cursor.remove(field);
+            }
+            cursor
+        }
+    };
+    let bad = |why: &str| {
+        Err(ProtocolError::new(
+            ErrorCode::InvalidMessage,
+            format!("a cursor is a flat object of at most {CURSOR_FIELDS} numbers, booleans or short strings: {why}"),
+        ))
+    };
+    if cursor.len() > CURSOR_FIELDS {
+        return bad("too many fields");
     }
-    let mut cursor = message.body.clone();
-    for field in ["type", "room", "room_id", "id", "request_id"] {
-        cursor.remove(field);
+    for (name, value) in &cursor {
+        let fits = match value {
+            Value::Null | Value::Bool(_) | Value::Number(_) => true,
+            Value::String(text) => text.len() <= CURSOR_TEXT,
+            Value::Array(_) | Value::Object(_) => false,
+        };
+        if name.len() > CURSOR_TEXT || !fits {
+            return bad(&format!("field {:?}", name.chars().take(40).collect::<String>()));
+        }
     }
-    Value::Object(cursor)
+    let cursor = Value::Object(cursor);
+    if cursor.to_string().len() > CURSOR_BYTES {
+        return bad("too large");
+    }
+    Ok(cursor)
 }
 
 fn cursor_payload(who: &Who, room: &str, cursor: Value) -> Value {
@@ -202,7 +292,7 @@ pub(crate) async fn cursor_move(
 ) -> Result<(), ProtocolError> {
     let who = require_user(session, "cursor_move")?;
     let room = joined_room(session, message)?;
-    let cursor = cursor_of(message);
+    let cursor = cursor_of(message)?;
     let interval = shard.node().config.presence.cursor_interval;
     let now = Instant::now();
     enum Next {
@@ -284,7 +374,10 @@ pub(crate) async fn after_leave(shard: &Rc<Shard>, session: &Rc<Session>, room: 
         json!({ "connection_id": &*session.connection_id, "user_id": &*who.user_id, "room": room }),
     );
     stop_typing(shard, session, &who, |r| &**r == room).await;
-    session.with_live(|live| live.cursors.remove(room));
+    session.with_live(|live| {
+        live.cursors.remove(room);
+        live.typing_starts.remove(room);
+    });
     presence::left(node, &Arc::from(room), &who).await;
 }
 

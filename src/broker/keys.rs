@@ -1,0 +1,60 @@
+//! Redis key names built from client input, in one place.
+//!
+//! Every name a client or publisher chooses (room, user, sheet, cell, address) that becomes part of
+//! a Redis key goes through [`part`], which percent-encodes `%`, `:`, `{`, `}`, spaces and control
+//! characters. Components are joined with `:`, which therefore never occurs inside one, so two
+//! different tuples of names can never produce the same key: (`a:b`, `c`) and (`a`, `b:c`) were
+//! once both `…:a:b:c`. Braces are encoded too, so a name can never pick a Redis Cluster hash tag.
+//! Ordinary names (letters, digits, `_`, `-`, `.`) are left as they are.
+//!
+//! Keys with a single client-chosen component at the end (the broker's `c:<channel>` pub/sub
+//! names, history's `h:{c:<channel>}`) cannot collide and keep their historical form, so that
+//! positions and subscriptions survive an upgrade.
+
+use std::borrow::Cow;
+
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+
+/// Bytes encoded inside a key component.
+const RESERVED: &AsciiSet = &CONTROLS.add(b'%').add(b':').add(b'{').add(b'}').add(b' ');
+
+/// One client-chosen key component, encoded so that it contains no separator.
+pub fn part(name: &str) -> Cow<'_, str> {
+    utf8_percent_encode(name, RESERVED).into()
+}
+
+/// `<prefix>:<kind>:<part>:<part>…`, every part encoded.
+pub fn key(prefix: &str, kind: &str, parts: &[&str]) -> String {
+    let mut key = format!("{prefix}:{kind}");
+    for name in parts {
+        key.push(':');
+        key.push_str(&part(name));
+    }
+    key
+}
+
+/// `<prefix>:<kind>:{<part>}`: a key whose hash tag is the encoded name, so that every key built
+/// with the same name lands on the same Redis Cluster slot (a Lua script may touch them together).
+pub fn tagged(prefix: &str, kind: &str, name: &str) -> String {
+    format!("{prefix}:{kind}:{{{}}}", part(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinary_names_are_unchanged() {
+        assert_eq!(key("herald", "pr:room", &["workspace_123"]), "herald:pr:room:workspace_123");
+        assert_eq!(part("user-7.a_b"), "user-7.a_b");
+    }
+
+    #[test]
+    fn separators_inside_names_cannot_collide() {
+        assert_ne!(key("h", "cell", &["a:b", "c"]), key("h", "cell", &["a", "b:c"]));
+        assert_ne!(key("h", "cell", &["a%3Ab", "c"]), key("h", "cell", &["a:b", "c"]));
+        assert_eq!(key("h", "cell", &["a:b", "c"]), "h:cell:a%3Ab:c");
+        assert_eq!(tagged("h", "cells", "x}{y"), "h:cells:{x%7D%7By}");
+        assert_eq!(part("a b\n"), "a%20b%0A");
+    }
+}
