@@ -11,11 +11,11 @@ use tracing_subscriber::EnvFilter;
 /// each one over WebSocket to exactly the connections that should see it.
 ///
 /// With no configuration it runs embedded on 127.0.0.1:8000: no Redis, no database.
-/// Configuration sources, lowest precedence first: the TOML file, the seed documents'
-/// variables (REDIS_URL, WEBSOCKET_PING_INTERVAL, …), HERALD_* variables (HERALD_LISTEN,
+/// Configuration sources, lowest precedence first: the TOML file, the variables the
+/// compatibility profiles know (REDIS_URL, WEBSOCKET_PING_INTERVAL, …), HERALD_* variables (HERALD_LISTEN,
 /// HERALD_API_KEY, HERALD_REDIS_URL, HERALD_DATABASE_URL, HERALD_<SECTION>__<KEY>), then flags.
 #[derive(Debug, Parser)]
-#[command(name = "herald", version, about, long_about)]
+#[command(name = "herald", version = herald::build_info::LONG_VERSION, about, long_about)]
 struct Cli {
     /// TOML configuration file.
     #[arg(short, long, value_name = "FILE")]
@@ -54,19 +54,36 @@ struct Cli {
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = config::load::parse_set)]
     sets: Vec<(String, String)>,
 
-    /// Print the merged configuration as TOML and exit.
+    /// Print the merged configuration as TOML and exit: secrets masked, and after each value
+    /// the source that set it (default, file, environment variable or flag).
     #[arg(long)]
     print_config: bool,
 
-    /// Validate the configuration and exit.
+    /// Validate the configuration and exit (status 0 when valid, 2 when not).
     #[arg(long)]
     check_config: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// What to do instead of running a node.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Validate FILE (with the environment and flags, as a start would read them) and exit:
+    /// status 0 when valid, 2 when not. Meant for systemd's ExecStartPre.
+    CheckConfig {
+        /// TOML configuration file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let check_file = cli.command.as_ref().map(|Command::CheckConfig { file }| file.clone());
     let overrides = Overrides {
-        config_file: cli.config,
+        config_file: check_file.clone().or(cli.config),
         listen: cli.listen,
         api_key: cli.api_key,
         redis_url: cli.redis_url,
@@ -76,15 +93,19 @@ fn main() -> anyhow::Result<()> {
         log_level: cli.log_level,
         sets: cli.sets,
     };
-    let config = match config::load(&overrides) {
-        Ok(config) => config,
+    let (config, sources) = match config::load_with_sources(&overrides) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("herald: {e}");
             std::process::exit(2);
         }
     };
     if cli.print_config {
-        print!("{}", toml::to_string_pretty(&config).context("rendering the configuration")?);
+        print!("{}", config::show::render(&config, &sources)?);
+        return Ok(());
+    }
+    if let Some(file) = check_file {
+        println!("{}: configuration is valid", file.display());
         return Ok(());
     }
     if cli.check_config {

@@ -9,8 +9,10 @@
 
 mod collab;
 pub mod duration;
+mod level;
 pub mod load;
 mod security;
+pub mod show;
 pub mod stream;
 pub mod text;
 
@@ -27,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use stream::{CompressionConfig, HistoryConfig};
 
-pub use load::{ConfigError, Overrides, from_toml_str, load};
+pub use load::{ConfigError, Overrides, Sources, from_toml_str, load, load_with_sources};
 
 /// The whole configuration of a node.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -648,8 +650,8 @@ impl Config {
                 problem(format!("aliases[{i}].target"), &e);
             }
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            problem("log.level".into(), &format!("is not a valid filter: {e}"));
+        if let Err(e) = level::check(&self.log.level) {
+            problem("log.level".into(), &e);
         }
 
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }

@@ -96,7 +96,7 @@ fn file_then_aliases_then_environment_then_flags() {
     );
     assert!(out.contains("idle_timeout = \"5m\""), "{out}");
     let (_, out, _) = run(&["--print-config", "--api-key", "flag-key-123"], &[("HERALD_API_KEY", "env-key-123")]);
-    assert!(out.contains("key = \"flag-key-123\""), "{out}");
+    assert!(out.contains("key = \"********\"  # --api-key"), "{out}");
 }
 
 #[tokio::test]
@@ -117,4 +117,113 @@ async fn logs_can_be_json() {
     let line = log.lines().find(|l| l.contains("herald started")).unwrap();
     let parsed: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
     assert_eq!(parsed["level"], "INFO");
+}
+
+#[test]
+fn version_names_the_revision_and_the_build_date() {
+    let (code, out, _) = run(&["--version"], &[]);
+    assert_eq!(code, 0);
+    // herald 0.1.0 (rev 1a2b3c4d5e6f, built 2026-11-29)
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(out.starts_with(&format!("herald {version} (rev ")), "{out}");
+    let rest = out.trim().trim_start_matches(&format!("herald {version} (rev ")).trim_end_matches(')');
+    let (revision, date) = rest.split_once(", built ").unwrap_or_else(|| panic!("{out}"));
+    assert!(revision == "unknown" || revision.chars().all(|c| c.is_ascii_hexdigit()), "{out}");
+    let parts: Vec<&str> = date.split('-').collect();
+    assert!(parts.len() == 3 && parts.iter().all(|p| p.parse::<u32>().is_ok()), "{out}");
+}
+
+#[test]
+fn print_config_masks_secrets_and_names_each_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("h.toml");
+    std::fs::write(
+        &file,
+        "[database]\nencryption_key = \"file-encryption-key-1\"\nurl = \"postgres://herald:pg-pass-2@db/herald\"\n\
+         [websocket]\nidle_timeout = \"100s\"\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let (code, out, err) = run(
+        &["--config", file, "--print-config", "--api-key", "flag-api-key-3", "--set", "log.level=debug"],
+        &[
+            ("HERALD_AUTH__JWT_SECRET", "env-jwt-secret-4-0123456789abcdef"),
+            ("REDIS_URL", "redis://:redis-pass-5@127.0.0.1:6379/0"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    for secret in ["file-encryption-key-1", "pg-pass-2", "flag-api-key-3", "env-jwt-secret-4", "redis-pass-5"] {
+        assert!(!out.contains(secret), "{secret} printed:\n{out}");
+    }
+    for line in [
+        format!("encryption_key = \"********\"  # {file}"),
+        format!("url = \"postgres://herald:********@db/herald\"  # {file}"),
+        format!("idle_timeout = \"1m 40s\"  # {file}"),
+        "key = \"********\"  # --api-key".to_string(),
+        "level = \"debug\"  # --set log.level".to_string(),
+        "jwt_secret = \"********\"  # environment variable HERALD_AUTH__JWT_SECRET".to_string(),
+        "url = \"redis://:********@127.0.0.1:6379/0\"  # environment variable REDIS_URL".to_string(),
+        "heartbeat_interval = \"30s\"  # default".to_string(),
+    ] {
+        assert!(out.lines().any(|l| l == line), "missing {line:?} in:\n{out}");
+    }
+    // What it prints is a configuration Herald reads back.
+    let printed = dir.path().join("printed.toml");
+    std::fs::write(&printed, &out).unwrap();
+    let (code, _, err) = run(&["check-config", printed.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn check_config_reports_by_exit_status() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/job-updates.toml");
+    let (code, out, err) = run(&["check-config", example], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("configuration is valid"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[websocket]\noutbound_queue = 0\n").unwrap();
+    let (code, _, err) = run(&["check-config", bad.to_str().unwrap()], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("websocket.outbound_queue"), "{err}");
+
+    let (code, _, err) = run(&["check-config", "/nonexistent/herald.toml"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/herald.toml"), "{err}");
+}
+
+#[test]
+fn config_errors_speak_the_users_language() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typo.toml");
+    std::fs::write(&file, "[websocket]\nidle_timeut = \"5m\"\n").unwrap();
+    let file = file.to_str().unwrap();
+    let (code, _, err) = run(&["check-config", file], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("websocket.idle_timeut: is not a configuration key; did you mean websocket.idle_timeout?"),
+        "{err}"
+    );
+    assert!(err.contains(file), "the file is named: {err}");
+
+    let (code, _, err) = run(&["--check-config"], &[("HERALD_WEBOSCKET__IDLE_TIMEOUT", "5m")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("did you mean websocket?"), "{err}");
+    assert!(err.contains("environment variable HERALD_WEBOSCKET__IDLE_TIMEOUT"), "{err}");
+
+    // A wrong type from a flag: the key and the flag, never a place in Herald's source.
+    let (code, _, err) = run(&["--check-config", "--set", "websocket.max_message_size=big"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("websocket.max_message_size"), "{err}");
+    assert!(err.contains("--set websocket.max_message_size"), "{err}");
+    assert!(!err.contains("src/") && !err.contains(".rs:"), "internal location in: {err}");
+
+    for level in ["verbose", "warning", "herald=loud"] {
+        let (code, _, err) = run(&["--check-config", "--log-level", level], &[]);
+        assert_eq!(code, 2, "log.level {level} accepted");
+        assert!(err.contains("log.level"), "{err}");
+    }
+    let (code, _, err) = run(&["--check-config", "--log-level", "herald=debug,warn"], &[]);
+    assert_eq!(code, 0, "{err}");
 }
