@@ -27,6 +27,7 @@ pub fn install() {
     match builder.install_recorder() {
         Ok(handle) => {
             let _ = HANDLE.set(handle);
+            describe();
         }
         Err(e) => {
             tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty")
@@ -34,11 +35,79 @@ pub fn install() {
     }
 }
 
+/// The process collector (CPU seconds, resident memory, open and maximum descriptors, threads,
+/// start time), read from `/proc` at each scrape.
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+
+/// `# HELP` text for every metric Herald exports, and the constant build information.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    for (name, help) in GAUGES {
+        describe_gauge!(*name, *help);
+    }
+    for (name, help) in COUNTERS {
+        describe_counter!(*name, *help);
+    }
+    describe_histogram!(
+        "herald_publish_to_write_seconds",
+        metrics::Unit::Seconds,
+        "Time from an event's arrival at the hub to its write to a connection's socket."
+    );
+    describe_histogram!("herald_writer_batch_rows", "Rows the store writer committed per batch.");
+    describe_gauge!(
+        "herald_build_info",
+        "Always 1; the labels name the version, git revision and build date of the running binary."
+    );
+    let info = crate::build_info::VERSION;
+    gauge!(
+        "herald_build_info",
+        "version" => info,
+        "revision" => crate::build_info::GIT_REVISION,
+        "build_date" => crate::build_info::BUILD_DATE
+    )
+    .set(1.0);
+    PROCESS.get_or_init(metrics_process::Collector::default).describe();
+}
+
+const GAUGES: &[(&str, &str)] = &[
+    ("herald_connections", "WebSocket connections open on this node."),
+    ("herald_authenticated_connections", "Open connections with a verified token."),
+    ("herald_channel_subscriptions", "Channel subscriptions held by open connections."),
+    ("herald_room_memberships", "Room memberships held by open connections."),
+    ("herald_outbound_queued_frames", "Frames queued for connections and not yet written."),
+    ("herald_writer_queue_depth", "Rows waiting for the store writer."),
+    ("herald_broker_connected", "1 when the broker can move events between nodes, else 0."),
+    ("herald_uptime_seconds", "Seconds since the node started."),
+];
+
+const COUNTERS: &[(&str, &str)] = &[
+    ("herald_connections_total", "WebSocket connections accepted since start."),
+    ("herald_messages_in_total", "Messages received from clients."),
+    ("herald_messages_out_total", "Frames sent to clients (deliveries and replies)."),
+    ("herald_deliveries_total", "Events delivered to connections."),
+    ("herald_replies_total", "Replies sent to clients' requests."),
+    ("herald_publishes_total", "Events published (HTTP, Redis or client messages)."),
+    ("herald_publish_errors_total", "Publishes refused (bad input) or failed (broker down)."),
+    ("herald_drops_total", "Events dropped: slow-consumer disconnects and malformed broker messages."),
+    ("herald_slow_consumer_disconnects_total", "Connections closed because their outbound queue filled (4008)."),
+    ("herald_idle_disconnects_total", "Connections closed for idleness (4000)."),
+    ("herald_protocol_errors_total", "Connections closed for breaking the WebSocket protocol."),
+    ("herald_client_errors_total", "Client messages refused with an error reply."),
+    ("herald_rate_limited_total", "Client messages refused by a rate limit."),
+    ("herald_refused_connections_total", "Upgrades refused (limits, authentication, origin)."),
+    ("herald_broker_malformed_total", "Broker messages that could not be read."),
+    ("herald_stored_messages_total", "Chat messages committed to the store."),
+    ("herald_stored_batches_total", "Store writer transactions committed."),
+];
+
 /// Renders the metrics.
 pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let Some(handle) = HANDLE.get() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder not installed\n").into_response();
     };
+    if let Some(process) = PROCESS.get() {
+        process.collect();
+    }
     let t = node.stats.totals();
     gauge!("herald_connections").set(t.connections as f64);
     gauge!("herald_authenticated_connections").set(t.authenticated as f64);

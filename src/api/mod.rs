@@ -141,6 +141,8 @@ pub fn valid_name(what: &str, name: &str) -> Result<(), ApiError> {
 pub fn router(node: Arc<Node>) -> Router {
     let mut router = Router::new()
         .route("/health", get(health::health))
+        .route("/livez", get(health::livez))
+        .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
         .route("/api/publish", post(publish::publish))
         .route("/api/broadcast", post(publish::broadcast))

@@ -1,0 +1,75 @@
+//! What an operator runs Herald by: liveness and readiness probes, Prometheus conventions.
+
+use std::time::Duration;
+
+use crate::common::redis::RedisServer;
+use crate::common::{Herald, Options, WAIT};
+
+/// Polls `/readyz` until it answers `want` (the broker connects in the background).
+async fn readyz_becomes(herald: &Herald, want: u16) -> serde_json::Value {
+    let reached = tokio::time::timeout(WAIT, async {
+        loop {
+            let (status, body) = herald.get("/readyz").await;
+            if status == want {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    reached.unwrap_or_else(|_| panic!("/readyz never answered {want}"))
+}
+
+#[tokio::test]
+async fn embedded_node_is_live_and_ready() {
+    let herald = Herald::start("").await;
+    let (status, body) = herald.get("/livez").await;
+    assert_eq!((status, &body["status"]), (200, &serde_json::json!("ok")), "{body}");
+    let (status, body) = herald.get("/readyz").await;
+    assert_eq!((status, &body["status"]), (200, &serde_json::json!("ready")), "{body}");
+}
+
+#[tokio::test]
+async fn readiness_follows_redis() {
+    let mut redis = RedisServer::start().await;
+    let herald = Herald::start_with(Options::default().env("HERALD_REDIS_URL", &redis.url())).await;
+    readyz_becomes(&herald, 200).await;
+
+    redis.kill();
+    let body = readyz_becomes(&herald, 503).await;
+    assert!(body["reasons"].to_string().contains("broker"), "{body}");
+    // Not ready is not dead: the node still serves and must not be restarted for it.
+    assert_eq!(herald.get("/livez").await.0, 200);
+
+    redis.restart().await;
+    readyz_becomes(&herald, 200).await;
+}
+
+#[tokio::test]
+async fn metrics_carry_help_build_info_and_process_figures() {
+    let herald = Herald::start("").await;
+    let (status, text) = herald.get_text("/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "# HELP herald_connections ",
+        "# HELP herald_deliveries_total ",
+        "# TYPE herald_deliveries_total counter",
+        "# HELP herald_build_info ",
+        "# HELP process_resident_memory_bytes ",
+        "# HELP process_open_fds ",
+        "# HELP process_cpu_seconds_total ",
+    ] {
+        assert!(text.lines().any(|l| l.starts_with(line)), "no line starting {line:?} in:\n{text}");
+    }
+    let build = text.lines().find(|l| l.starts_with("herald_build_info{")).unwrap_or_else(|| panic!("{text}"));
+    assert!(build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{build}");
+    assert!(build.contains("revision=\"") && build.contains("build_date=\"") && build.ends_with(" 1"), "{build}");
+    let rss = text
+        .lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no resident memory figure in:\n{text}"));
+    assert!(rss > 1_000_000.0, "resident memory {rss}");
+    let fds = text.lines().find_map(|l| l.strip_prefix("process_open_fds ")).unwrap_or_else(|| panic!("{text}"));
+    assert!(fds.trim().parse::<f64>().is_ok_and(|n| n > 0.0), "{fds}");
+}
