@@ -37,6 +37,12 @@ struct Cli {
     #[arg(long, value_name = "URL")]
     database_url: Option<String>,
 
+    /// Directory for the embedded SQLite database when --database-url is not given
+    /// (database.data_dir; created if missing). Default: /var/lib/herald as root or under
+    /// systemd's StateDirectory, else ~/.local/share/herald.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
     /// Number of shard threads owning connections; 0 means one per CPU (server.shards).
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
@@ -88,6 +94,7 @@ fn main() -> anyhow::Result<()> {
         api_key: cli.api_key,
         redis_url: cli.redis_url,
         database_url: cli.database_url,
+        data_dir: cli.data_dir,
         shards: cli.shards,
         log_format: cli.log_format,
         log_level: cli.log_level,
@@ -125,6 +132,13 @@ fn main() -> anyhow::Result<()> {
         let addr = running.local_addr;
         let mounts = running.node.config.server.mounts.join(", ");
         let scheme = running.scheme;
+        match running.node.config.database.data_dir() {
+            Some(dir) => println!("herald stores its data in {}", dir.display()),
+            None => println!(
+                "herald stores its data in {}",
+                config::show::mask_url(&running.node.config.database.effective_url())
+            ),
+        }
         println!("herald listening on {scheme}://{addr} (WebSocket under {mounts}; API under /api)");
         running.run_until_signalled().await;
         anyhow::Ok(())

@@ -87,6 +87,8 @@ pub struct Overrides {
     pub redis_url: Option<String>,
     /// `--database-url URL`.
     pub database_url: Option<String>,
+    /// `--data-dir DIR`.
+    pub data_dir: Option<PathBuf>,
     /// `--shards N`.
     pub shards: Option<usize>,
     /// `--log-format`.
@@ -108,6 +110,7 @@ const SHORTCUTS: &[(&str, &str)] = &[
     ("node_id", "server.node_id"),
     ("log_format", "log.format"),
     ("log_level", "log.level"),
+    ("data_dir", "database.data_dir"),
 ];
 
 /// Environment variable names used by the seed documents' own systems, and the keys they mean.
@@ -298,6 +301,9 @@ fn flag_layers(o: &Overrides) -> Vec<Layer> {
     }
     if let Some(v) = &o.database_url {
         set("--database-url", "database.url", v.clone().into());
+    }
+    if let Some(v) = &o.data_dir {
+        set("--data-dir", "database.data_dir", v.display().to_string().into());
     }
     if let Some(v) = o.shards {
         set("--shards", "server.shards", Value::from(v as u64));

@@ -8,6 +8,7 @@
 //! Every section has a `Default` that runs Herald embedded: no Redis, no database, loopback only.
 
 mod collab;
+pub mod data_dir;
 pub mod duration;
 mod level;
 pub mod load;
@@ -346,9 +347,14 @@ pub enum RedisMode {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// `sqlite://path` (embedded, the default `sqlite://herald.db`) or `postgres://…` (clusters).
+    /// `sqlite://path` (embedded), `sqlite::memory:` (nothing on disk; history lost at exit) or
+    /// `postgres://…` (clusters). Without one: `herald.db` in `data_dir`.
     #[serde(deserialize_with = "text::opt_string")]
     pub url: Option<String>,
+    /// Where the embedded database lives when `url` is not set (`--data-dir`; created if
+    /// missing). Default: `$STATE_DIRECTORY` under systemd, `/var/lib/herald` for root, else the
+    /// user's data directory (`~/.local/share/herald`).
+    pub data_dir: Option<std::path::PathBuf>,
     /// Connections in the pool.
     pub max_connections: u32,
     /// Most rows the writer commits in one transaction (the dashboard document's 50).
@@ -392,6 +398,7 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             url: None,
+            data_dir: None,
             max_connections: 8,
             batch_size: 50,
             batch_linger: Duration::ZERO,
@@ -411,9 +418,22 @@ impl Default for DatabaseConfig {
 }
 
 impl DatabaseConfig {
-    /// The URL in use: the configured one or the embedded SQLite file.
-    pub fn effective_url(&self) -> &str {
-        self.url.as_deref().unwrap_or("sqlite://herald.db")
+    /// The URL in use: the configured one or the embedded SQLite file in [`Self::data_dir`].
+    pub fn effective_url(&self) -> String {
+        match (&self.url, self.data_dir()) {
+            (Some(url), _) => url.clone(),
+            (None, Some(dir)) => format!("sqlite://{}", dir.join(data_dir::DATABASE_FILE).display()),
+            // No home directory and nothing configured: the working directory, as before.
+            (None, None) => format!("sqlite://{}", data_dir::DATABASE_FILE),
+        }
+    }
+
+    /// The directory the embedded database is written to; `None` when `url` names the database.
+    pub fn data_dir(&self) -> Option<std::path::PathBuf> {
+        if self.url.is_some() {
+            return None;
+        }
+        self.data_dir.clone().or_else(data_dir::default_data_dir)
     }
 }
 
@@ -574,6 +594,7 @@ impl Config {
         self.validate_security(&mut problem);
         let db = &self.database;
         let url = db.effective_url();
+        let url = url.as_str();
         if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             problem("database.url".into(), "must be sqlite://PATH or postgres://…");
         }

@@ -75,6 +75,11 @@ fn mask_value(value: &mut Value, secret: bool) {
     }
 }
 
+/// `text` with a URL password masked, for logs.
+pub fn mask_url(text: &str) -> String {
+    mask_url_password(text).unwrap_or_else(|| text.to_string())
+}
+
 /// `redis://:hunter2@host/0` → `redis://:********@host/0`; `None` for text that is not a URL
 /// or has no password.
 fn mask_url_password(text: &str) -> Option<String> {

@@ -227,3 +227,91 @@ fn config_errors_speak_the_users_language() {
     let (code, _, err) = run(&["--check-config", "--log-level", "herald=debug,warn"], &[]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// Starts the binary in `cwd` with `args` and `env` (no harness defaults), waits until it listens,
+/// and returns its stdout up to then; the process is killed when `child` drops.
+fn start_in(cwd: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut command = Command::new(herald_bin());
+    command
+        .args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
+        .args(args)
+        .env_remove("REDIS_URL")
+        .env_remove("DATABASE_URL")
+        .env_remove("HERALD_DATABASE_URL")
+        .env_remove("HERALD_DATA_DIR")
+        .env_remove("STATE_DIRECTORY")
+        .current_dir(cwd)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("spawn herald");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut seen = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.starts_with("herald listening on") {
+            return (child, seen);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("herald did not start; stdout:\n{seen}");
+}
+
+struct Killed(std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn data_goes_to_the_data_dir_never_the_working_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let cwd = root.path().join("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+
+    // systemd's StateDirectory= names the default; it is created when missing.
+    let state = root.path().join("state/herald");
+    let (child, out) = start_in(&cwd, &[], &[("STATE_DIRECTORY", state.to_str().unwrap())]);
+    let _child = Killed(child);
+    assert!(out.contains(&format!("herald stores its data in {}", state.display())), "{out}");
+    assert!(state.join("herald.db").exists(), "no database in {}", state.display());
+    drop(_child);
+
+    // --data-dir wins over the environment, and nested directories are created.
+    let chosen = root.path().join("chosen/a/b");
+    let (child, out) =
+        start_in(&cwd, &["--data-dir", chosen.to_str().unwrap()], &[("STATE_DIRECTORY", state.to_str().unwrap())]);
+    let _child = Killed(child);
+    assert!(out.contains(&format!("herald stores its data in {}", chosen.display())), "{out}");
+    assert!(chosen.join("herald.db").exists());
+    drop(_child);
+
+    // The working directory was never written to (a read-only one works).
+    let written: Vec<_> = std::fs::read_dir(&cwd).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(written.is_empty(), "the working directory got {written:?}");
+
+    // An in-memory database writes nothing at all.
+    let (child, out) = start_in(&cwd, &["--database-url", "sqlite::memory:"], &[]);
+    let _child = Killed(child);
+    assert!(out.contains("herald stores its data in sqlite::memory:"), "{out}");
+    assert_eq!(std::fs::read_dir(&cwd).unwrap().count(), 0);
+}
+
+#[test]
+fn an_unusable_data_dir_is_a_clear_error() {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let inside = file.join("data");
+    let (code, _, err) = run(&["--listen", "127.0.0.1:0", "--data-dir", inside.to_str().unwrap()], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot create the data directory") && err.contains("--data-dir"), "{err}");
+}
