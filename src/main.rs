@@ -119,7 +119,7 @@ fn main() -> anyhow::Result<()> {
         println!("configuration is valid");
         return Ok(());
     }
-    init_logging(config.log.format, &config.log.level, config.audit.file.as_deref())?;
+    let set_level = init_logging(config.log.format, &config.log.level, config.audit.file.as_deref())?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -129,6 +129,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async {
         let running = herald::server::start(config).await?;
+        tokio::spawn(reload_on_hangup(overrides, running.node.config.clone(), set_level));
         let addr = running.local_addr;
         let mounts = running.node.config.server.mounts.join(", ");
         let scheme = running.scheme;
@@ -147,15 +148,65 @@ fn main() -> anyhow::Result<()> {
     std::process::exit(0);
 }
 
+/// Changes the log filter of the running process.
+type SetLevel = Box<dyn Fn(&str) -> anyhow::Result<()> + Send + Sync>;
+
+/// On SIGHUP, reads the configuration again (same file, environment and flags) and applies what
+/// can change live: `log.level`. An invalid configuration is refused with the reasons and the
+/// node carries on unchanged; keys that changed but need a restart are named in the log.
+async fn reload_on_hangup(
+    overrides: Overrides,
+    mut current: std::sync::Arc<herald::config::Config>,
+    set_level: SetLevel,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; configuration reload is unavailable");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        let next = match config::load(&overrides) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!("configuration reload refused, nothing changed: {e}");
+                continue;
+            }
+        };
+        let changed = config::show::changed_keys(&current, &next);
+        if next.log.level != current.log.level
+            && let Err(e) = set_level(&next.log.level)
+        {
+            tracing::error!(error = %e, "log.level could not be applied");
+        }
+        let (live, restart): (Vec<_>, Vec<_>) = changed.into_iter().partition(|key| key == "log.level");
+        tracing::info!(applied = ?live, needs_restart = ?restart, "configuration reloaded");
+        if !restart.is_empty() {
+            tracing::warn!(keys = ?restart, "these changes take effect after a restart");
+        }
+        let mut kept = (*current).clone();
+        kept.log.level = next.log.level;
+        current = std::sync::Arc::new(kept);
+    }
+}
+
 /// Logs to stderr (human or JSON). With `audit.file`, audit records go there instead, one JSON
-/// object per line, whatever the log level.
-fn init_logging(format: LogFormat, level: &str, audit_file: Option<&std::path::Path>) -> anyhow::Result<()> {
+/// object per line, whatever the log level. Returns the means to change the level later.
+fn init_logging(format: LogFormat, level: &str, audit_file: Option<&std::path::Path>) -> anyhow::Result<SetLevel> {
     use tracing_subscriber::Layer;
     use tracing_subscriber::filter::filter_fn;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let set_level: SetLevel = Box::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level)?;
+        handle.reload(filter)?;
+        Ok(())
+    });
     let separate_audit = audit_file.is_some();
     let not_audit = filter_fn(move |meta| !(separate_audit && meta.target() == herald::audit::TARGET));
     let main_layer = match format {
@@ -183,5 +234,5 @@ fn init_logging(format: LogFormat, level: &str, audit_file: Option<&std::path::P
         None => None,
     };
     tracing_subscriber::registry().with(main_layer).with(audit_layer).init();
-    Ok(())
+    Ok(set_level)
 }

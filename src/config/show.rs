@@ -35,6 +35,29 @@ pub fn masked(config: &Config) -> Result<Table, ShowError> {
     Ok(table)
 }
 
+/// The dotted keys whose values differ between `old` and `new` (arrays count as one key).
+pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
+    fn flatten(prefix: &str, table: &Table, out: &mut Vec<(String, Value)>) {
+        for (key, value) in table {
+            let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+            match value {
+                Value::Table(sub) => flatten(&path, sub, out),
+                other => out.push((path, other.clone())),
+            }
+        }
+    }
+    let (Ok(old), Ok(new)) = (Table::try_from(old), Table::try_from(new)) else { return Vec::new() };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    flatten("", &old, &mut a);
+    flatten("", &new, &mut b);
+    let a: std::collections::BTreeMap<_, _> = a.into_iter().collect();
+    let b: std::collections::BTreeMap<_, _> = b.into_iter().collect();
+    let mut keys: Vec<String> = a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).cloned().collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
 /// A key whose value is a secret by its name alone.
 fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();

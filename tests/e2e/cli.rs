@@ -315,3 +315,71 @@ fn an_unusable_data_dir_is_a_clear_error() {
     assert_ne!(code, 0);
     assert!(err.contains("cannot create the data directory") && err.contains("--data-dir"), "{err}");
 }
+
+#[test]
+fn sighup_reloads_the_log_level_and_survives_a_bad_file() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("h.toml");
+    std::fs::write(&file, "[log]\nlevel = \"warn\"\n").unwrap();
+    let mut command = Command::new(herald_bin());
+    command
+        .args(["--listen", "127.0.0.1:0", "--config", file.to_str().unwrap()])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("HERALD_LOG_LEVEL")
+        .env_remove("REDIS_URL")
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("spawn herald");
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    let addr = lines
+        .find_map(|l| {
+            l.strip_prefix("herald listening on http://")
+                .map(|r| r.split_whitespace().next().unwrap_or_default().to_string())
+        })
+        .expect("herald listens");
+    std::thread::spawn(move || lines.for_each(drop));
+    let child = Killed(child);
+    let pid = child.0.id().to_string();
+    let wait_for = |needle: &str| {
+        let deadline = std::time::Instant::now() + crate::common::WAIT;
+        while !log.lock().unwrap().contains(needle) {
+            assert!(std::time::Instant::now() < deadline, "no {needle:?} in the log:\n{}", log.lock().unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    assert!(!log.lock().unwrap().contains("herald started"), "info lines at level warn");
+
+    // Raise the level and change a key that needs a restart.
+    std::fs::write(&file, "[log]\nlevel = \"info\"\n[limits]\nmessages_per_minute = 7\n").unwrap();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    // An info line can only appear once the new level is in force.
+    wait_for("configuration reloaded");
+    wait_for("limits.messages_per_minute");
+
+    // A broken file is refused and the node carries on.
+    std::fs::write(&file, "[log]\nlevel = \"verbose\"\n").unwrap();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    wait_for("configuration reload refused");
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(&addr).expect("the node still accepts");
+    socket.write_all(b"GET /livez HTTP/1.1\r\nHost: herald\r\nConnection: close\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    socket.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    drop(child);
+}
