@@ -83,11 +83,42 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// GET URL and exit 0 when it answers 2xx, 1 otherwise: a health check for images without a
+    /// shell or curl (the container's HEALTHCHECK).
+    Probe {
+        /// What to ask, e.g. http://127.0.0.1:8000/livez.
+        #[arg(value_name = "URL", default_value = "http://127.0.0.1:8000/livez")]
+        url: String,
+    },
+}
+
+/// `herald probe URL`.
+fn probe(url: &str) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let status = runtime.block_on(async {
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build()?;
+        anyhow::Ok(client.get(url).send().await?.status())
+    });
+    match status {
+        Ok(status) if status.is_success() => Ok(()),
+        Ok(status) => {
+            eprintln!("herald probe: {url} answered {status}");
+            std::process::exit(1)
+        }
+        Err(e) => {
+            eprintln!("herald probe: {url}: {e:#}");
+            std::process::exit(1)
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let check_file = cli.command.as_ref().map(|Command::CheckConfig { file }| file.clone());
+    let check_file = match &cli.command {
+        Some(Command::CheckConfig { file }) => Some(file.clone()),
+        Some(Command::Probe { url }) => return probe(url),
+        None => None,
+    };
     let overrides = Overrides {
         config_file: check_file.clone().or(cli.config),
         listen: cli.listen,
