@@ -1,6 +1,6 @@
 //! The HTTP surface: publishing for backends, admin, stats, health and metrics.
 //!
-//! Routes live at `/api/...` and, for the seed documents' clients, are mirrored under every
+//! Routes live at `/api/...` and, for the compatibility profiles' clients, are mirrored under every
 //! WebSocket mount (`/ws/stats`, `/api/v1/ws/rooms/{room}/broadcast`, …). Every response is JSON;
 //! every refusal is a 4xx with `{"success":false,"error":…,"code":…}`.
 

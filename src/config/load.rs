@@ -1,4 +1,4 @@
-//! Merging the configuration sources: defaults < TOML file < seed aliases < `HERALD_*` < flags.
+//! Merging the configuration sources: defaults < TOML file < compatibility aliases < `HERALD_*` < flags.
 
 use std::path::PathBuf;
 
@@ -113,8 +113,9 @@ const SHORTCUTS: &[(&str, &str)] = &[
     ("data_dir", "database.data_dir"),
 ];
 
-/// Environment variable names used by the seed documents' own systems, and the keys they mean.
-const SEED_ALIASES: &[(&str, &str)] = &[
+/// Environment variable names used by the systems the compatibility profiles replace, and the
+/// keys they mean.
+const COMPAT_ALIASES: &[(&str, &str)] = &[
     ("redis_url", "redis.url"),
     ("database_url", "database.url"),
     ("websocket_ping_interval", "websocket.heartbeat_interval"),
@@ -143,10 +144,10 @@ pub(crate) fn herald_env_key(name: &str) -> Option<String> {
     rest.contains("__").then(|| rest.replace("__", "."))
 }
 
-/// Maps a seed document's variable (`REDIS_URL`, `WEBSOCKET_PING_INTERVAL`, …) to its key.
-pub(crate) fn seed_alias_key(name: &str) -> Option<String> {
+/// Maps a compatibility profile's variable (`REDIS_URL`, `WEBSOCKET_PING_INTERVAL`, …) to its key.
+pub(crate) fn compat_alias_key(name: &str) -> Option<String> {
     let lower = name.to_ascii_lowercase();
-    SEED_ALIASES.iter().find(|(alias, _)| *alias == lower).map(|(_, path)| (*path).to_string())
+    COMPAT_ALIASES.iter().find(|(alias, _)| *alias == lower).map(|(_, path)| (*path).to_string())
 }
 
 /// One source of configuration values, named the way a user knows it (`default`,
@@ -246,7 +247,7 @@ pub fn load_with_sources(overrides: &Overrides) -> Result<(Config, Sources), Con
         std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
     vars.sort();
     for (name, raw) in &vars {
-        if let Some(key) = seed_alias_key(name) {
+        if let Some(key) = compat_alias_key(name) {
             figment = figment.merge(Layer::key(format!("environment variable {name}"), &key, parse_value(raw)));
         }
     }
@@ -342,8 +343,8 @@ mod tests {
         assert_eq!(herald_env_key("HERALD_WEBSOCKET__IDLE_TIMEOUT").as_deref(), Some("websocket.idle_timeout"));
         assert_eq!(herald_env_key("HERALD_STRAY"), None);
         assert_eq!(herald_env_key("PATH"), None);
-        assert_eq!(seed_alias_key("WEBSOCKET_PING_INTERVAL").as_deref(), Some("websocket.heartbeat_interval"));
-        assert_eq!(seed_alias_key("HOME"), None);
+        assert_eq!(compat_alias_key("WEBSOCKET_PING_INTERVAL").as_deref(), Some("websocket.heartbeat_interval"));
+        assert_eq!(compat_alias_key("HOME"), None);
     }
 
     #[test]

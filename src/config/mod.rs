@@ -1,7 +1,7 @@
 //! One typed configuration for the whole node.
 //!
 //! Sources, from lowest to highest precedence: built-in defaults, a TOML file (`--config`), the
-//! seed documents' own environment variables (`REDIS_URL`, `WEBSOCKET_PING_INTERVAL`, …),
+//! variables of the systems the compatibility profiles replace (`REDIS_URL`, `WEBSOCKET_PING_INTERVAL`, …),
 //! `HERALD_*` environment variables, and command-line flags. [`load`] merges them and
 //! [`Config::validate`] rejects anything inconsistent with a message naming the key.
 //!
@@ -296,9 +296,9 @@ pub struct RedisConfig {
     /// Further cluster nodes to discover the cluster from.
     pub cluster_nodes: Vec<String>,
     /// Publishers' prefixes: the node pattern-subscribes `<prefix>:*` and routes each message to
-    /// the channel named by the rest (`fliptechpro:campaigns` → `campaigns`).
+    /// the channel named by the rest (`acme:campaigns` → `campaigns`).
     pub prefixes: Vec<String>,
-    /// Exact Redis channels to take events from (`botrix:jobs:updates`). The Herald channel is
+    /// Exact Redis channels to take events from (`acme:jobs:updates`). The Herald channel is
     /// the name without a matching prefix from `prefixes`, or the whole name.
     pub channels: Vec<String>,
     /// Field of a published message that also routes it to a room (empty: none).

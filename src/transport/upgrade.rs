@@ -228,7 +228,7 @@ fn plan(endpoint: &Endpoint, params: &HashMap<String, String>, peer: SocketAddr)
         validate_name("room", room).map_err(|e| e.message)?;
     }
     let client_id = params.get("client_id").filter(|c| !c.is_empty() && c.len() <= 200).cloned();
-    // Without authentication a client may name its user, as the anonymous seed deployments do;
+    // Without authentication a client may name its user, as the anonymous compatibility profiles do;
     // such an identity is self-asserted and only routes user-targeted events.
     let user = match params.get("user_id").filter(|u| !u.is_empty() && endpoint.auth == AuthMode::Off) {
         Some(user) => {
