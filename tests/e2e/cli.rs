@@ -28,15 +28,20 @@ fn help_documents_every_flag() {
         "--api-key",
         "--redis-url",
         "--database-url",
+        "--data-dir",
         "--shards",
         "--log-format",
         "--log-level",
         "--set",
         "--print-config",
         "--check-config",
+        "check-config",
+        "probe",
     ] {
         assert!(out.contains(flag), "{flag} missing from --help:\n{out}");
     }
+    // Users never saw the documents the compatibility profiles come from.
+    assert!(!out.to_lowercase().contains("seed"), "--help speaks of seeds:\n{out}");
 }
 
 #[test]
