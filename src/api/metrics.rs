@@ -98,6 +98,7 @@ const COUNTERS: &[(&str, &str)] = &[
     ("herald_broker_malformed_total", "Broker messages that could not be read."),
     ("herald_stored_messages_total", "Chat messages committed to the store."),
     ("herald_stored_batches_total", "Store writer transactions committed."),
+    ("herald_server_closes_total", "Connections Herald closed, by reason (slow_consumer, idle, protocol_error)."),
 ];
 
 /// Renders the metrics.
@@ -134,5 +135,13 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     counter!("herald_broker_malformed_total").absolute(t.broker_malformed);
     counter!("herald_stored_messages_total").absolute(t.stored_messages);
     counter!("herald_stored_batches_total").absolute(t.stored_batches);
+    // The same closes by reason, for one query over all of them.
+    for (reason, count) in [
+        ("slow_consumer", t.slow_consumer_disconnects),
+        ("idle", t.idle_disconnects),
+        ("protocol_error", t.protocol_errors),
+    ] {
+        counter!("herald_server_closes_total", "reason" => reason).absolute(count);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
 }

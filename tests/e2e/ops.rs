@@ -58,6 +58,8 @@ async fn metrics_carry_help_build_info_and_process_figures() {
         "# HELP process_resident_memory_bytes ",
         "# HELP process_open_fds ",
         "# HELP process_cpu_seconds_total ",
+        "herald_server_closes_total{reason=\"slow_consumer\"} ",
+        "herald_server_closes_total{reason=\"idle\"} ",
     ] {
         assert!(text.lines().any(|l| l.starts_with(line)), "no line starting {line:?} in:\n{text}");
     }
@@ -72,4 +74,36 @@ async fn metrics_carry_help_build_info_and_process_figures() {
     assert!(rss > 1_000_000.0, "resident memory {rss}");
     let fds = text.lines().find_map(|l| l.strip_prefix("process_open_fds ")).unwrap_or_else(|| panic!("{text}"));
     assert!(fds.trim().parse::<f64>().is_ok_and(|n| n > 0.0), "{fds}");
+}
+
+/// The Grafana dashboard in the repository asks only for metrics Herald exports.
+#[tokio::test]
+async fn the_grafana_dashboard_uses_exported_metrics() {
+    let herald = Herald::start("").await;
+    // One delivery, so that the latency histogram has a sample and is rendered.
+    let mut client = herald.connect("/ws?channels=grafana").await;
+    herald.publish(serde_json::json!({"channel": "grafana", "event": {"type": "tick"}})).await;
+    assert_eq!(client.recv().await["type"], "tick");
+    let (_, text) = herald.get_text("/metrics").await;
+    let exported: std::collections::HashSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../deploy/grafana-dashboard.json")).expect("dashboard JSON");
+    let mut asked = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let names = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("herald_") || w.starts_with("process_"));
+            for name in names {
+                assert!(exported.contains(name), "{name} (panel {}) is not exported", panel["title"]);
+                asked += 1;
+            }
+        }
+    }
+    assert!(asked >= 12, "only {asked} metrics found in the dashboard");
 }
