@@ -107,3 +107,22 @@ async fn the_grafana_dashboard_uses_exported_metrics() {
     }
     assert!(asked >= 12, "only {asked} metrics found in the dashboard");
 }
+
+/// `herald probe`, the image's health check: 0 for a 2xx answer, 1 for anything else.
+#[tokio::test]
+async fn probe_reports_by_exit_status() {
+    let herald = Herald::start("").await;
+    let probe = |url: String| async move {
+        tokio::process::Command::new(crate::common::herald_bin())
+            .args(["probe", &url])
+            .output()
+            .await
+            .expect("run herald probe")
+            .status
+            .code()
+    };
+    assert_eq!(probe(herald.url("/livez")).await, Some(0));
+    assert_eq!(probe(herald.url("/no-such-route")).await, Some(1));
+    let closed = crate::common::redis::free_port();
+    assert_eq!(probe(format!("http://127.0.0.1:{closed}/livez")).await, Some(1));
+}
