@@ -18,10 +18,15 @@ fn git(args: &[&str]) -> Option<String> {
 fn main() {
     // HERALD_GIT_REVISION lets a build from a tarball name the revision it was cut from.
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
+    // Only this checkout's own history counts: a source tarball unpacked inside some other git
+    // repository must not report that repository's revision.
+    let own_checkout = git(&["rev-parse", "--show-toplevel"])
+        .and_then(|top| std::fs::canonicalize(top).ok())
+        .is_some_and(|top| std::fs::canonicalize(&manifest_dir).is_ok_and(|dir| dir == top));
     let revision = std::env::var("HERALD_GIT_REVISION")
         .ok()
         .filter(|r| !r.is_empty())
-        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .or_else(|| own_checkout.then(|| git(&["rev-parse", "--short=12", "HEAD"])).flatten())
         .unwrap_or_else(|| "unknown".into());
 
     // SOURCE_DATE_EPOCH (reproducible builds) wins over the clock.
@@ -44,7 +49,7 @@ fn main() {
     if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
         watched.push(git(&["rev-parse", "--git-path", &branch]));
     }
-    for path in watched.into_iter().flatten() {
+    for path in watched.into_iter().flatten().filter(|_| own_checkout) {
         let path = Path::new(&path);
         let path = if path.is_absolute() { path.to_path_buf() } else { manifest_dir.join(path) };
         if path.exists() {
