@@ -10,10 +10,20 @@ use std::time::{Instant, SystemTime};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::protocol::ErrorCode;
+
 /// Adds `n` to a counter that only the calling thread writes.
 #[inline]
 pub fn bump(counter: &AtomicU64, n: u64) {
     counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// Counts one error reply to a client, in total and under its code.
+pub fn count_client_error(counters: &ShardCounters, code: ErrorCode) {
+    bump(&counters.client_errors, 1);
+    if let Some(counter) = counters.client_errors_by_code.get(code.index()) {
+        bump(counter, 1);
+    }
 }
 
 /// Subtracts `n` from a gauge that only the calling thread writes.
@@ -52,6 +62,8 @@ pub struct ShardCounters {
     pub protocol_errors: AtomicU64,
     /// Client messages refused with an error reply.
     pub client_errors: AtomicU64,
+    /// The same, per error code (`ErrorCode::index`).
+    pub client_errors_by_code: [AtomicU64; ErrorCode::ALL.len()],
     /// Client messages refused by the rate limits.
     pub rate_limited: AtomicU64,
     /// Frames queued but not yet written, summed over connections (gauge).
@@ -135,6 +147,9 @@ pub struct Totals {
     pub protocol_errors: u64,
     /// Refused client messages.
     pub client_errors: u64,
+    /// The same, per error code (`ErrorCode::index`); for metrics, not the JSON statistics.
+    #[serde(skip)]
+    pub client_errors_by_code: [u64; ErrorCode::ALL.len()],
     /// Messages refused by the rate limits.
     pub rate_limited: u64,
     /// Refused upgrades.
@@ -204,6 +219,9 @@ impl Stats {
             t.idle_disconnects += s.idle_disconnects.load(Relaxed);
             t.protocol_errors += s.protocol_errors.load(Relaxed);
             t.client_errors += s.client_errors.load(Relaxed);
+            for (total, count) in t.client_errors_by_code.iter_mut().zip(&s.client_errors_by_code) {
+                *total += count.load(Relaxed);
+            }
             t.rate_limited += s.rate_limited.load(Relaxed);
             t.queued_frames += s.queued_frames.load(Relaxed);
             t.fanout_latency_us += s.fanout_latency_us.load(Relaxed);

@@ -92,7 +92,7 @@ const COUNTERS: &[(&str, &str)] = &[
     ("herald_slow_consumer_disconnects_total", "Connections closed because their outbound queue filled (4008)."),
     ("herald_idle_disconnects_total", "Connections closed for idleness (4000)."),
     ("herald_protocol_errors_total", "Connections closed for breaking the WebSocket protocol."),
-    ("herald_client_errors_total", "Client messages refused with an error reply."),
+    ("herald_client_errors_total", "Client messages refused with an error reply, by error code."),
     ("herald_rate_limited_total", "Client messages refused by a rate limit."),
     ("herald_refused_connections_total", "Upgrades refused (limits, authentication, origin)."),
     ("herald_broker_malformed_total", "Broker messages that could not be read."),
@@ -129,7 +129,10 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     counter!("herald_slow_consumer_disconnects_total").absolute(t.slow_consumer_disconnects);
     counter!("herald_idle_disconnects_total").absolute(t.idle_disconnects);
     counter!("herald_protocol_errors_total").absolute(t.protocol_errors);
-    counter!("herald_client_errors_total").absolute(t.client_errors);
+    for code in crate::protocol::ErrorCode::ALL {
+        counter!("herald_client_errors_total", "code" => code.as_str())
+            .absolute(t.client_errors_by_code.get(code.index()).copied().unwrap_or(0));
+    }
     counter!("herald_rate_limited_total").absolute(t.rate_limited);
     counter!("herald_refused_connections_total").absolute(t.refused_connections);
     counter!("herald_broker_malformed_total").absolute(t.broker_malformed);

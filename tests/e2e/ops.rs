@@ -48,8 +48,21 @@ async fn readiness_follows_redis() {
 #[tokio::test]
 async fn metrics_carry_help_build_info_and_process_figures() {
     let herald = Herald::start("").await;
+    // Two refusals with different codes, each counted under its own.
+    let mut client = herald.connect("/ws").await;
+    client.send_text("not json").await;
+    assert_eq!(client.recv().await["code"], "INVALID_JSON");
+    client.send_json(serde_json::json!({"type": "no_such_type"})).await;
+    assert_eq!(client.recv().await["code"], "UNKNOWN_MESSAGE_TYPE");
     let (status, text) = herald.get_text("/metrics").await;
     assert_eq!(status, 200);
+    for line in [
+        "herald_client_errors_total{code=\"INVALID_JSON\"} 1",
+        "herald_client_errors_total{code=\"UNKNOWN_MESSAGE_TYPE\"} 1",
+        "herald_client_errors_total{code=\"PERMISSION_DENIED\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
+    }
     for line in [
         "# HELP herald_connections ",
         "# HELP herald_deliveries_total ",
