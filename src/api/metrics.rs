@@ -146,5 +146,60 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     ] {
         counter!("herald_server_closes_total", "reason" => reason).absolute(count);
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], stable_order(&handle.render())).into_response()
+}
+
+/// The exporter renders families, and the label sets of a family, in hash order, so two scrapes
+/// differ in order; sorted, the page diffs cleanly and reads the same every time. Families are
+/// blocks separated by a blank line; a histogram's or summary's samples keep their own order
+/// (buckets ascending, then sum and count).
+fn stable_order(text: &str) -> String {
+    let mut families: Vec<(String, Vec<&str>)> = text
+        .split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .map(|block| {
+            let mut lines: Vec<&str> = block.lines().filter(|l| !l.is_empty()).collect();
+            let type_line = lines.iter().find(|l| l.starts_with("# TYPE ")).copied().unwrap_or_default();
+            let name = type_line.split_whitespace().nth(2).map_or_else(
+                || lines.first().and_then(|l| l.split(['{', ' ']).next()).unwrap_or_default().to_string(),
+                str::to_string,
+            );
+            let ordered = type_line.ends_with(" histogram") || type_line.ends_with(" summary");
+            if !ordered {
+                let split = lines.iter().position(|l| !l.starts_with('#')).unwrap_or(lines.len());
+                lines[split..].sort_unstable();
+            }
+            (name, lines)
+        })
+        .collect();
+    families.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = String::with_capacity(text.len());
+    for (_, lines) in families {
+        for line in lines {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stable_order;
+
+    #[test]
+    fn families_and_label_sets_come_out_sorted() {
+        let scrape = "# HELP b_total B.\n# TYPE b_total counter\nb_total{code=\"Z\"} 1\nb_total{code=\"A\"} 2\n\n\
+                      # TYPE a_seconds histogram\na_seconds_bucket{le=\"0.5\"} 1\na_seconds_bucket{le=\"+Inf\"} 1\n\
+                      a_seconds_sum 0.1\na_seconds_count 1\n\n";
+        let sorted = stable_order(scrape);
+        assert_eq!(
+            sorted,
+            "# TYPE a_seconds histogram\na_seconds_bucket{le=\"0.5\"} 1\na_seconds_bucket{le=\"+Inf\"} 1\n\
+             a_seconds_sum 0.1\na_seconds_count 1\n\n\
+             # HELP b_total B.\n# TYPE b_total counter\nb_total{code=\"A\"} 2\nb_total{code=\"Z\"} 1\n\n"
+        );
+        assert_eq!(stable_order(&sorted), sorted);
+    }
 }

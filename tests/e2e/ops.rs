@@ -87,6 +87,14 @@ async fn metrics_carry_help_build_info_and_process_figures() {
     assert!(rss > 1_000_000.0, "resident memory {rss}");
     let fds = text.lines().find_map(|l| l.strip_prefix("process_open_fds ")).unwrap_or_else(|| panic!("{text}"));
     assert!(fds.trim().parse::<f64>().is_ok_and(|n| n > 0.0), "{fds}");
+    // Stable order: the same series in the same order at every scrape (values aside).
+    let series = |text: &str| -> Vec<String> {
+        text.lines().map(|l| l.rsplit_once(' ').map_or(l, |(series, _)| series).to_string()).collect()
+    };
+    for _ in 0..3 {
+        let (_, again) = herald.get_text("/metrics").await;
+        assert_eq!(series(&again), series(&text), "the order changed between scrapes");
+    }
 }
 
 /// The Grafana dashboard in the repository asks only for metrics Herald exports.
