@@ -191,7 +191,12 @@ impl Running {
         node.hub.shutdown().await;
         let deadline = Instant::now() + node.config.server.shutdown_timeout;
         loop {
-            let open: u64 = node.stats.shards.iter().map(|s| s.connections.load(Ordering::Relaxed)).sum();
+            let open: u64 = node
+                .stats
+                .shards
+                .iter()
+                .map(|s| s.connections.load(Ordering::Relaxed) + s.observers.load(Ordering::Relaxed))
+                .sum();
             if open == 0 {
                 tracing::info!("all connections closed; bye");
                 break;

@@ -36,8 +36,11 @@ pub fn drop_by(counter: &AtomicU64, n: u64) {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub struct ShardCounters {
-    /// Open WebSocket connections (gauge).
+    /// Open WebSocket connections (gauge), statistics streams excepted.
     pub connections: AtomicU64,
+    /// Open statistics streams (`<mount>/stats`, the dashboard's own socket) (gauge): watching
+    /// the node is not being a client of it, so they are not in `connections`.
+    pub observers: AtomicU64,
     /// Connections ever accepted.
     pub connections_total: AtomicU64,
     /// Connections with an authenticated identity (gauge).
@@ -117,8 +120,10 @@ pub struct Sample {
 /// Summed counters at one moment.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Totals {
-    /// Open connections.
+    /// Open connections (statistics streams excepted).
     pub connections: u64,
+    /// Open statistics streams.
+    pub observers: u64,
     /// Connections ever accepted.
     pub connections_total: u64,
     /// Authenticated connections.
@@ -207,6 +212,7 @@ impl Stats {
         let mut t = Totals::default();
         for s in self.shards.iter() {
             t.connections += s.connections.load(Relaxed);
+            t.observers += s.observers.load(Relaxed);
             t.connections_total += s.connections_total.load(Relaxed);
             t.authenticated += s.authenticated.load(Relaxed);
             t.channel_subscriptions += s.channel_subscriptions.load(Relaxed);

@@ -147,3 +147,26 @@ async fn probe_reports_by_exit_status() {
     let closed = crate::common::redis::free_port();
     assert_eq!(probe(format!("http://127.0.0.1:{closed}/livez")).await, Some(1));
 }
+
+/// The dashboard's own statistics stream is not a client: not in `total_connections` (it showed
+/// the dashboard counting itself), but still held to `limits.max_connections`.
+#[tokio::test]
+async fn a_stats_stream_is_not_counted_as_a_client() {
+    let herald = Herald::start("[limits]\nmax_connections = 2").await;
+    let mut stream = herald.connect_raw("/ws/stats").await;
+    let frame = stream.recv().await;
+    assert_eq!(frame["total_connections"], 0, "{frame}");
+    let (_, stats) = herald.get("/api/stats").await;
+    assert_eq!(stats["total_connections"], 0, "{stats}");
+
+    let _client = herald.connect("/ws").await;
+    let (_, stats) = herald.get("/api/stats").await;
+    assert_eq!(stats["total_connections"], 1, "{stats}");
+
+    // One client and one stream reach the cap of two: the next upgrade is refused.
+    let refused = tokio_tungstenite::connect_async(herald.ws_url("/ws")).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("expected 503, got {:?}", other.map(|(_, r)| r.status())),
+    }
+}
