@@ -21,6 +21,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod broker;
+pub mod build_info;
 pub mod config;
 pub mod history;
 pub mod hub;

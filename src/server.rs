@@ -47,6 +47,14 @@ pub enum StartError {
     /// The broker could not be set up.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {path}: {source} (choose another with --data-dir, or set database.url)")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// A shard thread could not be started.
     #[error("cannot start shard threads: {0}")]
     Threads(std::io::Error),
@@ -82,6 +90,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    if let Some(dir) = config.database.data_dir() {
+        std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir { path: dir.clone(), source })?;
+    }
+    tracing::info!(database = %crate::config::show::mask_url(&config.database.effective_url()), "message store");
     let store = Arc::new(Store::open(&config.database).await?);
     let (writer, write_queue) = Writer::new(config.database.queue_capacity);
     let (hub, inboxes) = Hub::new(shards);
@@ -201,7 +213,12 @@ impl Running {
         // (`Shard::spawn_ack`).
         node.hub.shutdown().await;
         loop {
-            let open: u64 = node.stats.shards.iter().map(|s| s.connections.load(Ordering::Relaxed)).sum();
+            let open: u64 = node
+                .stats
+                .shards
+                .iter()
+                .map(|s| s.connections.load(Ordering::Relaxed) + s.observers.load(Ordering::Relaxed))
+                .sum();
             if open == 0 {
                 tracing::info!("all connections closed; bye");
                 break;

@@ -10,10 +10,20 @@ use std::time::{Instant, SystemTime};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::protocol::ErrorCode;
+
 /// Adds `n` to a counter that only the calling thread writes.
 #[inline]
 pub fn bump(counter: &AtomicU64, n: u64) {
     counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// Counts one error reply to a client, in total and under its code.
+pub fn count_client_error(counters: &ShardCounters, code: ErrorCode) {
+    bump(&counters.client_errors, 1);
+    if let Some(counter) = counters.client_errors_by_code.get(code.index()) {
+        bump(counter, 1);
+    }
 }
 
 /// Subtracts `n` from a gauge that only the calling thread writes.
@@ -26,8 +36,11 @@ pub fn drop_by(counter: &AtomicU64, n: u64) {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub struct ShardCounters {
-    /// Open WebSocket connections (gauge).
+    /// Open WebSocket connections (gauge), statistics streams excepted.
     pub connections: AtomicU64,
+    /// Open statistics streams (`<mount>/stats`, the dashboard's own socket) (gauge): watching
+    /// the node is not being a client of it, so they are not in `connections`.
+    pub observers: AtomicU64,
     /// Connections ever accepted.
     pub connections_total: AtomicU64,
     /// Connections with an authenticated identity (gauge).
@@ -52,6 +65,8 @@ pub struct ShardCounters {
     pub protocol_errors: AtomicU64,
     /// Client messages refused with an error reply.
     pub client_errors: AtomicU64,
+    /// The same, per error code (`ErrorCode::index`).
+    pub client_errors_by_code: [AtomicU64; ErrorCode::ALL.len()],
     /// Client messages refused by the rate limits.
     pub rate_limited: AtomicU64,
     /// Frames queued but not yet written, summed over connections (gauge).
@@ -108,8 +123,10 @@ pub struct Sample {
 /// Summed counters at one moment.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Totals {
-    /// Open connections.
+    /// Open connections (statistics streams excepted).
     pub connections: u64,
+    /// Open statistics streams.
+    pub observers: u64,
     /// Connections ever accepted.
     pub connections_total: u64,
     /// Authenticated connections.
@@ -138,6 +155,9 @@ pub struct Totals {
     pub protocol_errors: u64,
     /// Refused client messages.
     pub client_errors: u64,
+    /// The same, per error code (`ErrorCode::index`); for metrics, not the JSON statistics.
+    #[serde(skip)]
+    pub client_errors_by_code: [u64; ErrorCode::ALL.len()],
     /// Messages refused by the rate limits.
     pub rate_limited: u64,
     /// Refused upgrades.
@@ -197,6 +217,7 @@ impl Stats {
         let mut t = Totals::default();
         for s in self.shards.iter() {
             t.connections += s.connections.load(Relaxed);
+            t.observers += s.observers.load(Relaxed);
             t.connections_total += s.connections_total.load(Relaxed);
             t.authenticated += s.authenticated.load(Relaxed);
             t.channel_subscriptions += s.channel_subscriptions.load(Relaxed);
@@ -209,6 +230,9 @@ impl Stats {
             t.idle_disconnects += s.idle_disconnects.load(Relaxed);
             t.protocol_errors += s.protocol_errors.load(Relaxed);
             t.client_errors += s.client_errors.load(Relaxed);
+            for (total, count) in t.client_errors_by_code.iter_mut().zip(&s.client_errors_by_code) {
+                *total += count.load(Relaxed);
+            }
             t.rate_limited += s.rate_limited.load(Relaxed);
             t.queued_frames += s.queued_frames.load(Relaxed);
             t.fanout_latency_us += s.fanout_latency_us.load(Relaxed);

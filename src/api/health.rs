@@ -50,3 +50,30 @@ pub async fn health(State(node): State<Arc<Node>>) -> Response {
     let code = if status == "unhealthy" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     (code, Json(body)).into_response()
 }
+
+/// `GET /livez`: the process answers HTTP. 200 as long as it does, draining included, so that an
+/// orchestrator never kills a node that is finishing its work.
+pub async fn livez() -> Response {
+    (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
+}
+
+/// `GET /readyz`: whether this node should receive new traffic. 503, with the reasons, while it
+/// drains for shutdown, before its broker is connected, or while a required dependency (Redis
+/// when configured, the database) is down.
+pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    let mut reasons = Vec::new();
+    if node.shutdown.is_cancelled() {
+        reasons.push("draining: the node is shutting down");
+    }
+    if !node.broker.status().connected {
+        reasons.push("broker: Redis is not connected");
+    }
+    if !node.writer.is_healthy() {
+        reasons.push("database: writes are failing");
+    }
+    if reasons.is_empty() {
+        (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready", "reasons": reasons}))).into_response()
+    }
+}

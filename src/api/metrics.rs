@@ -27,6 +27,7 @@ pub fn install() {
     match builder.install_recorder() {
         Ok(handle) => {
             let _ = HANDLE.set(handle);
+            describe();
         }
         Err(e) => {
             tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty")
@@ -34,11 +35,80 @@ pub fn install() {
     }
 }
 
+/// The process collector (CPU seconds, resident memory, open and maximum descriptors, threads,
+/// start time), read from `/proc` at each scrape.
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+
+/// `# HELP` text for every metric Herald exports, and the constant build information.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    for (name, help) in GAUGES {
+        describe_gauge!(*name, *help);
+    }
+    for (name, help) in COUNTERS {
+        describe_counter!(*name, *help);
+    }
+    describe_histogram!(
+        "herald_publish_to_write_seconds",
+        metrics::Unit::Seconds,
+        "Time from an event's arrival at the hub to its write to a connection's socket."
+    );
+    describe_histogram!("herald_writer_batch_rows", "Rows the store writer committed per batch.");
+    describe_gauge!(
+        "herald_build_info",
+        "Always 1; the labels name the version, git revision and build date of the running binary."
+    );
+    let info = crate::build_info::VERSION;
+    gauge!(
+        "herald_build_info",
+        "version" => info,
+        "revision" => crate::build_info::GIT_REVISION,
+        "build_date" => crate::build_info::BUILD_DATE
+    )
+    .set(1.0);
+    PROCESS.get_or_init(metrics_process::Collector::default).describe();
+}
+
+const GAUGES: &[(&str, &str)] = &[
+    ("herald_connections", "WebSocket connections open on this node."),
+    ("herald_authenticated_connections", "Open connections with a verified token."),
+    ("herald_channel_subscriptions", "Channel subscriptions held by open connections."),
+    ("herald_room_memberships", "Room memberships held by open connections."),
+    ("herald_outbound_queued_frames", "Frames queued for connections and not yet written."),
+    ("herald_writer_queue_depth", "Rows waiting for the store writer."),
+    ("herald_broker_connected", "1 when the broker can move events between nodes, else 0."),
+    ("herald_uptime_seconds", "Seconds since the node started."),
+];
+
+const COUNTERS: &[(&str, &str)] = &[
+    ("herald_connections_total", "WebSocket connections accepted since start."),
+    ("herald_messages_in_total", "Messages received from clients."),
+    ("herald_messages_out_total", "Frames sent to clients (deliveries and replies)."),
+    ("herald_deliveries_total", "Events delivered to connections."),
+    ("herald_replies_total", "Replies sent to clients' requests."),
+    ("herald_publishes_total", "Events published (HTTP, Redis or client messages)."),
+    ("herald_publish_errors_total", "Publishes refused (bad input) or failed (broker down)."),
+    ("herald_drops_total", "Events dropped: slow-consumer disconnects and malformed broker messages."),
+    ("herald_slow_consumer_disconnects_total", "Connections closed because their outbound queue filled (4008)."),
+    ("herald_idle_disconnects_total", "Connections closed for idleness (4000)."),
+    ("herald_protocol_errors_total", "Connections closed for breaking the WebSocket protocol."),
+    ("herald_client_errors_total", "Client messages refused with an error reply, by error code."),
+    ("herald_rate_limited_total", "Client messages refused by a rate limit."),
+    ("herald_refused_connections_total", "Upgrades refused (limits, authentication, origin)."),
+    ("herald_broker_malformed_total", "Broker messages that could not be read."),
+    ("herald_stored_messages_total", "Chat messages committed to the store."),
+    ("herald_stored_batches_total", "Store writer transactions committed."),
+    ("herald_server_closes_total", "Connections Herald closed, by reason (slow_consumer, idle, protocol_error)."),
+];
+
 /// Renders the metrics.
 pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let Some(handle) = HANDLE.get() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder not installed\n").into_response();
     };
+    if let Some(process) = PROCESS.get() {
+        process.collect();
+    }
     let t = node.stats.totals();
     gauge!("herald_connections").set(t.connections as f64);
     gauge!("herald_authenticated_connections").set(t.authenticated as f64);
@@ -59,11 +129,77 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     counter!("herald_slow_consumer_disconnects_total").absolute(t.slow_consumer_disconnects);
     counter!("herald_idle_disconnects_total").absolute(t.idle_disconnects);
     counter!("herald_protocol_errors_total").absolute(t.protocol_errors);
-    counter!("herald_client_errors_total").absolute(t.client_errors);
+    for code in crate::protocol::ErrorCode::ALL {
+        counter!("herald_client_errors_total", "code" => code.as_str())
+            .absolute(t.client_errors_by_code.get(code.index()).copied().unwrap_or(0));
+    }
     counter!("herald_rate_limited_total").absolute(t.rate_limited);
     counter!("herald_refused_connections_total").absolute(t.refused_connections);
     counter!("herald_broker_malformed_total").absolute(t.broker_malformed);
     counter!("herald_stored_messages_total").absolute(t.stored_messages);
     counter!("herald_stored_batches_total").absolute(t.stored_batches);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+    // The same closes by reason, for one query over all of them.
+    for (reason, count) in [
+        ("slow_consumer", t.slow_consumer_disconnects),
+        ("idle", t.idle_disconnects),
+        ("protocol_error", t.protocol_errors),
+    ] {
+        counter!("herald_server_closes_total", "reason" => reason).absolute(count);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], stable_order(&handle.render())).into_response()
+}
+
+/// The exporter renders families, and the label sets of a family, in hash order, so two scrapes
+/// differ in order; sorted, the page diffs cleanly and reads the same every time. Families are
+/// blocks separated by a blank line; a histogram's or summary's samples keep their own order
+/// (buckets ascending, then sum and count).
+fn stable_order(text: &str) -> String {
+    let mut families: Vec<(String, Vec<&str>)> = text
+        .split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .map(|block| {
+            let mut lines: Vec<&str> = block.lines().filter(|l| !l.is_empty()).collect();
+            let type_line = lines.iter().find(|l| l.starts_with("# TYPE ")).copied().unwrap_or_default();
+            let name = type_line.split_whitespace().nth(2).map_or_else(
+                || lines.first().and_then(|l| l.split(['{', ' ']).next()).unwrap_or_default().to_string(),
+                str::to_string,
+            );
+            let ordered = type_line.ends_with(" histogram") || type_line.ends_with(" summary");
+            if !ordered {
+                let split = lines.iter().position(|l| !l.starts_with('#')).unwrap_or(lines.len());
+                lines[split..].sort_unstable();
+            }
+            (name, lines)
+        })
+        .collect();
+    families.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = String::with_capacity(text.len());
+    for (_, lines) in families {
+        for line in lines {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stable_order;
+
+    #[test]
+    fn families_and_label_sets_come_out_sorted() {
+        let scrape = "# HELP b_total B.\n# TYPE b_total counter\nb_total{code=\"Z\"} 1\nb_total{code=\"A\"} 2\n\n\
+                      # TYPE a_seconds histogram\na_seconds_bucket{le=\"0.5\"} 1\na_seconds_bucket{le=\"+Inf\"} 1\n\
+                      a_seconds_sum 0.1\na_seconds_count 1\n\n";
+        let sorted = stable_order(scrape);
+        assert_eq!(
+            sorted,
+            "# TYPE a_seconds histogram\na_seconds_bucket{le=\"0.5\"} 1\na_seconds_bucket{le=\"+Inf\"} 1\n\
+             a_seconds_sum 0.1\na_seconds_count 1\n\n\
+             # HELP b_total B.\n# TYPE b_total counter\nb_total{code=\"A\"} 2\nb_total{code=\"Z\"} 1\n\n"
+        );
+        assert_eq!(stable_order(&sorted), sorted);
+    }
 }

@@ -1,6 +1,6 @@
 //! The HTTP surface: publishing for backends, admin, stats, health and metrics.
 //!
-//! Routes live at `/api/...` and, for the seed documents' clients, are mirrored under every
+//! Routes live at `/api/...` and, for the compatibility profiles' clients, are mirrored under every
 //! WebSocket mount (`/ws/stats`, `/api/v1/ws/rooms/{room}/broadcast`, …). Every response is JSON;
 //! every refusal is a 4xx with `{"success":false,"error":…,"code":…}`.
 
@@ -174,6 +174,8 @@ pub fn valid_name(what: &str, name: &str) -> Result<(), ApiError> {
 pub fn router(node: Arc<Node>) -> Router {
     let mut router = Router::new()
         .route("/health", get(health::health))
+        .route("/livez", get(health::livez))
+        .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
         .route("/api/publish", post(publish::publish))
         .route("/api/broadcast", post(publish::broadcast))

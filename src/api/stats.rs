@@ -56,7 +56,8 @@ fn figures(node: &Node, clients: Option<usize>) -> Value {
     })
 }
 
-/// `GET <mount>/stats`: the fields both seed documents read, at the top level and under `stats`.
+/// `GET <mount>/stats`: the fields the compatibility profiles' dashboards read, at the top level and
+/// under `stats`.
 pub async fn stats(State(node): State<Arc<Node>>) -> Response {
     let distinct = node
         .hub

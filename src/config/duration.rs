@@ -1,6 +1,6 @@
 //! Durations in configuration: `"30s"`, `"2m"`, `"1h 30m"`, or a bare number of seconds.
 //!
-//! The seed documents configure intervals as plain seconds (`WEBSOCKET_PING_INTERVAL=25`), while a
+//! The compatibility profiles' systems configure intervals as plain seconds (`WEBSOCKET_PING_INTERVAL=25`), while a
 //! TOML file reads better with units. Both spellings deserialize to the same [`Duration`].
 
 use std::time::Duration;

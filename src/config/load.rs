@@ -1,18 +1,19 @@
-//! Merging the configuration sources: defaults < TOML file < seed aliases < `HERALD_*` < flags.
+//! Merging the configuration sources: defaults < TOML file < compatibility aliases < `HERALD_*` < flags.
 
 use std::path::PathBuf;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::value::{Dict, Value};
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 
 use super::{Config, LogFormat};
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A source could not be read or a value has the wrong type; figment names the key and source.
-    #[error("configuration error: {0}")]
+    /// A source could not be read, a key is unknown or a value has the wrong type; the message
+    /// names each key and the source (file, variable or flag) that set it.
+    #[error("invalid configuration:\n  - {}", describe(.0).join("\n  - "))]
     Source(Box<figment::Error>),
     /// Values that parse but make no sense, each naming its key.
     #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
@@ -28,6 +29,51 @@ impl From<figment::Error> for ConfigError {
     }
 }
 
+/// One line per problem in `error`, in the user's terms: the dotted key, what is wrong, and the
+/// source that set it; for an unknown key, the nearest key Herald knows.
+fn describe(error: &figment::Error) -> Vec<String> {
+    error
+        .clone()
+        .into_iter()
+        .map(|e| {
+            let mut path = e.path.join(".");
+            let what = match &e.kind {
+                figment::error::Kind::UnknownField(field, expected) => {
+                    // figment's path already ends with the unknown key.
+                    let mut parent_path = e.path.clone();
+                    if parent_path.last() == Some(field) {
+                        parent_path.pop();
+                    }
+                    let parent = parent_path.join(".");
+                    path = if parent.is_empty() { field.clone() } else { format!("{parent}.{field}") };
+                    let nearest = expected
+                        .iter()
+                        .map(|candidate| (strsim::jaro_winkler(field, candidate), *candidate))
+                        .filter(|(score, _)| *score >= 0.7)
+                        .max_by(|a, b| a.0.total_cmp(&b.0));
+                    match nearest {
+                        Some((_, candidate)) if parent.is_empty() => {
+                            format!("is not a configuration key; did you mean {candidate}?")
+                        }
+                        Some((_, candidate)) => {
+                            format!("is not a configuration key; did you mean {parent}.{candidate}?")
+                        }
+                        None if expected.is_empty() => "is not a configuration key".to_string(),
+                        None => format!("is not a configuration key; this section has {}", expected.join(", ")),
+                    }
+                }
+                kind => kind.to_string(),
+            };
+            let source = e.metadata.as_ref().map(|m| match &m.source {
+                Some(source) => format!(" (in {source})"),
+                None => format!(" (from {})", m.name),
+            });
+            let source = source.unwrap_or_default();
+            if path.is_empty() { format!("{what}{source}") } else { format!("{path}: {what}{source}") }
+        })
+        .collect()
+}
+
 /// What the command line says; every field overrides files and environment.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -41,6 +87,8 @@ pub struct Overrides {
     pub redis_url: Option<String>,
     /// `--database-url URL`.
     pub database_url: Option<String>,
+    /// `--data-dir DIR`.
+    pub data_dir: Option<PathBuf>,
     /// `--shards N`.
     pub shards: Option<usize>,
     /// `--log-format`.
@@ -62,10 +110,12 @@ const SHORTCUTS: &[(&str, &str)] = &[
     ("node_id", "server.node_id"),
     ("log_format", "log.format"),
     ("log_level", "log.level"),
+    ("data_dir", "database.data_dir"),
 ];
 
-/// Environment variable names used by the seed documents' own systems, and the keys they mean.
-const SEED_ALIASES: &[(&str, &str)] = &[
+/// Environment variable names used by the systems the compatibility profiles replace, and the
+/// keys they mean.
+const COMPAT_ALIASES: &[(&str, &str)] = &[
     ("redis_url", "redis.url"),
     ("database_url", "database.url"),
     ("websocket_ping_interval", "websocket.heartbeat_interval"),
@@ -94,16 +144,56 @@ pub(crate) fn herald_env_key(name: &str) -> Option<String> {
     rest.contains("__").then(|| rest.replace("__", "."))
 }
 
-/// Maps a seed document's variable (`REDIS_URL`, `WEBSOCKET_PING_INTERVAL`, …) to its key.
-pub(crate) fn seed_alias_key(name: &str) -> Option<String> {
+/// Maps a compatibility profile's variable (`REDIS_URL`, `WEBSOCKET_PING_INTERVAL`, …) to its key.
+pub(crate) fn compat_alias_key(name: &str) -> Option<String> {
     let lower = name.to_ascii_lowercase();
-    SEED_ALIASES.iter().find(|(alias, _)| *alias == lower).map(|(_, path)| (*path).to_string())
+    COMPAT_ALIASES.iter().find(|(alias, _)| *alias == lower).map(|(_, path)| (*path).to_string())
+}
+
+/// One source of configuration values, named the way a user knows it (`default`,
+/// `environment variable HERALD_API_KEY`, `--set websocket.idle_timeout`), so that errors and
+/// `--print-config` say where a value came from and never where in Herald's code it was merged.
+struct Layer {
+    label: String,
+    dict: Dict,
+}
+
+impl Layer {
+    /// A layer setting one dotted `key` to `value`.
+    fn key(label: String, key: &str, value: Value) -> Self {
+        let dict = figment::util::nest(key, value).into_dict().unwrap_or_default();
+        Self { label, dict }
+    }
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.label.clone())
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+/// Values from the environment and flags are read like TOML values (numbers, booleans,
+/// `[arrays]`), and as text when they are not one.
+fn parse_value(raw: &str) -> Value {
+    raw.parse::<Value>().unwrap_or_else(|_| Value::from(raw.to_string()))
 }
 
 /// The lowest layer of every configuration: the built-in defaults.
 fn defaults() -> Figment {
-    Figment::from(Serialized::defaults(Config::default()))
+    let dict = Serialized::defaults(Config::default())
+        .data()
+        .ok()
+        .and_then(|mut map| map.remove(&Profile::Default))
+        .unwrap_or_default();
+    Figment::from(Layer { label: DEFAULT_SOURCE.into(), dict })
 }
+
+/// How `--print-config` and errors name the built-in defaults.
+pub(crate) const DEFAULT_SOURCE: &str = "default";
 
 /// Turns merged sources into a configuration that is known to make sense.
 fn extract_valid(figment: &Figment) -> Result<Config, ConfigError> {
@@ -121,6 +211,27 @@ pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
 
 /// Loads, merges and validates the configuration from all sources.
 pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+    load_with_sources(overrides).map(|(config, _)| config)
+}
+
+/// Where each value of a loaded configuration came from.
+#[derive(Debug)]
+pub struct Sources(Figment);
+
+impl Sources {
+    /// The source of the value at dotted `key` (`websocket.idle_timeout`): `default`, the file's
+    /// path, an environment variable or a flag. `None` for a key no source set.
+    pub fn of(&self, key: &str) -> Option<String> {
+        let metadata = self.0.find_metadata(key)?;
+        Some(match &metadata.source {
+            Some(source) => format!("{source}"),
+            None => metadata.name.to_string(),
+        })
+    }
+}
+
+/// [`load`], keeping track of which source set each value (for `--print-config`).
+pub fn load_with_sources(overrides: &Overrides) -> Result<(Config, Sources), ConfigError> {
     let mut figment = defaults();
     if let Some(path) = &overrides.config_file {
         if !path.exists() {
@@ -128,64 +239,86 @@ pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
         }
         figment = figment.merge(Toml::file_exact(path));
     }
-    figment = figment.merge(redis_host_port_alias());
-    figment = figment.merge(Env::raw().filter_map(|k| seed_alias_key(k.as_str()).map(Into::into)).lowercase(false));
-    figment = figment.merge(Env::raw().filter_map(|k| herald_env_key(k.as_str()).map(Into::into)).lowercase(false));
-    figment = figment.merge(flags_provider(overrides));
-    extract_valid(&figment)
+    for layer in redis_host_port_alias() {
+        figment = figment.merge(layer);
+    }
+    // Sorted, so that two variables meaning the same key resolve the same way on every start.
+    let mut vars: Vec<(String, String)> =
+        std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
+    vars.sort();
+    for (name, raw) in &vars {
+        if let Some(key) = compat_alias_key(name) {
+            figment = figment.merge(Layer::key(format!("environment variable {name}"), &key, parse_value(raw)));
+        }
+    }
+    for (name, raw) in &vars {
+        if let Some(key) = herald_env_key(name) {
+            figment = figment.merge(Layer::key(format!("environment variable {name}"), &key, parse_value(raw)));
+        }
+    }
+    for layer in flag_layers(overrides) {
+        figment = figment.merge(layer);
+    }
+    let config = extract_valid(&figment)?;
+    Ok((config, Sources(figment)))
 }
 
-/// The seed documents' variables that need more than a rename: `REDIS_HOST` / `REDIS_PORT` (when
+/// The variables of other systems that need more than a rename: `REDIS_HOST` / `REDIS_PORT` (when
 /// `REDIS_URL` is not given) and `WEBSOCKET_BLOCK_DURATION_MINUTES` (minutes, not seconds).
-fn redis_host_port_alias() -> Serialized<Dict> {
-    let mut dict = Dict::new();
+fn redis_host_port_alias() -> Vec<Layer> {
+    let mut layers = Vec::new();
     if let Ok(minutes) = std::env::var("WEBSOCKET_BLOCK_DURATION_MINUTES") {
-        let mut limits = Dict::new();
-        limits.insert("block_duration".into(), Value::from(format!("{}m", minutes.trim())));
-        dict.insert("limits".into(), Value::from(limits));
+        layers.push(Layer::key(
+            "environment variable WEBSOCKET_BLOCK_DURATION_MINUTES".into(),
+            "limits.block_duration",
+            Value::from(format!("{}m", minutes.trim())),
+        ));
     }
     if std::env::var_os("REDIS_URL").is_none()
         && let Ok(host) = std::env::var("REDIS_HOST")
     {
         let port = std::env::var("REDIS_PORT").unwrap_or_else(|_| "6379".into());
-        let mut redis = Dict::new();
-        redis.insert("url".into(), Value::from(format!("redis://{host}:{port}")));
-        dict.insert("redis".into(), Value::from(redis));
+        layers.push(Layer::key(
+            "environment variables REDIS_HOST and REDIS_PORT".into(),
+            "redis.url",
+            Value::from(format!("redis://{host}:{port}")),
+        ));
     }
-    Serialized::defaults(dict)
+    layers
 }
 
-fn flags_provider(o: &Overrides) -> Figment {
-    let mut figment = Figment::new();
-    let mut set = |key: &str, value: Value| {
-        figment = std::mem::take(&mut figment).merge(Serialized::default(key, value));
-    };
+/// One layer per flag, named after the flag.
+fn flag_layers(o: &Overrides) -> Vec<Layer> {
+    let mut layers = Vec::new();
+    let mut set = |flag: &str, key: &str, value: Value| layers.push(Layer::key(flag.to_string(), key, value));
     if let Some(v) = &o.listen {
-        set("server.listen", v.clone().into());
+        set("--listen", "server.listen", v.clone().into());
     }
     if let Some(v) = &o.api_key {
-        set("api.key", v.clone().into());
+        set("--api-key", "api.key", v.clone().into());
     }
     if let Some(v) = &o.redis_url {
-        set("redis.url", v.clone().into());
+        set("--redis-url", "redis.url", v.clone().into());
     }
     if let Some(v) = &o.database_url {
-        set("database.url", v.clone().into());
+        set("--database-url", "database.url", v.clone().into());
+    }
+    if let Some(v) = &o.data_dir {
+        set("--data-dir", "database.data_dir", v.display().to_string().into());
     }
     if let Some(v) = o.shards {
-        set("server.shards", Value::from(v as u64));
+        set("--shards", "server.shards", Value::from(v as u64));
     }
     if let Some(v) = o.log_format {
-        set("log.format", (if v == LogFormat::Json { "json" } else { "human" }).into());
+        set("--log-format", "log.format", (if v == LogFormat::Json { "json" } else { "human" }).into());
     }
     if let Some(v) = &o.log_level {
-        set("log.level", v.clone().into());
+        set("--log-level", "log.level", v.clone().into());
     }
     for (key, raw) in &o.sets {
-        let value = raw.parse::<Value>().unwrap_or_else(|_| Value::from(raw.clone()));
-        set(key, value);
+        set(&format!("--set {key}"), key, parse_value(raw));
     }
-    figment
+    layers
 }
 
 /// Parses `key=value` for `--set`.
@@ -210,8 +343,8 @@ mod tests {
         assert_eq!(herald_env_key("HERALD_WEBSOCKET__IDLE_TIMEOUT").as_deref(), Some("websocket.idle_timeout"));
         assert_eq!(herald_env_key("HERALD_STRAY"), None);
         assert_eq!(herald_env_key("PATH"), None);
-        assert_eq!(seed_alias_key("WEBSOCKET_PING_INTERVAL").as_deref(), Some("websocket.heartbeat_interval"));
-        assert_eq!(seed_alias_key("HOME"), None);
+        assert_eq!(compat_alias_key("WEBSOCKET_PING_INTERVAL").as_deref(), Some("websocket.heartbeat_interval"));
+        assert_eq!(compat_alias_key("HOME"), None);
     }
 
     #[test]

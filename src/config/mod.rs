@@ -1,16 +1,19 @@
 //! One typed configuration for the whole node.
 //!
 //! Sources, from lowest to highest precedence: built-in defaults, a TOML file (`--config`), the
-//! seed documents' own environment variables (`REDIS_URL`, `WEBSOCKET_PING_INTERVAL`, …),
+//! variables of the systems the compatibility profiles replace (`REDIS_URL`, `WEBSOCKET_PING_INTERVAL`, …),
 //! `HERALD_*` environment variables, and command-line flags. [`load`] merges them and
 //! [`Config::validate`] rejects anything inconsistent with a message naming the key.
 //!
 //! Every section has a `Default` that runs Herald embedded: no Redis, no database, loopback only.
 
 mod collab;
+pub mod data_dir;
 pub mod duration;
+mod level;
 pub mod load;
 mod security;
+pub mod show;
 pub mod stream;
 pub mod text;
 
@@ -27,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub use stream::{CompressionConfig, HistoryConfig};
 
-pub use load::{ConfigError, Overrides, from_toml_str, load};
+pub use load::{ConfigError, Overrides, Sources, from_toml_str, load, load_with_sources};
 
 /// The whole configuration of a node.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -390,9 +393,9 @@ pub struct RedisConfig {
     /// Further cluster nodes to discover the cluster from.
     pub cluster_nodes: Vec<String>,
     /// Publishers' prefixes: the node pattern-subscribes `<prefix>:*` and routes each message to
-    /// the channel named by the rest (`fliptechpro:campaigns` → `campaigns`).
+    /// the channel named by the rest (`acme:campaigns` → `campaigns`).
     pub prefixes: Vec<String>,
-    /// Exact Redis channels to take events from (`botrix:jobs:updates`). The Herald channel is
+    /// Exact Redis channels to take events from (`acme:jobs:updates`). The Herald channel is
     /// the name without a matching prefix from `prefixes`, or the whole name.
     pub channels: Vec<String>,
     /// Field of a published message that also routes it to a room (empty: none).
@@ -441,9 +444,14 @@ pub enum RedisMode {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// `sqlite://path` (embedded, the default `sqlite://herald.db`) or `postgres://…` (clusters).
+    /// `sqlite://path` (embedded), `sqlite::memory:` (nothing on disk; history lost at exit) or
+    /// `postgres://…` (clusters). Without one: `herald.db` in `data_dir`.
     #[serde(deserialize_with = "text::opt_string")]
     pub url: Option<String>,
+    /// Where the embedded database lives when `url` is not set (`--data-dir`; created if
+    /// missing). Default: `$STATE_DIRECTORY` under systemd, `/var/lib/herald` for root, else the
+    /// user's data directory (`~/.local/share/herald`).
+    pub data_dir: Option<std::path::PathBuf>,
     /// Connections in the pool.
     pub max_connections: u32,
     /// Most rows the writer commits in one transaction (the dashboard document's 50).
@@ -487,6 +495,7 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             url: None,
+            data_dir: None,
             max_connections: 8,
             batch_size: 50,
             batch_linger: Duration::ZERO,
@@ -506,9 +515,22 @@ impl Default for DatabaseConfig {
 }
 
 impl DatabaseConfig {
-    /// The URL in use: the configured one or the embedded SQLite file.
-    pub fn effective_url(&self) -> &str {
-        self.url.as_deref().unwrap_or("sqlite://herald.db")
+    /// The URL in use: the configured one or the embedded SQLite file in [`Self::data_dir`].
+    pub fn effective_url(&self) -> String {
+        match (&self.url, self.data_dir()) {
+            (Some(url), _) => url.clone(),
+            (None, Some(dir)) => format!("sqlite://{}", dir.join(data_dir::DATABASE_FILE).display()),
+            // No home directory and nothing configured: the working directory, as before.
+            (None, None) => format!("sqlite://{}", data_dir::DATABASE_FILE),
+        }
+    }
+
+    /// The directory the embedded database is written to; `None` when `url` names the database.
+    pub fn data_dir(&self) -> Option<std::path::PathBuf> {
+        if self.url.is_some() {
+            return None;
+        }
+        self.data_dir.clone().or_else(data_dir::default_data_dir)
     }
 }
 
@@ -691,6 +713,7 @@ impl Config {
         self.validate_security(&mut problem);
         let db = &self.database;
         let url = db.effective_url();
+        let url = url.as_str();
         if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             problem("database.url".into(), "must be sqlite://PATH or postgres://…");
         }
@@ -767,8 +790,8 @@ impl Config {
                 problem(format!("aliases[{i}].target"), &e);
             }
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            problem("log.level".into(), &format!("is not a valid filter: {e}"));
+        if let Err(e) = level::check(&self.log.level) {
+            problem("log.level".into(), &e);
         }
 
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }

@@ -141,6 +141,10 @@ impl Shard {
         let slot = self.sessions.borrow_mut().insert(session.clone());
         session.slot.set(slot);
         let counters = self.counters();
+        if session.info.kind == EndpointKind::Stats {
+            stats::bump(&counters.observers, 1);
+            return;
+        }
         stats::bump(&counters.connections, 1);
         stats::bump(&counters.connections_total, 1);
         if session.is_authenticated() {
@@ -176,9 +180,13 @@ impl Shard {
         let counters = self.counters();
         stats::drop_by(&counters.channel_subscriptions, channels.len() as u64);
         stats::drop_by(&counters.room_memberships, rooms.len() as u64);
-        stats::drop_by(&counters.connections, 1);
-        if session.is_authenticated() {
-            stats::drop_by(&counters.authenticated, 1);
+        if session.info.kind == EndpointKind::Stats {
+            stats::drop_by(&counters.observers, 1);
+        } else {
+            stats::drop_by(&counters.connections, 1);
+            if session.is_authenticated() {
+                stats::drop_by(&counters.authenticated, 1);
+            }
         }
         let mut sessions = self.sessions.borrow_mut();
         if sessions.get(slot).is_some_and(|s| Rc::ptr_eq(s, session)) {

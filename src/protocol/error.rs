@@ -38,6 +38,29 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (`ALL[code.index()] == code`).
+    pub const ALL: [ErrorCode; 14] = [
+        ErrorCode::AuthenticationFailed,
+        ErrorCode::PermissionDenied,
+        ErrorCode::RateLimitExceeded,
+        ErrorCode::InvalidJson,
+        ErrorCode::UnknownMessageType,
+        ErrorCode::RoomNotFound,
+        ErrorCode::InternalError,
+        ErrorCode::MessageTooLarge,
+        ErrorCode::InvalidMessage,
+        ErrorCode::InvalidName,
+        ErrorCode::UnsupportedFrame,
+        ErrorCode::LimitExceeded,
+        ErrorCode::VersionConflict,
+        ErrorCode::Unavailable,
+    ];
+
+    /// The code's position in [`ErrorCode::ALL`], for counters kept per code.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The wire spelling, e.g. `INVALID_JSON`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -62,5 +85,23 @@ impl ErrorCode {
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    /// Counters per code are indexed by `index()`: every code sits at its own position in `ALL`,
+    /// each spelled differently.
+    #[test]
+    fn all_lists_every_code_at_its_index() {
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(code.index(), i, "{code}");
+        }
+        let spellings: std::collections::HashSet<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(spellings.len(), ErrorCode::ALL.len());
+        // The last variant is the last entry: a variant added after it must be added to ALL.
+        assert_eq!(ErrorCode::Unavailable.index(), ErrorCode::ALL.len() - 1);
     }
 }

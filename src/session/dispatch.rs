@@ -112,7 +112,7 @@ fn refuse(
     let mut extra = serde_json::Map::new();
     extra.insert("retry_after".into(), retry.into());
     extra.insert("retry_after_ms".into(), (retry_after.as_millis() as u64).into());
-    stats::bump(&shard.counters().client_errors, 1);
+    stats::count_client_error(shard.counters(), ErrorCode::RateLimitExceeded);
     stats::bump(&shard.counters().rate_limited, 1);
     session.reply(
         shard,

@@ -187,7 +187,7 @@ impl Session {
 
     /// Sends an error reply.
     pub fn send_error(self: &Rc<Self>, shard: &Shard, error: &ProtocolError, id: Option<&Value>) {
-        stats::bump(&shard.counters().client_errors, 1);
+        stats::count_client_error(shard.counters(), error.code);
         self.reply(shard, &out::error(error.code, &error.message, id));
     }
 

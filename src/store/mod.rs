@@ -323,6 +323,7 @@ impl Store {
     /// Opens the database named by `database.url` and runs its migrations.
     pub async fn open(config: &DatabaseConfig) -> Result<Store, StoreError> {
         let url = config.effective_url();
+        let url = url.as_str();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite(sqlite::SqliteStore::open(url, config).await?)
         } else {

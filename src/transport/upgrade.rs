@@ -108,7 +108,9 @@ pub async fn handle(node: Arc<Node>, endpoint: Arc<Endpoint>, mut request: Reque
         return refuse(StatusCode::FORBIDDEN, "ORIGIN_NOT_ALLOWED", &format!("origin {origin:?} is not allowed"));
     }
     let cap = node.config.limits.max_connections;
-    if cap > 0 && node.stats.totals().connections >= cap as u64 {
+    // Statistics streams are not clients, but they hold sockets all the same: they count here.
+    let totals = node.stats.totals();
+    if cap > 0 && totals.connections + totals.observers >= cap as u64 {
         refused(&node);
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "TOO_MANY_CONNECTIONS", "Too many connections");
     }

@@ -8,6 +8,7 @@ mod common;
 mod core;
 mod hardening;
 mod nginx;
+mod ops;
 mod redis;
 mod resilience;
 mod resume;

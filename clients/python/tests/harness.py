@@ -177,6 +177,8 @@ def herald(redis_url: str, redis: redis_lib.Redis, tmp_root: str) -> Iterator[He
         redis_url,
         "--set",
         f'redis.prefixes=["{PREFIX}"]',
+        "--data-dir",
+        tmp_root,
     ]
     prefix = "herald listening on http://"
     process, addr, log = _start(

@@ -174,5 +174,5 @@ pub(crate) async fn update(shard: &Rc<Shard>, session: &Rc<Session>, message: &I
 }
 
 fn stats_error(shard: &Shard) {
-    crate::stats::bump(&shard.counters().client_errors, 1);
+    crate::stats::count_client_error(shard.counters(), ErrorCode::VersionConflict);
 }

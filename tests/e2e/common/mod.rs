@@ -94,6 +94,8 @@ impl Herald {
             .arg(&config_path)
             .arg("--listen")
             .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(dir.path())
             .args(&options.args)
             .env_remove("REDIS_URL")
             .env_remove("DATABASE_URL")

@@ -79,7 +79,7 @@ function cleanEnv() {
  */
 export async function startHerald({ port = 0, config, args = [] } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'herald-js-'));
-  const flags = ['--listen', `127.0.0.1:${port}`, '--api-key', API_KEY, ...args];
+  const flags = ['--listen', `127.0.0.1:${port}`, '--api-key', API_KEY, '--data-dir', dir, ...args];
   if (config !== undefined) {
     writeFileSync(join(dir, 'herald.toml'), config);
     flags.push('--config', join(dir, 'herald.toml'));
