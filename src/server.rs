@@ -99,6 +99,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let upstream = crate::upstream::Upstream::new(&config.upstream);
     let config_history = config.history.clone();
+    let pusher = crate::pusher::Pusher::new(&config.pusher, &id);
     let node = Arc::new(Node {
         id,
         rules: ChannelRules::new(&config.channels),
@@ -116,6 +117,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         cells: crate::presence::cells::Cells::default(),
         upstream,
         history: crate::history::History::new(&config_history),
+        pusher,
     });
     crate::api::metrics::install();
     let router = crate::api::router(node.clone());

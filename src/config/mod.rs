@@ -10,6 +10,7 @@
 mod collab;
 pub mod duration;
 pub mod load;
+pub mod pusher;
 mod security;
 pub mod stream;
 pub mod text;
@@ -71,6 +72,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The Pusher Channels protocol face and its apps.
+    pub pusher: pusher::PusherConfig,
 }
 
 /// Where and how the node listens.
@@ -183,6 +186,9 @@ pub enum EndpointKind {
     Stats,
     /// Echoes every message back; for conformance testing only.
     Echo,
+    /// The Pusher Channels protocol (`/app/{key}`); never configured as an endpoint.
+    #[serde(skip)]
+    Pusher,
 }
 
 /// A dedicated WebSocket endpoint, e.g. `/ws/campaigns?campaign_id=123`.
@@ -652,6 +658,7 @@ impl Config {
             problem("log.level".into(), &format!("is not a valid filter: {e}"));
         }
 
+        problems.extend(self.pusher.problems());
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }
 
