@@ -17,7 +17,7 @@ pub struct PusherConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PusherAppConfig {
-    /// The app id, as in `/apps/{id}/events`.
+    /// The app id, as in `/apps/{id}/events`. Some server SDKs (the Python one) accept only digits.
     pub id: String,
     /// The public key clients connect with (`/app/{key}`).
     pub key: String,
