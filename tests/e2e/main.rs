@@ -7,6 +7,7 @@ mod collab;
 mod common;
 mod core;
 mod nginx;
+mod pusher;
 mod redis;
 mod resilience;
 mod resume;

@@ -1,0 +1,237 @@
+//! The Pusher Channels face's error paths over real sockets and HTTP: unknown keys and protocol
+//! versions are refused with the protocol's close codes, signed API requests with a wrong
+//! signature, key, body digest or a stale timestamp get 401, client events are refused on public
+//! channels, and malformed frames get a `pusher:error` while the connection carries on. The happy
+//! paths run with the real pusher-js and server SDKs in `tests/pusher/`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use herald::pusher::sign::hmac_hex;
+
+use crate::common::raw::RawClient;
+use crate::common::{Client, Herald};
+
+const KEY: &str = "e2e-key";
+const SECRET: &str = "e2e-secret-0123";
+
+fn config(client_messages: bool) -> String {
+    format!(
+        r#"
+[[pusher.apps]]
+id = "77"
+key = "{KEY}"
+secret = "{SECRET}"
+enable_client_messages = {client_messages}
+"#
+    )
+}
+
+/// Connects to `/app/{KEY}` and returns the client and its socket id.
+async fn connect(herald: &Herald) -> (Client, String) {
+    let mut client = herald.connect_raw(&format!("/app/{KEY}?protocol=7&client=e2e&version=1")).await;
+    let established = client.recv().await;
+    assert_eq!(established["event"], "pusher:connection_established", "{established}");
+    let data: Value = serde_json::from_str(established["data"].as_str().expect("data is a string")).unwrap();
+    assert!(data["activity_timeout"].as_u64().is_some_and(|t| t > 0), "{data}");
+    (client, data["socket_id"].as_str().unwrap().to_string())
+}
+
+async fn subscribe(client: &mut Client, channel: &str) {
+    client.send_json(json!({"event": "pusher:subscribe", "data": {"channel": channel}})).await;
+    let reply = client.recv().await;
+    assert_eq!(reply, json!({"event": "pusher_internal:subscription_succeeded", "channel": channel, "data": "{}"}));
+}
+
+/// Sends `message` and returns the `pusher:error` it draws.
+async fn error_for(client: &mut Client, message: &str) -> Value {
+    client.send_text(message).await;
+    let reply = client.recv().await;
+    assert_eq!(reply["event"], "pusher:error", "{message} drew {reply}");
+    reply["data"].clone()
+}
+
+/// Proves the connection still works: `pusher:ping` → `pusher:pong`.
+async fn assert_alive(client: &mut Client) {
+    client.send_json(json!({"event": "pusher:ping", "data": {}})).await;
+    assert_eq!(client.recv().await["event"], "pusher:pong");
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A signed query string for `method path` with `body`, signed with `secret` at `timestamp`.
+fn signed(method: &str, path: &str, body: &str, secret: &str, timestamp: u64, extra: &[(&str, &str)]) -> String {
+    let mut params: Vec<(String, String)> = vec![
+        ("auth_key".into(), KEY.into()),
+        ("auth_timestamp".into(), timestamp.to_string()),
+        ("auth_version".into(), "1.0".into()),
+    ];
+    if !body.is_empty() {
+        params.push(("body_md5".into(), hex::encode(<md5::Md5 as md5::Digest>::digest(body.as_bytes()))));
+    }
+    params.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    params.sort();
+    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let query = query.join("&");
+    let signature = hmac_hex(secret, format!("{method}\n{path}\n{query}").as_bytes());
+    format!("{path}?{query}&auth_signature={signature}")
+}
+
+async fn post_raw(herald: &Herald, path_and_query: &str, body: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(herald.url(path_and_query))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("POST");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn unknown_keys_and_protocol_versions_get_the_protocols_close_codes() {
+    let herald = Herald::start(&config(false)).await;
+    for (path, code) in [
+        ("/app/no-such-key?protocol=7", 4001),
+        (&*format!("/app/{KEY}"), 4008),
+        (&*format!("/app/{KEY}?protocol=seven"), 4006),
+        (&*format!("/app/{KEY}?protocol=3"), 4007),
+    ] {
+        let mut client = herald.connect_raw(path).await;
+        let error = client.recv().await;
+        assert_eq!(error["event"], "pusher:error", "{path}: {error}");
+        assert_eq!(error["data"]["code"], code, "{path}: {error}");
+        assert_eq!(client.expect_close().await.0, code, "{path}");
+    }
+    // The node carries on.
+    let (mut client, _) = connect(&herald).await;
+    assert_alive(&mut client).await;
+}
+
+#[tokio::test]
+async fn signed_api_requests_are_checked_and_refusals_are_401() {
+    let herald = Herald::start(&config(false)).await;
+    let (mut client, _) = connect(&herald).await;
+    subscribe(&mut client, "news").await;
+    let path = "/apps/77/events";
+    let body = r#"{"name":"story","channel":"news","data":"{\"n\":1}"}"#;
+
+    let wrong_secret = signed("POST", path, body, "not-the-secret", now(), &[]);
+    let stale = signed("POST", path, body, SECRET, now() - 3600, &[]);
+    let tampered_body = r#"{"name":"story","channel":"news","data":"{\"n\":2}"}"#;
+    let good_for_other_body = signed("POST", path, body, SECRET, now(), &[]);
+    for (what, query, body) in [
+        ("wrong secret", wrong_secret.as_str(), body),
+        ("stale timestamp", stale.as_str(), body),
+        ("body changed after signing", good_for_other_body.as_str(), tampered_body),
+        ("no signature at all", path, body),
+    ] {
+        let (status, reply) = post_raw(&herald, query, body).await;
+        assert_eq!(status, 401, "{what}: {reply}");
+        assert!(reply["error"].as_str().is_some_and(|e| !e.is_empty()), "{what}: {reply}");
+    }
+    let (status, reply) = post_raw(&herald, &signed("POST", "/apps/78/events", body, SECRET, now(), &[]), body).await;
+    assert_eq!(status, 404, "unknown app: {reply}");
+
+    // None of the refused requests published anything: the first event the client sees is the
+    // one signed correctly.
+    let (status, reply) = post_raw(&herald, &good_for_other_body, body).await;
+    assert_eq!((status, reply), (200, json!({})));
+    let event = client.recv().await;
+    assert_eq!(event, json!({"event": "story", "channel": "news", "data": "{\"n\":1}"}));
+
+    let query = signed("GET", "/apps/77/channels", "", SECRET, now(), &[("info", "subscription_count")]);
+    let (status, reply) = herald.get(&query).await;
+    assert_eq!((status, reply), (200, json!({"channels": {"news": {"subscription_count": 1}}})));
+    let forged = query.replace("subscription_count&", "user_count&");
+    assert_eq!(herald.get(&forged).await.0, 401, "a parameter changed after signing");
+}
+
+#[tokio::test]
+async fn client_events_are_refused_on_public_channels_and_when_disabled() {
+    let herald = Herald::start(&config(true)).await;
+    let (mut sender, _) = connect(&herald).await;
+    let (mut listener, _) = connect(&herald).await;
+    for client in [&mut sender, &mut listener] {
+        subscribe(client, "lobby").await;
+    }
+    let error = error_for(&mut sender, r#"{"event":"client-shout","channel":"lobby","data":{"loud":true}}"#).await;
+    assert!(error["message"].as_str().unwrap().contains("only on private and presence channels"), "{error}");
+    let error =
+        error_for(&mut sender, r#"{"event":"client-shout","channel":"private-not-subscribed","data":{}}"#).await;
+    assert!(error["message"].as_str().unwrap().contains("subscribe to"), "{error}");
+
+    // Nothing reached the listener: the next thing it sees is an event published after.
+    let body = r#"{"name":"after","channel":"lobby","data":"1"}"#;
+    let (status, _) = post_raw(&herald, &signed("POST", "/apps/77/events", body, SECRET, now(), &[]), body).await;
+    assert_eq!(status, 200);
+    assert_eq!(listener.recv().await["event"], "after");
+    assert_eq!(sender.recv().await["event"], "after");
+
+    let disabled = Herald::start(&config(false)).await;
+    let (mut client, socket_id) = connect(&disabled).await;
+    let channel = "private-room";
+    let auth = format!("{KEY}:{}", hmac_hex(SECRET, format!("{socket_id}:{channel}").as_bytes()));
+    client.send_json(json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth}})).await;
+    assert_eq!(client.recv().await["event"], "pusher_internal:subscription_succeeded");
+    let error = error_for(&mut client, r#"{"event":"client-x","channel":"private-room","data":{}}"#).await;
+    assert!(error["message"].as_str().unwrap().contains("not enabled"), "{error}");
+    assert_alive(&mut client).await;
+}
+
+#[tokio::test]
+async fn malformed_frames_get_pusher_errors_and_the_connection_carries_on() {
+    let herald = Herald::start(&config(true)).await;
+    let (mut client, socket_id) = connect(&herald).await;
+    for message in [
+        "not json",
+        "[1,2]",
+        r#"{"data":{}}"#,
+        r#"{"event":""}"#,
+        r#"{"event":"pusher:subscribe","channel":7}"#,
+        r#"{"event":"pusher:subscribe"}"#,
+        r#"{"event":"pusher:subscribe","data":{"channel":"has space"}}"#,
+        r#"{"event":"pusher:subscribe","data":"not an object"}"#,
+        r#"{"event":"pusher:unsubscribe","data":{}}"#,
+        r#"{"event":"pusher:signin","data":{"auth":"x","user_data":"{\"id\":\"u\"}"}}"#,
+        r#"{"event":"no-such-event","data":{}}"#,
+    ] {
+        let error = error_for(&mut client, message).await;
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{message}: {error}");
+        assert_alive(&mut client).await;
+    }
+    // A forged private or presence authorization is a subscription error for that channel.
+    for (channel, data) in [
+        ("private-x", json!({"channel": "private-x", "auth": format!("{KEY}:{}", "0".repeat(64))})),
+        (
+            "presence-x",
+            json!({"channel": "presence-x", "auth": format!("{KEY}:{}", "0".repeat(64)), "channel_data": "{\"user_id\":\"u\"}"}),
+        ),
+        ("private-y", json!({"channel": "private-y"})),
+    ] {
+        client.send_json(json!({"event": "pusher:subscribe", "data": data})).await;
+        let reply = client.recv().await;
+        assert_eq!(reply["event"], "pusher:subscription_error", "{reply}");
+        assert_eq!(reply["channel"], channel);
+        assert_eq!(reply["data"]["status"], 401);
+    }
+    // A signature for another socket does not open the channel either.
+    let other = format!("{KEY}:{}", hmac_hex(SECRET, b"1.1:private-x"));
+    client.send_json(json!({"event": "pusher:subscribe", "data": {"channel": "private-x", "auth": other}})).await;
+    assert_eq!(client.recv().await["event"], "pusher:subscription_error");
+    let good = format!("{KEY}:{}", hmac_hex(SECRET, format!("{socket_id}:private-x").as_bytes()));
+    client.send_json(json!({"event": "pusher:subscribe", "data": {"channel": "private-x", "auth": good}})).await;
+    assert_eq!(client.recv().await["event"], "pusher_internal:subscription_succeeded");
+
+    // A binary frame and a WebSocket-level oddity on a raw socket.
+    let mut raw = RawClient::connect(herald.addr, &format!("/app/{KEY}?protocol=7")).await;
+    assert_eq!(raw.next_json().await["event"], "pusher:connection_established");
+    raw.send_frame(herald::transport::frame::OP_BINARY, b"\x01\x02").await;
+    assert_eq!(raw.next_json().await["event"], "pusher:error");
+    raw.send_frame(herald::transport::frame::OP_TEXT, br#"{"event":"pusher:ping","data":{}}"#).await;
+    assert_eq!(raw.next_json().await["event"], "pusher:pong");
+}
