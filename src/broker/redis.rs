@@ -18,6 +18,7 @@
 //! When Redis is unreachable, publishing falls back to local delivery, health says `degraded`,
 //! connections are retried with backoff, and every subscription is restored once Redis is back.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -104,12 +105,13 @@ struct Envelope<'a> {
     n: &'a str,
     /// Which key of the target this copy travels on: `c`, `r`, `u` or `a`.
     k: &'a str,
-    #[serde(default)]
-    c: Option<&'a str>,
-    #[serde(default)]
-    r: Option<&'a str>,
-    #[serde(default)]
-    u: Option<&'a str>,
+    // Names are `Cow`: one that JSON escapes (`"`, `\`, control characters) cannot be borrowed.
+    #[serde(default, borrow)]
+    c: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    r: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    u: Option<Cow<'a, str>>,
     /// Connection on the origin node that must not receive it.
     #[serde(default)]
     x: Option<u64>,
@@ -117,8 +119,8 @@ struct Envelope<'a> {
     #[serde(default)]
     g: Option<NotificationTags>,
     /// The history stream, its seq and epoch, for events of streams with history.
-    #[serde(default)]
-    h: Option<&'a str>,
+    #[serde(default, borrow)]
+    h: Option<Cow<'a, str>>,
     #[serde(default)]
     s: Option<u64>,
     #[serde(default)]

@@ -274,7 +274,7 @@ async fn channel_infos(node: &Node, app: &Arc<App>, hub_names: &[String], info: 
             fields.insert("subscription_count".into(), counts.get(name).copied().unwrap_or(0).into());
         }
         if users && ChannelKind::of(name) == ChannelKind::Presence {
-            fields.insert("user_count".into(), node.pusher.presence.count(hub).into());
+            fields.insert("user_count".into(), super::presence::members(node, hub).await.len().into());
         }
         out.insert(name.to_string(), Value::Object(fields));
     }
@@ -295,7 +295,8 @@ async fn channels(State(node): State<Arc<Node>>, Path(app_id): Path<String>, met
             fields.insert("subscription_count".into(), n.into());
         }
         if users {
-            fields.insert("user_count".into(), node.pusher.presence.count(&app.hub_name(&name)).into());
+            fields
+                .insert("user_count".into(), super::presence::members(&node, &app.hub_name(&name)).await.len().into());
         }
         out.insert(name, Value::Object(fields));
     }
@@ -321,7 +322,7 @@ async fn channel(
         out["subscription_count"] = count.into();
     }
     if users {
-        out["user_count"] = node.pusher.presence.count(&app.hub_name(&channel)).into();
+        out["user_count"] = super::presence::members(&node, &app.hub_name(&channel)).await.len().into();
     }
     Ok(axum::Json(out).into_response())
 }
@@ -337,8 +338,8 @@ async fn users(
     if ChannelKind::of(&channel) != ChannelKind::Presence {
         return Err(PusherApiError::bad("users are listed for presence channels only"));
     }
-    let ids = node.pusher.presence.ids(&app.hub_name(&channel));
-    let users: Vec<Value> = ids.into_iter().map(|id| json!({ "id": id })).collect();
+    let members = super::presence::members(&node, &app.hub_name(&channel)).await;
+    let users: Vec<Value> = members.into_keys().map(|id| json!({ "id": id })).collect();
     Ok(axum::Json(json!({ "users": users })).into_response())
 }
 

@@ -7,6 +7,14 @@
 //! backend per subscription), so the Pusher face keeps its own small map. A node-wide lock guards
 //! it; it is taken on subscribe, unsubscribe and disconnect of presence channels only, never on
 //! the delivery path.
+//!
+//! With Redis, each node also records its members of a channel in the hash
+//! `<key_prefix>:pp:<hub channel>`, one field `<user> <incarnation>` per member per node (value:
+//! the `user_info`), written when the member's first socket on the node arrives and deleted when
+//! its last leaves. A node announces `member_added` only when no other live incarnation has a
+//! field for the user, and `member_removed` only when none is left, so a user with sockets on two
+//! nodes is one member; the member list merges the live incarnations' fields (the node registry
+//! says which are live), so a dead node's members drop out of lists and counts at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +22,8 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
+
+use crate::node::Node;
 
 #[derive(Debug, Default)]
 struct Member {
@@ -82,20 +92,88 @@ impl Members {
     pub fn count(&self, channel: &str) -> usize {
         self.channels.lock().get(channel).map_or(0, IndexMap::len)
     }
+}
 
-    /// The `presence` object of `pusher_internal:subscription_succeeded`.
-    pub fn snapshot(&self, channel: &str) -> Value {
-        let channels = self.channels.lock();
-        let mut ids = Vec::new();
-        let mut hash = Map::new();
-        if let Some(members) = channels.get(channel) {
-            for (id, member) in members {
-                ids.push(Value::from(id.as_str()));
-                hash.insert(id.clone(), member.info.clone());
-            }
+fn field(user: &str, incarnation: &str) -> String {
+    format!("{user} {incarnation}")
+}
+
+fn key(redis: &crate::broker::redis::RedisBroker, channel: &str) -> String {
+    format!("{}:pp:{channel}", redis.key_prefix())
+}
+
+/// The fields of `channel` recorded by other live nodes: user → `user_info`.
+async fn elsewhere(node: &Node, channel: &str) -> Option<HashMap<String, Value>> {
+    let redis = node.broker.redis().filter(|r| r.is_connected())?;
+    let fields: redis::RedisResult<HashMap<String, String>> =
+        redis.query_as(redis::cmd("HGETALL").arg(key(redis, channel))).await;
+    let (Ok(fields), Ok(live)) = (fields, redis.live_incarnations().await) else { return None };
+    let mut out = HashMap::new();
+    for (field, info) in fields {
+        if let Some((user, incarnation)) = field.rsplit_once(' ')
+            && incarnation != redis.incarnation()
+            && live.contains(incarnation)
+        {
+            out.insert(user.to_string(), serde_json::from_str(&info).unwrap_or(Value::Null));
         }
-        json!({ "presence": { "count": ids.len(), "ids": ids, "hash": hash } })
     }
+    Some(out)
+}
+
+/// Adds a socket's member on this node and, with Redis, records it for the cluster. `New` only
+/// when the user is a new member of the channel cluster-wide.
+pub async fn join(node: &Node, channel: &Arc<str>, user: &str, info: Value, max: usize) -> Added {
+    let added = node.pusher.presence.add(channel, user, info.clone(), max);
+    if added != Added::New {
+        return added;
+    }
+    let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) else { return added };
+    let others = elsewhere(node, channel).await;
+    let write =
+        redis::cmd("HSET").arg(key(redis, channel)).arg(field(user, redis.incarnation())).arg(info.to_string()).clone();
+    if let Err(e) = redis.query_as::<()>(&write).await {
+        tracing::debug!(error = %e, "could not record a presence member in Redis");
+    }
+    if others.is_some_and(|o| o.contains_key(user)) { Added::Again } else { Added::New }
+}
+
+/// Removes a socket's member on this node; `true` when the user has left the channel
+/// cluster-wide (announce `member_removed`).
+pub async fn leave(node: &Node, channel: &str, user: &str) -> bool {
+    if !node.pusher.presence.remove(channel, user) {
+        return false;
+    }
+    let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) else { return true };
+    let delete = redis::cmd("HDEL").arg(key(redis, channel)).arg(field(user, redis.incarnation())).clone();
+    if let Err(e) = redis.query_as::<()>(&delete).await {
+        tracing::debug!(error = %e, "could not remove a presence member from Redis");
+    }
+    !elsewhere(node, channel).await.is_some_and(|o| o.contains_key(user))
+}
+
+/// The members of `channel` across the cluster: user → `user_info`, this node's first.
+pub async fn members(node: &Node, channel: &str) -> IndexMap<String, Value> {
+    let mut out: IndexMap<String, Value> = {
+        let channels = node.pusher.presence.channels.lock();
+        channels
+            .get(channel)
+            .map(|m| m.iter().map(|(id, member)| (id.clone(), member.info.clone())).collect())
+            .unwrap_or_default()
+    };
+    if let Some(others) = elsewhere(node, channel).await {
+        for (user, info) in others {
+            out.entry(user).or_insert(info);
+        }
+    }
+    out
+}
+
+/// The `presence` object of `pusher_internal:subscription_succeeded`, cluster-wide.
+pub async fn snapshot(node: &Node, channel: &str) -> Value {
+    let members = members(node, channel).await;
+    let ids: Vec<&String> = members.keys().collect();
+    let hash: Map<String, Value> = members.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    json!({ "presence": { "count": ids.len(), "ids": ids, "hash": hash } })
 }
 
 #[cfg(test)]
@@ -110,7 +188,7 @@ mod tests {
         assert_eq!(members.add(&channel, "u1", json!({"name": "B"}), 2), Added::Again);
         assert_eq!(members.add(&channel, "u2", Value::Null, 2), Added::New);
         assert_eq!(members.add(&channel, "u3", Value::Null, 2), Added::Full);
-        assert_eq!(members.snapshot("presence-x")["presence"]["hash"]["u1"]["name"], "A");
+        assert_eq!(members.channels.lock()["presence-x"]["u1"].info["name"], "A");
         assert!(!members.remove("presence-x", "u1"));
         assert!(members.remove("presence-x", "u1"));
         assert!(!members.remove("presence-x", "u1"));

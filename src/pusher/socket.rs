@@ -188,7 +188,7 @@ pub(crate) async fn finish(shard: &Rc<Shard>, session: &Rc<Session>) {
 
 async fn leave_presence(shard: &Shard, app: &App, hub_channel: &Arc<str>, user: &str) {
     let node = shard.node();
-    if node.pusher.presence.remove(hub_channel, user) {
+    if super::presence::leave(node, hub_channel, user).await {
         let name = app.own_name(hub_channel).unwrap_or_default();
         let payload = protocol::message_json("pusher_internal:member_removed", Some(name), &json!({ "user_id": user }));
         let target = Target { channel: Some(hub_channel.clone()), ..Default::default() };
@@ -305,7 +305,7 @@ async fn subscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) 
     let already = session.state.borrow().channels.contains(&*hub);
     if !already {
         if let Some((user_id, info)) = &member {
-            match node.pusher.presence.add(&hub, user_id, info.clone(), app.config.max_presence_members) {
+            match super::presence::join(&node, &hub, user_id, info.clone(), app.config.max_presence_members).await {
                 Added::Full => {
                     return Err((
                         Some(code::OVER_QUOTA),
@@ -328,7 +328,7 @@ async fn subscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) 
         Hub::ready(ready.into_iter().collect(), node.config.redis.timeout).await;
     }
     let succeeded = match kind {
-        ChannelKind::Presence => node.pusher.presence.snapshot(&hub).to_string(),
+        ChannelKind::Presence => super::presence::snapshot(&node, &hub).await.to_string(),
         _ => "{}".to_string(),
     };
     session.reply(shard, &protocol::message("pusher_internal:subscription_succeeded", Some(channel), &succeeded));

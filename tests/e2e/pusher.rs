@@ -235,3 +235,94 @@ async fn malformed_frames_get_pusher_errors_and_the_connection_carries_on() {
     raw.send_frame(herald::transport::frame::OP_TEXT, br#"{"event":"pusher:ping","data":{}}"#).await;
     assert_eq!(raw.next_json().await["event"], "pusher:pong");
 }
+
+/// Subscribes to a presence channel as `user`; returns the member list's ids (sorted).
+async fn join_presence(client: &mut Client, socket_id: &str, channel: &str, user: &str) -> Vec<String> {
+    let channel_data = json!({"user_id": user, "user_info": {"name": user}}).to_string();
+    let signature = hmac_hex(SECRET, format!("{socket_id}:{channel}:{channel_data}").as_bytes());
+    let data = json!({"channel": channel, "auth": format!("{KEY}:{signature}"), "channel_data": channel_data});
+    client.send_json(json!({"event": "pusher:subscribe", "data": data})).await;
+    let reply = client.recv().await;
+    assert_eq!(reply["event"], "pusher_internal:subscription_succeeded", "{reply}");
+    let data: Value = serde_json::from_str(reply["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data["presence"]["count"], data["presence"]["ids"].as_array().unwrap().len());
+    let mut ids: Vec<String> =
+        data["presence"]["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    ids.sort();
+    ids
+}
+
+/// Waits until a node sees `n` live nodes in the registry.
+async fn wait_live_nodes(herald: &Herald, n: u64) {
+    tokio::time::timeout(crate::common::WAIT, async {
+        loop {
+            let (_, stats) = herald.get("/api/stats").await;
+            if stats["redis"]["live_nodes"] == n && stats["redis"]["connected"] == true {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the nodes never saw each other");
+}
+
+#[tokio::test]
+async fn presence_is_one_member_per_user_across_nodes_sharing_redis() {
+    let redis = crate::common::redis::RedisServer::start().await;
+    let toml = format!("{}\n[redis]\nurl = \"{}\"\n", config(false), redis.url());
+    let a = Herald::start(&toml).await;
+    let b = Herald::start(&toml).await;
+    wait_live_nodes(&a, 2).await;
+    wait_live_nodes(&b, 2).await;
+    let channel = "presence-team";
+
+    // Events cross nodes.
+    let (mut listener, _) = connect(&a).await;
+    subscribe(&mut listener, "plain").await;
+    let body = r#"{"name":"across","channel":"plain","data":"1"}"#;
+    let (status, _) = post_raw(&b, &signed("POST", "/apps/77/events", body, SECRET, now(), &[]), body).await;
+    assert_eq!(status, 200);
+    assert_eq!(listener.recv().await["event"], "across");
+
+    let (mut alice, alice_id) = connect(&a).await;
+    assert_eq!(join_presence(&mut alice, &alice_id, channel, "alice").await, ["alice"]);
+    let (mut bob, bob_id) = connect(&b).await;
+    assert_eq!(join_presence(&mut bob, &bob_id, channel, "bob").await, ["alice", "bob"]);
+    let added = alice.recv().await;
+    assert_eq!(added["event"], "pusher_internal:member_added", "{added}");
+    assert_eq!(serde_json::from_str::<Value>(added["data"].as_str().unwrap()).unwrap()["user_id"], "bob");
+
+    // Alice's second socket, on the other node, is not a second member.
+    let (mut alice2, alice2_id) = connect(&b).await;
+    assert_eq!(join_presence(&mut alice2, &alice2_id, channel, "alice").await, ["alice", "bob"]);
+    let query = signed("GET", &format!("/apps/77/channels/{channel}/users"), "", SECRET, now(), &[]);
+    let (status, users) = a.get(&query).await;
+    assert_eq!(status, 200, "{users}");
+    let mut ids: Vec<&str> = users["users"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, ["alice", "bob"]);
+
+    // Alice's first socket leaves: she is still there through the other one, so Bob hears
+    // nothing before the marker published after it.
+    drop(alice);
+    let departed = format!("/apps/77/channels/{channel}");
+    let query = signed("GET", &departed, "", SECRET, now(), &[("info", "subscription_count")]);
+    tokio::time::timeout(crate::common::WAIT, async {
+        while a.get(&query).await.1["subscription_count"] != 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("node A never saw Alice's first socket leave");
+    let body = format!(r#"{{"name":"marker","channel":"{channel}","data":"1"}}"#);
+    let (status, _) = post_raw(&a, &signed("POST", "/apps/77/events", &body, SECRET, now(), &[]), &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(bob.recv().await["event"], "marker");
+
+    // Her last socket leaves: now she is gone, announced once.
+    drop(alice2);
+    let removed = bob.recv().await;
+    assert_eq!(removed["event"], "pusher_internal:member_removed", "{removed}");
+    assert_eq!(serde_json::from_str::<Value>(removed["data"].as_str().unwrap()).unwrap()["user_id"], "alice");
+}
