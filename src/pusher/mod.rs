@@ -19,6 +19,7 @@ pub mod presence;
 pub mod protocol;
 pub mod sign;
 pub mod socket;
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -87,6 +88,11 @@ pub struct Pusher {
     pub node_tag: u32,
     /// Largest allowed clock skew of signed API requests, in seconds.
     pub clock_skew: u64,
+    /// The webhook queue.
+    pub webhooks: webhooks::Webhooks,
+    /// Pusher subscriptions per channel (hub name) on this node, for `channel_occupied` and
+    /// `channel_vacated`.
+    occupancy: parking_lot::Mutex<HashMap<Arc<str>, usize>>,
 }
 
 impl Pusher {
@@ -105,6 +111,8 @@ impl Pusher {
             cache: Default::default(),
             node_tag: node_tag % 1_000_000_000,
             clock_skew: config.clock_skew(),
+            webhooks: Default::default(),
+            occupancy: Default::default(),
         }
     }
 
@@ -121,6 +129,26 @@ impl Pusher {
     /// The app with this id.
     pub fn by_id(&self, id: &str) -> Option<&Arc<App>> {
         self.by_id.get(id).map(|&i| &self.apps[i])
+    }
+
+    /// Counts a subscription; `true` when the channel was empty (now occupied).
+    pub fn occupy(&self, channel: &Arc<str>) -> bool {
+        let mut occupancy = self.occupancy.lock();
+        let count = occupancy.entry(channel.clone()).or_insert(0);
+        *count += 1;
+        *count == 1
+    }
+
+    /// Counts an unsubscription; `true` when the channel is now empty (vacated).
+    pub fn vacate(&self, channel: &str) -> bool {
+        let mut occupancy = self.occupancy.lock();
+        let Some(count) = occupancy.get_mut(channel) else { return false };
+        *count -= 1;
+        if *count == 0 {
+            occupancy.remove(channel);
+            return true;
+        }
+        false
     }
 
     /// The socket id of this node's connection `conn`: `<node tag>.<connection number>`.

@@ -43,6 +43,8 @@ pub struct Conn {
     socket_id: String,
     /// Presence channels (hub names) → the member this socket is there.
     presence: HashMap<Arc<str>, String>,
+    /// Every channel (hub name) it is subscribed to, for `channel_vacated` after it closes.
+    channels: std::collections::HashSet<Arc<str>>,
     /// The signed-in user (`pusher:signin`).
     user: Option<String>,
     /// Client events in the current one-second window.
@@ -171,8 +173,14 @@ pub(crate) fn start(shard: &Rc<Shard>, session: &Rc<Session>, plan: &mut Connect
     let node = shard.node();
     let socket_id = node.pusher.socket_id(session.id);
     let established = json!({ "socket_id": socket_id, "activity_timeout": activity_timeout(node) });
-    *session.pusher.borrow_mut() =
-        Some(Box::new(Conn { app, socket_id, presence: HashMap::new(), user: None, window: (Instant::now(), 0) }));
+    *session.pusher.borrow_mut() = Some(Box::new(Conn {
+        app,
+        socket_id,
+        presence: HashMap::new(),
+        channels: Default::default(),
+        user: None,
+        window: (Instant::now(), 0),
+    }));
     session.accepting.set(true);
     session.reply(shard, &protocol::message_json("pusher:connection_established", None, &established));
 }
@@ -184,12 +192,23 @@ pub(crate) async fn finish(shard: &Rc<Shard>, session: &Rc<Session>) {
     for (channel, user) in &conn.presence {
         leave_presence(shard, &conn.app, channel, user).await;
     }
+    for channel in &conn.channels {
+        vacated(shard.node(), &conn.app, channel);
+    }
 }
 
-async fn leave_presence(shard: &Shard, app: &App, hub_channel: &Arc<str>, user: &str) {
+fn vacated(node: &Node, app: &Arc<App>, hub_channel: &str) {
+    if node.pusher.vacate(hub_channel) {
+        let name = app.own_name(hub_channel).unwrap_or_default();
+        node.pusher.webhooks.send(app, json!({ "name": "channel_vacated", "channel": name }));
+    }
+}
+
+async fn leave_presence(shard: &Shard, app: &Arc<App>, hub_channel: &Arc<str>, user: &str) {
     let node = shard.node();
     if super::presence::leave(node, hub_channel, user).await {
         let name = app.own_name(hub_channel).unwrap_or_default();
+        node.pusher.webhooks.send(app, json!({ "name": "member_removed", "channel": name, "user_id": user }));
         let payload = protocol::message_json("pusher_internal:member_removed", Some(name), &json!({ "user_id": user }));
         let target = Target { channel: Some(hub_channel.clone()), ..Default::default() };
         let _ = node.publish_event(Event::new(target, payload)).await;
@@ -313,6 +332,8 @@ async fn subscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) 
                     ));
                 }
                 Added::New => {
+                    let hook = json!({ "name": "member_added", "channel": channel, "user_id": user_id });
+                    node.pusher.webhooks.send(&app, hook);
                     let added = json!({ "user_id": user_id, "user_info": info });
                     let payload = protocol::message_json("pusher_internal:member_added", Some(channel), &added);
                     let target = Target { channel: Some(hub.clone()), ..Default::default() };
@@ -325,6 +346,12 @@ async fn subscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) 
             }
         }
         let ready = shard.subscribe(session, &hub);
+        if let Some(conn) = session.pusher.borrow_mut().as_mut() {
+            conn.channels.insert(hub.clone());
+        }
+        if node.pusher.occupy(&hub) {
+            node.pusher.webhooks.send(&app, json!({ "name": "channel_occupied", "channel": channel }));
+        }
         Hub::ready(ready.into_iter().collect(), node.config.redis.timeout).await;
     }
     let succeeded = match kind {
@@ -336,7 +363,10 @@ async fn subscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) 
         let cached = node.pusher.cache.lock().get(&hub).cloned();
         match cached {
             Some(last) => session.reply(shard, &last),
-            None => session.reply(shard, &protocol::message("pusher:cache_miss", Some(channel), "{}")),
+            None => {
+                session.reply(shard, &protocol::message("pusher:cache_miss", Some(channel), "{}"));
+                node.pusher.webhooks.send(&app, json!({ "name": "cache_miss", "channel": channel }));
+            }
         }
     }
     Ok(())
@@ -348,10 +378,16 @@ async fn unsubscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound
     let channel = string_field(&data, "channel").ok_or_else(|| refusal("pusher:unsubscribe needs data.channel"))?;
     super::valid_channel(channel).map_err(refusal)?;
     let hub: Arc<str> = Arc::from(app.hub_name(channel));
-    shard.unsubscribe(session, &hub);
-    let member = session.pusher.borrow_mut().as_mut().and_then(|c| c.presence.remove(&hub));
+    let was = shard.unsubscribe(session, &hub);
+    let member = session.pusher.borrow_mut().as_mut().and_then(|c| {
+        c.channels.remove(&hub);
+        c.presence.remove(&hub)
+    });
     if let Some(user) = member {
         leave_presence(shard, &app, &hub, &user).await;
+    }
+    if was {
+        vacated(shard.node(), &app, &hub);
     }
     Ok(())
 }
@@ -401,7 +437,7 @@ async fn client_event(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inboun
     if !session.state.borrow().channels.contains(&*hub) {
         return Err(refusal(format!("subscribe to {channel} before sending client events on it")));
     }
-    let (limited, user_id) = {
+    let (limited, user_id, socket_id) = {
         let mut conn = session.pusher.borrow_mut();
         let Some(conn) = conn.as_mut() else { return Ok(()) };
         let now = Instant::now();
@@ -409,7 +445,8 @@ async fn client_event(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inboun
             conn.window = (now, 0);
         }
         conn.window.1 += 1;
-        (conn.window.1 > app.config.max_client_events_per_second, conn.presence.get(&hub).cloned())
+        let limited = conn.window.1 > app.config.max_client_events_per_second;
+        (limited, conn.presence.get(&hub).cloned(), conn.socket_id.clone())
     };
     if limited {
         crate::stats::bump(&shard.counters().rate_limited, 1);
@@ -427,6 +464,18 @@ async fn client_event(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inboun
     }
     let target = Target { channel: Some(hub), ..Default::default() };
     let _ = shard.node().publish_event(Event::excluding(target, payload, session.id)).await;
+    // Webhooks carry `data` as a string, as the protocol's server messages do.
+    let data = match &message.data {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    let mut hook = json!({
+        "name": "client_event", "channel": channel, "event": message.event, "data": data, "socket_id": socket_id,
+    });
+    if let Some(user) = user_id {
+        hook["user_id"] = Value::from(user);
+    }
+    shard.node().pusher.webhooks.send(&app, hook);
     Ok(())
 }
 

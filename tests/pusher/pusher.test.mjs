@@ -303,3 +303,116 @@ describe('Pusher protocol with pusher-js and the pusher server SDK', () => {
     assert.deepEqual(await got, { ok: true });
   });
 });
+
+describe('Pusher webhooks, verified with the server SDK', () => {
+  let herald;
+  let hooks;
+  const received = [];
+  const waiting = [];
+  let refuseNext = 0;
+
+  /** The next webhook request: `{ headers, rawBody }`. */
+  function nextHook(what) {
+    if (received.length > 0) return Promise.resolve(received.shift());
+    return within(new Promise((resolve) => waiting.push(resolve)), what);
+  }
+
+  /** Collects webhook events until every name in `names` was seen; returns them in order. */
+  async function eventsUntil(names) {
+    const events = [];
+    const backend = new PusherServer({ appId: APP.id, key: APP.key, secret: APP.secret, host: '127.0.0.1' });
+    while (!names.every((n) => events.some((e) => e.name === n))) {
+      const request = await nextHook(`webhooks ${names.join(', ')}`);
+      const webhook = backend.webhook(request);
+      assert.equal(webhook.isValid(), true, `signature of ${request.rawBody}`);
+      events.push(...webhook.getEvents());
+    }
+    return events;
+  }
+
+  before(async () => {
+    const { createServer } = await import('node:http');
+    hooks = createServer((request, response) => {
+      let rawBody = '';
+      request.setEncoding('utf8');
+      request.on('data', (chunk) => {
+        rawBody += chunk;
+      });
+      request.on('end', () => {
+        const hook = { headers: request.headers, rawBody };
+        if (refuseNext > 0) {
+          refuseNext -= 1;
+          hook.refused = true;
+          response.writeHead(503).end();
+        } else {
+          response.writeHead(200).end('{}');
+        }
+        const resolve = waiting.shift();
+        if (resolve) resolve(hook);
+        else received.push(hook);
+      });
+    });
+    await new Promise((resolve) => hooks.listen(0, '127.0.0.1', resolve));
+    const url = `http://127.0.0.1:${hooks.address().port}/pusher/webhooks`;
+    herald = await startHerald({
+      config: `
+[[pusher.apps]]
+id = "${APP.id}"
+key = "${APP.key}"
+secret = "${APP.secret}"
+enable_client_messages = true
+
+[[pusher.apps.webhooks]]
+url = "${url}"
+`,
+    });
+  });
+
+  after(async () => {
+    await herald?.stop();
+    hooks?.close();
+  });
+
+  test('occupied, member_added, client_event, member_removed and vacated arrive signed', async () => {
+    const dana = client(herald, { user: { id: 'dana', info: {} } });
+    const room = await subscribed(dana, 'presence-hooks');
+    const first = await eventsUntil(['channel_occupied', 'member_added']);
+    assert.deepEqual(first.find((e) => e.name === 'member_added'), { name: 'member_added', channel: 'presence-hooks', user_id: 'dana' });
+    room.trigger('client-wave', { hand: 'left' });
+    const [wave] = await eventsUntil(['client_event']);
+    assert.equal(wave.event, 'client-wave');
+    assert.equal(wave.user_id, 'dana');
+    assert.deepEqual(JSON.parse(wave.data), { hand: 'left' });
+    assert.match(wave.socket_id, /^\d+\.\d+$/);
+    dana.disconnect();
+    const last = await eventsUntil(['member_removed', 'channel_vacated']);
+    const names = last.map((e) => e.name);
+    assert.ok(names.indexOf('member_removed') < names.indexOf('channel_vacated'), names.join());
+  });
+
+  test('a tampered body fails the SDK check', async () => {
+    const probe = client(herald);
+    await subscribed(probe, 'tamper');
+    const request = await nextHook('the occupied webhook');
+    const backend = new PusherServer({ appId: APP.id, key: APP.key, secret: APP.secret, host: '127.0.0.1' });
+    assert.equal(backend.webhook(request).isValid(), true);
+    const tampered = { ...request, rawBody: request.rawBody.replace('tamper', 'tampex') };
+    assert.equal(backend.webhook(tampered).isValid(), false);
+    probe.disconnect();
+    await eventsUntil(['channel_vacated']);
+  });
+
+  test('a refused delivery is retried with the same signed body', async () => {
+    refuseNext = 1;
+    const probe = client(herald);
+    await subscribed(probe, 'retry-me');
+    const refused = await nextHook('the refused webhook');
+    const retried = await nextHook('the retried webhook');
+    assert.equal(refused.refused, true);
+    assert.equal(retried.rawBody, refused.rawBody);
+    assert.equal(retried.headers['x-pusher-signature'], refused.headers['x-pusher-signature']);
+    assert.equal(retried.headers['x-pusher-key'], APP.key);
+    probe.disconnect();
+    await eventsUntil(['channel_vacated']);
+  });
+});
