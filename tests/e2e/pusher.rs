@@ -326,3 +326,16 @@ async fn presence_is_one_member_per_user_across_nodes_sharing_redis() {
     assert_eq!(removed["event"], "pusher_internal:member_removed", "{removed}");
     assert_eq!(serde_json::from_str::<Value>(removed["data"].as_str().unwrap()).unwrap()["user_id"], "alice");
 }
+
+/// A quiet Pusher client is closed with 4201 (reconnect now), never with Herald's own 4000,
+/// which pusher-js reads as "never reconnect"; it was told to ping well before that.
+#[tokio::test]
+async fn an_idle_pusher_client_is_told_to_reconnect() {
+    let toml = format!("{}\n[websocket]\nheartbeat_interval = \"1s\"\nidle_timeout = \"2s\"\n", config(false));
+    let herald = Herald::start(&toml).await;
+    let mut client = herald.connect_raw(&format!("/app/{KEY}?protocol=7")).await;
+    let established = client.recv().await;
+    let data: Value = serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data["activity_timeout"], 1, "{data}");
+    assert_eq!(client.expect_close().await.0, 4201);
+}
