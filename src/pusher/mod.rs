@@ -74,6 +74,33 @@ impl App {
     }
 }
 
+/// A connection's place under its app's `max_connections`, given back when dropped, so that a
+/// connection that never reaches its shard (the peer vanished during the upgrade) gives it back
+/// too.
+#[derive(Debug)]
+pub struct AppSlot(Arc<App>);
+
+impl AppSlot {
+    /// Takes a slot of `app`; `None` when the app is full.
+    pub fn take(app: &Arc<App>) -> Option<AppSlot> {
+        app.acquire().then(|| AppSlot(app.clone()))
+    }
+}
+
+impl std::ops::Deref for AppSlot {
+    type Target = Arc<App>;
+
+    fn deref(&self) -> &Arc<App> {
+        &self.0
+    }
+}
+
+impl Drop for AppSlot {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 /// The node's Pusher face: its apps and its presence sets.
 #[derive(Debug, Default)]
 pub struct Pusher {
@@ -245,6 +272,16 @@ mod tests {
         assert_eq!(a.own_name(&name), Some("news"));
         assert_eq!(b.own_name(&name), None);
         assert_ne!(a.hub_name("2\u{1f}x"), b.hub_name("\u{1f}x"));
+    }
+
+    #[test]
+    fn app_slots_are_given_back_when_dropped() {
+        let app = Arc::new(App::new(PusherAppConfig { max_connections: 1, ..Default::default() }));
+        let slot = AppSlot::take(&app).expect("a free slot");
+        assert!(AppSlot::take(&app).is_none());
+        drop(slot);
+        assert!(AppSlot::take(&app).is_some());
+        assert_eq!(app.connections.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::transport::upgrade::refuse;
 #[derive(Debug)]
 pub struct Opening {
     /// The app, when the key is known and the connection may stay.
-    pub app: Option<Arc<App>>,
+    pub app: Option<super::AppSlot>,
     /// Why it may not: a protocol close code and message, sent as `pusher:error` then close.
     pub refusal: Option<(u16, String)>,
 }
@@ -39,7 +39,7 @@ pub struct Opening {
 /// A Pusher connection's own state, beside its [`Session`].
 #[derive(Debug)]
 pub struct Conn {
-    app: Arc<App>,
+    app: super::AppSlot,
     socket_id: String,
     /// Presence channels (hub names) → the member this socket is there.
     presence: HashMap<Arc<str>, String>,
@@ -97,20 +97,20 @@ pub async fn upgrade(node: Arc<Node>, key: String, mut request: Request) -> Resp
         _ if cap > 0 && node.stats.totals().connections >= cap as u64 => {
             Some((code::OVER_CAPACITY, "the server is over capacity; try again later".into()))
         }
-        (_, Some(app)) if !app.acquire() => Some((code::OVER_QUOTA, "the app has reached its connection quota".into())),
-        (_, Some(app)) => {
-            opening.app = Some(app.clone());
-            None
-        }
+        (_, Some(app)) => match super::AppSlot::take(app) {
+            Some(slot) => {
+                opening.app = Some(slot);
+                None
+            }
+            None => Some((code::OVER_QUOTA, "the app has reached its connection quota".into())),
+        },
     };
     let mut permit = None;
     if opening.refusal.is_none() {
         match node.limits.acquire_connection(&node, client_ip, None).await {
             Ok(p) => permit = Some(p),
             Err(e) => {
-                if let Some(app) = opening.app.take() {
-                    app.release();
-                }
+                opening.app = None;
                 opening.refusal = Some((code::OVER_CAPACITY, e.to_string()));
             }
         }
@@ -160,10 +160,7 @@ pub(crate) fn start(shard: &Rc<Shard>, session: &Rc<Session>, plan: &mut Connect
     let Some(opening) = plan.pusher.take() else { return };
     let app = match (opening.refusal, opening.app) {
         (None, Some(app)) => app,
-        (refusal, app) => {
-            if let Some(app) = app {
-                app.release();
-            }
+        (refusal, _slot) => {
             let (close, text) = refusal.unwrap_or((code::APP_NOT_FOUND, "unknown app".into()));
             session.reply(shard, &protocol::error(Some(close), &text));
             session.close(shard, close, &text);
@@ -187,8 +184,8 @@ pub(crate) fn start(shard: &Rc<Shard>, session: &Rc<Session>, plan: &mut Connect
 
 /// After the session left its shard's index: presence departures and the app's slot.
 pub(crate) async fn finish(shard: &Rc<Shard>, session: &Rc<Session>) {
+    // Dropping `conn` at the end gives its app slot back.
     let Some(conn) = session.pusher.borrow_mut().take() else { return };
-    conn.app.release();
     for (channel, user) in &conn.presence {
         leave_presence(shard, &conn.app, channel, user).await;
     }

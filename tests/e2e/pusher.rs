@@ -339,3 +339,19 @@ async fn an_idle_pusher_client_is_told_to_reconnect() {
     assert_eq!(data["activity_timeout"], 1, "{data}");
     assert_eq!(client.expect_close().await.0, 4201);
 }
+
+/// An app's connection quota refuses with 4004 and frees a place when a connection leaves.
+#[tokio::test]
+async fn the_app_connection_quota_is_4004_and_places_come_back() {
+    let herald =
+        Herald::start(&config(false).replace("enable_client_messages", "max_connections = 1\nenable_client_messages"))
+            .await;
+    let (first, _) = connect(&herald).await;
+    let mut second = herald.connect_raw(&format!("/app/{KEY}?protocol=7")).await;
+    assert_eq!(second.recv().await["data"]["code"], 4004);
+    assert_eq!(second.expect_close().await.0, 4004);
+    drop(first);
+    herald.wait_for_total("connections", |n| n == 0).await;
+    let (mut third, _) = connect(&herald).await;
+    assert_alive(&mut third).await;
+}
