@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
+import Echo from 'laravel-echo';
 import PusherClient from 'pusher-js';
 import PusherServer from 'pusher';
 
@@ -37,8 +38,12 @@ function server(herald, app = APP, secret = app.secret) {
     host: '127.0.0.1',
     port: String(herald.port),
     useTLS: false,
+    encryptionMasterKeyBase64: MASTER_KEY,
   });
 }
+
+/** The key end-to-end encrypted channels derive their secrets from (the backend's alone). */
+const MASTER_KEY = Buffer.alloc(32, 7).toString('base64');
 
 const clients = new Set();
 
@@ -286,6 +291,53 @@ describe('Pusher protocol with pusher-js and the pusher server SDK', () => {
     await backend.terminateUserConnections('carol');
     const error = await closed;
     assert.equal((error.data ?? error.error.data).code, 4009);
+  });
+
+  test('private-encrypted channels: the backend encrypts, Herald relays, pusher-js decrypts', async () => {
+    const pusher = client(herald);
+    const channel = await subscribed(pusher, 'private-encrypted-vault');
+    const got = once(channel, 'secret');
+    await server(herald).trigger('private-encrypted-vault', 'secret', { code: 1234 });
+    assert.deepEqual(await got, { code: 1234 });
+  });
+
+  test('Laravel Echo on top of pusher-js: public and private channels', async () => {
+    const backend = server(herald);
+    const echo = new Echo({
+      broadcaster: 'pusher',
+      Pusher: PusherClient,
+      key: APP.key,
+      wsHost: '127.0.0.1',
+      wsPort: herald.port,
+      forceTLS: false,
+      enabledTransports: ['ws'],
+      disableStats: true,
+      cluster: 'local',
+      authorizer: (channel) => ({
+        authorize: (socketId, callback) => callback(null, backend.authorizeChannel(socketId, channel.name)),
+      }),
+    });
+    try {
+      const shipped = within(new Promise((resolve) => echo.channel('orders').listen('.OrderShipped', resolve)), 'OrderShipped');
+      const note = within(new Promise((resolve) => echo.private('user.5').listen('.Note', resolve)), 'Note');
+      await within(new Promise((resolve) => echo.connector.pusher.connection.bind('connected', resolve)), 'Echo to connect');
+      // Echo subscribes on its own schedule: publish until each subscription is live.
+      const ready = (name) => within((async () => {
+        for (;;) {
+          const info = await (await backend.get({ path: `/channels/${name}`, params: { info: 'subscription_count' } })).json();
+          if (info.subscription_count === 1) return;
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      })(), `${name} to be subscribed`);
+      await ready('orders');
+      await ready('private-user.5');
+      await backend.trigger('orders', 'OrderShipped', { id: 9 });
+      await backend.trigger('private-user.5', 'Note', { text: 'hi' });
+      assert.deepEqual(await shipped, { id: 9 });
+      assert.deepEqual(await note, { text: 'hi' });
+    } finally {
+      echo.disconnect();
+    }
   });
 
   test('pusher-js reconnects and resubscribes after the node restarts', async () => {
