@@ -219,6 +219,25 @@ pub(crate) async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: 
         Ok(message) => message,
         Err(e) => return fail(shard, session, Some(code::INVALID_MESSAGE), &e),
     };
+    // Herald's message rate limits (`[limits]`) apply to Pusher clients too; the protocol's own
+    // keep-alives are never counted.
+    let node = shard.node();
+    let keepalive = matches!(message.event.as_str(), "pusher:ping" | "pusher:pong");
+    if !keepalive && node.limits.counts(&message.event) {
+        let mut rate = session.rate.borrow_mut().take();
+        let decision = node.limits.check_message(node, &mut rate, None).await;
+        *session.rate.borrow_mut() = rate;
+        if let crate::limits::RateDecision::Refused { retry_after, disconnect } = decision {
+            crate::stats::bump(&shard.counters().rate_limited, 1);
+            let text = format!("rate limit exceeded: retry in {} s", retry_after.as_secs_f64().ceil());
+            fail(shard, session, Some(code::CLIENT_EVENT_RATE), &text);
+            if disconnect {
+                // 4100: over capacity, reconnect after a back-off.
+                session.close(shard, code::OVER_CAPACITY, "rate limit exceeded repeatedly");
+            }
+            return;
+        }
+    }
     let result = match message.event.as_str() {
         "pusher:ping" => {
             session.reply(shard, br#"{"event":"pusher:pong","data":"{}"}"#);
@@ -319,6 +338,10 @@ async fn subscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) 
     let hub: Arc<str> = Arc::from(app.hub_name(channel));
     let node = shard.node().clone();
     let already = session.state.borrow().channels.contains(&*hub);
+    let limit = node.config.limits.max_channels_per_connection;
+    if !already && limit > 0 && session.state.borrow().channels.len() >= limit {
+        return Err(refusal(format!("a connection may subscribe to at most {limit} channels")));
+    }
     if !already {
         if let Some((user_id, info)) = &member {
             match super::presence::join(&node, &hub, user_id, info.clone(), app.config.max_presence_members).await {

@@ -355,3 +355,23 @@ async fn the_app_connection_quota_is_4004_and_places_come_back() {
     let (mut third, _) = connect(&herald).await;
     assert_alive(&mut third).await;
 }
+
+/// Herald's `[limits]` hold for Pusher clients: the message rate and channels per connection.
+#[tokio::test]
+async fn herald_limits_apply_to_pusher_clients() {
+    let toml = format!(
+        "{}\n[limits]\nmessages_per_minute = 3\nmessages_per_hour = 0\nmax_channels_per_connection = 2\n",
+        config(false)
+    );
+    let herald = Herald::start(&toml).await;
+    let (mut client, _) = connect(&herald).await;
+    subscribe(&mut client, "one").await;
+    subscribe(&mut client, "two").await;
+    let error = error_for(&mut client, r#"{"event":"pusher:subscribe","data":{"channel":"three"}}"#).await;
+    assert!(error["message"].as_str().unwrap().contains("at most 2 channels"), "{error}");
+    // That was the third counted message; the fourth is over the rate.
+    let error = error_for(&mut client, r#"{"event":"pusher:unsubscribe","data":{"channel":"one"}}"#).await;
+    assert_eq!(error["code"], 4301, "{error}");
+    // Keep-alives are never counted.
+    assert_alive(&mut client).await;
+}
