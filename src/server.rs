@@ -131,7 +131,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     tokio::spawn(crate::store::retention::run(node.clone()));
     tokio::spawn(crate::presence::run(node.clone()));
     tokio::spawn(crate::upstream::run(node.clone()));
-    tokio::spawn(crate::pusher::webhooks::run(node.clone()));
+    tokio::spawn(crate::pusher::run(node.clone()));
     tokio::spawn(crate::history::run(node.clone()));
     if let Some(pushes) = pushes {
         let interest = node.hub.watch_interest();

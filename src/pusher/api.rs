@@ -228,24 +228,9 @@ async fn batch_events(
     Ok(axum::Json(reply).into_response())
 }
 
-/// Subscriber counts of the app's channels on this node, by the app's own names.
+/// Subscriber counts of the app's channels across the cluster, by the app's own names.
 async fn counts(node: &Node, app: &Arc<App>) -> BTreeMap<String, usize> {
-    let app_for_shards = app.clone();
-    let per_shard = node
-        .hub
-        .ask(move |shard| {
-            shard
-                .channel_counts()
-                .into_iter()
-                .filter_map(|(name, n)| app_for_shards.own_name(&name).map(|own| (own.to_string(), n)))
-                .collect::<Vec<_>>()
-        })
-        .await;
-    let mut out = BTreeMap::new();
-    for (name, n) in per_shard.into_iter().flatten() {
-        *out.entry(name).or_insert(0) += n;
-    }
-    out
+    super::cluster::counts(node, app).await
 }
 
 fn wanted_info(info: &str) -> Result<(bool, bool), PusherApiError> {

@@ -15,6 +15,7 @@
 //! [`EndpointKind::Pusher`]: crate::config::EndpointKind::Pusher
 
 pub mod api;
+pub mod cluster;
 pub mod presence;
 pub mod protocol;
 pub mod sign;
@@ -117,9 +118,8 @@ pub struct Pusher {
     pub clock_skew: u64,
     /// The webhook queue.
     pub webhooks: webhooks::Webhooks,
-    /// Pusher subscriptions per channel (hub name) on this node, for `channel_occupied` and
-    /// `channel_vacated`.
-    occupancy: parking_lot::Mutex<HashMap<Arc<str>, usize>>,
+    /// Pusher subscriptions per channel on this node, mirrored for the cluster.
+    pub occupancy: cluster::Occupancy,
 }
 
 impl Pusher {
@@ -158,26 +158,6 @@ impl Pusher {
         self.by_id.get(id).map(|&i| &self.apps[i])
     }
 
-    /// Counts a subscription; `true` when the channel was empty (now occupied).
-    pub fn occupy(&self, channel: &Arc<str>) -> bool {
-        let mut occupancy = self.occupancy.lock();
-        let count = occupancy.entry(channel.clone()).or_insert(0);
-        *count += 1;
-        *count == 1
-    }
-
-    /// Counts an unsubscription; `true` when the channel is now empty (vacated).
-    pub fn vacate(&self, channel: &str) -> bool {
-        let mut occupancy = self.occupancy.lock();
-        let Some(count) = occupancy.get_mut(channel) else { return false };
-        *count -= 1;
-        if *count == 0 {
-            occupancy.remove(channel);
-            return true;
-        }
-        false
-    }
-
     /// The socket id of this node's connection `conn`: `<node tag>.<connection number>`.
     pub fn socket_id(&self, conn: u64) -> String {
         format!("{}.{conn}", self.node_tag)
@@ -189,6 +169,12 @@ impl Pusher {
         (tag.parse::<u32>().ok()? == self.node_tag).then_some(())?;
         conn.parse().ok()
     }
+}
+
+/// The Pusher face's background tasks: webhook delivery and the cluster mirror of channel counts.
+pub async fn run(node: Arc<crate::node::Node>) {
+    tokio::spawn(webhooks::run(node.clone()));
+    cluster::run(node).await;
 }
 
 /// What kind of channel a name is, by its prefix.

@@ -190,14 +190,7 @@ pub(crate) async fn finish(shard: &Rc<Shard>, session: &Rc<Session>) {
         leave_presence(shard, &conn.app, channel, user).await;
     }
     for channel in &conn.channels {
-        vacated(shard.node(), &conn.app, channel);
-    }
-}
-
-fn vacated(node: &Node, app: &Arc<App>, hub_channel: &str) {
-    if node.pusher.vacate(hub_channel) {
-        let name = app.own_name(hub_channel).unwrap_or_default();
-        node.pusher.webhooks.send(app, json!({ "name": "channel_vacated", "channel": name }));
+        shard.node().pusher.occupancy.remove(channel);
     }
 }
 
@@ -369,9 +362,7 @@ async fn subscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) 
         if let Some(conn) = session.pusher.borrow_mut().as_mut() {
             conn.channels.insert(hub.clone());
         }
-        if node.pusher.occupy(&hub) {
-            node.pusher.webhooks.send(&app, json!({ "name": "channel_occupied", "channel": channel }));
-        }
+        node.pusher.occupancy.add(&app, &hub);
         Hub::ready(ready.into_iter().collect(), node.config.redis.timeout).await;
     }
     let succeeded = match kind {
@@ -407,7 +398,7 @@ async fn unsubscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound
         leave_presence(shard, &app, &hub, &user).await;
     }
     if was {
-        vacated(shard.node(), &app, &hub);
+        shard.node().pusher.occupancy.remove(&hub);
     }
     Ok(())
 }

@@ -303,13 +303,30 @@ async fn presence_is_one_member_per_user_across_nodes_sharing_redis() {
     ids.sort();
     assert_eq!(ids, ["alice", "bob"]);
 
+    // Subscription counts are the cluster's: Alice on A, Bob and Alice's second socket on B.
+    let counted = signed(
+        "GET",
+        &format!("/apps/77/channels/{channel}"),
+        "",
+        SECRET,
+        now(),
+        &[("info", "subscription_count,user_count")],
+    );
+    tokio::time::timeout(crate::common::WAIT, async {
+        while a.get(&counted).await.1 != json!({"occupied": true, "subscription_count": 3, "user_count": 2}) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("node A never counted the cluster's subscriptions: {}", "see the log"));
+
     // Alice's first socket leaves: she is still there through the other one, so Bob hears
     // nothing before the marker published after it.
     drop(alice);
     let departed = format!("/apps/77/channels/{channel}");
     let query = signed("GET", &departed, "", SECRET, now(), &[("info", "subscription_count")]);
     tokio::time::timeout(crate::common::WAIT, async {
-        while a.get(&query).await.1["subscription_count"] != 0 {
+        while a.get(&query).await.1["subscription_count"] != 2 {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     })
