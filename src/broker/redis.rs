@@ -133,6 +133,9 @@ struct Envelope<'a> {
 #[derive(Deserialize)]
 struct Control {
     disconnect: Option<String>,
+    /// `[app id, user id]`: close that Pusher user's connections on this node.
+    #[serde(default)]
+    pusher_terminate: Option<(String, String)>,
 }
 
 /// The Redis broker.
@@ -937,5 +940,8 @@ async fn control(node: &Arc<Node>, payload: &[u8]) {
     if let Some(id) = command.disconnect {
         let found = crate::api::admin::disconnect_local(node, &id).await;
         tracing::info!(connection = %id, found, "disconnect requested by another node");
+    }
+    if let Some((app, user)) = command.pusher_terminate {
+        crate::pusher::api::terminate_local(node, &app, &user).await;
     }
 }

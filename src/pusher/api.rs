@@ -335,8 +335,25 @@ async fn terminate(
     uri: Uri,
     body: Bytes,
 ) -> ApiResult {
-    let app = authorized(&node, &app_id, &method, &uri, &body)?;
-    let target = app.clone();
-    node.hub.ask(move |shard| super::socket::terminate_user(shard, &target, &user)).await;
+    authorized(&node, &app_id, &method, &uri, &body)?;
+    terminate_local(&node, &app_id, &user).await;
+    // Every other live node closes its own connections of the user.
+    if let Some(redis) = node.broker.redis()
+        && let Ok(nodes) = redis.cluster_nodes().await
+    {
+        let command = json!({ "pusher_terminate": [app_id, user] });
+        for other in nodes.iter().filter_map(|n| n["node"].as_str()).filter(|n| *n != &*node.id) {
+            if let Err(e) = redis.send_control(other, &command).await {
+                tracing::warn!(node = other, error = %e, "could not forward terminate_connections");
+            }
+        }
+    }
     Ok(axum::Json(json!({})).into_response())
+}
+
+/// Closes the Pusher connections of `user` in app `app_id` on this node; returns how many.
+pub async fn terminate_local(node: &Node, app_id: &str, user: &str) -> usize {
+    let Some(app) = node.pusher.by_id(app_id).cloned() else { return 0 };
+    let user = user.to_string();
+    node.hub.ask(move |shard| super::socket::terminate_user(shard, &app, &user)).await.into_iter().sum()
 }

@@ -392,3 +392,33 @@ async fn herald_limits_apply_to_pusher_clients() {
     // Keep-alives are never counted.
     assert_alive(&mut client).await;
 }
+
+/// `terminate_connections` through one node closes the user's connections on every node.
+#[tokio::test]
+async fn terminate_connections_reaches_every_node() {
+    let redis = crate::common::redis::RedisServer::start().await;
+    let toml = format!("{}\n[redis]\nurl = \"{}\"\n", config(false), redis.url());
+    let a = Herald::start(&toml).await;
+    let b = Herald::start(&toml).await;
+    wait_live_nodes(&a, 2).await;
+    wait_live_nodes(&b, 2).await;
+    let mut sessions = Vec::new();
+    for node in [&a, &b] {
+        let (mut client, socket_id) = connect(node).await;
+        let user_data = json!({"id": "erin"}).to_string();
+        let signature = hmac_hex(SECRET, format!("{socket_id}::user::{user_data}").as_bytes());
+        let data = json!({"auth": format!("{KEY}:{signature}"), "user_data": user_data});
+        client.send_json(json!({"event": "pusher:signin", "data": data})).await;
+        assert_eq!(client.recv().await["event"], "pusher:signin_success");
+        sessions.push(client);
+    }
+    let (mut bystander, _) = connect(&b).await;
+    let path = "/apps/77/users/erin/terminate_connections";
+    let (status, reply) = post_raw(&a, &signed("POST", path, "", SECRET, now(), &[]), "").await;
+    assert_eq!(status, 200, "{reply}");
+    for mut client in sessions {
+        assert_eq!(client.recv().await["data"]["code"], 4009);
+        assert_eq!(client.expect_close().await.0, 4009);
+    }
+    assert_alive(&mut bystander).await;
+}
