@@ -136,6 +136,9 @@ struct Control {
     /// `[app id, user id]`: close that Pusher user's connections on this node.
     #[serde(default)]
     pusher_terminate: Option<(String, String)>,
+    /// A Pusher event to publish here, where its excluded socket lives.
+    #[serde(default)]
+    pusher_publish: Option<serde_json::Value>,
 }
 
 /// The Redis broker.
@@ -943,5 +946,8 @@ async fn control(node: &Arc<Node>, payload: &[u8]) {
     }
     if let Some((app, user)) = command.pusher_terminate {
         crate::pusher::api::terminate_local(node, &app, &user).await;
+    }
+    if let Some(publish) = command.pusher_publish {
+        crate::pusher::api::publish_forwarded(node, &publish).await;
     }
 }

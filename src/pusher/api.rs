@@ -97,8 +97,8 @@ fn query_param(uri: &Uri, name: &str) -> Option<String> {
 }
 
 /// One event as the API receives it.
-#[derive(Debug, Deserialize)]
-struct EventBody {
+#[derive(Debug, Deserialize, serde::Serialize)]
+pub struct EventBody {
     name: String,
     data: Value,
     #[serde(default)]
@@ -170,6 +170,40 @@ fn prepare(node: &Node, app: &App, event: &EventBody) -> Result<Vec<Arc<Event>>,
     Ok(out)
 }
 
+/// The id of the live node whose socket `socket_id` is, when it is another node's.
+async fn owner_of(node: &Node, socket_id: &str) -> Option<String> {
+    let redis = node.broker.redis().filter(|r| r.is_connected())?;
+    let tag: u32 = socket_id.split_once('.')?.0.parse().ok()?;
+    if tag == node.pusher.node_tag {
+        return None;
+    }
+    let nodes = redis.cluster_nodes().await.ok()?;
+    nodes.iter().filter_map(|n| n["node"].as_str()).find(|id| super::node_tag(id) == tag).map(String::from)
+}
+
+/// Hands an event whose excluded socket lives on another node to that node, which publishes it
+/// with the exclusion it alone can apply. `false` (publish here, without the exclusion) when
+/// there is no such node listening.
+async fn forwarded(node: &Node, app: &App, event: &EventBody) -> bool {
+    let Some(socket_id) = &event.socket_id else { return false };
+    let Some(owner) = owner_of(node, socket_id).await else { return false };
+    let Some(redis) = node.broker.redis() else { return false };
+    let command = json!({ "pusher_publish": { "app": app.config.id, "event": event } });
+    redis.send_control(&owner, &command).await.unwrap_or(false)
+}
+
+/// Publishes an event another node forwarded because its excluded socket lives here.
+pub async fn publish_forwarded(node: &Node, command: &Value) {
+    let Some(app) = command["app"].as_str().and_then(|id| node.pusher.by_id(id)).cloned() else { return };
+    let Ok(event) = serde_json::from_value::<EventBody>(command["event"].clone()) else { return };
+    match prepare(node, &app, &event) {
+        Ok(events) => {
+            node.publish_events(events).await;
+        }
+        Err(e) => tracing::debug!(error = %e.message, "a forwarded Pusher event was refused"),
+    }
+}
+
 fn valid_socket_id(id: &str) -> bool {
     id.split_once('.').is_some_and(|(a, b)| {
         [a, b].iter().all(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|c| c.is_ascii_digit()))
@@ -187,7 +221,9 @@ async fn events(
     let event: EventBody = parse(&body)?;
     let events = prepare(&node, &app, &event)?;
     let channels: Vec<String> = events.iter().filter_map(|e| e.target.channel.as_deref()).map(String::from).collect();
-    node.publish_events(events).await;
+    if !forwarded(&node, &app, &event).await {
+        node.publish_events(events).await;
+    }
     let mut reply = Map::new();
     if let Some(info) = &event.info {
         reply.insert("channels".into(), channel_infos(&node, &app, &channels, info).await?);
@@ -209,9 +245,15 @@ async fn batch_events(
     }
     let mut all = Vec::new();
     for event in &batch.batch {
-        all.extend(prepare(&node, &app, event)?);
+        all.push(prepare(&node, &app, event)?);
     }
-    node.publish_events(all).await;
+    let mut local = Vec::new();
+    for (event, prepared) in batch.batch.iter().zip(all) {
+        if !forwarded(&node, &app, event).await {
+            local.extend(prepared);
+        }
+    }
+    node.publish_events(local).await;
     let mut infos = Vec::new();
     let any_info = batch.batch.iter().any(|e| e.info.is_some());
     for event in &batch.batch {

@@ -128,15 +128,13 @@ impl Pusher {
         let apps: Vec<Arc<App>> = config.apps.iter().cloned().map(|c| Arc::new(App::new(c))).collect();
         let by_key = apps.iter().enumerate().map(|(i, a)| (a.config.key.clone(), i)).collect();
         let by_id = apps.iter().enumerate().map(|(i, a)| (a.config.id.clone(), i)).collect();
-        // FNV-1a of the node id, kept below 10^9 so socket ids stay short.
-        let node_tag = node_id.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
         Pusher {
             apps,
             by_key,
             by_id,
             presence: Default::default(),
             cache: Default::default(),
-            node_tag: node_tag % 1_000_000_000,
+            node_tag: node_tag(node_id),
             clock_skew: config.clock_skew(),
             webhooks: Default::default(),
             occupancy: Default::default(),
@@ -175,6 +173,12 @@ impl Pusher {
 pub async fn run(node: Arc<crate::node::Node>) {
     tokio::spawn(webhooks::run(node.clone()));
     cluster::run(node).await;
+}
+
+/// The first half of the socket ids of the node `node_id`: FNV-1a of the id, below 10^9 so
+/// socket ids stay short.
+pub fn node_tag(node_id: &str) -> u32 {
+    node_id.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193)) % 1_000_000_000
 }
 
 /// What kind of channel a name is, by its prefix.

@@ -422,3 +422,35 @@ async fn terminate_connections_reaches_every_node() {
     }
     assert_alive(&mut bystander).await;
 }
+
+/// `socket_id` exclusion works whichever node the API request and the excluded socket are on.
+#[tokio::test]
+async fn socket_exclusion_reaches_the_sockets_node() {
+    let redis = crate::common::redis::RedisServer::start().await;
+    let toml = format!("{}\n[redis]\nurl = \"{}\"\n", config(false), redis.url());
+    let a = Herald::start(&toml).await;
+    let b = Herald::start(&toml).await;
+    wait_live_nodes(&a, 2).await;
+    wait_live_nodes(&b, 2).await;
+    let (mut excluded, excluded_id) = connect(&b).await;
+    let (mut other, _) = connect(&b).await;
+    for client in [&mut excluded, &mut other] {
+        subscribe(client, "news").await;
+    }
+    let publish = |name: &str, socket: Option<&str>| {
+        let mut body = json!({"name": name, "channel": "news", "data": "x"});
+        if let Some(socket) = socket {
+            body["socket_id"] = Value::from(socket);
+        }
+        body.to_string()
+    };
+    let first = publish("first", Some(&excluded_id));
+    let (status, _) = post_raw(&a, &signed("POST", "/apps/77/events", &first, SECRET, now(), &[]), &first).await;
+    assert_eq!(status, 200);
+    assert_eq!(other.recv().await["event"], "first");
+    // "first" has passed through Redis to node B; anything published now comes after it.
+    let third = publish("third", None);
+    let (status, _) = post_raw(&a, &signed("POST", "/apps/77/events", &third, SECRET, now(), &[]), &third).await;
+    assert_eq!(status, 200);
+    assert_eq!(excluded.recv().await["event"], "third", "the excluded socket got the event meant for others");
+}
