@@ -158,9 +158,6 @@ fn prepare(node: &Node, app: &App, event: &EventBody) -> Result<Vec<Arc<Event>>,
         super::valid_channel(channel).map_err(PusherApiError::bad)?;
         let payload = protocol::event(&event.name, channel, &data, None);
         let hub: Arc<str> = Arc::from(app.hub_name(channel));
-        if super::is_cache(channel) {
-            node.pusher.cache.lock().insert(hub.clone(), payload.clone());
-        }
         let target = Target { channel: Some(hub), ..Default::default() };
         out.push(match exclude {
             Some(conn) => Event::excluding(target, payload, conn),
@@ -198,9 +195,21 @@ pub async fn publish_forwarded(node: &Node, command: &Value) {
     let Ok(event) = serde_json::from_value::<EventBody>(command["event"].clone()) else { return };
     match prepare(node, &app, &event) {
         Ok(events) => {
+            remember_cached(node, &events).await;
             node.publish_events(events).await;
         }
         Err(e) => tracing::debug!(error = %e.message, "a forwarded Pusher event was refused"),
+    }
+}
+
+/// Records the events of `cache-` channels as their channels' last.
+async fn remember_cached(node: &Node, events: &[Arc<Event>]) {
+    for event in events {
+        if let Some(hub) = &event.target.channel
+            && node.pusher.by_hub(hub).is_some_and(super::is_cache)
+        {
+            super::cache::remember(node, hub, &event.payload).await;
+        }
     }
 }
 
@@ -222,6 +231,7 @@ async fn events(
     let events = prepare(&node, &app, &event)?;
     let channels: Vec<String> = events.iter().filter_map(|e| e.target.channel.as_deref()).map(String::from).collect();
     if !forwarded(&node, &app, &event).await {
+        remember_cached(&node, &events).await;
         node.publish_events(events).await;
     }
     let mut reply = Map::new();
@@ -253,6 +263,7 @@ async fn batch_events(
             local.extend(prepared);
         }
     }
+    remember_cached(&node, &local).await;
     node.publish_events(local).await;
     let mut infos = Vec::new();
     let any_info = batch.batch.iter().any(|e| e.info.is_some());

@@ -15,6 +15,7 @@
 //! [`EndpointKind::Pusher`]: crate::config::EndpointKind::Pusher
 
 pub mod api;
+pub mod cache;
 pub mod cluster;
 pub mod presence;
 pub mod protocol;
@@ -111,7 +112,7 @@ pub struct Pusher {
     /// Presence members of every app's presence channels on this node.
     pub presence: presence::Members,
     /// The last event of each `cache-` channel.
-    pub cache: parking_lot::Mutex<HashMap<Arc<str>, bytes::Bytes>>,
+    pub cache: cache::Cache,
     /// The first half of this node's socket ids; lets a node recognize its own sockets.
     pub node_tag: u32,
     /// Largest allowed clock skew of signed API requests, in seconds.
@@ -149,6 +150,11 @@ impl Pusher {
     /// The app with this public key.
     pub fn by_key(&self, key: &str) -> Option<&Arc<App>> {
         self.by_key.get(key).map(|&i| &self.apps[i])
+    }
+
+    /// The app's own name of a hub channel of any app.
+    pub fn by_hub<'a>(&self, hub: &'a str) -> Option<&'a str> {
+        self.apps.iter().find_map(|app| app.own_name(hub))
     }
 
     /// The app with this id.

@@ -371,7 +371,7 @@ async fn subscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) 
     };
     session.reply(shard, &protocol::message("pusher_internal:subscription_succeeded", Some(channel), &succeeded));
     if super::is_cache(channel) {
-        let cached = node.pusher.cache.lock().get(&hub).cloned();
+        let cached = super::cache::recall(&node, &hub).await;
         match cached {
             Some(last) => session.reply(shard, &last),
             None => {
@@ -471,7 +471,7 @@ async fn client_event(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inboun
         return Err(refusal(format!("the event is larger than {} bytes", app.config.max_event_payload_bytes)));
     }
     if super::is_cache(channel) {
-        shard.node().pusher.cache.lock().insert(hub.clone(), payload.clone());
+        super::cache::remember(shard.node(), &hub, &payload).await;
     }
     let target = Target { channel: Some(hub), ..Default::default() };
     let _ = shard.node().publish_event(Event::excluding(target, payload, session.id)).await;

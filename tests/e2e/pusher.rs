@@ -454,3 +454,24 @@ async fn socket_exclusion_reaches_the_sockets_node() {
     assert_eq!(status, 200);
     assert_eq!(excluded.recv().await["event"], "third", "the excluded socket got the event meant for others");
 }
+
+/// A `cache-` channel's last event, published through one node, is replayed on another.
+#[tokio::test]
+async fn cache_channels_replay_across_nodes() {
+    let redis = crate::common::redis::RedisServer::start().await;
+    let toml = format!("{}\n[redis]\nurl = \"{}\"\n", config(false), redis.url());
+    let a = Herald::start(&toml).await;
+    let b = Herald::start(&toml).await;
+    crate::redis::wait_redis_connected(&a, true).await;
+    crate::redis::wait_redis_connected(&b, true).await;
+    let body = r#"{"name":"price","channel":"cache-eurusd","data":"1.08"}"#;
+    let (status, _) = post_raw(&a, &signed("POST", "/apps/77/events", body, SECRET, now(), &[]), body).await;
+    assert_eq!(status, 200);
+    let (mut late, _) = connect(&b).await;
+    late.send_json(json!({"event": "pusher:subscribe", "data": {"channel": "cache-eurusd"}})).await;
+    assert_eq!(late.recv().await["event"], "pusher_internal:subscription_succeeded");
+    assert_eq!(late.recv().await, json!({"event": "price", "channel": "cache-eurusd", "data": "1.08"}));
+    late.send_json(json!({"event": "pusher:subscribe", "data": {"channel": "cache-empty"}})).await;
+    assert_eq!(late.recv().await["event"], "pusher_internal:subscription_succeeded");
+    assert_eq!(late.recv().await, json!({"event": "pusher:cache_miss", "channel": "cache-empty", "data": "{}"}));
+}
