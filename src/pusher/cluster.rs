@@ -127,6 +127,7 @@ pub async fn run(node: Arc<Node>) {
             },
             _ = refresh.tick() => {
                 rewrite(&node, &written).await;
+                super::presence::sweep(&node).await;
                 continue;
             }
             _ = node.shutdown.cancelled() => return,

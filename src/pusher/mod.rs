@@ -152,6 +152,11 @@ impl Pusher {
         self.by_key.get(key).map(|&i| &self.apps[i])
     }
 
+    /// The app of a hub channel and the app's own name for it.
+    pub fn app_of_hub<'a>(&self, hub: &'a str) -> Option<(&Arc<App>, &'a str)> {
+        self.apps.iter().find_map(|app| app.own_name(hub).map(|name| (app, name)))
+    }
+
     /// The app's own name of a hub channel of any app.
     pub fn by_hub<'a>(&self, hub: &'a str) -> Option<&'a str> {
         self.apps.iter().find_map(|app| app.own_name(hub))

@@ -14,7 +14,10 @@
 //! its last leaves. A node announces `member_added` only when no other live incarnation has a
 //! field for the user, and `member_removed` only when none is left, so a user with sockets on two
 //! nodes is one member; the member list merges the live incarnations' fields (the node registry
-//! says which are live), so a dead node's members drop out of lists and counts at once.
+//! says which are live), so a dead node's members drop out of lists and counts at once. Every
+//! node sweeps the presence channels its own members are in for fields of dead incarnations;
+//! `HDEL` answers 1 to exactly one node, which announces `member_removed` for a user no live node
+//! still has.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -166,6 +169,46 @@ pub async fn members(node: &Node, channel: &str) -> IndexMap<String, Value> {
         }
     }
     out
+}
+
+/// Removes the fields of dead nodes from the presence channels this node has members in, and
+/// announces the departures no live node covers (once: `HDEL` answers 1 to one sweeping node).
+pub async fn sweep(node: &Node) {
+    let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) else { return };
+    let channels: Vec<Arc<str>> = node.pusher.presence.channels.lock().keys().cloned().collect();
+    if channels.is_empty() {
+        return;
+    }
+    let Ok(live) = redis.live_incarnations().await else { return };
+    for channel in channels {
+        let Some((app, name)) = node.pusher.app_of_hub(&channel) else { continue };
+        let fields: redis::RedisResult<HashMap<String, String>> =
+            redis.query_as(redis::cmd("HGETALL").arg(key(redis, &channel))).await;
+        let Ok(fields) = fields else { continue };
+        let present: std::collections::HashSet<&str> = fields
+            .keys()
+            .filter_map(|f| f.rsplit_once(' '))
+            .filter(|(_, incarnation)| live.contains(*incarnation))
+            .map(|(user, _)| user)
+            .collect();
+        for field in fields.keys() {
+            let Some((user, incarnation)) = field.rsplit_once(' ') else { continue };
+            if live.contains(incarnation) {
+                continue;
+            }
+            let removed: redis::RedisResult<i64> =
+                redis.query_as(redis::cmd("HDEL").arg(key(redis, &channel)).arg(field)).await;
+            let local = node.pusher.presence.channels.lock().get(&channel).is_some_and(|m| m.contains_key(user));
+            if removed == Ok(1) && !present.contains(user) && !local {
+                let gone = json!({ "user_id": user });
+                let payload = super::protocol::message_json("pusher_internal:member_removed", Some(name), &gone);
+                let target = crate::hub::Target { channel: Some(channel.clone()), ..Default::default() };
+                let _ = node.publish_event(crate::hub::Event::new(target, payload)).await;
+                let hook = json!({ "name": "member_removed", "channel": name, "user_id": user });
+                node.pusher.webhooks.send(app, hook);
+            }
+        }
+    }
 }
 
 /// The `presence` object of `pusher_internal:subscription_succeeded`, cluster-wide.

@@ -475,3 +475,23 @@ async fn cache_channels_replay_across_nodes() {
     assert_eq!(late.recv().await["event"], "pusher_internal:subscription_succeeded");
     assert_eq!(late.recv().await, json!({"event": "pusher:cache_miss", "channel": "cache-empty", "data": "{}"}));
 }
+
+/// A node that dies takes its members with it: the survivors announce `member_removed` once.
+#[tokio::test]
+async fn members_of_a_dead_node_are_announced_gone() {
+    let redis = crate::common::redis::RedisServer::start().await;
+    let toml = format!("{}\n[redis]\nurl = \"{}\"\nnode_timeout = \"3s\"\n", config(false), redis.url());
+    let mut a = Herald::start(&toml).await;
+    let b = Herald::start(&toml).await;
+    wait_live_nodes(&a, 2).await;
+    wait_live_nodes(&b, 2).await;
+    let (mut alice, alice_id) = connect(&a).await;
+    join_presence(&mut alice, &alice_id, "presence-ops", "alice").await;
+    let (mut bob, bob_id) = connect(&b).await;
+    assert_eq!(join_presence(&mut bob, &bob_id, "presence-ops", "bob").await, ["alice", "bob"]);
+    a.signal_and_wait("KILL").await;
+    let removed = bob.recv().await;
+    assert_eq!(removed["event"], "pusher_internal:member_removed", "{removed}");
+    assert_eq!(serde_json::from_str::<Value>(removed["data"].as_str().unwrap()).unwrap()["user_id"], "alice");
+    drop(alice);
+}
