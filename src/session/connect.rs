@@ -137,7 +137,9 @@ pub(crate) async fn run(shard: Rc<Shard>, io: ConnIo, leftover: Bytes, mut plan:
     if events {
         Box::pin(handlers::presence::after_disconnect(&shard, &session, rooms)).await;
     }
-    Box::pin(crate::pusher::socket::finish(&shard, &session)).await;
+    if session.info.kind == EndpointKind::Pusher {
+        Box::pin(crate::pusher::socket::finish(&shard, &session)).await;
+    }
     tracing::debug!(connection = %session.connection_id, "disconnected");
 }
 
