@@ -171,14 +171,32 @@ pub async fn members(node: &Node, channel: &str) -> IndexMap<String, Value> {
     out
 }
 
-/// Removes the fields of dead nodes from the presence channels this node has members in, and
-/// announces the departures no live node covers (once: `HDEL` answers 1 to one sweeping node).
+/// Writes this node's members again (a Redis restart or flush loses them), removes the fields of
+/// dead nodes from the presence channels this node has members in, and announces the departures
+/// no live node covers (once: `HDEL` answers 1 to one sweeping node).
 pub async fn sweep(node: &Node) {
     let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) else { return };
-    let channels: Vec<Arc<str>> = node.pusher.presence.channels.lock().keys().cloned().collect();
-    if channels.is_empty() {
+    let own: Vec<(Arc<str>, String, String)> = {
+        let channels = node.pusher.presence.channels.lock();
+        channels
+            .iter()
+            .flat_map(|(channel, members)| {
+                members.iter().map(|(user, m)| (channel.clone(), user.clone(), m.info.to_string()))
+            })
+            .collect()
+    };
+    if own.is_empty() {
         return;
     }
+    let mut pipe = redis::pipe();
+    for (channel, user, info) in &own {
+        pipe.cmd("HSET").arg(key(redis, channel)).arg(field(user, redis.incarnation())).arg(info).ignore();
+    }
+    if let Err(e) = redis.pipeline_as::<()>(&pipe).await {
+        tracing::debug!(error = %e, "could not refresh Pusher presence in Redis");
+    }
+    let mut channels: Vec<Arc<str>> = own.into_iter().map(|(channel, _, _)| channel).collect();
+    channels.dedup();
     let Ok(live) = redis.live_incarnations().await else { return };
     for channel in channels {
         let Some((app, name)) = node.pusher.app_of_hub(&channel) else { continue };

@@ -495,3 +495,27 @@ async fn members_of_a_dead_node_are_announced_gone() {
     assert_eq!(serde_json::from_str::<Value>(removed["data"].as_str().unwrap()).unwrap()["user_id"], "alice");
     drop(alice);
 }
+
+/// Presence members are written to Redis again after Redis loses them (restart, flush).
+#[tokio::test]
+async fn presence_members_are_rewritten_after_redis_loses_them() {
+    let redis = crate::common::redis::RedisServer::start().await;
+    let toml = format!("{}\n[redis]\nurl = \"{}\"\nnode_timeout = \"3s\"\n", config(false), redis.url());
+    let a = Herald::start(&toml).await;
+    crate::redis::wait_redis_connected(&a, true).await;
+    let (mut alice, alice_id) = connect(&a).await;
+    join_presence(&mut alice, &alice_id, "presence-flush", "alice").await;
+    let key = "herald:pp:\u{1f}p77\u{1f}presence-flush";
+    let members = || redis.cli(&["HLEN", key]).map(|n| n.trim().to_string());
+    assert_eq!(members().as_deref(), Some("1"));
+    redis.cli(&["FLUSHALL"]).expect("FLUSHALL");
+    // Only this node's rewrite can bring the field back.
+    tokio::time::timeout(crate::common::WAIT, async {
+        while members().as_deref() != Some("1") {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the member was never written again");
+    assert_alive(&mut alice).await;
+}
