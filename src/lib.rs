@@ -29,6 +29,7 @@ pub mod limits;
 pub mod node;
 pub mod presence;
 pub mod protocol;
+pub mod pusher;
 pub mod server;
 pub mod session;
 pub mod stats;

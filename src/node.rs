@@ -53,6 +53,8 @@ pub struct Node {
     pub upstream: crate::upstream::Upstream,
     /// Which streams keep history, and (embedded) their logs.
     pub history: crate::history::History,
+    /// The Pusher Channels face: apps, presence members, cached events.
+    pub pusher: crate::pusher::Pusher,
 }
 
 /// Why a publish failed.

@@ -111,6 +111,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let upstream = crate::upstream::Upstream::new(&config.upstream);
     let config_history = config.history.clone();
+    let pusher = crate::pusher::Pusher::new(&config.pusher, &id);
     let node = Arc::new(Node {
         id,
         rules: ChannelRules::new(&config.channels),
@@ -128,6 +129,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         cells: crate::presence::cells::Cells::default(),
         upstream,
         history: crate::history::History::new(&config_history),
+        pusher,
     });
     crate::api::metrics::install();
     let router = crate::api::router(node.clone());
@@ -141,6 +143,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     tokio::spawn(crate::store::retention::run(node.clone()));
     tokio::spawn(crate::presence::run(node.clone()));
     tokio::spawn(crate::upstream::run(node.clone()));
+    tokio::spawn(crate::pusher::run(node.clone()));
     tokio::spawn(crate::history::run(node.clone()));
     if let Some(pushes) = pushes {
         let interest = node.hub.watch_interest();

@@ -26,6 +26,13 @@ const LIFECYCLE_QUEUE: usize = 10_000;
 
 /// The header carrying the body's HMAC-SHA256.
 pub const SIGNATURE_HEADER: &str = "X-Herald-Signature";
+/// The header carrying the Unix time (seconds) at which the request was signed.
+pub const TIMESTAMP_HEADER: &str = "X-Herald-Timestamp";
+/// The header carrying the HMAC-SHA256 of `<timestamp>.<body>`: a receiver that checks it and
+/// refuses old timestamps cannot be fed a recorded request again.
+pub const TIMESTAMP_SIGNATURE_HEADER: &str = "X-Herald-Timestamp-Signature";
+/// Deliveries of a lifecycle event before it is given up (1, 2, 4, 8 s apart).
+const LIFECYCLE_ATTEMPTS: u32 = 5;
 
 /// Why a request could not be handed to the backend.
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +125,12 @@ impl Upstream {
         let Some(url) = &config.webhook_url else { return Err(UpstreamError::Webhook("no webhook_url".into())) };
         let mut request = self.client.post(url).header("content-type", "application/json");
         if let Some(secret) = &config.webhook_secret {
-            request = request.header(SIGNATURE_HEADER, sign(secret, body.as_bytes()));
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs());
+            let timestamp = now.unwrap_or_default().to_string();
+            request = request
+                .header(SIGNATURE_HEADER, sign(secret, body.as_bytes()))
+                .header(TIMESTAMP_HEADER, &timestamp)
+                .header(TIMESTAMP_SIGNATURE_HEADER, sign(secret, format!("{timestamp}.{body}").as_bytes()));
         }
         let response = request.body(body).send().await.map_err(|e| UpstreamError::Webhook(e.to_string()))?;
         if response.status().is_success() { Ok(()) } else { Err(UpstreamError::Refused(response.status().as_u16())) }
@@ -141,7 +153,8 @@ impl Upstream {
     }
 }
 
-/// Posts lifecycle events to the webhook in order, until shutdown.
+/// Posts lifecycle events to the webhook in order, until shutdown. A failed delivery is retried
+/// with backoff (the events behind it wait, so the order holds) before it is given up.
 pub async fn run(node: Arc<Node>) {
     let Some(mut queue) = node.upstream.lifecycle_rx.lock().take() else { return };
     loop {
@@ -149,8 +162,23 @@ pub async fn run(node: Arc<Node>) {
             event = queue.recv() => match event { Some(event) => event, None => return },
             _ = node.shutdown.cancelled() => return,
         };
-        if let Err(e) = node.upstream.post(&node.config.upstream, event.to_string()).await {
-            tracing::warn!(error = %e, "a lifecycle event did not reach the webhook");
+        let body = event.to_string();
+        let mut wait = std::time::Duration::from_secs(1);
+        for attempt in 1..=LIFECYCLE_ATTEMPTS {
+            match node.upstream.post(&node.config.upstream, body.clone()).await {
+                Ok(()) => break,
+                Err(e) if attempt == LIFECYCLE_ATTEMPTS => {
+                    tracing::warn!(error = %e, "a lifecycle event did not reach the webhook; given up");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, attempt, "a lifecycle event did not reach the webhook; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = node.shutdown.cancelled() => return,
+                    }
+                    wait *= 2;
+                }
+            }
         }
     }
 }

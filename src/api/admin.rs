@@ -160,7 +160,8 @@ pub async fn disconnect_local(node: &Node, id: &str) -> bool {
         .hub
         .ask(move |shard| match shard.all_sessions().into_iter().find(|s| s.connection_id == wanted) {
             Some(session) => {
-                session.close(shard, close_code::DISCONNECTED_BY_ADMIN, "disconnected by an administrator");
+                let code = crate::pusher::protocol::close_for(session.info.kind, close_code::DISCONNECTED_BY_ADMIN);
+                session.close(shard, code, "disconnected by an administrator");
                 true
             }
             None => false,

@@ -228,6 +228,7 @@ pub fn router(node: Arc<Node>) -> Router {
         router = route_endpoint(router, endpoint);
     }
     router = crate::web::routes(router, &node);
+    router = crate::pusher::api::routes(router, &node);
     let body_limit = node.config.api.max_body_size.unwrap_or(DEFAULT_BODY_LIMIT);
     let cors = cors(&node.config.server.allowed_origins);
     router.fallback(not_found).layer(DefaultBodyLimit::max(body_limit)).layer(cors).with_state(node)

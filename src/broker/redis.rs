@@ -18,6 +18,7 @@
 //! When Redis is unreachable, publishing falls back to local delivery, health says `degraded`,
 //! connections are retried with backoff, and every subscription is restored once Redis is back.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -104,12 +105,13 @@ struct Envelope<'a> {
     n: &'a str,
     /// Which key of the target this copy travels on: `c`, `r`, `u` or `a`.
     k: &'a str,
-    #[serde(default)]
-    c: Option<&'a str>,
-    #[serde(default)]
-    r: Option<&'a str>,
-    #[serde(default)]
-    u: Option<&'a str>,
+    // Names are `Cow`: one that JSON escapes (`"`, `\`, control characters) cannot be borrowed.
+    #[serde(default, borrow)]
+    c: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    r: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    u: Option<Cow<'a, str>>,
     /// Connection on the origin node that must not receive it.
     #[serde(default)]
     x: Option<u64>,
@@ -117,8 +119,8 @@ struct Envelope<'a> {
     #[serde(default)]
     g: Option<NotificationTags>,
     /// The history stream, its seq and epoch, for events of streams with history.
-    #[serde(default)]
-    h: Option<&'a str>,
+    #[serde(default, borrow)]
+    h: Option<Cow<'a, str>>,
     #[serde(default)]
     s: Option<u64>,
     #[serde(default)]
@@ -131,6 +133,12 @@ struct Envelope<'a> {
 #[derive(Deserialize)]
 struct Control {
     disconnect: Option<String>,
+    /// `[app id, user id]`: close that Pusher user's connections on this node.
+    #[serde(default)]
+    pusher_terminate: Option<(String, String)>,
+    /// A Pusher event to publish here, where its excluded socket lives.
+    #[serde(default)]
+    pusher_publish: Option<serde_json::Value>,
 }
 
 /// The Redis broker.
@@ -938,5 +946,11 @@ async fn control(node: &Arc<Node>, payload: &[u8]) {
     if let Some(id) = command.disconnect {
         let found = crate::api::admin::disconnect_local(node, &id).await;
         tracing::info!(connection = %id, found, "disconnect requested by another node");
+    }
+    if let Some((app, user)) = command.pusher_terminate {
+        crate::pusher::api::terminate_local(node, &app, &user).await;
+    }
+    if let Some(publish) = command.pusher_publish {
+        crate::pusher::api::publish_forwarded(node, &publish).await;
     }
 }

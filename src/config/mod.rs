@@ -12,6 +12,7 @@ pub mod data_dir;
 pub mod duration;
 mod level;
 pub mod load;
+pub mod pusher;
 mod security;
 pub mod show;
 pub mod stream;
@@ -76,6 +77,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The Pusher Channels protocol face and its apps.
+    pub pusher: pusher::PusherConfig,
 }
 
 /// Where and how the node listens.
@@ -196,6 +199,9 @@ pub enum EndpointKind {
     Stats,
     /// Echoes every message back; for conformance testing only.
     Echo,
+    /// The Pusher Channels protocol (`/app/{key}`); never configured as an endpoint.
+    #[serde(skip)]
+    Pusher,
 }
 
 /// A dedicated WebSocket endpoint, e.g. `/ws/campaigns?campaign_id=123`.
@@ -794,6 +800,7 @@ impl Config {
             problem("log.level".into(), &e);
         }
 
+        problems.extend(self.pusher.problems());
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }
 

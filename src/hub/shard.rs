@@ -450,7 +450,8 @@ impl Shard {
             if now.duration_since(session.last_seen.get()) > ws.idle_timeout {
                 stats::bump(&self.counters().idle_disconnects, 1);
                 tracing::debug!(connection = %session.connection_id, "idle timeout");
-                session.close(self, close_code::IDLE_TIMEOUT, "idle timeout: nothing received");
+                let code = crate::pusher::protocol::close_for(session.info.kind, close_code::IDLE_TIMEOUT);
+                session.close(self, code, "idle timeout: nothing received");
                 continue;
             }
             if session.info.kind == EndpointKind::Events {

@@ -54,6 +54,8 @@ pub struct ConnectPlan {
     pub wire: crate::hub::event::Wire,
     /// Positions on every stream it follows (`?seq=1`).
     pub seq: bool,
+    /// For a Pusher connection: its app, or why it is refused.
+    pub pusher: Option<Box<crate::pusher::socket::Opening>>,
 }
 
 /// Waits for hyper to finish the upgrade, then hands the socket to `shard`.
@@ -123,6 +125,8 @@ pub(crate) async fn run(shard: Rc<Shard>, io: ConnIo, leftover: Bytes, mut plan:
         // Boxed, here and below: this future lives as long as the connection, so it must not be
         // sized for steps that run once (an idle connection's memory is mostly this future).
         Box::pin(start_events(&shard, &session, &plan, user_ready)).await;
+    } else if plan.kind == EndpointKind::Pusher {
+        crate::pusher::socket::start(&shard, &session, &mut plan);
     } else if plan.kind == EndpointKind::Stats {
         shard.spawn(crate::api::stats::stream(shard.clone(), session.clone()));
     }
@@ -132,6 +136,9 @@ pub(crate) async fn run(shard: Rc<Shard>, io: ConnIo, leftover: Bytes, mut plan:
     shard.unregister(&session);
     if events {
         Box::pin(handlers::presence::after_disconnect(&shard, &session, rooms)).await;
+    }
+    if session.info.kind == EndpointKind::Pusher {
+        Box::pin(crate::pusher::socket::finish(&shard, &session)).await;
     }
     tracing::debug!(connection = %session.connection_id, "disconnected");
 }

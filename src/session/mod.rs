@@ -118,6 +118,8 @@ pub struct Session {
     pub(crate) live: RefCell<Option<Box<live::LiveState>>>,
     /// Its slot under the per-address and per-user connection caps.
     _permit: Option<ConnectionPermit>,
+    /// The Pusher protocol's state of a Pusher connection; `None` for every other.
+    pub(crate) pusher: RefCell<Option<Box<crate::pusher::socket::Conn>>>,
 }
 
 impl Session {
@@ -150,6 +152,7 @@ impl Session {
             live: RefCell::new(None),
             follows: RefCell::new(std::collections::HashMap::new()),
             _permit: permit,
+            pusher: RefCell::new(None),
         }
     }
 

@@ -112,7 +112,8 @@ impl Session {
                 close_code::SLOW_CONSUMER,
                 "slow consumer: outbound queue full",
             );
-            self.close_dropping_queue(shard, close_code::SLOW_CONSUMER, "slow consumer: outbound queue full");
+            let code = crate::pusher::protocol::close_for(self.info.kind, close_code::SLOW_CONSUMER);
+            self.close_dropping_queue(shard, code, "slow consumer: outbound queue full");
             return SendOutcome::SlowConsumer;
         }
         let was_idle = out.queue.is_empty() && !out.flusher;

@@ -152,6 +152,7 @@ async fn handle(shard: &Rc<Shard>, session: &Rc<Session>, message: Message) {
                 EndpointKind::Echo => {
                     session.send(shard, echo(shard, session, frame::OP_TEXT, &text));
                 }
+                EndpointKind::Pusher => Box::pin(crate::pusher::socket::handle_text(shard, session, text)).await,
                 EndpointKind::Stats => {}
             }
         }
@@ -181,6 +182,7 @@ async fn handle(shard: &Rc<Shard>, session: &Rc<Session>, message: Message) {
                         )
                     }
                 }
+                EndpointKind::Pusher => crate::pusher::socket::binary(shard, session),
                 EndpointKind::Stats => session.send_error(
                     shard,
                     &ProtocolError::new(

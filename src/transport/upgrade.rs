@@ -201,7 +201,7 @@ pub fn client_ip(config: &Config, peer: IpAddr, headers: &http::HeaderMap) -> Ip
 
 /// Checks the `Origin` of a browser's upgrade against `server.allowed_origins`. Requests without
 /// an `Origin` (servers, native apps) are not browsers and pass.
-fn check_origin(config: &Config, headers: &http::HeaderMap) -> Result<(), String> {
+pub(crate) fn check_origin(config: &Config, headers: &http::HeaderMap) -> Result<(), String> {
     let allowed = &config.server.allowed_origins;
     if allowed.is_empty() || allowed.iter().any(|o| o == "*") {
         return Ok(());
@@ -264,6 +264,7 @@ fn plan(
         permit: None,
         wire: Default::default(),
         seq: matches!(params.get("seq").map(String::as_str), Some("1" | "true")),
+        pusher: None,
     })
 }
 

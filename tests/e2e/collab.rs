@@ -535,3 +535,57 @@ async fn presence_spans_nodes_and_a_killed_node_goes_offline_after_the_timeout()
     let (_, room) = node_b.get("/api/rooms/shared/presence").await;
     assert_eq!(user_ids(&room), ["bob"]);
 }
+
+/// A lifecycle event the webhook refuses is delivered again, the same body, signed with a
+/// timestamp (`X-Herald-Timestamp-Signature` = HMAC of `<timestamp>.<body>`).
+#[tokio::test]
+async fn a_refused_lifecycle_event_is_retried_and_signed_with_a_timestamp() {
+    type Delivery = (u16, Option<String>, Option<String>, String);
+    let seen: Arc<parking_lot::Mutex<Vec<Delivery>>> = Arc::default();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let seen = seen.clone();
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let seen = seen.clone();
+                async move {
+                    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(String::from);
+                    let mut seen = seen.lock();
+                    // The first delivery is refused.
+                    let status = if seen.is_empty() { 503 } else { 200 };
+                    let body = String::from_utf8_lossy(&body).to_string();
+                    seen.push((status, header("x-herald-timestamp"), header("x-herald-timestamp-signature"), body));
+                    axum::http::StatusCode::from_u16(status).unwrap()
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let toml = format!(
+        "[upstream]\nwebhook_url = \"http://{hook}/hook\"\nwebhook_secret = \"hook-secret\"\nlifecycle = [\"connect\"]"
+    );
+    let herald = Herald::start(&toml).await;
+    let _client = herald.connect("/ws?user_id=u9").await;
+    let deliveries = tokio::time::timeout(WAIT, async {
+        loop {
+            if seen.lock().len() >= 2 {
+                return seen.lock().clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the refused lifecycle event was never delivered again");
+    let (first, second) = (&deliveries[0], &deliveries[1]);
+    assert_eq!((first.0, second.0), (503, 200));
+    assert_eq!(first.3, second.3, "the retry carries the same event");
+    for (_, timestamp, signature, body) in [first, second] {
+        let timestamp = timestamp.as_deref().expect("X-Herald-Timestamp");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert!(now.abs_diff(timestamp.parse().unwrap()) < 600, "{timestamp}");
+        let expected = herald::upstream::sign("hook-secret", format!("{timestamp}.{body}").as_bytes());
+        assert_eq!(signature.as_deref(), Some(expected.as_str()));
+    }
+}

@@ -9,6 +9,7 @@ mod core;
 mod hardening;
 mod nginx;
 mod ops;
+mod pusher;
 mod redis;
 mod resilience;
 mod resume;

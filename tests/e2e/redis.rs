@@ -342,3 +342,20 @@ async fn an_unreachable_redis_at_start_is_not_fatal() {
     herald.publish(json!({"channel": "a", "event": {"type": "local"}})).await;
     assert_eq!(client.recv_event().await["type"], "local");
 }
+
+/// Names may hold any printable character; ones that JSON escapes (`"`, `\`) must cross nodes
+/// too (the envelope between nodes once borrowed them unescaped and dropped such events).
+#[tokio::test]
+async fn names_that_json_escapes_cross_nodes() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis).await;
+    let b = node(&redis).await;
+    wait_redis_connected(&a, true).await;
+    wait_redis_connected(&b, true).await;
+    let channel = r#"quote"and\backslash"#;
+    let mut subscriber = a.connect("/ws").await;
+    let ack = subscriber.request(json!({"type": "subscribe", "channels": [channel]})).await;
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    b.publish(json!({"channel": channel, "event": {"type": "crossed"}})).await;
+    assert_eq!(subscriber.recv_event().await["type"], "crossed");
+}

@@ -76,6 +76,15 @@ pub struct Args {
     /// Offer permessage-deflate and inflate what arrives compressed.
     #[arg(long)]
     pub deflate: bool,
+    /// Pusher app id (`--via pusher`).
+    #[arg(long, default_value = "1001")]
+    pub pusher_app_id: String,
+    /// Pusher app key (`--via pusher`).
+    #[arg(long, default_value = "app-key")]
+    pub pusher_key: String,
+    /// Pusher app secret (`--via pusher`).
+    #[arg(long, default_value = "app-secret-change-me")]
+    pub pusher_secret: String,
     /// Seconds to wait for stragglers after the last publish.
     #[arg(long, default_value_t = 10.0)]
     pub grace: f64,
@@ -112,6 +121,9 @@ pub enum Via {
     Http,
     /// Redis `PUBLISH <prefix>:<channel>`, with `room`/`user_id` fields for rooms and users.
     Redis,
+    /// The Pusher Channels protocol: clients at `/app/{key}` subscribing with `pusher:subscribe`,
+    /// events through the signed `POST /apps/{id}/events` (Herald, Soketi, Sockudo alike).
+    Pusher,
     /// No Herald: the floor, an in-process server that only writes each event to every socket
     /// (one `write` each, from `--floor-threads` threads). The same clients, the same events.
     Floor,
@@ -161,6 +173,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => vec![loopback_addr(&base)?],
     };
     let sources = parse_sources(&args.sources)?;
+    if args.via == Via::Pusher && (args.rooms > 0 || args.users > 0 || args.seq) {
+        bail!("--via pusher serves one channel, without --seq");
+    }
     let mode = match (args.rooms, args.users) {
         (0, 0) => Mode::Channel,
         (r, 0) => Mode::Rooms(r),
@@ -191,11 +206,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut connecting = Vec::with_capacity(args.clients);
     let seq = if args.seq { "&seq=1" } else { "" };
     let deflate = args.deflate;
+    let pusher = args.via == Via::Pusher;
+    let pusher_key = args.pusher_key.clone();
     for i in 0..args.clients {
         let source = sources.get(i % sources.len().max(1)).copied();
         let server = servers[i % servers.len()];
         let target = i % targets;
         let path = match mode {
+            Mode::Channel if pusher => format!("/app/{pusher_key}?protocol=7&client=herald-load&version=1"),
             Mode::Channel => format!("{}?channels={channel}&client_id=load-{i}{seq}", args.path),
             Mode::Rooms(_) => format!("{}?client_id=load-{i}", args.path),
             Mode::Users(_) => format!("{}?client_id=load-{i}&user_id={channel}-user-{target}", args.path),
@@ -203,11 +221,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let room = matches!(mode, Mode::Rooms(_)).then(|| format!("{channel}-room-{target}"));
         let permits = permits.clone();
         let members = members.clone();
+        let channel = channel.clone();
         connecting.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
             let mut client = ws::connect_with(server, source, &path, deflate).await?;
             let mut scratch = vec![0u8; 4096];
             let mut messages = Vec::new();
+            if pusher {
+                wait_for(&mut client, &mut scratch, &mut messages, "pusher:connection_established").await?;
+                let subscribe = json!({"event": "pusher:subscribe", "data": {"channel": channel}});
+                client.send_text(&subscribe.to_string()).await?;
+                wait_for(&mut client, &mut scratch, &mut messages, "subscription_succeeded").await?;
+                members[target].fetch_add(1, Ordering::Relaxed);
+                return anyhow::Ok((client, target));
+            }
             wait_for(&mut client, &mut scratch, &mut messages, "\"type\":\"connection").await?;
             if let Some(room) = &room {
                 client.send_text(&json!({"type": "join_room", "room": room}).to_string()).await?;
@@ -244,8 +271,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let client = redis::Client::open(args.redis_url.as_str()).context("--redis-url")?;
             Some(client.get_multiplexed_async_connection().await.context("connecting to Redis")?)
         }
-        Via::Http | Via::Floor => None,
+        Via::Http | Via::Floor | Via::Pusher => None,
     };
+    let pusher_app = (args.via == Via::Pusher)
+        .then(|| Arc::new((args.pusher_app_id.clone(), args.pusher_key.clone(), args.pusher_secret.clone())));
     let redis_prefix = args.redis_prefix.clone();
     let published: Arc<Vec<AtomicU64>> = Arc::new((0..targets).map(|_| AtomicU64::new(0)).collect());
     let seq = Arc::new(AtomicU64::new(0));
@@ -260,6 +289,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let (seq, published) = (seq.clone(), published.clone());
         let (mut redis, redis_prefix) = (redis.clone(), redis_prefix.clone());
         let floor = floor.clone();
+        let pusher_app = pusher_app.clone();
         let rate = args.rate;
         let duration = Duration::from_secs_f64(args.duration);
         let mode_kind = match mode {
@@ -292,6 +322,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 let mut event = json!({"type": "bench", "t": report::now_ns(), "seq": n, "pad": pad});
                 if let Some(floor) = &floor {
                     floor.publish(event.to_string().as_bytes());
+                } else if let Some(app) = &pusher_app {
+                    let (id, key, secret) = &**app;
+                    let path = format!("/apps/{id}/events");
+                    let body = json!({"name": "bench", "channel": channel, "data": event.to_string()}).to_string();
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+                    let query = herald::pusher::sign::signed_query(key, secret, "POST", &path, body.as_bytes(), now);
+                    let response = http
+                        .post(format!("{base}{path}?{query}"))
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await?;
+                    if !response.status().is_success() {
+                        bail!("publish failed: {} {}", response.status(), response.text().await.unwrap_or_default());
+                    }
                 } else if let Some(redis) = redis.as_mut() {
                     // Through Redis the room and user travel inside the event, on the channel.
                     if let Some(room) = &room {

@@ -106,8 +106,11 @@ impl WsClient {
 
 /// Extracts an unsigned integer field from a flat JSON object without parsing the whole of it.
 pub fn json_u64(text: &[u8], field: &str) -> Option<u64> {
-    let needle = format!("\"{field}\":");
-    let start = text.windows(needle.len()).position(|w| w == needle.as_bytes())? + needle.len();
+    // Also inside a JSON-encoded string (the `data` of a Pusher message): `\"t\":123`.
+    let plain = format!("\"{field}\":");
+    let escaped = format!("\\\"{field}\\\":");
+    let find = |needle: &str| text.windows(needle.len()).position(|w| w == needle.as_bytes()).map(|p| p + needle.len());
+    let start = find(&plain).or_else(|| find(&escaped))?;
     let digits = text[start..].iter().skip_while(|b| **b == b' ').take_while(|b| b.is_ascii_digit());
     let mut value: u64 = 0;
     let mut any = false;
@@ -126,6 +129,8 @@ mod tests {
     fn extracts_fields() {
         let text = br#"{"type":"bench","t":123456789,"seq": 42,"pad":"x"}"#;
         assert_eq!(json_u64(text, "t"), Some(123456789));
+        let pusher = br#"{"event":"bench","channel":"c","data":"{\"t\":77,\"seq\":3}"}"#;
+        assert_eq!((json_u64(pusher, "t"), json_u64(pusher, "seq")), (Some(77), Some(3)));
         assert_eq!(json_u64(text, "seq"), Some(42));
         assert_eq!(json_u64(text, "missing"), None);
     }
