@@ -29,12 +29,16 @@ client.connect().then(() => console.log('ready'), (error) => {
 });
 `;
 
+// Each script first checks it got its own build: Node 20.19+ can also require() an ES module, so
+// a working client alone would not show that the \`require\` condition exists.
 const ESM_CLIENT = `import { createRequire } from 'node:module';
 import { HeraldClient } from '@herald/client';
+if (!import.meta.resolve('@herald/client').endsWith('/dist/index.js')) throw new Error('not the ES module build');
 const WebSocket = createRequire(import.meta.url)(process.env.WS_MODULE);
 ${CLIENT_BODY}`;
 
 const CJS_CLIENT = `const { HeraldClient } = require('@herald/client');
+if (!require.resolve('@herald/client').endsWith('/dist/index.cjs')) throw new Error('not the CommonJS build');
 const WebSocket = require(process.env.WS_MODULE);
 ${CLIENT_BODY}`;
 
