@@ -1,6 +1,6 @@
 """Events as published: a JSON object plus where it goes (channel, room).
 
-`build_event` is what the generated helpers in `events.py` call: it sets `type`, the room from
+`build_event` is what typed helpers generated from an event catalogue call: it sets `type`, the room from
 the first room template whose fields were given, derived fields, and `timestamp`.
 """
 

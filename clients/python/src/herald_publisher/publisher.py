@@ -1,8 +1,9 @@
 """The publishers: ``HeraldPublisher`` (sync, e.g. Celery tasks) and ``AsyncHeraldPublisher``
 (asyncio, e.g. FastAPI endpoints). Both have the same methods; the async ones are coroutines.
 
-Besides ``publish``, ``publish_to_room`` and ``notify_user``, both have one method per event of
-the catalogue (``campaign_launched``, ``scraper_progress``, …), generated into ``events.py``.
+Both have ``publish``, ``publish_to_room``, ``notify_user`` and ``publish_event``; an application
+with an event catalogue can subclass them with one typed method per event (the campaign-events
+example in the repository generates such a subclass).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any, Mapping, Optional, Union
 
 from .errors import HeraldConfigError
 from .event import Event
-from .events import AsyncEventMethods, EventMethods
 from .result import PublishResult
 from .routing import Routing, UserId, http_publish_body, redis_message
 from .transports import AsyncHttpTransport, AsyncRedisTransport, HttpTransport, RedisTransport
@@ -61,7 +61,7 @@ def _settings_from_env(environ: Optional[Mapping[str, str]]) -> dict:
     )
 
 
-class HeraldPublisher(EventMethods):
+class HeraldPublisher:
     """Publishes events to Herald, synchronously.
 
     Create one with :meth:`redis`, :meth:`http` or :meth:`from_env`; share it (it is safe to use
@@ -160,7 +160,7 @@ class HeraldPublisher(EventMethods):
         return self.publish(event, user_id=user_id)
 
     def publish_event(self, event: Event) -> PublishResult:
-        """Publishes an event built by a catalogue helper (``events.campaign_launched(...)``)."""
+        """Publishes a built :class:`Event` (see :func:`build_event`) to its channel and room."""
         return self.publish(event.payload, channel=event.channel, room=event.room)
 
     def close(self) -> None:
@@ -174,7 +174,7 @@ class HeraldPublisher(EventMethods):
         self.close()
 
 
-class AsyncHeraldPublisher(AsyncEventMethods):
+class AsyncHeraldPublisher:
     """Publishes events to Herald from asyncio code; the methods of :class:`HeraldPublisher`, as
     coroutines. Use one per event loop (its connections belong to the loop that opened them)."""
 
@@ -253,7 +253,7 @@ class AsyncHeraldPublisher(AsyncEventMethods):
         return await self.publish(event, user_id=user_id)
 
     async def publish_event(self, event: Event) -> PublishResult:
-        """Publishes an event built by a catalogue helper."""
+        """Publishes a built :class:`Event` (see :func:`build_event`) to its channel and room."""
         return await self.publish(event.payload, channel=event.channel, room=event.room)
 
     async def close(self) -> None:

@@ -1,4 +1,4 @@
-"""The generated helpers and routing rules, without servers."""
+"""The campaign-events catalogue's generated helpers and publishers, without servers."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-import herald_publisher
-from herald_publisher import AsyncHeraldPublisher, HeraldConfigError, HeraldPublisher, HeraldTargetError, events
+import campaign_events
+from campaign_events import AsyncCampaignPublisher, CampaignPublisher, events
+from herald_publisher import AsyncHeraldPublisher, HeraldPublisher
 from herald_publisher.event import to_json
-from herald_publisher.routing import Routing, http_publish_body, redis_message
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_generator():
-    spec = importlib.util.spec_from_file_location("herald_generate", PACKAGE_ROOT / "generate.py")
+    spec = importlib.util.spec_from_file_location("herald_generate", EXAMPLE_ROOT / "generate.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["herald_generate"] = module
     spec.loader.exec_module(module)
@@ -46,16 +46,16 @@ ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 def test_events_py_is_generated_from_the_current_catalogue():
     generator = load_generator()
     expected = generator.render(generator.load())
-    actual = (PACKAGE_ROOT / "src/herald_publisher/events.py").read_text(encoding="utf-8")
-    assert actual == expected, "events.py is out of date: run `python generate.py` in clients/python"
+    actual = (EXAMPLE_ROOT / "campaign_events/events.py").read_text(encoding="utf-8")
+    assert actual == expected, "events.py is out of date: run `python generate.py` in examples/campaign-events"
 
 
 def test_every_document_event_has_a_builder_and_sync_and_async_methods():
     assert sorted(events.CATALOGUE) == sorted(DOCUMENT_METHODS)
     for name in DOCUMENT_METHODS:
         builder = getattr(events, name)
-        sync_method = getattr(HeraldPublisher, name)
-        async_method = getattr(AsyncHeraldPublisher, name)
+        sync_method = getattr(CampaignPublisher, name)
+        async_method = getattr(AsyncCampaignPublisher, name)
         assert inspect.iscoroutinefunction(async_method), name
         assert not inspect.iscoroutinefunction(sync_method), name
         builder_params = list(inspect.signature(builder).parameters)
@@ -144,85 +144,24 @@ def test_the_generator_rejects_a_broken_catalogue(tmp_path):
             generator.load(bad)
 
 
-# --- routing -------------------------------------------------------------------------------
-
-
-def test_redis_messages_carry_their_targets_in_fields():
-    routing = Routing()
-    channel, message = redis_message({"type": "t"}, prefix="fliptechpro", routing=routing, channel="campaigns")
-    assert (channel, json.loads(message)) == ("fliptechpro:campaigns", {"type": "t"})
-    channel, message = redis_message({"type": "t"}, prefix="p", routing=routing, room="campaign:1", user_id=42)
-    assert channel == "p:_direct"
-    assert json.loads(message) == {"type": "t", "room": "campaign:1", "user_id": 42}
-    custom = Routing(room_field="target_room", user_field="uid", direct_channel="route")
-    channel, message = redis_message({"type": "t"}, prefix="p", routing=custom, user_id="u1")
-    assert (channel, json.loads(message)) == ("p:route", {"type": "t", "uid": "u1"})
-
-
-def test_redis_targets_are_checked_locally():
-    routing = Routing()
-    with pytest.raises(HeraldTargetError) as e:
-        redis_message({"type": "t"}, prefix="p", routing=routing)
-    assert e.value.code == "NO_TARGET"
-    for kwargs in ({"channel": ""}, {"channel": "a\nb"}, {"room": "x" * 201}, {"user_id": ""}):
-        with pytest.raises(HeraldTargetError) as e:
-            redis_message({"type": "t"}, prefix="p", routing=routing, **kwargs)
-        assert e.value.code == "INVALID_NAME"
-    with pytest.raises(HeraldTargetError) as e:
-        redis_message({"type": "t", "room": "a"}, prefix="p", routing=routing, room="b")
-    assert e.value.code == "CONFLICTING_TARGET"
-    with pytest.raises(HeraldTargetError) as e:
-        redis_message(["not", "an", "object"], prefix="p", routing=routing, channel="c")
-    assert e.value.code == "INVALID_EVENT"
-
-
-def test_http_bodies_route_like_redis():
-    routing = Routing()
-    body = http_publish_body({"type": "t", "room": "campaign:1"}, routing=routing, channel="campaigns")
-    assert body == {"channel": "campaigns", "room": "campaign:1", "event": {"type": "t", "room": "campaign:1"}}
-    body = http_publish_body({"type": "t"}, routing=routing, user_id=7)
-    assert body == {"user_id": 7, "event": {"type": "t", "user_id": 7}}
-    plain = Routing(route_from_fields=False)
-    body = http_publish_body({"type": "t", "user_id": "author"}, routing=plain, channel="c")
-    assert body == {"channel": "c", "event": {"type": "t", "user_id": "author"}}
-
-
-# --- configuration from the environment ----------------------------------------------------
-
-
-def test_from_env_picks_the_transport():
-    http = HeraldPublisher.from_env({"HERALD_URL": "http://127.0.0.1:1", "HERALD_API_KEY": "k" * 8})
-    assert http.transport.name == "http"
-    redis = HeraldPublisher.from_env({"REDIS_URL": "redis://127.0.0.1:1/0", "HERALD_REDIS_PREFIX": "fliptechpro"})
-    assert (redis.transport.name, redis.prefix) == ("redis", "fliptechpro")
-    both = {"HERALD_URL": "http://h", "REDIS_URL": "redis://r", "HERALD_REDIS_PREFIX": "p", "HERALD_TRANSPORT": "redis"}
-    assert HeraldPublisher.from_env(both).transport.name == "redis"
-    redis.close()
-
-
-@pytest.mark.parametrize(
-    "env, message",
-    [
-        ({}, "HERALD_URL"),
-        ({"REDIS_URL": "redis://r"}, "HERALD_REDIS_PREFIX"),
-        ({"HERALD_TRANSPORT": "http", "REDIS_URL": "redis://r"}, "HERALD_URL"),
-        ({"HERALD_TRANSPORT": "carrier-pigeon"}, "must be 'redis' or 'http'"),
-    ],
-)
-def test_from_env_explains_what_is_missing(env, message):
-    with pytest.raises(HeraldConfigError, match=message):
-        HeraldPublisher.from_env(env)
-
-
 def test_module_level_publishers_are_created_from_the_environment(monkeypatch):
     monkeypatch.setenv("HERALD_URL", "http://127.0.0.1:1")
     monkeypatch.delenv("HERALD_TRANSPORT", raising=False)
-    herald_publisher.reset_default_publishers()
+    campaign_events.reset_default_publishers()
     try:
-        assert isinstance(herald_publisher.ws_publisher, HeraldPublisher)
-        assert herald_publisher.ws_publisher is herald_publisher.ws_publisher
-        assert isinstance(herald_publisher.websocket_service, AsyncHeraldPublisher)
+        assert isinstance(campaign_events.ws_publisher, CampaignPublisher)
+        assert isinstance(campaign_events.ws_publisher, HeraldPublisher)
+        assert campaign_events.ws_publisher is campaign_events.ws_publisher
+        assert isinstance(campaign_events.websocket_service, AsyncCampaignPublisher)
+        assert isinstance(campaign_events.websocket_service, AsyncHeraldPublisher)
     finally:
-        herald_publisher.reset_default_publishers()
+        campaign_events.reset_default_publishers()
     with pytest.raises(AttributeError):
-        herald_publisher.no_such_thing  # noqa: B018
+        campaign_events.no_such_thing  # noqa: B018
+
+
+def test_the_general_package_has_no_catalogue():
+    import herald_publisher
+
+    assert not hasattr(HeraldPublisher, "campaign_launched")
+    assert not hasattr(herald_publisher, "events")
