@@ -38,7 +38,8 @@ def dist(tmp_path_factory) -> Path:
     if given:
         return Path(given)
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(PACKAGE_ROOT)], check=True, capture_output=True)
+    build = [sys.executable, "-m", "build", "--outdir", str(out), str(PACKAGE_ROOT)]
+    subprocess.run(build, check=True, capture_output=True)
     return out
 
 

@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from herald_publisher import AsyncHeraldPublisher, HeraldPublisher
+from herald_publisher.event import to_json
 
 import campaign_events
 from campaign_events import AsyncCampaignPublisher, CampaignPublisher, events
-from herald_publisher import AsyncHeraldPublisher, HeraldPublisher
-from herald_publisher.event import to_json
 
 EXAMPLE_ROOT = Path(__file__).resolve().parents[1]
 

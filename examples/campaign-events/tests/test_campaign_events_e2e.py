@@ -19,7 +19,6 @@ def redis_publisher(redis_url):
         yield publisher
 
 
-
 def test_ws_publisher_campaign_launched_reaches_the_channel_and_the_room(herald, redis_url, monkeypatch):
     """``ws_publisher.campaign_launched(campaign_id=123, ...)`` "automatically publishes to room
     campaign:123": a client subscribed to ``campaigns`` and a client in the room both get it."""
