@@ -15,8 +15,9 @@
 //!   then user), so every connection still receives it exactly once. In cluster mode these are
 //!   sharded channels (`SPUBLISH`/`SSUBSCRIBE`), spreading traffic over the cluster's shards.
 //!
-//! When Redis is unreachable, publishing falls back to local delivery, health says `degraded`,
-//! connections are retried with backoff, and every subscription is restored once Redis is back.
+//! When Redis is unreachable, and until every wanted subscription is live again, publishing falls
+//! back to local delivery and health says `degraded`; connections are retried with backoff, and
+//! every subscription is restored once Redis is back.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -147,9 +148,14 @@ pub struct RedisBroker {
     node_id: Arc<str>,
     commands: Conn,
     subscriber: Conn,
+    /// Redis answers and every subscription this node wants is live. Only then do events travel
+    /// through Redis: before that a published event would reach no subscriber of this node.
     connected: AtomicBool,
     /// Internal channels this node wants (from interest), restored after every reconnect.
     wanted: Mutex<HashSet<String>>,
+    /// Held while (re)subscribing everything and while following one interest change, so that a
+    /// key wanted during a resubscription is either in its snapshot or subscribed on its own.
+    subscribing: tokio::sync::Mutex<()>,
     dropped: Arc<AtomicU64>,
     malformed_log: Mutex<BurstLog>,
     outage_since: Mutex<Option<Instant>>,
@@ -293,6 +299,7 @@ impl RedisBroker {
             subscriber,
             connected: AtomicBool::new(false),
             wanted: Mutex::new(HashSet::new()),
+            subscribing: tokio::sync::Mutex::new(()),
             dropped,
             malformed_log: Mutex::new(BurstLog::default()),
             outage_since: Mutex::new(None),
@@ -303,7 +310,7 @@ impl RedisBroker {
         }
     }
 
-    /// Whether Redis answered the last check.
+    /// Whether Redis answered the last check and every wanted subscription is live.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
@@ -356,6 +363,7 @@ impl RedisBroker {
         stream: &str,
         settings: crate::history::Settings,
     ) -> Result<(), BrokerError> {
+        self.ensure_subscribed()?;
         let (head, copies) = self.envelope_parts(node_id, event);
         let head = format!("{head},\"h\":{},\"s\":", json_string(stream));
         let (key, meta) = self.history_keys(stream);
@@ -525,6 +533,7 @@ impl RedisBroker {
 
     /// Publishes an event to every node subscribed to one of its keys.
     pub async fn publish(&self, node_id: &str, event: &Event) -> Result<(), BrokerError> {
+        self.ensure_subscribed()?;
         let mut pipe = redis::pipe();
         self.add_to_pipeline(&mut pipe, node_id, event);
         self.run_publish(&pipe).await
@@ -535,11 +544,23 @@ impl RedisBroker {
         if events.is_empty() {
             return Ok(());
         }
+        self.ensure_subscribed()?;
         let mut pipe = redis::pipe();
         for event in events {
             self.add_to_pipeline(&mut pipe, node_id, event);
         }
         self.run_publish(&pipe).await
+    }
+
+    /// Refuses to publish through Redis until this node's subscriptions are live (at start and
+    /// after every reconnect): the event would reach other nodes but none of this node's own
+    /// subscribers, who were acknowledged in local mode. The caller delivers locally instead.
+    fn ensure_subscribed(&self) -> Result<(), BrokerError> {
+        if self.is_connected() {
+            Ok(())
+        } else {
+            Err(BrokerError::Unavailable("redis subscriptions are not live yet".into()))
+        }
     }
 
     async fn run_publish(&self, pipe: &redis::Pipeline) -> Result<(), BrokerError> {
@@ -725,6 +746,8 @@ pub async fn run(
                 ticker.tick().await;
                 if broker.check().await {
                     if !broker.is_connected() {
+                        // Until `connected` is set, interest changes only update `wanted`.
+                        let _subscribing = broker.subscribing.lock().await;
                         match broker.subscribe_all().await {
                             Ok(n) => {
                                 // Registered before it says it is connected, so that other nodes
@@ -768,6 +791,9 @@ pub async fn run(
             let Some(broker) = node.broker.redis() else { return };
             while let Some(InterestChange { key, present, ready }) = changes.recv().await {
                 let channel = broker.interest_channel(&key);
+                // Not while a resubscription is between its snapshot of `wanted` and `connected`:
+                // a key added then would be in neither.
+                let _subscribing = broker.subscribing.lock().await;
                 let changed = {
                     let mut wanted = broker.wanted.lock();
                     if present { wanted.insert(channel.clone()) } else { wanted.remove(&channel) }
@@ -780,7 +806,8 @@ pub async fn run(
                     }
                 }
                 // While Redis is down the subscription is restored on reconnect; waiting for it
-                // would only hold acknowledgements hostage to the outage.
+                // would only hold acknowledgements hostage to the outage. Until then publishing
+                // delivers locally (`ensure_subscribed`), so the acknowledgement holds.
                 if let Some(ready) = ready {
                     let _ = ready.send(());
                 }

@@ -359,3 +359,107 @@ async fn names_that_json_escapes_cross_nodes() {
     b.publish(json!({"channel": channel, "event": {"type": "crossed"}})).await;
     assert_eq!(subscriber.recv_event().await["type"], "crossed");
 }
+
+/// A node whose one client may join and subscribe as often as the rounds below need.
+fn unlimited(redis: &str) -> String {
+    node_config(redis, "")
+        + "\n[limits]\nmessages_per_minute = 0\nmessages_per_hour = 0\n\
+           max_channels_per_connection = 0\nmax_rooms_per_connection = 0\n"
+}
+
+/// Joins a fresh room and subscribes to a fresh channel, then publishes to each right after its
+/// acknowledgement, without looking at `/health`; every event must arrive.
+async fn acknowledged_then_published(herald: &Herald, client: &mut crate::common::Client, round: usize) {
+    let room = format!("early-room-{round}");
+    let ack = client.request(json!({"type": "join_room", "room": room})).await;
+    assert_eq!(ack["type"], "room_joined", "{ack}");
+    herald.publish(json!({"room": room, "event": {"type": "right-after", "round": round, "via": "room"}})).await;
+    assert_eq!(client.recv_type("right-after").await["round"], round, "room event of round {round}");
+    let channel = format!("early-channel-{round}");
+    let ack = client.request(json!({"type": "subscribe", "channels": [channel]})).await;
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    herald
+        .publish(json!({"channel": channel, "event": {"type": "right-after", "round": round, "via": "channel"}}))
+        .await;
+    assert_eq!(client.recv_type("right-after").await["round"], round, "channel event of round {round}");
+}
+
+/// Runs rounds of [`acknowledged_then_published`] from before the node reports Redis connected
+/// until a few rounds after, so that some fall in the moment it switches over to Redis; returns
+/// how many ran.
+async fn rounds_across_the_switch(herald: &Herald, client: &mut crate::common::Client) -> usize {
+    const AFTER: usize = 3;
+    const MOST: usize = 5_000;
+    let (mut round, mut after) = (0, 0);
+    while after < AFTER {
+        assert!(round < MOST, "the node never reported redis connected");
+        acknowledged_then_published(herald, client, round).await;
+        round += 1;
+        let (_, health) = herald.get("/health").await;
+        if health["data"]["broker"]["connected"] == true {
+            after += 1;
+        }
+    }
+    round
+}
+
+/// Once Redis is up, every key acknowledged earlier is subscribed (one subscriber each: the
+/// other node wants none of them), and events another node publishes to the first and last reach
+/// the client.
+async fn every_early_key_is_live(
+    redis: &RedisServer,
+    herald: &Herald,
+    other: &Herald,
+    client: &mut crate::common::Client,
+    rounds: usize,
+) {
+    wait_redis_connected(herald, true).await;
+    wait_redis_connected(other, true).await;
+    let keys: Vec<String> = (0..rounds)
+        .flat_map(|round| [format!("herald:r:early-room-{round}"), format!("herald:c:early-channel-{round}")])
+        .collect();
+    let mut args = vec!["PUBSUB", "NUMSUB"];
+    args.extend(keys.iter().map(String::as_str));
+    let out = redis.cli(&args).expect("PUBSUB NUMSUB");
+    let lines: Vec<&str> = out.lines().collect();
+    for pair in lines.chunks(2) {
+        assert_eq!(pair.get(1).map(|n| n.trim()), Some("1"), "{} is not subscribed after redis came up", pair[0]);
+    }
+    assert_eq!(lines.len(), keys.len() * 2);
+    for round in [0, rounds - 1] {
+        other.publish(json!({"room": format!("early-room-{round}"), "event": {"type": "later", "round": round}})).await;
+        assert_eq!(client.recv_type("later").await["round"], round, "room of round {round} after redis is up");
+        let channel = format!("early-channel-{round}");
+        other.publish(json!({"channel": channel, "event": {"type": "later", "round": round}})).await;
+        assert_eq!(client.recv_type("later").await["round"], round, "channel of round {round} after redis is up");
+    }
+}
+
+/// An acknowledgement given while the node is still connecting to Redis is kept: events published
+/// right after it arrive, and so do events published later from another node. Redis sits behind a
+/// slow link so that the connecting phase spans several rounds.
+#[tokio::test]
+async fn events_right_after_an_acknowledgement_arrive_while_redis_is_coming_up() {
+    let redis = RedisServer::start().await;
+    let other = node(&redis).await;
+    let slow = crate::common::redis::latency_proxy(redis.port, std::time::Duration::from_millis(40)).await;
+    let herald = Herald::start(&unlimited(&format!("redis://127.0.0.1:{slow}"))).await;
+    let mut client = herald.connect("/ws").await;
+    let rounds = rounds_across_the_switch(&herald, &mut client).await;
+    every_early_key_is_live(&redis, &herald, &other, &mut client, rounds).await;
+}
+
+/// The same across a Redis restart: acknowledgements given while the node reconnects are kept.
+#[tokio::test]
+async fn events_right_after_an_acknowledgement_arrive_while_redis_comes_back() {
+    let mut redis = RedisServer::start().await;
+    let herald = Herald::start(&unlimited(&redis.url())).await;
+    wait_redis_connected(&herald, true).await;
+    let mut client = herald.connect("/ws").await;
+    redis.kill();
+    wait_redis_connected(&herald, false).await;
+    redis.restart().await;
+    let rounds = rounds_across_the_switch(&herald, &mut client).await;
+    let other = node(&redis).await;
+    every_early_key_is_live(&redis, &herald, &other, &mut client, rounds).await;
+}

@@ -295,14 +295,12 @@ fn spreadsheet_token(user: &str) -> String {
 }
 
 async fn spreadsheet(redis: &RedisServer) -> Herald {
-    let herald = Herald::start_with(
+    Herald::start_with(
         Options::toml(include_str!("../../examples/spreadsheet.toml"))
             .env("HERALD_REDIS_URL", &redis.url())
             .env("HERALD_JWT_SECRET", SPREADSHEET_SECRET),
     )
-    .await;
-    crate::redis::wait_redis_connected(&herald, true).await;
-    herald
+    .await
 }
 
 #[tokio::test]
