@@ -51,6 +51,11 @@ pub struct Args {
     /// API key, to read each node's connection count from /api/stats.
     #[arg(long, env = "HERALD_API_KEY")]
     pub api_key: Option<String>,
+    /// Speak the Pusher protocol instead: connect to `/app/{KEY}` (protocol 7), wait for
+    /// `pusher:connection_established`, and count connections on the client side (Soketi and
+    /// Sockudo have no `/api/stats`); `--path` and `--api-key` are then unused.
+    #[arg(long, value_name = "KEY")]
+    pub pusher_key: Option<String>,
     /// Internal: this process is a child of another; open `count` connections starting at
     /// `offset`, print `ready`, and hold them until stdin closes.
     #[arg(long, hide = true)]
@@ -65,6 +70,14 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .context("VmRSS")
+}
+
+/// The request path of idle connection `i` and the text its welcome message contains.
+fn idle_target(path: &str, pusher_key: Option<&str>, i: usize) -> (String, &'static str) {
+    match pusher_key {
+        Some(key) => (format!("/app/{key}?protocol=7&client=herald-load&version=1"), "pusher:connection_established"),
+        None => (format!("{path}?client_id=idle-{i}"), "\"type\":\"connection"),
+    }
 }
 
 fn parse_pids(spec: &Option<String>) -> anyhow::Result<Vec<u32>> {
@@ -90,14 +103,14 @@ async fn open(
     for i in offset..offset + count {
         let source = sources.get(i % sources.len().max(1)).copied();
         let server = servers[i % servers.len()];
-        let path = format!("{}?client_id=idle-{i}", args.path);
+        let (path, welcome) = idle_target(&args.path, args.pusher_key.as_deref(), i);
         let permits = permits.clone();
         connecting.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
             let mut client = ws::connect(server, source, &path).await?;
             let mut scratch = [0u8; 512];
             let mut messages = Vec::new();
-            wait_for(&mut client, &mut scratch, &mut messages, "\"type\":\"connection").await?;
+            wait_for(&mut client, &mut scratch, &mut messages, welcome).await?;
             anyhow::Ok(client)
         }));
     }
@@ -181,9 +194,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let pids = parse_pids(&args.pid)?;
     let http = reqwest::Client::new();
     let key = args.api_key.as_deref();
+    // A Pusher server has no stats endpoint: every client saw its welcome, which the server
+    // sends once the connection is registered, and that count stands in for the server's.
+    let pusher = args.pusher_key.is_some();
     let mut baseline = 0;
-    for base in &bases {
-        baseline += server_connections(&http, base, key).await?;
+    if !pusher {
+        for base in &bases {
+            baseline += server_connections(&http, base, key).await?;
+        }
     }
     let rss_before: u64 = pids.iter().map(|p| rss_kib(*p)).sum::<anyhow::Result<u64>>()?;
 
@@ -206,6 +224,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .args(["connections", "--connect", &args.connect, "--path", &args.path, "--sources", &args.sources])
                 .args(["--count", &count.to_string(), "--child-offset", &offset.to_string()])
                 .args(["--connect-concurrency", &args.connect_concurrency.to_string()])
+                .args(args.pusher_key.iter().flat_map(|key| ["--pusher-key", key.as_str()]))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -226,18 +245,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // themselves: that is what the memory figure is about.
     let expected = baseline + args.count as u64;
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut now = 0;
-        for base in &bases {
-            now += server_connections(&http, base, key).await?;
+    if !pusher {
+        loop {
+            let mut now = 0;
+            for base in &bases {
+                now += server_connections(&http, base, key).await?;
+            }
+            if now >= expected {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the servers report {now} connections, expected {expected}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        if now >= expected {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the servers report {now} connections, expected {expected}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Let allocator caches settle before reading memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -255,15 +276,34 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         println!("per connection     {:.2} KiB ({per:.0} bytes)", per / 1024.0);
     }
     tokio::time::sleep(Duration::from_secs_f64(args.hold.max(0.0))).await;
-    let mut still = 0;
-    for base in &bases {
-        still += server_connections(&http, base, key).await?;
+    if !pusher {
+        let mut still = 0;
+        for base in &bases {
+            still += server_connections(&http, base, key).await?;
+        }
+        println!("still connected    {} after {:.0} s", still.saturating_sub(baseline), args.hold);
     }
-    println!("still connected    {} after {:.0} s", still.saturating_sub(baseline), args.hold);
     drop(local);
     for mut child in children {
         drop(child.stdin.take());
         let _ = child.wait();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::idle_target;
+
+    #[test]
+    fn herald_idle_connections_carry_a_client_id() {
+        assert_eq!(idle_target("/ws", None, 7), ("/ws?client_id=idle-7".to_string(), "\"type\":\"connection"));
+    }
+
+    #[test]
+    fn pusher_idle_connections_use_the_app_path_and_protocol_7() {
+        let (path, welcome) = idle_target("/ws", Some("app-key"), 7);
+        assert_eq!(path, "/app/app-key?protocol=7&client=herald-load&version=1");
+        assert_eq!(welcome, "pusher:connection_established");
+    }
 }
