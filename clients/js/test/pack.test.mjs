@@ -12,9 +12,16 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 
 test('npm pack ships dist, README, LICENSE and package.json, and nothing else', () => {
   // `npm pack` runs `prepare`, so the package builds itself from a clean checkout.
-  const result = spawnSync('npm', ['pack', '--dry-run', '--json', '--loglevel=error'], { cwd: root, encoding: 'utf8' });
+  // `prepare`'s build log comes first on stdout, coloured where CI is set (picocolors reads `CI`):
+  // the JSON is the array that starts a line.
+  const result = spawnSync('npm', ['pack', '--dry-run', '--json', '--loglevel=error'], {
+    cwd: root,
+    encoding: 'utf8',
+    env: { ...process.env, NO_COLOR: '1' },
+  });
   assert.equal(result.status, 0, result.stderr);
-  const start = result.stdout.indexOf('[');
+  const start = result.stdout.search(/^\[\s*\{/m);
+  assert.ok(start >= 0, `no JSON array in npm pack's output: ${result.stdout}`);
   const [pack] = JSON.parse(result.stdout.slice(start));
   const files = pack.files.map((f) => f.path);
   const wanted = [
