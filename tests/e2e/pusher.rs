@@ -252,29 +252,14 @@ async fn join_presence(client: &mut Client, socket_id: &str, channel: &str, user
     ids
 }
 
-/// Waits until a node sees `n` live nodes in the registry.
-async fn wait_live_nodes(herald: &Herald, n: u64) {
-    tokio::time::timeout(crate::common::WAIT, async {
-        loop {
-            let (_, stats) = herald.get("/api/stats").await;
-            if stats["redis"]["live_nodes"] == n && stats["redis"]["connected"] == true {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the nodes never saw each other");
-}
-
 #[tokio::test]
 async fn presence_is_one_member_per_user_across_nodes_sharing_redis() {
     let redis = crate::common::redis::RedisServer::start().await;
     let toml = format!("{}\n[redis]\nurl = \"{}\"\n", config(false), redis.url());
     let a = Herald::start(&toml).await;
     let b = Herald::start(&toml).await;
-    wait_live_nodes(&a, 2).await;
-    wait_live_nodes(&b, 2).await;
+    crate::redis::wait_live_nodes(&a, 2).await;
+    crate::redis::wait_live_nodes(&b, 2).await;
     let channel = "presence-team";
 
     // Events cross nodes.
@@ -400,8 +385,8 @@ async fn terminate_connections_reaches_every_node() {
     let toml = format!("{}\n[redis]\nurl = \"{}\"\n", config(false), redis.url());
     let a = Herald::start(&toml).await;
     let b = Herald::start(&toml).await;
-    wait_live_nodes(&a, 2).await;
-    wait_live_nodes(&b, 2).await;
+    crate::redis::wait_live_nodes(&a, 2).await;
+    crate::redis::wait_live_nodes(&b, 2).await;
     let mut sessions = Vec::new();
     for node in [&a, &b] {
         let (mut client, socket_id) = connect(node).await;
@@ -430,8 +415,8 @@ async fn socket_exclusion_reaches_the_sockets_node() {
     let toml = format!("{}\n[redis]\nurl = \"{}\"\n", config(false), redis.url());
     let a = Herald::start(&toml).await;
     let b = Herald::start(&toml).await;
-    wait_live_nodes(&a, 2).await;
-    wait_live_nodes(&b, 2).await;
+    crate::redis::wait_live_nodes(&a, 2).await;
+    crate::redis::wait_live_nodes(&b, 2).await;
     let (mut excluded, excluded_id) = connect(&b).await;
     let (mut other, _) = connect(&b).await;
     for client in [&mut excluded, &mut other] {
@@ -483,8 +468,8 @@ async fn members_of_a_dead_node_are_announced_gone() {
     let toml = format!("{}\n[redis]\nurl = \"{}\"\nnode_timeout = \"3s\"\n", config(false), redis.url());
     let mut a = Herald::start(&toml).await;
     let b = Herald::start(&toml).await;
-    wait_live_nodes(&a, 2).await;
-    wait_live_nodes(&b, 2).await;
+    crate::redis::wait_live_nodes(&a, 2).await;
+    crate::redis::wait_live_nodes(&b, 2).await;
     let (mut alice, alice_id) = connect(&a).await;
     join_presence(&mut alice, &alice_id, "presence-ops", "alice").await;
     let (mut bob, bob_id) = connect(&b).await;

@@ -42,6 +42,21 @@ async fn wait_numsub(redis: &RedisServer, channel: &str, count: u64) {
     assert!(ok.is_ok(), "{channel} never had {count} subscribers");
 }
 
+/// Waits until a node's registry shows `n` live nodes and its Redis connection is up.
+pub(crate) async fn wait_live_nodes(herald: &Herald, n: u64) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let (_, stats) = herald.get("/api/stats").await;
+            if stats["redis"]["live_nodes"] == n && stats["redis"]["connected"] == true {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the nodes never saw each other");
+}
+
 /// Waits until the node reports Redis as connected.
 pub(crate) async fn wait_redis_connected(herald: &Herald, connected: bool) {
     let ok = tokio::time::timeout(WAIT, async {

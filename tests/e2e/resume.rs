@@ -176,28 +176,13 @@ fn cluster_config(redis: &str) -> String {
     format!("[redis]\nurl = \"{redis}\"\nprefixes = [\"app\"]\n{HISTORY}")
 }
 
-/// Waits until a node sees `n` live nodes (its view decides which node sequences a stream).
-async fn wait_live_nodes(herald: &Herald, n: u64) {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let (_, stats) = herald.get("/api/stats").await;
-            if stats["redis"]["live_nodes"] == n && stats["redis"]["connected"] == true {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the nodes never saw each other");
-}
-
 #[tokio::test]
 async fn a_client_resumes_on_another_node_with_all_100_missed_events() {
     let redis = RedisServer::start().await;
     let a = Herald::start(&cluster_config(&redis.url())).await;
     let b = Herald::start(&cluster_config(&redis.url())).await;
-    wait_live_nodes(&a, 2).await;
-    wait_live_nodes(&b, 2).await;
+    crate::redis::wait_live_nodes(&a, 2).await;
+    crate::redis::wait_live_nodes(&b, 2).await;
 
     // A watcher on A stays connected throughout and sees the stream live.
     let mut watcher = a.connect("/ws?channels=feed&seq=1").await;
