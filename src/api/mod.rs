@@ -141,13 +141,7 @@ pub(crate) fn keyless_local(node: &Node, parts: &Parts) -> bool {
     let Some(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()) else {
         return false;
     };
-    let proxy = node
-        .config
-        .server
-        .trusted_proxies
-        .iter()
-        .filter_map(|p| crate::config::parse_net(p))
-        .any(|n| n.contains(&peer));
+    let proxy = crate::transport::upgrade::trusted_proxies(&node.config).iter().any(|n| n.contains(&peer));
     let forwarded = ["x-forwarded-for", "forwarded", "x-real-ip", "x-forwarded-host"]
         .iter()
         .any(|h| parts.headers.contains_key(*h));

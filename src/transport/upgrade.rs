@@ -182,10 +182,15 @@ fn refused(node: &Node) {
     node.stats.node.refused_connections.fetch_add(1, Ordering::Relaxed);
 }
 
+/// The networks of `server.trusted_proxies`: peers whose forwarding headers are believed.
+pub(crate) fn trusted_proxies(config: &Config) -> Vec<ipnet::IpNet> {
+    config.server.trusted_proxies.iter().filter_map(|p| parse_net(p)).collect()
+}
+
 /// The client's address: the peer, or, behind a trusted proxy, the last address in
 /// `X-Forwarded-For` that is not itself a trusted proxy.
 pub fn client_ip(config: &Config, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
-    let trusted: Vec<ipnet::IpNet> = config.server.trusted_proxies.iter().filter_map(|p| parse_net(p)).collect();
+    let trusted = trusted_proxies(config);
     if !trusted.iter().any(|net| net.contains(&peer)) {
         return peer;
     }
