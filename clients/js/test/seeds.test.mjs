@@ -18,7 +18,7 @@ import vm from 'node:vm';
 import ts from 'typescript';
 import WebSocket from 'ws';
 
-import { API_KEY, startHerald, within } from './helpers/herald.mjs';
+import { API_KEY, lineLog, startHerald, within } from './helpers/herald.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = resolve(here, '../../..');
@@ -33,26 +33,12 @@ function jwt(secret, claims) {
 
 /** Console output of a snippet, with waiting for a line. */
 function capture() {
-  const lines = [];
-  const waiters = [];
-  const push = (level) => (...args) => {
-    const line = { level, args };
-    lines.push(line);
-    for (const waiter of [...waiters]) {
-      if (waiter.predicate(line)) {
-        waiters.splice(waiters.indexOf(waiter), 1);
-        waiter.resolve(line);
-      }
-    }
-  };
+  const log = lineLog('the snippet logged');
+  const push = (level) => (...args) => log.add({ level, args });
   return {
-    lines,
+    lines: log.lines,
     console: { log: push('log'), error: push('error'), warn: push('warn') },
-    waitFor(predicate, what) {
-      const found = lines.find(predicate);
-      if (found) return Promise.resolve(found);
-      return within(new Promise((resolveLine) => waiters.push({ predicate, resolve: resolveLine })), () => `${what}; the snippet logged:\n${lines.map((l) => JSON.stringify(l.args)).join('\n')}`);
-    },
+    waitFor: log.waitFor,
   };
 }
 

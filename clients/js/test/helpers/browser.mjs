@@ -9,7 +9,7 @@ import { extname, join, normalize, resolve, sep } from 'node:path';
 
 import { chromium } from 'playwright-core';
 
-import { within } from './herald.mjs';
+import { lineLog } from './herald.mjs';
 
 /** The Chromium the tests drive: $CHROMIUM if set, else Debian's. */
 export const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
@@ -102,9 +102,8 @@ export async function serveStatic(root, pages = {}) {
  * page errors; `waitFor(predicate)` resolves with the first matching line, past or future.
  */
 export function collectConsole(page) {
-  const lines = [];
+  const log = lineLog('console so far');
   const errors = [];
-  const waiters = [];
   let chain = Promise.resolve();
   page.on('pageerror', (error) => errors.push(error));
   page.on('console', (message) => {
@@ -116,29 +115,10 @@ export function collectConsole(page) {
       } catch {
         args = [message.text()];
       }
-      const line = { type: message.type(), text: message.text(), args };
-      lines.push(line);
-      for (const waiter of [...waiters]) {
-        if (waiter.predicate(line)) {
-          waiters.splice(waiters.indexOf(waiter), 1);
-          waiter.resolve(line);
-        }
-      }
+      log.add({ type: message.type(), text: message.text(), args });
     });
   });
-  return {
-    lines,
-    errors,
-    waitFor(predicate, what) {
-      const found = lines.find(predicate);
-      if (found) return Promise.resolve(found);
-      const waiting = new Promise((resolveLine) => waiters.push({ predicate, resolve: resolveLine }));
-      return within(
-        waiting,
-        () => `console line: ${what}\nconsole so far:\n${lines.map((l) => JSON.stringify(l.args)).join('\n')}`,
-      );
-    },
-  };
+  return { lines: log.lines, errors, waitFor: (predicate, what) => log.waitFor(predicate, `console line: ${what}`) };
 }
 
 /** A predicate for a console line whose first argument is `first`. */

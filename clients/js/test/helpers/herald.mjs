@@ -46,6 +46,34 @@ export function heraldBinary() {
   throw new Error('no herald binary: run `cargo build --bin herald` in the repository root, or set HERALD_BIN');
 }
 
+/**
+ * A log of lines (console output, say) that can be waited on: `add(line)` records one and wakes
+ * the waiters it satisfies; `waitFor(predicate, what)` resolves with the first matching line, past
+ * or future, and on time-out names `what` and every line so far (under `heading`).
+ */
+export function lineLog(heading) {
+  const lines = [];
+  const waiters = [];
+  return {
+    lines,
+    add(line) {
+      lines.push(line);
+      for (const waiter of [...waiters]) {
+        if (waiter.predicate(line)) {
+          waiters.splice(waiters.indexOf(waiter), 1);
+          waiter.resolve(line);
+        }
+      }
+    },
+    waitFor(predicate, what) {
+      const found = lines.find(predicate);
+      if (found) return Promise.resolve(found);
+      const waiting = new Promise((resolveLine) => waiters.push({ predicate, resolve: resolveLine }));
+      return within(waiting, () => `${what}; ${heading}:\n${lines.map((l) => JSON.stringify(l.args)).join('\n')}`);
+    },
+  };
+}
+
 /** Rejects with `message` (a string or a function making one) if `promise` has not settled within `ms`. */
 export function within(promise, message, ms = WAIT_MS) {
   let timer;
