@@ -273,8 +273,7 @@ async fn a_stalled_request_body_is_cut_off() {
 async fn requests_in_flight_are_bounded() {
     use tokio::io::AsyncWriteExt;
     let herald = Herald::start("[server]\nmax_requests_in_flight = 4\nrequest_timeout = \"30s\"").await;
-    let mut stalled = Vec::new();
-    for _ in 0..4 {
+    let stall = || async {
         let mut stream = tokio::net::TcpStream::connect(herald.addr).await.unwrap();
         stream
             .write_all(
@@ -287,20 +286,29 @@ async fn requests_in_flight_are_bounded() {
             )
             .await
             .unwrap();
-        stalled.push(stream);
+        stream
+    };
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        stalled.push(stall().await);
     }
     // Each stalled request holds its place once the server has read its headers; until then a
-    // probe may still get through, so probe until the node is full.
+    // probe may still get through, and a stalled request whose headers arrive while a probe holds
+    // the last place is itself refused (503) and holds none. So probe until the node is full,
+    // adding a stalled request after each probe that got through (a bounded number).
     let full = tokio::time::timeout(crate::common::WAIT, async {
         loop {
             let (status, body) = herald.get_text("/health").await;
             if status == 503 {
                 return body;
             }
+            if stalled.len() < 64 {
+                stalled.push(stall().await);
+            }
         }
     })
     .await
-    .expect("four stalled requests never filled the node");
+    .expect("stalled requests never filled the node");
     assert!(full.contains("max_requests_in_flight"), "{full}");
     drop(stalled);
     let outcome = tokio::time::timeout(crate::common::WAIT, async {
