@@ -193,7 +193,7 @@ impl Limits {
     }
 
     async fn user_blocked_until(&self, node: &Node, user: &Arc<str>, now: Instant) -> Option<Instant> {
-        if let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) {
+        if let Some(redis) = node.broker.shared_state() {
             let key = keys::key(redis.key_prefix(), "lim:block", &[user]);
             let ttl_ms: i64 = redis.query_as(redis::cmd("PTTL").arg(key)).await.unwrap_or(-2);
             return (ttl_ms > 0).then(|| now + Duration::from_millis(ttl_ms as u64));
@@ -202,7 +202,7 @@ impl Limits {
     }
 
     async fn block_user(&self, node: &Node, user: &Arc<str>, until: Instant) {
-        if let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) {
+        if let Some(redis) = node.broker.shared_state() {
             let key = keys::key(redis.key_prefix(), "lim:block", &[user]);
             let ms = until.saturating_duration_since(Instant::now()).as_millis().max(1) as u64;
             let _: Result<(), _> = redis.query_as(redis::cmd("SET").arg(key).arg(1).arg("PX").arg(ms)).await;
@@ -213,7 +213,7 @@ impl Limits {
 
     /// Counts a message of `user`; false once the user is over a rate.
     async fn user_message(&self, node: &Node, user: &Arc<str>) -> bool {
-        if let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) {
+        if let Some(redis) = node.broker.shared_state() {
             // Fixed windows shared by all nodes: one round trip per message.
             let secs = crate::stats::unix_millis() / 1000;
             let prefix = redis.key_prefix();
@@ -251,7 +251,7 @@ impl Limits {
     ) -> Result<ConnectionPermit, ConnectionRefused> {
         let (ip_cap, user_cap) = (self.config.max_connections_per_ip, self.config.max_connections_per_user);
         let user = user.filter(|_| user_cap > 0);
-        let shared = node.broker.redis().is_some_and(|r| r.is_connected());
+        let shared = node.broker.shared_state().is_some();
         let mut permit = ConnectionPermit { limits: self.clone(), node: node.clone(), ip: None, user: None, shared };
         if ip_cap > 0 {
             let count = self

@@ -8,14 +8,15 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
-use crate::broker::{Broker, BrokerError, Published};
+use crate::broker::redis::Control;
+use crate::broker::{Broker, BrokerError, BrokerHandler, Published};
 use crate::config::Config;
 use crate::hub::event::{EventError, prepare_payload};
 use crate::hub::rules::ChannelRules;
 use crate::hub::{ConnId, Event, Hub, Target};
 use crate::limits::Limits;
 use crate::protocol::validate_name;
-use crate::stats::Stats;
+use crate::stats::{NodeCounters, Stats};
 use crate::store::Store;
 use crate::store::writer::Writer;
 
@@ -135,7 +136,7 @@ impl Node {
         for event in &events {
             self.note_room_event(&event.target);
         }
-        let published = self.broker.publish_batch(self, events).await;
+        let published = self.broker.publish_batch(&self.hub, &self.id, events).await;
         self.stats.node.publishes.fetch_add(count, Ordering::Relaxed);
         published
     }
@@ -152,7 +153,7 @@ impl Node {
         self.note_room_event(&event.target);
         let result = match self.history.stream_for(&event.target) {
             Some((stream, settings)) => crate::history::publish(self, event, stream, settings).await,
-            None => self.broker.publish(self, event).await,
+            None => self.broker.publish(&self.hub, &self.id, event).await,
         };
         match result {
             Ok(published) => {
@@ -164,5 +165,80 @@ impl Node {
                 Err(e.into())
             }
         }
+    }
+}
+
+/// The node is what its broker delivers to: events of other nodes go to the hub, publishers'
+/// messages through [`Node::prepare`] and history, other nodes' commands to the hub and the
+/// Pusher face.
+impl BrokerHandler for Node {
+    async fn deliver(&self, event: Arc<Event>) {
+        self.hub.dispatch(event).await;
+    }
+
+    async fn ingest(
+        &self,
+        target: Target,
+        message: Value,
+        owns: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<(), EventError> {
+        let (target, payload) = self.prepare(target, message)?;
+        self.note_room_event(&target);
+        if let Some((stream, settings)) = self.history.stream_for(&target) {
+            // Every node receives the publisher's message; only the stream's owner gives it a
+            // seq and republishes it to the nodes, so each event is sequenced once.
+            if owns(&stream) {
+                self.stats.node.publishes.fetch_add(1, Ordering::Relaxed);
+                let _ = crate::history::publish(self, Event::new(target, payload), stream, settings).await;
+            }
+            return Ok(());
+        }
+        self.stats.node.publishes.fetch_add(1, Ordering::Relaxed);
+        self.hub.dispatch(Event::new(target, payload)).await;
+        Ok(())
+    }
+
+    async fn control(&self, command: Control) {
+        if let Some(id) = command.disconnect {
+            let found = self.hub.disconnect_local(&id).await;
+            tracing::info!(connection = %id, found, "disconnect requested by another node");
+        }
+        if let Some((app, user)) = command.pusher_terminate {
+            crate::pusher::api::terminate_local(self, &app, &user).await;
+        }
+        if let Some(publish) = command.pusher_publish {
+            crate::pusher::api::publish_forwarded(self, &publish).await;
+        }
+    }
+
+    fn malformed(&self) {
+        self.stats.node.broker_malformed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn figures(&self) -> Value {
+        let totals = self.stats.totals();
+        serde_json::json!({
+            "uptime_seconds": self.stats.uptime_seconds(),
+            "connections": totals.connections,
+            "authenticated_connections": totals.authenticated,
+            "channel_subscriptions": totals.channel_subscriptions,
+            "room_memberships": totals.room_memberships,
+            "deliveries": totals.deliveries,
+            "publishes": totals.publishes,
+            "messages_in": totals.messages_in,
+            "deliveries_per_second": self.stats.latest().deliveries_per_second,
+            "slow_consumer_disconnects": totals.slow_consumer_disconnects,
+        })
+    }
+}
+
+/// The store's writer hands committed messages to the node's publish path.
+impl crate::store::writer::Deliver for Node {
+    async fn deliver_committed(&self, events: Vec<Arc<Event>>) {
+        self.publish_events(events).await;
+    }
+
+    fn counters(&self) -> &NodeCounters {
+        &self.stats.node
     }
 }

@@ -99,14 +99,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (hub, inboxes) = Hub::new(shards);
     let id = node_id(&config);
     let (broker, pushes) = match (&config.redis.url, config.redis.mode) {
-        (None, _) => (Broker::Local, None),
+        (None, _) => (Broker::Local(Default::default()), None),
         (Some(_), RedisMode::Standalone) => {
             let (redis, pushes) = RedisBroker::connect(&config.redis, id.clone())?;
-            (Broker::Redis(Box::new(redis)), Some(pushes))
+            (Broker::Redis(Arc::new(redis)), Some(pushes))
         }
         (Some(_), RedisMode::Cluster) => {
             let (redis, pushes) = RedisBroker::connect_cluster(&config.redis, id.clone()).await?;
-            (Broker::Redis(Box::new(redis)), Some(pushes))
+            (Broker::Redis(Arc::new(redis)), Some(pushes))
         }
     };
     let upstream = crate::upstream::Upstream::new(&config.upstream);
@@ -145,9 +145,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     tokio::spawn(crate::upstream::run(node.clone()));
     tokio::spawn(crate::pusher::run(node.clone()));
     tokio::spawn(crate::history::run(node.clone()));
-    if let Some(pushes) = pushes {
+    if let (Some(pushes), Broker::Redis(redis)) = (pushes, &node.broker) {
         let interest = node.hub.watch_interest();
-        tokio::spawn(crate::broker::redis::run(node.clone(), pushes, interest));
+        tokio::spawn(crate::broker::redis::run(redis.clone(), node.clone(), pushes, interest, node.shutdown.clone()));
     }
     let accept = tokio::spawn({
         let node = node.clone();

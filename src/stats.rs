@@ -2,6 +2,9 @@
 //!
 //! Hot-path counters are per shard and written only by their shard's thread, so counting a
 //! delivery is a plain store to a cache line no other core writes. Readers sum the shards.
+//! [`report`] renders them, with the node's other figures, for the stats routes and stream.
+
+pub mod report;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -153,23 +153,6 @@ pub async fn channels(State(node): State<Arc<Node>>, _admin: Admin, Query(query)
     ok(serde_json::Value::Object(fields))
 }
 
-/// Closes a connection of this node with 4001; returns whether it was here.
-pub async fn disconnect_local(node: &Node, id: &str) -> bool {
-    let wanted: Arc<str> = Arc::from(id);
-    let found = node
-        .hub
-        .ask(move |shard| match shard.all_sessions().into_iter().find(|s| s.connection_id == wanted) {
-            Some(session) => {
-                let code = crate::pusher::protocol::close_for(session.info.kind, close_code::DISCONNECTED_BY_ADMIN);
-                session.close(shard, code, "disconnected by an administrator");
-                true
-            }
-            None => false,
-        })
-        .await;
-    found.contains(&true)
-}
-
 /// `DELETE …/connections/{id}`: closes one connection with 4001, on whichever node holds it.
 pub async fn disconnect(
     State(node): State<Arc<Node>>,
@@ -177,7 +160,7 @@ pub async fn disconnect(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     audit::admin_action(&admin.peer, "disconnect", &id);
-    if disconnect_local(&node, &id).await {
+    if node.hub.disconnect_local(&id).await {
         audit::forced_disconnect(&id, None, close_code::DISCONNECTED_BY_ADMIN, "disconnected by an administrator");
         return Ok(ok(json!({ "connection_id": id })));
     }

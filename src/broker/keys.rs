@@ -1,4 +1,4 @@
-//! Redis key names built from client input, in one place.
+//! Redis key names, in one place: every key and pub/sub channel Herald names is built here.
 //!
 //! Every name a client or publisher chooses (room, user, sheet, cell, address) that becomes part of
 //! a Redis key goes through [`part`], which percent-encodes `%`, `:`, `{`, `}`, spaces and control
@@ -33,6 +33,27 @@ pub fn key(prefix: &str, kind: &str, parts: &[&str]) -> String {
     key
 }
 
+/// `<prefix>:<kind>`: a key of the node or the cluster (`nodes`, the registry; `all`, the
+/// broadcast channel).
+pub fn fixed(prefix: &str, kind: &str) -> String {
+    format!("{prefix}:{kind}")
+}
+
+/// `<prefix>:<kind>:<name>`, `name` as it is: keys whose one client-chosen component comes last,
+/// so two names can never produce the same key (the broker's `c`/`r`/`u` channels, the node's
+/// `ctl` channel, the Pusher face's `pc`/`pk`/`pp` keys). Their historical form is kept, so that
+/// subscriptions, cached events and members survive an upgrade.
+pub fn trailing(prefix: &str, kind: &str, name: &str) -> String {
+    format!("{prefix}:{kind}:{name}")
+}
+
+/// The two keys of a stream with history, `<prefix>:h:{<stream>}` (its Redis Stream) and
+/// `<prefix>:hm:{<stream>}` (epoch and last seq), under one hash tag so that a script may touch
+/// both on a Redis Cluster. The stream name is kept as it is (see the module's note).
+pub fn stream(prefix: &str, stream: &str) -> (String, String) {
+    (format!("{prefix}:h:{{{stream}}}"), format!("{prefix}:hm:{{{stream}}}"))
+}
+
 /// `<prefix>:<kind>:{<part>}`: a key whose hash tag is the encoded name, so that every key built
 /// with the same name lands on the same Redis Cluster slot (a Lua script may touch them together).
 pub fn tagged(prefix: &str, kind: &str, name: &str) -> String {
@@ -56,5 +77,13 @@ mod tests {
         assert_eq!(key("h", "cell", &["a:b", "c"]), "h:cell:a%3Ab:c");
         assert_eq!(tagged("h", "cells", "x}{y"), "h:cells:{x%7D%7By}");
         assert_eq!(part("a b\n"), "a%20b%0A");
+    }
+
+    #[test]
+    fn historical_forms_are_kept() {
+        assert_eq!(fixed("herald", "nodes"), "herald:nodes");
+        assert_eq!(trailing("herald", "pp", "\u{1f}p77\u{1f}presence-x"), "herald:pp:\u{1f}p77\u{1f}presence-x");
+        assert_eq!(trailing("herald", "c", "a:b"), "herald:c:a:b");
+        assert_eq!(stream("herald", "c:jobs:1"), ("herald:h:{c:jobs:1}".into(), "herald:hm:{c:jobs:1}".into()));
     }
 }

@@ -7,50 +7,29 @@
 //! changes whenever the history is lost (memory history at every start of the process; Redis
 //! history when its keys vanish), so a client holding an old position learns it cannot resume.
 //!
-//! With the local broker the log is kept here, in memory. With Redis it is a Redis Stream, and
-//! the sequence assignment, the append and the publication to other nodes are one Lua script
-//! (`broker::redis`), so any node can serve a resume and every node sees one order.
+//! This module decides which streams have history and how a position is recovered; the broker
+//! keeps the logs (`broker::stream`): the local broker in memory, Redis as a Redis Stream whose
+//! sequence assignment, append and publication to other nodes are one Lua script, so any node
+//! can serve a resume and every node sees one order. Nothing here knows which broker runs.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
-use tokio::sync::OwnedMutexGuard;
 
-use crate::broker::{Broker, BrokerError, Published};
+pub use crate::broker::stream::{Settings, Snapshot};
+use crate::broker::{BrokerError, Published};
 use crate::config::{HistoryConfig, NameKind};
-use crate::hub::event::StreamPos;
 use crate::hub::{Event, Target};
 use crate::node::Node;
-use crate::store::crypto::Keyring;
 
-/// Limits of one stream's history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Settings {
-    /// Most events kept.
-    pub size: usize,
-    /// Oldest event kept.
-    pub max_age: Duration,
-}
+/// How often [`run`] sweeps the streams held in memory.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 struct Rule {
     kind: NameKind,
     pattern: String,
     settings: Settings,
-}
-
-/// A stream's history at one moment: its epoch, its last seq, and the events still kept
-/// (oldest first).
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    /// The stream's epoch (empty when the stream never had an event).
-    pub epoch: Arc<str>,
-    /// The last seq given out.
-    pub top: u64,
-    /// `(seq, payload)`, oldest first.
-    pub events: Vec<(u64, Bytes)>,
 }
 
 /// What a client that presented a position gets back.
@@ -92,64 +71,9 @@ impl Snapshot {
     }
 }
 
-/// One stream's log in memory.
-pub struct MemStream {
-    epoch: Arc<str>,
-    top: u64,
-    entries: VecDeque<(u64, Instant, Bytes)>,
-    /// Last append or read, for [`History::sweep`].
-    used: Instant,
-}
-
-/// How long a memory stream's position (epoch and seq) outlives its last event, like the meta
-/// hash of a Redis stream: a client that was up to date can still resume after a quiet spell.
-pub const POSITION_TTL: Duration = Duration::from_secs(24 * 3600);
-
-/// How often [`run`] sweeps the memory streams.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
-
-impl MemStream {
-    fn trim(&mut self, settings: Settings, now: Instant) {
-        while self.entries.len() > settings.size
-            || self.entries.front().is_some_and(|(_, at, _)| now.duration_since(*at) > settings.max_age)
-        {
-            self.entries.pop_front();
-        }
-    }
-
-    /// Appends an event, giving it the next seq.
-    pub fn append(&mut self, stream: &Arc<str>, payload: Bytes, settings: Settings) -> StreamPos {
-        self.top += 1;
-        let now = Instant::now();
-        self.used = now;
-        self.entries.push_back((self.top, now, payload));
-        self.trim(settings, now);
-        StreamPos { stream: stream.clone(), seq: self.top, epoch: self.epoch.clone() }
-    }
-
-    fn snapshot(&mut self, settings: Settings) -> Snapshot {
-        let now = Instant::now();
-        self.used = now;
-        self.trim(settings, now);
-        Snapshot {
-            epoch: self.epoch.clone(),
-            top: self.top,
-            events: self.entries.iter().map(|(s, _, p)| (*s, p.clone())).collect(),
-        }
-    }
-}
-
-/// The node's history: which streams have it, and (with the local broker) their logs.
+/// The node's history: which streams have it.
 pub struct History {
     rules: Vec<Rule>,
-    /// Per-stream locks: the seq assignment and the hand-over to the shards happen under the
-    /// stream's lock, so the shards see a stream's events in seq order.
-    memory: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<MemStream>>>>,
-}
-
-/// A fresh random epoch.
-pub fn new_epoch() -> String {
-    format!("{:08x}", rand::random::<u32>())
 }
 
 /// The stream name of a channel or a room.
@@ -174,7 +98,7 @@ impl History {
                 }
             })
             .collect();
-        History { rules, memory: Mutex::new(HashMap::new()) }
+        History { rules }
     }
 
     /// Whether any stream has history (when none does, publishing takes the plain path).
@@ -214,93 +138,23 @@ impl History {
         Some((Arc::from(stream_name(NameKind::Room, room)), settings))
     }
 
-    async fn lock_memory(&self, stream: &Arc<str>) -> OwnedMutexGuard<MemStream> {
-        let lock = self
-            .memory
-            .lock()
-            .entry(stream.clone())
-            .or_insert_with(|| {
-                Arc::new(tokio::sync::Mutex::new(MemStream {
-                    epoch: Arc::from(new_epoch()),
-                    top: 0,
-                    entries: VecDeque::new(),
-                    used: Instant::now(),
-                }))
-            })
-            .clone();
-        lock.lock_owned().await
-    }
-
-    /// Bounds the memory streams of a quiet node: drops events older than `max_age` from streams
-    /// nobody publishes to (trimming otherwise happens only on append and read), and forgets
-    /// streams unused for `max_age` (never published to) or `max_age` + [`POSITION_TTL`]. A
-    /// forgotten stream starts a new epoch, so an old position is answered `recovered: false`.
-    /// Returns how many streams were forgotten.
-    pub fn sweep(&self, now: Instant) -> usize {
-        let mut memory = self.memory.lock();
-        let before = memory.len();
-        memory.retain(|stream, log| {
-            let Some(settings) = self.stream_settings(stream) else { return false };
-            // Clones are made under the map's lock, which this holds: another holder is a
-            // publish or read in progress.
-            if Arc::strong_count(log) > 1 {
-                return true;
-            }
-            let Ok(mut log) = log.try_lock() else { return true };
-            log.trim(settings, now);
-            let idle = now.saturating_duration_since(log.used);
-            let keep_for = if log.top == 0 { settings.max_age } else { settings.max_age + POSITION_TTL };
-            idle < keep_for
-        });
-        before - memory.len()
-    }
-
-    /// How many streams are held in memory.
-    pub fn memory_streams(&self) -> usize {
-        self.memory.lock().len()
-    }
-
-    /// The stream's history now, from memory or from Redis.
+    /// The stream's history now, from whichever broker keeps it.
     pub async fn snapshot(&self, node: &Node, stream: &Arc<str>, settings: Settings) -> Result<Snapshot, BrokerError> {
-        match &node.broker {
-            Broker::Local => Ok(self.lock_memory(stream).await.snapshot(settings)),
-            Broker::Redis(redis) => {
-                let mut snapshot = redis.read_history(stream, settings).await?;
-                let keyring = node.store.keyring();
-                // A sealed entry that no configured key opens is left out: the gap makes the
-                // recovery incomplete rather than silently short.
-                snapshot.events.retain_mut(|(_, payload)| {
-                    if !Keyring::is_sealed(payload) {
-                        return true;
-                    }
-                    match keyring.open_text(payload) {
-                        Ok(plain) => {
-                            *payload = Bytes::from(plain);
-                            true
-                        }
-                        Err(e) => {
-                            tracing::warn!(stream = %stream, error = %e, "cannot open a sealed history entry");
-                            false
-                        }
-                    }
-                });
-                Ok(snapshot)
-            }
-        }
+        node.broker.stream_snapshot(stream, settings, node.store.keyring()).await
     }
 }
 
-/// Sweeps the memory streams every minute until the node shuts down (with the local broker
-/// and history configured; Redis trims and expires its own keys).
+/// Sweeps the streams held in memory every minute until the node shuts down (when history is
+/// configured; a broker that expires its own streams has nothing to sweep).
 pub async fn run(node: Arc<Node>) {
-    if !node.history.is_enabled() || !matches!(node.broker, Broker::Local) {
+    if !node.history.is_enabled() {
         return;
     }
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let forgotten = node.history.sweep(Instant::now());
+                let forgotten = node.broker.sweep_streams(Instant::now(), |stream| node.history.stream_settings(stream));
                 if forgotten > 0 {
                     tracing::debug!(forgotten, "forgot quiet history streams");
                 }
@@ -318,40 +172,7 @@ pub async fn publish(
     stream: Arc<str>,
     settings: Settings,
 ) -> Result<Published, BrokerError> {
-    match &node.broker {
-        Broker::Local => {
-            let mut log = node.history.lock_memory(&stream).await;
-            let pos = log.append(&stream, event.payload.clone(), settings);
-            let _ = event.stream.set(pos);
-            node.hub.dispatch(event).await;
-            drop(log);
-            Ok(Published::Everywhere)
-        }
-        Broker::Redis(redis) => {
-            // Redis keeps the stream on disk (RDB/AOF): a message stored encrypted is kept there
-            // only in its sealed form. Live delivery carries the plaintext, as it always has.
-            let sealed = match event.sensitive.then(|| node.store.keyring().seal_text(&event.payload)) {
-                None => None,
-                Some(Ok(sealed)) => Some(sealed),
-                Some(Err(e)) => {
-                    // Never recorded in the clear: delivered here, unrecorded.
-                    tracing::warn!(stream = %stream, error = %e, "cannot seal a sensitive event; not recorded");
-                    node.hub.dispatch(event).await;
-                    return Ok(Published::LocalOnly);
-                }
-            };
-            let record = sealed.as_deref().map_or(&event.payload[..], str::as_bytes);
-            match redis.append_and_publish(&node.id, &event, record, &stream, settings).await {
-                Ok(()) => Ok(Published::Everywhere),
-                Err(_) => {
-                    // Without Redis there is no cluster-wide seq to give: local clients get the
-                    // event without a position, as they would any event during an outage.
-                    node.hub.dispatch(event).await;
-                    Ok(Published::LocalOnly)
-                }
-            }
-        }
-    }
+    Ok(node.broker.publish_in_stream(&node.hub, &node.id, event, stream, settings, node.store.keyring()).await)
 }
 
 #[cfg(test)]
@@ -378,18 +199,6 @@ mod tests {
     }
 
     #[test]
-    fn memory_history_is_bounded_by_count() {
-        let mut log = MemStream { epoch: Arc::from("e"), top: 0, entries: VecDeque::new(), used: Instant::now() };
-        let settings = Settings { size: 3, max_age: Duration::from_secs(60) };
-        let stream: Arc<str> = Arc::from("c:x");
-        for i in 0..5 {
-            log.append(&stream, Bytes::from(format!("{i}")), settings);
-        }
-        let snap = log.snapshot(settings);
-        assert_eq!((snap.top, snap.events.iter().map(|e| e.0).collect::<Vec<_>>()), (5, vec![3, 4, 5]));
-    }
-
-    #[test]
     fn an_event_belongs_to_its_channel_first() {
         let history = History::new(&[
             HistoryConfig { channels: Some("jobs:*".into()), ..Default::default() },
@@ -403,38 +212,5 @@ mod tests {
         assert_eq!(&*history.stream_for(&t(Some("jobs:1"), Some("order_1"))).unwrap().0, "c:jobs:1");
         assert_eq!(&*history.stream_for(&t(Some("other"), Some("order_1"))).unwrap().0, "r:order_1");
         assert!(history.stream_for(&t(Some("other"), None)).is_none());
-    }
-
-    #[tokio::test]
-    async fn quiet_streams_are_trimmed_then_forgotten() {
-        let history = History::new(&[HistoryConfig {
-            channels: Some("jobs:*".into()),
-            size: 100,
-            max_age: Duration::from_secs(60),
-            ..Default::default()
-        }]);
-        let settings = history.settings(NameKind::Channel, "jobs:1").unwrap();
-        let (busy, read_only): (Arc<str>, Arc<str>) = (Arc::from("c:jobs:1"), Arc::from("c:jobs:2"));
-        for i in 0..3 {
-            history.lock_memory(&busy).await.append(&busy, Bytes::from(format!("{i}")), settings);
-        }
-        let _ = history.lock_memory(&read_only).await.snapshot(settings);
-        let start = Instant::now();
-        assert_eq!(history.sweep(start), 0);
-
-        // After max_age: events dropped; the stream never published to is forgotten.
-        assert_eq!(history.sweep(start + Duration::from_secs(61)), 1);
-        assert_eq!(history.memory_streams(), 1);
-        let log = history.lock_memory(&busy).await;
-        assert_eq!((log.top, log.entries.len()), (3, 0), "the position stays, the events go");
-        drop(log);
-
-        // A stream in use is never forgotten, whatever its age.
-        let held = history.lock_memory(&busy).await;
-        assert_eq!(history.sweep(start + POSITION_TTL + Duration::from_secs(120)), 0);
-        drop(held);
-        // After max_age + POSITION_TTL of quiet, the position goes too.
-        assert_eq!(history.sweep(start + POSITION_TTL + Duration::from_secs(120)), 1);
-        assert_eq!(history.memory_streams(), 0);
     }
 }

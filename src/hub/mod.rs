@@ -86,11 +86,6 @@ impl Hub {
         (Hub { shards: handles, next_shard: AtomicUsize::new(0), interest: Mutex::new(Interest::default()) }, inboxes)
     }
 
-    /// Number of shards.
-    pub fn shard_count(&self) -> usize {
-        self.shards.len()
-    }
-
     /// Hands an event to every shard for local fan-out. Waits while a shard's inbox is full.
     pub async fn dispatch(&self, event: Arc<Event>) {
         for shard in &self.shards {
@@ -138,6 +133,26 @@ impl Hub {
             }
         }
         results
+    }
+
+    /// Closes the connection `id` of this node with 4001 (its protocol's code for "disconnected
+    /// by an administrator"); returns whether it was here.
+    pub async fn disconnect_local(&self, id: &str) -> bool {
+        let wanted: Arc<str> = Arc::from(id);
+        let found = self
+            .ask(move |shard| match shard.all_sessions().into_iter().find(|s| s.connection_id == wanted) {
+                Some(session) => {
+                    let code = crate::pusher::protocol::close_for(
+                        session.info.kind,
+                        crate::transport::frame::close_code::DISCONNECTED_BY_ADMIN,
+                    );
+                    session.close(shard, code, "disconnected by an administrator");
+                    true
+                }
+                None => false,
+            })
+            .await;
+        found.contains(&true)
     }
 
     /// Tells every shard to close its connections with 1001.
@@ -227,11 +242,6 @@ impl Hub {
     /// Whether this node has a local connection in `room`.
     pub fn has_room(&self, room: &str) -> bool {
         self.interest.lock().counts.contains_key(&InterestKey::Room(Arc::from(room)))
-    }
-
-    /// Keys this node currently has local connections for.
-    pub fn interest_snapshot(&self) -> Vec<InterestKey> {
-        self.interest.lock().counts.keys().cloned().collect()
     }
 }
 

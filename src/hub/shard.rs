@@ -60,17 +60,12 @@ pub(crate) enum ShardMsg {
 /// How long shutdown waits for pending acknowledgements before closing connections anyway.
 const ACK_GRACE: Duration = Duration::from_secs(2);
 
-thread_local! {
-    static CURRENT: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
-}
-
 /// One shard's state; lives on, and is only touched from, its own thread.
 pub struct Shard {
     number: usize,
     node: Arc<Node>,
     sessions: RefCell<Slab<Rc<Session>>>,
     index: RefCell<LocalIndex>,
-    stamp: Cell<u64>,
     batching: Cell<bool>,
     dirty: RefCell<Vec<Rc<Session>>>,
     shutting_down: Cell<bool>,
@@ -81,11 +76,6 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// The shard running on this thread, if any.
-    pub fn current() -> Option<Rc<Shard>> {
-        CURRENT.with(|c| c.borrow().clone())
-    }
-
     /// This shard's number.
     pub fn number(&self) -> usize {
         self.number
@@ -129,11 +119,6 @@ impl Shard {
                 shard.acks_settled.notify_waiters();
             }
         });
-    }
-
-    /// Whether the shard is closing its connections for shutdown.
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.get()
     }
 
     /// Adds a connection.
@@ -255,14 +240,12 @@ impl Shard {
     /// Fans an event out to this shard's recipients: channel subscribers, room members and the
     /// user's connections, each once.
     pub(crate) fn deliver(self: &Rc<Self>, event: &Event) {
-        let stamp = self.stamp.get() + 1;
-        self.stamp.set(stamp);
         let sessions = self.sessions.borrow();
         let index = self.index.borrow();
         let mut delivered = 0u64;
         let compression = &self.node.config.compression;
         let mut deliver_to = |session: &Rc<Session>| {
-            if session.stamp.replace(stamp) == stamp || event.exclude == Some(session.id) {
+            if event.exclude == Some(session.id) {
                 return;
             }
             if let Some(tags) = &event.tags
@@ -275,45 +258,14 @@ impl Shard {
                 delivered += 1;
             }
         };
-        let target = &event.target;
-        let channel_members = || target.channel.as_deref().and_then(|c| index.channels.get(c));
-        let room_members = || target.room.as_deref().and_then(|r| index.rooms.get(r));
-        let user_members = || target.user.as_deref().and_then(|u| index.users.get(u));
-        // A copy routed through a later key skips connections an earlier key already reached.
-        let reached_by_channel =
-            |s: &Session| target.channel.as_deref().is_some_and(|c| s.state.borrow().channels.contains(c));
-        let reached_by_room = |s: &Session| target.room.as_deref().is_some_and(|r| s.state.borrow().rooms.contains(r));
         match event.route {
             Route::Broadcast => self.for_each_event_session(&sessions, &mut deliver_to),
-            Route::Full if target.broadcast => self.for_each_event_session(&sessions, &mut deliver_to),
-            Route::Full => {
-                for members in [channel_members(), room_members(), user_members()].into_iter().flatten() {
-                    for slot in members {
-                        if let Some(session) = sessions.get(*slot) {
-                            deliver_to(session);
-                        }
-                    }
-                }
-            }
-            Route::Channel => {
-                for session in channel_members().into_iter().flatten().filter_map(|slot| sessions.get(*slot)) {
+            Route::Full if event.target.broadcast => self.for_each_event_session(&sessions, &mut deliver_to),
+            route => index.for_each_recipient(&event.target, route, |slot| {
+                if let Some(session) = sessions.get(slot) {
                     deliver_to(session);
                 }
-            }
-            Route::Room => {
-                for session in room_members().into_iter().flatten().filter_map(|slot| sessions.get(*slot)) {
-                    if !reached_by_channel(session) {
-                        deliver_to(session);
-                    }
-                }
-            }
-            Route::User => {
-                for session in user_members().into_iter().flatten().filter_map(|slot| sessions.get(*slot)) {
-                    if !reached_by_channel(session) && !reached_by_room(session) {
-                        deliver_to(session);
-                    }
-                }
-            }
+            }),
         }
         let counters = self.counters();
         stats::bump(&counters.deliveries, delivered);
@@ -501,14 +453,12 @@ async fn run(number: usize, node: Arc<Node>, mut inbox: mpsc::Receiver<ShardMsg>
         node,
         sessions: RefCell::new(Slab::new()),
         index: RefCell::new(LocalIndex::default()),
-        stamp: Cell::new(0),
         batching: Cell::new(false),
         dirty: RefCell::new(Vec::new()),
         shutting_down: Cell::new(false),
         acks_pending: Cell::new(0),
         acks_settled: tokio::sync::Notify::new(),
     });
-    CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(256);
@@ -524,7 +474,6 @@ async fn run(number: usize, node: Arc<Node>, mut inbox: mpsc::Receiver<ShardMsg>
             _ = ticker.tick() => shard.tick(),
         }
     }
-    CURRENT.with(|c| c.borrow_mut().take());
 }
 
 /// How often a shard sweeps: at least once a second, and at least as often as heartbeats.

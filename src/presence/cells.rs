@@ -191,10 +191,4 @@ impl Cells {
             }
         }
     }
-
-    /// Rooms and cells held on this node (for tests and stats).
-    pub fn local_size(&self) -> (usize, usize) {
-        let rooms = self.local.lock();
-        (rooms.len(), rooms.values().map(|r| r.cells.len()).sum())
-    }
 }

@@ -352,6 +352,19 @@ impl UserView {
         self.last_seen = self.last_seen.max(record.last_seen);
     }
 
+    /// Adds the records of other live incarnations (fields of a user hash), leaving out this
+    /// node's own field (`own`) and those of dead incarnations.
+    fn add_remote(&mut self, fields: HashMap<String, String>, own: &str, live: &HashSet<String>) {
+        for (incarnation, json) in fields {
+            if incarnation != own
+                && live.contains(&incarnation)
+                && let Ok(record) = serde_json::from_str::<UserRecord>(&json)
+            {
+                self.add(&record);
+            }
+        }
+    }
+
     fn effective(&self) -> Status {
         if self.connections == 0 { Status::Offline } else { self.status.map_or(Status::Online, |(s, _)| s) }
     }
@@ -362,21 +375,52 @@ async fn user_view(node: &Node, user: &str) -> UserView {
     if let Some(record) = node.presence.local_user(user) {
         view.add(&record);
     }
-    if let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) {
+    if let Some(redis) = node.broker.shared_state() {
         let key = keys::key(redis.key_prefix(), "pr:user", &[user]);
         let (fields, live) = tokio::join!(hgetall(redis, &key), redis.live_incarnations());
         if let (Ok(fields), Ok(live)) = (fields, live) {
-            for (incarnation, json) in fields {
-                if incarnation != redis.incarnation()
-                    && live.contains(&incarnation)
-                    && let Ok(record) = serde_json::from_str::<UserRecord>(&json)
-                {
-                    view.add(&record);
-                }
-            }
+            view.add_remote(fields, redis.incarnation(), &live);
         }
     }
     view
+}
+
+/// Adds the records of other live incarnations (fields `<user> <incarnation>` of a room hash) to
+/// `users`. This node's own fields are left out: its memory is newer than its mirror.
+fn add_remote_room_fields(
+    users: &mut HashMap<String, Vec<RoomRecord>>,
+    fields: HashMap<String, String>,
+    own: &str,
+    live: &HashSet<String>,
+) {
+    for (field, json) in fields {
+        // User ids may hold spaces; incarnations never do.
+        let Some((user, incarnation)) = field.rsplit_once(' ') else { continue };
+        if incarnation == own || !live.contains(incarnation) {
+            continue;
+        }
+        if let Ok(record) = serde_json::from_str::<RoomRecord>(&json) {
+            users.entry(user.to_string()).or_default().push(record);
+        }
+    }
+}
+
+/// One member of a room from every live node's record of them: name and e-mail from the newest
+/// record, the newest cursor any node has, and `status` from the user's merged view.
+fn merge_member(room: &str, user: String, records: &[RoomRecord], status: Status) -> Member {
+    let newest = records.iter().max_by_key(|r| r.last_seen).cloned().unwrap_or_default();
+    let cursor =
+        records.iter().filter(|r| r.cursor.is_some()).max_by_key(|r| r.last_seen).and_then(|r| r.cursor.clone());
+    Member {
+        user_id: user,
+        username: newest.username,
+        email: newest.email,
+        room: room.to_string(),
+        // Present in the room means connected, even while the user's own record lags behind.
+        status: if status == Status::Offline { Status::Online } else { status },
+        cursor,
+        last_seen: ms_to_rfc3339(newest.last_seen),
+    }
 }
 
 /// Records of a room across live nodes, grouped by user, and its active sheets.
@@ -386,21 +430,13 @@ async fn room_view(node: &Node, room: &str) -> (HashMap<String, Vec<RoomRecord>>
     for (user, record) in local {
         users.entry(user).or_default().push(record);
     }
-    if let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) {
+    if let Some(redis) = node.broker.shared_state() {
         let key = keys::key(redis.key_prefix(), "pr:room", &[room]);
         let sheets_key = keys::key(redis.key_prefix(), "pr:sheets", &[room]);
         let (fields, remote_sheets, live) =
             tokio::join!(hgetall(redis, &key), smembers(redis, &sheets_key), redis.live_incarnations());
         if let (Ok(fields), Ok(live)) = (fields, live) {
-            for (field, json) in fields {
-                let Some((user, incarnation)) = field.rsplit_once(' ') else { continue };
-                if incarnation == redis.incarnation() || !live.contains(incarnation) {
-                    continue;
-                }
-                if let Ok(record) = serde_json::from_str::<RoomRecord>(&json) {
-                    users.entry(user.to_string()).or_default().push(record);
-                }
-            }
+            add_remote_room_fields(&mut users, fields, redis.incarnation(), &live);
         }
         for sheet in remote_sheets.unwrap_or_default() {
             if !sheets.contains(&sheet) {
@@ -419,20 +455,8 @@ pub async fn members(node: &Node, room: &str) -> (Vec<Member>, Vec<String>) {
     let (users, sheets) = room_view(node, room).await;
     let mut members = Vec::with_capacity(users.len());
     for (user, records) in users {
-        let newest = records.iter().max_by_key(|r| r.last_seen).cloned().unwrap_or_default();
-        let cursor =
-            records.iter().filter(|r| r.cursor.is_some()).max_by_key(|r| r.last_seen).and_then(|r| r.cursor.clone());
         let status = user_view(node, &user).await.effective();
-        members.push(Member {
-            user_id: user,
-            username: newest.username,
-            email: newest.email,
-            room: room.to_string(),
-            // Present in the room means connected, even while the user's own record lags behind.
-            status: if status == Status::Offline { Status::Online } else { status },
-            cursor,
-            last_seen: ms_to_rfc3339(newest.last_seen),
-        });
+        members.push(merge_member(room, user, &records, status));
     }
     members.sort_by(|a, b| a.user_id.cmp(&b.user_id));
     (members, sheets)
@@ -469,7 +493,7 @@ pub async fn user_presence(node: &Node, user: &str) -> Value {
 
 /// Whether the user has a connection in the room on any other live node.
 async fn present_elsewhere(node: &Node, room: &str, user: &str) -> bool {
-    let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) else { return false };
+    let Some(redis) = node.broker.shared_state() else { return false };
     let key = keys::key(redis.key_prefix(), "pr:room", &[room]);
     let (fields, live) = tokio::join!(hgetall(redis, &key), redis.live_incarnations());
     let (Ok(fields), Ok(live)) = (fields, live) else { return false };
@@ -711,7 +735,7 @@ async fn mirror(node: &Node, pending: &mut HashSet<Dirty>) {
 /// Removes the presence of dead nodes from the rooms this node's clients are in, and tells
 /// those clients who went away.
 async fn sweep_dead(node: &Node) {
-    let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) else { return };
+    let Some(redis) = node.broker.shared_state() else { return };
     let Ok(live) = redis.live_incarnations().await else { return };
     for room in node.presence.local_rooms() {
         let key = keys::key(redis.key_prefix(), "pr:room", &[&room]);
@@ -756,7 +780,7 @@ async fn sweep_dead(node: &Node) {
 
 /// On shutdown, this node's fields go away at once rather than after the node timeout.
 async fn remove_own(node: &Node) {
-    let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) else { return };
+    let Some(redis) = node.broker.shared_state() else { return };
     let me = redis.incarnation().to_string();
     let mut pipe = redis::pipe();
     {
@@ -771,4 +795,99 @@ async fn remove_own(node: &Node) {
         }
     }
     let _ = redis.pipeline_as::<()>(&pipe).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(incarnations: &[&str]) -> HashSet<String> {
+        incarnations.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn user_record(connections: u32, status: Option<Status>, status_at: i64, rooms: &[&str]) -> String {
+        let record = UserRecord {
+            connections,
+            status,
+            status_at,
+            rooms: rooms.iter().map(|r| (r.to_string(), 1)).collect(),
+            last_seen: status_at,
+        };
+        serde_json::to_string(&record).unwrap()
+    }
+
+    #[test]
+    fn a_user_view_sums_live_nodes_and_takes_the_newest_status() {
+        let mut view = UserView::default();
+        view.add(&UserRecord { connections: 1, status: Some(Status::Busy), status_at: 10, ..Default::default() });
+        let fields = HashMap::from([
+            ("b@1".to_string(), user_record(2, Some(Status::Away), 20, &["r1"])),
+            // Older than what is already known: counted, but its status loses.
+            ("c@1".to_string(), user_record(1, Some(Status::Online), 5, &["r2"])),
+            // A dead incarnation and this node's own mirror are left out.
+            ("dead@1".to_string(), user_record(7, Some(Status::Online), 99, &["r3"])),
+            ("me@1".to_string(), user_record(7, Some(Status::Online), 99, &["r4"])),
+            ("d@1".to_string(), "not json".to_string()),
+        ]);
+        view.add_remote(fields, "me@1", &live(&["me@1", "b@1", "c@1", "d@1"]));
+        assert_eq!(view.connections, 4);
+        assert_eq!(view.effective(), Status::Away);
+        assert_eq!(view.rooms, HashSet::from(["r1".to_string(), "r2".to_string()]));
+        assert_eq!(view.last_seen, 20);
+    }
+
+    #[test]
+    fn a_user_without_connections_is_offline_whatever_their_status() {
+        let mut view = UserView::default();
+        view.add(&UserRecord { connections: 0, status: Some(Status::Busy), status_at: 10, ..Default::default() });
+        assert_eq!(view.effective(), Status::Offline);
+        view.add(&UserRecord { connections: 1, ..Default::default() });
+        assert_eq!(view.effective(), Status::Busy);
+    }
+
+    #[test]
+    fn room_fields_of_own_and_dead_incarnations_are_left_out() {
+        let record = |last_seen: i64| serde_json::to_string(&RoomRecord { last_seen, ..Default::default() }).unwrap();
+        let fields = HashMap::from([
+            ("alice b@1".to_string(), record(1)),
+            ("alice c@1".to_string(), record(2)),
+            // A user id with a space: the incarnation is what follows the last one.
+            ("bob smith b@1".to_string(), record(3)),
+            ("carol me@1".to_string(), record(4)),
+            ("dave dead@1".to_string(), record(5)),
+            ("no-incarnation".to_string(), record(6)),
+        ]);
+        let mut users = HashMap::new();
+        add_remote_room_fields(&mut users, fields, "me@1", &live(&["me@1", "b@1", "c@1"]));
+        let mut names: Vec<&str> = users.keys().map(String::as_str).collect();
+        names.sort();
+        assert_eq!(names, ["alice", "bob smith"]);
+        assert_eq!(users["alice"].len(), 2);
+    }
+
+    #[test]
+    fn a_member_takes_the_newest_name_and_the_newest_cursor() {
+        let records = [
+            RoomRecord {
+                username: Some("old".into()),
+                cursor: Some(json!({"x": 1})),
+                last_seen: 10,
+                ..Default::default()
+            },
+            RoomRecord { username: Some("new".into()), cursor: None, last_seen: 30, ..Default::default() },
+            RoomRecord {
+                username: Some("mid".into()),
+                cursor: Some(json!({"x": 2})),
+                last_seen: 20,
+                ..Default::default()
+            },
+        ];
+        let member = merge_member("r", "alice".into(), &records, Status::Away);
+        assert_eq!(member.username.as_deref(), Some("new"));
+        assert_eq!(member.cursor, Some(json!({"x": 2})));
+        assert_eq!(member.status, Status::Away);
+        assert_eq!(member.last_seen, ms_to_rfc3339(30));
+        // In the room means connected, even when the user's own record says otherwise.
+        assert_eq!(merge_member("r", "alice".into(), &records, Status::Offline).status, Status::Online);
+    }
 }

@@ -169,7 +169,7 @@ fn prepare(node: &Node, app: &App, event: &EventBody) -> Result<Vec<Arc<Event>>,
 
 /// The id of the live node whose socket `socket_id` is, when it is another node's.
 async fn owner_of(node: &Node, socket_id: &str) -> Option<String> {
-    let redis = node.broker.redis().filter(|r| r.is_connected())?;
+    let redis = node.broker.shared_state()?;
     let tag: u32 = socket_id.split_once('.')?.0.parse().ok()?;
     if tag == node.pusher.node_tag {
         return None;

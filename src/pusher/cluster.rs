@@ -77,13 +77,13 @@ impl Occupancy {
 }
 
 fn key(redis: &RedisBroker, app: &App) -> String {
-    format!("{}:pc:{}", redis.key_prefix(), app.config.id)
+    crate::broker::keys::trailing(redis.key_prefix(), "pc", &app.config.id)
 }
 
 /// Subscription counts of `app`'s channels across the cluster, by the app's own names.
 pub async fn counts(node: &Node, app: &App) -> BTreeMap<String, usize> {
     let mut out = node.pusher.occupancy.local(app);
-    let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) else { return out };
+    let Some(redis) = node.broker.shared_state() else { return out };
     let fields: redis::RedisResult<HashMap<String, String>> =
         redis.query_as(redis::cmd("HGETALL").arg(key(redis, app))).await;
     let (Ok(fields), Ok(live)) = (fields, redis.live_incarnations().await) else { return out };
@@ -146,7 +146,7 @@ pub async fn run(node: Arc<Node>) {
                 continue;
             }
             let channel = app.own_name(&hub).unwrap_or_default().to_string();
-            let redis = node.broker.redis().filter(|r| r.is_connected());
+            let redis = node.broker.shared_state();
             if let Some(redis) = redis {
                 let field = format!("{channel} {}", redis.incarnation());
                 let cmd = if now == 0 {
@@ -178,7 +178,7 @@ pub async fn run(node: Arc<Node>) {
 
 /// Writes every count this node holds again (after a Redis restart or flush they would be gone).
 async fn rewrite(node: &Node, written: &HashMap<Arc<str>, Counted>) {
-    let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) else { return };
+    let Some(redis) = node.broker.shared_state() else { return };
     if written.is_empty() {
         return;
     }

@@ -128,7 +128,7 @@ pub(crate) async fn run(shard: Rc<Shard>, io: ConnIo, leftover: Bytes, mut plan:
     } else if plan.kind == EndpointKind::Pusher {
         crate::pusher::socket::start(&shard, &session, &mut plan);
     } else if plan.kind == EndpointKind::Stats {
-        shard.spawn(crate::api::stats::stream(shard.clone(), session.clone()));
+        shard.spawn(crate::stats::report::stream(shard.clone(), session.clone()));
     }
     drop(plan);
     reader::run(&shard, &session, leftover).await;

@@ -94,8 +94,6 @@ pub struct Session {
     pub(crate) out: RefCell<outbound::Outbound>,
     /// Slot in the shard's slab, used by the index.
     pub(crate) slot: Cell<usize>,
-    /// Fan-out stamp: equal to the shard's current stamp once this event was delivered here.
-    pub(crate) stamp: Cell<u64>,
     /// When anything last arrived from the peer.
     pub(crate) last_seen: Cell<Instant>,
     /// When a closing connection is cut if the peer has not finished the handshake.
@@ -139,7 +137,6 @@ impl Session {
             io,
             out: RefCell::new(outbound::Outbound::default()),
             slot: Cell::new(usize::MAX),
-            stamp: Cell::new(0),
             last_seen: Cell::new(Instant::now()),
             close_deadline: Cell::new(None),
             reader_waker: Cell::new(None),

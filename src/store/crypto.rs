@@ -71,11 +71,6 @@ impl Keyring {
         Ok(Keyring { keys, active })
     }
 
-    /// Whether new messages can be encrypted.
-    pub fn can_encrypt(&self) -> bool {
-        self.active.is_some()
-    }
-
     /// Encrypts with the active key: `(key id, nonce || ciphertext || tag)`.
     pub fn encrypt(&self, plaintext: &[u8]) -> Result<(String, Vec<u8>), CryptoError> {
         let id = self.active.as_ref().ok_or(CryptoError::NoKey)?;
@@ -156,11 +151,6 @@ impl Sensitivity {
     /// Whether a message must be stored encrypted.
     pub fn is_sensitive(&self, flagged: bool, room: &str, content: &str) -> bool {
         flagged || self.rooms.iter().any(|r| r.is_match(room)) || self.patterns.iter().any(|p| p.is_match(content))
-    }
-
-    /// Whether any rule is configured besides the sender's flag.
-    pub fn has_rules(&self) -> bool {
-        !self.rooms.is_empty() || !self.patterns.is_empty()
     }
 }
 

@@ -55,18 +55,6 @@ pub enum StoreError {
     Unavailable(String),
 }
 
-impl StoreError {
-    /// Whether the database itself is unreachable (as opposed to refusing this request).
-    pub fn is_outage(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Database(
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
-            ) | StoreError::Unavailable(_)
-        )
-    }
-}
-
 /// Kinds of chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::{NewMessage, Row, Store, StoreError, StoredMessage, Written};
 use crate::broker::BurstLog;
 use crate::hub::{Event, Target};
-use crate::node::Node;
+use crate::stats::NodeCounters;
 
 /// How long a sender waits for room in a full queue before its write fails.
 const QUEUE_WAIT: Duration = Duration::from_secs(5);
@@ -33,28 +33,44 @@ enum Job {
     Member { room: String, user_id: String, at: i64 },
 }
 
-/// The sending side of the writer, held by the node.
-pub struct Writer {
-    tx: mpsc::Sender<Job>,
+/// Where committed messages go. The writer publishes through this and counts its work on it,
+/// and knows nothing else of the node.
+pub trait Deliver: Send + Sync + 'static {
+    /// Publishes a committed batch's events in commit order (one broker round trip).
+    fn deliver_committed(&self, events: Vec<Arc<Event>>) -> impl Future<Output = ()> + Send;
+    /// The node's counters: stored messages, batches, queue depth.
+    fn counters(&self) -> &NodeCounters;
+}
+
+/// What the two sides of the writer share.
+struct State {
     closing: CancellationToken,
     healthy: AtomicBool,
     failures: Mutex<BurstLog>,
 }
 
+/// The sending side of the writer, held by the node.
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+    state: Arc<State>,
+}
+
 /// The receiving side, consumed by [`run`].
-pub struct Queue(mpsc::Receiver<Job>);
+pub struct Queue {
+    rx: mpsc::Receiver<Job>,
+    state: Arc<State>,
+}
 
 impl Writer {
     /// A writer with a queue of `capacity` rows.
     pub fn new(capacity: usize) -> (Writer, Queue) {
         let (tx, rx) = mpsc::channel(capacity);
-        let writer = Writer {
-            tx,
+        let state = Arc::new(State {
             closing: CancellationToken::new(),
             healthy: AtomicBool::new(true),
             failures: Mutex::new(BurstLog::default()),
-        };
-        (writer, Queue(rx))
+        });
+        (Writer { tx, state: state.clone() }, Queue { rx, state })
     }
 
     /// Queues a message; the returned receiver resolves once it is durable and delivered (or
@@ -100,10 +116,22 @@ impl Writer {
 
     /// Whether the last write succeeded (or the database answered since).
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.state.healthy.load(Ordering::Relaxed)
     }
 
+    /// Records that the database answered (or failed) outside a write, e.g. a probe.
     pub(crate) fn set_healthy(&self, healthy: bool) {
+        self.state.set_healthy(healthy);
+    }
+
+    /// Stops taking rows; the writer drains what is queued and ends.
+    pub fn close(&self) {
+        self.state.closing.cancel();
+    }
+}
+
+impl State {
+    fn set_healthy(&self, healthy: bool) {
         if self.healthy.swap(healthy, Ordering::Relaxed) != healthy {
             if healthy {
                 tracing::info!("database writes succeed again");
@@ -112,22 +140,18 @@ impl Writer {
             }
         }
     }
-
-    /// Stops taking rows; the writer drains what is queued and ends.
-    pub fn close(&self) {
-        self.closing.cancel();
-    }
 }
 
-/// Runs the writer until it is closed and drained.
-pub async fn run(node: Arc<Node>, store: Arc<Store>, Queue(mut rx): Queue) {
+/// Runs the writer until it is closed and drained, handing each committed batch to `out`.
+pub async fn run<D: Deliver>(out: Arc<D>, store: Arc<Store>, queue: Queue) {
+    let Queue { mut rx, state } = queue;
     let size = store.config.batch_size.max(1);
     let linger = store.config.batch_linger;
     let mut batch: Vec<Job> = Vec::with_capacity(size);
     loop {
         let first = tokio::select! {
             job = rx.recv() => job,
-            _ = node.writer.closing.cancelled() => {
+            _ = state.closing.cancelled() => {
                 rx.close();
                 rx.recv().await
             }
@@ -140,7 +164,7 @@ pub async fn run(node: Arc<Node>, store: Arc<Store>, Queue(mut rx): Queue) {
                 Err(_) => break,
             }
         }
-        if !linger.is_zero() && batch.len() < size && !node.writer.closing.is_cancelled() {
+        if !linger.is_zero() && batch.len() < size && !state.closing.is_cancelled() {
             let deadline = tokio::time::Instant::now() + linger;
             while batch.len() < size {
                 tokio::select! {
@@ -149,18 +173,18 @@ pub async fn run(node: Arc<Node>, store: Arc<Store>, Queue(mut rx): Queue) {
                         None => break,
                     },
                     _ = tokio::time::sleep_until(deadline) => break,
-                    _ = node.writer.closing.cancelled() => break,
+                    _ = state.closing.cancelled() => break,
                 }
             }
         }
-        node.stats.node.writer_queue_depth.store(rx.len() as u64, Ordering::Relaxed);
-        commit(&node, &store, &mut batch).await;
+        out.counters().writer_queue_depth.store(rx.len() as u64, Ordering::Relaxed);
+        commit(&*out, &state, &store, &mut batch).await;
     }
-    node.stats.node.writer_queue_depth.store(0, Ordering::Relaxed);
+    out.counters().writer_queue_depth.store(0, Ordering::Relaxed);
     tracing::info!("message writer drained and stopped");
 }
 
-async fn commit(node: &Arc<Node>, store: &Store, batch: &mut Vec<Job>) {
+async fn commit(out: &impl Deliver, state: &State, store: &Store, batch: &mut Vec<Job>) {
     let mut rows = Vec::with_capacity(batch.len());
     let mut waiting = Vec::with_capacity(batch.len());
     for job in batch.drain(..) {
@@ -185,12 +209,12 @@ async fn commit(node: &Arc<Node>, store: &Store, batch: &mut Vec<Job>) {
     }
     let ids = match store.write(&rows).await {
         Ok(ids) => {
-            node.writer.set_healthy(true);
+            state.set_healthy(true);
             ids
         }
         Err(e) => {
-            node.writer.set_healthy(false);
-            node.writer.failures.lock().warn("a batch of messages could not be written", &e.to_string());
+            state.set_healthy(false);
+            state.failures.lock().warn("a batch of messages could not be written", &e.to_string());
             let reason = e.to_string();
             for (_, ack, _) in waiting {
                 if let Some(ack) = ack {
@@ -201,8 +225,8 @@ async fn commit(node: &Arc<Node>, store: &Store, batch: &mut Vec<Job>) {
         }
     };
     let inserted = ids.iter().filter(|w| matches!(w, Written::New(_))).count();
-    node.stats.node.stored_messages.fetch_add(inserted as u64, Ordering::Relaxed);
-    node.stats.node.stored_batches.fetch_add(1, Ordering::Relaxed);
+    out.counters().stored_messages.fetch_add(inserted as u64, Ordering::Relaxed);
+    out.counters().stored_batches.fetch_add(1, Ordering::Relaxed);
     metrics::histogram!("herald_writer_batch_rows").record(rows.len() as f64);
 
     let mut events = Vec::with_capacity(waiting.len());
@@ -237,7 +261,7 @@ async fn commit(node: &Arc<Node>, store: &Store, batch: &mut Vec<Job>) {
         acks.push((ack, stored));
     }
     // Delivery in commit order, in one broker round trip for the whole batch.
-    node.publish_events(events).await;
+    out.deliver_committed(events).await;
     for (ack, stored) in acks {
         if let Some(ack) = ack {
             let _ = ack.send(Ok(stored));

@@ -79,7 +79,7 @@ pub fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
 /// The handler behind every WebSocket endpoint.
 pub async fn handle(node: Arc<Node>, endpoint: Arc<Endpoint>, mut request: Request) -> Response {
     if endpoint.kind == EndpointKind::Stats && !handshake::is_upgrade(request.headers()) {
-        return crate::api::stats::stats(axum::extract::State(node)).await;
+        return axum::Json(crate::stats::report::snapshot(&node).await).into_response();
     }
     let upgrade = match handshake::check(request.method(), request.headers()) {
         Ok(upgrade) => upgrade,

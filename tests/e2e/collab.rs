@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde_json::{Value, json};
 
 use crate::common::redis::RedisServer;
-use crate::common::{Client, Herald, WAIT};
+use crate::common::{Client, Herald, eventually, until};
 
 /// Presence on, everything else at its default.
 const PRESENCE: &str = "[presence]\nenabled = true";
@@ -375,18 +375,12 @@ async fn requests_go_to_a_signed_webhook_with_lifecycle_events() {
     refuse.store(0, Ordering::SeqCst);
     client.ws.close(None).await.unwrap();
     drop(client);
-    let events = tokio::time::timeout(WAIT, async {
-        loop {
-            let kinds: Vec<String> =
-                seen.lock().iter().map(|(_, v)| v["type"].as_str().unwrap_or_default().to_string()).collect();
-            if kinds.iter().any(|k| k == "herald.disconnect") {
-                return kinds;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    let events = eventually("the disconnect reached the webhook", async || {
+        let kinds: Vec<String> =
+            seen.lock().iter().map(|(_, v)| v["type"].as_str().unwrap_or_default().to_string()).collect();
+        kinds.iter().any(|k| k == "herald.disconnect").then_some(kinds)
     })
-    .await
-    .expect("the disconnect reached the webhook");
+    .await;
     for kind in ["herald.connect", "file_upload_start", "herald.join", "herald.leave", "herald.disconnect"] {
         assert!(events.iter().any(|k| k == kind), "{kind} missing from {events:?}");
     }
@@ -498,17 +492,7 @@ async fn presence_spans_nodes_and_a_killed_node_goes_offline_after_the_timeout()
     let mut alice = node_a.connect("/ws?user_id=alice").await;
     join(&mut alice, "shared").await;
     // Wait until node B sees alice (the mirror is asynchronous).
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let (_, room) = node_b.get("/api/rooms/shared/presence").await;
-            if user_ids(&room) == ["alice"] {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("node B sees alice");
+    until("node B sees alice", async || user_ids(&node_b.get("/api/rooms/shared/presence").await.1) == ["alice"]).await;
     let mut bob = node_b.connect("/ws?user_id=bob").await;
     let state = join(&mut bob, "shared").await;
     assert_eq!(user_ids(&state), ["alice", "bob"]);
@@ -568,16 +552,11 @@ async fn a_refused_lifecycle_event_is_retried_and_signed_with_a_timestamp() {
     );
     let herald = Herald::start(&toml).await;
     let _client = herald.connect("/ws?user_id=u9").await;
-    let deliveries = tokio::time::timeout(WAIT, async {
-        loop {
-            if seen.lock().len() >= 2 {
-                return seen.lock().clone();
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    let deliveries = eventually("the refused lifecycle event was delivered again", async || {
+        let seen = seen.lock();
+        (seen.len() >= 2).then(|| seen.clone())
     })
-    .await
-    .expect("the refused lifecycle event was never delivered again");
+    .await;
     let (first, second) = (&deliveries[0], &deliveries[1]);
     assert_eq!((first.0, second.0), (503, 200));
     assert_eq!(first.3, second.3, "the retry carries the same event");

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use serde_json::json;
 
 use crate::common::redis::{RedisServer, free_port};
-use crate::common::{Herald, WAIT};
+use crate::common::{Herald, WAIT, until};
 
 struct Nginx {
     child: std::process::Child,
@@ -64,22 +64,16 @@ async fn three_nodes_behind_nginx() {
 
     // Wait for nginx and every node's Redis link.
     let http = reqwest::Client::new();
-    let ready = tokio::time::timeout(WAIT, async {
-        loop {
-            let health = http.get(format!("http://{front}/health")).send().await;
-            let mut all_connected = true;
-            for node in &nodes {
-                let (_, h) = node.get("/health").await;
-                all_connected &= h["data"]["broker"]["connected"] == true;
-            }
-            if health.is_ok_and(|r| r.status() == 200) && all_connected {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    until("nginx and the nodes become ready", async || {
+        let health = http.get(format!("http://{front}/health")).send().await;
+        let mut all_connected = true;
+        for node in &nodes {
+            let (_, h) = node.get("/health").await;
+            all_connected &= h["data"]["broker"]["connected"] == true;
         }
+        health.is_ok_and(|r| r.status() == 200) && all_connected
     })
     .await;
-    assert!(ready.is_ok(), "nginx or the nodes never became ready");
 
     let mut clients = Vec::new();
     let mut seen_nodes = HashSet::new();

@@ -1,23 +1,15 @@
 //! What an operator runs Herald by: liveness and readiness probes, Prometheus conventions.
 
-use std::time::Duration;
-
 use crate::common::redis::RedisServer;
-use crate::common::{Herald, Options, WAIT};
+use crate::common::{Herald, Options, eventually};
 
 /// Polls `/readyz` until it answers `want` (the broker connects in the background).
 async fn readyz_becomes(herald: &Herald, want: u16) -> serde_json::Value {
-    let reached = tokio::time::timeout(WAIT, async {
-        loop {
-            let (status, body) = herald.get("/readyz").await;
-            if status == want {
-                return body;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    eventually(format_args!("/readyz answers {want}"), async || {
+        let (status, body) = herald.get("/readyz").await;
+        (status == want).then_some(body)
     })
-    .await;
-    reached.unwrap_or_else(|_| panic!("/readyz never answered {want}"))
+    .await
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use herald::pusher::sign::hmac_hex;
 
 use crate::common::raw::RawClient;
-use crate::common::{Client, Herald};
+use crate::common::{Client, Herald, until};
 
 const KEY: &str = "e2e-key";
 const SECRET: &str = "e2e-secret-0123";
@@ -297,26 +297,15 @@ async fn presence_is_one_member_per_user_across_nodes_sharing_redis() {
         now(),
         &[("info", "subscription_count,user_count")],
     );
-    tokio::time::timeout(crate::common::WAIT, async {
-        while a.get(&counted).await.1 != json!({"occupied": true, "subscription_count": 3, "user_count": 2}) {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("node A never counted the cluster's subscriptions: {}", "see the log"));
+    let cluster_counts = json!({"occupied": true, "subscription_count": 3, "user_count": 2});
+    until("node A counts the cluster's subscriptions", async || a.get(&counted).await.1 == cluster_counts).await;
 
     // Alice's first socket leaves: she is still there through the other one, so Bob hears
     // nothing before the marker published after it.
     drop(alice);
     let departed = format!("/apps/77/channels/{channel}");
     let query = signed("GET", &departed, "", SECRET, now(), &[("info", "subscription_count")]);
-    tokio::time::timeout(crate::common::WAIT, async {
-        while a.get(&query).await.1["subscription_count"] != 2 {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("node A never saw Alice's first socket leave");
+    until("node A sees Alice's first socket leave", async || a.get(&query).await.1["subscription_count"] == 2).await;
     let body = format!(r#"{{"name":"marker","channel":"{channel}","data":"1"}}"#);
     let (status, _) = post_raw(&a, &signed("POST", "/apps/77/events", &body, SECRET, now(), &[]), &body).await;
     assert_eq!(status, 200);
@@ -495,12 +484,6 @@ async fn presence_members_are_rewritten_after_redis_loses_them() {
     assert_eq!(members().as_deref(), Some("1"));
     redis.cli(&["FLUSHALL"]).expect("FLUSHALL");
     // Only this node's rewrite can bring the field back.
-    tokio::time::timeout(crate::common::WAIT, async {
-        while members().as_deref() != Some("1") {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the member was never written again");
+    until("the member is written again", async || members().as_deref() == Some("1")).await;
     assert_alive(&mut alice).await;
 }

@@ -5,7 +5,7 @@ use std::process::Command;
 use serde_json::json;
 
 use crate::common::redis::{RedisCluster, RedisServer};
-use crate::common::{Herald, Options, WAIT};
+use crate::common::{Herald, Options, eventually, until};
 
 fn node_config(redis: &str, extra: &str) -> String {
     format!(
@@ -29,47 +29,28 @@ async fn node(redis: &RedisServer) -> Herald {
 
 /// Waits until `count` subscribers listen on a Redis channel (`PUBSUB NUMSUB`).
 async fn wait_numsub(redis: &RedisServer, channel: &str, count: u64) {
-    let ok = tokio::time::timeout(WAIT, async {
-        loop {
-            let out = redis.cli(&["PUBSUB", "NUMSUB", channel]).unwrap_or_default();
-            if out.lines().nth(1).and_then(|n| n.trim().parse::<u64>().ok()) == Some(count) {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    until(format_args!("{channel} has {count} subscribers"), async || {
+        let out = redis.cli(&["PUBSUB", "NUMSUB", channel]).unwrap_or_default();
+        out.lines().nth(1).and_then(|n| n.trim().parse::<u64>().ok()) == Some(count)
     })
     .await;
-    assert!(ok.is_ok(), "{channel} never had {count} subscribers");
 }
 
 /// Waits until a node's registry shows `n` live nodes and its Redis connection is up.
 pub(crate) async fn wait_live_nodes(herald: &Herald, n: u64) {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let (_, stats) = herald.get("/api/stats").await;
-            if stats["redis"]["live_nodes"] == n && stats["redis"]["connected"] == true {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+    until("the nodes see each other", async || {
+        let (_, stats) = herald.get("/api/stats").await;
+        stats["redis"]["live_nodes"] == n && stats["redis"]["connected"] == true
     })
-    .await
-    .expect("the nodes never saw each other");
+    .await;
 }
 
 /// Waits until the node reports Redis as connected.
 pub(crate) async fn wait_redis_connected(herald: &Herald, connected: bool) {
-    let ok = tokio::time::timeout(WAIT, async {
-        loop {
-            let (_, health) = herald.get("/health").await;
-            if health["data"]["broker"]["connected"] == connected {
-                return health;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    until(format_args!("the node reports redis connected = {connected}"), async || {
+        herald.get("/health").await.1["data"]["broker"]["connected"] == connected
     })
     .await;
-    assert!(ok.is_ok(), "the node never reported redis connected = {connected}");
 }
 
 #[tokio::test]
@@ -199,18 +180,11 @@ async fn three_nodes_act_as_one() {
 
     // Stats report this node and the cluster.
     let expected_total = 6;
-    let cluster_total = tokio::time::timeout(WAIT, async {
-        loop {
-            let (_, stats) = b.get("/api/stats").await;
-            let total = stats["stats"]["cluster"]["total_connections"].as_u64().unwrap_or(0);
-            if total == expected_total {
-                return stats;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+    let cluster_total = eventually("the cluster-wide connection count", async || {
+        let (_, stats) = b.get("/api/stats").await;
+        (stats["stats"]["cluster"]["total_connections"].as_u64() == Some(expected_total)).then_some(stats)
     })
-    .await
-    .expect("cluster-wide connection count");
+    .await;
     assert_eq!(cluster_total["stats"]["cluster"]["node_count"], 3);
     assert_eq!(cluster_total["connected_clients"], 1, "node B's own figure");
 }

@@ -248,13 +248,8 @@ async fn thousands_of_abrupt_drops_leave_no_trace_while_events_flow() {
     }
     // Every dropped connection is gone: counted out and its descriptor closed.
     herald.wait_for_total("connections", |n| n == 1).await;
-    tokio::time::timeout(crate::common::WAIT, async {
-        while open_fds(herald.pid()) > baseline_fds {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{} descriptors open, {baseline_fds} before", open_fds(herald.pid())));
+    let what = format!("back to the {baseline_fds} descriptors open before");
+    crate::common::until(what, async || open_fds(herald.pid()) <= baseline_fds).await;
     let (_, health) = herald.get("/health").await;
     assert_eq!(health["health_status"], "healthy", "{health}");
     bystander.assert_alive().await;

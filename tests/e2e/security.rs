@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::common::raw::RawClient;
-use crate::common::{Herald, Options, WAIT};
+use crate::common::{Herald, Options, WAIT, eventually, until};
 
 const SECRET: &str = "document-001-test-secret";
 
@@ -307,16 +307,10 @@ async fn connections_per_address_and_per_user_are_capped() {
     assert!(fourth.contains("address"), "{fourth}");
     // Closing a connection frees its slot.
     drop(one);
-    let reconnected = tokio::time::timeout(WAIT, async {
-        loop {
-            if RawClient::connect_with_headers(herald.addr, &format!("/ws?token={token}"), &[]).await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    until("a freed slot can be used again", async || {
+        RawClient::connect_with_headers(herald.addr, &format!("/ws?token={token}"), &[]).await.is_ok()
     })
     .await;
-    assert!(reconnected.is_ok(), "a freed slot can be used again");
 }
 
 #[tokio::test]
@@ -455,16 +449,10 @@ async fn audit_records_go_to_their_own_file_as_json_lines() {
     let audit = dir.path().join("audit.jsonl");
     let herald = manufacturing(&[("HERALD_AUDIT__FILE", audit.to_str().unwrap())]).await;
     expect_refused(&herald, "/ws/connect?token=garbage").await;
-    let line = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(line) = std::fs::read_to_string(&audit).ok().and_then(|t| t.lines().next().map(String::from)) {
-                return line;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    let line = eventually("an audit record", async || {
+        std::fs::read_to_string(&audit).ok().and_then(|t| t.lines().next().map(String::from))
     })
-    .await
-    .expect("an audit record");
+    .await;
     let record: Value = serde_json::from_str(&line).expect("one JSON object per line");
     assert_eq!(record["fields"]["audit"], "authentication_failed", "{record}");
 }
@@ -478,13 +466,7 @@ async fn limits_are_counted_across_nodes_with_redis() {
     );
     let (a, b) = (Herald::start(&toml).await, Herald::start(&toml).await);
     for node in [&a, &b] {
-        tokio::time::timeout(WAIT, async {
-            while node.get("/health").await.1["data"]["broker"]["connected"] != true {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("redis connected");
+        crate::redis::wait_redis_connected(node, true).await;
     }
     let token = hs256(user("7", json!({})));
     let mut on_a = a.connect(&format!("/ws?token={token}")).await;

@@ -110,13 +110,10 @@ async fn job_updates_document_python_client_works_unchanged() {
 
 /// Waits until a node has made its pattern subscription for publishers.
 async fn wait_pattern_subscribed(redis: &RedisServer) {
-    let ready = tokio::time::timeout(WAIT, async {
-        while !redis.cli(&["PUBSUB", "NUMPAT"]).is_some_and(|n| n.trim().parse::<u64>().is_ok_and(|n| n >= 1)) {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    crate::common::until("herald subscribes to its publisher pattern", async || {
+        redis.cli(&["PUBSUB", "NUMPAT"]).is_some_and(|n| n.trim().parse::<u64>().is_ok_and(|n| n >= 1))
     })
     .await;
-    assert!(ready.is_ok(), "herald never subscribed to its publisher pattern");
 }
 
 #[tokio::test]

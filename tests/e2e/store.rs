@@ -644,13 +644,10 @@ async fn a_database_outage_fails_writes_fast_and_recovers() {
     assert_eq!(health["data"]["health_status"], "degraded");
     assert_eq!(health["data"]["database"]["connected"], false);
     pg.start_again().await;
-    tokio::time::timeout(WAIT, async {
-        while herald.get("/health").await.1["data"]["database"]["connected"] != true {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+    crate::common::until("the node notices the database is back", async || {
+        herald.get("/health").await.1["data"]["database"]["connected"] == true
     })
-    .await
-    .expect("the node notices the database is back");
+    .await;
     assert_eq!(say(&mut alice, "room_o", "after", json!({})).await["type"], "chat_message_ack");
     let (_, history) = herald.get("/api/rooms/room_o/messages").await;
     let texts: Vec<&str> =

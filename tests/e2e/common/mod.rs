@@ -30,6 +30,30 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long any single expected event may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// How often [`eventually`] asks again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Asks `probe` until it answers `Some`, and returns the answer; fails the test naming `what`
+/// when [`WAIT`] passes first. For states only visible by asking (a counter, a Redis key, a log
+/// line); an event that arrives on its own is awaited directly.
+pub async fn eventually<T>(what: impl std::fmt::Display, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let outcome = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(answer) = probe().await {
+                return answer;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await;
+    outcome.unwrap_or_else(|_| panic!("{what}: not within {WAIT:?}"))
+}
+
+/// Asks `check` until it holds; fails the test naming `what` when [`WAIT`] passes first.
+pub async fn until(what: impl std::fmt::Display, mut check: impl AsyncFnMut() -> bool) {
+    eventually(what, async || check().await.then_some(())).await
+}
+
 /// The API key every test node uses unless a test says otherwise.
 pub const API_KEY: &str = "test-api-key-0123";
 
@@ -235,33 +259,22 @@ impl Herald {
 
     /// Waits until a stats total satisfies `pred`.
     pub async fn wait_for_total(&self, field: &str, pred: impl Fn(u64) -> bool) -> u64 {
-        let outcome = tokio::time::timeout(WAIT, async {
-            loop {
-                let (_, stats) = self.get("/api/stats").await;
-                if let Some(v) = stats["totals"][field].as_u64()
-                    && pred(v)
-                {
-                    return v;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        eventually(format_args!("stats total {field} never reached the expected value"), async || {
+            self.get("/api/stats").await.1["totals"][field].as_u64().filter(|v| pred(*v))
         })
-        .await;
-        outcome.unwrap_or_else(|_| panic!("stats total {field} never reached the expected value"))
+        .await
     }
 
     /// Waits until the log contains `needle`.
     pub async fn wait_for_log(&self, needle: &str) {
-        let found = tokio::time::timeout(WAIT, async {
-            loop {
-                if self.log.lock().contains(needle) {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        // Displayed only on failure, so the log shown is the log at that moment.
+        struct Missing<'a>(&'a str, &'a Mutex<String>);
+        impl std::fmt::Display for Missing<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "log never contained {:?}; log:\n{}", self.0, self.1.lock())
             }
-        })
-        .await;
-        assert!(found.is_ok(), "log never contained {needle:?}; log:\n{}", self.log.lock());
+        }
+        until(Missing(needle, &self.log), async || self.log.lock().contains(needle)).await;
     }
 
     /// Waits for the process to exit by itself; returns its exit code.

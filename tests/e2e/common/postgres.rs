@@ -4,9 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use super::WAIT;
 use super::redis::free_port;
 
 pub struct Postgres {
@@ -77,16 +75,8 @@ impl Postgres {
             std::fs::read_to_string(&log).unwrap_or_default()
         );
         self.running = true;
-        let ready = tokio::time::timeout(WAIT, async {
-            loop {
-                if sqlx::PgPool::connect(&self.url()).await.is_ok() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await;
-        assert!(ready.is_ok(), "PostgreSQL never accepted connections");
+        let url = self.url();
+        super::until("PostgreSQL accepts connections", async || sqlx::PgPool::connect(&url).await.is_ok()).await;
     }
 
     /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`).

@@ -5,8 +5,6 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::WAIT;
-
 /// A free loopback port (bound and released; the tiny race is acceptable for tests).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
@@ -46,16 +44,8 @@ impl RedisServer {
     }
 
     async fn wait_ready(&self) {
-        let ready = tokio::time::timeout(WAIT, async {
-            loop {
-                if self.cli(&["PING"]).is_some_and(|out| out.trim() == "PONG") {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        assert!(ready.is_ok(), "redis-server on port {} never answered PING", self.port);
+        let what = format!("redis-server on port {} answers PING", self.port);
+        super::until(what, async || self.cli(&["PING"]).is_some_and(|out| out.trim() == "PONG")).await;
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -126,20 +116,13 @@ impl RedisCluster {
             .expect("redis-cli --cluster create");
         assert!(created.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&created.stdout));
         let cluster = RedisCluster { nodes };
-        let ok = tokio::time::timeout(WAIT, async {
-            loop {
-                let all_ok = cluster
-                    .nodes
-                    .iter()
-                    .all(|n| n.cli(&["CLUSTER", "INFO"]).is_some_and(|info| info.contains("cluster_state:ok")));
-                if all_ok {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        super::until("the cluster reaches cluster_state:ok", async || {
+            cluster
+                .nodes
+                .iter()
+                .all(|n| n.cli(&["CLUSTER", "INFO"]).is_some_and(|info| info.contains("cluster_state:ok")))
         })
         .await;
-        assert!(ok.is_ok(), "cluster never reached cluster_state:ok");
         cluster
     }
 

@@ -19,7 +19,6 @@
 //! back to local delivery and health says `degraded`; connections are retried with backoff, and
 //! every subscription is restored once Redis is back.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,15 +30,14 @@ use redis::aio::{AsyncPushSender, ConnectionManager, ConnectionManagerConfig, Se
 use redis::cluster_async::ClusterConnection;
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value as RedisValue};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use super::{BrokerError, BurstLog};
+mod envelope;
+mod scripts;
+
+use super::{BrokerError, BrokerHandler, BurstLog};
 use crate::config::{RedisConfig, RedisMode};
-use crate::hub::event::NotificationTags;
-use crate::hub::event::StreamPos;
-use crate::hub::{Event, InterestChange, InterestKey, Route, Target};
-use crate::node::Node;
+use crate::hub::{Event, InterestChange, InterestKey, Target};
 
 /// Pushes buffered between the Redis connection and the dispatcher; beyond this they are dropped
 /// and counted rather than growing memory without bound.
@@ -99,47 +97,18 @@ impl AsyncPushSender for BoundedPush {
     }
 }
 
-/// Envelope of an event between nodes. The event itself stays raw JSON: never re-parsed.
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    /// Origin node.
-    n: &'a str,
-    /// Which key of the target this copy travels on: `c`, `r`, `u` or `a`.
-    k: &'a str,
-    // Names are `Cow`: one that JSON escapes (`"`, `\`, control characters) cannot be borrowed.
-    #[serde(default, borrow)]
-    c: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    r: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    u: Option<Cow<'a, str>>,
-    /// Connection on the origin node that must not receive it.
+/// A command for one node (cross-node admin), sent with [`RedisBroker::send_control`].
+#[derive(Debug, Default, Deserialize)]
+pub struct Control {
+    /// Close this connection of the node.
     #[serde(default)]
-    x: Option<u64>,
-    /// Notification tags.
-    #[serde(default)]
-    g: Option<NotificationTags>,
-    /// The history stream, its seq and epoch, for events of streams with history.
-    #[serde(default, borrow)]
-    h: Option<Cow<'a, str>>,
-    #[serde(default)]
-    s: Option<u64>,
-    #[serde(default)]
-    p: Option<&'a str>,
-    #[serde(borrow)]
-    e: &'a RawValue,
-}
-
-/// A command for one node (cross-node admin).
-#[derive(Deserialize)]
-struct Control {
-    disconnect: Option<String>,
+    pub disconnect: Option<String>,
     /// `[app id, user id]`: close that Pusher user's connections on this node.
     #[serde(default)]
-    pusher_terminate: Option<(String, String)>,
+    pub pusher_terminate: Option<(String, String)>,
     /// A Pusher event to publish here, where its excluded socket lives.
     #[serde(default)]
-    pusher_publish: Option<serde_json::Value>,
+    pub pusher_publish: Option<serde_json::Value>,
 }
 
 /// The Redis broker.
@@ -165,46 +134,6 @@ pub struct RedisBroker {
     live: Mutex<Vec<String>>,
     append_script: redis::Script,
     read_script: redis::Script,
-}
-
-/// Gives an event of a stream its seq, appends it to the stream's Redis Stream and publishes
-/// it to the nodes, atomically: every node sees the stream's events in seq order.
-/// KEYS: stream, meta. ARGV: epoch if new, size, max age ms, payload, envelope head, then
-/// (channel, envelope tail) pairs.
-const APPEND_LUA: &str = r#"
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'epoch', epoch)
-end
-local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local age = tonumber(ARGV[3])
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 's', seq, 'e', ARGV[4])
-redis.call('XTRIM', KEYS[1], 'MINID', '~', tostring(now - age))
-redis.call('PEXPIRE', KEYS[1], age)
-redis.call('PEXPIRE', KEYS[2], age + 86400000)
-for i = 6, #ARGV, 2 do
-  redis.call('PUBLISH', ARGV[i], ARGV[5] .. seq .. ',"p":"' .. epoch .. '"' .. ARGV[i + 1])
-end
-return seq
-"#;
-
-/// Reads a stream's epoch, last seq and newest entries in one step. KEYS: stream, meta.
-/// ARGV: most entries.
-const READ_LUA: &str = r#"
-local meta = redis.call('HMGET', KEYS[2], 'epoch', 'seq')
-if not meta[1] then return {false, 0, {}} end
-return {meta[1], tonumber(meta[2]), redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[1])}
-"#;
-
-/// Ends an envelope: the key kind it travels on and the event itself, then the closing brace.
-fn push_envelope_tail(out: &mut Vec<u8>, kind: &str, payload: &[u8]) {
-    out.extend_from_slice(format!(",\"k\":\"{kind}\",\"e\":").as_bytes());
-    out.extend_from_slice(payload);
-    out.push(b'}');
 }
 
 /// Rendezvous weight of a node for a stream (stable across processes and versions).
@@ -305,8 +234,8 @@ impl RedisBroker {
             outage_since: Mutex::new(None),
             incarnation,
             live: Mutex::new(Vec::new()),
-            append_script: redis::Script::new(APPEND_LUA),
-            read_script: redis::Script::new(READ_LUA),
+            append_script: redis::Script::new(scripts::APPEND_LUA),
+            read_script: redis::Script::new(scripts::READ_LUA),
         }
     }
 
@@ -349,11 +278,10 @@ impl RedisBroker {
     }
 
     fn history_keys(&self, stream: &str) -> (String, String) {
-        // One hash tag for both keys, so that they live together.
-        (format!("{}:h:{{{stream}}}", self.config.key_prefix), format!("{}:hm:{{{stream}}}", self.config.key_prefix))
+        super::keys::stream(&self.config.key_prefix, stream)
     }
 
-    /// Sequences, records and publishes an event of a stream with history (see [`APPEND_LUA`]).
+    /// Sequences, records and publishes an event of a stream with history (see [`scripts::APPEND_LUA`]).
     /// `record` is what the stream keeps: the payload, or its sealed form for a sensitive one.
     pub async fn append_and_publish(
         &self,
@@ -361,24 +289,23 @@ impl RedisBroker {
         event: &Event,
         record: &[u8],
         stream: &str,
-        settings: crate::history::Settings,
+        settings: super::stream::Settings,
     ) -> Result<(), BrokerError> {
         self.ensure_subscribed()?;
-        let (head, copies) = self.envelope_parts(node_id, event);
-        let head = format!("{head},\"h\":{},\"s\":", json_string(stream));
+        let head = envelope::stream_head(node_id, event, stream);
         let (key, meta) = self.history_keys(stream);
         let mut script = self.append_script.key(key);
         script
             .key(meta)
-            .arg(crate::history::new_epoch())
+            .arg(super::stream::new_epoch())
             .arg(settings.size)
             .arg(settings.max_age.as_millis() as u64)
             .arg(record)
             .arg(head);
-        for (kind, channel) in copies {
+        for (kind, name) in envelope::copies(&event.target) {
             let mut tail = Vec::with_capacity(event.payload.len() + 16);
-            push_envelope_tail(&mut tail, kind, &event.payload);
-            script.arg(channel).arg(tail);
+            envelope::push_tail(&mut tail, kind, &event.payload);
+            script.arg(self.copy_channel(kind, name)).arg(tail);
         }
         match self.commands.script(&script).await {
             Ok(_) => Ok(()),
@@ -393,8 +320,8 @@ impl RedisBroker {
     pub async fn read_history(
         &self,
         stream: &str,
-        settings: crate::history::Settings,
-    ) -> Result<crate::history::Snapshot, BrokerError> {
+        settings: super::stream::Settings,
+    ) -> Result<super::stream::Snapshot, BrokerError> {
         let (key, meta) = self.history_keys(stream);
         let mut script = self.read_script.key(key);
         script.key(meta).arg(settings.size);
@@ -432,7 +359,7 @@ impl RedisBroker {
             }
         }
         events.reverse();
-        Ok(crate::history::Snapshot { epoch: Arc::from(epoch), top, events })
+        Ok(super::stream::Snapshot { epoch: Arc::from(epoch), top, events })
     }
 
     /// Prefix of Herald's own keys.
@@ -470,7 +397,7 @@ impl RedisBroker {
 
     /// The hash in which every node records its figures.
     pub fn registry_key(&self) -> String {
-        format!("{}:nodes", self.config.key_prefix)
+        super::keys::fixed(&self.config.key_prefix, "nodes")
     }
 
     /// Runs a command and converts its reply.
@@ -496,15 +423,15 @@ impl RedisBroker {
     }
 
     fn key(&self, kind: &str, name: &str) -> String {
-        format!("{}:{kind}:{name}", self.config.key_prefix)
+        super::keys::trailing(&self.config.key_prefix, kind, name)
     }
 
     fn all_key(&self) -> String {
-        format!("{}:all", self.config.key_prefix)
+        super::keys::fixed(&self.config.key_prefix, "all")
     }
 
     fn control_key(&self) -> String {
-        format!("{}:ctl:{}", self.config.key_prefix, self.node_id)
+        super::keys::trailing(&self.config.key_prefix, "ctl", &self.node_id)
     }
 
     fn interest_channel(&self, key: &InterestKey) -> String {
@@ -574,45 +501,24 @@ impl RedisBroker {
     }
 
     fn add_to_pipeline(&self, pipe: &mut redis::Pipeline, node_id: &str, event: &Event) {
-        let (head, copies) = self.envelope_parts(node_id, event);
-        for (kind, channel) in &copies {
-            let mut message = Vec::with_capacity(head.len() + event.payload.len() + 16);
-            message.extend_from_slice(head.as_bytes());
-            push_envelope_tail(&mut message, kind, &event.payload);
-            pipe.cmd(self.publish_cmd()).arg(channel).arg(message).ignore();
+        let head = envelope::head(node_id, event);
+        for (kind, name) in envelope::copies(&event.target) {
+            let message = envelope::encode(&head, kind, &event.payload);
+            pipe.cmd(self.publish_cmd()).arg(self.copy_channel(kind, name)).arg(message).ignore();
         }
     }
 
-    /// The envelope's head (without closing brace) and the keys it travels on.
-    fn envelope_parts(&self, node_id: &str, event: &Event) -> (String, Vec<(&'static str, String)>) {
-        let t = &event.target;
-        let mut head = format!("{{\"v\":1,\"n\":{}", json_string(node_id));
-        for (field, value) in [("c", &t.channel), ("r", &t.room), ("u", &t.user)] {
-            if let Some(value) = value {
-                head.push_str(&format!(",\"{field}\":{}", json_string(value)));
-            }
+    /// The pub/sub channel of one copy of an event (see [`envelope::copies`]).
+    fn copy_channel(&self, kind: &str, name: Option<&str>) -> String {
+        match name {
+            Some(name) => self.key(kind, name),
+            None => self.all_key(),
         }
-        if let Some(x) = event.exclude {
-            head.push_str(&format!(",\"x\":{x}"));
-        }
-        if let Some(tags) = &event.tags {
-            head.push_str(",\"g\":");
-            head.push_str(&serde_json::to_string(&**tags).unwrap_or_else(|_| "{}".into()));
-        }
-        let copies: Vec<(&'static str, String)> = if t.broadcast {
-            vec![("a", self.all_key())]
-        } else {
-            [("c", t.channel.as_deref()), ("r", t.room.as_deref()), ("u", t.user.as_deref())]
-                .into_iter()
-                .filter_map(|(k, name)| name.map(|n| (k, self.key(k, n))))
-                .collect()
-        };
-        (head, copies)
     }
 
     /// Sends a command to another node (cross-node admin); returns whether a node listened.
     pub async fn send_control(&self, node: &str, body: &serde_json::Value) -> Result<bool, BrokerError> {
-        let channel = format!("{}:ctl:{node}", self.config.key_prefix);
+        let channel = super::keys::trailing(&self.config.key_prefix, "ctl", node);
         let cmd = redis::cmd("PUBLISH").arg(channel).arg(body.to_string()).to_owned();
         match self.commands.query(&cmd).await {
             Ok(RedisValue::Int(n)) => Ok(n > 0),
@@ -623,7 +529,7 @@ impl RedisBroker {
 
     /// Figures of every live node, as recorded in the registry.
     pub async fn cluster_nodes(&self) -> Result<Vec<serde_json::Value>, BrokerError> {
-        let key = format!("{}:nodes", self.config.key_prefix);
+        let key = super::keys::fixed(&self.config.key_prefix, "nodes");
         let cmd = redis::cmd("HGETALL").arg(&key).to_owned();
         let value = self.commands.query(&cmd).await.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let now = crate::stats::unix_millis();
@@ -694,133 +600,109 @@ impl RedisBroker {
         subscriber_ok && self.commands.query(&ping).await.is_ok()
     }
 
-    async fn record_node(&self, node: &Node) {
-        let totals = node.stats.totals();
-        let record = serde_json::json!({
-            "node": &*node.id,
-            "incarnation": self.incarnation,
-            "updated_ms": crate::stats::unix_millis(),
-            "uptime_seconds": node.stats.uptime_seconds(),
-            "connections": totals.connections,
-            "authenticated_connections": totals.authenticated,
-            "channel_subscriptions": totals.channel_subscriptions,
-            "room_memberships": totals.room_memberships,
-            "deliveries": totals.deliveries,
-            "publishes": totals.publishes,
-            "messages_in": totals.messages_in,
-            "deliveries_per_second": node.stats.latest().deliveries_per_second,
-            "slow_consumer_disconnects": totals.slow_consumer_disconnects,
-        });
-        let cmd = redis::cmd("HSET")
-            .arg(format!("{}:nodes", self.config.key_prefix))
-            .arg(&*node.id)
-            .arg(record.to_string())
-            .to_owned();
+    async fn record_node(&self, handler: &impl BrokerHandler) {
+        let mut record = handler.figures();
+        if let Some(fields) = record.as_object_mut() {
+            fields.insert("node".into(), (*self.node_id).into());
+            fields.insert("incarnation".into(), self.incarnation.clone().into());
+            fields.insert("updated_ms".into(), crate::stats::unix_millis().into());
+        }
+        let cmd = redis::cmd("HSET").arg(self.registry_key()).arg(&*self.node_id).arg(record.to_string()).to_owned();
         let _ = self.commands.query(&cmd).await;
     }
 }
 
-/// Runs the broker's background work until the node shuts down: dispatching pushes, following the
-/// hub's interest, checking the connection and restoring subscriptions after an outage.
-/// `interest` must come from [`crate::hub::Hub::watch_interest`], taken before the node accepts
-/// connections so that no change is missed.
-pub async fn run(
-    node: Arc<Node>,
+/// Runs the broker's background work until `shutdown`: dispatching pushes to `handler`,
+/// following the hub's interest, checking the connection and restoring subscriptions after an
+/// outage. `interest` must come from [`crate::hub::Hub::watch_interest`], taken before the node
+/// accepts connections so that no change is missed.
+pub async fn run<H: BrokerHandler>(
+    broker: Arc<RedisBroker>,
+    handler: Arc<H>,
     mut pushes: mpsc::Receiver<PushInfo>,
     interest: (Vec<InterestKey>, mpsc::UnboundedReceiver<InterestChange>),
+    shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let Some(broker) = node.broker.redis() else { return };
     let (initial, mut changes) = interest;
     broker.wanted.lock().extend(initial.iter().map(|k| broker.interest_channel(k)));
 
-    let health = {
-        let node = node.clone();
-        async move {
-            let Some(broker) = node.broker.redis() else { return };
-            let mut ticker = tokio::time::interval(HEALTH_INTERVAL);
-            // Several records per node timeout, so that a busy moment never makes a live node
-            // look dead to the others.
-            let registry_interval = REGISTRY_INTERVAL.min(node.config.redis.node_timeout / 5);
-            let mut last_record = Instant::now() - registry_interval;
-            loop {
-                ticker.tick().await;
-                if broker.check().await {
-                    if !broker.is_connected() {
-                        // Until `connected` is set, interest changes only update `wanted`.
-                        let _subscribing = broker.subscribing.lock().await;
-                        match broker.subscribe_all().await {
-                            Ok(n) => {
-                                // Registered before it says it is connected, so that other nodes
-                                // count this one from the first moment it takes cross-node traffic.
-                                broker.record_node(&node).await;
-                                broker.refresh_live().await;
-                                last_record = Instant::now();
-                                broker.connected.store(true, Ordering::Relaxed);
-                                match broker.outage_since.lock().take() {
-                                    Some(since) => tracing::info!(
-                                        subscriptions = n,
-                                        outage_ms = since.elapsed().as_millis() as u64,
-                                        "redis connection restored; resubscribed"
-                                    ),
-                                    None => tracing::info!(subscriptions = n, mode = ?broker.mode(), "redis connected"),
-                                }
+    let health = async {
+        let mut ticker = tokio::time::interval(HEALTH_INTERVAL);
+        // Several records per node timeout, so that a busy moment never makes a live node
+        // look dead to the others.
+        let registry_interval = REGISTRY_INTERVAL.min(broker.config.node_timeout / 5);
+        let mut last_record = Instant::now() - registry_interval;
+        loop {
+            ticker.tick().await;
+            if broker.check().await {
+                if !broker.is_connected() {
+                    // Until `connected` is set, interest changes only update `wanted`.
+                    let _subscribing = broker.subscribing.lock().await;
+                    match broker.subscribe_all().await {
+                        Ok(n) => {
+                            // Registered before it says it is connected, so that other nodes
+                            // count this one from the first moment it takes cross-node traffic.
+                            broker.record_node(&*handler).await;
+                            broker.refresh_live().await;
+                            last_record = Instant::now();
+                            broker.connected.store(true, Ordering::Relaxed);
+                            match broker.outage_since.lock().take() {
+                                Some(since) => tracing::info!(
+                                    subscriptions = n,
+                                    outage_ms = since.elapsed().as_millis() as u64,
+                                    "redis connection restored; resubscribed"
+                                ),
+                                None => tracing::info!(subscriptions = n, mode = ?broker.mode(), "redis connected"),
                             }
-                            Err(e) => broker.mark_down(&e.to_string()),
                         }
+                        Err(e) => broker.mark_down(&e.to_string()),
                     }
-                } else {
-                    if broker.outage_since.lock().is_none() && !broker.is_connected() {
-                        // Never connected yet: say so once.
-                        *broker.outage_since.lock() = Some(Instant::now());
-                        tracing::warn!("redis is unreachable; serving local traffic and retrying with backoff");
-                    }
-                    broker.mark_down("health check failed");
                 }
-                if broker.is_connected() && last_record.elapsed() >= registry_interval {
-                    last_record = Instant::now();
-                    broker.record_node(&node).await;
-                    broker.refresh_live().await;
+            } else {
+                if broker.outage_since.lock().is_none() && !broker.is_connected() {
+                    // Never connected yet: say so once.
+                    *broker.outage_since.lock() = Some(Instant::now());
+                    tracing::warn!("redis is unreachable; serving local traffic and retrying with backoff");
                 }
+                broker.mark_down("health check failed");
+            }
+            if broker.is_connected() && last_record.elapsed() >= registry_interval {
+                last_record = Instant::now();
+                broker.record_node(&*handler).await;
+                broker.refresh_live().await;
             }
         }
     };
 
-    let interest = {
-        let node = node.clone();
-        async move {
-            let Some(broker) = node.broker.redis() else { return };
-            while let Some(InterestChange { key, present, ready }) = changes.recv().await {
-                let channel = broker.interest_channel(&key);
-                // Not while a resubscription is between its snapshot of `wanted` and `connected`:
-                // a key added then would be in neither.
-                let _subscribing = broker.subscribing.lock().await;
-                let changed = {
-                    let mut wanted = broker.wanted.lock();
-                    if present { wanted.insert(channel.clone()) } else { wanted.remove(&channel) }
-                };
-                if changed && broker.is_connected() {
-                    // A failure here marks the connection down; the reconnect path resubscribes
-                    // everything in `wanted`, so nothing is lost.
-                    if let Err(e) = broker.set_subscription(std::slice::from_ref(&channel), present).await {
-                        broker.mark_down(&e.to_string());
-                    }
+    let interest = async {
+        while let Some(InterestChange { key, present, ready }) = changes.recv().await {
+            let channel = broker.interest_channel(&key);
+            // Not while a resubscription is between its snapshot of `wanted` and `connected`:
+            // a key added then would be in neither.
+            let _subscribing = broker.subscribing.lock().await;
+            let changed = {
+                let mut wanted = broker.wanted.lock();
+                if present { wanted.insert(channel.clone()) } else { wanted.remove(&channel) }
+            };
+            if changed && broker.is_connected() {
+                // A failure here marks the connection down; the reconnect path resubscribes
+                // everything in `wanted`, so nothing is lost.
+                if let Err(e) = broker.set_subscription(std::slice::from_ref(&channel), present).await {
+                    broker.mark_down(&e.to_string());
                 }
-                // While Redis is down the subscription is restored on reconnect; waiting for it
-                // would only hold acknowledgements hostage to the outage. Until then publishing
-                // delivers locally (`ensure_subscribed`), so the acknowledgement holds.
-                if let Some(ready) = ready {
-                    let _ = ready.send(());
-                }
+            }
+            // While Redis is down the subscription is restored on reconnect; waiting for it
+            // would only hold acknowledgements hostage to the outage. Until then publishing
+            // delivers locally (`ensure_subscribed`), so the acknowledgement holds.
+            if let Some(ready) = ready {
+                let _ = ready.send(());
             }
         }
     };
 
-    let dispatch = {
-        let node = node.clone();
-        async move {
-            while let Some(push) = pushes.recv().await {
-                handle_push(&node, push).await;
-            }
+    let dispatch = async {
+        while let Some(push) = pushes.recv().await {
+            handle_push(&broker, &*handler, push).await;
         }
     };
 
@@ -828,12 +710,11 @@ pub async fn run(
         _ = health => {}
         _ = interest => {}
         _ = dispatch => {}
-        _ = node.shutdown.cancelled() => {}
+        _ = shutdown.cancelled() => {}
     }
 }
 
-async fn handle_push(node: &Arc<Node>, push: PushInfo) {
-    let Some(broker) = node.broker.redis() else { return };
+async fn handle_push(broker: &RedisBroker, handler: &impl BrokerHandler, push: PushInfo) {
     let (channel, payload) = match push.kind {
         PushKind::Message | PushKind::SMessage => match (push.data.first(), push.data.get(1)) {
             (Some(channel), Some(payload)) => (channel, payload),
@@ -855,11 +736,13 @@ async fn handle_push(node: &Arc<Node>, push: PushInfo) {
     if let Some(rest) = channel.strip_prefix(prefix.as_str()).and_then(|r| r.strip_prefix(':'))
         && (rest.starts_with("c:") || rest.starts_with("r:") || rest.starts_with("u:") || rest == "all")
     {
-        internal_event(node, broker, payload).await;
+        internal_event(broker, handler, payload).await;
     } else if channel == broker.control_key() {
-        control(node, payload).await;
+        if let Ok(command) = serde_json::from_slice::<Control>(payload) {
+            handler.control(command).await;
+        }
     } else {
-        ingest(node, broker, channel, payload).await;
+        ingest(broker, handler, channel, payload).await;
     }
 }
 
@@ -871,43 +754,19 @@ fn bytes_of(value: &RedisValue) -> Option<&[u8]> {
     }
 }
 
-fn json_string(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
-}
-
 /// An event from another node (or from this one, through Redis).
-async fn internal_event(node: &Arc<Node>, broker: &RedisBroker, payload: &[u8]) {
-    let envelope: Envelope<'_> = match serde_json::from_slice(payload) {
-        Ok(envelope) => envelope,
+async fn internal_event(broker: &RedisBroker, handler: &impl BrokerHandler, payload: &[u8]) {
+    match envelope::decode(payload, &broker.node_id) {
+        Ok(event) => handler.deliver(event).await,
         Err(e) => {
-            node.stats.node.broker_malformed.fetch_add(1, Ordering::Relaxed);
+            handler.malformed();
             broker.malformed_log.lock().warn("malformed message between nodes", &e.to_string());
-            return;
         }
-    };
-    let route = match envelope.k {
-        "c" => Route::Channel,
-        "r" => Route::Room,
-        "u" => Route::User,
-        _ => Route::Broadcast,
-    };
-    let target = Target {
-        channel: envelope.c.map(Arc::from),
-        room: envelope.r.map(Arc::from),
-        user: envelope.u.map(Arc::from),
-        broadcast: route == Route::Broadcast,
-    };
-    let exclude = if envelope.n == &*node.id { envelope.x } else { None };
-    let payload = Bytes::copy_from_slice(envelope.e.get().as_bytes());
-    let event = Event::tagged(target, payload, exclude, route, envelope.g.map(Arc::new));
-    if let (Some(stream), Some(seq), Some(epoch)) = (envelope.h, envelope.s, envelope.p) {
-        let _ = event.stream.set(StreamPos { stream: Arc::from(stream), seq, epoch: Arc::from(epoch) });
     }
-    node.hub.dispatch(event).await;
 }
 
 /// A message a publisher put on `<prefix>:<channel>` or an exact ingest channel.
-async fn ingest(node: &Arc<Node>, broker: &RedisBroker, redis_channel: &str, payload: &[u8]) {
+async fn ingest(broker: &RedisBroker, handler: &impl BrokerHandler, redis_channel: &str, payload: &[u8]) {
     let channel = broker
         .config
         .prefixes
@@ -917,12 +776,12 @@ async fn ingest(node: &Arc<Node>, broker: &RedisBroker, redis_channel: &str, pay
     let value: serde_json::Value = match serde_json::from_slice(payload) {
         Ok(value @ serde_json::Value::Object(_)) => value,
         Ok(_) => {
-            node.stats.node.broker_malformed.fetch_add(1, Ordering::Relaxed);
+            handler.malformed();
             broker.malformed_log.lock().warn("dropped a published message that is not a JSON object", redis_channel);
             return;
         }
         Err(e) => {
-            node.stats.node.broker_malformed.fetch_add(1, Ordering::Relaxed);
+            handler.malformed();
             broker
                 .malformed_log
                 .lock()
@@ -946,38 +805,9 @@ async fn ingest(node: &Arc<Node>, broker: &RedisBroker, redis_channel: &str, pay
         user: field(&broker.config.user_field),
         broadcast: false,
     };
-    match node.prepare(target, value) {
-        Ok((target, payload)) => {
-            node.note_room_event(&target);
-            if let Some((stream, settings)) = node.history.stream_for(&target) {
-                // Every node receives the publisher's message; only the stream's owner gives it
-                // a seq and republishes it to the nodes, so each event is sequenced once.
-                if broker.owns(&stream) {
-                    node.stats.node.publishes.fetch_add(1, Ordering::Relaxed);
-                    let _ = crate::history::publish(node, Event::new(target, payload), stream, settings).await;
-                }
-                return;
-            }
-            node.stats.node.publishes.fetch_add(1, Ordering::Relaxed);
-            node.hub.dispatch(Event::new(target, payload)).await;
-        }
-        Err(e) => {
-            node.stats.node.broker_malformed.fetch_add(1, Ordering::Relaxed);
-            broker.malformed_log.lock().warn("dropped a published message", &format!("{redis_channel}: {e}"));
-        }
-    }
-}
-
-async fn control(node: &Arc<Node>, payload: &[u8]) {
-    let Ok(command) = serde_json::from_slice::<Control>(payload) else { return };
-    if let Some(id) = command.disconnect {
-        let found = crate::api::admin::disconnect_local(node, &id).await;
-        tracing::info!(connection = %id, found, "disconnect requested by another node");
-    }
-    if let Some((app, user)) = command.pusher_terminate {
-        crate::pusher::api::terminate_local(node, &app, &user).await;
-    }
-    if let Some(publish) = command.pusher_publish {
-        crate::pusher::api::publish_forwarded(node, &publish).await;
+    let owns = |stream: &str| broker.owns(stream);
+    if let Err(e) = handler.ingest(target, value, &owns).await {
+        handler.malformed();
+        broker.malformed_log.lock().warn("dropped a published message", &format!("{redis_channel}: {e}"));
     }
 }

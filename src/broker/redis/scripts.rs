@@ -1,0 +1,34 @@
+//! The Lua scripts that make a stream's seq, its record and its publication one step.
+
+/// Gives an event of a stream its seq, appends it to the stream's Redis Stream and publishes
+/// it to the nodes, atomically: every node sees the stream's events in seq order.
+/// KEYS: stream, meta. ARGV: epoch if new, size, max age ms, payload, envelope head, then
+/// (channel, envelope tail) pairs.
+pub(super) const APPEND_LUA: &str = r#"
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'epoch', epoch)
+end
+local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local age = tonumber(ARGV[3])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 's', seq, 'e', ARGV[4])
+redis.call('XTRIM', KEYS[1], 'MINID', '~', tostring(now - age))
+redis.call('PEXPIRE', KEYS[1], age)
+redis.call('PEXPIRE', KEYS[2], age + 86400000)
+for i = 6, #ARGV, 2 do
+  redis.call('PUBLISH', ARGV[i], ARGV[5] .. seq .. ',"p":"' .. epoch .. '"' .. ARGV[i + 1])
+end
+return seq
+"#;
+
+/// Reads a stream's epoch, last seq and newest entries in one step. KEYS: stream, meta.
+/// ARGV: most entries.
+pub(super) const READ_LUA: &str = r#"
+local meta = redis.call('HMGET', KEYS[2], 'epoch', 'seq')
+if not meta[1] then return {false, 0, {}} end
+return {meta[1], tonumber(meta[2]), redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[1])}
+"#;
