@@ -8,7 +8,9 @@
 //!
 //! With Redis the per-user rates, blocks and both connection counts are shared by all nodes: rate
 //! windows are `INCR` counters, connection counts are per-node fields of a hash, so a node that
-//! dies stops counting once the node registry forgets it.
+//! dies stops counting once the node registry forgets it. Which store counts is decided once, at
+//! start-up ([`Limits::new`] is given the Redis broker or not); while Redis is down, the node's
+//! memory counts. Limits know nothing else of the node.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -20,8 +22,8 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use parking_lot::Mutex;
 
 use crate::broker::keys;
+use crate::broker::redis::RedisBroker;
 use crate::config::LimitsConfig;
-use crate::node::Node;
 
 type UserLimiter = DefaultKeyedRateLimiter<Arc<str>>;
 
@@ -68,6 +70,8 @@ pub struct Limits {
     blocked_users: Mutex<HashMap<Arc<str>, Instant>>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     per_user_connections: Mutex<HashMap<Arc<str>, usize>>,
+    /// The Redis broker, when limits are shared by a cluster.
+    cluster: Option<Arc<RedisBroker>>,
 }
 
 fn quota_minute(n: u32) -> Option<Quota> {
@@ -79,8 +83,8 @@ fn quota_hour(n: u32) -> Option<Quota> {
 }
 
 impl Limits {
-    /// Limits as configured.
-    pub fn new(config: &LimitsConfig) -> Limits {
+    /// Limits as configured, shared through `cluster` when the node runs with Redis.
+    pub fn new(config: &LimitsConfig, cluster: Option<Arc<RedisBroker>>) -> Limits {
         let rates = config.messages_per_minute > 0 || config.messages_per_hour > 0;
         Limits {
             per_user: rates.then(|| {
@@ -93,7 +97,13 @@ impl Limits {
             blocked_users: Mutex::new(HashMap::new()),
             per_ip: Mutex::new(HashMap::new()),
             per_user_connections: Mutex::new(HashMap::new()),
+            cluster,
         }
+    }
+
+    /// Redis while it is connected; `None` means this node's memory counts.
+    fn shared(&self) -> Option<&RedisBroker> {
+        self.cluster.as_deref().filter(|r| r.is_connected())
     }
 
     fn state<'a>(&self, state: &'a mut Option<Box<RateState>>) -> &'a mut RateState {
@@ -152,16 +162,11 @@ impl Limits {
     }
 
     /// Counts one message of a connection (and its user); `state` is the connection's own.
-    pub async fn check_message(
-        &self,
-        node: &Node,
-        state: &mut Option<Box<RateState>>,
-        user: Option<&Arc<str>>,
-    ) -> RateDecision {
+    pub async fn check_message(&self, state: &mut Option<Box<RateState>>, user: Option<&Arc<str>>) -> RateDecision {
         let now = Instant::now();
         let state = self.state(state);
         let user_block = match user {
-            Some(user) => self.user_blocked_until(node, user, now).await,
+            Some(user) => self.user_blocked_until(user, now).await,
             None => None,
         };
         let blocked = state.blocked_until.into_iter().chain(user_block).filter(|until| *until > now).max();
@@ -171,7 +176,7 @@ impl Limits {
         let connection_ok = state.minute.as_ref().is_none_or(|l| l.check().is_ok())
             && state.hour.as_ref().is_none_or(|l| l.check().is_ok());
         let user_ok = match user {
-            Some(user) => self.user_message(node, user).await,
+            Some(user) => self.user_message(user).await,
             None => true,
         };
         if connection_ok && user_ok {
@@ -181,7 +186,7 @@ impl Limits {
         let until = now + self.config.block_duration;
         state.blocked_until = Some(until);
         if let Some(user) = user {
-            self.block_user(node, user, until).await;
+            self.block_user(user, until).await;
         }
         self.refuse(state, self.config.block_duration)
     }
@@ -192,8 +197,8 @@ impl Limits {
         RateDecision::Refused { retry_after, disconnect: limit > 0 && state.refusals >= limit }
     }
 
-    async fn user_blocked_until(&self, node: &Node, user: &Arc<str>, now: Instant) -> Option<Instant> {
-        if let Some(redis) = node.broker.shared_state() {
+    async fn user_blocked_until(&self, user: &Arc<str>, now: Instant) -> Option<Instant> {
+        if let Some(redis) = self.shared() {
             let key = keys::key(redis.key_prefix(), "lim:block", &[user]);
             let ttl_ms: i64 = redis.query_as(redis::cmd("PTTL").arg(key)).await.unwrap_or(-2);
             return (ttl_ms > 0).then(|| now + Duration::from_millis(ttl_ms as u64));
@@ -201,8 +206,8 @@ impl Limits {
         self.blocked_users.lock().get(user).copied()
     }
 
-    async fn block_user(&self, node: &Node, user: &Arc<str>, until: Instant) {
-        if let Some(redis) = node.broker.shared_state() {
+    async fn block_user(&self, user: &Arc<str>, until: Instant) {
+        if let Some(redis) = self.shared() {
             let key = keys::key(redis.key_prefix(), "lim:block", &[user]);
             let ms = until.saturating_duration_since(Instant::now()).as_millis().max(1) as u64;
             let _: Result<(), _> = redis.query_as(redis::cmd("SET").arg(key).arg(1).arg("PX").arg(ms)).await;
@@ -212,8 +217,8 @@ impl Limits {
     }
 
     /// Counts a message of `user`; false once the user is over a rate.
-    async fn user_message(&self, node: &Node, user: &Arc<str>) -> bool {
-        if let Some(redis) = node.broker.shared_state() {
+    async fn user_message(&self, user: &Arc<str>) -> bool {
+        if let Some(redis) = self.shared() {
             // Fixed windows shared by all nodes: one round trip per message.
             let secs = crate::stats::unix_millis() / 1000;
             let prefix = redis.key_prefix();
@@ -245,17 +250,16 @@ impl Limits {
     /// Reserves a connection slot for `ip` and `user`; the permit gives it back when dropped.
     pub async fn acquire_connection(
         self: &Arc<Self>,
-        node: &Arc<Node>,
         ip: IpAddr,
         user: Option<Arc<str>>,
     ) -> Result<ConnectionPermit, ConnectionRefused> {
         let (ip_cap, user_cap) = (self.config.max_connections_per_ip, self.config.max_connections_per_user);
         let user = user.filter(|_| user_cap > 0);
-        let shared = node.broker.shared_state().is_some();
-        let mut permit = ConnectionPermit { limits: self.clone(), node: node.clone(), ip: None, user: None, shared };
+        let shared = self.shared().is_some();
+        let mut permit = ConnectionPermit { limits: self.clone(), ip: None, user: None, shared };
         if ip_cap > 0 {
             let count = self
-                .count_up(node, shared, ("ip", &ip.to_string()), || {
+                .count_up(shared, ("ip", &ip.to_string()), || {
                     let mut map = self.per_ip.lock();
                     let n = map.entry(ip).or_default();
                     *n += 1;
@@ -269,7 +273,7 @@ impl Limits {
         }
         if let Some(user) = user {
             let count = self
-                .count_up(node, shared, ("user", &user), || {
+                .count_up(shared, ("user", &user), || {
                     let mut map = self.per_user_connections.lock();
                     let n = map.entry(user.clone()).or_default();
                     *n += 1;
@@ -286,17 +290,11 @@ impl Limits {
 
     /// Counts a connection up, locally or across nodes; returns the new total. A failed Redis
     /// round trip counts the connection as the only one rather than refusing it.
-    async fn count_up(
-        &self,
-        node: &Node,
-        shared: bool,
-        (kind, name): (&str, &str),
-        local: impl FnOnce() -> usize,
-    ) -> usize {
+    async fn count_up(&self, shared: bool, (kind, name): (&str, &str), local: impl FnOnce() -> usize) -> usize {
         if !shared {
             return local();
         }
-        if let Some(redis) = node.broker.redis() {
+        if let Some(redis) = self.cluster.as_deref() {
             let hash = keys::key(redis.key_prefix(), "lim:conn", &[kind, name]);
             let field = redis.incarnation();
             // The count and the registry of live nodes in one round trip: a field counts only while
@@ -318,19 +316,17 @@ impl Limits {
         1
     }
 
-    fn release(&self, node: &Arc<Node>, shared: bool, ip: Option<IpAddr>, user: Option<&Arc<str>>) {
+    fn release(&self, shared: bool, ip: Option<IpAddr>, user: Option<&Arc<str>>) {
         if shared {
-            let Some(redis) = node.broker.redis() else { return };
+            let Some(redis) = self.cluster.clone() else { return };
             let keys: Vec<String> = ip
                 .map(|ip| keys::key(redis.key_prefix(), "lim:conn", &["ip", &ip.to_string()]))
                 .into_iter()
                 .chain(user.map(|u| keys::key(redis.key_prefix(), "lim:conn", &["user", u])))
                 .collect();
             let field = redis.incarnation().to_string();
-            let node = node.clone();
             // Runs on whichever runtime drops the permit (a shard's or the control runtime).
             tokio::spawn(async move {
-                let Some(redis) = node.broker.redis() else { return };
                 let mut pipe = redis::pipe();
                 for key in &keys {
                     pipe.cmd("HINCRBY").arg(key).arg(&field).arg(-1).ignore();
@@ -365,7 +361,6 @@ impl Limits {
 /// A reserved connection slot; dropping it gives the slot back.
 pub struct ConnectionPermit {
     limits: Arc<Limits>,
-    node: Arc<Node>,
     ip: Option<IpAddr>,
     user: Option<Arc<str>>,
     shared: bool,
@@ -374,7 +369,7 @@ pub struct ConnectionPermit {
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         if self.ip.is_some() || self.user.is_some() {
-            self.limits.release(&self.node, self.shared, self.ip, self.user.as_ref());
+            self.limits.release(self.shared, self.ip, self.user.as_ref());
         }
     }
 }
@@ -385,11 +380,13 @@ mod tests {
 
     #[test]
     fn exempt_types_are_not_counted() {
-        let limits = Limits::new(&LimitsConfig::default());
+        let limits = Limits::new(&LimitsConfig::default(), None);
         assert!(limits.counts("chat_message"));
         assert!(!limits.counts("cursor_move"));
-        let off =
-            Limits::new(&LimitsConfig { messages_per_minute: 0, messages_per_hour: 0, ..LimitsConfig::default() });
+        let off = Limits::new(
+            &LimitsConfig { messages_per_minute: 0, messages_per_hour: 0, ..LimitsConfig::default() },
+            None,
+        );
         assert!(!off.counts("chat_message"));
     }
 }

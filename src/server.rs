@@ -112,11 +112,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let upstream = crate::upstream::Upstream::new(&config.upstream);
     let config_history = config.history.clone();
     let pusher = crate::pusher::Pusher::new(&config.pusher, &id);
+    // Parts with state shared by the cluster choose where it lives once, here.
+    let redis_handle = broker.redis_handle();
     let node = Arc::new(Node {
         id,
         rules: ChannelRules::new(&config.channels),
         auth: Auth::new(&config)?,
-        limits: Arc::new(Limits::new(&config.limits)),
+        limits: Arc::new(Limits::new(&config.limits, redis_handle.clone())),
         store: store.clone(),
         writer,
         config: Arc::new(config),
@@ -125,8 +127,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stats: Stats::new(shards),
         shutdown: CancellationToken::new(),
         next_connection: AtomicU64::new(1),
-        presence: crate::presence::Presence::new(),
-        cells: crate::presence::cells::Cells::default(),
+        presence: crate::presence::Presence::new(redis_handle.clone()),
+        cells: crate::presence::cells::Cells::new(redis_handle),
         upstream,
         history: crate::history::History::new(&config_history),
         pusher,

@@ -212,6 +212,14 @@ impl Broker {
         }
     }
 
+    /// A handle on the Redis broker, for a part that chooses its shared state once, at start-up.
+    pub fn redis_handle(&self) -> Option<Arc<redis::RedisBroker>> {
+        match self {
+            Broker::Redis(redis) => Some(redis.clone()),
+            Broker::Local(_) => None,
+        }
+    }
+
     /// The Redis broker, if that is what runs.
     pub fn redis(&self) -> Option<&redis::RedisBroker> {
         match self {

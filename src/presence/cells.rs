@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::broker::keys;
-use crate::node::Node;
+use crate::broker::redis::RedisBroker;
 
 /// How long Redis keeps a room's cells after its last edit.
 const CELL_TTL_SECS: u64 = 7 * 86_400;
@@ -70,7 +70,7 @@ pub struct Cell {
     pub value: Value,
     /// Formula, if any.
     pub formula: Option<String>,
-    /// Version (the spreadsheet document uses millisecond timestamps).
+    /// Version (the spreadsheet profile uses millisecond timestamps).
     pub version: i64,
     /// Last editor.
     pub user_id: Option<String>,
@@ -111,17 +111,24 @@ struct RoomCells {
     sheets: HashSet<String>,
 }
 
-/// Cells of this node (used without Redis), by room.
+/// The cells of collaborative rooms: one decision for the cluster in Redis, chosen at start-up
+/// ([`Cells::new`] is given the Redis broker or not), else this node's map.
 #[derive(Default)]
 pub struct Cells {
+    /// Cells of this node (used without Redis), by room.
     local: Mutex<HashMap<Arc<str>, RoomCells>>,
+    cluster: Option<Arc<RedisBroker>>,
 }
 
 impl Cells {
+    /// Cells kept in Redis when `cluster` is given, else on this node.
+    pub fn new(cluster: Option<Arc<RedisBroker>>) -> Cells {
+        Cells { local: Mutex::default(), cluster }
+    }
+
     /// Applies an edit to a cell of `room` if it is newer than the cell and within bounds.
     pub async fn apply(
         &self,
-        node: &Node,
         room: &Arc<str>,
         sheet: &str,
         cell_id: &str,
@@ -129,7 +136,7 @@ impl Cells {
         limits: CellLimits,
     ) -> Result<Applied, CellError> {
         let clock_limit = crate::stats::unix_millis() as i64 + MAX_AHEAD;
-        if let Some(redis) = node.broker.redis() {
+        if let Some(redis) = self.cluster.as_deref() {
             let prefix = redis.key_prefix();
             let field = format!("{}:{}", keys::part(sheet), keys::part(cell_id));
             let json = serde_json::to_string(&edit).map_err(|e| CellError(e.to_string()))?;

@@ -141,6 +141,8 @@ pub struct Presence {
     local: Mutex<Local>,
     dirty: mpsc::UnboundedSender<Dirty>,
     dirty_rx: Mutex<Option<mpsc::UnboundedReceiver<Dirty>>>,
+    /// The Redis broker, when presence is mirrored for a cluster.
+    cluster: Option<Arc<RedisBroker>>,
 }
 
 fn ms_to_rfc3339(ms: i64) -> String {
@@ -153,20 +155,27 @@ fn field(user: &str, incarnation: &str) -> String {
 
 impl Default for Presence {
     fn default() -> Self {
-        Self::new()
+        Self::new(None)
     }
 }
 
 impl Presence {
-    /// An empty presence service.
-    pub fn new() -> Presence {
+    /// An empty presence service, mirrored through `cluster` when the node runs with Redis
+    /// (chosen once, here).
+    pub fn new(cluster: Option<Arc<RedisBroker>>) -> Presence {
         let (tx, rx) = mpsc::unbounded_channel();
         Presence {
             activity: activity::RoomActivity::default(),
             local: Mutex::new(Local::default()),
             dirty: tx,
             dirty_rx: Mutex::new(Some(rx)),
+            cluster,
         }
+    }
+
+    /// Redis while it is connected; `None` means this node's own records are all there is.
+    fn shared(&self) -> Option<&RedisBroker> {
+        self.cluster.as_deref().filter(|r| r.is_connected())
     }
 
     fn mark(&self, dirty: Dirty) {
@@ -375,7 +384,7 @@ async fn user_view(node: &Node, user: &str) -> UserView {
     if let Some(record) = node.presence.local_user(user) {
         view.add(&record);
     }
-    if let Some(redis) = node.broker.shared_state() {
+    if let Some(redis) = node.presence.shared() {
         let key = keys::key(redis.key_prefix(), "pr:user", &[user]);
         let (fields, live) = tokio::join!(hgetall(redis, &key), redis.live_incarnations());
         if let (Ok(fields), Ok(live)) = (fields, live) {
@@ -430,7 +439,7 @@ async fn room_view(node: &Node, room: &str) -> (HashMap<String, Vec<RoomRecord>>
     for (user, record) in local {
         users.entry(user).or_default().push(record);
     }
-    if let Some(redis) = node.broker.shared_state() {
+    if let Some(redis) = node.presence.shared() {
         let key = keys::key(redis.key_prefix(), "pr:room", &[room]);
         let sheets_key = keys::key(redis.key_prefix(), "pr:sheets", &[room]);
         let (fields, remote_sheets, live) =
@@ -462,7 +471,7 @@ pub async fn members(node: &Node, room: &str) -> (Vec<Member>, Vec<String>) {
     (members, sheets)
 }
 
-/// `room_state` as the spreadsheet document shows it.
+/// `room_state` as the spreadsheet profile shows it.
 pub async fn room_state(node: &Node, room: &str) -> Value {
     let (members, sheets) = members(node, room).await;
     json!({
@@ -493,7 +502,7 @@ pub async fn user_presence(node: &Node, user: &str) -> Value {
 
 /// Whether the user has a connection in the room on any other live node.
 async fn present_elsewhere(node: &Node, room: &str, user: &str) -> bool {
-    let Some(redis) = node.broker.shared_state() else { return false };
+    let Some(redis) = node.presence.shared() else { return false };
     let key = keys::key(redis.key_prefix(), "pr:room", &[room]);
     let (fields, live) = tokio::join!(hgetall(redis, &key), redis.live_incarnations());
     let (Ok(fields), Ok(live)) = (fields, live) else { return false };
@@ -673,7 +682,7 @@ pub async fn run(node: Arc<Node>) {
 
 /// Writes the current value of every changed field.
 async fn mirror(node: &Node, pending: &mut HashSet<Dirty>) {
-    let Some(redis) = node.broker.redis() else {
+    let Some(redis) = node.presence.cluster.as_deref() else {
         pending.clear();
         return;
     };
@@ -735,7 +744,7 @@ async fn mirror(node: &Node, pending: &mut HashSet<Dirty>) {
 /// Removes the presence of dead nodes from the rooms this node's clients are in, and tells
 /// those clients who went away.
 async fn sweep_dead(node: &Node) {
-    let Some(redis) = node.broker.shared_state() else { return };
+    let Some(redis) = node.presence.shared() else { return };
     let Ok(live) = redis.live_incarnations().await else { return };
     for room in node.presence.local_rooms() {
         let key = keys::key(redis.key_prefix(), "pr:room", &[&room]);
@@ -780,7 +789,7 @@ async fn sweep_dead(node: &Node) {
 
 /// On shutdown, this node's fields go away at once rather than after the node timeout.
 async fn remove_own(node: &Node) {
-    let Some(redis) = node.broker.shared_state() else { return };
+    let Some(redis) = node.presence.shared() else { return };
     let me = redis.incarnation().to_string();
     let mut pipe = redis::pipe();
     {

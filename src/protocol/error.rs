@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-/// A machine-readable error code. The first seven are the collaborative-spreadsheet document's;
+/// A machine-readable error code. The first seven are the collaborative-spreadsheet profile's;
 /// the rest are Herald's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

@@ -99,7 +99,7 @@ impl Inbound {
         }
     }
 
-    /// The room of a room message: `room` or, as the spreadsheet document spells it, `room_id`.
+    /// The room of a room message: `room` or, as the spreadsheet profile spells it, `room_id`.
     pub fn room(&self) -> Result<&str, ProtocolError> {
         let room = match (self.opt_str("room")?, self.opt_str("room_id")?) {
             (Some(room), _) | (None, Some(room)) => room,
@@ -172,7 +172,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_the_documents_messages() {
+    fn parses_the_profiles_messages() {
         let m = Inbound::parse(br#"{"type":"subscribe","channels":["campaigns","emails"]}"#).unwrap();
         assert_eq!(m.kind, "subscribe");
         assert_eq!(m.channels().unwrap(), vec!["campaigns", "emails"]);

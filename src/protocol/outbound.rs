@@ -35,7 +35,7 @@ pub fn reply(kind: &str, fields: Value, id: Option<&Value>) -> Bytes {
 }
 
 /// `{"type":"error","error":…,"message":…,"code":…,"timestamp":…}`; `message` repeats `error`
-/// because the campaign document's clients read that spelling.
+/// because the campaign profile's clients read that spelling.
 pub fn error(code: ErrorCode, message: &str, id: Option<&Value>) -> Bytes {
     error_with(code, message, id, Map::new())
 }

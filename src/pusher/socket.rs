@@ -107,7 +107,7 @@ pub async fn upgrade(node: Arc<Node>, key: String, mut request: Request) -> Resp
     };
     let mut permit = None;
     if opening.refusal.is_none() {
-        match node.limits.acquire_connection(&node, client_ip, None).await {
+        match node.limits.acquire_connection(client_ip, None).await {
             Ok(p) => permit = Some(p),
             Err(e) => {
                 opening.app = None;
@@ -218,7 +218,7 @@ pub(crate) async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: 
     let keepalive = matches!(message.event.as_str(), "pusher:ping" | "pusher:pong");
     if !keepalive && node.limits.counts(&message.event) {
         let mut rate = session.rate.borrow_mut().take();
-        let decision = node.limits.check_message(node, &mut rate, None).await;
+        let decision = node.limits.check_message(&mut rate, None).await;
         *session.rate.borrow_mut() = rate;
         if let crate::limits::RateDecision::Refused { retry_after, disconnect } = decision {
             crate::stats::bump(&shard.counters().rate_limited, 1);

@@ -85,7 +85,7 @@ pub(crate) async fn admit(
         // Take the state out: no RefCell borrow may live across the await.
         let mut rate = session.rate.borrow_mut().take();
         let user = session.user().filter(|u| u.verified).map(|u| u.id.clone());
-        let decision = node.limits.check_message(node, &mut rate, user.as_ref()).await;
+        let decision = node.limits.check_message(&mut rate, user.as_ref()).await;
         *session.rate.borrow_mut() = rate;
         decision
     } else {

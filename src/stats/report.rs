@@ -94,7 +94,7 @@ async fn cluster(redis: &crate::broker::redis::RedisBroker) -> Value {
     })
 }
 
-/// The object pushed on the stats stream: the dashboard document's fields, from Herald's own
+/// The object pushed on the stats stream: the dashboard profile's fields, from Herald's own
 /// persistence writer, plus the node's live figures.
 pub fn stream_frame(node: &Node) -> Value {
     let totals = node.stats.totals();

@@ -29,7 +29,7 @@ pub enum CryptoError {
 }
 
 /// Turns configured key text into 32 bytes: base64 of exactly 32 bytes is used as is; any other
-/// text (the chat document's `WEBSOCKET_ENCRYPTION_KEY=your-encryption-key-here`) is a
+/// text (the chat profile's `WEBSOCKET_ENCRYPTION_KEY=your-encryption-key-here`) is a
 /// passphrase hashed with SHA-256.
 fn key_bytes(text: &str) -> [u8; 32] {
     if let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(text.trim())

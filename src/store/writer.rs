@@ -2,7 +2,7 @@
 //!
 //! It takes the first waiting row at once and everything that queued meanwhile (up to
 //! `database.batch_size`; with `database.batch_linger` it first waits that long for a batch to
-//! fill, as the dashboard document's worker does), commits them in one transaction, delivers the
+//! fill, as the dashboard profile's worker does), commits them in one transaction, delivers the
 //! committed messages to their rooms in commit order, and only then acknowledges each sender. A
 //! message is therefore acknowledged only once durable, and delivery never waits for a disk that
 //! a busy shard would otherwise wait for. On shutdown the queue is drained before the process

@@ -153,7 +153,7 @@ pub async fn handle(node: Arc<Node>, endpoint: Arc<Endpoint>, mut request: Reque
     // How many connections this address and this user already have.
     if plan.rejection.is_none() {
         let user = plan.user.as_ref().filter(|u| u.verified).map(|u| u.id.clone());
-        match node.limits.acquire_connection(&node, client_ip, user.clone()).await {
+        match node.limits.acquire_connection(client_ip, user.clone()).await {
             Ok(permit) => plan.permit = Some(permit),
             Err(e) => {
                 refused(&node);

@@ -244,7 +244,7 @@ impl RedisBroker {
         self.connected.load(Ordering::Relaxed)
     }
 
-    /// The campaign document's `redis` object: state and what the node listens to.
+    /// The campaign profile's `redis` object: state and what the node listens to.
     pub fn describe(&self) -> serde_json::Value {
         let connected = self.is_connected();
         let mut channels: Vec<String> = self.config.prefixes.iter().map(|p| format!("{p}:*")).collect();

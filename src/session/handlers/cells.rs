@@ -88,7 +88,7 @@ pub(crate) async fn update(shard: &Rc<Shard>, session: &Rc<Session>, message: &I
     let edit = Cell { value, formula, version, user_id: Some(who.user_id.to_string()), username: who.username.clone() };
     let applied = node
         .cells
-        .apply(node, &room, &sheet, &cell_id, edit, limits)
+        .apply(&room, &sheet, &cell_id, edit, limits)
         .await
         .map_err(|e| ProtocolError::new(ErrorCode::Unavailable, e.to_string()))?;
     let cell = match applied {
