@@ -21,10 +21,10 @@ from herald_publisher.client import (
     Disconnect,
     HeraldAuthError,
     HeraldClient,
+    HeraldClientError,
     HeraldServerError,
     Kind,
     Publication,
-    StreamPosition,
     Subscription,
     SubscriptionState,
     default_stream_of,
@@ -416,9 +416,10 @@ def test_room_presence_history_and_publish(node):
     room = unique("room-chat")
 
     async def main() -> None:
-        async with HeraldClient(node.ws_url, token=token("gina")) as gina, HeraldClient(
-            node.ws_url, token=token("hugo")
-        ) as hugo:
+        async with (
+            HeraldClient(node.ws_url, token=token("gina")) as gina,
+            HeraldClient(node.ws_url, token=token("hugo")) as hugo,
+        ):
             joins: List[Dict[str, Any]] = []
             leaves: List[Dict[str, Any]] = []
             g_room = gina.room(room)
@@ -447,7 +448,7 @@ def test_room_presence_history_and_publish(node):
             later = await gina.history(room=room, since=page.position)
             assert later.events == [] and later.recovered is True
 
-            with pytest.raises(Exception):
+            with pytest.raises(HeraldClientError):
                 await gina.channel(unique("jobs:x")).publish("nope")
 
             await h_room.unsubscribe()

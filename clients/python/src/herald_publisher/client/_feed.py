@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from typing import Any, Callable, Dict, Generic, List, Optional, TypeVar
+from typing import Any, Callable, Dict, Generic, List, Optional, TypeVar, cast
 
 log = logging.getLogger("herald_publisher.client")
 
@@ -84,7 +84,7 @@ class Feed(Generic[T]):
         item = await self._queue.get()
         if item is _END:
             self._finish()
-        return item
+        return cast(T, item)
 
     def _finish(self) -> None:
         if self._on_close is not None:

@@ -93,8 +93,7 @@ def _import_websockets() -> Any:
         from ..errors import HeraldConfigError
 
         raise HeraldConfigError(
-            "the consumer client needs the `websockets` package (13 or later): "
-            "pip install 'herald-publisher[client]'"
+            "the consumer client needs the `websockets` package (13 or later): pip install 'herald-publisher[client]'"
         ) from e
     return websockets, connect
 
@@ -414,7 +413,8 @@ class HeraldClient(Emitter):
         #: How many connections were opened (1 after the first).
         self.connections = 0
         self._subs: Dict[Tuple[Kind, str], Subscription] = {}
-        self._pending: Dict[str, Tuple["asyncio.Future[Dict[str, Any]]", Optional[Callable[[Dict[str, Any]], Any]]]] = {}
+        self._pending: Dict[str, Tuple["asyncio.Future[Dict[str, Any]]", Optional[Callable[[Dict[str, Any]], Any]]]]
+        self._pending = {}
         self._ids = itertools.count(1)
         self._feeds: Set[Feed[Dict[str, Any]]] = set()
         self._ws: Any = None
@@ -444,8 +444,20 @@ class HeraldClient(Emitter):
         if self._run_task is None:
             self._wake = asyncio.Event()
             self._run_task = asyncio.get_running_loop().create_task(self._run())
+            self._run_task.add_done_callback(self._run_done)
         await waiter
         return self
+
+    def _run_done(self, task: "asyncio.Task[None]") -> None:
+        """A connection loop that died of a defect must not leave ``connect()`` waiting forever."""
+        if task.cancelled() or task.exception() is None:
+            return
+        error = HeraldClientError(f"the connection loop failed: {task.exception()!r}")
+        log.error("%s", error)
+        for waiter in self._connected_waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
+        self._connected_waiters.clear()
 
     async def close(self) -> None:
         """Closes the connection for good (code 1000); every iteration ends."""
@@ -461,6 +473,8 @@ class HeraldClient(Emitter):
             try:
                 await self._run_task
             except asyncio.CancelledError:
+                pass
+            except Exception:  # logged by _run_done; closing still completes
                 pass
             self._run_task = None
         await self._finish(None)
@@ -810,7 +824,8 @@ class HeraldClient(Emitter):
     async def _lost(self, code: int, reason: str) -> None:
         """A connection ended: decides whether to reconnect; subscriptions wait for the next one."""
         error = self._last_error
-        if code == TOKEN_EXPIRED or (code == 1008 and error is not None and error.get("code") == "AUTHENTICATION_FAILED"):
+        refused = code == 1008 and error is not None and error.get("code") == "AUTHENTICATION_FAILED"
+        if code == TOKEN_EXPIRED or refused:
             auth = HeraldAuthError.from_message(error) if error else HeraldAuthError("TOKEN_EXPIRED", reason)
             if self.get_token is None or self._token_refused:
                 raise _Fatal(HeraldAuthError(auth.code, auth.message, auth.raw), code)
