@@ -456,3 +456,67 @@ def test_room_presence_history_and_publish(node):
             assert g_room.presence().user_ids == ["gina"]
 
     run(main())
+
+
+STRICT = f"""
+[auth]
+mode = "required"
+jwt_secret = "{SECRET}"
+leeway = 0
+on_expiry = "disconnect"
+reject = "http"
+
+[websocket]
+heartbeat_interval = "100ms"
+
+[[history]]
+channels = "jobs:*"
+size = 1000
+max_age = "10m"
+"""
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_root: str) -> Herald:
+    """No refresh in band, no leeway, refusals as HTTP 401 before the upgrade."""
+    herald = start_node(tmp_root, STRICT)
+    yield herald
+    stop_node(herald)
+
+
+def test_an_expired_token_reconnects_with_a_fresh_one_and_resumes(strict):
+    channel = unique("jobs:expired")
+    calls: List[int] = []
+
+    async def get_token() -> str:
+        calls.append(1)
+        # The first token expires in two seconds (Herald closes with 4003); the next lasts.
+        return token("ivan", ttl=2 if len(calls) == 1 else 3600)
+
+    async def main() -> None:
+        codes: List[int] = []
+        client = HeraldClient(strict.ws_url, get_token=get_token, backoff=FAST)
+        client.on("disconnected", lambda d: codes.append(d.code))
+        sub = await (await client.connect()).subscribe(channel)
+        await publish_jobs(strict, channel, range(1, 3))
+        first = await take(sub, 2)
+        await until(lambda: 4003 in codes, "the 4003 close")
+        await until(lambda: client.connections == 2 and sub.state is SubscriptionState.SUBSCRIBED, "the reconnect")
+        assert len(calls) == 2
+        await publish_jobs(strict, channel, range(3, 5))
+        rest = await take(sub, 2)
+        assert [p.data["n"] for p in first + rest] == [1, 2, 3, 4]
+        await client.close()
+
+    run(main())
+
+
+def test_a_token_refused_before_the_upgrade_is_not_retried(strict):
+    async def main() -> None:
+        client = HeraldClient(strict.ws_url, token="not-a-jwt", backoff=FAST)
+        with pytest.raises(HeraldAuthError) as refused:
+            await client.connect()
+        assert "401" in str(refused.value)
+        assert client.state is ClientState.CLOSED and client.connections == 0
+
+    run(main())
