@@ -332,10 +332,13 @@ def test_a_silent_connection_is_replaced(node):
         proxy = Proxy(node.addr)
         addr = await proxy.start()
         reasons: List[str] = []
+        heartbeats: List[Dict[str, Any]] = []
         client = HeraldClient(f"ws://{addr}/ws", token=token("dora"), backoff=FAST, heartbeat_timeout=1.0)
         client.on("disconnected", lambda d: reasons.append(d.reason))
+        client.on("message", lambda m: heartbeats.append(m) if m.get("type") == "heartbeat" else None)
         sub = await (await client.connect()).subscribe(channel)
-        await until(lambda: client.connections == 1, "the first connection")
+        # The check is armed by the first heartbeat message.
+        await until(lambda: heartbeats, "a heartbeat")
         proxy.freeze()
         await until(lambda: client.connections == 2 and sub.state is SubscriptionState.SUBSCRIBED, "a new connection")
         assert any("heartbeat" in r for r in reasons), reasons

@@ -369,11 +369,12 @@ class HeraldClient(Emitter):
             backoff: Reconnect delays (default: 0.5 s doubling to 20 s, full jitter).
             recover: Follow streams with history with positions and resume them after a
                 reconnect (``seq`` / ``recover`` on subscribe and join).
-            heartbeat_timeout: A connection on which nothing arrives for this long (seconds)
-                is taken for dead and replaced. Herald sends a ``heartbeat`` message every
-                ``websocket.heartbeat_interval`` (30 s by default), so keep it well above that;
-                None for nodes with ``websocket.heartbeat_message = false`` (the WebSocket
-                pings of ``websockets`` still detect a dead peer).
+            heartbeat_timeout: Once a connection carried Herald's ``heartbeat`` messages (every
+                ``websocket.heartbeat_interval``, 30 s by default), nothing arriving on it for
+                this long (seconds) means it is dead: it is dropped and replaced. Keep it well
+                above the interval; None turns the check off. Nodes that send no heartbeat
+                messages (``websocket.heartbeat_message = false``) never arm it, and the
+                WebSocket pings of ``websockets`` still detect a dead peer.
             request_timeout: Seconds to wait for the answer to a request.
             open_timeout: Seconds for the opening handshake.
             queue_size: Bound of each ``async for`` buffer.
@@ -755,6 +756,9 @@ class HeraldClient(Emitter):
         self._ws = ws
         self._last_error = None
         welcomed = not self.expect_welcome
+        # Armed by the first `heartbeat` message: a node configured without them
+        # (websocket.heartbeat_message = false) must not look dead when a channel is quiet.
+        heartbeats = False
         restore: Optional["asyncio.Task[None]"] = None
         if welcomed:
             restore = await self._opened({})
@@ -763,7 +767,7 @@ class HeraldClient(Emitter):
         try:
             while True:
                 try:
-                    raw = await asyncio.wait_for(ws.recv(), self.heartbeat_timeout)
+                    raw = await asyncio.wait_for(ws.recv(), self.heartbeat_timeout if heartbeats else None)
                 except asyncio.TimeoutError:
                     code, reason = 1006, f"no heartbeat from Herald for {self.heartbeat_timeout} s"
                     log.info("%s; reconnecting", reason)
@@ -774,6 +778,8 @@ class HeraldClient(Emitter):
                 if message is None:
                     continue
                 kind = message.get("type")
+                if kind == "heartbeat":
+                    heartbeats = True
                 if not welcomed:
                     if kind == "error" and message.get("code") == "AUTHENTICATION_FAILED":
                         self._last_error = message
