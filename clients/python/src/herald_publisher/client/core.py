@@ -548,8 +548,8 @@ class HeraldClient(Emitter):
 
         try:
             reply = await self.request(sub._request(), on_reply=on_reply)
-        except _Lost:
-            return  # subscribed again on the next connection
+        except HeraldClosedError:
+            return  # lost, or not connected yet: the next connection subscribes again (_restore)
         except HeraldServerError as e:
             sub._wanted = False
             sub._fail_waiters(e)
