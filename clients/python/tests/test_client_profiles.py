@@ -4,13 +4,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.request
 from typing import Any, Dict, List
 
-from harness import REPO, start_node, stop_node, unique, wait_until
+from harness import API_KEY, REPO, WAIT, Herald, start_node, stop_node, unique, wait_until
 from test_client import ready, run, until
 
 from herald_publisher import AsyncHeraldPublisher, HeraldPublisher
 from herald_publisher.client import HeraldClient, SubscriptionState
+
+
+def connections(node: Herald) -> int:
+    request = urllib.request.Request(f"{node.http_url}/api/connections", headers={"Authorization": f"Bearer {API_KEY}"})
+    with urllib.request.urlopen(request, timeout=WAIT) as response:
+        return int(json.load(response)["total"])
 
 
 def profile(name: str) -> str:
@@ -58,6 +66,9 @@ def test_job_updates_profile_without_welcome_or_heartbeat_messages(tmp_root, red
             client = HeraldClient(f"ws://{node.addr}/ws", expect_welcome=False)
             client.on("message", lambda m: updates.append(m) if m.get("type") == "job_update" else None)
             await client.connect()
+            # Without a welcome nothing says when the node has registered the connection; its
+            # admin listing does (a broadcast published before that would miss it).
+            await until(lambda: connections(node) >= 1, "the node to list the connection")
             job = unique("job")
             publisher = HeraldPublisher.redis(redis_url, prefix="botrix", require_receiver=True)
             await asyncio.get_running_loop().run_in_executor(
