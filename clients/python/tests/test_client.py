@@ -51,6 +51,10 @@ default = "allow"
 pattern = "secret*"
 deny = true
 
+[[access.rules]]
+pattern = "vip*"
+roles = ["vip"]
+
 [[history]]
 channels = "jobs:*"
 size = 1000
@@ -68,8 +72,11 @@ T = TypeVar("T")
 FAST = Backoff(initial_delay=0.05, max_delay=0.3)
 
 
-def token(user: str, ttl: float = 3600) -> str:
-    return hs256({"sub": user, "name": user.title(), "exp": int(time.time() + ttl)}, SECRET)
+def token(user: str, ttl: float = 3600, roles: Optional[List[str]] = None) -> str:
+    claims: Dict[str, Any] = {"sub": user, "name": user.title(), "exp": int(time.time() + ttl)}
+    if roles is not None:
+        claims["roles"] = roles
+    return hs256(claims, SECRET)
 
 
 def run(coroutine: Awaitable[T]) -> T:
@@ -373,6 +380,42 @@ def test_token_is_refreshed_in_band(node):
         assert client.connections == 1 and client.connection_id == connection
         await publish_jobs(node, channel, range(1, 2))
         assert [p.data["n"] for p in await take(sub, 1)] == [1]
+        await client.close()
+
+    run(main())
+
+
+def test_a_refreshed_token_with_fewer_rights_ends_the_subscriptions_it_no_longer_allows(node):
+    """The first token holds the `vip` role; the refreshed one does not: Herald revokes the `vip*`
+    channel (``unsubscribed`` with ``revoked``), and its iteration ends with the refusal."""
+    vip, plain = unique("vip-lounge"), unique("jobs:plain")
+    calls: List[int] = []
+
+    async def main() -> None:
+        subscribed = asyncio.Event()
+
+        async def get_token() -> str:
+            calls.append(1)
+            if len(calls) == 1:
+                return token("judy", ttl=10, roles=["vip"])
+            # Herald asks at once (the token expires within refresh_ahead); answer once subscribed.
+            await subscribed.wait()
+            return token("judy", roles=[])
+
+        errors: List[HeraldServerError] = []
+        client = HeraldClient(node.ws_url, get_token=get_token, backoff=FAST)
+        await client.connect()
+        lounge = client.channel(vip)
+        lounge.on("error", errors.append)
+        await lounge.subscribe()
+        other = await client.subscribe(plain)
+        subscribed.set()
+        with pytest.raises(HeraldServerError) as revoked:
+            async for _ in lounge:
+                pass
+        assert revoked.value.code == "PERMISSION_DENIED"
+        assert lounge.state is SubscriptionState.UNSUBSCRIBED and [e.code for e in errors] == ["PERMISSION_DENIED"]
+        assert other.state is SubscriptionState.SUBSCRIBED and client.connections == 1
         await client.close()
 
     run(main())
