@@ -19,6 +19,7 @@ from herald_publisher.client import (
     Backoff,
     ClientState,
     Disconnect,
+    Gap,
     HeraldAuthError,
     HeraldClient,
     HeraldClientError,
@@ -58,6 +59,11 @@ roles = ["vip"]
 [[history]]
 channels = "jobs:*"
 size = 1000
+max_age = "10m"
+
+[[history]]
+channels = "short:*"
+size = 2
 max_age = "10m"
 
 [[history]]
@@ -288,6 +294,36 @@ def test_a_cut_connection_resumes_without_loss_or_duplicates(node):
         assert [p.position.seq for p in first + rest] == list(range(1, 10))
         assert gaps == []
         assert disconnects and disconnects[0].reconnect
+        await client.close()
+        await proxy.stop()
+
+    run(main())
+
+
+def test_a_gap_history_no_longer_covers_is_reported(node):
+    """History keeps 2 events; 4 are published while the client is away: the resume reports a
+    gap (from the last position seen to Herald's), and live events carry on."""
+    channel = unique("short:gap")
+
+    async def main() -> None:
+        proxy = Proxy(node.addr)
+        addr = await proxy.start()
+        gaps: List[Gap] = []
+        client = HeraldClient(f"ws://{addr}/ws", token=token("kim"), backoff=FAST)
+        sub = await (await client.connect()).subscribe(channel)
+        sub.on("gap", gaps.append)
+        await publish_jobs(node, channel, range(1, 3))
+        first = await take(sub, 2)
+        proxy.refuse = True
+        proxy.cut()
+        await until(lambda: client.state is not ClientState.CONNECTED, "the client to notice the cut")
+        await publish_jobs(node, channel, range(3, 7))
+        proxy.refuse = False
+        await until(lambda: gaps, "the gap")
+        assert gaps[0].since == first[-1].position and gaps[0].current.seq == 6
+        await publish_jobs(node, channel, range(7, 8))
+        (live,) = await take(sub, 1)
+        assert live.data["n"] == 7 and live.position.seq == 7
         await client.close()
         await proxy.stop()
 
