@@ -20,6 +20,18 @@ export interface HttpOptions {
   maxSockets?: number;
   /** Your own agent (keep-alive is then up to you); left open by `close()`. */
   agent?: http.Agent;
+  /** Called before each retry (for logs or metrics): which attempt failed, why, and the delay. */
+  onRetry?: (info: RetryInfo) => void;
+}
+
+/** What {@link HttpOptions.onRetry} is told. */
+export interface RetryInfo {
+  /** The attempt that failed (1 for the first request). */
+  attempt: number;
+  /** The HTTP status, or the network error's code. */
+  reason: string;
+  /** Milliseconds until the next attempt. */
+  delayMs: number;
 }
 
 /** One HTTP answer. */
@@ -84,6 +96,7 @@ export class HttpTransport {
   readonly #ownsAgent: boolean;
   readonly #module: typeof http | typeof https;
   readonly #seen = new WeakSet<Socket>();
+  readonly #onRetry: ((info: RetryInfo) => void) | undefined;
 
   constructor(baseUrl: string, options: HttpOptions = {}) {
     if (!baseUrl) throw new HeraldConfigError("Herald's base URL is required (e.g. http://127.0.0.1:8000)");
@@ -103,6 +116,7 @@ export class HttpTransport {
     this.#retries = Math.max(0, options.retries ?? 2);
     this.#retryDelayMs = options.retryDelayMs ?? 100;
     this.#ownsAgent = options.agent === undefined;
+    this.#onRetry = options.onRetry;
     this.agent =
       options.agent ??
       new this.#module.Agent({ keepAlive: true, maxSockets: options.maxSockets ?? 16, scheduling: 'lifo' });
@@ -147,6 +161,7 @@ export class HttpTransport {
             cause: failure.original,
           });
         }
+        this.#onRetry?.({ attempt: attempt + 1, reason: failure.original.code ?? failure.message, delayMs: backoff });
         await sleep(backoff);
         continue;
       }
@@ -155,7 +170,9 @@ export class HttpTransport {
       const transient = [502, 503, 504].includes(answer.status) && idempotencyKey !== undefined;
       if (last || !(refusedUnhandled || transient)) throw HeraldHTTPError.fromResponse(answer.status, answer.text);
       // Herald's Retry-After is in seconds; a publisher should not stall for long on it.
-      await sleep(Math.max(backoff, Math.min((answer.retryAfter ?? 0) * 1000, 2000)));
+      const delayMs = Math.max(backoff, Math.min((answer.retryAfter ?? 0) * 1000, 2000));
+      this.#onRetry?.({ attempt: attempt + 1, reason: `HTTP ${answer.status}`, delayMs });
+      await sleep(delayMs);
     }
   }
 

@@ -14,7 +14,7 @@ export {
   HeraldTargetError,
 } from './errors.js';
 export { buildEvent, renderRoom, utcTimestamp, RESERVED_FIELDS, type BuildOptions, type HeraldEvent } from './event.js';
-export { HttpTransport, type HttpOptions } from './http.js';
+export { HttpTransport, type HttpOptions, type RetryInfo } from './http.js';
 export {
   HeraldPublisher,
   type Environment,

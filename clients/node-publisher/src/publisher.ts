@@ -204,9 +204,4 @@ export class HeraldPublisher {
   close(): Promise<void> {
     return this.transport.close();
   }
-
-  /** `await using publisher = HeraldPublisher.http(…)` closes it at the end of the scope. */
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.close();
-  }
 }

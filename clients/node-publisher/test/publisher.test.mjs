@@ -2,6 +2,7 @@
 // for each publish, over HTTP and over Redis, and the errors.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
+import { connect as tcpConnect } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 
 import {
@@ -134,6 +135,48 @@ describe('@herald/publisher against Herald and Redis', () => {
         await publisher.close();
         await lossy.close();
         client.close();
+      }
+    });
+
+    test("a publish refused by Herald's in-flight cap (503, Retry-After) is retried and delivered", async () => {
+      const busy = await startHerald({ args: ['--set', 'server.max_requests_in_flight=1'] });
+      const channel = unique('busy');
+      const client = await subscriber(busy, `channels=${channel}`);
+      // A request whose body never comes holds the only place.
+      const stall = tcpConnect(busy.port, '127.0.0.1');
+      await new Promise((resolveConnect) => stall.once('connect', resolveConnect));
+      stall.write(`POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{`);
+      const retries = [];
+      const publisher = HeraldPublisher.http(busy.httpUrl, {
+        apiKey: API_KEY,
+        onRetry: (info) => {
+          retries.push(info);
+          stall.destroy(); // frees the place before the retry
+        },
+      });
+      try {
+        // The stalled request must hold the place before the publish is sent: wait until Herald
+        // refuses a probe.
+        await within(
+          (async () => {
+            for (;;) {
+              const response = await fetch(`${busy.httpUrl}/health`).catch(() => undefined);
+              if (response?.status === 503 && response.headers.get('retry-after') !== null) return;
+              await new Promise((r) => setTimeout(r, 20));
+            }
+          })(),
+          'the stalled request to hold the only place',
+        );
+        await publisher.publish({ type: 'busy:ok' }, { channel });
+        assert.equal(retries.length, 1);
+        assert.equal(retries[0].reason, 'HTTP 503');
+        assert.ok(retries[0].delayMs >= 1000);
+        await client.next((m) => m.type === 'busy:ok');
+      } finally {
+        stall.destroy();
+        await publisher.close();
+        client.close();
+        await busy.stop();
       }
     });
 
