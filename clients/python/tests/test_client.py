@@ -147,6 +147,7 @@ class Proxy:
         host, port = upstream.rsplit(":", 1)
         self.upstream = (host, int(port))
         self.refuse = False
+        self.hold = False
         self.pairs: Set[asyncio.Task] = set()
         self.writers: List[asyncio.StreamWriter] = []
         self.frozen: Set[int] = set()
@@ -162,6 +163,9 @@ class Proxy:
         self.accepted += 1
         if self.refuse:
             writer.close()
+            return
+        if self.hold:
+            self.writers.append(writer)
             return
         up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         self.writers += [writer, up_writer]
@@ -600,5 +604,34 @@ def test_a_token_refused_before_the_upgrade_is_not_retried(strict):
             await client.connect()
         assert "401" in str(refused.value)
         assert client.state is ClientState.CLOSED and client.connections == 0
+
+    run(main())
+
+
+def test_close_during_the_handshake_and_during_the_backoff(node):
+    async def main() -> None:
+        proxy = Proxy(node.addr)
+        addr = await proxy.start()
+        proxy.hold = True  # accepts, and answers nothing: the handshake hangs
+        states: List[ClientState] = []
+        client = HeraldClient(f"ws://{addr}/ws", token=token("liam"))
+        client.on("state", states.append)
+        connecting = asyncio.ensure_future(client.connect())
+        await until(lambda: proxy.accepted == 1, "the handshake to start")
+        await client.close()
+        assert client.state is ClientState.CLOSED
+        with pytest.raises(HeraldClientError):
+            await connecting
+
+        port = free_port()  # nothing listens: the client waits between attempts
+        waiting = HeraldClient(f"ws://127.0.0.1:{port}/ws", backoff=Backoff(initial_delay=60, max_delay=60))
+        waiting.on("state", states.append)
+        pending = asyncio.ensure_future(waiting.connect())
+        await until(lambda: waiting.state is ClientState.DISCONNECTED, "the first refusal")
+        await waiting.close()
+        assert waiting.state is ClientState.CLOSED
+        with pytest.raises(HeraldClientError):
+            await pending
+        await proxy.stop()
 
     run(main())

@@ -461,23 +461,25 @@ class HeraldClient(Emitter):
         self._connected_waiters.clear()
 
     async def close(self) -> None:
-        """Closes the connection for good (code 1000); every iteration ends."""
+        """Closes the connection for good (code 1000); every iteration ends. A handshake in
+        progress or a wait between attempts is abandoned at once."""
         if self.state is ClientState.CLOSED and self._run_task is None:
             return
         self._closing = True
         if self._wake is not None:
             self._wake.set()
-        ws = self._ws
+        ws, task = self._ws, self._run_task
+        if ws is not None and self.state is ClientState.CONNECTED:
+            await ws.close(1000, "client closed")  # the loop sees the close and ends
+        elif task is not None:
+            task.cancel()  # opening, or not yet welcomed: nothing to close gracefully
+        if task is not None:
+            # wait() neither raises the loop's error (_run_done logged it) nor swallows a
+            # cancellation of close() itself.
+            await asyncio.wait([task])
+            self._run_task = None
         if ws is not None:
             await ws.close(1000, "client closed")
-        if self._run_task is not None:
-            try:
-                await self._run_task
-            except asyncio.CancelledError:
-                pass
-            except Exception:  # logged by _run_done; closing still completes
-                pass
-            self._run_task = None
         await self._finish(None)
 
     async def __aenter__(self) -> "HeraldClient":
@@ -715,6 +717,9 @@ class HeraldClient(Emitter):
                     self._token_refused = False
                 disconnect = Disconnect(0, f"{type(e).__name__}: {e}", self.reconnect)
             else:
+                if self._closing:  # close() was called while the handshake ran
+                    await ws.close(1000, "client closed")
+                    break
                 try:
                     disconnect, welcomed = await self._serve(ws)
                 except _Fatal as e:
