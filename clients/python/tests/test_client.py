@@ -268,6 +268,20 @@ def test_subscribe_and_iterate_with_positions(node):
     run(main())
 
 
+def test_subscribing_first_opens_the_connection(node):
+    async def main() -> None:
+        client = HeraldClient(node.ws_url, token=token("mia"))
+        sub = await client.subscribe(unique("jobs:first"))
+        assert sub.state is SubscriptionState.SUBSCRIBED and client.state is ClientState.CONNECTED
+        await client.close()
+
+        refused = HeraldClient(node.ws_url, token="not-a-jwt")
+        with pytest.raises(HeraldAuthError):
+            await refused.subscribe(unique("jobs:never"))
+
+    run(main())
+
+
 def test_a_cut_connection_resumes_without_loss_or_duplicates(node):
     channel = unique("jobs:cut")
 

@@ -131,7 +131,8 @@ class Subscription(Emitter):
 
     async def subscribe(self) -> "Subscription":
         """Subscribes (channel) or joins (room) and waits for Herald's acknowledgement; while the
-        client is disconnected, waits for the next connection. Raises :class:`HeraldServerError`
+        client is disconnected, waits for the next connection (and opens the first one if
+        ``connect()`` was not called). Raises :class:`HeraldServerError`
         when Herald refuses (``PERMISSION_DENIED``, ``INVALID_NAME``, ``LIMIT_EXCEEDED``, …)."""
         if self.client.state is ClientState.CLOSED:
             raise HeraldClosedError("the client is closed")
@@ -442,12 +443,16 @@ class HeraldClient(Emitter):
             return self
         waiter: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
         self._connected_waiters.append(waiter)
-        if self._run_task is None:
+        self._ensure_running()
+        await waiter
+        return self
+
+    def _ensure_running(self) -> None:
+        """Starts the connection loop once (``connect()``, or a first ``subscribe()``)."""
+        if self._run_task is None and self.state is not ClientState.CLOSED:
             self._wake = asyncio.Event()
             self._run_task = asyncio.get_running_loop().create_task(self._run())
             self._run_task.add_done_callback(self._run_done)
-        await waiter
-        return self
 
     def _run_done(self, task: "asyncio.Task[None]") -> None:
         """A connection loop that died of a defect must not leave ``connect()`` waiting forever."""
@@ -536,7 +541,9 @@ class HeraldClient(Emitter):
     def _start_subscribe(self, sub: Subscription) -> None:
         if self.state is ClientState.CONNECTED:
             self._spawn(self._send_subscribe(sub))
-        # Otherwise the next connection subscribes everything wanted (_restore).
+        else:
+            # The next connection subscribes everything wanted (_restore); start one if need be.
+            self._ensure_running()
 
     async def _send_subscribe(self, sub: Subscription) -> None:
         gap: List[Gap] = []
