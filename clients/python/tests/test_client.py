@@ -248,10 +248,12 @@ def test_subscribe_and_iterate_with_positions(node):
 
     async def main() -> None:
         states: List[SubscriptionState] = []
+        unsubscribed: List[Dict[str, Any]] = []
         async with HeraldClient(node.ws_url, token=token("alice")) as client:
             assert client.state is ClientState.CONNECTED and client.connection_id
             sub = client.channel(channel)
             sub.on("state", states.append)
+            sub.on("unsubscribed", unsubscribed.append)
             await sub.subscribe()
             assert sub.state is SubscriptionState.SUBSCRIBED
             await publish_jobs(node, channel, range(1, 4))
@@ -263,6 +265,7 @@ def test_subscribe_and_iterate_with_positions(node):
             await sub.unsubscribe()
             assert sub.state is SubscriptionState.UNSUBSCRIBED
         assert states == [SubscriptionState.SUBSCRIBING, SubscriptionState.SUBSCRIBED, SubscriptionState.UNSUBSCRIBED]
+        assert unsubscribed == [{"type": "unsubscribed", "channel": channel}]
         assert client.state is ClientState.CLOSED
 
     run(main())

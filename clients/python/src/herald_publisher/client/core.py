@@ -161,16 +161,11 @@ class Subscription(Emitter):
             self._feed.end()
         self.client._forget(self)
         if was_live and self.client.state is ClientState.CONNECTED:
-            if self.kind is Kind.CHANNEL:
-                request: Dict[str, Any] = {"type": "unsubscribe", "channels": [self.name]}
-            else:
-                request = {"type": "leave_room", "room": self.name}
             try:
-                await self.client.request(request)
-            except (HeraldServerError, HeraldClosedError, HeraldTimeoutError, _Lost):
+                await self.client.request(self._leave_request())
+            except (HeraldServerError, HeraldClosedError, HeraldTimeoutError):
                 # Already gone on Herald's side (a revocation, a lost connection): nothing to undo.
                 pass
-        await self._emit("unsubscribed", {"type": "unsubscribed", self.kind.value: self.name})
 
     def presence(self) -> Presence:
         """Who is in the room now (rooms only): a copy of what Herald reported."""
@@ -211,8 +206,15 @@ class Subscription(Emitter):
         if state is self.state:
             return
         self.state = state
+        if state is SubscriptionState.UNSUBSCRIBED and not args:
+            args = ({"type": "unsubscribed", self.kind.value: self.name},)
         await self._emit("state", state)
         await self._emit(state.value, *args)
+
+    def _leave_request(self) -> Dict[str, Any]:
+        if self.kind is Kind.CHANNEL:
+            return {"type": "unsubscribe", "channels": [self.name]}
+        return {"type": "leave_room", "room": self.name}
 
     def _resolve_waiters(self) -> None:
         for waiter in self._waiters:
@@ -569,6 +571,9 @@ class HeraldClient(Emitter):
             log.warning("subscribing to %s %r: %s", sub.kind.value, sub.name, e)
             return
         if not sub._wanted:
+            # Unsubscribed while the request was on its way: undo it on Herald's side too.
+            if self.state is ClientState.CONNECTED:
+                self._spawn(self._quietly(sub._leave_request()))
             return
         # The state changed in the reader (so replayed events found it subscribed); tell now.
         await sub._emit("state", SubscriptionState.SUBSCRIBED)
@@ -576,6 +581,12 @@ class HeraldClient(Emitter):
         for found in gap:
             await sub._emit("gap", found)
         sub._resolve_waiters()
+
+    async def _quietly(self, request: Dict[str, Any]) -> None:
+        try:
+            await self.request(request)
+        except HeraldClientError as e:
+            log.debug("%s: %s", request.get("type"), e)
 
     # --- requests ----------------------------------------------------------------------------------
 
