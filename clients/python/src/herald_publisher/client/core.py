@@ -551,7 +551,7 @@ class HeraldClient(Emitter):
         gap: List[Gap] = []
 
         def on_reply(reply: Dict[str, Any]) -> None:
-            if reply.get("type") != "error":
+            if reply.get("type") != "error" and sub._wanted:
                 found = sub._on_reply(reply)
                 if found is not None:
                     gap.append(found)
@@ -567,8 +567,10 @@ class HeraldClient(Emitter):
             await sub._set_state(SubscriptionState.UNSUBSCRIBED)
             await sub._emit("error", e)
             return
-        except HeraldClientError as e:
+        except HeraldClientError as e:  # no answer in time: say so; the next connection retries
             log.warning("subscribing to %s %r: %s", sub.kind.value, sub.name, e)
+            sub._fail_waiters(e)
+            await sub._emit("error", e)
             return
         if not sub._wanted:
             # Unsubscribed while the request was on its way: undo it on Herald's side too.
