@@ -105,7 +105,8 @@ class Subscription(Emitter):
     :meth:`subscribe` on, in order; the iteration ends at :meth:`unsubscribe`, or raises the error
     that ended the subscription), or with callbacks: ``on("publication", cb)``. Other events:
     ``state`` (:class:`SubscriptionState`), ``subscribing``, ``subscribed`` (Herald's reply),
-    ``unsubscribed``, ``error`` (:class:`HeraldServerError`), ``gap`` (:class:`Gap`), and for rooms
+    ``unsubscribed``, ``error`` (:class:`HeraldServerError` for a refusal or a revocation,
+    :class:`HeraldTimeoutError` when Herald did not answer), ``gap`` (:class:`Gap`), and for rooms
     ``presence`` (:class:`Presence`), ``join`` and ``leave`` (Herald's ``user_joined`` /
     ``user_left``).
     """
