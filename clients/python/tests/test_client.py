@@ -271,6 +271,22 @@ def test_subscribe_and_iterate_with_positions(node):
     run(main())
 
 
+def test_callbacks_alone_are_not_held_back_by_an_unread_buffer(node):
+    channel = unique("jobs:callbacks")
+
+    async def main() -> None:
+        got: List[int] = []
+        async with HeraldClient(node.ws_url, token=token("noah"), queue_size=2) as client:
+            sub = client.channel(channel)
+            sub.on("publication", lambda p: got.append(p.data["n"]))
+            await sub.subscribe()
+            await publish_jobs(node, channel, range(1, 6))
+            await until(lambda: len(got) == 5, "five callbacks")
+            assert got == [1, 2, 3, 4, 5]
+
+    run(main())
+
+
 def test_subscribing_first_opens_the_connection(node):
     async def main() -> None:
         client = HeraldClient(node.ws_url, token=token("mia"))

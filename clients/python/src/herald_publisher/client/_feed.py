@@ -54,6 +54,12 @@ class Feed(Generic[T]):
         self._ended = False
         self._error: Optional[BaseException] = None
         self._on_close = on_close
+        #: True once someone started reading (``async for``).
+        self.iterated = False
+
+    def full(self) -> bool:
+        """Whether a push would wait."""
+        return self._queue.full()
 
     @property
     def ended(self) -> bool:
@@ -76,6 +82,7 @@ class Feed(Generic[T]):
             self._queue.put_nowait(_END)
 
     def __aiter__(self) -> "Feed[T]":
+        self.iterated = True
         return self
 
     async def __anext__(self) -> T:

@@ -199,7 +199,7 @@ class Subscription(Emitter):
             raise HeraldClientError("this subscription was created with buffer=False: use on('publication', …)")
         if self._feed is None:
             self._feed = Feed(self.client.queue_size)
-        return self._feed
+        return self._feed.__aiter__()
 
     # --- the client's side ---------------------------------------------------------------------
 
@@ -280,8 +280,19 @@ class Subscription(Emitter):
         return Publication(message, channel=channel, room=room, position=position)
 
     async def _deliver(self, publication: Publication) -> None:
-        if self._feed is not None:
-            await self._feed.push(publication)
+        feed = self._feed
+        if feed is not None:
+            if feed.full() and not feed.iterated:
+                # Nobody reads it with `async for` (callbacks only): waiting for a reader that
+                # never comes would stop the connection. Stop buffering instead.
+                log.warning(
+                    "%s %r: the async-for buffer is full and unread; buffering stops (buffer=False for callbacks only)",
+                    self.kind.value,
+                    self.name,
+                )
+                self._feed = None
+            else:
+                await feed.push(publication)
         await self._emit("publication", publication)
 
     async def _on_presence(self, message: Dict[str, Any]) -> None:
