@@ -287,6 +287,23 @@ def test_callbacks_alone_are_not_held_back_by_an_unread_buffer(node):
     run(main())
 
 
+def test_messagepack_encoding(node):
+    """``encoding="msgpack"``: binary frames both ways, the same messages."""
+    channel = unique("jobs:msgpack")
+
+    async def main() -> None:
+        async with HeraldClient(node.ws_url, token=token("olga"), encoding="msgpack") as client:
+            assert client.subprotocol == "herald.msgpack"
+            sub = await client.subscribe(channel)
+            await publish_jobs(node, channel, range(1, 3))
+            got = await take(sub, 2)
+            assert [p.data["n"] for p in got] == [1, 2] and got[1].position.seq == 2
+            page = await client.history(channel=channel)
+            assert [e["n"] for e in page.events] == [1, 2]
+
+    run(main())
+
+
 def test_subscribing_first_opens_the_connection(node):
     async def main() -> None:
         client = HeraldClient(node.ws_url, token=token("mia"))

@@ -85,6 +85,18 @@ def _position(report: Any) -> Optional[StreamPosition]:
     return StreamPosition(report["seq"], epoch if isinstance(epoch, str) else "")
 
 
+def _import_msgpack() -> Any:
+    try:
+        import msgpack  # type: ignore[import-untyped,unused-ignore]
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        from ..errors import HeraldConfigError
+
+        raise HeraldConfigError(
+            "encoding='msgpack' needs the `msgpack` package: pip install 'herald-publisher[client,msgpack]'"
+        ) from e
+    return msgpack
+
+
 def _import_websockets() -> Any:
     try:
         import websockets
@@ -368,6 +380,7 @@ class HeraldClient(Emitter):
         queue_size: int = 1024,
         expect_welcome: bool = True,
         stream_of: StreamOf = default_stream_of,
+        encoding: str = "json",
         connect_options: Optional[Dict[str, Any]] = None,
     ):
         """
@@ -396,6 +409,9 @@ class HeraldClient(Emitter):
             expect_welcome: Wait for Herald's welcome (``connection``) before counting a
                 connection as open; False for endpoints configured with ``welcome = "none"``.
             stream_of: Which subscription an event belongs to (see :func:`default_stream_of`).
+            encoding: ``"json"`` (text frames), or ``"msgpack"``: the ``herald.msgpack``
+                subprotocol, every message a MessagePack map in a binary frame (needs the
+                ``msgpack`` package: ``pip install 'herald-publisher[client,msgpack]'``).
             connect_options: More keyword arguments for ``websockets.asyncio.client.connect``.
         """
         super().__init__()
@@ -423,6 +439,10 @@ class HeraldClient(Emitter):
         self.expect_welcome = expect_welcome
         self.stream_of = stream_of
         self.connect_options = dict(connect_options or {})
+        if encoding not in ("json", "msgpack"):
+            raise ValueError(f"encoding is 'json' or 'msgpack', not {encoding!r}")
+        self.encoding = encoding
+        self._msgpack: Any = _import_msgpack() if encoding == "msgpack" else None
         self.state = ClientState.DISCONNECTED
         #: Herald's id for the current connection (from the welcome).
         self.connection_id: Optional[str] = None
@@ -460,6 +480,13 @@ class HeraldClient(Emitter):
         self._ensure_running()
         await waiter
         return self
+
+    @property
+    def subprotocol(self) -> Optional[str]:
+        """The WebSocket subprotocol of the current connection (``herald.msgpack`` with
+        ``encoding="msgpack"``), None when not connected or none was negotiated."""
+        ws = self._ws
+        return getattr(ws, "subprotocol", None) if ws is not None else None
 
     def _ensure_running(self) -> None:
         """Starts the connection loop once (``connect()``, or a first ``subscribe()``)."""
@@ -610,8 +637,12 @@ class HeraldClient(Emitter):
         ws = self._ws
         if ws is None or self.state is not ClientState.CONNECTED:
             raise HeraldClosedError("not connected")
+        if self._msgpack is not None:
+            frame: Union[str, bytes] = self._msgpack.packb(message, use_bin_type=True)
+        else:
+            frame = json.dumps(message, separators=(",", ":"))
         try:
-            await ws.send(json.dumps(message, separators=(",", ":")))
+            await ws.send(frame)
         except self._websockets.exceptions.ConnectionClosed as e:
             raise _Lost(str(e)) from e
 
@@ -784,8 +815,14 @@ class HeraldClient(Emitter):
             "open_timeout": self.open_timeout,
             "max_size": 2**24,
         }
+        if self._msgpack is not None:
+            options["subprotocols"] = ["herald.msgpack"]
         options.update(self.connect_options)
-        return await self._connect(self.url, **options)
+        ws = await self._connect(self.url, **options)
+        if self._msgpack is not None and ws.subprotocol != "herald.msgpack":
+            await ws.close(1000, "no msgpack")
+            raise _Fatal(HeraldClientError("the endpoint did not accept the herald.msgpack subprotocol"))
+        return ws
 
     async def _serve(self, ws: Any) -> Tuple[Disconnect, bool]:
         """Reads one connection until it ends. Returns how it ended, and whether it had been
@@ -898,9 +935,12 @@ class HeraldClient(Emitter):
 
     def _parse(self, raw: Union[str, bytes]) -> Optional[Dict[str, Any]]:
         try:
-            message = json.loads(raw)
+            if isinstance(raw, bytes) and self._msgpack is not None:
+                message = self._msgpack.unpackb(raw, raw=False)
+            else:
+                message = json.loads(raw)
         except ValueError:
-            log.warning("ignoring a message that is not JSON")
+            log.warning("ignoring a message that is neither JSON nor MessagePack")
             return None
         return message if isinstance(message, dict) else None
 
