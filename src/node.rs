@@ -49,11 +49,11 @@ pub struct Node {
     /// Who is where, with what status and cursor.
     pub presence: crate::presence::Presence,
     /// Versions of collaborative cells.
-    pub cells: crate::presence::cells::Cells,
+    pub cells: crate::cells::Cells,
     /// Requests and lifecycle events for the application's backend.
     pub upstream: crate::upstream::Upstream,
     /// Which streams keep history, and (embedded) their logs.
-    pub history: crate::history::History,
+    pub history: crate::streams::History,
     /// The Pusher Channels face: apps, presence members, cached events.
     pub pusher: crate::pusher::Pusher,
 }
@@ -152,7 +152,7 @@ impl Node {
     pub async fn publish_event(&self, event: Arc<Event>) -> Result<Published, PublishError> {
         self.note_room_event(&event.target);
         let result = match self.history.stream_for(&event.target) {
-            Some((stream, settings)) => crate::history::publish(self, event, stream, settings).await,
+            Some((stream, settings)) => crate::streams::publish(self, event, stream, settings).await,
             None => self.broker.publish(&self.hub, &self.id, event).await,
         };
         match result {
@@ -189,7 +189,7 @@ impl BrokerHandler for Node {
             // seq and republishes it to the nodes, so each event is sequenced once.
             if owns(&stream) {
                 self.stats.node.publishes.fetch_add(1, Ordering::Relaxed);
-                let _ = crate::history::publish(self, Event::new(target, payload), stream, settings).await;
+                let _ = crate::streams::publish(self, Event::new(target, payload), stream, settings).await;
             }
             return Ok(());
         }

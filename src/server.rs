@@ -128,9 +128,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown: CancellationToken::new(),
         next_connection: AtomicU64::new(1),
         presence: crate::presence::Presence::new(redis_handle.clone()),
-        cells: crate::presence::cells::Cells::new(redis_handle),
+        cells: crate::cells::Cells::new(redis_handle),
         upstream,
-        history: crate::history::History::new(&config_history),
+        history: crate::streams::History::new(&config_history),
         pusher,
     });
     crate::api::metrics::install();
@@ -146,7 +146,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     tokio::spawn(crate::presence::run(node.clone()));
     tokio::spawn(crate::upstream::run(node.clone()));
     tokio::spawn(crate::pusher::run(node.clone()));
-    tokio::spawn(crate::history::run(node.clone()));
+    tokio::spawn(crate::streams::run(node.clone()));
     if let (Some(pushes), Broker::Redis(redis)) = (pushes, &node.broker) {
         let interest = node.hub.watch_interest();
         tokio::spawn(crate::broker::redis::run(redis.clone(), node.clone(), pushes, interest, node.shutdown.clone()));

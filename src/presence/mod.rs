@@ -11,7 +11,6 @@
 //! departures to its own clients, so each client hears of it once.
 
 pub mod activity;
-pub mod cells;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -191,7 +191,7 @@ async fn start_events(shard: &Rc<Shard>, session: &Rc<Session>, plan: &ConnectPl
 /// welcome on (the connection takes no events before it, so nothing needs holding back).
 fn start_follow(shard: &Shard, session: &Session, kind: crate::config::NameKind, name: &str) {
     if session.info.seq && shard.node().history.settings(kind, name).is_some() {
-        let stream = crate::history::stream_name(kind, name);
+        let stream = crate::streams::stream_name(kind, name);
         session.follows.borrow_mut().insert(Arc::from(stream), super::Follow::default());
     }
 }

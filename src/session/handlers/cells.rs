@@ -6,10 +6,10 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use crate::auth::Action;
+use crate::cells::{Applied, Cell, CellLimits, MAX_AHEAD};
 use crate::config::NameKind;
 use crate::hub::Target;
 use crate::hub::shard::Shard;
-use crate::presence::cells::{Applied, Cell, CellLimits, MAX_AHEAD};
 use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound};
 use crate::session::Session;
 use crate::session::handlers::presence::who;

@@ -13,13 +13,13 @@ use serde_json::{Map, Value, json};
 
 use crate::auth::Action;
 use crate::config::NameKind;
-use crate::history::{Recovery, Settings, stream_name};
 use crate::hub::event::{StreamPos, with_position};
 use crate::hub::shard::Shard;
 use crate::hub::{Event, Target};
 use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound, validate_name};
 use crate::session::handlers::denied;
 use crate::session::{Follow, Session};
+use crate::streams::{Recovery, Settings, stream_name};
 
 /// A stream a request asked to follow with positions.
 pub(crate) struct Pending {

@@ -1,5 +1,6 @@
-//! Stream history: sequence numbers, a bounded recent log per channel or room, and recovery of
-//! what a reconnecting client missed.
+//! Streams: sequence numbers and positions, a bounded recent log per channel or room, and
+//! recovery of what a reconnecting client missed (resume). (Chat history, stored messages, is
+//! `store` and `api::history`.)
 //!
 //! A *stream* is a channel (`c:<name>`) or a room (`r:<name>`) that a `[[history]]` entry
 //! covers. An event belongs to at most one stream: its channel's if that has history, else its
