@@ -103,16 +103,16 @@ pub(crate) fn store_api_error(e: StoreError) -> ApiError {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Messages in a page, 1-500 (default 50).
-    #[param(value_type = Option<i64>)]
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
     /// Messages skipped from the newest.
-    #[param(value_type = Option<i64>)]
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 1000000)]
     offset: Option<String>,
     /// Only messages older than this id.
-    #[param(value_type = Option<i64>)]
+    #[param(value_type = Option<i64>, minimum = 1)]
     before: Option<String>,
     /// Only messages newer than this id.
-    #[param(value_type = Option<i64>)]
+    #[param(value_type = Option<i64>, minimum = 0)]
     after: Option<String>,
 }
 
@@ -284,7 +284,7 @@ pub struct SearchQuery {
     /// Only in this room.
     room_name: Option<String>,
     /// Results, 1-100 (default 20).
-    #[param(value_type = Option<i64>)]
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
 }
 
@@ -468,12 +468,12 @@ pub async fn run_retention(
 #[into_params(parameter_in = Query)]
 pub struct StreamQuery {
     /// Only events after this position.
-    #[param(value_type = Option<i64>)]
+    #[param(value_type = Option<i64>, minimum = 0)]
     since: Option<String>,
     /// The epoch `since` belongs to.
     epoch: Option<String>,
     /// Most events returned.
-    #[param(value_type = Option<i64>)]
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100000)]
     limit: Option<String>,
 }
 

@@ -63,6 +63,7 @@ pub struct ListQuery {
     #[serde(default)]
     pub unread_only: bool,
     /// At most this many (1-1000, default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 

@@ -84,9 +84,10 @@ fn section(out: &mut String, path: &str, property: &Value, default: Option<&Valu
             is_table(resolved) || resolved.get("items").map(|items| is_table(resolve(items, defs))).unwrap_or(false);
         if is_nested {
             nested.push((key.clone(), schema.clone(), own_default.cloned()));
+            let kind = if resolved.get("items").is_some() { "list of tables" } else { "table" };
             let _ = writeln!(
                 out,
-                "| `{key}` | table | see [`{path}.{key}`](#{}) | {} |",
+                "| `{key}` | {kind} | see [`{path}.{key}`](#{}) | {} |",
                 anchor(path, key),
                 cell(text(schema).or_else(|| text(resolved)))
             );
