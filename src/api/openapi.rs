@@ -280,6 +280,39 @@ fn finish_document(doc: &mut OpenApi) {
 mod tests {
     use super::*;
 
+    /// The other half of "every route is described": nothing in `src/` adds a route to an axum
+    /// router except through [`Routes::serve`], save the document's own route, which
+    /// [`describe_self`] describes. (The e2e suite checks that every described route is served.)
+    #[test]
+    fn no_route_bypasses_the_document() {
+        fn walk(dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+            for entry in std::fs::read_dir(dir).expect("read src") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).expect("read source");
+                    out.push((path.display().to_string(), text));
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+        let mut direct = Vec::new();
+        for (path, text) in &files {
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for line in code.lines().map(str::trim).filter(|l| !l.starts_with("//")) {
+                for call in [".route(", ".route_service(", ".nest(", ".nest_service(", "Router::new()"] {
+                    if line.contains(call) {
+                        direct.push(format!("{path}: {line}"));
+                    }
+                }
+            }
+        }
+        assert_eq!(direct.len(), 1, "routes added outside Routes::serve: {direct:#?}");
+        assert!(direct[0].contains("api/mod.rs") && direct[0].contains("router.route("), "{direct:#?}");
+    }
+
     #[test]
     fn copies_at_another_path_get_unique_operation_ids() {
         let route: UtoipaMethodRouter<Arc<Node>> = utoipa_axum::routes!(crate::api::health::livez);

@@ -5,7 +5,8 @@ use serde_json::{Value, json};
 
 use crate::common::Herald;
 
-const PUSHER_KEY: &str = "doc-key";
+/// The Pusher suite's app, so that its request signer serves here too.
+const PUSHER_KEY: &str = crate::pusher::KEY;
 
 /// A node with every optional part of the HTTP surface on: two mounts, a dedicated endpoint, the
 /// dashboard, a Pusher app.
@@ -22,8 +23,9 @@ rooms = ["campaign:{{campaign_id}}"]
 [[pusher.apps]]
 id = "77"
 key = "{PUSHER_KEY}"
-secret = "doc-secret-0123"
-"#
+secret = "{}"
+"#,
+        crate::pusher::SECRET
     )
 }
 
@@ -181,6 +183,36 @@ async fn real_responses_match_the_documented_schemas() {
         ("get", "/apps/{app_id}/channels", None, false),
     ];
     let mut recorded = Vec::new();
+    // The Pusher HTTP API, signed as its SDKs sign.
+    let pusher_body =
+        json!({"name": "greeting", "channel": "news", "data": "{}", "info": "subscription_count"}).to_string();
+    for (method, template, body) in [
+        ("get", "/apps/{app_id}/channels", ""),
+        ("get", "/apps/{app_id}/channels/{channel}", ""),
+        ("get", "/apps/{app_id}/channels/{channel}/users", ""),
+        ("post", "/apps/{app_id}/events", pusher_body.as_str()),
+    ] {
+        let path = fill(template).replace("news", if template.ends_with("/users") { "presence-news" } else { "news" });
+        let url = crate::pusher::signed(
+            &method.to_uppercase(),
+            &path,
+            body,
+            crate::pusher::SECRET,
+            crate::pusher::now(),
+            &[],
+        );
+        let request = http
+            .request(reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("method"), herald.url(&url));
+        let request = if body.is_empty() {
+            request
+        } else {
+            request.header("content-type", "application/json").body(body.to_string())
+        };
+        let response = request.send().await.expect("pusher request");
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        recorded.push(json!({"method": method, "path": template, "status": status, "body": body}));
+    }
     for (method, path, body, with_key) in calls {
         let mut url = herald.url(&fill(path));
         if path == "/api/search" {
@@ -201,9 +233,14 @@ async fn real_responses_match_the_documented_schemas() {
     }
     let report = check(&herald, &doc, Some(&Value::Array(recorded))).await;
     // Successes and refusals were both among them.
-    for expected in
-        ["ok   post /api/rooms/{room}/messages 201", "ok   post /api/publish 400", "ok   get /api/stats 200"]
-    {
+    for expected in [
+        "ok   post /api/rooms/{room}/messages 201",
+        "ok   post /api/publish 400",
+        "ok   get /api/stats 200",
+        "ok   get /apps/{app_id}/channels 200",
+        "ok   post /apps/{app_id}/events 200",
+        "ok   get /apps/{app_id}/channels/{channel}/users 200",
+    ] {
         assert!(report.contains(expected), "{expected} missing from:\n{report}");
     }
 }
