@@ -2,9 +2,11 @@
 //!
 //! Handlers build their bodies with `json!` (several shapes carry the same figure under the names
 //! different compatibility profiles read), so these types describe them rather than produce them.
-//! They cannot drift unnoticed: `tests/e2e/openapi.rs` validates real responses of a running node
-//! against the schemas generated from these types. Objects allow fields beyond those listed.
+//! `tests/e2e/openapi.rs` keeps them honest: it validates real responses of a running node (some
+//! thirty, successes and refusals, Herald's and the Pusher API's) against the schemas generated
+//! from these types. Objects allow fields beyond those listed.
 
+// The fields exist for the schemas derived from them; no code reads them.
 #![allow(dead_code)]
 
 use serde::Serialize;
