@@ -27,11 +27,11 @@ pub struct PresenceConfig {
     #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub cursor_interval: Duration,
-    /// Event types sent for a status change: the spreadsheet document's `user_status_changed`, the
-    /// chat document's `presence_update`, or both.
+    /// Event types sent for a status change: the spreadsheet profile's `user_status_changed`, the
+    /// manufacturing-chat profile's `presence_update`, or both.
     pub status_events: Vec<String>,
-    /// Typing event shapes: the chat document's `typing_indicator` (`is_typing`), the
-    /// spreadsheet document's `user_typing` (`user_typing_start` / `user_typing_stop`), or both.
+    /// Typing event shapes: the manufacturing-chat profile's `typing_indicator` (`is_typing`),
+    /// the spreadsheet profile's `user_typing` (`user_typing_start` / `user_typing_stop`), or both.
     pub typing_events: Vec<String>,
     /// Largest cell (`value` and `formula` as JSON) a `cell_update` may write, in bytes.
     pub max_cell_bytes: usize,
@@ -124,7 +124,7 @@ pub enum AliasAction {
     Unsubscribe,
 }
 
-/// An application's message mapped to a built-in action, e.g. the chat document's
+/// An application's message mapped to a built-in action, e.g. the manufacturing-chat profile's
 /// `{"type":"subscribe_order_updates","order_id":123}` → join `order_123`.
 #[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -185,9 +185,9 @@ impl Default for WebSocketConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WelcomeStyle {
-    /// `{"type":"connection", …}` as the campaign-events document expects.
+    /// `{"type":"connection", …}` as the campaign-events profile's clients expect.
     Connection,
-    /// `{"type":"connection_established", …}` as the chat document expects.
+    /// `{"type":"connection_established", …}` as the manufacturing-chat profile's clients expect.
     ConnectionEstablished,
     /// No welcome message at all.
     None,
@@ -200,7 +200,7 @@ pub enum EndpointKind {
     /// The Herald protocol: events, subscriptions, rooms.
     #[default]
     Events,
-    /// A live stream of node statistics (the dashboard document's `/ws/stats`).
+    /// A live stream of node statistics (the message-dashboard profile's `/ws/stats`).
     Stats,
     /// Echoes every message back; for conformance testing only.
     Echo,
@@ -468,11 +468,11 @@ pub struct DatabaseConfig {
     pub data_dir: Option<std::path::PathBuf>,
     /// Connections in the pool.
     pub max_connections: u32,
-    /// Most rows the writer commits in one transaction (the dashboard document's 50).
+    /// Most rows the writer commits in one transaction (the message-dashboard profile's 50).
     pub batch_size: usize,
     /// How long the writer waits for a batch to fill once it has a row. 0 (the default) commits
     /// at once and batches whatever arrived meanwhile ("group commit"); `2s` reproduces the
-    /// dashboard document's "50 rows or 2 seconds".
+    /// message-dashboard profile's "50 rows or 2 seconds".
     #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub batch_linger: Duration,
@@ -481,7 +481,7 @@ pub struct DatabaseConfig {
     /// SQLite `synchronous`: `full` (every commit reaches the disk) or `normal` (safe against a
     /// process crash, not against power loss).
     pub sqlite_synchronous: SqliteSynchronous,
-    /// A key or passphrase for sensitive content (key id `default`; the chat document's
+    /// A key or passphrase for sensitive content (key id `default`; the manufacturing-chat profile's
     /// `WEBSOCKET_ENCRYPTION_KEY`).
     #[serde(deserialize_with = "text::opt_string")]
     pub encryption_key: Option<String>,

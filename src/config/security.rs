@@ -11,7 +11,8 @@ use super::{duration, text};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMode {
-    /// Anonymous connections (`client_id`, self-asserted `user_id`), as documents 000 and 002 run.
+    /// Anonymous connections (`client_id`, self-asserted `user_id`), as the campaign-events,
+    /// job-updates and message-dashboard profiles run.
     #[default]
     Off,
     /// A token is verified when given; connections without one are anonymous.
@@ -48,7 +49,7 @@ pub enum RejectStyle {
 pub struct AuthConfig {
     /// The default for endpoints that do not say.
     pub mode: AuthMode,
-    /// HS256/384/512 shared secret (`HERALD_JWT_SECRET`, the documents' `JWT_SECRET_KEY`).
+    /// HS256/384/512 shared secret (`HERALD_JWT_SECRET`, the compatibility profiles' `JWT_SECRET_KEY`).
     #[serde(deserialize_with = "text::opt_string")]
     pub jwt_secret: Option<String>,
     /// PEM public key for RS256/384/512, PS256/384/512, ES256/384.
