@@ -9,17 +9,22 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::Admin;
+use crate::api::schema;
 use crate::node::Node;
 use crate::protocol::outbound;
 use crate::stats::report::figures;
 
 /// `GET <mount>/stats`: the fields the compatibility profiles' dashboards read, at the top level and
 /// under `stats`.
+#[utoipa::path(get, path = "/api/stats", tag = "stats", operation_id = "stats",
+    responses((status = 200, description = "the node's figures", body = schema::Stats)))]
 pub async fn stats(State(node): State<Arc<Node>>) -> Response {
     Json(crate::stats::report::snapshot(&node).await).into_response()
 }
 
 /// `GET …/stats/detailed`: adds per-shard figures and the last minutes of samples.
+#[utoipa::path(get, path = "/stats/detailed", tag = "stats", security(("api_key" = []), ("x_api_key" = [])),
+    responses((status = 200, description = "figures, shards and recent samples", body = schema::DetailedStats)))]
 pub async fn detailed(State(node): State<Arc<Node>>, _admin: Admin) -> Response {
     let shards = node
         .hub
