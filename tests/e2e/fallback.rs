@@ -451,6 +451,18 @@ async fn a_slow_sse_consumer_is_closed_without_affecting_others() {
     // The reader got everything, in order, and carries on.
     herald.publish(json!({"channel": "flood", "event": {"type": "after"}})).await;
     assert_eq!(reader.recv_event().await.data["type"], "after");
+    // Metrics say which transport.
+    let (_, metrics) = herald.get("/metrics").await;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    for line in [
+        "herald_transport_slow_consumer_disconnects_total{transport=\"sse\"} 1",
+        "herald_transport_slow_consumer_disconnects_total{transport=\"stream\"} 0",
+        "herald_transport_connections{transport=\"stream\"} 1",
+        "herald_transport_connections{transport=\"sse\"} 0",
+        "herald_transport_connections_total{transport=\"sse\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
     drop(stalled);
 }
 
