@@ -2,13 +2,13 @@
 //! the WebSocket endpoints' URLs, commands by POST, tickets, resume from `Last-Event-ID`, limits,
 //! slow consumers, and a proxy that refuses WebSocket.
 
-use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
+use crate::common::nginx::{self, Nginx};
 use crate::common::redis::free_port;
 use crate::common::{Herald, Options, WAIT};
 
@@ -466,45 +466,14 @@ async fn a_slow_sse_consumer_is_closed_without_affecting_others() {
     drop(stalled);
 }
 
-struct Nginx {
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `tests/fallback/nginx-no-websocket.conf` in front of `upstream`.
 fn nginx_refusing_websocket(listen: u16, upstream: u16) -> Nginx {
     let path = format!("{}/tests/fallback/nginx-no-websocket.conf", env!("CARGO_MANIFEST_DIR"));
-    let mut conf = std::fs::read_to_string(path)
+    let conf = std::fs::read_to_string(path)
         .unwrap()
         .replace("@LISTEN@", &listen.to_string())
         .replace("@UPSTREAM@", &upstream.to_string());
-    let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if is_root {
-        conf = format!("user root;\n{conf}");
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let conf_path = dir.path().join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let child = Command::new("nginx")
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(&conf_path)
-        .arg("-e")
-        .arg(dir.path().join("error.log"))
-        .args(["-g", "daemon off; pid nginx.pid;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("nginx must be installed (scripts/test installs nginx-light)");
-    Nginx { child, _dir: dir }
+    nginx::start(conf)
 }
 
 #[tokio::test]
