@@ -265,7 +265,10 @@ impl Session {
 
     /// Frames waiting to be written.
     pub fn queued(&self) -> usize {
-        self.out.borrow().len()
+        match &self.io {
+            ConnIo::Stream(stream) => stream.queued(),
+            _ => self.out.borrow().len(),
+        }
     }
 
     fn after_close_sent(&self) {

@@ -87,6 +87,11 @@ impl StreamIo {
         self.tx.borrow_mut().take();
     }
 
+    /// Frames in the channel, not yet taken by the body.
+    pub fn queued(&self) -> usize {
+        self.tx.borrow().as_ref().map_or(0, |tx| tx.max_capacity() - tx.capacity())
+    }
+
     /// A handle whose `closed()` resolves when the body is dropped (the client went away).
     pub fn watch(&self) -> Option<tokio::sync::mpsc::Sender<bytes::Bytes>> {
         self.tx.borrow().clone()

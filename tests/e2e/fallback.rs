@@ -204,6 +204,9 @@ async fn sse_subscribe_receive_and_commands_with_replies_on_the_stream() {
     let history = sse.recv_type("history").await;
     assert_eq!(history["id"], "h");
     assert_eq!(history["events"][0]["type"], "in_room", "{history}");
+    // Operators see the transport.
+    let (_, list) = herald.get("/api/connections").await;
+    assert_eq!(list["connections"][0]["transport"], "sse", "{list}");
 }
 
 #[tokio::test]
