@@ -42,6 +42,8 @@ struct Stream {
     id: Option<String>,
     /// The last `id:` seen, as `EventSource` keeps it.
     last_id: Option<String>,
+    /// Heartbeats seen (SSE comment lines, empty NDJSON lines).
+    keepalives: usize,
     session: Value,
 }
 
@@ -64,7 +66,7 @@ impl Stream {
             request = request.header(*k, *v);
         }
         let response = tokio::time::timeout(WAIT, request.send()).await.expect("GET timed out").expect("GET");
-        Stream { response, sse, buf: Vec::new(), id: None, last_id: None, session: Value::Null }
+        Stream { response, sse, buf: Vec::new(), id: None, last_id: None, keepalives: 0, session: Value::Null }
     }
 
     fn status(&self) -> u16 {
@@ -89,7 +91,8 @@ impl Stream {
                 let line = line.trim_end_matches(['\n', '\r']);
                 if !self.sse {
                     if line.is_empty() {
-                        continue; // heartbeat
+                        self.keepalives += 1;
+                        continue;
                     }
                     return Some(Received { id: None, data: serde_json::from_str(line).expect("a JSON line") });
                 }
@@ -101,6 +104,7 @@ impl Stream {
                     return Some(Received { id, data: serde_json::from_str(&data).expect("JSON data") });
                 }
                 if line.starts_with(':') {
+                    self.keepalives += 1;
                     continue;
                 }
                 if let Some(id) = line.strip_prefix("id: ") {
@@ -219,9 +223,10 @@ async fn ndjson_subscribe_and_receive_with_the_query_parameter() {
     assert_eq!(response.headers()["content-type"], "application/x-ndjson");
     assert_eq!(response.headers()["cache-control"], "no-cache");
     assert_eq!(response.headers()["x-accel-buffering"], "no");
-    let mut stream = Stream { response, sse: false, buf: Vec::new(), id: None, last_id: None, session: Value::Null }
-        .read_session()
-        .await;
+    let mut stream =
+        Stream { response, sse: false, buf: Vec::new(), id: None, last_id: None, keepalives: 0, session: Value::Null }
+            .read_session()
+            .await;
     assert_eq!(stream.recv().await["type"], "connection");
     herald.publish(json!({"channel": "plain", "event": {"type": "line", "text": "a\nb"}})).await;
     let event = stream.recv_event().await.data;
@@ -321,6 +326,9 @@ async fn auth_by_header_and_by_one_time_ticket() {
     assert_eq!(bad.status(), 401);
     let none = client.post(herald.url("/ws/tickets")).send().await.unwrap();
     assert_eq!(none.status(), 401);
+    // `?token=` works as it does for WebSocket (compatibility).
+    let mut by_query = Stream::open(&herald, &format!("/ws?token={token}"), true, &[]).await;
+    assert_eq!(by_query.recv().await["user_id"], "alice");
     // No credential at all on the GET.
     let mut anonymous = Stream::open(&herald, "/ws", true, &[]).await;
     assert_eq!(anonymous.recv().await["code"], "AUTHENTICATION_FAILED");
@@ -576,4 +584,22 @@ async fn origins_are_checked_and_shutdown_says_goodbye() {
     assert_eq!(close["code"], 1001, "{close}");
     assert!(sse.next().await.is_none(), "the response ends after the close message");
     assert_eq!(herald.wait_exit().await, Some(0));
+}
+
+#[tokio::test]
+async fn heartbeats_and_the_node_cap() {
+    let herald = Herald::start("[websocket]\nheartbeat_interval = \"1s\"\n[limits]\nmax_connections = 2\n").await;
+    let mut sse = Stream::open(&herald, "/ws", true, &[]).await;
+    let mut ndjson = Stream::open(&herald, "/ws", false, &[]).await;
+    // The JSON heartbeat comes with a keepalive line before or after it; wait for both kinds.
+    for stream in [&mut sse, &mut ndjson] {
+        stream.recv_type("heartbeat").await;
+        while stream.keepalives == 0 {
+            stream.recv_type("heartbeat").await;
+        }
+    }
+    // Two sessions fill a node cap of two, whichever the transport.
+    let third = Stream::open_any(&herald, "/ws", true, &[]).await;
+    assert_eq!(third.status(), 503);
+    assert!(tokio_tungstenite::connect_async(herald.ws_url("/ws")).await.is_err());
 }
