@@ -70,7 +70,7 @@ fn describe() {
 }
 
 const GAUGES: &[(&str, &str)] = &[
-    ("herald_connections", "WebSocket connections open on this node."),
+    ("herald_connections", "Client connections open on this node, every transport (see herald_transport_connections)."),
     ("herald_authenticated_connections", "Open connections with a verified token."),
     ("herald_channel_subscriptions", "Channel subscriptions held by open connections."),
     ("herald_room_memberships", "Room memberships held by open connections."),
@@ -82,7 +82,7 @@ const GAUGES: &[(&str, &str)] = &[
 ];
 
 const COUNTERS: &[(&str, &str)] = &[
-    ("herald_connections_total", "WebSocket connections accepted since start."),
+    ("herald_connections_total", "Client connections accepted since start, every transport."),
     ("herald_messages_in_total", "Messages received from clients."),
     ("herald_messages_out_total", "Frames sent to clients (deliveries and replies)."),
     ("herald_deliveries_total", "Events delivered to connections."),
