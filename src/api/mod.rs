@@ -167,7 +167,7 @@ pub fn valid_name(what: &str, name: &str) -> Result<(), ApiError> {
 
 /// The whole HTTP surface of a node.
 pub fn router(node: Arc<Node>) -> Router {
-    let fallback = Arc::new(fallback::Fallback::default());
+    let fallback = node.fallback.clone();
     let mut router = Router::new()
         .route("/health", get(health::health))
         .route("/livez", get(health::livez))
@@ -279,8 +279,8 @@ fn route_endpoint(
         )
         .route(
             &format!("{path}/sessions/{{id}}"),
-            post(move |Path(id): Path<String>, request: Request| {
-                fallback::command(command_fallback, command_endpoint, id, request)
+            post(move |State(node): State<Arc<Node>>, Path(id): Path<String>, request: Request| {
+                fallback::command(node, command_fallback, command_endpoint, id, request)
             }),
         )
 }

@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
@@ -144,6 +145,33 @@ impl Fallback {
     pub fn sessions(&self) -> usize {
         self.sessions.lock().len()
     }
+
+    fn lookup(&self, id: &str, path: &str, key: &str) -> Lookup {
+        let sessions = self.sessions.lock();
+        let Some(handle) = sessions.get(id).filter(|h| *h.path == *path) else { return Lookup::Missing };
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(key.as_bytes(), handle.key.as_bytes())) {
+            return Lookup::WrongKey;
+        }
+        Lookup::Found(handle.commands.clone(), handle.max_message)
+    }
+
+    /// Hands commands forwarded by another node to the session here; whatever is wrong with
+    /// them (no such session, wrong key, a full queue) drops them, as the POST was answered.
+    pub fn deliver_forwarded(&self, forwarded: Forwarded) {
+        let Lookup::Found(commands, max_message) = self.lookup(&forwarded.id, &forwarded.path, &forwarded.key) else {
+            tracing::debug!(session = %forwarded.id, "forwarded commands for no session here (or a wrong key)");
+            return;
+        };
+        let Ok(messages) = parse_commands(forwarded.body.as_bytes(), max_message) else { return };
+        let (verdict, _) = oneshot::channel();
+        let _ = commands.try_send(Command { messages, verdict });
+    }
+}
+
+enum Lookup {
+    Found(mpsc::Sender<Command>, usize),
+    WrongKey,
+    Missing,
 }
 
 /// 128 random bits, hex.
@@ -202,7 +230,8 @@ pub async fn open(
     // Positions are what `Last-Event-ID` carries, so a fallback session always follows its
     // streams with them (`?seq=0` turns that off).
     plan.seq = !matches!(params.get("seq").map(String::as_str), Some("0" | "false"));
-    let id = random_token();
+    // The node's id first: a POST that reaches another node is forwarded here.
+    let id = format!("{}.{}", node.id, random_token());
     let key = format!("{}{}", random_token(), random_token());
     let opening = json!({ "type": "session", "id": &id, "key": &key, "transport": transport.as_str() });
     plan.fallback = Some(Box::new(Start { opening: Bytes::from(opening.to_string()), resume }));
@@ -356,39 +385,78 @@ pub async fn ticket(node: Arc<Node>, fallback: Arc<Fallback>, endpoint: Arc<Endp
     }
 }
 
+/// Commands POSTed on one node for a session on another, carried by the broker's control
+/// channel.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Forwarded {
+    id: String,
+    key: String,
+    path: String,
+    body: String,
+}
+
 /// `POST <endpoint>/sessions/<id>` with `X-Herald-Session-Key`: one JSON command, or several as
-/// NDJSON, handed to the session; `202` once admitted (replies come on the stream).
-pub async fn command(fallback: Arc<Fallback>, endpoint: Arc<Endpoint>, id: String, request: Request) -> Response {
+/// NDJSON, handed to the session; `202` once admitted (replies come on the stream). A session of
+/// another node is forwarded to it through Redis (`202` with `"forwarded": true`: its key and
+/// rate limits are then checked there, and refusals arrive on the stream or not at all).
+pub async fn command(
+    node: Arc<Node>,
+    fallback: Arc<Fallback>,
+    endpoint: Arc<Endpoint>,
+    id: String,
+    request: Request,
+) -> Response {
     let key = request.headers().get(SESSION_KEY_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let (commands, max_message) = {
-        let sessions = fallback.sessions.lock();
-        let Some(handle) = sessions.get(&id).filter(|h| *h.path == endpoint.path) else {
-            return refuse(StatusCode::NOT_FOUND, "SESSION_NOT_FOUND", "no such session (closed, or never opened)");
-        };
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(key.as_bytes(), handle.key.as_bytes())) {
-            return refuse(StatusCode::FORBIDDEN, "PERMISSION_DENIED", "wrong or missing X-Herald-Session-Key");
-        }
-        (handle.commands.clone(), handle.max_message)
-    };
     let body = match axum::body::to_bytes(request.into_body(), usize::MAX).await {
         Ok(body) => body,
         Err(_) => return refuse(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "the request body could not be read"),
+    };
+    let local = fallback.lookup(&id, &endpoint.path, &key);
+    let (commands, max_message) = match local {
+        Lookup::Found(commands, max_message) => (commands, max_message),
+        Lookup::WrongKey => {
+            return refuse(StatusCode::FORBIDDEN, "PERMISSION_DENIED", "wrong or missing X-Herald-Session-Key");
+        }
+        Lookup::Missing => return forward(&node, &endpoint, id, key, &body).await,
     };
     let messages = match parse_commands(&body, max_message) {
         Ok(messages) => messages,
         Err(response) => return response,
     };
     let (verdict_tx, verdict) = oneshot::channel();
-    let gone = || refuse(StatusCode::NOT_FOUND, "SESSION_NOT_FOUND", "the session has closed");
     match commands.try_send(Command { messages, verdict: verdict_tx }) {
         Ok(()) => {}
         Err(mpsc::error::TrySendError::Full(_)) => return rate_limited("too many commands waiting for this session"),
-        Err(mpsc::error::TrySendError::Closed(_)) => return gone(),
+        Err(mpsc::error::TrySendError::Closed(_)) => return session_gone(),
     }
     match verdict.await {
         Ok(Verdict::Accepted) => (StatusCode::ACCEPTED, axum::Json(json!({ "success": true }))).into_response(),
         Ok(Verdict::RateLimited) => rate_limited("Rate limit exceeded"),
-        Ok(Verdict::Closed) | Err(_) => gone(),
+        Ok(Verdict::Closed) | Err(_) => session_gone(),
+    }
+}
+
+fn session_gone() -> Response {
+    refuse(StatusCode::NOT_FOUND, "SESSION_NOT_FOUND", "no such session (closed, or never opened)")
+}
+
+/// A session this node does not hold: to its node through Redis, if the id names a live one.
+async fn forward(node: &Node, endpoint: &Endpoint, id: String, key: String, body: &[u8]) -> Response {
+    let owner = id.rsplit_once('.').map(|(owner, _)| owner.to_string()).filter(|owner| owner.as_str() != &*node.id);
+    let (Some(owner), crate::broker::Broker::Redis(redis)) = (owner, &node.broker) else {
+        return session_gone();
+    };
+    // Checked here too, so that a malformed body gets its 400 / 413 wherever it lands.
+    if let Err(response) = parse_commands(body, endpoint.max_message) {
+        return response;
+    }
+    let Ok(body) = String::from_utf8(body.to_vec()) else {
+        return refuse(StatusCode::BAD_REQUEST, "INVALID_JSON", "the body is not UTF-8");
+    };
+    let forwarded = Forwarded { id, key, path: endpoint.path.clone(), body };
+    match redis.send_control(&owner, &json!({ "fallback_command": forwarded })).await {
+        Ok(true) => (StatusCode::ACCEPTED, axum::Json(json!({ "success": true, "forwarded": true }))).into_response(),
+        _ => session_gone(),
     }
 }
 

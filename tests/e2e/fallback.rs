@@ -603,3 +603,30 @@ async fn heartbeats_and_the_node_cap() {
     assert_eq!(third.status(), 503);
     assert!(tokio_tungstenite::connect_async(herald.ws_url("/ws")).await.is_err());
 }
+
+#[tokio::test]
+async fn commands_posted_to_another_node_reach_the_session() {
+    let redis = crate::common::redis::RedisServer::start().await;
+    let config = format!("[redis]\nurl = \"{}\"\n", redis.url());
+    let (a, b) = (Herald::start(&config).await, Herald::start(&config).await);
+    for node in [&a, &b] {
+        crate::redis::wait_redis_connected(node, true).await;
+    }
+    let mut sse = Stream::open(&a, "/ws?channels=news", true, &[]).await;
+    let _ = sse.recv().await;
+    // A load balancer sent the POST to the other node.
+    let id = sse.session["id"].as_str().unwrap().to_string();
+    let key = sse.session["key"].as_str().unwrap().to_string();
+    let key = key.as_str();
+    let (status, body) = post_raw(&b.url(&format!("/ws/sessions/{id}")), r#"{"type":"ping","id":"far"}"#, key).await;
+    assert_eq!((status, body["forwarded"].as_bool()), (202, Some(true)), "{body}");
+    assert_eq!(sse.recv_type("pong").await["id"], "far");
+    // Malformed is still refused where it lands; an id naming no live node is unknown.
+    let (status, _) = post_raw(&b.url(&format!("/ws/sessions/{id}")), "{", key).await;
+    assert_eq!(status, 400);
+    let (status, _) = post_raw(&b.url("/ws/sessions/n-gone.0123"), r#"{"type":"ping"}"#, key).await;
+    assert_eq!(status, 404);
+    // Events published on either node reach the session.
+    b.publish(json!({"channel": "news", "event": {"type": "from_b"}})).await;
+    assert_eq!(sse.recv_event().await.data["type"], "from_b");
+}
