@@ -231,8 +231,13 @@ impl Session {
         if let ConnIo::Stream(stream) = &self.io {
             // No closing handshake over HTTP: a last message says why, then the body ends.
             drop(out);
-            let last = serde_json::json!({ "type": "close", "code": code, "reason": reason }).to_string();
-            stream.end(self.info.wire.transport.encode(last.as_bytes()));
+            if drop_queue {
+                // Nothing queued will be read: free the connection rather than wait for TCP.
+                stream.cut();
+            } else {
+                let last = serde_json::json!({ "type": "close", "code": code, "reason": reason }).to_string();
+                stream.end(self.info.wire.transport.encode(last.as_bytes()));
+            }
             self.abort();
             return;
         }

@@ -222,6 +222,7 @@ pub async fn open(
         Err(message) => return refuse(StatusCode::BAD_REQUEST, "INVALID_MESSAGE", &message),
     };
     let (parts, _body) = request.into_parts();
+    let cut = parts.extensions.get::<super::http::ConnectionCut>().cloned();
     let mut plan = match upgrade::prepare(&node, &endpoint, &parts, &params, credential).await {
         Ok(plan) => plan,
         Err(response) => return response,
@@ -238,7 +239,7 @@ pub async fn open(
 
     let limits = &node.config.websocket;
     let (tx, rx) = mpsc::channel(limits.outbound_queue.max(1));
-    let shared = Arc::new(StreamShared::default());
+    let shared = Arc::new(StreamShared { cut, ..Default::default() });
     let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
     fallback.sessions.lock().insert(
         id.clone(),

@@ -40,6 +40,8 @@ pub struct StreamShared {
     pub queued_bytes: std::sync::atomic::AtomicUsize,
     /// The last message (why the session closed), written after everything queued.
     pub last: parking_lot::Mutex<Option<bytes::Bytes>>,
+    /// Cuts the HTTP connection carrying the response.
+    pub cut: Option<super::http::ConnectionCut>,
 }
 
 /// Why a frame could not be queued on a fallback session.
@@ -85,6 +87,15 @@ impl StreamIo {
             *self.shared.last.lock() = Some(last);
         }
         self.tx.borrow_mut().take();
+    }
+
+    /// Ends the response at once by closing its connection: for a client that does not read,
+    /// whose queued frames and socket buffers would otherwise stay until TCP gives up.
+    pub fn cut(&self) {
+        self.tx.borrow_mut().take();
+        if let Some(cut) = &self.shared.cut {
+            cut.cut();
+        }
     }
 
     /// Frames in the channel, not yet taken by the body.

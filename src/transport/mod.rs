@@ -5,7 +5,7 @@ pub mod deflate;
 pub mod fallback;
 pub mod frame;
 pub mod handshake;
-pub(crate) mod http;
+pub mod http;
 pub mod io;
 pub(crate) mod listener;
 pub mod tls;

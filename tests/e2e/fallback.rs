@@ -474,7 +474,19 @@ async fn a_slow_sse_consumer_is_closed_without_affecting_others() {
     ] {
         assert!(metrics.contains(line), "{line} missing from\n{metrics}");
     }
-    drop(stalled);
+    // The stalled client's connection is cut, not left to TCP: reading what it never read
+    // ends in end-of-stream (or a reset).
+    let ended = tokio::time::timeout(WAIT, async {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut stalled, &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the slow consumer's connection stayed open");
 }
 
 /// `tests/fallback/nginx-no-websocket.conf` in front of `upstream`.
