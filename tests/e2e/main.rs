@@ -9,6 +9,7 @@ mod core;
 mod fallback;
 mod hardening;
 mod nginx;
+mod openapi;
 mod ops;
 mod pusher;
 mod redis;
