@@ -6,7 +6,7 @@ import { defineConfig } from 'tsup';
 
 export default defineConfig([
   {
-    entry: { index: 'src/index.ts' },
+    entry: { index: 'src/index.ts', msgpack: 'src/msgpack.ts' },
     format: ['esm', 'cjs'],
     target: 'es2022',
     platform: 'neutral',

@@ -26,12 +26,21 @@ export interface WebSocketLike {
   onmessage: ((event: any) => void) | null;
   onclose: ((event: any) => void) | null;
   onerror: ((event: any) => void) | null;
+  /** The negotiated subprotocol (`herald.msgpack` switches decoding to MessagePack). */
+  readonly protocol?: string;
+  /** Set to `arraybuffer` so that binary frames arrive as bytes in browsers. */
+  binaryType?: string;
   send(data: string): void;
   close(code?: number, reason?: string): void;
 }
 
 /** A WebSocket constructor (`globalThis.WebSocket`, or `WebSocket` from the `ws` package in Node). */
-export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+export type WebSocketConstructor = new (
+  url: string,
+  protocols?: string | string[],
+  /** Node's `ws` package: `{ headers }` carries `Authorization` (see `tokenIn`). */
+  options?: { headers?: Record<string, string> },
+) => WebSocketLike;
 
 /** How a connection ended. */
 export interface CloseInfo {
