@@ -115,7 +115,7 @@ export interface HeraldClientOptions {
  * The application's events per channel or room name, for typed subscriptions:
  * `new HeraldClient<{ orders: OrderEvent; [room: `chat:${string}`]: ChatEvent }>(…)`.
  */
-export type EventMap = Record<string, unknown>;
+export type EventMap = object;
 
 /**
  * The client's state:
