@@ -6,7 +6,8 @@ import { defineConfig } from 'tsup';
 
 export default defineConfig([
   {
-    entry: { index: 'src/index.ts', msgpack: 'src/msgpack.ts' },
+    entry: { index: 'src/index.ts', msgpack: 'src/msgpack.ts', react: 'src/react.ts' },
+    external: ['react'],
     format: ['esm', 'cjs'],
     target: 'es2022',
     platform: 'neutral',
