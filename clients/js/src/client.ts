@@ -334,6 +334,11 @@ export class HeraldClient<Events extends EventMap = Record<string, HeraldMessage
     return this.#welcome;
   }
 
+  /** The subprotocol the server chose for the current connection (`herald.json`, `herald.msgpack`), if any. */
+  get protocol(): string | undefined {
+    return this.#ws?.protocol || undefined;
+  }
+
   /** The server's id for the current connection. */
   get connectionId(): string | undefined {
     return this.#welcome?.connection_id;
