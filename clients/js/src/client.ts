@@ -6,6 +6,7 @@ import type {
   CloseInfo,
   HeraldMessage,
   StreamPosition,
+  Transport,
   WebSocketConstructor,
   WebSocketLike,
   WelcomeMessage,
@@ -60,6 +61,15 @@ export interface HeraldClientOptions {
    * the core to keep it small.
    */
   msgpack?: (bytes: Uint8Array) => unknown;
+  /**
+   * The transports to try, in order: `'websocket'`, and `sse` (Server-Sent Events) and `stream`
+   * (chunked NDJSON) from `@herald/client/fallback` for networks whose proxies refuse WebSocket.
+   * The client moves to the next one after `fallbackAfter` attempts in a row that never opened,
+   * and keeps the one that works for the rest of the session. Default `['websocket']`.
+   */
+  transports?: ('websocket' | Transport)[];
+  /** Attempts in a row that never opened before the next transport is tried. Default 2. */
+  fallbackAfter?: number;
   /** Channels to subscribe to (restored on every reconnect, like later `subscribe` calls). */
   channels?: string[];
   /** Rooms to join (restored on every reconnect, like later `joinRoom` calls). */
@@ -133,6 +143,8 @@ export interface OpenEvent {
   /** Whether an earlier connection of this client had opened. */
   reconnect: boolean;
   url: string;
+  /** `websocket`, `sse` or `stream`. */
+  transport: string;
 }
 
 /** Payload of the `ready` lifecycle event. */
@@ -269,6 +281,9 @@ export class HeraldClient<Events extends EventMap = Record<string, HeraldMessage
   readonly #rooms = new Set<string>();
 
   #state: ConnectionState = 'idle';
+  /** Index into the transports; moves on after `fallbackAfter` failed attempts in a row. */
+  #transport = 0;
+  #failures = 0;
   #stopped = true;
   #ws: WebSocketLike | null = null;
   /** Incremented for every connection attempt and by close(); stale callbacks compare it. */
@@ -337,6 +352,12 @@ export class HeraldClient<Events extends EventMap = Record<string, HeraldMessage
   /** The subprotocol the server chose for the current connection (`herald.json`, `herald.msgpack`), if any. */
   get protocol(): string | undefined {
     return this.#ws?.protocol || undefined;
+  }
+
+  /** The name of the transport of the current (or next) connection. */
+  get transport(): string {
+    const t = this.#transports()[this.#transport] ?? 'websocket';
+    return typeof t === 'string' ? t : t.name;
   }
 
   /** The server's id for the current connection. */
@@ -592,6 +613,10 @@ export class HeraldClient<Events extends EventMap = Record<string, HeraldMessage
     }
   }
 
+  #transports(): ('websocket' | Transport)[] {
+    return this.#options.transports ?? ['websocket'];
+  }
+
   /** How the token travels on this client (see `tokenIn`). */
   #tokenIn(): 'header' | 'protocol' | 'url' {
     if (this.#options.tokenIn !== undefined) return this.#options.tokenIn;
@@ -653,10 +678,13 @@ export class HeraldClient<Events extends EventMap = Record<string, HeraldMessage
         // The server must pick one of the offered protocols, so a real one goes first.
         protocols = [...toList(protocols ?? 'herald.json'), `herald.token.${token}`];
       }
+      const transport = this.#transports()[this.#transport] ?? 'websocket';
       ws =
-        token !== undefined && tokenIn === 'header'
-          ? new this.#WebSocket(url, protocols, { headers: { Authorization: `Bearer ${token}` } })
-          : new this.#WebSocket(url, protocols);
+        transport !== 'websocket'
+          ? transport.open(url, token)
+          : token !== undefined && tokenIn === 'header'
+            ? new this.#WebSocket(url, protocols, { headers: { Authorization: `Bearer ${token}` } })
+            : new this.#WebSocket(url, protocols);
       if ('binaryType' in ws) ws.binaryType = 'arraybuffer';
     } catch (cause) {
       // A URL the WebSocket implementation refuses will be refused every time: stop.
@@ -680,7 +708,8 @@ export class HeraldClient<Events extends EventMap = Record<string, HeraldMessage
       this.#pinged = false;
       this.#armWatchdog(gen);
       const reconnect = this.#opened > 1;
-      this.#emit('open', { reconnect, url });
+      this.#failures = 0;
+      this.#emit('open', { reconnect, url, transport: this.transport });
       if (gen === this.#gen) void this.#restore(gen, reconnect);
     };
     ws.onmessage = (event: { data: unknown }) => {
@@ -840,6 +869,11 @@ export class HeraldClient<Events extends EventMap = Record<string, HeraldMessage
     );
     // Nothing from this attempt (a late getToken, a stale socket callback) may act any more.
     const current = ++this.#gen;
+    const transports = this.#transports();
+    if (!opened && transports.length > 1 && ++this.#failures >= (this.#options.fallbackAfter ?? 2)) {
+      this.#failures = 0;
+      this.#transport = (this.#transport + 1) % transports.length;
+    }
     this.#subsLost();
     if (this.#stopped) return;
     const byDefault = defaultShouldReconnect(info, { canRefreshToken: this.#options.getToken !== undefined });

@@ -45,6 +45,7 @@ export type {
   CloseInfo,
   HeraldMessage,
   StreamPosition,
+  Transport,
   WebSocketConstructor,
   WebSocketLike,
   WelcomeMessage,

@@ -57,3 +57,12 @@ export interface StreamPosition {
   seq: number;
   epoch?: string | number;
 }
+
+/**
+ * A transport other than WebSocket (`sse` and `stream` from `@herald/client/fallback`): opens one
+ * connection to the endpoint `url` (the token goes in a header, never in the URL).
+ */
+export interface Transport {
+  readonly name: string;
+  open(url: string, token: string | undefined): WebSocketLike;
+}
