@@ -28,6 +28,7 @@ use subtle::ConstantTimeEq;
 use crate::config::EndpointKind;
 use crate::node::Node;
 use crate::transport::upgrade::{self, Endpoint};
+use crate::transport::{fallback, handshake};
 
 /// Default largest request body.
 pub(crate) const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
@@ -166,6 +167,7 @@ pub fn valid_name(what: &str, name: &str) -> Result<(), ApiError> {
 
 /// The whole HTTP surface of a node.
 pub fn router(node: Arc<Node>) -> Router {
+    let fallback = Arc::new(fallback::Fallback::default());
     let mut router = Router::new()
         .route("/health", get(health::health))
         .route("/livez", get(health::livez))
@@ -216,10 +218,10 @@ pub fn router(node: Arc<Node>) -> Router {
             max_message: node.config.websocket.max_message_size,
             auth: crate::config::AuthMode::Off,
         };
-        router = route_endpoint(router, stats_stream);
+        router = route_endpoint(router, stats_stream, &fallback);
     }
     for endpoint in upgrade::endpoints(&node.config) {
-        router = route_endpoint(router, endpoint);
+        router = route_endpoint(router, endpoint, &fallback);
     }
     router = crate::web::routes(router, &node);
     router = crate::pusher::api::routes(router, &node);
@@ -232,7 +234,13 @@ pub fn router(node: Arc<Node>) -> Router {
 fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
     use tower_http::cors::{AllowOrigin, CorsLayer};
     let methods = [http::Method::GET, http::Method::POST, http::Method::DELETE, http::Method::OPTIONS];
-    let headers = [http::header::AUTHORIZATION, http::header::CONTENT_TYPE, http::HeaderName::from_static("x-api-key")];
+    let headers = [
+        http::header::AUTHORIZATION,
+        http::header::CONTENT_TYPE,
+        http::HeaderName::from_static("x-api-key"),
+        http::HeaderName::from_static(crate::transport::fallback::SESSION_KEY_HEADER),
+        http::HeaderName::from_static("last-event-id"),
+    ];
     let layer = CorsLayer::new().allow_methods(methods).allow_headers(headers);
     if origins.is_empty() || origins.iter().any(|o| o == "*") {
         layer.allow_origin(AllowOrigin::any())
@@ -241,15 +249,57 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
     }
 }
 
-fn route_endpoint(router: Router<Arc<Node>>, endpoint: Endpoint) -> Router<Arc<Node>> {
+fn route_endpoint(
+    router: Router<Arc<Node>>,
+    endpoint: Endpoint,
+    fallback: &Arc<fallback::Fallback>,
+) -> Router<Arc<Node>> {
+    use axum::extract::{Path, State};
     let path = endpoint.path.clone();
+    let offered = fallback::offered(&endpoint);
     let endpoint = Arc::new(endpoint);
-    router.route(
+    let (get_endpoint, get_fallback) = (endpoint.clone(), fallback.clone());
+    let router = router.route(
         &path,
-        get(move |axum::extract::State(node): axum::extract::State<Arc<Node>>, request: Request| {
-            upgrade::handle(node, endpoint.clone(), request)
+        get(move |State(node): State<Arc<Node>>, request: Request| {
+            endpoint_get(node, get_fallback.clone(), get_endpoint.clone(), offered, request)
         }),
-    )
+    );
+    if !offered {
+        return router;
+    }
+    let (ticket_endpoint, ticket_fallback) = (endpoint.clone(), fallback.clone());
+    let (command_endpoint, command_fallback) = (endpoint, fallback.clone());
+    router
+        .route(
+            &format!("{path}/tickets"),
+            post(move |State(node): State<Arc<Node>>, request: Request| {
+                fallback::ticket(node, ticket_fallback, ticket_endpoint, request)
+            }),
+        )
+        .route(
+            &format!("{path}/sessions/{{id}}"),
+            post(move |Path(id): Path<String>, request: Request| {
+                fallback::command(command_fallback, command_endpoint, id, request)
+            }),
+        )
+}
+
+/// A GET to an endpoint: a WebSocket upgrade, or an SSE / NDJSON fallback when asked for.
+async fn endpoint_get(
+    node: Arc<Node>,
+    fallback: Arc<fallback::Fallback>,
+    endpoint: Arc<Endpoint>,
+    offered: bool,
+    request: Request,
+) -> Response {
+    let params = upgrade::query_params(&request);
+    match fallback::wanted(request.headers(), &params).filter(|_| offered) {
+        Some(transport) if !handshake::is_upgrade(request.headers()) => {
+            fallback::open(node, fallback, endpoint, request, transport).await
+        }
+        _ => upgrade::handle(node, endpoint, request).await,
+    }
 }
 
 /// The OpenAPI document of the HTTP API (kept by hand beside the routes; a test checks that every

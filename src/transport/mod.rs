@@ -2,6 +2,7 @@
 //! and the socket abstraction that lets a shard write to many connections in one pass.
 
 pub mod deflate;
+pub mod fallback;
 pub mod frame;
 pub mod handshake;
 pub(crate) mod http;
