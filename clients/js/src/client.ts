@@ -539,6 +539,16 @@ export class HeraldClient<Events extends EventMap = Record<string, HeraldMessage
     return this.#sub('room', name) as RoomSubscription<unknown>;
   }
 
+  /**
+   * Drops a subscription object (after unsubscribing it): `channel()` / `room()` then make a new
+   * one. Objects are otherwise kept, so one can be subscribed again with its handlers.
+   */
+  removeSubscription(sub: Subscription<any>): void {
+    if (sub.state !== 'unsubscribed') void sub.unsubscribe().catch(noop);
+    const key = `${sub.kind[0]}:${sub.name}`;
+    if (this.#subs.get(key) === sub) this.#subs.delete(key);
+  }
+
   /** Unsubscribes from channels: forgets them and tells the server. Resolves with `unsubscribed`. */
   unsubscribe(channels: string | readonly string[]): Promise<HeraldMessage> {
     const names = this.#checkNames('channel', channels);
@@ -578,7 +588,6 @@ export class HeraldClient<Events extends EventMap = Record<string, HeraldMessage
         request: (message) => this.request(message),
         add: (k, n) => (k === 'channel' ? this.subscribe(n) : this.joinRoom(n)),
         remove: (k, n) => (k === 'channel' ? this.unsubscribe(n) : this.leaveRoom(n)),
-        forget: (k) => this.#subs.delete(k),
         timeoutMs: this.#requestTimeoutMs,
         report: (error) => this.#emit('error', error),
       };

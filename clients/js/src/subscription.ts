@@ -67,7 +67,6 @@ export interface SubscriptionHost {
   request(message: { type: string; [field: string]: unknown }): Promise<HeraldMessage>;
   add(kind: 'channel' | 'room', name: string): Promise<HeraldMessage>;
   remove(kind: 'channel' | 'room', name: string): Promise<HeraldMessage>;
-  forget(key: string): void;
   timeoutMs: number;
   report(error: unknown): void;
 }
@@ -119,7 +118,6 @@ export class Subscription<T = HeraldMessage> {
   async unsubscribe(): Promise<void> {
     if (this.#state === 'unsubscribed') return;
     this.setState('unsubscribed', {});
-    this.host.forget(`${this.kind[0]}:${this.name}`);
     await this.host.remove(this.kind, this.name).catch((error: unknown) => {
       // The server forgets it anyway when the connection is gone.
       if (error instanceof HeraldError && error.isServerError) throw error;

@@ -92,21 +92,43 @@ describe('HeraldClient v2 against Herald', () => {
     await sub.unsubscribe();
     assert.equal(sub.state, 'unsubscribed');
     assert.deepEqual(c.channels, []);
+
+    // The same object subscribes again, with its handlers.
+    assert.equal(c.channel('jobs:1'), sub);
+    await within(sub.subscribe(), 'subscribe() again');
+    const again = once(sub, 'job:done');
+    await herald.publish({ channel: 'jobs:1', event: { type: 'job:done', channel: 'jobs:1', n: 2 } });
+    assert.equal((await again).n, 2);
+    c.removeSubscription(sub);
+    assert.notEqual(c.channel('jobs:1'), sub);
   });
 
   test('a refused subscription reports the server code and ends unsubscribed', async () => {
-    const c = open();
-    await within(c.connect(), 'connect()');
-    const sub = c.channel('x'.repeat(10));
-    const errors = [];
-    sub.on('error', (e) => errors.push(e));
-    // A refusal Herald always gives: history on a stream without [[history]].
-    const error = await sub.history().catch((e) => e);
-    assert.ok(error instanceof HeraldError);
-    assert.equal(error.code, 'INVALID_MESSAGE');
-    // And a refused subscribe: an invalid name is caught before sending.
-    assert.throws(() => c.channel(''), (e) => e.code === 'INVALID_NAME');
-    assert.deepEqual(errors, []);
+    const strict = await startHerald({ args: ['--set', 'limits.max_channels_per_connection=1'] });
+    const c = new HeraldClient({ url: strict.wsUrl, WebSocket, reconnect: fast });
+    try {
+      await within(c.connect(), 'connect()');
+      await within(c.channel('first').subscribe(), 'the first subscribe()');
+      const sub = c.channel('second');
+      const states = [];
+      for (const type of ['subscribing', 'subscribed', 'unsubscribed']) sub.on(type, () => states.push(type));
+      const errors = [];
+      sub.on('error', (e) => errors.push(e));
+      const error = await sub.subscribe().catch((e) => e);
+      assert.ok(error instanceof HeraldError, String(error));
+      assert.equal(error.code, 'LIMIT_EXCEEDED');
+      assert.equal(sub.state, 'unsubscribed');
+      assert.deepEqual(states, ['subscribing', 'unsubscribed']);
+      assert.deepEqual(errors.map((e) => e.code), ['LIMIT_EXCEEDED']);
+      assert.deepEqual(c.channels, ['first'], 'a refused channel is not restored later');
+      // A request of a subscription that the server refuses rejects with its code too.
+      const history = await c.channel('first').history().catch((e) => e);
+      assert.equal(history.code, 'INVALID_MESSAGE');
+      assert.throws(() => c.channel(''), (e) => e.code === 'INVALID_NAME');
+    } finally {
+      c.close();
+      await strict.stop();
+    }
   });
 
   test('history() returns a stream\'s events with positions', async () => {
