@@ -879,7 +879,9 @@ export class HeraldClient<Events extends EventMap = Record<string, HeraldMessage
     // Nothing from this attempt (a late getToken, a stale socket callback) may act any more.
     const current = ++this.#gen;
     const transports = this.#transports();
-    if (!opened && transports.length > 1 && ++this.#failures >= (this.#options.fallbackAfter ?? 2)) {
+    // A token service that fails says nothing about the transport.
+    const transportFailed = !opened && info.reason !== 'getToken failed';
+    if (transportFailed && transports.length > 1 && ++this.#failures >= (this.#options.fallbackAfter ?? 2)) {
       this.#failures = 0;
       this.#transport = (this.#transport + 1) % transports.length;
     }
