@@ -110,6 +110,18 @@ export class HttpStreamSocket implements WebSocketLike {
       this.#end(1002, 'the stream did not start with a session', false);
       return;
     }
+    // The server's last message says how the session ended, as a WebSocket close would.
+    if (text.startsWith('{"type":"close"')) {
+      try {
+        const close = JSON.parse(text) as { code?: unknown; reason?: unknown };
+        if (typeof close.code === 'number') {
+          this.#end(close.code, typeof close.reason === 'string' ? close.reason : '', true);
+          return;
+        }
+      } catch {
+        // Not the close message after all: deliver it.
+      }
+    }
     this.onmessage?.({ data: text });
   }
 

@@ -131,7 +131,8 @@ describe('fallback transports against Herald', () => {
     const lost = next(c, 'close');
     const kicked = await herald.delete(`/api/connections/${c.connectionId}`);
     assert.ok(kicked.status < 300, JSON.stringify(kicked));
-    await lost;
+    // The server's last message carries the close code, as a WebSocket close frame would.
+    assert.equal((await lost).code, 4001);
     for (let i = 2; i <= 4; i++) await herald.publish({ channel: 'jobs:proxy', event: { type: 'job:tick', i } });
     await back;
     const last = once(jobs, 'job:tick', (e) => e.i === 5);

@@ -1,14 +1,17 @@
-// nginx in front of Herald, configured as a proxy that refuses WebSocket upgrades (as some
-// corporate proxies do) while passing plain HTTP through unbuffered, so that only the fallback
-// transports get through. Optionally it also serves the test pages on the same origin (no CORS).
+// nginx in front of Herald as a proxy that refuses WebSocket upgrades (as some corporate proxies
+// do) while passing plain HTTP through unbuffered, so that only the fallback transports get
+// through: the repository's tests/fallback/nginx-no-websocket.conf, shared with the Rust suite.
 
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 import { within } from './herald.mjs';
+
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), '../../../..');
 
 async function freePort() {
   const server = createServer();
@@ -19,42 +22,27 @@ async function freePort() {
 }
 
 /**
- * Starts nginx on a free loopback port: `path` (e.g. `/ws`, and everything under it) goes to
- * `heraldAddr` unless it asks for a WebSocket upgrade (403); anything else goes to `staticAddr`
- * when given. Resolves with `{ url, close }`.
+ * Starts nginx on a free loopback port with `tests/fallback/nginx-no-websocket.conf` (everything
+ * goes to `heraldAddr` unless it asks for a WebSocket upgrade: 403). With `staticAddr`, `/` and
+ * `/dist/` go there instead, so that test pages share the endpoint's origin (no CORS).
+ * Resolves with `{ url, close }`.
  */
-export async function startRefusingProxy({ heraldAddr, path = '/ws', staticAddr }) {
+export async function startRefusingProxy({ heraldAddr, staticAddr }) {
   const dir = mkdtempSync(join(tmpdir(), 'herald-nginx-'));
   const port = await freePort();
-  const root = process.getuid?.() === 0 ? 'user root;\n' : '';
-  const config = `${root}worker_processes 1;
-error_log ${join(dir, 'error.log')} warn;
-pid ${join(dir, 'nginx.pid')};
-events { worker_connections 256; }
-http {
-  access_log off;
-  client_body_temp_path ${dir}/body;
-  proxy_temp_path ${dir}/proxy;
-  fastcgi_temp_path ${dir}/fastcgi;
-  uwsgi_temp_path ${dir}/uwsgi;
-  scgi_temp_path ${dir}/scgi;
-  server {
-    listen 127.0.0.1:${port};
-    location ${path} {
-      # The proxy under test: no WebSocket through here.
-      if ($http_upgrade != "") { return 403; }
-      proxy_pass http://${heraldAddr};
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-      proxy_read_timeout 1h;
-    }
-    ${staticAddr === undefined ? '' : `location / { proxy_pass http://${staticAddr}; }`}
+  let config = readFileSync(join(repo, 'tests/fallback/nginx-no-websocket.conf'), 'utf8')
+    .replaceAll('@LISTEN@', String(port))
+    .replaceAll('127.0.0.1:@UPSTREAM@', heraldAddr);
+  if (staticAddr !== undefined) {
+    config = config.replace(
+      '        location / {',
+      `        location = / { proxy_pass http://${staticAddr}; }\n        location /dist/ { proxy_pass http://${staticAddr}; }\n        location / {`,
+    );
   }
-}
-`;
+  // Workers otherwise drop to an account that cannot write the private temp directory.
+  if (process.getuid?.() === 0) config = `user root;\n${config}`;
   writeFileSync(join(dir, 'nginx.conf'), config);
-  const child = spawn('nginx', ['-p', dir, '-c', join(dir, 'nginx.conf'), '-e', join(dir, 'error.log'), '-g', 'daemon off;'], {
+  const child = spawn('nginx', ['-p', dir, '-c', join(dir, 'nginx.conf'), '-e', join(dir, 'error.log'), '-g', 'daemon off; pid nginx.pid;'], {
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let stderr = '';
