@@ -290,3 +290,41 @@ describe('token transport against a scripted server', () => {
     }
   });
 });
+
+describe('token expiry against a scripted server', () => {
+  test('after a 4003 close (token expired) the client reconnects with a fresh token from getToken', async () => {
+    const server = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+    await new Promise((r) => server.once('listening', r));
+    const auth = [];
+    server.on('connection', (socket, request) => {
+      auth.push(request.headers.authorization);
+      socket.send(JSON.stringify({ type: 'connection', connection_id: `c${auth.length}` }));
+      socket.on('message', (data) => {
+        const m = JSON.parse(String(data));
+        socket.send(JSON.stringify({ type: 'pong', id: m.id }));
+        // The first connection's token "expires" as soon as it is ready.
+        if (auth.length === 1) socket.close(4003, 'token expired');
+      });
+    });
+    let calls = 0;
+    const c = new HeraldClient({
+      url: `ws://127.0.0.1:${server.address().port}/ws`,
+      WebSocket,
+      reconnect: fast,
+      getToken: () => `h.p.s${++calls}`,
+    });
+    try {
+      const closed = next(c, 'close');
+      const again = next(c, 'ready', (e) => e.reconnect);
+      await within(c.connect(), 'connect()');
+      const info = await closed;
+      assert.equal(info.code, 4003);
+      assert.equal(info.willReconnect, true);
+      await again;
+      assert.deepEqual(auth, ['Bearer h.p.s1', 'Bearer h.p.s2']);
+    } finally {
+      c.close();
+      server.close();
+    }
+  });
+});
