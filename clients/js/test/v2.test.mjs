@@ -328,3 +328,22 @@ describe('token expiry against a scripted server', () => {
     }
   });
 });
+
+describe('decodeMsgpack', () => {
+  const bytes = (...b) => new Uint8Array(b);
+  test('decodes every JSON type and refuses malformed input', () => {
+    // {"a":[1,-1,null,true,1.5],"s":"é"} written by hand.
+    const packed = bytes(0x82, 0xa1, 0x61, 0x95, 0x01, 0xff, 0xc0, 0xc3, 0xcb, 0x3f, 0xf8, 0, 0, 0, 0, 0, 0, 0xa1, 0x73, 0xa2, 0xc3, 0xa9);
+    assert.deepEqual(decodeMsgpack(packed), { a: [1, -1, null, true, 1.5], s: 'é' });
+    assert.equal(decodeMsgpack(bytes(0xcf, 0, 0, 0x01, 0, 0, 0, 0, 0)), 2 ** 40);
+    assert.equal(decodeMsgpack(bytes(0xd3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe)), -2);
+    assert.throws(() => decodeMsgpack(bytes(0x92, 0x01)), /truncated/);
+    assert.throws(() => decodeMsgpack(bytes(0x01, 0x02)), /trailing/);
+    assert.throws(() => decodeMsgpack(bytes(0xc1)), /unsupported/);
+    // A "__proto__" key is an own property, as with JSON.parse, not the object's prototype.
+    const proto = decodeMsgpack(bytes(0x81, 0xa9, ...Buffer.from('__proto__'), 0x81, 0xa1, 0x78, 0x01));
+    assert.equal(Object.getPrototypeOf(proto), Object.prototype);
+    assert.deepEqual(Object.keys(proto), ['__proto__']);
+    assert.equal({}.x, undefined);
+  });
+});
