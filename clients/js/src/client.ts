@@ -55,6 +55,8 @@ export interface HeraldClientOptions {
    * `header` in Node with a `WebSocket` option other than the global one, else `protocol`.
    */
   tokenIn?: 'header' | 'protocol' | 'url';
+  /** The same as `tokenIn: 'url'` (for servers that read only the `token` query parameter). */
+  tokenInUrl?: boolean;
   /**
    * The decoder of binary frames when the server chose `herald.msgpack` (offer it with
    * `protocols: ['herald.msgpack']`): `decodeMsgpack` from `@herald/client/msgpack`, kept out of
@@ -628,6 +630,7 @@ export class HeraldClient<Events extends EventMap = Record<string, HeraldMessage
 
   /** How the token travels on this client (see `tokenIn`). */
   #tokenIn(): 'header' | 'protocol' | 'url' {
+    if (this.#options.tokenInUrl === true) return 'url';
     if (this.#options.tokenIn !== undefined) return this.#options.tokenIn;
     const g = globalThis as { process?: { versions?: { node?: string } }; WebSocket?: unknown };
     return typeof g.process?.versions?.node === 'string' && this.#WebSocket !== g.WebSocket ? 'header' : 'protocol';

@@ -277,6 +277,7 @@ describe('token transport against a scripted server', () => {
       new HeraldClient({ url, WebSocket, token: 'a.b.c', tokenIn: 'url' }),
       new HeraldClient({ url, WebSocket, token: 'a.b.c' }),
       new HeraldClient({ url, WebSocket, token: 'a.b.c', tokenIn: 'protocol' }),
+      new HeraldClient({ url, WebSocket, token: 'a.b.c', tokenInUrl: true }),
     ];
     try {
       for (const c of clients) await within(c.connect(), 'connect()');
@@ -284,6 +285,7 @@ describe('token transport against a scripted server', () => {
       assert.equal(seen[1].auth, 'Bearer a.b.c');
       assert.equal(new URL(seen[1].url, 'ws://x').searchParams.get('token'), null);
       assert.equal(seen[2].protocol, 'herald.json,herald.token.a.b.c');
+      assert.equal(new URL(seen[3].url, 'ws://x').searchParams.get('token'), 'a.b.c');
     } finally {
       for (const c of clients) c.close();
       server.close();
