@@ -78,6 +78,7 @@ const GAUGES: &[(&str, &str)] = &[
     ("herald_writer_queue_depth", "Rows waiting for the store writer."),
     ("herald_broker_connected", "1 when the broker can move events between nodes, else 0."),
     ("herald_uptime_seconds", "Seconds since the node started."),
+    ("herald_transport_connections", "Open client connections by transport (websocket, sse, stream)."),
 ];
 
 const COUNTERS: &[(&str, &str)] = &[
@@ -98,6 +99,11 @@ const COUNTERS: &[(&str, &str)] = &[
     ("herald_broker_malformed_total", "Broker messages that could not be read."),
     ("herald_stored_messages_total", "Chat messages committed to the store."),
     ("herald_stored_batches_total", "Store writer transactions committed."),
+    ("herald_transport_connections_total", "Client connections accepted, by transport (websocket, sse, stream)."),
+    (
+        "herald_transport_slow_consumer_disconnects_total",
+        "Slow-consumer disconnects (queue full), by transport (websocket, sse, stream).",
+    ),
     ("herald_server_closes_total", "Connections Herald closed, by reason (slow_consumer, idle, protocol_error)."),
 ];
 
@@ -138,6 +144,13 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     counter!("herald_broker_malformed_total").absolute(t.broker_malformed);
     counter!("herald_stored_messages_total").absolute(t.stored_messages);
     counter!("herald_stored_batches_total").absolute(t.stored_batches);
+    for transport in crate::hub::event::Transport::ALL {
+        let [open, accepted, slow] = t.by_transport[transport.index()];
+        let name = transport.as_str();
+        gauge!("herald_transport_connections", "transport" => name).set(open as f64);
+        counter!("herald_transport_connections_total", "transport" => name).absolute(accepted);
+        counter!("herald_transport_slow_consumer_disconnects_total", "transport" => name).absolute(slow);
+    }
     // The same closes by reason, for one query over all of them.
     for (reason, count) in [
         ("slow_consumer", t.slow_consumer_disconnects),

@@ -94,6 +94,14 @@ impl Transport {
         }
     }
 
+    /// Every transport, in [`Transport::index`] order.
+    pub const ALL: [Transport; 3] = [Transport::WebSocket, Transport::Sse, Transport::Stream];
+
+    /// Its place in per-transport counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Wraps one JSON message for an HTTP fallback; `None` for WebSocket.
     pub fn encode(self, json: &[u8]) -> Option<Bytes> {
         match self {

@@ -147,6 +147,9 @@ impl Shard {
         }
         stats::bump(&counters.connections, 1);
         stats::bump(&counters.connections_total, 1);
+        let by_transport = &counters.by_transport[session.info.wire.transport.index()];
+        stats::bump(&by_transport[stats::by_transport::OPEN], 1);
+        stats::bump(&by_transport[stats::by_transport::ACCEPTED], 1);
         if session.is_authenticated() {
             stats::bump(&counters.authenticated, 1);
         }
@@ -184,6 +187,8 @@ impl Shard {
             stats::drop_by(&counters.observers, 1);
         } else {
             stats::drop_by(&counters.connections, 1);
+            let by_transport = &counters.by_transport[session.info.wire.transport.index()];
+            stats::drop_by(&by_transport[stats::by_transport::OPEN], 1);
             if session.is_authenticated() {
                 stats::drop_by(&counters.authenticated, 1);
             }

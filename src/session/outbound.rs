@@ -144,6 +144,8 @@ impl Session {
 
     fn slow_consumer(self: &Rc<Self>, shard: &Shard) {
         stats::bump(&shard.counters().slow_consumer_disconnects, 1);
+        let by_transport = &shard.counters().by_transport[self.info.wire.transport.index()];
+        stats::bump(&by_transport[stats::by_transport::SLOW], 1);
         crate::audit::forced_disconnect(
             &self.connection_id,
             self.user_id().as_deref(),

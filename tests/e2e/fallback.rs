@@ -2,13 +2,13 @@
 //! the WebSocket endpoints' URLs, commands by POST, tickets, resume from `Last-Event-ID`, limits,
 //! slow consumers, and a proxy that refuses WebSocket.
 
-use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
+use crate::common::nginx::{self, Nginx};
 use crate::common::redis::free_port;
 use crate::common::{Herald, Options, WAIT};
 
@@ -270,7 +270,7 @@ async fn rate_limited_posts_answer_429_and_the_error_arrives_on_the_stream() {
 
 async fn auth_node() -> Herald {
     let toml = format!(
-        "[auth]\nmode = \"required\"\njwt_secret = \"{SECRET}\"\nreject = \"close\"\n\
+        "[presence]\nenabled = true\n[auth]\nmode = \"required\"\njwt_secret = \"{SECRET}\"\nreject = \"close\"\n\
          [[access.rules]]\npattern = \"secret_*\"\nroles = [\"admin\"]\n\
          [[access.rules]]\npattern = \"*\"\npublic = true\n"
     );
@@ -415,7 +415,7 @@ async fn resume_from_last_event_id_without_loss_or_duplicates() {
 #[tokio::test]
 async fn a_slow_sse_consumer_is_closed_without_affecting_others() {
     let herald =
-        Herald::start("[websocket]\noutbound_queue = 16\noutbound_queue_bytes = 65536\nmax_message_size = 65536\n")
+        Herald::start("[websocket]\noutbound_queue = 64\noutbound_queue_bytes = 262144\nmax_message_size = 65536\n")
             .await;
     // A client that asks for the stream and never reads it.
     let mut stalled = tokio::net::TcpStream::connect(herald.addr).await.unwrap();
@@ -426,12 +426,12 @@ async fn a_slow_sse_consumer_is_closed_without_affecting_others() {
     let mut reader = Stream::open(&herald, "/ws?channels=flood", false, &[]).await;
     let _ = reader.recv().await;
     herald.wait_for_total("connections", |n| n == 2).await;
-    let pad = "x".repeat(16 * 1024);
+    let pad = "x".repeat(8 * 1024);
     let mut sent = 0u64;
     // Bounded: kernel and proxy buffers take some megabytes before the queue fills.
-    for _ in 0..500 {
-        // A few at a time, so that the reader's own buffers never hold more than its queue.
-        for _ in 0..4 {
+    for _ in 0..1000 {
+        // Two at a time, far below the queue's bound, so the reader is never the slow one.
+        for _ in 0..2 {
             sent += 1;
             herald.publish(json!({"channel": "flood", "event": {"type": "big", "n": sent, "pad": pad}})).await;
         }
@@ -451,48 +451,29 @@ async fn a_slow_sse_consumer_is_closed_without_affecting_others() {
     // The reader got everything, in order, and carries on.
     herald.publish(json!({"channel": "flood", "event": {"type": "after"}})).await;
     assert_eq!(reader.recv_event().await.data["type"], "after");
-    drop(stalled);
-}
-
-struct Nginx {
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    // Metrics say which transport.
+    let (_, metrics) = herald.get("/metrics").await;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    for line in [
+        "herald_transport_slow_consumer_disconnects_total{transport=\"sse\"} 1",
+        "herald_transport_slow_consumer_disconnects_total{transport=\"stream\"} 0",
+        "herald_transport_connections{transport=\"stream\"} 1",
+        "herald_transport_connections{transport=\"sse\"} 0",
+        "herald_transport_connections_total{transport=\"sse\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
     }
+    drop(stalled);
 }
 
 /// `tests/fallback/nginx-no-websocket.conf` in front of `upstream`.
 fn nginx_refusing_websocket(listen: u16, upstream: u16) -> Nginx {
     let path = format!("{}/tests/fallback/nginx-no-websocket.conf", env!("CARGO_MANIFEST_DIR"));
-    let mut conf = std::fs::read_to_string(path)
+    let conf = std::fs::read_to_string(path)
         .unwrap()
         .replace("@LISTEN@", &listen.to_string())
         .replace("@UPSTREAM@", &upstream.to_string());
-    let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if is_root {
-        conf = format!("user root;\n{conf}");
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let conf_path = dir.path().join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let child = Command::new("nginx")
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(&conf_path)
-        .arg("-e")
-        .arg(dir.path().join("error.log"))
-        .args(["-g", "daemon off; pid nginx.pid;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("nginx must be installed (scripts/test installs nginx-light)");
-    Nginx { child, _dir: dir }
+    nginx::start(conf)
 }
 
 #[tokio::test]
@@ -528,4 +509,68 @@ async fn through_nginx_refusing_websocket() {
     let (status, _) = post_raw(&format!("{base}/ws/sessions/{id}"), r#"{"type":"ping","id":"via"}"#, &key).await;
     assert_eq!(status, 202);
     assert_eq!(sse.recv_type("pong").await["id"], "via");
+}
+
+#[tokio::test]
+async fn chat_with_presence_over_post_on_an_authenticated_node() {
+    let herald = auth_node().await;
+    let (alice, bob) = (format!("Bearer {}", hs256("alice", json!({}))), format!("Bearer {}", hs256("bob", json!({}))));
+    let mut a = Stream::open(&herald, "/ws", true, &[("authorization", &alice)]).await;
+    let mut b = Stream::open(&herald, "/ws", false, &[("authorization", &bob)]).await;
+    let _ = (a.recv().await, b.recv().await);
+    for (stream, who) in [(&mut a, "a"), (&mut b, "b")] {
+        let join = format!(r#"{{"type":"join_room","room":"lobby","id":"{who}"}}"#);
+        assert_eq!(stream.post(&herald, "/ws", &join).await.0, 202);
+        assert_eq!(stream.recv_type("room_joined").await["id"], who);
+    }
+    // Bob's arrival is presence news for Alice.
+    let joined = a.recv_type("user_joined").await;
+    assert_eq!(joined["user_id"], "bob", "{joined}");
+    let chat = r#"{"type":"chat_message","room":"lobby","content":"hello","id":"c1"}"#;
+    assert_eq!(a.post(&herald, "/ws", chat).await.0, 202);
+    assert_eq!(a.recv_type("chat_message_ack").await["id"], "c1");
+    let message = b.recv_type("chat_message").await;
+    assert_eq!((message["content"].as_str(), message["user_id"].as_str()), (Some("hello"), Some("alice")));
+}
+
+#[tokio::test]
+async fn templates_mounts_and_user_targets_reach_fallback_sessions() {
+    let herald = Herald::start(
+        "[server]\nmounts = [\"/ws\", \"/api/v1/ws\"]\n[[endpoints]]\npath = \"/campaigns\"\n\
+         rooms = [\"campaign:{campaign_id}\"]\nwelcome = \"connection_established\"\n",
+    )
+    .await;
+    let mut sse = Stream::open(&herald, "/api/v1/ws/campaigns?campaign_id=7&user_id=u7", true, &[]).await;
+    let welcome = sse.recv().await;
+    assert_eq!(welcome["type"], "connection_established", "{welcome}");
+    assert_eq!(welcome["rooms"], json!(["campaign:7"]));
+    herald.publish(json!({"room": "campaign:7", "event": {"type": "campaign:launched"}})).await;
+    assert_eq!(sse.recv_event().await.data["type"], "campaign:launched");
+    herald.publish(json!({"user_id": "u7", "event": {"type": "for_you"}})).await;
+    assert_eq!(sse.recv_event().await.data["type"], "for_you");
+    // Commands go to the endpoint the session was opened on, not another.
+    let id = sse.session["id"].as_str().unwrap();
+    let key = sse.session["key"].as_str().unwrap();
+    let (status, _) = post_raw(&herald.url(&format!("/ws/campaigns/sessions/{id}")), r#"{"type":"ping"}"#, key).await;
+    assert_eq!(status, 404);
+    assert_eq!(sse.post(&herald, "/api/v1/ws/campaigns", r#"{"type":"ping","id":1}"#).await.0, 202);
+    assert_eq!(sse.recv_type("pong").await["id"], 1);
+}
+
+#[tokio::test]
+async fn origins_are_checked_and_shutdown_says_goodbye() {
+    let mut herald = Herald::start("[server]\nallowed_origins = [\"https://app.example.com\"]\n").await;
+    let foreign = Stream::open_any(&herald, "/ws", true, &[("origin", "https://evil.example")]).await;
+    assert_eq!(foreign.status(), 403);
+    let mut sse = Stream::open(&herald, "/ws", true, &[("origin", "https://app.example.com")]).await;
+    assert_eq!(
+        sse.response.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap()),
+        Some("https://app.example.com")
+    );
+    let _ = sse.recv().await;
+    herald.signal("TERM");
+    let close = sse.recv_type("close").await;
+    assert_eq!(close["code"], 1001, "{close}");
+    assert!(sse.next().await.is_none(), "the response ends after the close message");
+    assert_eq!(herald.wait_exit().await, Some(0));
 }
