@@ -51,7 +51,7 @@ export interface HeraldClientOptions {
   /**
    * How the token travels: `header` (`Authorization: Bearer`, for the `ws` package in Node),
    * `protocol` (a `herald.token.<jwt>` WebSocket subprotocol, for browsers) or `url` (the `token`
-   * query parameter, where proxies log it: only for servers older than Herald 0.2). Default:
+   * query parameter, where proxies log it: only for servers that read nothing else). Default:
    * `header` in Node with a `WebSocket` option other than the global one, else `protocol`.
    */
   tokenIn?: 'header' | 'protocol' | 'url';
