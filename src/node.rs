@@ -56,6 +56,8 @@ pub struct Node {
     pub history: crate::streams::History,
     /// The Pusher Channels face: apps, presence members, cached events.
     pub pusher: crate::pusher::Pusher,
+    /// Fallback (SSE, NDJSON) sessions by id, and one-time tickets.
+    pub fallback: Arc<crate::transport::fallback::Fallback>,
 }
 
 /// Why a publish failed.
@@ -208,6 +210,9 @@ impl BrokerHandler for Node {
         }
         if let Some(publish) = command.pusher_publish {
             crate::pusher::api::publish_forwarded(self, &publish).await;
+        }
+        if let Some(forwarded) = command.fallback_command {
+            self.fallback.deliver_forwarded(forwarded);
         }
     }
 

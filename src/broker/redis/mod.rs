@@ -109,6 +109,9 @@ pub struct Control {
     /// A Pusher event to publish here, where its excluded socket lives.
     #[serde(default)]
     pub pusher_publish: Option<serde_json::Value>,
+    /// Commands POSTed on another node to a fallback session that lives here.
+    #[serde(default)]
+    pub fallback_command: Option<crate::transport::fallback::Forwarded>,
 }
 
 /// The Redis broker.
