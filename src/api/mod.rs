@@ -5,6 +5,7 @@
 //! every refusal is a 4xx with `{"success":false,"error":…,"code":…}`.
 
 pub mod admin;
+pub mod batch;
 pub mod health;
 pub mod history;
 pub mod ingest;
@@ -31,6 +32,13 @@ use crate::transport::upgrade::{self, Endpoint};
 
 /// Default largest request body.
 pub(crate) const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// The largest body any route accepts (the batch route may allow more than the others), which
+/// is what the HTTP layer reads at most.
+pub(crate) fn largest_body(config: &crate::config::Config) -> usize {
+    let api = &config.api;
+    api.max_body_size.unwrap_or(DEFAULT_BODY_LIMIT).max(api.max_batch_bytes.unwrap_or(batch::DEFAULT_MAX_BYTES))
+}
 
 /// A refused or failed API request.
 #[derive(Debug)]
@@ -173,6 +181,13 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/api/publish", post(publish::publish))
         .route("/api/broadcast", post(publish::broadcast))
+        .route(
+            "/api/publish/batch",
+            post(batch::publish_batch)
+                // The route checks `api.max_batch_bytes` itself, with a JSON 413.
+                .layer::<_, std::convert::Infallible>(DefaultBodyLimit::disable())
+                .layer::<_, std::convert::Infallible>(axum::Extension(batch::BatchState::new(&node))),
+        )
         .route("/api/stats", get(stats::stats))
         .route("/api/health", get(health::health))
         .route("/messages", post(ingest::post).get(ingest::recent))
