@@ -69,8 +69,8 @@ struct BatchItem {
 
 /// What became of one item.
 enum Outcome {
-    /// Its events were handed to the broker (filled in once the batch is published).
-    Valid { events: usize },
+    /// Its events, handed to the broker with the batch's other valid items.
+    Valid { events: Vec<Arc<Event>>, key: Option<String> },
     /// Its idempotency key was seen within the window: nothing published.
     Duplicate,
     /// Refused: status, code, message.
@@ -80,7 +80,8 @@ enum Outcome {
 /// The idempotency keys of recent batch items, remembered for a window.
 pub struct RecentKeys {
     shards: Box<[Mutex<KeyShard>]>,
-    window: Duration,
+    /// How long a key is remembered.
+    pub window: Duration,
     hasher: std::collections::hash_map::RandomState,
 }
 
@@ -194,16 +195,15 @@ pub async fn publish_batch(
         )));
     }
     let mut outcomes = Vec::with_capacity(request.items.len());
-    let mut events: Vec<Arc<Event>> = Vec::with_capacity(request.items.len());
+    let mut prepared_events = 0;
     let now = Instant::now();
     for raw in &request.items {
-        let outcome = match prepare_item(&node, raw.get(), limits.max_items.saturating_sub(events.len())) {
-            Ok((key, prepared)) => match &key {
-                Some(key) if !state.keys.claim(key, now) => Outcome::Duplicate,
-                _ => {
-                    let count = prepared.len();
-                    events.extend(prepared);
-                    Outcome::Valid { events: count }
+        let outcome = match prepare_item(&node, raw.get(), limits.max_items.saturating_sub(prepared_events)) {
+            Ok((key, prepared)) => match key {
+                Some(key) if !state.keys.claim(&key, now) => Outcome::Duplicate,
+                key => {
+                    prepared_events += prepared.len();
+                    Outcome::Valid { events: prepared, key }
                 }
             },
             Err(e) => {
@@ -212,6 +212,13 @@ pub async fn publish_batch(
             }
         };
         outcomes.push(outcome);
+    }
+    claim_in_redis(&node, state.keys.window, &mut outcomes).await;
+    let mut events: Vec<Arc<Event>> = Vec::with_capacity(prepared_events);
+    for outcome in &mut outcomes {
+        if let Outcome::Valid { events: prepared, .. } = outcome {
+            events.extend(prepared.iter().cloned());
+        }
     }
     let published = node.publish_events(events).await;
     let status = match published {
@@ -223,9 +230,9 @@ pub async fn publish_batch(
         .into_iter()
         .enumerate()
         .map(|(index, outcome)| match outcome {
-            Outcome::Valid { events } => {
+            Outcome::Valid { events, .. } => {
                 ok += 1;
-                json!({ "index": index, "status": status, "events": events })
+                json!({ "index": index, "status": status, "events": events.len() })
             }
             Outcome::Duplicate => {
                 duplicates += 1;
@@ -251,6 +258,41 @@ pub async fn publish_batch(
         map.insert("warning".into(), Value::from("broker unavailable: delivered to this node's connections only"));
     }
     Ok(axum::Json(body).into_response())
+}
+
+/// With Redis, a key is also claimed cluster-wide (`SET <prefix>:idem:<key> NX PX window`, one
+/// pipeline for the batch), so a retry sent to another node is a duplicate too. When Redis does
+/// not answer, this node's memory of keys is all there is; the publish is not held back for it.
+async fn claim_in_redis(node: &Node, window: Duration, outcomes: &mut [Outcome]) {
+    let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) else {
+        return;
+    };
+    let keyed: Vec<usize> = outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| matches!(o, Outcome::Valid { key: Some(_), .. }).then_some(i))
+        .collect();
+    if keyed.is_empty() {
+        return;
+    }
+    let mut pipe = redis::pipe();
+    let prefix = redis.key_prefix();
+    let millis = window.as_millis().max(1) as u64;
+    for &i in &keyed {
+        if let Outcome::Valid { key: Some(key), .. } = &outcomes[i] {
+            pipe.cmd("SET").arg(format!("{prefix}:idem:{key}")).arg(1).arg("NX").arg("PX").arg(millis);
+        }
+    }
+    match redis.pipeline_as::<Vec<Option<String>>>(&pipe).await {
+        Ok(replies) => {
+            for (i, reply) in keyed.into_iter().zip(replies) {
+                if reply.is_none() {
+                    outcomes[i] = Outcome::Duplicate;
+                }
+            }
+        }
+        Err(e) => tracing::debug!("idempotency keys not claimed in Redis: {e}"),
+    }
 }
 
 /// Parses and prepares one item: its idempotency key and its events (one, or one per user of

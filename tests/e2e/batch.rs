@@ -168,3 +168,23 @@ async fn a_batch_needs_the_api_key() {
     let (status, reply) = herald.post("/api/publish/batch", body).await;
     assert_eq!((status, reply["published"].clone()), (200, json!(1)), "{reply}");
 }
+
+#[tokio::test]
+async fn a_batch_retried_on_another_node_is_not_delivered_twice() {
+    let redis = crate::common::redis::RedisServer::start().await;
+    let config = format!("[redis]\nurl = \"{}\"\n", redis.url());
+    let (a, b) = (Herald::start(&config).await, Herald::start(&config).await);
+    crate::redis::wait_redis_connected(&a, true).await;
+    crate::redis::wait_redis_connected(&b, true).await;
+    let mut gil = b.connect("/ws?user_id=gil").await;
+    let batch = json!({"items": [
+        {"user_id": "gil", "event": {"type": "x", "n": 1}, "idempotency_key": "cross-1"},
+        {"user_id": "gil", "event": {"type": "x", "n": 2}, "idempotency_key": "cross-2"},
+    ]});
+    let (status, first) = a.post("/api/publish/batch", batch.clone()).await;
+    assert_eq!((status, statuses(&first)), (200, vec!["queued".to_string(), "queued".to_string()]), "{first}");
+    let (status, retry) = b.post("/api/publish/batch", batch).await;
+    assert_eq!((status, statuses(&retry)), (200, vec!["duplicate".to_string(), "duplicate".to_string()]), "{retry}");
+    let got = drain_until_marker(&b, &mut gil, json!({"user_id": "gil"})).await;
+    assert_eq!(got.iter().map(|e| e["n"].clone()).collect::<Vec<_>>(), [json!(1), json!(2)]);
+}
