@@ -21,8 +21,8 @@ use bytes::Bytes;
 use http::StatusCode;
 use parking_lot::Mutex;
 use serde::Deserialize;
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 
 use super::publish::{IdValue, publish_error};
 use super::{Admin, ApiError};
@@ -51,20 +51,76 @@ struct BatchRequest<'a> {
     items: Vec<&'a RawValue>,
 }
 
-/// One publish of a batch.
-#[derive(Debug, Deserialize)]
+/// The request body as the OpenAPI document describes it.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BatchItem {
-    channel: Option<String>,
-    room: Option<String>,
-    user_id: Option<IdValue>,
+pub struct BatchBody {
+    /// The publishes, in order.
+    pub items: Vec<BatchItem>,
+}
+
+/// One publish of a batch.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchItem {
+    /// Channel whose subscribers receive the event.
+    pub channel: Option<String>,
+    /// Room whose members receive it.
+    pub room: Option<String>,
+    /// User whose connections receive it.
+    pub user_id: Option<IdValue>,
     /// Several users at once: the same event (serialized once) to each of them. Goes alone,
     /// without channel, room, user_id or broadcast.
-    user_ids: Option<Vec<IdValue>>,
+    pub user_ids: Option<Vec<IdValue>>,
+    /// Every connection receives it.
     #[serde(default)]
-    broadcast: bool,
-    event: Value,
-    idempotency_key: Option<String>,
+    pub broadcast: bool,
+    /// The event, a JSON object delivered as is (plus a default `type` if the channel has one).
+    #[schema(value_type = Object)]
+    pub event: Value,
+    /// A key seen within `api.idempotency_window` makes the item a duplicate that publishes
+    /// nothing (1-200 characters, no control characters).
+    pub idempotency_key: Option<String>,
+}
+
+/// The reply: each item's outcome.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct BatchReply {
+    /// False when any item was refused.
+    pub success: bool,
+    /// Items published.
+    pub published: usize,
+    /// Items whose idempotency key was seen before.
+    pub duplicates: usize,
+    /// Items refused.
+    pub failed: usize,
+    /// One per item, in order.
+    pub results: Vec<ItemResult>,
+    /// Present (true) when the broker was unavailable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_only: Option<bool>,
+    /// Present when `local_only` is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// One item's outcome.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ItemResult {
+    /// Its position in `items`.
+    pub index: usize,
+    /// `queued` (handed to every node), `local_only` (the broker was down: this node's
+    /// connections only), `duplicate` or `error`.
+    pub status: &'static str,
+    /// Events it became (more than one with `user_ids`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<usize>,
+    /// The error code, for `error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
+    /// What was wrong, for `error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What became of one item.
@@ -165,6 +221,11 @@ fn too_large(message: String) -> ApiError {
 
 /// Publishes a batch and reports each item: `{"success", "published", "duplicates", "failed",
 /// "results":[{"index", "status": "queued"|"local_only"|"duplicate"|"error", "code"?, "error"?}]}`.
+#[utoipa::path(post, path = "/api/publish/batch", tag = "publish", security(("api_key" = []), ("x_api_key" = [])),
+    request_body = BatchBody,
+    responses((status = 200, description = "each item's outcome; success is false when any item was refused", body = BatchReply),
+              (status = 400, description = "INVALID_JSON, INVALID_BATCH (no items)", body = crate::api::schema::ApiErrorBody),
+              (status = 413, description = "BATCH_TOO_LARGE: more than api.max_batch_items events or api.max_batch_bytes bytes", body = crate::api::schema::ApiErrorBody)))]
 pub async fn publish_batch(
     State(node): State<Arc<Node>>,
     Extension(state): Extension<Arc<BatchState>>,
@@ -226,38 +287,39 @@ pub async fn publish_batch(
         Published::LocalOnly => "local_only",
     };
     let (mut ok, mut duplicates, mut failed) = (0usize, 0usize, 0usize);
-    let results: Vec<Value> = outcomes
+    let results: Vec<ItemResult> = outcomes
         .into_iter()
         .enumerate()
-        .map(|(index, outcome)| match outcome {
-            Outcome::Valid { events, .. } => {
-                ok += 1;
-                json!({ "index": index, "status": status, "events": events.len() })
+        .map(|(index, outcome)| {
+            let mut result = ItemResult { index, status, events: None, code: None, error: None };
+            match outcome {
+                Outcome::Valid { events, .. } => {
+                    ok += 1;
+                    result.events = Some(events.len());
+                }
+                Outcome::Duplicate => {
+                    duplicates += 1;
+                    result.status = "duplicate";
+                }
+                Outcome::Failed(e) => {
+                    failed += 1;
+                    (result.status, result.code, result.error) = ("error", Some(e.code), Some(e.message));
+                }
             }
-            Outcome::Duplicate => {
-                duplicates += 1;
-                json!({ "index": index, "status": "duplicate" })
-            }
-            Outcome::Failed(e) => {
-                failed += 1;
-                json!({ "index": index, "status": "error", "code": e.code, "error": e.message })
-            }
+            result
         })
         .collect();
-    let mut body = json!({
-        "success": failed == 0,
-        "published": ok,
-        "duplicates": duplicates,
-        "failed": failed,
-        "results": results,
-    });
-    if published == Published::LocalOnly
-        && let Some(map) = body.as_object_mut()
-    {
-        map.insert("local_only".into(), Value::Bool(true));
-        map.insert("warning".into(), Value::from("broker unavailable: delivered to this node's connections only"));
-    }
-    Ok(axum::Json(body).into_response())
+    let local = published == Published::LocalOnly;
+    let reply = BatchReply {
+        success: failed == 0,
+        published: ok,
+        duplicates,
+        failed,
+        results,
+        local_only: local.then_some(true),
+        warning: local.then(|| "broker unavailable: delivered to this node's connections only".to_string()),
+    };
+    Ok(axum::Json(reply).into_response())
 }
 
 /// With Redis, a key is also claimed cluster-wide (`SET <prefix>:idem:<key> NX PX window`, one
