@@ -19,10 +19,11 @@ use super::presence::Added;
 use super::protocol::{self, Inbound, code};
 use super::{App, ChannelKind, sign};
 use crate::auth::Identity;
-use crate::config::{EndpointKind, WelcomeStyle};
+use crate::config::{EndpointKind, NameKind, WelcomeStyle};
 use crate::hub::shard::Shard;
 use crate::hub::{Event, Hub, Target};
 use crate::node::Node;
+use crate::session::handlers::streams;
 use crate::session::{ConnectPlan, Session};
 use crate::transport::handshake;
 use crate::transport::upgrade::refuse;
@@ -201,7 +202,7 @@ async fn leave_presence(shard: &Shard, app: &Arc<App>, hub_channel: &Arc<str>, u
         node.pusher.webhooks.send(app, json!({ "name": "member_removed", "channel": name, "user_id": user }));
         let payload = protocol::message_json("pusher_internal:member_removed", Some(name), &json!({ "user_id": user }));
         let target = Target { channel: Some(hub_channel.clone()), ..Default::default() };
-        let _ = node.publish_event(Event::new(target, payload)).await;
+        super::publish_internal(node, Event::new(target, payload)).await;
     }
 }
 
@@ -328,6 +329,15 @@ async fn subscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) 
             }
         }
     }
+    // Herald's positions, where the channel has history: `"seq": true` follows the channel with
+    // positions, `"recover": {"seq", "epoch"}` also replays what was missed since then.
+    let wanted = data.get("seq").and_then(Value::as_bool).unwrap_or(false);
+    let since = data
+        .get("recover")
+        .map(|p| streams::parse_position(p, "recover"))
+        .transpose()
+        .map_err(|e| refusal(e.message))?;
+    let asked_to_recover = since.is_some();
     let hub: Arc<str> = Arc::from(app.hub_name(channel));
     let node = shard.node().clone();
     let already = session.state.borrow().channels.contains(&*hub);
@@ -335,41 +345,52 @@ async fn subscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) 
     if !already && limit > 0 && session.state.borrow().channels.len() >= limit {
         return Err(refusal(format!("a connection may subscribe to at most {limit} channels")));
     }
-    if !already {
-        if let Some((user_id, info)) = &member {
-            match super::presence::join(&node, &hub, user_id, info.clone(), app.config.max_presence_members).await {
-                Added::Full => {
-                    return Err((
-                        Some(code::OVER_QUOTA),
-                        format!("{channel} already has {} members", app.config.max_presence_members),
-                    ));
-                }
-                Added::New => {
-                    let hook = json!({ "name": "member_added", "channel": channel, "user_id": user_id });
-                    node.pusher.webhooks.send(&app, hook);
-                    let added = json!({ "user_id": user_id, "user_info": info });
-                    let payload = protocol::message_json("pusher_internal:member_added", Some(channel), &added);
-                    let target = Target { channel: Some(hub.clone()), ..Default::default() };
-                    let _ = node.publish_event(Event::excluding(target, payload, session.id)).await;
-                }
-                Added::Again => {}
+    if !already && let Some((user_id, info)) = &member {
+        match super::presence::join(&node, &hub, user_id, info.clone(), app.config.max_presence_members).await {
+            Added::Full => {
+                return Err((
+                    Some(code::OVER_QUOTA),
+                    format!("{channel} already has {} members", app.config.max_presence_members),
+                ));
             }
-            if let Some(conn) = session.pusher.borrow_mut().as_mut() {
-                conn.presence.insert(hub.clone(), user_id.clone());
+            Added::New => {
+                let hook = json!({ "name": "member_added", "channel": channel, "user_id": user_id });
+                node.pusher.webhooks.send(&app, hook);
+                let added = json!({ "user_id": user_id, "user_info": info });
+                let payload = protocol::message_json("pusher_internal:member_added", Some(channel), &added);
+                let target = Target { channel: Some(hub.clone()), ..Default::default() };
+                super::publish_internal(&node, Event::excluding(target, payload, session.id)).await;
             }
+            Added::Again => {}
         }
-        let ready = shard.subscribe(session, &hub);
+        if let Some(conn) = session.pusher.borrow_mut().as_mut() {
+            conn.presence.insert(hub.clone(), user_id.clone());
+        }
+    }
+    let ready = shard.subscribe(session, &hub);
+    if !already {
         if let Some(conn) = session.pusher.borrow_mut().as_mut() {
             conn.channels.insert(hub.clone());
         }
         node.pusher.occupancy.add(&app, &hub);
-        Hub::ready(ready.into_iter().collect(), node.config.redis.timeout).await;
     }
+    // Right after the index subscription, before any await: live events from here on are held
+    // until the replay is done.
+    let pending = streams::begin(shard, session, NameKind::Channel, &hub, wanted, since);
+    Hub::ready(ready.into_iter().collect(), node.config.redis.timeout).await;
     let succeeded = match kind {
         ChannelKind::Presence => super::presence::snapshot(&node, &hub).await.to_string(),
         _ => "{}".to_string(),
     };
-    session.reply(shard, &protocol::message("pusher_internal:subscription_succeeded", Some(channel), &succeeded));
+    let recovery = match &pending {
+        Some(pending) => Some(streams::fetch(shard, pending).await),
+        None => None,
+    };
+    let position = recovery.as_ref().map(|r| streams::report(r, asked_to_recover));
+    session.reply(shard, &protocol::subscription_succeeded(channel, &succeeded, position));
+    if let (Some(pending), Some(recovery)) = (pending, recovery) {
+        streams::finish(shard, session, &pending, recovery);
+    }
     if super::is_cache(channel) {
         let cached = super::cache::recall(&node, &hub).await;
         match cached {
@@ -390,6 +411,7 @@ async fn unsubscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound
     super::valid_channel(channel).map_err(refusal)?;
     let hub: Arc<str> = Arc::from(app.hub_name(channel));
     let was = shard.unsubscribe(session, &hub);
+    streams::end(session, NameKind::Channel, &hub);
     let member = session.pusher.borrow_mut().as_mut().and_then(|c| {
         c.channels.remove(&hub);
         c.presence.remove(&hub)

@@ -504,3 +504,127 @@ async fn presence_members_are_rewritten_after_redis_loses_them() {
     .expect("the member was never written again");
     assert_alive(&mut alice).await;
 }
+
+/// Publishes event `name` with `data` on `channel` through the signed HTTP API of `herald`.
+async fn trigger(herald: &Herald, channel: &str, name: &str, data: &str) {
+    let body = json!({"name": name, "channel": channel, "data": data}).to_string();
+    let (status, reply) = post_raw(herald, &signed("POST", "/apps/77/events", &body, SECRET, now(), &[]), &body).await;
+    assert_eq!(status, 200, "{reply}");
+}
+
+/// Herald's positions through the Pusher socket: a client that asks (`"seq": true`) gets its
+/// channel's position on `subscription_succeeded` and on every event; after a reconnect to
+/// another node, `"recover"` replays exactly what it missed, in order, while events keep being
+/// published, with nothing lost or twice. Presence announcements take no place in the stream;
+/// a client that asks for nothing sees no new field.
+#[tokio::test]
+async fn positions_and_resume_through_the_pusher_socket() {
+    let redis = crate::common::redis::RedisServer::start().await;
+    let toml = format!(
+        "{}\n[redis]\nurl = \"{}\"\n\n[[history]]\nchannels = \"jobs-*\"\nsize = 100\n\n[[history]]\nchannels = \"presence-desk*\"\n",
+        config(false),
+        redis.url()
+    );
+    let a = Herald::start(&toml).await;
+    let b = Herald::start(&toml).await;
+    crate::redis::wait_live_nodes(&a, 2).await;
+    crate::redis::wait_live_nodes(&b, 2).await;
+    let channel = "jobs-7";
+
+    let (mut plain, _) = connect(&a).await;
+    subscribe(&mut plain, channel).await;
+    let (mut client, _) = connect(&a).await;
+    client.send_json(json!({"event": "pusher:subscribe", "data": {"channel": channel, "seq": true}})).await;
+    let succeeded = client.recv().await;
+    assert_eq!(succeeded["event"], "pusher_internal:subscription_succeeded", "{succeeded}");
+    assert_eq!((&succeeded["data"], &succeeded["seq"]), (&json!("{}"), &json!(0)), "{succeeded}");
+    assert!(succeeded.get("recovered").is_none(), "{succeeded}");
+
+    for n in 1..=3 {
+        trigger(&a, channel, "progress", &n.to_string()).await;
+    }
+    let mut epoch = String::new();
+    for n in 1..=3 {
+        let event = client.recv().await;
+        assert_eq!(
+            (&event["event"], &event["data"], &event["seq"]),
+            (&json!("progress"), &json!(n.to_string()), &json!(n))
+        );
+        assert!(event.get("stream").is_none(), "the channel already names the stream: {event}");
+        epoch = event["epoch"].as_str().expect("an epoch").to_string();
+        let seen = plain.recv().await;
+        assert_eq!(
+            seen,
+            json!({"event": "progress", "channel": channel, "data": n.to_string()}),
+            "plain clients see no new field"
+        );
+    }
+    drop(client);
+
+    // Missed while away, then more published while the client comes back on the other node.
+    for n in 4..=6 {
+        trigger(&a, channel, "progress", &n.to_string()).await;
+    }
+    let publisher = {
+        let url = a.url("");
+        tokio::spawn(async move {
+            for n in 7..=30 {
+                let path = "/apps/77/events";
+                let body = json!({"name": "progress", "channel": "jobs-7", "data": n.to_string()}).to_string();
+                let query = signed("POST", path, &body, SECRET, now(), &[]);
+                let response = reqwest::Client::new()
+                    .post(format!("{}{}", url.trim_end_matches('/'), query))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("POST");
+                assert_eq!(response.status().as_u16(), 200);
+            }
+        })
+    };
+    let (mut back, _) = connect(&b).await;
+    let recover = json!({"seq": 3, "epoch": epoch});
+    back.send_json(json!({"event": "pusher:subscribe", "data": {"channel": channel, "recover": recover}})).await;
+    let succeeded = back.recv().await;
+    assert_eq!(succeeded["event"], "pusher_internal:subscription_succeeded", "{succeeded}");
+    assert_eq!((&succeeded["recovered"], &succeeded["epoch"]), (&json!(true), &json!(epoch)), "{succeeded}");
+    let mut received = Vec::new();
+    while received.last() != Some(&30) {
+        let event = back.recv().await;
+        assert_eq!(event["event"], "progress", "{event}");
+        let n: u64 = event["data"].as_str().and_then(|d| d.parse().ok()).expect("a number");
+        assert_eq!(event["seq"], n, "{event}");
+        received.push(n);
+    }
+    assert_eq!(received, (4..=30).collect::<Vec<_>>(), "every missed and live event once, in order");
+    publisher.await.expect("the publisher");
+
+    // A position of another epoch cannot be resumed: said so, and live events follow.
+    let (mut stale, _) = connect(&b).await;
+    let recover = json!({"seq": 3, "epoch": "not-an-epoch"});
+    stale.send_json(json!({"event": "pusher:subscribe", "data": {"channel": channel, "recover": recover}})).await;
+    let succeeded = stale.recv().await;
+    assert_eq!((&succeeded["recovered"], &succeeded["seq"]), (&json!(false), &json!(30)), "{succeeded}");
+    trigger(&a, channel, "progress", "31").await;
+    assert_eq!(stale.recv().await["seq"], 31);
+
+    // On a presence channel with history, member changes are not events of the stream.
+    let desk = "presence-desk";
+    let (mut alice, alice_id) = connect(&a).await;
+    let channel_data = json!({"user_id": "alice"}).to_string();
+    let signature = hmac_hex(SECRET, format!("{alice_id}:{desk}:{channel_data}").as_bytes());
+    let data =
+        json!({"channel": desk, "auth": format!("{KEY}:{signature}"), "channel_data": channel_data, "seq": true});
+    alice.send_json(json!({"event": "pusher:subscribe", "data": data})).await;
+    let succeeded = alice.recv().await;
+    assert_eq!((&succeeded["event"], &succeeded["seq"]), (&json!("pusher_internal:subscription_succeeded"), &json!(0)));
+    let (mut bob, bob_id) = connect(&b).await;
+    join_presence(&mut bob, &bob_id, desk, "bob").await;
+    let added = alice.recv().await;
+    assert_eq!(added["event"], "pusher_internal:member_added", "{added}");
+    assert!(added.get("seq").is_none(), "{added}");
+    trigger(&b, desk, "note", "x").await;
+    let note = alice.recv().await;
+    assert_eq!((&note["event"], &note["seq"]), (&json!("note"), &json!(1)), "{note}");
+}
