@@ -628,3 +628,48 @@ async fn positions_and_resume_through_the_pusher_socket() {
     let note = alice.recv().await;
     assert_eq!((&note["event"], &note["seq"]), (&json!("note"), &json!(1)), "{note}");
 }
+
+/// Herald's operator listings (`/api/channels`, `/api/connections`, which the dashboard shows)
+/// name a Pusher app's channels and users as the app does, with the app's id beside them, never
+/// by their hub names; a channel of Herald's own protocol with the same name stays apart.
+#[tokio::test]
+async fn admin_listings_name_pusher_channels_as_their_app_does() {
+    let herald = Herald::start(&config(false)).await;
+    let (mut client, socket_id) = connect(&herald).await;
+    subscribe(&mut client, "news").await;
+    let user_data = json!({"id": "alice"}).to_string();
+    let signature = hmac_hex(SECRET, format!("{socket_id}::user::{user_data}").as_bytes());
+    let auth = format!("{KEY}:{signature}");
+    client.send_json(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}})).await;
+    assert_eq!(client.recv().await["event"], "pusher:signin_success");
+    let mut native = herald.connect("/ws").await;
+    native.send_json(json!({"type": "subscribe", "channels": ["news", "sports"]})).await;
+    assert_eq!(native.recv().await["type"], "subscribed");
+
+    let (status, listing) = herald.get("/api/channels").await;
+    assert_eq!(status, 200, "{listing}");
+    let mut rows = listing["channels"].as_array().expect("channels").clone();
+    rows.sort_by_key(|r| r.to_string());
+    assert_eq!(
+        rows,
+        [
+            json!({"channel": "news", "pusher_app": "77", "subscribers": 1}),
+            json!({"channel": "news", "subscribers": 1}),
+            json!({"channel": "sports", "subscribers": 1}),
+        ]
+    );
+
+    let (status, connections) = herald.get("/api/connections").await;
+    assert_eq!(status, 200, "{connections}");
+    let pusher = connections["connections"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c.get("pusher_app").is_some()))
+        .unwrap_or_else(|| panic!("no Pusher connection listed: {connections}"));
+    assert_eq!(
+        (&pusher["pusher_app"], &pusher["channels"], &pusher["user_id"]),
+        (&json!("77"), &json!(["news"]), &json!("alice"))
+    );
+    for text in [listing.to_string(), connections.to_string()] {
+        assert!(!text.contains("\\u001f"), "a hub name leaked: {text}");
+    }
+}
