@@ -147,6 +147,11 @@ impl Pusher {
         !self.apps.is_empty()
     }
 
+    /// Every configured app.
+    pub fn apps(&self) -> &[Arc<App>] {
+        &self.apps
+    }
+
     /// The app with this public key.
     pub fn by_key(&self, key: &str) -> Option<&Arc<App>> {
         self.by_key.get(key).map(|&i| &self.apps[i])

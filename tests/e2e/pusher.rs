@@ -673,3 +673,93 @@ async fn admin_listings_name_pusher_channels_as_their_app_does() {
         assert!(!text.contains("\\u001f"), "a hub name leaked: {text}");
     }
 }
+
+/// A receiver of Pusher webhooks: every event of every batch, in arrival order.
+async fn webhook_receiver() -> (String, std::sync::Arc<parking_lot::Mutex<Vec<Value>>>) {
+    let seen: std::sync::Arc<parking_lot::Mutex<Vec<Value>>> = Default::default();
+    let app = axum::Router::new().route(
+        "/pusher",
+        axum::routing::post({
+            let seen = seen.clone();
+            move |body: axum::body::Bytes| {
+                let seen = seen.clone();
+                async move {
+                    let batch: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    seen.lock().extend(batch["events"].as_array().cloned().unwrap_or_default());
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/pusher", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+/// How many `name` webhooks `channel` drew so far.
+fn hooks(seen: &parking_lot::Mutex<Vec<Value>>, name: &str, channel: &str) -> usize {
+    seen.lock().iter().filter(|e| e["name"] == name && e["channel"] == channel).count()
+}
+
+/// Waits until `channel` drew a `name` webhook.
+async fn wait_hook(seen: &parking_lot::Mutex<Vec<Value>>, name: &str, channel: &str) {
+    tokio::time::timeout(crate::common::WAIT, async {
+        while hooks(seen, name, channel) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {name} for {channel}: {:?}", seen.lock()));
+}
+
+/// Occupancy is the cluster's: two nodes gaining a channel at once send one `channel_occupied`;
+/// a node that dies takes its counts with it (its Redis fields are deleted once the registry
+/// forgets it) and a channel whose only subscribers were there is vacated once, by a survivor.
+#[tokio::test]
+async fn occupancy_webhooks_are_sent_once_for_the_cluster_even_when_a_node_dies() {
+    let redis = crate::common::redis::RedisServer::start().await;
+    let (hook, seen) = webhook_receiver().await;
+    let toml = format!(
+        "{}\n[[pusher.apps.webhooks]]\nurl = \"{hook}\"\nevent_types = [\"channel_occupied\", \"channel_vacated\"]\n\n[redis]\nurl = \"{}\"\nnode_timeout = \"3s\"\n",
+        config(false),
+        redis.url()
+    );
+    let mut a = Herald::start(&toml).await;
+    let b = Herald::start(&toml).await;
+    crate::redis::wait_live_nodes(&a, 2).await;
+    crate::redis::wait_live_nodes(&b, 2).await;
+
+    let (mut on_a, _) = connect(&a).await;
+    let (mut on_b, _) = connect(&b).await;
+    tokio::join!(subscribe(&mut on_a, "shared"), subscribe(&mut on_b, "shared"));
+    subscribe(&mut on_a, "lonely").await;
+    wait_hook(&seen, "channel_occupied", "lonely").await;
+    wait_hook(&seen, "channel_occupied", "shared").await;
+
+    a.signal_and_wait("KILL").await;
+    drop(on_a);
+    wait_hook(&seen, "channel_vacated", "lonely").await;
+    let fields = redis.cli(&["HKEYS", "herald:pc:77"]).expect("HKEYS");
+    let mut fields: Vec<&str> = fields.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    fields.sort();
+    assert_eq!(fields.len(), 2, "only B's count of `shared` and its flag are left: {fields:?}");
+    assert!(fields[0].starts_with("shared ") && fields[1] == "shared ~", "{fields:?}");
+    let query = signed("GET", "/apps/77/channels", "", SECRET, now(), &[("info", "subscription_count")]);
+    let (status, channels) = b.get(&query).await;
+    assert_eq!(status, 200, "{channels}");
+    assert_eq!(channels["channels"], json!({"shared": {"subscription_count": 1}}));
+
+    on_b.send_json(json!({"event": "pusher:unsubscribe", "data": {"channel": "shared"}})).await;
+    wait_hook(&seen, "channel_vacated", "shared").await;
+    // A marker: a channel occupied and vacated after everything above, so that any duplicate
+    // sent before it has arrived by the time its own webhook does.
+    subscribe(&mut on_b, "marker").await;
+    on_b.send_json(json!({"event": "pusher:unsubscribe", "data": {"channel": "marker"}})).await;
+    wait_hook(&seen, "channel_vacated", "marker").await;
+    for channel in ["shared", "lonely"] {
+        for name in ["channel_occupied", "channel_vacated"] {
+            assert_eq!(hooks(&seen, name, channel), 1, "{name} of {channel}: {:?}", seen.lock());
+        }
+    }
+}
