@@ -763,3 +763,77 @@ async fn occupancy_webhooks_are_sent_once_for_the_cluster_even_when_a_node_dies(
         }
     }
 }
+
+/// With Redis a webhook batch outlives its node: the endpoint refuses while the node that made
+/// the batch is killed; a survivor takes the batch over and delivers it, signed as it was.
+#[tokio::test]
+async fn a_pending_webhook_batch_is_delivered_by_a_survivor_after_its_node_dies() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let redis = crate::common::redis::RedisServer::start().await;
+    let accept = std::sync::Arc::new(AtomicBool::new(false));
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen: std::sync::Arc<parking_lot::Mutex<Vec<(String, String)>>> = Default::default();
+    let app = axum::Router::new().route(
+        "/pusher",
+        axum::routing::post({
+            let (accept, refused, seen) = (accept.clone(), refused.clone(), seen.clone());
+            move |headers: axum::http::HeaderMap, body: String| {
+                let (accept, refused, seen) = (accept.clone(), refused.clone(), seen.clone());
+                async move {
+                    if !accept.load(Ordering::SeqCst) {
+                        refused.fetch_add(1, Ordering::SeqCst);
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let signature = headers.get("x-pusher-signature").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                    seen.lock().push((signature.to_string(), body));
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/pusher", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let toml = format!(
+        "{}\n[[pusher.apps.webhooks]]\nurl = \"{hook}\"\nevent_types = [\"channel_occupied\"]\n\n[redis]\nurl = \"{}\"\nnode_timeout = \"3s\"\n",
+        config(false),
+        redis.url()
+    );
+    let mut a = Herald::start(&toml).await;
+    let b = Herald::start(&toml).await;
+    crate::redis::wait_live_nodes(&a, 2).await;
+    crate::redis::wait_live_nodes(&b, 2).await;
+    let (mut client, _) = connect(&a).await;
+    subscribe(&mut client, "orders").await;
+    tokio::time::timeout(crate::common::WAIT, async {
+        while refused.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the batch was never attempted");
+    a.signal_and_wait("KILL").await;
+    drop(client);
+    accept.store(true, Ordering::SeqCst);
+    let (signature, body) = tokio::time::timeout(crate::common::WAIT, async {
+        loop {
+            if let Some(found) = seen.lock().iter().find(|(_, body)| body.contains("\"orders\"")).cloned() {
+                return found;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("nobody delivered the dead node's batch");
+    assert_eq!(signature, hmac_hex(SECRET, body.as_bytes()), "signed as it was");
+    let events: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(events["events"], json!([{"name": "channel_occupied", "channel": "orders"}]));
+    // Delivered, it is forgotten: no pending batch is left in Redis.
+    tokio::time::timeout(crate::common::WAIT, async {
+        while redis.cli(&["KEYS", "{herald:pw}:*"]).unwrap_or_default().trim() != "{herald:pw}:owners" {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("a batch is still pending: {:?}", redis.cli(&["KEYS", "{herald:pw}:*"])));
+}
