@@ -837,3 +837,81 @@ async fn a_pending_webhook_batch_is_delivered_by_a_survivor_after_its_node_dies(
     .await
     .unwrap_or_else(|_| panic!("a batch is still pending: {:?}", redis.cli(&["KEYS", "{herald:pw}:*"])));
 }
+
+/// The limits that Soketi's own test suite checks against its server (which its suite starts
+/// in-process, so it cannot be pointed at Herald): channel name length, presence member size
+/// and count, client event size, the HTTP API's event name, payload and channel count limits,
+/// `users` of a non-presence channel, unknown routes, and that sockets closed without
+/// unsubscribing leave no channel behind.
+#[tokio::test]
+async fn the_limits_soketis_suite_checks() {
+    let toml = format!(
+        "{}max_presence_members = 2\nmax_presence_user_info_bytes = 64\nmax_event_payload_bytes = 100\nmax_event_channels = 3\n",
+        config(true)
+    );
+    let herald = Herald::start(&toml).await;
+    let (mut client, socket_id) = connect(&herald).await;
+    let long = format!("private-{}", "x".repeat(160));
+    let error =
+        error_for(&mut client, &json!({"event": "pusher:subscribe", "data": {"channel": long}}).to_string()).await;
+    assert!(error["message"].as_str().is_some_and(|m| m.contains("164")), "{error}");
+
+    // Presence: a member's user_info is bounded, and so is the channel's member count.
+    let presence = |client_socket: &str, user: &str, info: Value| {
+        let channel_data = json!({"user_id": user, "user_info": info}).to_string();
+        let signature = hmac_hex(SECRET, format!("{client_socket}:presence-full:{channel_data}").as_bytes());
+        json!({"event": "pusher:subscribe", "data": {"channel": "presence-full", "auth": format!("{KEY}:{signature}"), "channel_data": channel_data}})
+    };
+    let error = error_for(&mut client, &presence(&socket_id, "big", json!({"bio": "y".repeat(100)})).to_string()).await;
+    assert!(error["message"].as_str().is_some_and(|m| m.contains("64 bytes")), "{error}");
+    let mut members = Vec::new();
+    for user in ["u1", "u2"] {
+        let (mut member, id) = connect(&herald).await;
+        member.send_json(presence(&id, user, json!({}))).await;
+        assert_eq!(member.recv().await["event"], "pusher_internal:subscription_succeeded");
+        members.push(member);
+    }
+    let error = error_for(&mut client, &presence(&socket_id, "u3", json!({})).to_string()).await;
+    assert_eq!(error["code"], 4004, "{error}");
+
+    // A client event larger than the app's payload limit is refused; the connection carries on.
+    let private = format!("{KEY}:{}", hmac_hex(SECRET, format!("{socket_id}:private-chat").as_bytes()));
+    client.send_json(json!({"event": "pusher:subscribe", "data": {"channel": "private-chat", "auth": private}})).await;
+    assert_eq!(client.recv().await["event"], "pusher_internal:subscription_succeeded");
+    let big = json!({"event": "client-big", "channel": "private-chat", "data": {"text": "z".repeat(1000)}});
+    let error = error_for(&mut client, &big.to_string()).await;
+    assert!(error["message"].as_str().is_some_and(|m| m.contains("larger")), "{error}");
+    assert_alive(&mut client).await;
+
+    // The HTTP API's limits.
+    let events = "/apps/77/events";
+    for (what, body, status) in [
+        ("event name over 200 characters", json!({"name": "n".repeat(201), "channel": "a", "data": "1"}), 400),
+        ("payload over the limit", json!({"name": "e", "channel": "a", "data": "d".repeat(101)}), 413),
+        ("more channels than allowed", json!({"name": "e", "channels": ["a", "b", "c", "d"], "data": "1"}), 400),
+        ("channel name over 164 characters", json!({"name": "e", "channel": "c".repeat(165), "data": "1"}), 400),
+    ] {
+        let body = body.to_string();
+        let (got, reply) = post_raw(&herald, &signed("POST", events, &body, SECRET, now(), &[]), &body).await;
+        assert_eq!(got, status, "{what}: {reply}");
+    }
+    let (status, reply) =
+        herald.get(&signed("GET", "/apps/77/channels/public-news/users", "", SECRET, now(), &[])).await;
+    assert_eq!(status, 400, "users of a public channel: {reply}");
+    let (status, reply) = herald.get(&signed("GET", "/apps/77/no-such-route", "", SECRET, now(), &[])).await;
+    assert_eq!(status, 404, "{reply}");
+
+    // Sockets closed without unsubscribing leave no channel and no member behind.
+    drop(members);
+    drop(client);
+    let query = signed("GET", "/apps/77/channels", "", SECRET, now(), &[]);
+    tokio::time::timeout(crate::common::WAIT, async {
+        while herald.get(&query).await.1 != json!({"channels": {}}) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("channels were left behind: {}", "see the log"));
+    let users = signed("GET", "/apps/77/channels/presence-full/users", "", SECRET, now(), &[]);
+    assert_eq!(herald.get(&users).await.1, json!({"users": []}));
+}
