@@ -13,6 +13,7 @@ pub mod duration;
 mod level;
 pub mod load;
 pub mod pusher;
+pub mod reference;
 mod security;
 pub mod show;
 pub mod stream;
@@ -34,7 +35,7 @@ pub use stream::{CompressionConfig, HistoryConfig};
 pub use load::{ConfigError, Overrides, Sources, from_toml_str, load, load_with_sources};
 
 /// The whole configuration of a node.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Listening socket, mounts, shards, shutdown.
@@ -82,7 +83,7 @@ pub struct Config {
 }
 
 /// Where and how the node listens.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address and port to listen on. Port 0 picks a free port (printed at start).
@@ -97,10 +98,12 @@ pub struct ServerConfig {
     #[serde(deserialize_with = "text::opt_string")]
     pub node_id: Option<String>,
     /// How long a graceful shutdown may take before remaining sockets are dropped.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
     /// How long an HTTP request's body may take to arrive after its headers; a slower one gets
     /// 408 and its connection is closed.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub request_timeout: Duration,
     /// HTTP requests handled at once by the node; more get 503 at once. 0: no cap.
@@ -135,10 +138,11 @@ impl Default for ServerConfig {
 }
 
 /// Behaviour common to every WebSocket connection.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebSocketConfig {
     /// Interval of server heartbeats (a `heartbeat` message and a WebSocket ping frame).
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub heartbeat_interval: Duration,
     /// Send the JSON `{"type":"heartbeat"}` message at each interval.
@@ -146,6 +150,7 @@ pub struct WebSocketConfig {
     /// Send a WebSocket ping frame at each interval.
     pub ping_frames: bool,
     /// A connection from which nothing (not even a pong) arrives for this long is closed.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
     /// Largest message a client may send, in bytes. Larger ones close the connection (1009).
@@ -177,25 +182,25 @@ impl Default for WebSocketConfig {
 }
 
 /// Which welcome message a client gets right after the upgrade.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WelcomeStyle {
-    /// `{"type":"connection", …}` as the campaign-events document expects.
+    /// `{"type":"connection", …}` as the campaign-events profile's clients expect.
     Connection,
-    /// `{"type":"connection_established", …}` as the chat document expects.
+    /// `{"type":"connection_established", …}` as the manufacturing-chat profile's clients expect.
     ConnectionEstablished,
     /// No welcome message at all.
     None,
 }
 
 /// What an endpoint serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EndpointKind {
     /// The Herald protocol: events, subscriptions, rooms.
     #[default]
     Events,
-    /// A live stream of node statistics (the dashboard document's `/ws/stats`).
+    /// A live stream of node statistics (the message-dashboard profile's `/ws/stats`).
     Stats,
     /// Echoes every message back; for conformance testing only.
     Echo,
@@ -205,7 +210,7 @@ pub enum EndpointKind {
 }
 
 /// A dedicated WebSocket endpoint, e.g. `/ws/campaigns?campaign_id=123`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct EndpointConfig {
     /// Path under each mount, starting with `/` (`"/campaigns"`), or `""` for the mount itself.
@@ -228,7 +233,7 @@ pub struct EndpointConfig {
 }
 
 /// Behaviour of one channel, or of every channel matching a pattern ending in `*`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChannelConfig {
     /// Exact channel name (`jobs:updates`) or a prefix pattern (`campaign:*`).
@@ -244,7 +249,7 @@ pub struct ChannelConfig {
 /// How a channel's events are reshaped before delivery, in this order: `rename`, `copy`, `lift`,
 /// `drop`, then `type`. Paths are dot-separated object keys (`data.status`); a list of paths takes
 /// the first one present, and a field whose paths are all absent is left out.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShapeConfig {
     /// The `type` every event gets, replacing the publisher's (unlike `default_type`).
@@ -261,7 +266,7 @@ pub struct ShapeConfig {
 }
 
 /// One path or a list of paths tried in order.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum ShapePaths {
     /// `"data.status"`.
@@ -281,7 +286,7 @@ impl ShapePaths {
 }
 
 /// The HTTP API for backends and operators.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
     /// Bearer key required by publish and admin routes. Without one those routes refuse every
@@ -305,7 +310,7 @@ pub struct ApiConfig {
 
 /// The message-ingestion route (`POST /messages`, `GET /messages`): when it answers, and who may
 /// call it, independently of the admin API.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
     /// Answer `201` only once the messages are committed, instead of `202` as soon as they are
@@ -322,7 +327,7 @@ pub struct IngestConfig {
 }
 
 /// Who may call the ingestion route.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum IngestAccess {
     /// As the admin API: `api.key` (or loopback without one) and `api.allowed_ips`.
@@ -335,7 +340,7 @@ pub enum IngestAccess {
 }
 
 /// Connection and message limits. 0 disables a cap.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Total WebSocket connections this node accepts; further upgrades get HTTP 503. 0: no cap.
@@ -350,6 +355,7 @@ pub struct LimitsConfig {
     /// Client messages per hour, per connection and per user. 0: no limit.
     pub messages_per_hour: u32,
     /// How long a connection (and its user) is refused after exceeding a rate.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub block_duration: Duration,
     /// Refusals while blocked after which the connection is closed (1008). 0: never.
@@ -387,7 +393,7 @@ impl Default for LimitsConfig {
 }
 
 /// Redis settings.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://host:port/db`. Without it the node runs its in-process broker. In cluster mode,
@@ -411,10 +417,12 @@ pub struct RedisConfig {
     /// Prefix of Herald's own keys and channels between nodes.
     pub key_prefix: String,
     /// How long to wait for Redis before a command counts as failed.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub timeout: Duration,
     /// A node not heard from for this long is considered dead: its connections stop counting
     /// and its users' presence expires.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub node_timeout: Duration,
 }
@@ -437,7 +445,7 @@ impl Default for RedisConfig {
 }
 
 /// How Herald talks to Redis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RedisMode {
     /// One Redis server: `PUBLISH`/`SUBSCRIBE`.
@@ -447,7 +455,7 @@ pub enum RedisMode {
 }
 
 /// History storage settings.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `sqlite://path` (embedded), `sqlite::memory:` (nothing on disk; history lost at exit) or
@@ -460,11 +468,12 @@ pub struct DatabaseConfig {
     pub data_dir: Option<std::path::PathBuf>,
     /// Connections in the pool.
     pub max_connections: u32,
-    /// Most rows the writer commits in one transaction (the dashboard document's 50).
+    /// Most rows the writer commits in one transaction (the message-dashboard profile's 50).
     pub batch_size: usize,
     /// How long the writer waits for a batch to fill once it has a row. 0 (the default) commits
     /// at once and batches whatever arrived meanwhile ("group commit"); `2s` reproduces the
-    /// dashboard document's "50 rows or 2 seconds".
+    /// message-dashboard profile's "50 rows or 2 seconds".
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub batch_linger: Duration,
     /// Rows waiting for the writer before senders are held back.
@@ -472,7 +481,7 @@ pub struct DatabaseConfig {
     /// SQLite `synchronous`: `full` (every commit reaches the disk) or `normal` (safe against a
     /// process crash, not against power loss).
     pub sqlite_synchronous: SqliteSynchronous,
-    /// A key or passphrase for sensitive content (key id `default`; the chat document's
+    /// A key or passphrase for sensitive content (key id `default`; the manufacturing-chat profile's
     /// `WEBSOCKET_ENCRYPTION_KEY`).
     #[serde(deserialize_with = "text::opt_string")]
     pub encryption_key: Option<String>,
@@ -488,11 +497,13 @@ pub struct DatabaseConfig {
     pub max_content_size: usize,
     /// Messages older than this (`"30d"`, `"90days"`) are deleted or archived; 0 keeps
     /// everything.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub retention_max_age: Duration,
     /// `delete` or `archive` (moved to `messages_archive`).
     pub retention_mode: RetentionMode,
     /// How often retention runs.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub retention_interval: Duration,
 }
@@ -541,7 +552,7 @@ impl DatabaseConfig {
 }
 
 /// SQLite durability.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SqliteSynchronous {
     /// Every commit is on disk before it is acknowledged.
@@ -551,7 +562,7 @@ pub enum SqliteSynchronous {
 }
 
 /// What retention does with old messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RetentionMode {
     /// Delete them.
@@ -561,7 +572,7 @@ pub enum RetentionMode {
 }
 
 /// Log output.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `human` (default) or `json`, one object per line.
@@ -577,7 +588,7 @@ impl Default for LogConfig {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// Human-readable lines.
