@@ -26,6 +26,16 @@ pub fn count_client_error(counters: &ShardCounters, code: ErrorCode) {
     }
 }
 
+/// Which of [`ShardCounters::by_transport`]'s figures.
+pub mod by_transport {
+    /// Open connections (gauge).
+    pub const OPEN: usize = 0;
+    /// Connections accepted.
+    pub const ACCEPTED: usize = 1;
+    /// Slow-consumer disconnects.
+    pub const SLOW: usize = 2;
+}
+
 /// Subtracts `n` from a gauge that only the calling thread writes.
 #[inline]
 pub fn drop_by(counter: &AtomicU64, n: u64) {
@@ -59,6 +69,9 @@ pub struct ShardCounters {
     pub fanouts: AtomicU64,
     /// Connections closed because their outbound queue filled.
     pub slow_consumer_disconnects: AtomicU64,
+    /// Per transport (`Transport::index`: WebSocket, SSE, NDJSON): open connections (gauge),
+    /// connections accepted, slow-consumer disconnects.
+    pub by_transport: [[AtomicU64; 3]; 3],
     /// Connections closed for silence.
     pub idle_disconnects: AtomicU64,
     /// Connections closed for breaking the WebSocket protocol.
@@ -158,6 +171,10 @@ pub struct Totals {
     /// The same, per error code (`ErrorCode::index`); for metrics, not the JSON statistics.
     #[serde(skip)]
     pub client_errors_by_code: [u64; ErrorCode::ALL.len()],
+    /// Per transport: open, accepted, slow-consumer disconnects (see
+    /// [`ShardCounters::by_transport`]); for metrics.
+    #[serde(skip)]
+    pub by_transport: [[u64; 3]; 3],
     /// Messages refused by the rate limits.
     pub rate_limited: u64,
     /// Refused upgrades.
@@ -232,6 +249,11 @@ impl Stats {
             t.client_errors += s.client_errors.load(Relaxed);
             for (total, count) in t.client_errors_by_code.iter_mut().zip(&s.client_errors_by_code) {
                 *total += count.load(Relaxed);
+            }
+            for (total, counts) in t.by_transport.iter_mut().zip(&s.by_transport) {
+                for (total, count) in total.iter_mut().zip(counts) {
+                    *total += count.load(Relaxed);
+                }
             }
             t.rate_limited += s.rate_limited.load(Relaxed);
             t.queued_frames += s.queued_frames.load(Relaxed);

@@ -21,20 +21,21 @@ use crate::transport::frame::close_code;
 /// handler's own `RATE_LIMIT_EXCEEDED` (typing changes per room, …) counts as a refusal too, so
 /// every kind of flood ends in the same abuse disconnection.
 pub(crate) async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: Bytes) {
-    let node = shard.node();
     let parsed = Inbound::parse(&text);
     let kind = parsed.as_ref().ok().map(|m| m.kind.as_str());
     let id = parsed.as_ref().ok().and_then(|m| m.id.as_ref());
     if !admit(shard, session, kind, id).await {
         return;
     }
-    let message = match parsed {
-        Ok(message) => message,
-        Err(e) => {
-            session.send_error(shard, &e, None);
-            return;
-        }
-    };
+    match parsed {
+        Ok(message) => handle_admitted(shard, session, message).await,
+        Err(e) => session.send_error(shard, &e, None),
+    }
+}
+
+/// Handles a message the rate limits have already admitted (see [`admit`]).
+pub(crate) async fn handle_admitted(shard: &Rc<Shard>, session: &Rc<Session>, message: Inbound) {
+    let node = shard.node();
     let result = match message.kind.as_str() {
         "ping" => handlers::ping::handle(shard, session, &message),
         "refresh_token" => handlers::auth::refresh(shard, session, &message).await,
