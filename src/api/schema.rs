@@ -253,6 +253,10 @@ pub struct Connection {
     channels: Vec<String>,
     /// Joined rooms.
     rooms: Vec<String>,
+    /// The Pusher app's id, for a Pusher connection (whose channels and user are then the app's
+    /// own names).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pusher_app: Option<String>,
     /// Frames waiting to be written.
     queued_frames: u64,
     /// Shard that owns it.
@@ -274,8 +278,11 @@ pub struct Connections {
 /// One channel and its subscribers.
 #[derive(Serialize, ToSchema)]
 pub struct ChannelCount {
-    /// Name.
+    /// Name (a Pusher app's channel by the name the app knows).
     channel: String,
+    /// The Pusher app's id, for a channel of a Pusher app (absent for Herald's own channels).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pusher_app: Option<String>,
     /// Subscribed connections.
     subscribers: u64,
 }
