@@ -193,6 +193,7 @@ pub fn router(node: Arc<Node>) -> Router {
             .route(&format!("{prefix}/broadcast/notification"), post(presence::broadcast))
             .route(&format!("{prefix}/connections"), get(admin::connections))
             .route(&format!("{prefix}/connections/{{id}}"), delete(admin::disconnect))
+            .route(&format!("{prefix}/users/{{user}}/connections"), delete(admin::disconnect_user))
             .route(&format!("{prefix}/stats/detailed"), get(stats::detailed))
             .route(&format!("{prefix}/shutdown"), post(admin::shutdown))
     };
