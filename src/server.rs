@@ -119,6 +119,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         limits: Arc::new(Limits::new(&config.limits)),
         store: store.clone(),
         writer,
+        live: arc_swap::ArcSwap::from_pointee(config.clone()),
         config: Arc::new(config),
         hub,
         broker,

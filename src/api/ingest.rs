@@ -85,7 +85,8 @@ impl FromRequestParts<Arc<Node>> for Ingestor {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
-        let config = &node.config.ingest;
+        let live = node.live();
+        let config = &live.ingest;
         if config.access == IngestAccess::Api {
             Admin::from_request_parts(parts, node).await?;
             return Ok(Ingestor);

@@ -107,7 +107,7 @@ pub async fn handle(node: Arc<Node>, endpoint: Arc<Endpoint>, mut request: Reque
         audit::authentication_failed(&client_ip.to_string(), &endpoint.path, &format!("origin {origin:?} not allowed"));
         return refuse(StatusCode::FORBIDDEN, "ORIGIN_NOT_ALLOWED", &format!("origin {origin:?} is not allowed"));
     }
-    let cap = node.config.limits.max_connections;
+    let cap = node.limits.config().max_connections;
     // Statistics streams are not clients, but they hold sockets all the same: they count here.
     let totals = node.stats.totals();
     if cap > 0 && totals.connections + totals.observers >= cap as u64 {
@@ -140,7 +140,7 @@ pub async fn handle(node: Arc<Node>, endpoint: Arc<Endpoint>, mut request: Reque
         Err(e) => {
             refused(&node);
             audit::authentication_failed(&client_ip.to_string(), &endpoint.path, &e.to_string());
-            if node.auth.config.reject == RejectStyle::Http {
+            if node.auth.config().reject == RejectStyle::Http {
                 return refuse(StatusCode::UNAUTHORIZED, "AUTHENTICATION_FAILED", &e.to_string());
             }
             plan.user = None;

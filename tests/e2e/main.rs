@@ -11,6 +11,7 @@ mod nginx;
 mod ops;
 mod pusher;
 mod redis;
+mod reload;
 mod resilience;
 mod resume;
 mod security;
