@@ -789,7 +789,7 @@ impl Config {
             }
         }
         for (i, alias) in self.aliases.iter().enumerate() {
-            if alias.kind.is_empty() || BUILT_IN_TYPES.contains(&alias.kind.as_str()) {
+            if alias.kind.is_empty() || crate::protocol::kinds::is_built_in(&alias.kind) {
                 problem(format!("aliases[{i}].type"), "must be a message type that Herald does not handle itself");
             }
             if let Err(e) = crate::protocol::template::check(&alias.target) {
@@ -812,26 +812,6 @@ impl Config {
     }
 }
 
-/// Message types Herald handles itself; aliases and forwarding cannot take them.
-pub const BUILT_IN_TYPES: &[&str] = &[
-    "ping",
-    "subscribe",
-    "unsubscribe",
-    "join_room",
-    "leave_room",
-    "refresh_token",
-    "chat_message",
-    "mark_read",
-    "read_receipt",
-    "status_update",
-    "typing_start",
-    "typing_stop",
-    "cursor_move",
-    "cell_update",
-    "subscribe_notifications",
-    "notification_read",
-];
-
 /// The longest interval or timeout a setting may take. Durations are added to the clock
 /// (heartbeat and shutdown deadlines), which cannot hold an arbitrarily distant future; a year is
 /// past any sensible value, and "never" is spelled with a long one.
@@ -848,6 +828,24 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    /// An alias that takes a built-in type's name would validate and never fire (the built-in
+    /// handler comes first): every name the dispatcher handles is refused, `history` included
+    /// (it once was missing from a hand-kept list).
+    #[test]
+    fn an_alias_cannot_take_a_built_in_name() {
+        let names = crate::protocol::kinds::BUILT_IN.iter().map(|(name, _)| *name);
+        for name in names.chain(["history"]) {
+            let mut config = Config::default();
+            config.aliases.push(AliasConfig {
+                kind: name.into(),
+                action: AliasAction::JoinRoom,
+                target: "order_{order_id}".into(),
+            });
+            let err = config.validate().map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains("aliases[0].type"), "{name}: {err}");
+        }
     }
 
     #[test]

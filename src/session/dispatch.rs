@@ -10,6 +10,7 @@ use super::{Session, handlers};
 use crate::audit;
 use crate::hub::shard::Shard;
 use crate::limits::RateDecision;
+use crate::protocol::kinds::Builtin;
 use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound};
 use crate::stats;
 use crate::transport::frame::close_code;
@@ -35,24 +36,25 @@ pub(crate) async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: 
             return;
         }
     };
-    let result = match message.kind.as_str() {
-        "ping" => handlers::ping::handle(shard, session, &message),
-        "refresh_token" => handlers::auth::refresh(shard, session, &message).await,
-        "chat_message" => handlers::chat::chat(shard, session, &message).await,
-        "mark_read" | "read_receipt" => handlers::chat::mark_read(shard, session, &message).await,
-        "subscribe" => handlers::channels::subscribe(shard, session, &message).await,
-        "unsubscribe" => handlers::channels::unsubscribe(shard, session, &message),
-        "join_room" => handlers::rooms::join(shard, session, &message).await,
-        "leave_room" => handlers::rooms::leave(shard, session, &message),
-        "status_update" => handlers::presence::status_update(shard, session, &message).await,
-        "typing_start" => handlers::presence::typing_start(shard, session, &message).await,
-        "typing_stop" => handlers::presence::typing_stop(shard, session, &message).await,
-        "cursor_move" => handlers::presence::cursor_move(shard, session, &message).await,
-        "cell_update" => handlers::cells::update(shard, session, &message).await,
-        "subscribe_notifications" => handlers::notifications::subscribe(shard, session, &message).await,
-        "history" => handlers::streams::history(shard, session, &message).await,
-        "notification_read" => handlers::notifications::read(shard, session, &message).await,
-        other => {
+    let result = match Builtin::parse(&message.kind) {
+        Some(Builtin::Ping) => handlers::ping::handle(shard, session, &message),
+        Some(Builtin::RefreshToken) => handlers::auth::refresh(shard, session, &message).await,
+        Some(Builtin::ChatMessage) => handlers::chat::chat(shard, session, &message).await,
+        Some(Builtin::MarkRead) => handlers::chat::mark_read(shard, session, &message).await,
+        Some(Builtin::Subscribe) => handlers::channels::subscribe(shard, session, &message).await,
+        Some(Builtin::Unsubscribe) => handlers::channels::unsubscribe(shard, session, &message),
+        Some(Builtin::JoinRoom) => handlers::rooms::join(shard, session, &message).await,
+        Some(Builtin::LeaveRoom) => handlers::rooms::leave(shard, session, &message),
+        Some(Builtin::StatusUpdate) => handlers::presence::status_update(shard, session, &message).await,
+        Some(Builtin::TypingStart) => handlers::presence::typing_start(shard, session, &message).await,
+        Some(Builtin::TypingStop) => handlers::presence::typing_stop(shard, session, &message).await,
+        Some(Builtin::CursorMove) => handlers::presence::cursor_move(shard, session, &message).await,
+        Some(Builtin::CellUpdate) => handlers::cells::update(shard, session, &message).await,
+        Some(Builtin::SubscribeNotifications) => handlers::notifications::subscribe(shard, session, &message).await,
+        Some(Builtin::History) => handlers::streams::history(shard, session, &message).await,
+        Some(Builtin::NotificationRead) => handlers::notifications::read(shard, session, &message).await,
+        None => {
+            let other = message.kind.as_str();
             if let Some(alias) = node.config.aliases.iter().find(|a| a.kind == other) {
                 handlers::upstream::alias(shard, session, &message, alias).await
             } else if node.config.upstream.types.iter().any(|t| t == other) {
