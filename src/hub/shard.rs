@@ -147,6 +147,11 @@ impl Shard {
         }
         stats::bump(&counters.connections, 1);
         stats::bump(&counters.connections_total, 1);
+        let (path, transport) = match session.info.kind {
+            EndpointKind::Pusher => (stats::PUSHER_ENDPOINT, 2),
+            _ => (session.info.path.as_str(), usize::from(session.info.wire.msgpack)),
+        };
+        self.node().stats.endpoints.opened(path, transport);
         if session.is_authenticated() {
             stats::bump(&counters.authenticated, 1);
         }

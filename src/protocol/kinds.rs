@@ -61,6 +61,36 @@ pub const BUILT_IN: &[(&str, Builtin)] = &[
     ("notification_read", Builtin::NotificationRead),
 ];
 
+/// Labels of the per-type message counters beyond the built-in names: an application alias, a
+/// type forwarded to the backend, a type nobody handles, and a frame that is not a message. With
+/// the built-in names they are a closed set, so a client cannot grow the metrics.
+pub const OTHER_LABELS: [&str; 4] = ["alias", "forwarded", "unknown", "invalid"];
+
+/// How many `type` labels there are.
+pub const LABELS: usize = BUILT_IN.len() + OTHER_LABELS.len();
+
+/// Index of the `type` label "alias".
+pub const ALIAS: usize = BUILT_IN.len();
+/// Index of the `type` label "forwarded".
+pub const FORWARDED: usize = BUILT_IN.len() + 1;
+/// Index of the `type` label "unknown".
+pub const UNKNOWN: usize = BUILT_IN.len() + 2;
+/// Index of the `type` label "invalid".
+pub const INVALID: usize = BUILT_IN.len() + 3;
+
+/// The `type` label at `index` (see [`LABELS`]).
+pub fn label(index: usize) -> &'static str {
+    match BUILT_IN.get(index) {
+        Some((name, _)) => name,
+        None => OTHER_LABELS.get(index - BUILT_IN.len()).copied().unwrap_or("unknown"),
+    }
+}
+
+/// The label index of a built-in name.
+pub fn built_in_index(kind: &str) -> Option<usize> {
+    BUILT_IN.iter().position(|(name, _)| *name == kind)
+}
+
 impl Builtin {
     /// The built-in type called `kind`, if there is one.
     pub fn parse(kind: &str) -> Option<Builtin> {

@@ -10,7 +10,7 @@ use super::{Session, handlers};
 use crate::audit;
 use crate::hub::shard::Shard;
 use crate::limits::RateDecision;
-use crate::protocol::kinds::Builtin;
+use crate::protocol::kinds::{self, Builtin};
 use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound};
 use crate::stats;
 use crate::transport::frame::close_code;
@@ -26,12 +26,15 @@ pub(crate) async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: 
     let parsed = Inbound::parse(&text);
     let kind = parsed.as_ref().ok().map(|m| m.kind.as_str());
     let id = parsed.as_ref().ok().and_then(|m| m.id.as_ref());
+    let label = type_label(node, kind);
     if !admit(shard, session, kind, id).await {
+        stats::count_message_type(shard.counters(), label, true);
         return;
     }
     let message = match parsed {
         Ok(message) => message,
         Err(e) => {
+            stats::count_message_type(shard.counters(), label, true);
             session.send_error(shard, &e, None);
             return;
         }
@@ -64,11 +67,27 @@ pub(crate) async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: 
             }
         }
     };
+    stats::count_message_type(shard.counters(), label, result.is_err());
     if let Err(e) = result {
         session.send_error(shard, &e, message.id.as_ref());
         if e.code == ErrorCode::RateLimitExceeded && node.limits.note_refusal(&mut session.rate.borrow_mut()) {
             abuse(shard, session);
         }
+    }
+}
+
+/// The metrics label of a message of type `kind` (`None`: not a valid message): its built-in
+/// name, or `alias`, `forwarded`, `unknown`, `invalid`; never the client's own text.
+fn type_label(node: &crate::node::Node, kind: Option<&str>) -> usize {
+    let Some(kind) = kind else { return kinds::INVALID };
+    if let Some(index) = kinds::built_in_index(kind) {
+        index
+    } else if node.config.aliases.iter().any(|a| a.kind == kind) {
+        kinds::ALIAS
+    } else if node.config.upstream.types.iter().any(|t| t == kind) {
+        kinds::FORWARDED
+    } else {
+        kinds::UNKNOWN
     }
 }
 
