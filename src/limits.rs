@@ -224,8 +224,9 @@ impl Limits {
     ) -> RateDecision {
         let now = Instant::now();
         // Held across the Redis round trips below: a reload during them applies from the next
-        // message on.
-        let rates = self.rates.load_full();
+        // message on. A guard, not a clone of the `Arc`: every shard counts messages here, and a
+        // shared reference count would be one cache line all of them write.
+        let rates = self.rates.load();
         let state = self.state(&rates, state);
         let user_block = match user {
             Some(user) => self.user_blocked_until(node, user, now).await,

@@ -78,17 +78,14 @@ impl FromRequestParts<Arc<Node>> for Admin {
         // The key and addresses of the last reload.
         let live = node.live();
         let allowed = &live.api.allowed_ips;
-        if !allowed.is_empty() {
-            let nets: Vec<ipnet::IpNet> = allowed.iter().filter_map(|a| crate::config::parse_net(a)).collect();
-            if !client.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))) {
-                let who = client.map(|ip| ip.to_string()).unwrap_or_default();
-                crate::audit::admin_action(&who, "refused", "address not in api.allowed_ips");
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "PERMISSION_DENIED",
-                    "this address may not use the admin API",
-                ));
-            }
+        if !allowed.is_empty() && !client.is_some_and(|ip| allowed.contains(&ip)) {
+            let who = client.map(|ip| ip.to_string()).unwrap_or_default();
+            crate::audit::admin_action(&who, "refused", "address not in api.allowed_ips");
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "PERMISSION_DENIED",
+                "this address may not use the admin API",
+            ));
         }
         let admin = Admin { peer: client.map(|ip| ip.to_string()).unwrap_or_default() };
         let presented = presented_key(&parts.headers);
@@ -144,7 +141,7 @@ pub(crate) fn keyless_local(node: &Node, parts: &Parts) -> bool {
     let Some(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()) else {
         return false;
     };
-    let proxy = crate::transport::upgrade::trusted_proxies(&node.config).iter().any(|n| n.contains(&peer));
+    let proxy = node.config.server.trusted_proxies.contains(&peer);
     let forwarded = ["x-forwarded-for", "forwarded", "x-real-ip", "x-forwarded-host"]
         .iter()
         .any(|h| parts.headers.contains_key(*h));

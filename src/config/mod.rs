@@ -21,7 +21,7 @@ pub mod text;
 pub use collab::{AliasAction, AliasConfig, NotificationsConfig, PresenceConfig, UpstreamConfig};
 pub use security::{
     AccessConfig, AccessDefault, AccessRuleConfig, AuditConfig, AuthConfig, AuthMode, ClaimCondition, ExpiryPolicy,
-    NameKind, RejectStyle, TlsConfig, parse_net,
+    NameKind, NetList, RejectStyle, TlsConfig, parse_net,
 };
 
 use std::net::SocketAddr;
@@ -108,7 +108,7 @@ pub struct ServerConfig {
     /// Browser origins allowed to open WebSockets and call the API (CORS). Empty: any origin.
     pub allowed_origins: Vec<String>,
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the real client.
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: NetList,
     /// Serve the live dashboard and the test console (pages embedded in the binary).
     pub dashboard: bool,
     /// Where the dashboard lives; the console is at `<dashboard_path>console` (or `/console`).
@@ -127,7 +127,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(30),
             max_requests_in_flight: 1024,
             allowed_origins: Vec::new(),
-            trusted_proxies: Vec::new(),
+            trusted_proxies: NetList::default(),
             dashboard: true,
             dashboard_path: "/".into(),
         }
@@ -295,7 +295,7 @@ pub struct ApiConfig {
     /// Largest request body accepted, in bytes.
     pub max_body_size: Option<usize>,
     /// Addresses or CIDR ranges allowed to call admin routes; empty: any (with the key).
-    pub allowed_ips: Vec<String>,
+    pub allowed_ips: NetList,
     /// `GET <mount>/rooms` with the API key answers a bare JSON list of rooms (`room_id`,
     /// `user_count`, `active_sheets_count`, `last_activity`, `messages_sent`,
     /// `avg_users_per_hour`), as the spreadsheet profile's clients read it, instead of Herald's
@@ -318,7 +318,7 @@ pub struct IngestConfig {
     pub key: Option<String>,
     /// Addresses or CIDR ranges allowed to call the route (with `access` `open` or `key`);
     /// empty: any.
-    pub allowed_ips: Vec<String>,
+    pub allowed_ips: NetList,
 }
 
 /// Who may call the ingestion route.
@@ -887,7 +887,7 @@ mod tests {
     fn ingest_and_shape_problems_name_their_keys() {
         let mut config = Config::default();
         config.ingest.access = IngestAccess::Key;
-        config.ingest.allowed_ips = vec!["not-an-address".into()];
+        config.ingest.allowed_ips = vec!["not-an-address".to_string()].into();
         let shape = ShapeConfig {
             kind: Some(String::new()),
             copy: [("status".to_string(), ShapePaths::One("data..status".into()))].into(),
