@@ -598,6 +598,17 @@ async fn retention_deletes_or_archives(db: Db) {
     for i in 0..3 {
         post(&herald, "room_old", &format!("old {i}")).await;
     }
+    // "Older than 0 s" spares a message stamped in the very millisecond retention runs, so wait
+    // until the clock has left the newest message's millisecond.
+    let (_, listed) = herald.get("/api/rooms/room_old/messages").await;
+    let newest = listed["messages"].as_array().unwrap().iter().filter_map(|m| m["created_at"].as_i64()).max().unwrap();
+    tokio::time::timeout(WAIT, async {
+        while std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 <= newest {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the clock moves on");
     let (status, reply) = herald.post("/api/retention/run?older_than=0s", json!({})).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["removed"], 3);

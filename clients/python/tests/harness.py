@@ -300,3 +300,56 @@ def ws_url(node: Herald, *, channels: Optional[List[str]] = None, user_id: Optio
     if user_id:
         query.append(f"user_id={user_id}")
     return f"{node.ws_url}?{'&'.join(query)}"
+
+
+def start_node(
+    tmp_root: str,
+    config: str,
+    *,
+    listen: str = "127.0.0.1:0",
+    redis_url: Optional[str] = None,
+    data_dir: Optional[str] = None,
+) -> Herald:
+    """Starts a Herald node with a TOML configuration (and the test API key); stop it with
+    :func:`stop_node`. ``data_dir`` defaults to a fresh directory under ``tmp_root``."""
+    directory = data_dir or tempfile.mkdtemp(prefix="node-", dir=tmp_root)
+    config_path = Path(directory) / "herald.toml"
+    config_path.write_text(config)
+    args = [herald_binary(), "--config", str(config_path), "--listen", listen, "--api-key", API_KEY]
+    args += ["--data-dir", directory]
+    if redis_url:
+        args += ["--redis-url", redis_url]
+    prefix = "herald listening on http://"
+    process, addr, log = _start(
+        args,
+        directory,
+        lambda line: line[len(prefix) :].split()[0] if line.startswith(prefix) else None,
+        "herald",
+        env=_clean_env(),
+    )
+    return Herald(process, addr, log)
+
+
+def stop_node(node: Herald) -> None:
+    """Stops a node started by :func:`start_node` (SIGTERM: a graceful shutdown, clients get 1001)."""
+    _stop(node.process)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for a node that must come back on the same address)."""
+    return _free_port()
+
+
+def hs256(claims: Dict[str, Any], secret: str) -> str:
+    """A JWT signed with HS256 (the standard library is enough for tests)."""
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    payload = b64(json.dumps(claims).encode())
+    signature = hmac.new(secret.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{b64(signature)}"

@@ -7,7 +7,9 @@ Names are unique per test because the Herald node is shared by the session.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import urllib.request
 
 import pytest
 from harness import API_KEY, PREFIX, AsyncClient, client, unique, wait_for_interest, ws_url
@@ -187,3 +189,27 @@ def test_async_http_publish_and_errors(herald, redis):
                 await down.publish({"type": "t"}, channel="c")
 
     asyncio.run(scenario())
+
+
+# --- chat messages with an idempotency key ---------------------------------------------------
+
+
+def test_post_message_is_stored_once_per_idempotency_key(herald, http_publisher):
+    room = unique("support")
+    first = http_publisher.post_message(room, "ticket opened", idempotency_key="key-1", username="Ops")
+    again = http_publisher.post_message(room, "ticket opened", idempotency_key="key-1", username="Ops")
+    assert not first.duplicate and again.duplicate
+    assert again.message["id"] == first.message["id"] and first.message["content"] == "ticket opened"
+
+    async def main() -> None:
+        async with AsyncHeraldPublisher.http(herald.http_url, api_key=API_KEY) as publisher:
+            other = await publisher.post_message(room, "second", message_type="text")
+            assert not other.duplicate and other.message["message_type"] == "text"
+
+    asyncio.run(main())
+    request = urllib.request.Request(
+        f"{herald.http_url}/api/rooms/{room}/messages", headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    with urllib.request.urlopen(request) as response:
+        contents = [m["content"] for m in json.load(response)["messages"]]
+    assert contents == ["ticket opened", "second"]

@@ -31,6 +31,15 @@ with HeraldPublisher.http(url, api_key=key) as publisher:
 print(result.transport)
 """
 
+CLIENT_WITHOUT_EXTRA = """
+from herald_publisher import HeraldConfigError
+from herald_publisher.client import HeraldClient
+try:
+    HeraldClient("ws://127.0.0.1:1/ws")
+except HeraldConfigError as e:
+    print(e)
+"""
+
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory) -> Path:
@@ -54,6 +63,7 @@ def test_the_distributions_hold_the_package_and_nothing_of_the_examples(dist):
     names = zipfile.ZipFile(wheel).namelist()
     assert "herald_publisher/__init__.py" in names
     assert "herald_publisher/py.typed" in names
+    assert "herald_publisher/client/core.py" in names and "herald_publisher/client/types.py" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
     assert not [n for n in names if "events" in n or "catalogue" in n or "campaign" in n], names
     sdist = only(dist, "herald_publisher-*.tar.gz")
@@ -88,3 +98,13 @@ def test_the_wheel_installed_in_a_fresh_venv_publishes_to_herald(dist, herald, r
         assert done.stdout.strip() == "http"
         event = subscriber.expect(type="wheel:installed")
         assert event["version"] == "0.1.0"
+    # The consumer client imports without its extra, and says which extra to install when used.
+    done = subprocess.run(
+        [str(python), "-c", CLIENT_WITHOUT_EXTRA],
+        cwd=tmp_path,
+        env={"PATH": os.environ.get("PATH", "")},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'herald-publisher[client]'" in done.stdout

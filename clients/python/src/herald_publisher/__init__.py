@@ -28,7 +28,7 @@ from .errors import (
 )
 from .event import Event, build_event, utc_timestamp
 from .publisher import AsyncHeraldPublisher, HeraldPublisher
-from .result import PublishResult
+from .result import PostedMessage, PublishResult
 from .routing import HeraldTargetError, Routing
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "HeraldNotDeliveredError",
     "HeraldPublisher",
     "HeraldTargetError",
+    "PostedMessage",
     "PublishResult",
     "Routing",
     "build_event",

@@ -9,11 +9,13 @@ example in the repository generates such a subclass).
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional, Union
+import uuid
+from typing import Any, Dict, Mapping, Optional, Union
+from urllib.parse import quote
 
 from .errors import HeraldConfigError
 from .event import Event
-from .result import PublishResult
+from .result import PostedMessage, PublishResult
 from .routing import Routing, UserId, http_publish_body, redis_message
 from .transports import AsyncHttpTransport, AsyncRedisTransport, HttpTransport, RedisTransport
 
@@ -59,6 +61,31 @@ def _settings_from_env(environ: Optional[Mapping[str, str]]) -> dict:
     raise HeraldConfigError(
         "set HERALD_URL (and HERALD_API_KEY) to publish over HTTP, or REDIS_URL and HERALD_REDIS_PREFIX for Redis"
     )
+
+
+def _message_body(
+    content: str,
+    message_type: Optional[str],
+    user_id: Optional[UserId],
+    username: Optional[str],
+    metadata: Optional[Mapping[str, Any]],
+    sensitive: Optional[bool],
+) -> Dict[str, Any]:
+    body: Dict[str, Any] = {"content": content}
+    for key, value in (
+        ("message_type", message_type),
+        ("user_id", user_id),
+        ("username", username),
+        ("metadata", dict(metadata) if metadata is not None else None),
+        ("sensitive", sensitive),
+    ):
+        if value is not None:
+            body[key] = value
+    return body
+
+
+def _messages_path(room: str) -> str:
+    return f"/api/rooms/{quote(room, safe='')}/messages"
 
 
 class HeraldPublisher:
@@ -163,6 +190,29 @@ class HeraldPublisher:
         """Publishes a built :class:`Event` (see :func:`build_event`) to its channel and room."""
         return self.publish(event.payload, channel=event.channel, room=event.room)
 
+    def post_message(
+        self,
+        room: str,
+        content: str,
+        *,
+        message_type: Optional[str] = None,
+        user_id: Optional[UserId] = None,
+        username: Optional[str] = None,
+        metadata: Optional[Mapping[str, Any]] = None,
+        sensitive: Optional[bool] = None,
+        idempotency_key: Optional[str] = None,
+        retries: int = 2,
+    ) -> PostedMessage:
+        """HTTP only: posts a chat message to a room's history (``POST /api/rooms/{room}/messages``,
+        a ``system`` notice by default), answered once stored. It carries an ``Idempotency-Key`` (a
+        random one unless given), so it is retried after a network failure or 502/503/504 and
+        stored once (``duplicate`` is True on an answer that found it already stored)."""
+        if not isinstance(self.transport, HttpTransport):
+            raise HeraldConfigError("post_message needs the HTTP transport")
+        body = _message_body(content, message_type, user_id, username, metadata, sensitive)
+        key = idempotency_key or uuid.uuid4().hex
+        return self.transport.post_idempotent(_messages_path(room), body, key, retries)
+
     def close(self) -> None:
         """Releases connections the publisher opened."""
         self.transport.close()
@@ -255,6 +305,26 @@ class AsyncHeraldPublisher:
     async def publish_event(self, event: Event) -> PublishResult:
         """Publishes a built :class:`Event` (see :func:`build_event`) to its channel and room."""
         return await self.publish(event.payload, channel=event.channel, room=event.room)
+
+    async def post_message(
+        self,
+        room: str,
+        content: str,
+        *,
+        message_type: Optional[str] = None,
+        user_id: Optional[UserId] = None,
+        username: Optional[str] = None,
+        metadata: Optional[Mapping[str, Any]] = None,
+        sensitive: Optional[bool] = None,
+        idempotency_key: Optional[str] = None,
+        retries: int = 2,
+    ) -> PostedMessage:
+        """Like :meth:`HeraldPublisher.post_message`."""
+        if not isinstance(self.transport, AsyncHttpTransport):
+            raise HeraldConfigError("post_message needs the HTTP transport")
+        body = _message_body(content, message_type, user_id, username, metadata, sensitive)
+        key = idempotency_key or uuid.uuid4().hex
+        return await self.transport.post_idempotent(_messages_path(room), body, key, retries)
 
     async def close(self) -> None:
         """Releases connections the publisher opened."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Dict, Optional
 
 
 @dataclass(frozen=True)
@@ -23,3 +23,16 @@ class PublishResult:
     receivers: Optional[int] = None
     local_only: bool = False
     warning: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class PostedMessage:
+    """Herald's answer to ``post_message``.
+
+    Attributes:
+        message: The stored message as Herald returns it (``id``, ``room``, ``content``, …).
+        duplicate: True when the idempotency key had been used: nothing new was stored or sent.
+    """
+
+    message: Dict[str, Any]
+    duplicate: bool

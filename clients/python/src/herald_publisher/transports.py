@@ -15,7 +15,7 @@ import urllib.request
 from typing import Any, Dict, Mapping, Optional
 
 from .errors import HeraldConfigError, HeraldConnectionError, HeraldHTTPError, HeraldNotDeliveredError
-from .result import PublishResult
+from .result import PostedMessage, PublishResult
 from .routing import json_body
 
 
@@ -75,6 +75,18 @@ def _headers(api_key: Optional[str]) -> Dict[str, str]:
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     return headers
+
+
+#: Statuses after which a request with an idempotency key is sent again (a proxy or Herald
+#: itself could not handle it now); Herald stores a retried key once.
+RETRY_STATUSES = frozenset({502, 503, 504})
+
+
+def _posted(body: Mapping[str, Any]) -> PostedMessage:
+    message = body.get("message")
+    return PostedMessage(
+        message=dict(message) if isinstance(message, dict) else {}, duplicate=body.get("duplicate") is True
+    )
 
 
 def _parse_ok(text: str) -> Mapping[str, Any]:
@@ -172,6 +184,26 @@ class HttpTransport:
             raise HeraldConnectionError(f"Herald at {self.base_url} is unreachable: {e}") from e
         return _result_from_body(_parse_ok(text))
 
+    def post_idempotent(self, path: str, body: Mapping[str, Any], key: str, retries: int) -> PostedMessage:
+        """POSTs with an ``Idempotency-Key`` header, retrying after a network failure or 502/503/504."""
+        headers = {**_headers(self.api_key), "Idempotency-Key": key}
+        for attempt in range(retries + 1):
+            last = attempt == retries
+            request = urllib.request.Request(
+                f"{self.base_url}{path}", data=json_body(body), headers=headers, method="POST"
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return _posted(_parse_ok(response.read().decode("utf-8", "replace")))
+            except urllib.error.HTTPError as e:
+                text = e.read().decode("utf-8", "replace")
+                if last or e.code not in RETRY_STATUSES:
+                    raise HeraldHTTPError.from_response(e.code, text) from None
+            except (urllib.error.URLError, OSError) as e:
+                if last:
+                    raise HeraldConnectionError(f"Herald at {self.base_url} is unreachable: {e}") from e
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def close(self) -> None:
         """Nothing is kept open between calls."""
 
@@ -201,6 +233,23 @@ class AsyncHttpTransport:
         if response.status_code >= 400:
             raise HeraldHTTPError.from_response(response.status_code, response.text)
         return _result_from_body(_parse_ok(response.text))
+
+    async def post_idempotent(self, path: str, body: Mapping[str, Any], key: str, retries: int) -> PostedMessage:
+        """POSTs with an ``Idempotency-Key`` header, retrying after a network failure or 502/503/504."""
+        headers = {**_headers(self.api_key), "Idempotency-Key": key}
+        for attempt in range(retries + 1):
+            last = attempt == retries
+            try:
+                response = await self.client.post(f"{self.base_url}{path}", content=json_body(body), headers=headers)
+            except self._httpx.TransportError as e:
+                if last:
+                    raise HeraldConnectionError(f"Herald at {self.base_url} is unreachable: {e}") from e
+                continue
+            if response.status_code < 400:
+                return _posted(_parse_ok(response.text))
+            if last or response.status_code not in RETRY_STATUSES:
+                raise HeraldHTTPError.from_response(response.status_code, response.text)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def close(self) -> None:
         if self._owned:
