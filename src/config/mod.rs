@@ -18,7 +18,9 @@ pub mod show;
 pub mod stream;
 pub mod text;
 
-pub use collab::{AliasAction, AliasConfig, NotificationsConfig, PresenceConfig, UpstreamConfig};
+pub use collab::{
+    AliasAction, AliasConfig, LifecycleEvent, NotificationsConfig, PresenceConfig, TypingEvent, UpstreamConfig,
+};
 pub use security::{
     AccessConfig, AccessDefault, AccessRuleConfig, AuditConfig, AuthConfig, AuthMode, ClaimCondition, ExpiryPolicy,
     NameKind, NetList, RejectStyle, TlsConfig, parse_net,
@@ -770,22 +772,12 @@ impl Config {
         if self.upstream.redis_stream.is_some() && self.redis.url.is_none() {
             problem("upstream.redis_stream".into(), "needs redis.url");
         }
-        for (i, event) in self.upstream.lifecycle.iter().enumerate() {
-            if !["connect", "disconnect", "join", "leave"].contains(&event.as_str()) {
-                problem(format!("upstream.lifecycle[{i}]"), "must be connect, disconnect, join or leave");
-            }
-        }
         if !self.upstream.lifecycle.is_empty() && self.upstream.webhook_url.is_none() {
             problem("upstream.lifecycle".into(), "lifecycle events need upstream.webhook_url");
         }
         for (i, event) in self.presence.status_events.iter().enumerate() {
             if !["user_status_changed", "presence_update"].contains(&event.as_str()) {
                 problem(format!("presence.status_events[{i}]"), "must be user_status_changed or presence_update");
-            }
-        }
-        for (i, event) in self.presence.typing_events.iter().enumerate() {
-            if !["typing_indicator", "user_typing"].contains(&event.as_str()) {
-                problem(format!("presence.typing_events[{i}]"), "must be typing_indicator or user_typing");
             }
         }
         for (i, alias) in self.aliases.iter().enumerate() {
