@@ -452,6 +452,28 @@ impl Drop for ConnectionPermit {
 mod tests {
     use super::*;
 
+    /// A reload with another quota applies to a connection that already has its limiters; one
+    /// with the same quotas keeps its place in them.
+    #[test]
+    fn a_reloaded_quota_applies_to_existing_connections() {
+        let generous = LimitsConfig { exempt_per_second: 1000, ..LimitsConfig::default() };
+        let limits = Limits::new(&generous);
+        let mut state = None;
+        for _ in 0..3 {
+            assert_eq!(limits.check_exempt(&mut state, "typing_start"), RateDecision::Allowed);
+        }
+        // Same quotas, another cap: the budget already used stays used.
+        limits.reload(&LimitsConfig { max_connections: 7, ..generous.clone() });
+        assert_eq!(limits.config().max_connections, 7);
+        assert_eq!(state.as_ref().map(|s| s.generation), Some(0));
+        assert_eq!(limits.check_exempt(&mut state, "typing_start"), RateDecision::Allowed);
+        assert_eq!(state.as_ref().map(|s| s.generation), Some(0));
+
+        limits.reload(&LimitsConfig { exempt_per_second: 1, ..generous });
+        assert_eq!(limits.check_exempt(&mut state, "typing_start"), RateDecision::Allowed);
+        assert!(matches!(limits.check_exempt(&mut state, "typing_start"), RateDecision::Refused { .. }));
+    }
+
     #[test]
     fn exempt_types_are_not_counted() {
         let limits = Limits::new(&LimitsConfig::default());
