@@ -39,7 +39,9 @@ pub(crate) async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: 
             return;
         }
     };
-    let result = match Builtin::parse(&message.kind) {
+    // The label's index is the built-in's place in the table: one lookup serves both.
+    let builtin = kinds::BUILT_IN.get(label).map(|(_, builtin)| *builtin);
+    let result = match builtin {
         Some(Builtin::Ping) => handlers::ping::handle(shard, session, &message),
         Some(Builtin::RefreshToken) => handlers::auth::refresh(shard, session, &message).await,
         Some(Builtin::ChatMessage) => handlers::chat::chat(shard, session, &message).await,
