@@ -88,8 +88,8 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address and port to listen on. Port 0 picks a free port (printed at start).
-    #[serde(deserialize_with = "text::string")]
-    pub listen: String,
+    #[serde(deserialize_with = "text::socket_addr")]
+    pub listen: SocketAddr,
     /// Path prefixes under which the WebSocket endpoints and the mirrored REST API live.
     /// Several may be active at once, e.g. `["/ws", "/api/v1/ws"]`.
     pub mounts: Vec<String>,
@@ -121,7 +121,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:8000".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             mounts: vec!["/ws".into()],
             shards: 0,
             node_id: None,
@@ -595,9 +595,6 @@ impl Config {
         let mut problems = Vec::new();
         let mut problem = |key: String, what: &str| problems.push(format!("{key}: {what}"));
 
-        if self.server.listen.parse::<SocketAddr>().is_err() {
-            problem("server.listen".into(), "must be an address and port such as 127.0.0.1:8000 or [::1]:8000");
-        }
         if self.server.mounts.is_empty() {
             problem("server.mounts".into(), "must name at least one path prefix such as \"/ws\"");
         }
@@ -796,11 +793,10 @@ impl Config {
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }
 
-    /// The listening address; valid after [`Config::validate`].
+    /// The listening address (parsed when the configuration was read; never fails now, kept
+    /// for its callers).
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.server.listen.parse().map_err(|_| {
-            ConfigError::Invalid(vec![format!("server.listen: {:?} is not an address", self.server.listen)])
-        })
+        Ok(self.server.listen)
     }
 }
 
@@ -843,13 +839,12 @@ mod tests {
     #[test]
     fn every_problem_names_its_key() {
         let mut config = Config::default();
-        config.server.listen = "nowhere".into();
         config.server.mounts = vec!["ws/".into()];
         config.websocket.outbound_queue = 0;
         config.endpoints.push(EndpointConfig { path: "campaigns".into(), ..Default::default() });
         let ConfigError::Invalid(problems) = config.validate().unwrap_err() else { panic!("expected Invalid") };
         let joined = problems.join("\n");
-        for key in ["server.listen", "server.mounts[0]", "websocket.outbound_queue", "endpoints[0].path"] {
+        for key in ["server.mounts[0]", "websocket.outbound_queue", "endpoints[0].path"] {
             assert!(joined.contains(key), "{key} missing from:\n{joined}");
         }
     }
