@@ -1,5 +1,6 @@
 //! Operator routes: connections, rooms, channels, disconnecting, shutting down.
 
+use crate::api::schema;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -41,7 +42,8 @@ pub struct ConnectionInfo {
 
 /// `?limit=&offset=`: one page of an operator listing. Every listing is paged, so a node with
 /// many rooms or connections never answers (or builds) one huge body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Most rows returned (default [`DEFAULT_PAGE`], at most [`MAX_PAGE`]).
     pub limit: Option<usize>,
@@ -79,6 +81,8 @@ impl ListQuery {
 }
 
 /// `GET …/connections?limit=&offset=`, oldest first.
+#[utoipa::path(get, path = "/connections", tag = "admin", security(("api_key" = []), ("x_api_key" = [])), params(ListQuery),
+    responses((status = 200, description = "a page of connections", body = schema::Connections)))]
 pub async fn connections(State(node): State<Arc<Node>>, _admin: Admin, Query(query): Query<ListQuery>) -> Response {
     let (limit, offset) = query.bounds();
     // The oldest `offset + limit` of each shard hold the page; no shard describes more.
@@ -145,6 +149,8 @@ pub async fn active_rooms(node: &Node, query: &ListQuery) -> Response {
 }
 
 /// `GET …/channels?limit=&offset=`: a page of channels with subscriber counts, largest first.
+#[utoipa::path(get, path = "/channels", tag = "admin", security(("api_key" = []), ("x_api_key" = [])), params(ListQuery),
+    responses((status = 200, description = "a page of channels", body = schema::Channels)))]
 pub async fn channels(State(node): State<Arc<Node>>, _admin: Admin, Query(query): Query<ListQuery>) -> Response {
     let (rows, mut fields) = query.page(merge(node.hub.ask(|shard| shard.channel_counts()).await));
     let channels: Vec<_> =
@@ -191,6 +197,10 @@ pub async fn disconnect_user_local(node: &Node, user: &str) -> usize {
 /// `DELETE …/users/{user}/connections`: closes every connection of a user with 4001, on every
 /// node. The other live nodes are asked on their control channels; each closes its own and
 /// logs how many, so the answer counts this node's connections and names the nodes asked.
+#[utoipa::path(delete, path = "/users/{user}/connections", tag = "admin", security(("api_key" = []), ("x_api_key" = [])),
+    params(("user" = String, Path, description = "the user id")),
+    responses((status = 200, description = "closed with 4001 here; every other live node asked to close its own",
+               body = schema::UserDisconnected)))]
 pub async fn disconnect_user(
     State(node): State<Arc<Node>>,
     admin: Admin,
@@ -219,6 +229,10 @@ pub async fn disconnect_user(
 }
 
 /// `DELETE …/connections/{id}`: closes one connection with 4001, on whichever node holds it.
+#[utoipa::path(delete, path = "/connections/{id}", tag = "admin", security(("api_key" = []), ("x_api_key" = [])),
+    params(("id" = String, Path, description = "`connection_id` from the listing")),
+    responses((status = 200, description = "closed with 4001 (here or on its node)", body = schema::Disconnected),
+              (status = 404, description = "no such connection", body = schema::ApiErrorBody)))]
 pub async fn disconnect(
     State(node): State<Arc<Node>>,
     admin: Admin,
@@ -241,6 +255,8 @@ pub async fn disconnect(
 }
 
 /// `POST …/shutdown`: begins a graceful shutdown.
+#[utoipa::path(post, path = "/shutdown", tag = "admin", security(("api_key" = []), ("x_api_key" = [])),
+    responses((status = 200, description = "graceful shutdown begun", body = schema::ShuttingDown)))]
 pub async fn shutdown(State(node): State<Arc<Node>>, admin: Admin) -> Response {
     audit::admin_action(&admin.peer, "shutdown", "graceful shutdown requested through the API");
     node.shutdown.cancel();

@@ -1,5 +1,6 @@
 //! `GET /health` and `GET <mount>/health`.
 
+use crate::api::schema;
 use std::sync::Arc;
 
 use axum::Json;
@@ -12,6 +13,9 @@ use crate::node::Node;
 
 /// Health of the node: `healthy`, `degraded` (a dependency is down but local traffic flows) or
 /// `unhealthy` (shutting down). 200 unless unhealthy.
+#[utoipa::path(get, path = "/health", tag = "health", operation_id = "health",
+    responses((status = 200, description = "healthy or degraded", body = schema::Health),
+              (status = 503, description = "unhealthy: shutting down", body = schema::Health)))]
 pub async fn health(State(node): State<Arc<Node>>) -> Response {
     let broker = node.broker.status();
     let totals = node.stats.totals();
@@ -53,6 +57,8 @@ pub async fn health(State(node): State<Arc<Node>>) -> Response {
 
 /// `GET /livez`: the process answers HTTP. 200 as long as it does, draining included, so that an
 /// orchestrator never kills a node that is finishing its work.
+#[utoipa::path(get, path = "/livez", tag = "health",
+    responses((status = 200, description = "the process answers", body = schema::Live)))]
 pub async fn livez() -> Response {
     (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
 }
@@ -60,6 +66,9 @@ pub async fn livez() -> Response {
 /// `GET /readyz`: whether this node should receive new traffic. 503, with the reasons, while it
 /// drains for shutdown, before its broker is connected, or while a required dependency (Redis
 /// when configured, the database) is down.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, description = "ready", body = schema::Ready),
+              (status = 503, description = "not ready, with the reasons", body = schema::Ready)))]
 pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
     let mut reasons = Vec::new();
     if node.shutdown.is_cancelled() {

@@ -2,6 +2,7 @@
 //! the caller's rooms with unread counts, mark-read, and search. Every read asks the access
 //! policy; a user sees only rooms it may read.
 
+use crate::api::schema;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -98,11 +99,20 @@ pub(crate) fn store_api_error(e: StoreError) -> ApiError {
 }
 
 /// `?limit=&offset=` or `?before=`/`?after=` (cursor pagination).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Messages in a page, 1-500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
+    /// Messages skipped from the newest.
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 1000000)]
     offset: Option<String>,
+    /// Only messages older than this id.
+    #[param(value_type = Option<i64>, minimum = 1)]
     before: Option<String>,
+    /// Only messages newer than this id.
+    #[param(value_type = Option<i64>, minimum = 0)]
     after: Option<String>,
 }
 
@@ -115,6 +125,9 @@ fn number(name: &str, value: &Option<String>, min: i64, max: i64) -> Result<Opti
 }
 
 /// `GET …/rooms/{room}/messages`.
+#[utoipa::path(get, path = "/api/rooms/{room}/messages", tag = "history", security(("api_key" = []), ("x_api_key" = []), ("user_token" = [])),
+    params(("room" = String, Path, description = "the room"), PageQuery),
+    responses((status = 200, description = "a page of the room's messages", body = schema::RoomMessages)))]
 pub async fn messages(
     State(node): State<Arc<Node>>,
     caller: Caller,
@@ -161,6 +174,8 @@ pub async fn messages(
 
 /// `GET <mount>/rooms`: a user's rooms with unread counts and last message (the chat
 /// document); with the API key instead, the active rooms with member counts.
+#[utoipa::path(get, path = "/rooms", tag = "history", security(("api_key" = []), ("x_api_key" = []), ("user_token" = [])), params(super::admin::ListQuery),
+    responses((status = 200, description = "the user's rooms (user token) or the active rooms (API key)", body = schema::Rooms)))]
 pub async fn rooms(
     State(node): State<Arc<Node>>,
     caller: Caller,
@@ -231,6 +246,10 @@ async fn bare_room_list(node: &Node, page: &super::admin::ListQuery) -> Response
 }
 
 /// `POST …/rooms/{room}/mark-read` with `{"message_ids":[…]}` or `{"up_to": id}`.
+#[utoipa::path(post, path = "/rooms/{room}/mark-read", tag = "history", security(("user_token" = [])),
+    params(("room" = String, Path, description = "the room")),
+    request_body(content = Object, description = "`{\"message_ids\": [...]}` or `{\"up_to\": id}`"),
+    responses((status = 200, description = "marked", body = schema::MarkedRead)))]
 pub async fn mark_read(
     State(node): State<Arc<Node>>,
     caller: Caller,
@@ -255,16 +274,24 @@ pub async fn mark_read(
 }
 
 /// `?query=&room_name=&limit=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SearchQuery {
+    /// The words to find.
     query: Option<String>,
+    /// Same as `query`.
     q: Option<String>,
+    /// Only in this room.
     room_name: Option<String>,
+    /// Results, 1-100 (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
 }
 
 /// `GET …/search`: ranked by relevance, only from rooms the caller may read; encrypted messages
 /// are never found.
+#[utoipa::path(get, path = "/api/search", tag = "history", security(("api_key" = []), ("x_api_key" = []), ("user_token" = [])), params(SearchQuery),
+    responses((status = 200, description = "messages from rooms the caller may read, most relevant first", body = schema::SearchResults)))]
 pub async fn search(
     State(node): State<Arc<Node>>,
     caller: Caller,
@@ -304,18 +331,25 @@ pub async fn search(
 
 /// `POST /api/rooms/{room}/messages`: a backend posts a message (a system notice by default)
 /// through the same writer; answered once durable.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostMessage {
+    /// The text.
     content: String,
+    /// `system` (default), `text`, …
     #[serde(default)]
     message_type: Option<String>,
+    /// The sender, if any.
     #[serde(default)]
     user_id: Option<super::publish::IdValue>,
+    /// The sender's display name.
     #[serde(default)]
     username: Option<String>,
+    /// A JSON object stored with the message.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
+    /// Store the content encrypted (`database.encryption_keys`).
     #[serde(default)]
     sensitive: bool,
     /// Also accepted as the `Idempotency-Key` header.
@@ -326,6 +360,12 @@ pub struct PostMessage {
 /// Handler for [`PostMessage`]. A retry with the same idempotency key (body field or
 /// `Idempotency-Key` header; same sender and room) answers with the original message and
 /// `"duplicate": true`, storing and delivering nothing.
+#[utoipa::path(post, path = "/api/rooms/{room}/messages", tag = "history", security(("api_key" = []), ("x_api_key" = [])),
+    params(("room" = String, Path, description = "the room"),
+           ("Idempotency-Key" = Option<String>, Header, description = "as the body's `idempotency_key`")),
+    request_body = PostMessage,
+    responses((status = 201, description = "stored and delivered (or a duplicate of an earlier one)", body = schema::PostedMessage),
+              (status = 413, description = "content exceeds database.max_content_size", body = schema::ApiErrorBody)))]
 pub async fn post_message(
     State(node): State<Arc<Node>>,
     _admin: Admin,
@@ -395,13 +435,17 @@ pub(crate) async fn store_one(node: &Node, message: NewMessage) -> Result<crate:
 }
 
 /// `?older_than=30d`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RetentionQuery {
+    /// A duration (`30d`, `12h`) instead of the configured age.
     older_than: Option<String>,
 }
 
 /// `POST /api/retention/run[?older_than=…]`: applies retention now, with the configured age or
 /// the one given.
+#[utoipa::path(post, path = "/api/retention/run", tag = "history", security(("api_key" = []), ("x_api_key" = [])), params(RetentionQuery),
+    responses((status = 200, description = "retention applied", body = schema::RetentionRun)))]
 pub async fn run_retention(
     State(node): State<Arc<Node>>,
     admin: Admin,
@@ -420,16 +464,26 @@ pub async fn run_retention(
 }
 
 /// `?since=&epoch=&limit=` of a stream history read.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
+    /// Only events after this position.
+    #[param(value_type = Option<i64>, minimum = 0)]
     since: Option<String>,
+    /// The epoch `since` belongs to.
     epoch: Option<String>,
+    /// Most events returned.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100000)]
     limit: Option<String>,
 }
 
 /// `GET …/history/{channel|room}/{name}`: the recent events of a stream with their positions
 /// (`since` + `epoch`: only those after a position, with `recovered`). Guarded like every read:
 /// a channel needs the right to subscribe to it, a room the right to read it.
+#[utoipa::path(get, path = "/api/history/{kind}/{name}", tag = "history", security(("api_key" = []), ("x_api_key" = []), ("user_token" = [])),
+    params(("kind" = String, Path, description = "`channel` or `room`"), ("name" = String, Path, description = "the stream's name"), StreamQuery),
+    responses((status = 200, description = "the stream's recent events", body = schema::StreamHistory),
+              (status = 404, description = "unknown kind, or no `[[history]]` for the stream (NO_HISTORY)", body = schema::ApiErrorBody)))]
 pub async fn stream_history(
     State(node): State<Arc<Node>>,
     caller: Caller,

@@ -5,6 +5,7 @@
 //! The route answers `202` once the messages are queued (`ingest.wait_for_commit` makes it wait
 //! for the commit and answer `201` with the ids), and is protected by `[ingest]`, not `api.key`.
 
+use crate::api::schema;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
@@ -124,6 +125,14 @@ impl FromRequestParts<Arc<Node>> for Ingestor {
 /// `ingest.wait_for_commit`) `201` once every message is durable; otherwise the first error.
 /// Either every message of a request is valid and queued, or none is; a full queue is refused
 /// with `503` at once.
+#[utoipa::path(post, path = "/messages", tag = "history", operation_id = "ingest",
+    security((), ("api_key" = []), ("x_api_key" = [])),
+    request_body(content = Object, description = "`{channel_id, content, user_id?, username?, metadata?}`, a list of them, or `{messages: [...]}`"),
+    responses((status = 201, description = "stored", body = schema::Ingested),
+              (status = 202, description = "a batch queued before it is durable (`ingest.ack`)", body = schema::Ingested),
+              (status = 400, description = "invalid body", body = schema::ApiErrorBody),
+              (status = 401, description = "`ingest.access` needs a key", body = schema::ApiErrorBody),
+              (status = 403, description = "address not in `ingest.allowed_ips`", body = schema::ApiErrorBody)))]
 pub async fn post(State(node): State<Arc<Node>>, _caller: Ingestor, body: Bytes) -> Result<Response, ApiError> {
     let body: Body = parse_body(&body)?;
     if !node.config.ingest.wait_for_commit {
@@ -167,13 +176,22 @@ pub async fn post(State(node): State<Arc<Node>>, _caller: Ingestor, body: Bytes)
 }
 
 /// `?channel_id=&limit=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RecentQuery {
+    /// The channel.
     channel_id: Option<String>,
+    /// Most messages returned.
     limit: Option<i64>,
 }
 
 /// `GET /messages`: the newest messages of a channel (`channel_id`), newest last.
+#[utoipa::path(get, path = "/messages", tag = "history", operation_id = "ingested_recent",
+    security((), ("api_key" = []), ("x_api_key" = [])), params(RecentQuery),
+    responses((status = 200, description = "recent messages", body = schema::RecentMessages),
+              (status = 400, description = "invalid query", body = schema::ApiErrorBody),
+              (status = 401, description = "`ingest.access` needs a key", body = schema::ApiErrorBody),
+              (status = 403, description = "address not in `ingest.allowed_ips`", body = schema::ApiErrorBody)))]
 pub async fn recent(
     State(node): State<Arc<Node>>,
     _caller: Ingestor,

@@ -115,6 +115,9 @@ const COUNTERS: &[(&str, &str)] = &[
 ];
 
 /// Renders the metrics.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String),
+              (status = 503, description = "the metrics recorder is not installed", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let Some(handle) = HANDLE.get() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder not installed\n").into_response();

@@ -1,6 +1,7 @@
 //! Presence of rooms and users, and notifications for users: stored, filtered on delivery and
 //! replayed to a user who was away.
 
+use crate::api::schema;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -20,6 +21,9 @@ use crate::store::now_ms;
 
 /// `GET {prefix}/rooms/{room}/presence?limit=&offset=`: who is in the room across the cluster,
 /// a page of users at a time (`total_users` counts them all).
+#[utoipa::path(get, path = "/rooms/{room}/presence", tag = "presence", security(("api_key" = []), ("x_api_key" = [])),
+    params(("room" = String, Path, description = "the room"), super::admin::ListQuery),
+    responses((status = 200, description = "who is in the room", body = schema::RoomPresence)))]
 pub async fn room(
     State(node): State<Arc<Node>>,
     _admin: Admin,
@@ -39,6 +43,9 @@ pub async fn room(
 }
 
 /// `GET {prefix}/users/{user}/presence`: a user's status, connections and rooms.
+#[utoipa::path(get, path = "/users/{user}/presence", tag = "presence", security(("api_key" = []), ("x_api_key" = [])),
+    params(("user" = String, Path, description = "the user")),
+    responses((status = 200, description = "the user's status and rooms", body = schema::UserPresence)))]
 pub async fn user(
     State(node): State<Arc<Node>>,
     _admin: Admin,
@@ -49,16 +56,21 @@ pub async fn user(
 }
 
 /// Query of the notification list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only unread ones.
     #[serde(default)]
     pub unread_only: bool,
     /// At most this many (1-1000, default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
 /// `GET {prefix}/users/{user}/notifications?unread_only=true&limit=50`, newest first.
+#[utoipa::path(get, path = "/users/{user}/notifications", tag = "presence", security(("api_key" = []), ("x_api_key" = [])),
+    params(("user" = String, Path, description = "the user"), ListQuery),
+    responses((status = 200, description = "the user's notifications", body = schema::Notifications)))]
 pub async fn list(
     State(node): State<Arc<Node>>,
     _admin: Admin,
@@ -86,7 +98,8 @@ pub async fn list(
 }
 
 /// Query of `broadcast/notification`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct BroadcastQuery {
     /// `event_type` of the `notification_event` (default `notification_created`).
     pub event_type: Option<String>,
@@ -97,6 +110,11 @@ pub struct BroadcastQuery {
 /// (or `user_ids: […]`): stored for each user, then delivered as `notification_event` to their
 /// connections whose `subscribe_notifications` filter lets it through. Without a user it goes,
 /// unstored, to every connection.
+#[utoipa::path(post, path = "/broadcast/notification", tag = "presence", security(("api_key" = []), ("x_api_key" = [])),
+    operation_id = "broadcast_notification", params(BroadcastQuery),
+    request_body(content = Object, description = "the notification; `user_id`/`user_ids` store it for those users, none sends it to everyone"),
+    responses((status = 201, description = "sent (and stored for the users named)", body = schema::NotificationSent),
+              (status = 202, description = "the broker was down: only this node's connections were reached", body = schema::NotificationSent)))]
 pub async fn broadcast(
     State(node): State<Arc<Node>>,
     _admin: Admin,

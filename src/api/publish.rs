@@ -1,6 +1,7 @@
 //! Publishing for backends: to a channel (optionally with a room and a user), to a room, to a
 //! user's connections, or to several channels at once.
 
+use crate::api::schema;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -17,12 +18,13 @@ use crate::hub::event::EventError;
 use crate::node::{Node, PublishError};
 
 /// A user id given as a string or a number (the dashboard document uses numbers).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum IdValue {
     /// `"user_123"`.
     Text(String),
     /// `123`.
+    #[schema(value_type = i64)]
     Number(serde_json::Number),
 }
 
@@ -37,7 +39,7 @@ impl IdValue {
 }
 
 /// `POST /api/publish`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     /// Channel whose subscribers receive the event.
@@ -50,16 +52,18 @@ pub struct PublishRequest {
     #[serde(default)]
     pub broadcast: bool,
     /// The event, a JSON object delivered as is (plus a default `type` if the channel has one).
+    #[schema(value_type = Object)]
     pub event: Value,
 }
 
 /// `POST /api/broadcast`: one event to several channels.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BroadcastRequest {
     /// Channels whose subscribers receive it.
     pub channels: Vec<String>,
     /// The event.
+    #[schema(value_type = Object)]
     pub event: Value,
 }
 
@@ -89,6 +93,10 @@ fn target(channel: Option<String>, room: Option<String>, user: Option<String>, b
 }
 
 /// Publishes one event.
+#[utoipa::path(post, path = "/api/publish", tag = "publish", security(("api_key" = []), ("x_api_key" = [])),
+    request_body = PublishRequest,
+    responses((status = 200, description = "published", body = schema::Published),
+              (status = 400, description = "INVALID_JSON, INVALID_EVENT, NO_TARGET, INVALID_NAME", body = schema::ApiErrorBody)))]
 pub async fn publish(State(node): State<Arc<Node>>, _admin: Admin, body: Bytes) -> Result<Response, ApiError> {
     let request: PublishRequest = parse_body(&body)?;
     let target = target(request.channel, request.room, request.user_id.map(IdValue::into_string), request.broadcast);
@@ -98,6 +106,10 @@ pub async fn publish(State(node): State<Arc<Node>>, _admin: Admin, body: Bytes) 
 
 /// Publishes one event to several channels; a connection subscribed to several gets it once
 /// per channel, as it would from separate publishes.
+#[utoipa::path(post, path = "/api/broadcast", tag = "publish", security(("api_key" = []), ("x_api_key" = [])),
+    request_body = BroadcastRequest,
+    responses((status = 200, description = "published to every channel", body = schema::Published),
+              (status = 400, description = "INVALID_JSON, INVALID_EVENT, NO_TARGET, INVALID_NAME", body = schema::ApiErrorBody)))]
 pub async fn broadcast(State(node): State<Arc<Node>>, _admin: Admin, body: Bytes) -> Result<Response, ApiError> {
     let request: BroadcastRequest = parse_body(&body)?;
     if request.channels.is_empty() {
@@ -122,6 +134,10 @@ pub async fn broadcast(State(node): State<Arc<Node>>, _admin: Admin, body: Bytes
 }
 
 /// `POST …/rooms/{room}/broadcast`: the body is the event.
+#[utoipa::path(post, path = "/rooms/{room}/broadcast", tag = "publish", security(("api_key" = []), ("x_api_key" = [])),
+    params(("room" = String, Path, description = "the room")),
+    request_body(content = Object, description = "the event, a JSON object delivered as is"),
+    responses((status = 200, description = "published", body = schema::Published)))]
 pub async fn room_broadcast(
     State(node): State<Arc<Node>>,
     _admin: Admin,
@@ -135,6 +151,10 @@ pub async fn room_broadcast(
 }
 
 /// `POST …/users/{user}/notify`: the body is the event, delivered to all of the user's connections.
+#[utoipa::path(post, path = "/users/{user}/notify", tag = "publish", security(("api_key" = []), ("x_api_key" = [])),
+    params(("user" = String, Path, description = "the user")),
+    request_body(content = Object, description = "the event, delivered to every connection of the user"),
+    responses((status = 200, description = "published", body = schema::Published)))]
 pub async fn notify_user(
     State(node): State<Arc<Node>>,
     _admin: Admin,

@@ -1,6 +1,7 @@
 //! Statistics: the JSON of `GET <mount>/stats` and `/api/stats`, and the live stream behind the
 //! WebSocket upgrade of `<mount>/stats`.
 
+use crate::api::schema;
 use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -58,6 +59,8 @@ fn figures(node: &Node, clients: Option<usize>) -> Value {
 
 /// `GET <mount>/stats`: the fields the compatibility profiles' dashboards read, at the top level and
 /// under `stats`.
+#[utoipa::path(get, path = "/api/stats", tag = "stats", operation_id = "stats",
+    responses((status = 200, description = "the node's figures", body = schema::Stats)))]
 pub async fn stats(State(node): State<Arc<Node>>) -> Response {
     let distinct = node
         .hub
@@ -99,6 +102,8 @@ async fn cluster(redis: &crate::broker::redis::RedisBroker) -> Value {
 }
 
 /// `GET …/stats/detailed`: adds per-shard figures and the last minutes of samples.
+#[utoipa::path(get, path = "/stats/detailed", tag = "stats", security(("api_key" = []), ("x_api_key" = [])),
+    responses((status = 200, description = "figures, shards and recent samples", body = schema::DetailedStats)))]
 pub async fn detailed(State(node): State<Arc<Node>>, _admin: Admin) -> Response {
     let shards = node
         .hub

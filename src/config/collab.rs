@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{duration, text};
 
 /// Presence, typing and cursors.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PresenceConfig {
     /// Track who is where and announce it: `room_state` on join, `user_joined` / `user_left`,
@@ -20,16 +20,18 @@ pub struct PresenceConfig {
     /// leaves it (the spreadsheet profile), instead of to the joining connection only.
     pub room_state_to_room: bool,
     /// A typing state with no stop is announced as stopped after this long.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub typing_timeout: Duration,
     /// At most one `cursor_moved` per user and room in this interval; faster moves are coalesced.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub cursor_interval: Duration,
-    /// Event types sent for a status change: the spreadsheet document's `user_status_changed`, the
-    /// chat document's `presence_update`, or both.
+    /// Event types sent for a status change: the spreadsheet profile's `user_status_changed`, the
+    /// manufacturing-chat profile's `presence_update`, or both.
     pub status_events: Vec<String>,
-    /// Typing event shapes: the chat document's `typing_indicator` (`is_typing`), the
-    /// spreadsheet document's `user_typing` (`user_typing_start` / `user_typing_stop`), or both.
+    /// Typing event shapes: the manufacturing-chat profile's `typing_indicator` (`is_typing`),
+    /// the spreadsheet profile's `user_typing` (`user_typing_start` / `user_typing_stop`), or both.
     pub typing_events: Vec<TypingEvent>,
     /// Largest cell (`value` and `formula` as JSON) a `cell_update` may write, in bytes.
     pub max_cell_bytes: usize,
@@ -57,7 +59,7 @@ impl Default for PresenceConfig {
 }
 
 /// Stored notifications.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct NotificationsConfig {
     /// Most unread notifications sent to a connection when it subscribes.
@@ -71,7 +73,7 @@ impl Default for NotificationsConfig {
 }
 
 /// Client messages Herald hands to the application's backend, and lifecycle webhooks.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Message types forwarded (`ai_request`, `file_upload_start`, …; `cell_update` forwards
@@ -87,6 +89,7 @@ pub struct UpstreamConfig {
     #[serde(deserialize_with = "text::opt_string")]
     pub webhook_secret: Option<String>,
     /// How long a webhook call may take.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub webhook_timeout: Duration,
     /// Lifecycle events sent to the webhook: `connect`, `disconnect`, `join`, `leave`.
@@ -108,7 +111,7 @@ impl Default for UpstreamConfig {
 }
 
 /// What an application alias does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AliasAction {
     /// Join the room named by `target`.
@@ -121,9 +124,9 @@ pub enum AliasAction {
     Unsubscribe,
 }
 
-/// An application's message mapped to a built-in action, e.g. the chat document's
+/// An application's message mapped to a built-in action, e.g. the manufacturing-chat profile's
 /// `{"type":"subscribe_order_updates","order_id":123}` → join `order_123`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AliasConfig {
     /// The application's message type.
@@ -136,7 +139,7 @@ pub struct AliasConfig {
 }
 
 /// A typing event shape (`presence.typing_events`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TypingEvent {
     /// `typing_indicator` with `is_typing`.
@@ -146,7 +149,7 @@ pub enum TypingEvent {
 }
 
 /// A lifecycle event for the webhook (`upstream.lifecycle`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LifecycleEvent {
     /// A connection opened.

@@ -13,6 +13,7 @@ pub mod duration;
 mod level;
 pub mod load;
 pub mod pusher;
+pub mod reference;
 mod security;
 pub mod show;
 pub mod stream;
@@ -36,7 +37,7 @@ pub use stream::{CompressionConfig, HistoryConfig};
 pub use load::{ConfigError, Overrides, Sources, from_toml_str, load, load_with_sources};
 
 /// The whole configuration of a node.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Listening socket, mounts, shards, shutdown.
@@ -84,7 +85,7 @@ pub struct Config {
 }
 
 /// Where and how the node listens.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address and port to listen on. Port 0 picks a free port (printed at start).
@@ -99,10 +100,12 @@ pub struct ServerConfig {
     #[serde(deserialize_with = "text::opt_string")]
     pub node_id: Option<String>,
     /// How long a graceful shutdown may take before remaining sockets are dropped.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
     /// How long an HTTP request's body may take to arrive after its headers; a slower one gets
     /// 408 and its connection is closed.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub request_timeout: Duration,
     /// HTTP requests handled at once by the node; more get 503 at once. 0: no cap.
@@ -110,6 +113,7 @@ pub struct ServerConfig {
     /// Browser origins allowed to open WebSockets and call the API (CORS). Empty: any origin.
     pub allowed_origins: Vec<String>,
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the real client.
+    #[schemars(with = "Vec<String>")]
     pub trusted_proxies: NetList,
     /// Serve the live dashboard and the test console (pages embedded in the binary).
     pub dashboard: bool,
@@ -137,10 +141,11 @@ impl Default for ServerConfig {
 }
 
 /// Behaviour common to every WebSocket connection.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebSocketConfig {
     /// Interval of server heartbeats (a `heartbeat` message and a WebSocket ping frame).
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub heartbeat_interval: Duration,
     /// Send the JSON `{"type":"heartbeat"}` message at each interval.
@@ -148,6 +153,7 @@ pub struct WebSocketConfig {
     /// Send a WebSocket ping frame at each interval.
     pub ping_frames: bool,
     /// A connection from which nothing (not even a pong) arrives for this long is closed.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
     /// Largest message a client may send, in bytes. Larger ones close the connection (1009).
@@ -179,25 +185,25 @@ impl Default for WebSocketConfig {
 }
 
 /// Which welcome message a client gets right after the upgrade.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WelcomeStyle {
-    /// `{"type":"connection", …}` as the campaign-events document expects.
+    /// `{"type":"connection", …}` as the campaign-events profile's clients expect.
     Connection,
-    /// `{"type":"connection_established", …}` as the chat document expects.
+    /// `{"type":"connection_established", …}` as the manufacturing-chat profile's clients expect.
     ConnectionEstablished,
     /// No welcome message at all.
     None,
 }
 
 /// What an endpoint serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EndpointKind {
     /// The Herald protocol: events, subscriptions, rooms.
     #[default]
     Events,
-    /// A live stream of node statistics (the dashboard document's `/ws/stats`).
+    /// A live stream of node statistics (the message-dashboard profile's `/ws/stats`).
     Stats,
     /// Echoes every message back; for conformance testing only.
     Echo,
@@ -207,7 +213,7 @@ pub enum EndpointKind {
 }
 
 /// A dedicated WebSocket endpoint, e.g. `/ws/campaigns?campaign_id=123`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct EndpointConfig {
     /// Path under each mount, starting with `/` (`"/campaigns"`), or `""` for the mount itself.
@@ -230,7 +236,7 @@ pub struct EndpointConfig {
 }
 
 /// Behaviour of one channel, or of every channel matching a pattern ending in `*`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChannelConfig {
     /// Exact channel name (`jobs:updates`) or a prefix pattern (`campaign:*`).
@@ -246,7 +252,7 @@ pub struct ChannelConfig {
 /// How a channel's events are reshaped before delivery, in this order: `rename`, `copy`, `lift`,
 /// `drop`, then `type`. Paths are dot-separated object keys (`data.status`); a list of paths takes
 /// the first one present, and a field whose paths are all absent is left out.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShapeConfig {
     /// The `type` every event gets, replacing the publisher's (unlike `default_type`).
@@ -263,7 +269,7 @@ pub struct ShapeConfig {
 }
 
 /// One path or a list of paths tried in order.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum ShapePaths {
     /// `"data.status"`.
@@ -283,7 +289,7 @@ impl ShapePaths {
 }
 
 /// The HTTP API for backends and operators.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
     /// Bearer key required by publish and admin routes. Without one those routes refuse every
@@ -297,6 +303,7 @@ pub struct ApiConfig {
     /// Largest request body accepted, in bytes.
     pub max_body_size: Option<usize>,
     /// Addresses or CIDR ranges allowed to call admin routes; empty: any (with the key).
+    #[schemars(with = "Vec<String>")]
     pub allowed_ips: NetList,
     /// `GET <mount>/rooms` with the API key answers a bare JSON list of rooms (`room_id`,
     /// `user_count`, `active_sheets_count`, `last_activity`, `messages_sent`,
@@ -307,7 +314,7 @@ pub struct ApiConfig {
 
 /// The message-ingestion route (`POST /messages`, `GET /messages`): when it answers, and who may
 /// call it, independently of the admin API.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
     /// Answer `201` only once the messages are committed, instead of `202` as soon as they are
@@ -320,11 +327,12 @@ pub struct IngestConfig {
     pub key: Option<String>,
     /// Addresses or CIDR ranges allowed to call the route (with `access` `open` or `key`);
     /// empty: any.
+    #[schemars(with = "Vec<String>")]
     pub allowed_ips: NetList,
 }
 
 /// Who may call the ingestion route.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum IngestAccess {
     /// As the admin API: `api.key` (or loopback without one) and `api.allowed_ips`.
@@ -337,7 +345,7 @@ pub enum IngestAccess {
 }
 
 /// Connection and message limits. 0 disables a cap.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Total WebSocket connections this node accepts; further upgrades get HTTP 503. 0: no cap.
@@ -352,6 +360,7 @@ pub struct LimitsConfig {
     /// Client messages per hour, per connection and per user. 0: no limit.
     pub messages_per_hour: u32,
     /// How long a connection (and its user) is refused after exceeding a rate.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub block_duration: Duration,
     /// Refusals while blocked after which the connection is closed (1008). 0: never.
@@ -389,7 +398,7 @@ impl Default for LimitsConfig {
 }
 
 /// Redis settings.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://host:port/db`. Without it the node runs its in-process broker. In cluster mode,
@@ -413,10 +422,12 @@ pub struct RedisConfig {
     /// Prefix of Herald's own keys and channels between nodes.
     pub key_prefix: String,
     /// How long to wait for Redis before a command counts as failed.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub timeout: Duration,
     /// A node not heard from for this long is considered dead: its connections stop counting
     /// and its users' presence expires.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub node_timeout: Duration,
 }
@@ -439,7 +450,7 @@ impl Default for RedisConfig {
 }
 
 /// How Herald talks to Redis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RedisMode {
     /// One Redis server: `PUBLISH`/`SUBSCRIBE`.
@@ -449,7 +460,7 @@ pub enum RedisMode {
 }
 
 /// History storage settings.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `sqlite://path` (embedded), `sqlite::memory:` (nothing on disk; history lost at exit) or
@@ -462,11 +473,12 @@ pub struct DatabaseConfig {
     pub data_dir: Option<std::path::PathBuf>,
     /// Connections in the pool.
     pub max_connections: u32,
-    /// Most rows the writer commits in one transaction (the dashboard document's 50).
+    /// Most rows the writer commits in one transaction (the message-dashboard profile's 50).
     pub batch_size: usize,
     /// How long the writer waits for a batch to fill once it has a row. 0 (the default) commits
     /// at once and batches whatever arrived meanwhile ("group commit"); `2s` reproduces the
-    /// dashboard document's "50 rows or 2 seconds".
+    /// message-dashboard profile's "50 rows or 2 seconds".
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub batch_linger: Duration,
     /// Rows waiting for the writer before senders are held back.
@@ -474,7 +486,7 @@ pub struct DatabaseConfig {
     /// SQLite `synchronous`: `full` (every commit reaches the disk) or `normal` (safe against a
     /// process crash, not against power loss).
     pub sqlite_synchronous: SqliteSynchronous,
-    /// A key or passphrase for sensitive content (key id `default`; the chat document's
+    /// A key or passphrase for sensitive content (key id `default`; the manufacturing-chat profile's
     /// `WEBSOCKET_ENCRYPTION_KEY`).
     #[serde(deserialize_with = "text::opt_string")]
     pub encryption_key: Option<String>,
@@ -490,11 +502,13 @@ pub struct DatabaseConfig {
     pub max_content_size: usize,
     /// Messages older than this (`"30d"`, `"90days"`) are deleted or archived; 0 keeps
     /// everything.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub retention_max_age: Duration,
     /// `delete` or `archive` (moved to `messages_archive`).
     pub retention_mode: RetentionMode,
     /// How often retention runs.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub retention_interval: Duration,
 }
@@ -543,7 +557,7 @@ impl DatabaseConfig {
 }
 
 /// SQLite durability.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SqliteSynchronous {
     /// Every commit is on disk before it is acknowledged.
@@ -553,7 +567,7 @@ pub enum SqliteSynchronous {
 }
 
 /// What retention does with old messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RetentionMode {
     /// Delete them.
@@ -563,7 +577,7 @@ pub enum RetentionMode {
 }
 
 /// Log output.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `human` (default) or `json`, one object per line.
@@ -579,7 +593,7 @@ impl Default for LogConfig {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// Human-readable lines.

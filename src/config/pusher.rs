@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// The Pusher Channels face: WebSocket at `/app/{key}`, the signed HTTP API under `/apps/{id}`.
 /// With no apps configured the face is off and those paths answer 404.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PusherConfig {
     /// The apps; each one is its own namespace of channels, users and presence.
@@ -14,7 +14,7 @@ pub struct PusherConfig {
 }
 
 /// One Pusher app.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PusherAppConfig {
     /// The app id, as in `/apps/{id}/events`. Some server SDKs (the Python one) accept only digits.
@@ -63,7 +63,7 @@ impl Default for PusherAppConfig {
 }
 
 /// A webhook target of a Pusher app.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PusherWebhookConfig {
     /// The URL Herald POSTs signed batches to.

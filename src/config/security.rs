@@ -8,10 +8,11 @@ use serde::{Deserialize, Serialize};
 use super::{duration, text};
 
 /// Whether an endpoint needs a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMode {
-    /// Anonymous connections (`client_id`, self-asserted `user_id`), as documents 000 and 002 run.
+    /// Anonymous connections (`client_id`, self-asserted `user_id`), as the campaign-events,
+    /// job-updates and message-dashboard profiles run.
     #[default]
     Off,
     /// A token is verified when given; connections without one are anonymous.
@@ -21,7 +22,7 @@ pub enum AuthMode {
 }
 
 /// What happens when a connected client's token expires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExpiryPolicy {
     /// Close the connection (4003) when the token expires.
@@ -32,7 +33,7 @@ pub enum ExpiryPolicy {
 }
 
 /// How a refused upgrade is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectStyle {
     /// Accept the upgrade, send `AUTHENTICATION_FAILED`, close with 1008: browsers see the reason.
@@ -43,12 +44,12 @@ pub enum RejectStyle {
 }
 
 /// Token verification.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// The default for endpoints that do not say.
     pub mode: AuthMode,
-    /// HS256/384/512 shared secret (`HERALD_JWT_SECRET`, the documents' `JWT_SECRET_KEY`).
+    /// HS256/384/512 shared secret (`HERALD_JWT_SECRET`, the compatibility profiles' `JWT_SECRET_KEY`).
     #[serde(deserialize_with = "text::opt_string")]
     pub jwt_secret: Option<String>,
     /// PEM public key for RS256/384/512, PS256/384/512, ES256/384.
@@ -60,6 +61,7 @@ pub struct AuthConfig {
     /// Accepted `aud` values; when set, a token must carry one of them. Empty: not checked.
     pub audiences: Vec<String>,
     /// Clock skew allowed for `exp` and `nbf`.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub leeway: Duration,
     /// Claim holding the user id.
@@ -73,6 +75,7 @@ pub struct AuthConfig {
     /// What happens when a connected token expires.
     pub on_expiry: ExpiryPolicy,
     /// With `refresh`: how long before expiry the client is asked for a new token.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub refresh_ahead: Duration,
     /// How a refused upgrade is answered.
@@ -101,7 +104,7 @@ impl Default for AuthConfig {
 }
 
 /// Who may do what to rooms and channels.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AccessConfig {
     /// The decision when no rule matches a name.
@@ -111,9 +114,11 @@ pub struct AccessConfig {
     /// URL of the backend check (`POST {user, room|channel, action, claims}` → `{"allow": bool}`).
     pub backend_url: Option<String>,
     /// How long a backend decision is cached.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub backend_cache_ttl: Duration,
     /// How long the backend may take; a timeout refuses.
+    #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub backend_timeout: Duration,
 }
@@ -131,7 +136,7 @@ impl Default for AccessConfig {
 }
 
 /// The decision for names no rule matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AccessDefault {
     /// Allowed.
@@ -141,7 +146,7 @@ pub enum AccessDefault {
 }
 
 /// What a rule applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NameKind {
     /// Rooms (join, chat, history, presence).
@@ -161,7 +166,7 @@ impl NameKind {
 }
 
 /// One access rule: a name pattern and who it lets in. Any allowance suffices.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AccessRuleConfig {
     /// Name pattern: literal text, `{capture}` (one or more characters up to the next literal
@@ -186,7 +191,7 @@ pub struct AccessRuleConfig {
 }
 
 /// A claim condition: the claim (array or scalar) contains the rendered value.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimCondition {
     /// Claim name (`order_ids`).
@@ -196,7 +201,7 @@ pub struct ClaimCondition {
 }
 
 /// TLS for `https://` and `wss://`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain.
@@ -206,7 +211,7 @@ pub struct TlsConfig {
 }
 
 /// The audit log.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditConfig {
     /// Append audit records, one JSON object per line, to this file. Without it they go to the

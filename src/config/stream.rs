@@ -8,7 +8,7 @@ use super::{Config, MAX_DURATION};
 
 /// History for every channel or every room whose name matches a pattern: a bounded recent log
 /// that gives events a per-stream `seq` and lets clients resume after a reconnect.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct HistoryConfig {
     /// Channels this applies to: an exact name or a prefix followed by `*` (`"jobs:*"`, `"*"`).
@@ -18,6 +18,7 @@ pub struct HistoryConfig {
     /// Most events kept per stream.
     pub size: usize,
     /// Events older than this are dropped from history.
+    #[schemars(with = "String")]
     #[serde(with = "super::duration")]
     pub max_age: Duration,
 }
@@ -30,7 +31,7 @@ impl Default for HistoryConfig {
 
 /// permessage-deflate (RFC 7692). The server never keeps a compression context between
 /// messages, so one compressed frame per event is shared by every connection.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct CompressionConfig {
     /// Accept clients' permessage-deflate offers.

@@ -7,10 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::Router;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use bytes::Bytes;
 use http::{Method, StatusCode, Uri};
 use serde::Deserialize;
@@ -18,28 +17,27 @@ use serde_json::{Map, Value, json};
 
 use super::protocol;
 use super::{App, ChannelKind};
+use crate::api::openapi::Routes;
 use crate::hub::{Event, Target};
 use crate::node::Node;
 
 /// The Pusher routes: the WebSocket at `/app/{key}` and the HTTP API. Empty when no app is
 /// configured.
-pub fn routes(router: Router<Arc<Node>>, node: &Node) -> Router<Arc<Node>> {
+pub fn routes(routes: Routes, node: &Node) -> Routes {
     if !node.pusher.enabled() {
-        return router;
+        return routes;
     }
-    router
-        .route(
-            "/app/{key}",
-            get(|State(node): State<Arc<Node>>, Path(key): Path<String>, request: Request| {
-                super::socket::upgrade(node, key, request)
-            }),
-        )
-        .route("/apps/{app_id}/events", post(events))
-        .route("/apps/{app_id}/batch_events", post(batch_events))
-        .route("/apps/{app_id}/channels", get(channels))
-        .route("/apps/{app_id}/channels/{channel}", get(channel))
-        .route("/apps/{app_id}/channels/{channel}/users", get(users))
-        .route("/apps/{app_id}/users/{user}/terminate_connections", post(terminate))
+    let socket = get(|State(node): State<Arc<Node>>, Path(key): Path<String>, request: Request| {
+        super::socket::upgrade(node, key, request)
+    });
+    routes
+        .serve(crate::api::openapi::websocket("/app/{key}", "Pusher Channels protocol 7 (`?protocol=7`)", socket))
+        .serve(utoipa_axum::routes!(events))
+        .serve(utoipa_axum::routes!(batch_events))
+        .serve(utoipa_axum::routes!(channels))
+        .serve(utoipa_axum::routes!(channel))
+        .serve(utoipa_axum::routes!(users))
+        .serve(utoipa_axum::routes!(terminate))
 }
 
 /// A refused API request.
@@ -97,22 +95,33 @@ fn query_param(uri: &Uri, name: &str) -> Option<String> {
 }
 
 /// One event as the API receives it.
-#[derive(Debug, Deserialize, serde::Serialize)]
+#[derive(Debug, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = PusherEvent)]
 pub struct EventBody {
+    /// The event's name.
     name: String,
+    /// The event's data: a string (clients receive it as is) or JSON (encoded to a string).
+    #[schema(value_type = Object)]
     data: Value,
+    /// One channel…
     #[serde(default)]
     channel: Option<String>,
+    /// …or up to 100.
     #[serde(default)]
     channels: Option<Vec<String>>,
+    /// A socket that must not receive it (the sender's own).
     #[serde(default)]
     socket_id: Option<String>,
+    /// `user_count` and/or `subscription_count`: answer with the channels' figures.
     #[serde(default)]
     info: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /apps/{app_id}/batch_events`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = PusherBatch)]
 struct BatchBody {
+    /// Up to 10 events.
     batch: Vec<EventBody>,
 }
 
@@ -219,6 +228,12 @@ fn valid_socket_id(id: &str) -> bool {
     })
 }
 
+#[utoipa::path(post, path = "/apps/{app_id}/events", tag = "pusher", operation_id = "pusher_events", security(("pusher_signature" = [])),
+    params(("app_id" = String, Path, description = "the app's id")), request_body = EventBody,
+    responses((status = 200, description = "published", body = crate::api::schema::PusherPublished), (status = 400, description = "invalid request", body = crate::api::schema::PusherError),
+              (status = 401, description = "missing or wrong signature, stale timestamp, unknown key", body = crate::api::schema::PusherError),
+              (status = 404, description = "no such app", body = crate::api::schema::PusherError),
+              (status = 413, description = "too large", body = crate::api::schema::PusherError)))]
 async fn events(
     State(node): State<Arc<Node>>,
     Path(app_id): Path<String>,
@@ -241,6 +256,12 @@ async fn events(
     Ok(axum::Json(Value::Object(reply)).into_response())
 }
 
+#[utoipa::path(post, path = "/apps/{app_id}/batch_events", tag = "pusher", operation_id = "pusher_batch_events", security(("pusher_signature" = [])),
+    params(("app_id" = String, Path, description = "the app's id")), request_body = BatchBody,
+    responses((status = 200, description = "published", body = crate::api::schema::PusherPublished), (status = 400, description = "invalid request", body = crate::api::schema::PusherError),
+              (status = 401, description = "missing or wrong signature, stale timestamp, unknown key", body = crate::api::schema::PusherError),
+              (status = 404, description = "no such app", body = crate::api::schema::PusherError),
+              (status = 413, description = "too large", body = crate::api::schema::PusherError)))]
 async fn batch_events(
     State(node): State<Arc<Node>>,
     Path(app_id): Path<String>,
@@ -319,6 +340,13 @@ async fn channel_infos(node: &Node, app: &Arc<App>, hub_names: &[String], info: 
     Ok(Value::Object(out))
 }
 
+#[utoipa::path(get, path = "/apps/{app_id}/channels", tag = "pusher", operation_id = "pusher_channels", security(("pusher_signature" = [])),
+    params(("app_id" = String, Path, description = "the app's id"), ("filter_by_prefix" = Option<String>, Query, description = "only channels starting with it"),
+           ("info" = Option<String>, Query, description = "`user_count` (presence channels) and/or `subscription_count`")),
+    responses((status = 200, description = "occupied channels", body = crate::api::schema::PusherChannels), (status = 400, description = "invalid request", body = crate::api::schema::PusherError),
+              (status = 401, description = "missing or wrong signature, stale timestamp, unknown key", body = crate::api::schema::PusherError),
+              (status = 404, description = "no such app", body = crate::api::schema::PusherError),
+              (status = 413, description = "too large", body = crate::api::schema::PusherError)))]
 async fn channels(State(node): State<Arc<Node>>, Path(app_id): Path<String>, method: Method, uri: Uri) -> ApiResult {
     let app = authorized(&node, &app_id, &method, &uri, b"")?;
     let prefix = query_param(&uri, "filter_by_prefix").unwrap_or_default();
@@ -341,6 +369,13 @@ async fn channels(State(node): State<Arc<Node>>, Path(app_id): Path<String>, met
     Ok(axum::Json(json!({ "channels": out })).into_response())
 }
 
+#[utoipa::path(get, path = "/apps/{app_id}/channels/{channel}", tag = "pusher", operation_id = "pusher_channel", security(("pusher_signature" = [])),
+    params(("app_id" = String, Path, description = "the app's id"), ("channel" = String, Path, description = "the channel"),
+           ("info" = Option<String>, Query, description = "`user_count` (presence channels) and/or `subscription_count`")),
+    responses((status = 200, description = "the channel's state", body = crate::api::schema::PusherChannel), (status = 400, description = "invalid request", body = crate::api::schema::PusherError),
+              (status = 401, description = "missing or wrong signature, stale timestamp, unknown key", body = crate::api::schema::PusherError),
+              (status = 404, description = "no such app", body = crate::api::schema::PusherError),
+              (status = 413, description = "too large", body = crate::api::schema::PusherError)))]
 async fn channel(
     State(node): State<Arc<Node>>,
     Path((app_id, channel)): Path<(String, String)>,
@@ -365,6 +400,12 @@ async fn channel(
     Ok(axum::Json(out).into_response())
 }
 
+#[utoipa::path(get, path = "/apps/{app_id}/channels/{channel}/users", tag = "pusher", operation_id = "pusher_users", security(("pusher_signature" = [])),
+    params(("app_id" = String, Path, description = "the app's id"), ("channel" = String, Path, description = "a presence channel")),
+    responses((status = 200, description = "the channel's members", body = crate::api::schema::PusherUsers), (status = 400, description = "invalid request", body = crate::api::schema::PusherError),
+              (status = 401, description = "missing or wrong signature, stale timestamp, unknown key", body = crate::api::schema::PusherError),
+              (status = 404, description = "no such app", body = crate::api::schema::PusherError),
+              (status = 413, description = "too large", body = crate::api::schema::PusherError)))]
 async fn users(
     State(node): State<Arc<Node>>,
     Path((app_id, channel)): Path<(String, String)>,
@@ -381,6 +422,13 @@ async fn users(
     Ok(axum::Json(json!({ "users": users })).into_response())
 }
 
+#[utoipa::path(post, path = "/apps/{app_id}/users/{user}/terminate_connections", tag = "pusher", operation_id = "pusher_terminate", security(("pusher_signature" = [])),
+    params(("app_id" = String, Path, description = "the app's id"), ("user" = String, Path, description = "the signed-in user")),
+    request_body(content = Object, description = "empty, or any JSON (covered by `body_md5`)"),
+    responses((status = 200, description = "the user's connections are closed, on every node", body = Object), (status = 400, description = "invalid request", body = crate::api::schema::PusherError),
+              (status = 401, description = "missing or wrong signature, stale timestamp, unknown key", body = crate::api::schema::PusherError),
+              (status = 404, description = "no such app", body = crate::api::schema::PusherError),
+              (status = 413, description = "too large", body = crate::api::schema::PusherError)))]
 async fn terminate(
     State(node): State<Arc<Node>>,
     Path((app_id, user)): Path<(String, String)>,

@@ -5,12 +5,12 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
+use crate::api::openapi::{self, Routes};
 use crate::node::Node;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -83,16 +83,20 @@ fn is_plain_host(host: &str) -> bool {
 }
 
 /// Adds the dashboard at `server.dashboard_path` and the console beside it, when enabled.
-pub fn routes(router: Router<Arc<Node>>, node: &Node) -> Router<Arc<Node>> {
+pub fn routes(routes: Routes, node: &Node) -> Routes {
     if !node.config.server.dashboard {
-        return router;
+        return routes;
     }
     let base = node.config.server.dashboard_path.clone();
     let dashboard = Arc::new(Page::new(DASHBOARD, node));
     let console = Arc::new(Page::new(CONSOLE, node));
-    router
-        .route(&base, get(move |headers: http::HeaderMap| async move { dashboard.serve(&headers) }))
-        .route(&format!("{base}console"), get(move |headers: http::HeaderMap| async move { console.serve(&headers) }))
+    let dashboard = get(move |headers: http::HeaderMap| async move { dashboard.serve(&headers) });
+    let console = get(move |headers: http::HeaderMap| async move { console.serve(&headers) });
+    routes.serve(openapi::page(&base, "The dashboard", dashboard)).serve(openapi::page(
+        &format!("{base}console"),
+        "The operator console",
+        console,
+    ))
 }
 
 #[cfg(test)]

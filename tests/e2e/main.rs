@@ -8,6 +8,7 @@ mod common;
 mod core;
 mod hardening;
 mod nginx;
+mod openapi;
 mod ops;
 mod pusher;
 mod redis;

@@ -13,8 +13,8 @@ use herald::pusher::sign::hmac_hex;
 use crate::common::raw::RawClient;
 use crate::common::{Client, Herald};
 
-const KEY: &str = "e2e-key";
-const SECRET: &str = "e2e-secret-0123";
+pub(crate) const KEY: &str = "e2e-key";
+pub(crate) const SECRET: &str = "e2e-secret-0123";
 
 fn config(client_messages: bool) -> String {
     format!(
@@ -58,12 +58,19 @@ async fn assert_alive(client: &mut Client) {
     assert_eq!(client.recv().await["event"], "pusher:pong");
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
 /// A signed query string for `method path` with `body`, signed with `secret` at `timestamp`.
-fn signed(method: &str, path: &str, body: &str, secret: &str, timestamp: u64, extra: &[(&str, &str)]) -> String {
+pub(crate) fn signed(
+    method: &str,
+    path: &str,
+    body: &str,
+    secret: &str,
+    timestamp: u64,
+    extra: &[(&str, &str)],
+) -> String {
     let mut params: Vec<(String, String)> = vec![
         ("auth_key".into(), KEY.into()),
         ("auth_timestamp".into(), timestamp.to_string()),
