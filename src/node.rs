@@ -59,6 +59,8 @@ pub struct Node {
     pub history: crate::history::History,
     /// The Pusher Channels face: apps, presence members, cached events.
     pub pusher: crate::pusher::Pusher,
+    /// Fallback (SSE, NDJSON) sessions by id, and one-time tickets.
+    pub fallback: Arc<crate::transport::fallback::Fallback>,
 }
 
 /// Why a publish failed.

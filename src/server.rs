@@ -136,6 +136,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         upstream,
         history: crate::history::History::new(&config_history),
         pusher,
+        fallback: Default::default(),
     });
     crate::api::metrics::install();
     let router = crate::api::router(node.clone());

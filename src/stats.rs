@@ -37,6 +37,16 @@ pub fn count_message_type(counters: &ShardCounters, label: usize, refused: bool)
     }
 }
 
+/// Which of [`ShardCounters::by_transport`]'s figures.
+pub mod by_transport {
+    /// Open connections (gauge).
+    pub const OPEN: usize = 0;
+    /// Connections accepted.
+    pub const ACCEPTED: usize = 1;
+    /// Slow-consumer disconnects.
+    pub const SLOW: usize = 2;
+}
+
 /// Subtracts `n` from a gauge that only the calling thread writes.
 #[inline]
 pub fn drop_by(counter: &AtomicU64, n: u64) {
@@ -70,6 +80,9 @@ pub struct ShardCounters {
     pub fanouts: AtomicU64,
     /// Connections closed because their outbound queue filled.
     pub slow_consumer_disconnects: AtomicU64,
+    /// Per transport (`Transport::index`: WebSocket, SSE, NDJSON): open connections (gauge),
+    /// connections accepted, slow-consumer disconnects.
+    pub by_transport: [[AtomicU64; 3]; 3],
     /// Connections closed for silence.
     pub idle_disconnects: AtomicU64,
     /// Connections closed for breaking the WebSocket protocol.
@@ -179,6 +192,10 @@ pub struct Totals {
     /// The same, refused; for metrics.
     #[serde(skip)]
     pub refused_by_type: [u64; kinds::LABELS],
+    /// Per transport: open, accepted, slow-consumer disconnects (see
+    /// [`ShardCounters::by_transport`]); for metrics.
+    #[serde(skip)]
+    pub by_transport: [[u64; 3]; 3],
     /// Messages refused by the rate limits.
     pub rate_limited: u64,
     /// Refused upgrades.
@@ -217,9 +234,12 @@ pub struct Stats {
     pub endpoints: EndpointCounts,
 }
 
-/// The `transport` labels of `herald_connections_opened_total`: the Herald protocol in JSON or
-/// MessagePack frames, and the Pusher protocol.
-pub const TRANSPORTS: [&str; 3] = ["json", "msgpack", "pusher"];
+/// The `transport` labels of `herald_connections_opened_total`: Herald's transports
+/// (`hub::event::Transport`, in its order) and the Pusher protocol.
+pub const TRANSPORTS: [&str; 4] = ["websocket", "sse", "stream", "pusher"];
+
+/// The index of `pusher` in [`TRANSPORTS`].
+pub const PUSHER_TRANSPORT: usize = 3;
 
 /// The `endpoint` label of the Pusher face (its paths carry an app key).
 pub const PUSHER_ENDPOINT: &str = "/app/{key}";
@@ -313,6 +333,11 @@ impl Stats {
             }
             for (total, count) in t.refused_by_type.iter_mut().zip(&s.refused_by_type) {
                 *total += count.load(Relaxed);
+            }
+            for (total, counts) in t.by_transport.iter_mut().zip(&s.by_transport) {
+                for (total, count) in total.iter_mut().zip(counts) {
+                    *total += count.load(Relaxed);
+                }
             }
             t.rate_limited += s.rate_limited.load(Relaxed);
             t.queued_frames += s.queued_frames.load(Relaxed);

@@ -6,7 +6,8 @@ import { defineConfig } from 'tsup';
 
 export default defineConfig([
   {
-    entry: { index: 'src/index.ts' },
+    entry: { index: 'src/index.ts', msgpack: 'src/msgpack.ts', fallback: 'src/fallback.ts', react: 'src/react.ts' },
+    external: ['react'],
     format: ['esm', 'cjs'],
     target: 'es2022',
     platform: 'neutral',
@@ -16,7 +17,7 @@ export default defineConfig([
     treeshake: true,
   },
   {
-    entry: { herald: 'src/index.ts' },
+    entry: { herald: 'src/global.ts' },
     format: ['iife'],
     globalName: 'Herald',
     target: 'es2020',

@@ -28,6 +28,8 @@ pub struct ConnectionInfo {
     pub remote_addr: String,
     /// The endpoint path.
     pub path: String,
+    /// `websocket`, `sse` or `stream`.
+    pub transport: &'static str,
     /// RFC 3339 connect time.
     pub connected_at: String,
     /// Subscribed channels.
@@ -103,6 +105,7 @@ pub async fn connections(State(node): State<Arc<Node>>, _admin: Admin, Query(que
                         user_id: s.user_id().map(|u| u.to_string()),
                         remote_addr: s.info.peer.to_string(),
                         path: s.info.path.clone(),
+                        transport: s.info.wire.transport.as_str(),
                         connected_at: humantime::format_rfc3339_millis(s.info.connected_at).to_string(),
                         channels: state.channels.iter().map(|c| c.to_string()).collect(),
                         rooms: state.rooms.iter().map(|r| r.to_string()).collect(),

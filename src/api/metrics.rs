@@ -70,7 +70,7 @@ fn describe() {
 }
 
 const GAUGES: &[(&str, &str)] = &[
-    ("herald_connections", "WebSocket connections open on this node."),
+    ("herald_connections", "Client connections open on this node, every transport (see herald_transport_connections)."),
     ("herald_authenticated_connections", "Open connections with a verified token."),
     ("herald_channel_subscriptions", "Channel subscriptions held by open connections."),
     ("herald_room_memberships", "Room memberships held by open connections."),
@@ -78,10 +78,11 @@ const GAUGES: &[(&str, &str)] = &[
     ("herald_writer_queue_depth", "Rows waiting for the store writer."),
     ("herald_broker_connected", "1 when the broker can move events between nodes, else 0."),
     ("herald_uptime_seconds", "Seconds since the node started."),
+    ("herald_transport_connections", "Open client connections by transport (websocket, sse, stream)."),
 ];
 
 const COUNTERS: &[(&str, &str)] = &[
-    ("herald_connections_total", "WebSocket connections accepted since start."),
+    ("herald_connections_total", "Client connections accepted since start, every transport."),
     ("herald_messages_in_total", "Messages received from clients."),
     ("herald_messages_out_total", "Frames sent to clients (deliveries and replies)."),
     ("herald_deliveries_total", "Events delivered to connections."),
@@ -104,13 +105,18 @@ const COUNTERS: &[(&str, &str)] = &[
     (
         "herald_connections_opened_total",
         "WebSocket connections opened, by endpoint path (the configured ones, /app/{key} for Pusher, other) \
-         and transport (json, msgpack, pusher).",
+         and transport (websocket, sse, stream, pusher).",
     ),
     ("herald_rate_limited_total", "Client messages refused by a rate limit."),
     ("herald_refused_connections_total", "Upgrades refused (limits, authentication, origin)."),
     ("herald_broker_malformed_total", "Broker messages that could not be read."),
     ("herald_stored_messages_total", "Chat messages committed to the store."),
     ("herald_stored_batches_total", "Store writer transactions committed."),
+    ("herald_transport_connections_total", "Client connections accepted, by transport (websocket, sse, stream)."),
+    (
+        "herald_transport_slow_consumer_disconnects_total",
+        "Slow-consumer disconnects (queue full), by transport (websocket, sse, stream).",
+    ),
     ("herald_server_closes_total", "Connections Herald closed, by reason (slow_consumer, idle, protocol_error)."),
 ];
 
@@ -163,6 +169,13 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     counter!("herald_broker_malformed_total").absolute(t.broker_malformed);
     counter!("herald_stored_messages_total").absolute(t.stored_messages);
     counter!("herald_stored_batches_total").absolute(t.stored_batches);
+    for transport in crate::hub::event::Transport::ALL {
+        let [open, accepted, slow] = t.by_transport[transport.index()];
+        let name = transport.as_str();
+        gauge!("herald_transport_connections", "transport" => name).set(open as f64);
+        counter!("herald_transport_connections_total", "transport" => name).absolute(accepted);
+        counter!("herald_transport_slow_consumer_disconnects_total", "transport" => name).absolute(slow);
+    }
     // The same closes by reason, for one query over all of them.
     for (reason, count) in [
         ("slow_consumer", t.slow_consumer_disconnects),

@@ -20,8 +20,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Request};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use http::StatusCode;
 use http::request::Parts;
 use serde_json::json;
@@ -33,6 +34,7 @@ use utoipa_axum::routes;
 use crate::config::EndpointKind;
 use crate::node::Node;
 use crate::transport::upgrade::{self, Endpoint};
+use crate::transport::{fallback, handshake};
 
 /// Default largest request body.
 pub(crate) const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
@@ -251,7 +253,13 @@ pub fn router_and_document(node: Arc<Node>) -> (Router, utoipa::openapi::OpenApi
 fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
     use tower_http::cors::{AllowOrigin, CorsLayer};
     let methods = [http::Method::GET, http::Method::POST, http::Method::DELETE, http::Method::OPTIONS];
-    let headers = [http::header::AUTHORIZATION, http::header::CONTENT_TYPE, http::HeaderName::from_static("x-api-key")];
+    let headers = [
+        http::header::AUTHORIZATION,
+        http::header::CONTENT_TYPE,
+        http::HeaderName::from_static("x-api-key"),
+        http::HeaderName::from_static(crate::transport::fallback::SESSION_KEY_HEADER),
+        http::HeaderName::from_static("last-event-id"),
+    ];
     let layer = CorsLayer::new().allow_methods(methods).allow_headers(headers);
     if origins.is_empty() || origins.iter().any(|o| o == "*") {
         layer.allow_origin(AllowOrigin::any())
@@ -264,13 +272,42 @@ fn route_endpoint(routes: Routes, endpoint: Endpoint) -> Routes {
     let path = endpoint.path.clone();
     let about = match endpoint.kind {
         EndpointKind::Stats => "The statistics stream (JSON without an upgrade)".to_string(),
-        kind => format!("WebSocket endpoint ({kind:?})"),
+        kind => format!("WebSocket endpoint ({kind:?}); SSE and NDJSON fallbacks without an upgrade"),
     };
+    let offered = fallback::offered(&endpoint);
     let endpoint = Arc::new(endpoint);
-    let handler = get(move |axum::extract::State(node): axum::extract::State<Arc<Node>>, request: Request| {
-        upgrade::handle(node, endpoint.clone(), request)
+    let get_endpoint = endpoint.clone();
+    let handler = get(move |State(node): State<Arc<Node>>, request: Request| {
+        endpoint_get(node, get_endpoint.clone(), offered, request)
     });
-    routes.serve(openapi::websocket(&path, &about, handler))
+    let routes = routes.serve(openapi::websocket(&path, &about, handler));
+    if !offered {
+        return routes;
+    }
+    let ticket_endpoint = endpoint.clone();
+    let tickets = post(move |State(node): State<Arc<Node>>, request: Request| {
+        let fallback = node.fallback.clone();
+        fallback::ticket(node, fallback, ticket_endpoint.clone(), request)
+    });
+    let sessions = post(move |State(node): State<Arc<Node>>, Path(id): Path<String>, request: Request| {
+        let fallback = node.fallback.clone();
+        fallback::command(node, fallback, endpoint.clone(), id, request)
+    });
+    routes
+        .serve(openapi::fallback_tickets(&format!("{path}/tickets"), tickets))
+        .serve(openapi::fallback_commands(&format!("{path}/sessions/{{id}}"), sessions))
+}
+
+/// A GET to an endpoint: a WebSocket upgrade, or an SSE / NDJSON fallback when asked for.
+async fn endpoint_get(node: Arc<Node>, endpoint: Arc<Endpoint>, offered: bool, request: Request) -> Response {
+    let params = upgrade::query_params(&request);
+    match fallback::wanted(request.headers(), &params).filter(|_| offered) {
+        Some(transport) if !handshake::is_upgrade(request.headers()) => {
+            let fallback = node.fallback.clone();
+            fallback::open(node, fallback, endpoint, request, transport).await
+        }
+        _ => upgrade::handle(node, endpoint, request).await,
+    }
 }
 
 async fn not_found(request: Request) -> ApiError {

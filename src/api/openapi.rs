@@ -153,15 +153,18 @@ pub fn websocket(path: &str, about: &str, method_router: MethodRouter<Arc<Node>>
     operation.summary = Some(about.into());
     operation.description = Some(
         "Opens a WebSocket (RFC 6455; permessage-deflate when offered and enabled). The messages are \
-         described by the AsyncAPI document (`docs/asyncapi.yaml`). Without upgrade headers the \
-         request is refused with 426 (a stats mount answers the statistics as JSON instead)."
+         described by the AsyncAPI document (`docs/asyncapi.yaml`). Without upgrade headers, \
+         `Accept: text/event-stream` or `?transport=sse` opens the same session as Server-Sent \
+         Events and `Accept: application/x-ndjson` or `?transport=stream` as NDJSON streaming \
+         (docs/fallback-transports.md); anything else is refused with 426 (a stats mount answers \
+         the statistics as JSON instead)."
             .into(),
     );
     operation.operation_id = Some(format!("websocket__{}", ident(path)));
     let responses = &mut operation.responses.responses;
     responses.insert("101".into(), RefOr::T(OaResponse::new("Switching Protocols: the WebSocket is open")));
     for (code, why) in [
-        ("200", "a stats mount asked without upgrade headers: the statistics"),
+        ("200", "an SSE or NDJSON session, or (a stats mount) the statistics"),
         ("400", "a malformed handshake"),
         ("401", "authentication required or failed"),
         ("403", "origin or address not allowed"),
@@ -175,6 +178,58 @@ pub fn websocket(path: &str, about: &str, method_router: MethodRouter<Arc<Node>>
     }
     operation.parameters = path_parameters(path);
     let item = PathItem::new(HttpMethod::Get, operation);
+    (Vec::new(), Paths::builder().path(path, item).build(), method_router)
+}
+
+/// `POST <endpoint>/tickets`: a one-time ticket for a fallback session (docs/fallback-transports.md).
+pub fn fallback_tickets(path: &str, method_router: MethodRouter<Arc<Node>>) -> UtoipaMethodRouter<Arc<Node>> {
+    let mut operation = Operation::new();
+    operation.tags = Some(vec!["websocket".into()]);
+    operation.summary = Some("A one-time ticket for an SSE / NDJSON session (`?ticket=` on the GET)".into());
+    operation.description = Some(
+        "Send the user's token as `Authorization: Bearer <token>`. The ticket works once, for 30 s or          until the token expires. See docs/fallback-transports.md."
+            .into(),
+    );
+    operation.operation_id = Some(format!("tickets__{}", ident(path)));
+    let body = OaResponse::builder()
+        .description("`{\"ticket\": \"…\", \"expires_in\": 30}`")
+        .content("application/json", Content::new(Some(utoipa::openapi::schema::Object::new())))
+        .build();
+    let responses = &mut operation.responses.responses;
+    responses.insert("200".into(), RefOr::T(body));
+    responses.insert("401".into(), error_response("no token, or a token that does not verify"));
+    responses.insert("503".into(), error_response("too many tickets outstanding"));
+    let item = PathItem::new(HttpMethod::Post, operation);
+    (Vec::new(), Paths::builder().path(path, item).build(), method_router)
+}
+
+/// `POST <endpoint>/sessions/{id}`: commands for a fallback session (docs/fallback-transports.md).
+pub fn fallback_commands(path: &str, method_router: MethodRouter<Arc<Node>>) -> UtoipaMethodRouter<Arc<Node>> {
+    let mut operation = Operation::new();
+    operation.tags = Some(vec!["websocket".into()]);
+    operation.summary = Some("Commands for an SSE / NDJSON session; replies arrive on its stream".into());
+    operation.description = Some(
+        "One JSON command, as a WebSocket client sends it, or several as NDJSON, with the session's          `X-Herald-Session-Key`. See docs/fallback-transports.md."
+            .into(),
+    );
+    operation.operation_id = Some(format!("commands__{}", ident(path)));
+    operation.parameters = path_parameters(path);
+    let protocol_error = |description: &str| {
+        RefOr::T(
+            OaResponse::builder()
+                .description(description)
+                .content("application/json", Content::new(Some(utoipa::openapi::schema::Object::new())))
+                .build(),
+        )
+    };
+    let responses = &mut operation.responses.responses;
+    responses.insert("202".into(), protocol_error("accepted (or forwarded to the session's node)"));
+    responses.insert("400".into(), protocol_error("not a JSON command: the protocol's error JSON"));
+    responses.insert("403".into(), error_response("wrong or missing X-Herald-Session-Key"));
+    responses.insert("404".into(), error_response("no such session"));
+    responses.insert("413".into(), protocol_error("a command over the endpoint's message size, or too many"));
+    responses.insert("429".into(), protocol_error("refused by the rate limits"));
+    let item = PathItem::new(HttpMethod::Post, operation);
     (Vec::new(), Paths::builder().path(path, item).build(), method_router)
 }
 

@@ -60,6 +60,9 @@ pub enum TokenError {
     /// `iss` or `aud` is not accepted, or a required claim is missing.
     #[error("token claims rejected: {0}")]
     Claims(String),
+    /// A fallback transport's one-time ticket is unknown, already used or expired.
+    #[error("unknown, used or expired ticket: ask for a new one")]
+    Ticket,
 }
 
 /// The latest expiry a token can carry (9999-12-31T23:59:59Z); later ones are clamped to it.

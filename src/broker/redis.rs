@@ -143,6 +143,9 @@ struct Control {
     /// A Pusher event to publish here, where its excluded socket lives.
     #[serde(default)]
     pusher_publish: Option<serde_json::Value>,
+    /// Commands POSTed on another node to a fallback session that lives here.
+    #[serde(default)]
+    fallback_command: Option<crate::transport::fallback::Forwarded>,
 }
 
 /// The Redis broker.
@@ -986,5 +989,8 @@ async fn control(node: &Arc<Node>, payload: &[u8]) {
     }
     if let Some(publish) = command.pusher_publish {
         crate::pusher::api::publish_forwarded(node, &publish).await;
+    }
+    if let Some(forwarded) = command.fallback_command {
+        node.fallback.deliver_forwarded(forwarded);
     }
 }

@@ -71,6 +71,66 @@ pub struct StreamPos {
     pub epoch: Arc<str>,
 }
 
+/// What carries a connection's messages: a WebSocket, or one of the HTTP fallbacks (see
+/// `transport::fallback`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// RFC 6455 frames.
+    #[default]
+    WebSocket,
+    /// Server-Sent Events: each message one `data:` event.
+    Sse,
+    /// HTTP streaming: each message one line of NDJSON.
+    Stream,
+}
+
+impl Transport {
+    /// The name clients and metrics see (`websocket`, `sse`, `stream`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+            Transport::Stream => "stream",
+        }
+    }
+
+    /// Every transport, in [`Transport::index`] order.
+    pub const ALL: [Transport; 3] = [Transport::WebSocket, Transport::Sse, Transport::Stream];
+
+    /// Its place in per-transport counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Wraps one JSON message for an HTTP fallback; `None` for WebSocket.
+    pub fn encode(self, json: &[u8]) -> Option<Bytes> {
+        match self {
+            Transport::WebSocket => None,
+            Transport::Sse => Some(sse_event(json)),
+            Transport::Stream => {
+                let mut out = Vec::with_capacity(json.len() + 1);
+                // A line per message: a raw newline inside would split it (JSON Herald builds
+                // has none, but a payload is whatever a publisher sent).
+                out.extend(json.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
+                out.push(b'\n');
+                Some(Bytes::from(out))
+            }
+        }
+    }
+}
+
+/// One Server-Sent Event carrying `json`: a `data:` line per line of it, then the blank line.
+fn sse_event(json: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(json.len() + 8);
+    for line in json.split(|&b| b == b'\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
 /// How a connection wants its frames: the variants of one event, each built at most once.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Wire {
@@ -78,16 +138,21 @@ pub struct Wire {
     pub msgpack: bool,
     /// permessage-deflate, when negotiated.
     pub deflate: Option<DeflateParams>,
+    /// WebSocket or an HTTP fallback (which never has MessagePack or deflate).
+    pub transport: Transport,
 }
 
 impl Wire {
-    /// JSON text, uncompressed: what every client gets unless it asked for more.
+    /// JSON text, uncompressed, over WebSocket: what every client gets unless it asked for more.
     pub fn is_plain(&self) -> bool {
-        !self.msgpack && self.deflate.is_none()
+        !self.msgpack && self.deflate.is_none() && self.transport == Transport::WebSocket
     }
 
     /// Encodes a message Herald built for one connection (a reply) in this wire format.
     pub fn encode(&self, json: &[u8], compression: &CompressionConfig) -> Bytes {
+        if let Some(bytes) = self.transport.encode(json) {
+            return bytes;
+        }
         self.encode_data(frame::OP_TEXT, json, compression)
     }
 
@@ -149,9 +214,10 @@ pub struct Event {
     /// encrypted too.
     pub sensitive: bool,
     text_frame: OnceLock<Bytes>,
-    /// Frames for connections that asked for positions, MessagePack or compression, indexed by
-    /// [`Event::variant`]; allocated only when such a connection receives the event.
-    variants: OnceLock<Box<[OnceLock<Bytes>; 8]>>,
+    /// Frames for connections that asked for positions, MessagePack or compression, or that use
+    /// an HTTP fallback, indexed as in [`Event::frame`]; allocated only when such a connection
+    /// receives the event.
+    variants: OnceLock<Box<[OnceLock<Bytes>; 12]>>,
 }
 
 /// What a notification is about, matched against each connection's `subscribe_notifications`
@@ -234,12 +300,19 @@ impl Event {
             Some(pos) => with_position(&self.payload, pos),
             None => self.payload.clone(),
         };
-        let shared = wire.deflate.is_none_or(|d| d.server_bits == compression.server_max_window_bits);
-        if !shared {
-            return wire.encode(&payload(), compression);
-        }
-        let index =
-            usize::from(pos.is_some()) << 2 | usize::from(wire.msgpack) << 1 | usize::from(wire.deflate.is_some());
+        let index = match wire.transport {
+            // Fallbacks: one SSE and one NDJSON encoding per event, with and without position.
+            Transport::Sse | Transport::Stream => {
+                8 | usize::from(pos.is_some()) << 1 | usize::from(wire.transport == Transport::Stream)
+            }
+            Transport::WebSocket => {
+                let shared = wire.deflate.is_none_or(|d| d.server_bits == compression.server_max_window_bits);
+                if !shared {
+                    return wire.encode(&payload(), compression);
+                }
+                usize::from(pos.is_some()) << 2 | usize::from(wire.msgpack) << 1 | usize::from(wire.deflate.is_some())
+            }
+        };
         let variants = self.variants.get_or_init(Default::default);
         variants[index].get_or_init(|| wire.encode(&payload(), compression)).clone()
     }
@@ -308,10 +381,12 @@ mod tests {
         event.stream.set(pos).unwrap();
         let deflate = DeflateParams { server_bits: 15, client_no_context_takeover: true };
         for wire in [
-            Wire { msgpack: false, deflate: None },
-            Wire { msgpack: true, deflate: None },
-            Wire { msgpack: false, deflate: Some(deflate) },
-            Wire { msgpack: true, deflate: Some(deflate) },
+            Wire { msgpack: false, deflate: None, transport: Transport::WebSocket },
+            Wire { msgpack: true, deflate: None, transport: Transport::WebSocket },
+            Wire { msgpack: false, deflate: Some(deflate), transport: Transport::WebSocket },
+            Wire { msgpack: true, deflate: Some(deflate), transport: Transport::WebSocket },
+            Wire { transport: Transport::Sse, ..Default::default() },
+            Wire { transport: Transport::Stream, ..Default::default() },
         ] {
             for seq in [false, true] {
                 let a = event.frame(seq, &wire, &compression);
@@ -320,6 +395,18 @@ mod tests {
             }
         }
         assert_eq!(event.frame(false, &Wire::default(), &compression).as_ptr(), event.text_frame().as_ptr());
+    }
+
+    #[test]
+    fn fallback_encodings() {
+        let event = Event::new(Target::default(), Bytes::from_static(br#"{"a":1}"#));
+        let sse = Wire { transport: Transport::Sse, ..Default::default() };
+        let ndjson = Wire { transport: Transport::Stream, ..Default::default() };
+        let compression = CompressionConfig::default();
+        assert_eq!(&event.frame(false, &sse, &compression)[..], b"data: {\"a\":1}\n\n");
+        assert_eq!(&event.frame(false, &ndjson, &compression)[..], b"{\"a\":1}\n");
+        assert_eq!(&sse_event(b"{\"a\":\r\n1}")[..], b"data: {\"a\":\ndata: 1}\n\n");
+        assert_eq!(&Transport::Stream.encode(b"{\"a\":\n1}").unwrap()[..], b"{\"a\": 1}\n");
     }
 
     #[test]

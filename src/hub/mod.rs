@@ -113,6 +113,13 @@ impl Hub {
         }
     }
 
+    /// Runs `f` on one shard's thread (starting a fallback session there, say).
+    pub(crate) async fn run_on(&self, shard: usize, f: shard::ShardCall) {
+        if let Some(handle) = self.shards.get(shard) {
+            let _ = handle.inbox.send(ShardMsg::Call(f)).await;
+        }
+    }
+
     /// Runs `f` on every shard and collects the results.
     pub async fn ask<T, F>(&self, f: F) -> Vec<T>
     where

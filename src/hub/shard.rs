@@ -147,9 +147,12 @@ impl Shard {
         }
         stats::bump(&counters.connections, 1);
         stats::bump(&counters.connections_total, 1);
+        let by_transport = &counters.by_transport[session.info.wire.transport.index()];
+        stats::bump(&by_transport[stats::by_transport::OPEN], 1);
+        stats::bump(&by_transport[stats::by_transport::ACCEPTED], 1);
         let (path, transport) = match session.info.kind {
-            EndpointKind::Pusher => (stats::PUSHER_ENDPOINT, 2),
-            _ => (session.info.path.as_str(), usize::from(session.info.wire.msgpack)),
+            EndpointKind::Pusher => (stats::PUSHER_ENDPOINT, stats::PUSHER_TRANSPORT),
+            _ => (session.info.path.as_str(), session.info.wire.transport.index()),
         };
         self.node().stats.endpoints.opened(path, transport);
         if session.is_authenticated() {
@@ -189,6 +192,8 @@ impl Shard {
             stats::drop_by(&counters.observers, 1);
         } else {
             stats::drop_by(&counters.connections, 1);
+            let by_transport = &counters.by_transport[session.info.wire.transport.index()];
+            stats::drop_by(&by_transport[stats::by_transport::OPEN], 1);
             if session.is_authenticated() {
                 stats::drop_by(&counters.authenticated, 1);
             }
@@ -381,7 +386,12 @@ impl Shard {
                     Some(tls) => ConnIo::Tls(Box::new(TlsIo::new(stream, tls))),
                     None => ConnIo::Tcp(stream),
                 };
-                self.spawn(crate::session::connect::run(self.clone(), io, leftover, plan));
+                self.spawn(crate::session::connect::run(
+                    self.clone(),
+                    io,
+                    crate::session::connect::Input::Socket(leftover),
+                    plan,
+                ));
             }
             Err(e) => tracing::warn!(error = %e, "could not register an upgraded socket"),
         }
@@ -452,7 +462,10 @@ impl Shard {
                 }
                 continue;
             }
-            if now.duration_since(session.last_seen.get()) > ws.idle_timeout {
+            // A fallback client has no way to send anything but commands: its liveness is its
+            // response body (a gone client ends it, a stalled one fills the queue).
+            let idle_checked = !matches!(session.io, ConnIo::Stream(_));
+            if idle_checked && now.duration_since(session.last_seen.get()) > ws.idle_timeout {
                 stats::bump(&self.counters().idle_disconnects, 1);
                 tracing::debug!(connection = %session.connection_id, "idle timeout");
                 let code = crate::pusher::protocol::close_for(session.info.kind, close_code::IDLE_TIMEOUT);
@@ -460,7 +473,7 @@ impl Shard {
                 continue;
             }
             if session.info.kind == EndpointKind::Events {
-                self.send_keepalive(&session, heartbeat.as_deref(), ping.as_ref());
+                self.send_keepalive(&session, heartbeat_due, heartbeat.as_deref(), ping.as_ref());
                 crate::session::check_expiry(self, &session, wall_clock);
             }
         }
@@ -469,14 +482,34 @@ impl Shard {
         self.counters().queued_frames.store(queued, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn send_keepalive(self: &Rc<Self>, session: &Rc<Session>, heartbeat: Option<&Event>, ping: Option<&Bytes>) {
+    fn send_keepalive(
+        self: &Rc<Self>,
+        session: &Rc<Session>,
+        due: bool,
+        heartbeat: Option<&Event>,
+        ping: Option<&Bytes>,
+    ) {
         if let Some(frame) = heartbeat.and_then(|h| session.frame_for(h, &self.node.config.compression)) {
             session.send(self, frame);
             stats::bump(&self.counters().replies, 1);
         }
-        if let Some(ping) = ping {
+        if let ConnIo::Stream(_) = &session.io {
+            // A comment line (SSE) or an empty line (NDJSON) keeps proxies from timing the
+            // response out; there are no ping frames over HTTP.
+            if due {
+                session.send(self, keepalive_line(session.info.wire.transport));
+            }
+        } else if let Some(ping) = ping {
             session.send(self, ping.clone());
         }
+    }
+}
+
+/// The keepalive of a fallback session, one shared allocation per transport.
+fn keepalive_line(transport: super::event::Transport) -> Bytes {
+    match transport {
+        super::event::Transport::Sse => Bytes::from_static(b":\n"),
+        _ => Bytes::from_static(b"\n"),
     }
 }
 

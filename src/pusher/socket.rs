@@ -142,6 +142,7 @@ pub async fn upgrade(node: Arc<Node>, key: String, mut request: Request) -> Resp
         wire,
         seq: false,
         pusher: Some(Box::new(opening)),
+        fallback: None,
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
     let shard = node.hub.pick_shard(|i| node.stats.shards[i].connections.load(Ordering::Relaxed));

@@ -56,6 +56,19 @@ pub struct ConnectPlan {
     pub seq: bool,
     /// For a Pusher connection: its app, or why it is refused.
     pub pusher: Option<Box<crate::pusher::socket::Opening>>,
+    /// For a fallback (SSE, NDJSON) session: its opening message and what it resumes.
+    pub fallback: Option<Box<crate::transport::fallback::Start>>,
+}
+
+/// Where a session's input comes from.
+pub(crate) enum Input {
+    /// Its socket, with what HTTP parsing read past the handshake.
+    Socket(Bytes),
+    /// A fallback session: commands POSTed to it, while it is registered under its id.
+    Commands(
+        tokio::sync::mpsc::Receiver<crate::transport::fallback::Command>,
+        crate::transport::fallback::Registration,
+    ),
 }
 
 /// Waits for hyper to finish the upgrade, then hands the socket to `shard`.
@@ -95,7 +108,7 @@ pub(crate) async fn hand_over(node: Arc<Node>, shard: usize, on_upgrade: OnUpgra
 }
 
 /// Runs a session on its shard until the connection ends.
-pub(crate) async fn run(shard: Rc<Shard>, io: ConnIo, leftover: Bytes, mut plan: ConnectPlan) {
+pub(crate) async fn run(shard: Rc<Shard>, io: ConnIo, input: Input, mut plan: ConnectPlan) {
     let node = shard.node();
     let id = node.next_connection.fetch_add(1, Ordering::Relaxed);
     let connection_id: Arc<str> = Arc::from(format!("{}-{id}", node.id));
@@ -114,6 +127,9 @@ pub(crate) async fn run(shard: Rc<Shard>, io: ConnIo, leftover: Bytes, mut plan:
     shard.register(&session);
     let user_ready = shard.bind_user(&session);
     tracing::debug!(connection = %session.connection_id, peer = %plan.peer, path = %plan.path, "connected");
+    if let Some(start) = &plan.fallback {
+        session.reply(&shard, &start.opening);
+    }
 
     let events = plan.kind == EndpointKind::Events && plan.rejection.is_none();
     if let Some(reason) = &plan.rejection {
@@ -131,7 +147,13 @@ pub(crate) async fn run(shard: Rc<Shard>, io: ConnIo, leftover: Bytes, mut plan:
         shard.spawn(crate::api::stats::stream(shard.clone(), session.clone()));
     }
     drop(plan);
-    reader::run(&shard, &session, leftover).await;
+    match input {
+        Input::Socket(leftover) => reader::run(&shard, &session, leftover).await,
+        Input::Commands(commands, registration) => {
+            reader::run_commands(&shard, &session, commands).await;
+            drop(registration);
+        }
+    }
     let rooms: Vec<Arc<str>> = session.state.borrow().rooms.iter().cloned().collect();
     shard.unregister(&session);
     if events {
@@ -147,22 +169,35 @@ pub(crate) async fn run(shard: Rc<Shard>, io: ConnIo, leftover: Bytes, mut plan:
 /// is live across the cluster, and the connection takes events only from then on, so a client
 /// always sees its welcome first.
 async fn start_events(shard: &Rc<Shard>, session: &Rc<Session>, plan: &ConnectPlan, user_ready: Option<InterestReady>) {
+    use crate::config::NameKind;
     let mut refused = Vec::new();
     let mut waits: Vec<InterestReady> = user_ready.into_iter().collect();
-    for channel in &plan.channels {
-        match handlers::channels::subscribe_one(shard, session, channel).await {
+    let resume = plan.fallback.as_ref().map_or(&[][..], |f| &f.resume[..]);
+    let since = |kind: NameKind, name: &str| {
+        resume.iter().find(|r| r.kind == kind && r.name == name).map(|r| (r.seq, r.epoch.clone()))
+    };
+    // What the URL names, then what a resumed session followed beyond it.
+    let extra = |kind: NameKind, planned: &[String]| -> Vec<String> {
+        resume.iter().filter(|r| r.kind == kind && !planned.contains(&r.name)).map(|r| r.name.clone()).collect()
+    };
+    let channels: Vec<String> = plan.channels.iter().cloned().chain(extra(NameKind::Channel, &plan.channels)).collect();
+    let rooms: Vec<String> = plan.rooms.iter().cloned().chain(extra(NameKind::Room, &plan.rooms)).collect();
+    let mut pending = Vec::new();
+    for (kind, name) in channels.iter().map(|c| (NameKind::Channel, c)).chain(rooms.iter().map(|r| (NameKind::Room, r)))
+    {
+        let joined = match kind {
+            NameKind::Channel => handlers::channels::subscribe_one(shard, session, name).await,
+            NameKind::Room => handlers::rooms::join_one(shard, session, name).await,
+        };
+        match joined {
             Ok(ready) => {
                 waits.extend(ready);
-                start_follow(shard, session, crate::config::NameKind::Channel, channel);
-            }
-            Err(e) => refused.push(e),
-        }
-    }
-    for room in &plan.rooms {
-        match handlers::rooms::join_one(shard, session, room).await {
-            Ok(ready) => {
-                waits.extend(ready);
-                start_follow(shard, session, crate::config::NameKind::Room, room);
+                match since(kind, name) {
+                    Some(since) => {
+                        pending.extend(handlers::streams::begin(shard, session, kind, name, true, Some(since)))
+                    }
+                    None => start_follow(shard, session, kind, name),
+                }
             }
             Err(e) => refused.push(e),
         }
@@ -180,10 +215,30 @@ async fn start_events(shard: &Rc<Shard>, session: &Rc<Session>, plan: &ConnectPl
     for error in refused {
         session.send_error(shard, &error, None);
     }
+    if !pending.is_empty() {
+        resume_streams(shard, session, pending).await;
+    }
     let mut rooms: Vec<Arc<str>> = session.state.borrow().rooms.iter().cloned().collect();
     rooms.sort();
     for room in rooms {
         handlers::presence::after_join(shard, session, &room).await;
+    }
+}
+
+/// Replays what a resumed fallback session missed: one `resumed` message reporting every
+/// stream's position (`recovered: false` is a gap history no longer covers, as on WebSocket),
+/// then the missed events of each stream, then its held live ones.
+async fn resume_streams(shard: &Rc<Shard>, session: &Rc<Session>, pending: Vec<handlers::streams::Pending>) {
+    let mut recoveries = Vec::with_capacity(pending.len());
+    let mut report = serde_json::Map::new();
+    for p in pending {
+        let recovery = handlers::streams::fetch(shard, &p).await;
+        report.insert(p.stream.to_string(), handlers::streams::report(&recovery, true));
+        recoveries.push((p, recovery));
+    }
+    session.reply(shard, &outbound::reply("resumed", json!({ "streams": report }), None));
+    for (p, recovery) in recoveries {
+        handlers::streams::finish(shard, session, &p, recovery);
     }
 }
 

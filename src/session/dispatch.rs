@@ -22,23 +22,26 @@ use crate::transport::frame::close_code;
 /// handler's own `RATE_LIMIT_EXCEEDED` (typing changes per room, …) counts as a refusal too, so
 /// every kind of flood ends in the same abuse disconnection.
 pub(crate) async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: Bytes) {
-    let node = shard.node();
     let parsed = Inbound::parse(&text);
     let kind = parsed.as_ref().ok().map(|m| m.kind.as_str());
     let id = parsed.as_ref().ok().and_then(|m| m.id.as_ref());
-    let label = type_label(node, kind);
     if !admit(shard, session, kind, id).await {
-        stats::count_message_type(shard.counters(), label, true);
+        stats::count_message_type(shard.counters(), type_label(shard.node(), kind), true);
         return;
     }
-    let message = match parsed {
-        Ok(message) => message,
+    match parsed {
+        Ok(message) => handle_admitted(shard, session, message).await,
         Err(e) => {
-            stats::count_message_type(shard.counters(), label, true);
+            stats::count_message_type(shard.counters(), kinds::INVALID, true);
             session.send_error(shard, &e, None);
-            return;
         }
-    };
+    }
+}
+
+/// Handles a message the rate limits have already admitted (see [`admit`]).
+pub(crate) async fn handle_admitted(shard: &Rc<Shard>, session: &Rc<Session>, message: Inbound) {
+    let node = shard.node();
+    let label = type_label(node, Some(&message.kind));
     // The label's index is the built-in's place in the table: one lookup serves both.
     let builtin = kinds::BUILT_IN.get(label).map(|(_, builtin)| *builtin);
     let result = match builtin {

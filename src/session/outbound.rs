@@ -16,9 +16,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::Session;
+use crate::hub::event::Transport;
 use crate::hub::shard::Shard;
 use crate::stats;
 use crate::transport::frame::{self, close_code};
+use crate::transport::io::{ConnIo, StreamFull, StreamIo};
 
 /// How long a closing connection may take to flush its close frame and answer it.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -98,6 +100,9 @@ impl Session {
     /// Queues a frame for this connection. Inside a fan-out batch the write is deferred to the
     /// end of the batch; otherwise it is attempted at once.
     pub fn send(self: &Rc<Self>, shard: &Shard, frame: Bytes) -> SendOutcome {
+        if let ConnIo::Stream(stream) = &self.io {
+            return self.send_stream(shard, stream, frame);
+        }
         let mut out = self.out.borrow_mut();
         if out.closing {
             return SendOutcome::Closed;
@@ -105,15 +110,7 @@ impl Session {
         let limits = &shard.node().config.websocket;
         if out.queue.len() >= limits.outbound_queue || out.queued_bytes + frame.len() > limits.outbound_queue_bytes {
             drop(out);
-            stats::bump(&shard.counters().slow_consumer_disconnects, 1);
-            crate::audit::forced_disconnect(
-                &self.connection_id,
-                self.user_id().as_deref(),
-                close_code::SLOW_CONSUMER,
-                "slow consumer: outbound queue full",
-            );
-            let code = crate::pusher::protocol::close_for(self.info.kind, close_code::SLOW_CONSUMER);
-            self.close_dropping_queue(shard, code, "slow consumer: outbound queue full");
+            self.slow_consumer(shard);
             return SendOutcome::SlowConsumer;
         }
         let was_idle = out.queue.is_empty() && !out.flusher;
@@ -143,6 +140,48 @@ impl Session {
             }
         }
         SendOutcome::Accepted
+    }
+
+    fn slow_consumer(self: &Rc<Self>, shard: &Shard) {
+        stats::bump(&shard.counters().slow_consumer_disconnects, 1);
+        let by_transport = &shard.counters().by_transport[self.info.wire.transport.index()];
+        stats::bump(&by_transport[stats::by_transport::SLOW], 1);
+        crate::audit::forced_disconnect(
+            &self.connection_id,
+            self.user_id().as_deref(),
+            close_code::SLOW_CONSUMER,
+            "slow consumer: outbound queue full",
+        );
+        let code = crate::pusher::protocol::close_for(self.info.kind, close_code::SLOW_CONSUMER);
+        self.close_dropping_queue(shard, code, "slow consumer: outbound queue full");
+    }
+
+    /// A fallback session's send: the frame (after an SSE `id:` line when the connection's
+    /// positions moved) into the bounded channel its response body drains.
+    fn send_stream(self: &Rc<Self>, shard: &Shard, stream: &StreamIo, frame: Bytes) -> SendOutcome {
+        if self.out.borrow().closing {
+            return SendOutcome::Closed;
+        }
+        let max_bytes = shard.node().config.websocket.outbound_queue_bytes;
+        let mut result = Ok(());
+        if self.info.wire.transport == Transport::Sse
+            && let Some(id) = crate::transport::fallback::position_id(&self.follows.borrow())
+            && stream.last_id.borrow().as_deref() != Some(id.as_str())
+        {
+            result = stream.push(Bytes::from(format!("id: {id}\n")), max_bytes);
+            *stream.last_id.borrow_mut() = Some(id);
+        }
+        match result.and_then(|()| stream.push(frame, max_bytes)) {
+            Ok(()) => SendOutcome::Accepted,
+            Err(StreamFull::Full) => {
+                self.slow_consumer(shard);
+                SendOutcome::SlowConsumer
+            }
+            Err(StreamFull::Closed) => {
+                self.abort();
+                SendOutcome::Closed
+            }
+        }
     }
 
     /// Writes as much of the queue as the socket takes now; starts a flusher for the rest.
@@ -189,6 +228,19 @@ impl Session {
             return;
         }
         out.closing = true;
+        if let ConnIo::Stream(stream) = &self.io {
+            // No closing handshake over HTTP: a last message says why, then the body ends.
+            drop(out);
+            if drop_queue {
+                // Nothing queued will be read: free the connection rather than wait for TCP.
+                stream.cut();
+            } else {
+                let last = serde_json::json!({ "type": "close", "code": code, "reason": reason }).to_string();
+                stream.end(self.info.wire.transport.encode(last.as_bytes()));
+            }
+            self.abort();
+            return;
+        }
         let keep = if drop_queue { usize::from(out.head_partial) } else { out.queue.len() };
         while out.queue.len() > keep {
             if let Some(dropped) = out.queue.pop_back() {
@@ -218,7 +270,10 @@ impl Session {
 
     /// Frames waiting to be written.
     pub fn queued(&self) -> usize {
-        self.out.borrow().len()
+        match &self.io {
+            ConnIo::Stream(stream) => stream.queued(),
+            _ => self.out.borrow().len(),
+        }
     }
 
     fn after_close_sent(&self) {

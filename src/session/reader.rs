@@ -127,6 +127,68 @@ pub(crate) async fn run(shard: &Rc<Shard>, session: &Rc<Session>, leftover: Byte
     }
 }
 
+/// A fallback session's input: the commands POSTed to it, each batch admitted by the rate
+/// limits (the POST learns the verdict: 202 or 429) and then handled in order, exactly as text
+/// frames are. Ends when the response body is gone (the client left) or the session is cut.
+pub(crate) async fn run_commands(
+    shard: &Rc<Shard>,
+    session: &Rc<Session>,
+    mut commands: tokio::sync::mpsc::Receiver<crate::transport::fallback::Command>,
+) {
+    use crate::transport::fallback::Verdict;
+    let crate::transport::io::ConnIo::Stream(stream) = &session.io else { return };
+    // A sender kept only to learn when the body's receiver is dropped.
+    let Some(watch) = stream.watch() else { return };
+    let mut gone = std::pin::pin!(watch.closed());
+    loop {
+        let next = std::future::poll_fn(|cx| {
+            if session.killed.get() || gone.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            match session.reader_waker.take() {
+                Some(waker) if waker.will_wake(cx.waker()) => session.reader_waker.set(Some(waker)),
+                _ => session.reader_waker.set(Some(cx.waker().clone())),
+            }
+            commands.poll_recv(cx)
+        })
+        .await;
+        let Some(command) = next else { break };
+        session.last_seen.set(Instant::now());
+        stats::bump(&shard.counters().messages_in, command.messages.len() as u64);
+        let mut admitted = Vec::with_capacity(command.messages.len());
+        let mut verdict = Verdict::Accepted;
+        for message in command.messages {
+            let allowed = match session.info.kind {
+                EndpointKind::Events => dispatch::admit(shard, session, Some(&message.kind), message.id.as_ref()).await,
+                _ => true,
+            };
+            if !allowed {
+                verdict = Verdict::RateLimited;
+                break;
+            }
+            admitted.push(message);
+        }
+        if session.is_closing() {
+            verdict = Verdict::Closed;
+        }
+        let _ = command.verdict.send(verdict);
+        for message in admitted {
+            if session.is_closing() {
+                break;
+            }
+            match session.info.kind {
+                EndpointKind::Events => Box::pin(dispatch::handle_admitted(shard, session, message)).await,
+                EndpointKind::Echo => {
+                    let text = serde_json::Value::Object(message.body).to_string();
+                    session.send(shard, session.info.wire.encode(text.as_bytes(), &shard.node().config.compression));
+                }
+                EndpointKind::Pusher | EndpointKind::Stats => {}
+            }
+        }
+    }
+    session.abort();
+}
+
 /// The echo of a data message as it came (never converted to MessagePack), compressed when the
 /// connection negotiated permessage-deflate.
 fn echo(shard: &Shard, session: &Session, opcode: u8, data: &[u8]) -> Bytes {

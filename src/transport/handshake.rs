@@ -12,7 +12,11 @@ const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeError {
     /// Not a WebSocket upgrade at all (a plain GET).
-    #[error("this endpoint speaks WebSocket; send an Upgrade: websocket request")]
+    #[error(
+        "this endpoint speaks WebSocket; send an Upgrade: websocket request, or use a fallback: \
+         Server-Sent Events (Accept: text/event-stream or ?transport=sse) or HTTP streaming \
+         (Accept: application/x-ndjson or ?transport=stream)"
+    )]
     NotUpgrade,
     /// Upgrade requested with a method other than GET.
     #[error("a WebSocket upgrade must use GET")]

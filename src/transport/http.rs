@@ -56,8 +56,11 @@ pub(crate) async fn serve<I>(io: I, peer: SocketAddr, router: axum::Router, limi
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let cut = ConnectionCut::default();
+    let cut_handle = cut.clone();
     let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(cut_handle.clone());
         let (router, limits) = (router.clone(), limits.clone());
         async move {
             let _place = match &limits.in_flight {
@@ -103,8 +106,26 @@ where
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    if let Err(e) = connection.await {
-        tracing::debug!(%peer, error = %e, "http connection ended with an error");
+    tokio::select! {
+        result = connection => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "http connection ended with an error");
+            }
+        }
+        // Dropping the connection closes the socket, whatever hyper still holds for it.
+        () = cut.0.cancelled() => tracing::debug!(%peer, "http connection cut"),
+    }
+}
+
+/// Cuts an HTTP connection at once (a response nobody reads: a fallback session closed as a
+/// slow consumer), found in each request's extensions.
+#[derive(Clone, Default)]
+pub struct ConnectionCut(tokio_util::sync::CancellationToken);
+
+impl ConnectionCut {
+    /// Closes the connection.
+    pub fn cut(&self) {
+        self.0.cancel();
     }
 }
 

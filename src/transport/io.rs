@@ -16,6 +16,97 @@ pub enum ConnIo {
     /// TLS: rustls driven by hand over the shard's own socket (sans-IO), so reads and writes stay
     /// non-blocking calls exactly as for plain TCP.
     Tls(Box<TlsIo>),
+    /// An HTTP fallback (SSE, NDJSON): frames go into a bounded channel that the response body
+    /// drains; there is nothing to read (commands arrive by POST).
+    Stream(Box<StreamIo>),
+}
+
+/// The shard's end of a fallback session's response body: a bounded channel of shared frames.
+///
+/// The queue bound is the WebSocket one (`websocket.outbound_queue` frames,
+/// `websocket.outbound_queue_bytes` bytes); a frame that does not fit makes the session a slow
+/// consumer, exactly as a full WebSocket queue does.
+pub struct StreamIo {
+    tx: RefCell<Option<tokio::sync::mpsc::Sender<bytes::Bytes>>>,
+    shared: std::sync::Arc<StreamShared>,
+    /// The last SSE `id:` sent (a position vector), so it is repeated only when it changes.
+    pub(crate) last_id: RefCell<Option<String>>,
+}
+
+/// What the shard and the response body share besides the channel.
+#[derive(Default)]
+pub struct StreamShared {
+    /// Bytes in the channel, not yet taken by the body.
+    pub queued_bytes: std::sync::atomic::AtomicUsize,
+    /// The last message (why the session closed), written after everything queued.
+    pub last: parking_lot::Mutex<Option<bytes::Bytes>>,
+    /// Cuts the HTTP connection carrying the response.
+    pub cut: Option<super::http::ConnectionCut>,
+}
+
+/// Why a frame could not be queued on a fallback session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFull {
+    /// The queue is at its bound.
+    Full,
+    /// The body is gone (the client left) or the session ended.
+    Closed,
+}
+
+impl StreamIo {
+    /// The shard's end of a channel whose receiver feeds the response body.
+    pub fn new(tx: tokio::sync::mpsc::Sender<bytes::Bytes>, shared: std::sync::Arc<StreamShared>) -> Self {
+        StreamIo { tx: RefCell::new(Some(tx)), shared, last_id: RefCell::new(None) }
+    }
+
+    /// Queues `frame` if the channel has room for it and the bytes stay within `max_bytes`.
+    pub fn push(&self, frame: bytes::Bytes, max_bytes: usize) -> Result<(), StreamFull> {
+        use std::sync::atomic::Ordering;
+        let tx = self.tx.borrow();
+        let Some(tx) = tx.as_ref() else { return Err(StreamFull::Closed) };
+        let len = frame.len();
+        if self.shared.queued_bytes.load(Ordering::Relaxed) + len > max_bytes {
+            return Err(StreamFull::Full);
+        }
+        self.shared.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        match tx.try_send(frame) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+                match e {
+                    tokio::sync::mpsc::error::TrySendError::Full(_) => Err(StreamFull::Full),
+                    tokio::sync::mpsc::error::TrySendError::Closed(_) => Err(StreamFull::Closed),
+                }
+            }
+        }
+    }
+
+    /// Ends the body after what is queued, with `last` as its final message.
+    pub fn end(&self, last: Option<bytes::Bytes>) {
+        if let Some(last) = last {
+            *self.shared.last.lock() = Some(last);
+        }
+        self.tx.borrow_mut().take();
+    }
+
+    /// Ends the response at once by closing its connection: for a client that does not read,
+    /// whose queued frames and socket buffers would otherwise stay until TCP gives up.
+    pub fn cut(&self) {
+        self.tx.borrow_mut().take();
+        if let Some(cut) = &self.shared.cut {
+            cut.cut();
+        }
+    }
+
+    /// Frames in the channel, not yet taken by the body.
+    pub fn queued(&self) -> usize {
+        self.tx.borrow().as_ref().map_or(0, |tx| tx.max_capacity() - tx.capacity())
+    }
+
+    /// A handle whose `closed()` resolves when the body is dropped (the client went away).
+    pub fn watch(&self) -> Option<tokio::sync::mpsc::Sender<bytes::Bytes>> {
+        self.tx.borrow().clone()
+    }
 }
 
 /// A TLS session and its socket.
@@ -126,6 +217,7 @@ impl ConnIo {
                 }
             },
             ConnIo::Tls(tls) => tls.poll_read(cx, buf),
+            ConnIo::Stream(_) => Poll::Pending,
         }
     }
 
@@ -139,6 +231,8 @@ impl ConnIo {
         match self {
             ConnIo::Tcp(stream) => stream.try_write_vectored(bufs),
             ConnIo::Tls(tls) => tls.try_write_vectored(bufs),
+            // Fallback sessions queue through `StreamIo::push`, never through here.
+            ConnIo::Stream(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 
@@ -165,13 +259,14 @@ impl ConnIo {
                     other => return Poll::Ready(other),
                 }
             },
+            ConnIo::Stream(_) => Poll::Ready(Err(io::ErrorKind::Unsupported.into())),
         }
     }
 
     /// Flushes data buffered below Herald (TLS records); a no-op for TCP.
     pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            ConnIo::Tcp(_) => Poll::Ready(Ok(())),
+            ConnIo::Tcp(_) | ConnIo::Stream(_) => Poll::Ready(Ok(())),
             ConnIo::Tls(tls) => loop {
                 tls.flush_records(&mut tls.tls.borrow_mut())?;
                 if !tls.tls.borrow().wants_write() {
@@ -187,7 +282,7 @@ impl ConnIo {
     /// Whether encrypted bytes are still waiting below Herald's queue.
     pub fn has_buffered_output(&self) -> bool {
         match self {
-            ConnIo::Tcp(_) => false,
+            ConnIo::Tcp(_) | ConnIo::Stream(_) => false,
             ConnIo::Tls(tls) => tls.tls.borrow().wants_write(),
         }
     }
@@ -213,6 +308,10 @@ impl ConnIo {
         let _ = match self {
             ConnIo::Tcp(stream) => socket2::SockRef::from(stream).shutdown(how),
             ConnIo::Tls(tls) => socket2::SockRef::from(&tls.tcp).shutdown(how),
+            ConnIo::Stream(stream) => {
+                stream.end(None);
+                Ok(())
+            }
         };
     }
 }

@@ -2,9 +2,10 @@
 //! and the socket abstraction that lets a shard write to many connections in one pass.
 
 pub mod deflate;
+pub mod fallback;
 pub mod frame;
 pub mod handshake;
-pub(crate) mod http;
+pub mod http;
 pub mod io;
 pub(crate) mod listener;
 pub mod tls;

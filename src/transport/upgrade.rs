@@ -76,8 +76,16 @@ pub fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// How a connection proves who it is.
+pub(crate) enum Credential {
+    /// A token (or none) found in the query, a header or the subprotocols.
+    Token(Option<String>),
+    /// A fallback transport's one-time ticket, already redeemed.
+    Ticket(Result<crate::auth::Verified, TokenError>),
+}
+
 /// The handler behind every WebSocket endpoint.
-pub async fn handle(node: Arc<Node>, endpoint: Arc<Endpoint>, mut request: Request) -> Response {
+pub async fn handle(node: Arc<Node>, endpoint: Arc<Endpoint>, request: Request) -> Response {
     if endpoint.kind == EndpointKind::Stats && !handshake::is_upgrade(request.headers()) {
         return crate::api::stats::stats(axum::extract::State(node)).await;
     }
@@ -91,78 +99,15 @@ pub async fn handle(node: Arc<Node>, endpoint: Arc<Endpoint>, mut request: Reque
             return response;
         }
     };
-    if node.shutdown.is_cancelled() {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "SHUTTING_DOWN",
-            "server shutting down; connect to another node",
-        );
-    }
-    let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>().copied() else {
-        return refuse(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "peer address unknown");
-    };
-    let client_ip = client_ip(&node.config, peer.ip(), request.headers());
-    if let Err(origin) = check_origin(&node.config, request.headers()) {
-        refused(&node);
-        audit::authentication_failed(&client_ip.to_string(), &endpoint.path, &format!("origin {origin:?} not allowed"));
-        return refuse(StatusCode::FORBIDDEN, "ORIGIN_NOT_ALLOWED", &format!("origin {origin:?} is not allowed"));
-    }
-    let cap = node.limits.config().max_connections;
-    // Statistics streams are not clients, but they hold sockets all the same: they count here.
-    let totals = node.stats.totals();
-    if cap > 0 && totals.connections + totals.observers >= cap as u64 {
-        refused(&node);
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "TOO_MANY_CONNECTIONS", "Too many connections");
-    }
-    let params: HashMap<String, String> =
-        request.uri().query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
-    let mut plan = match plan(&endpoint, &params, peer, node.auth.believes_claimed_ids(endpoint.auth)) {
-        Ok(plan) => plan,
-        Err(message) => return refuse(StatusCode::BAD_REQUEST, "INVALID_NAME", &message),
-    };
-    plan.client_ip = client_ip;
-
-    // Who is connecting.
+    let params = query_params(&request);
     let presented = auth::presented(request.headers(), &params, &upgrade.protocols);
-    let verdict = match (endpoint.auth, &presented.token) {
-        (AuthMode::Off, _) => Ok(None),
-        (AuthMode::Optional, None) => Ok(None),
-        (AuthMode::Required, None) => Err(TokenError::Missing),
-        (_, Some(token)) => node.auth.verify(token).map(Some),
+    let (parts, body) = request.into_parts();
+    let prepared = prepare(&node, &endpoint, &parts, &params, Credential::Token(presented.token)).await;
+    let mut request = Request::from_parts(parts, body);
+    let mut plan = match prepared {
+        Ok(plan) => plan,
+        Err(response) => return response,
     };
-    match verdict {
-        Ok(Some(verified)) => {
-            plan.user = Some(verified.identity);
-            plan.expires_at = Some(verified.expires_at);
-        }
-        Ok(None) if endpoint.auth != AuthMode::Off => plan.user = None,
-        Ok(None) => {}
-        Err(e) => {
-            refused(&node);
-            audit::authentication_failed(&client_ip.to_string(), &endpoint.path, &e.to_string());
-            if node.auth.config().reject == RejectStyle::Http {
-                return refuse(StatusCode::UNAUTHORIZED, "AUTHENTICATION_FAILED", &e.to_string());
-            }
-            plan.user = None;
-            plan.rejection = Some(e.to_string());
-            plan.channels.clear();
-            plan.rooms.clear();
-        }
-    }
-
-    // How many connections this address and this user already have.
-    if plan.rejection.is_none() {
-        let user = plan.user.as_ref().filter(|u| u.verified).map(|u| u.id.clone());
-        match node.limits.acquire_connection(&node, client_ip, user.clone()).await {
-            Ok(permit) => plan.permit = Some(permit),
-            Err(e) => {
-                refused(&node);
-                audit::limit(&client_ip.to_string(), user.as_deref(), &e.to_string());
-                return refuse(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT_EXCEEDED", &e.to_string());
-            }
-        }
-    }
-
     let protocol =
         presented.protocol.or_else(|| upgrade.protocols.iter().find(|p| PROTOCOLS.contains(&p.as_str())).cloned());
     plan.wire.msgpack = protocol.as_deref() == Some("herald.msgpack");
@@ -176,6 +121,101 @@ pub async fn handle(node: Arc<Node>, endpoint: Arc<Endpoint>, mut request: Reque
     let shard = node.hub.pick_shard(|i| node.stats.shards[i].connections.load(Ordering::Relaxed));
     tokio::spawn(crate::session::connect::hand_over(node.clone(), shard, on_upgrade, plan));
     handshake::switching_protocols::<Body>(&upgrade.key, protocol.as_deref(), extension.as_deref())
+}
+
+/// The request's query parameters.
+pub(crate) fn query_params(request: &Request) -> HashMap<String, String> {
+    request.uri().query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
+}
+
+/// Everything every transport decides before a connection starts: the node takes connections,
+/// the origin is allowed, the node cap, the plan from the endpoint and query, who it is, and its
+/// place under the per-address and per-user caps. `Err` is the refusal to answer.
+pub(crate) async fn prepare(
+    node: &Arc<Node>,
+    endpoint: &Endpoint,
+    request: &http::request::Parts,
+    params: &HashMap<String, String>,
+    credential: Credential,
+) -> Result<ConnectPlan, Response> {
+    if node.shutdown.is_cancelled() {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SHUTTING_DOWN",
+            "server shutting down; connect to another node",
+        ));
+    }
+    let Some(ConnectInfo(peer)) = request.extensions.get::<ConnectInfo<SocketAddr>>().copied() else {
+        return Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "peer address unknown"));
+    };
+    let client_ip = client_ip(&node.config, peer.ip(), &request.headers);
+    if let Err(origin) = check_origin(&node.config, &request.headers) {
+        refused(node);
+        audit::authentication_failed(&client_ip.to_string(), &endpoint.path, &format!("origin {origin:?} not allowed"));
+        return Err(refuse(StatusCode::FORBIDDEN, "ORIGIN_NOT_ALLOWED", &format!("origin {origin:?} is not allowed")));
+    }
+    let cap = node.limits.config().max_connections;
+    // Statistics streams are not clients, but they hold sockets all the same: they count here.
+    let totals = node.stats.totals();
+    if cap > 0 && totals.connections + totals.observers >= cap as u64 {
+        refused(node);
+        return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "TOO_MANY_CONNECTIONS", "Too many connections"));
+    }
+    let mut plan = match plan(endpoint, params, peer, node.auth.believes_claimed_ids(endpoint.auth)) {
+        Ok(plan) => plan,
+        Err(message) => return Err(refuse(StatusCode::BAD_REQUEST, "INVALID_NAME", &message)),
+    };
+    plan.client_ip = client_ip;
+
+    // Who is connecting.
+    let verdict = match (endpoint.auth, credential) {
+        (AuthMode::Off, _) => Ok(None),
+        (_, Credential::Ticket(redeemed)) => redeemed.map(Some),
+        (AuthMode::Optional, Credential::Token(None)) => Ok(None),
+        (AuthMode::Required, Credential::Token(None)) => Err(TokenError::Missing),
+        (_, Credential::Token(Some(token))) => node.auth.verify(&token).map(Some),
+    };
+    match verdict {
+        Ok(Some(verified)) => {
+            plan.user = Some(verified.identity);
+            plan.expires_at = Some(verified.expires_at);
+        }
+        Ok(None) if endpoint.auth != AuthMode::Off => plan.user = None,
+        Ok(None) => {}
+        Err(e) => {
+            refused(node);
+            audit::authentication_failed(&client_ip.to_string(), &endpoint.path, &e.to_string());
+            if node.auth.config().reject == RejectStyle::Http {
+                return Err(refuse(StatusCode::UNAUTHORIZED, "AUTHENTICATION_FAILED", &e.to_string()));
+            }
+            plan.user = None;
+            plan.rejection = Some(e.to_string());
+            plan.channels.clear();
+            plan.rooms.clear();
+        }
+    }
+
+    // How many connections this address and this user already have.
+    if plan.rejection.is_none() {
+        let user = plan.user.as_ref().filter(|u| u.verified).map(|u| u.id.clone());
+        match node.limits.acquire_connection(node, client_ip, user.clone()).await {
+            Ok(permit) => plan.permit = Some(permit),
+            Err(e) => {
+                refused(node);
+                audit::limit(&client_ip.to_string(), user.as_deref(), &e.to_string());
+                return Err(refuse(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT_EXCEEDED", &e.to_string()));
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// The client's address of a request, as text (for audit records).
+pub(crate) fn peer_ip(node: &Node, request: &Request) -> String {
+    match request.extensions().get::<ConnectInfo<SocketAddr>>() {
+        Some(ConnectInfo(peer)) => client_ip(&node.config, peer.ip(), request.headers()).to_string(),
+        None => "unknown".into(),
+    }
 }
 
 fn refused(node: &Node) {
@@ -265,6 +305,7 @@ fn plan(
         wire: Default::default(),
         seq: matches!(params.get("seq").map(String::as_str), Some("1" | "true")),
         pusher: None,
+        fallback: None,
     })
 }
 

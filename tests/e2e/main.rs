@@ -6,6 +6,7 @@ mod cli;
 mod collab;
 mod common;
 mod core;
+mod fallback;
 mod hardening;
 mod nginx;
 mod openapi;

@@ -1,24 +1,12 @@
 //! The nginx example in front of three nodes: clients spread over nodes, events reach them all.
 
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
 
 use serde_json::json;
 
+use crate::common::nginx::{self, Nginx};
 use crate::common::redis::{RedisServer, free_port};
 use crate::common::{Herald, WAIT};
-
-struct Nginx {
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Runs `examples/nginx.conf` with its ports pointed at the test nodes.
 fn start_nginx(listen: u16, upstreams: &[u16]) -> Nginx {
@@ -28,28 +16,7 @@ fn start_nginx(listen: u16, upstreams: &[u16]) -> Nginx {
         conf = conf.replace(&format!("server 127.0.0.1:{default};"), &format!("server 127.0.0.1:{port};"));
     }
     conf = conf.replace("worker_processes auto;", "worker_processes 1;");
-    let dir = tempfile::tempdir().unwrap();
-    let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if is_root {
-        // Workers otherwise drop to an account that cannot write the private temp directory.
-        conf = format!("user root;\n{conf}");
-    }
-    let path = dir.path().join("nginx.conf");
-    std::fs::write(&path, conf).unwrap();
-    let error_log = dir.path().join("error.log");
-    let child = Command::new("nginx")
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(&path)
-        .arg("-e")
-        .arg(&error_log)
-        .args(["-g", "daemon off; pid nginx.pid;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("nginx must be installed (scripts/test installs nginx-light)");
-    Nginx { child, _dir: dir }
+    nginx::start(conf)
 }
 
 #[tokio::test]

@@ -126,9 +126,9 @@ async fn metrics_count_messages_by_type_and_connections_by_endpoint() {
         "herald_client_messages_refused_total{type=\"unknown\"} 1",
         "herald_client_messages_total{type=\"invalid\"} 1",
         "herald_client_messages_total{type=\"history\"} 0",
-        "herald_connections_opened_total{endpoint=\"/ws\",transport=\"json\"} 1",
-        "herald_connections_opened_total{endpoint=\"/ws/campaigns\",transport=\"json\"} 1",
-        "herald_connections_opened_total{endpoint=\"/ws\",transport=\"msgpack\"} 0",
+        "herald_connections_opened_total{endpoint=\"/ws\",transport=\"websocket\"} 1",
+        "herald_connections_opened_total{endpoint=\"/ws/campaigns\",transport=\"websocket\"} 1",
+        "herald_connections_opened_total{endpoint=\"/ws\",transport=\"sse\"} 0",
     ] {
         assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
     }

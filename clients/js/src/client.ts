@@ -6,10 +6,12 @@ import type {
   CloseInfo,
   HeraldMessage,
   StreamPosition,
+  Transport,
   WebSocketConstructor,
   WebSocketLike,
   WelcomeMessage,
 } from './types.js';
+import { RoomSubscription, Subscription, type SubscriptionHost } from './subscription.js';
 import { assertName, buildConnectUrl, channelsInUrl } from './url.js';
 
 /**
@@ -29,7 +31,7 @@ export interface ResumeOptions {
    */
   onOpen?: (context: {
     positions: ReadonlyMap<string, StreamPosition>;
-    client: HeraldClient;
+    client: HeraldClient<any>;
     reconnect: boolean;
   }) => void | Promise<unknown>;
 }
@@ -38,10 +40,38 @@ export interface ResumeOptions {
 export interface HeraldClientOptions {
   /** The endpoint, e.g. `wss://example.com/ws` (relative URLs resolve against the page in browsers). */
   url: string;
-  /** A token sent as the `token` query parameter. */
+  /** A token (a JWT), sent as `tokenIn` says. */
   token?: string;
-  /** Called before every connection attempt; its result is sent as `token` (wins over `token`). */
+  /**
+   * Called before every connection attempt (its result wins over `token`), and when Herald
+   * announces `token_expiring`: the new token then goes to Herald in band (`refresh_token`),
+   * without a reconnect.
+   */
   getToken?: () => string | Promise<string>;
+  /**
+   * How the token travels: `header` (`Authorization: Bearer`, for the `ws` package in Node),
+   * `protocol` (a `herald.token.<jwt>` WebSocket subprotocol, for browsers) or `url` (the `token`
+   * query parameter, where proxies log it: only for servers that read nothing else). Default:
+   * `header` in Node with a `WebSocket` option other than the global one, else `protocol`.
+   */
+  tokenIn?: 'header' | 'protocol' | 'url';
+  /** The same as `tokenIn: 'url'` (for servers that read only the `token` query parameter). */
+  tokenInUrl?: boolean;
+  /**
+   * The decoder of binary frames when the server chose `herald.msgpack` (offer it with
+   * `protocols: ['herald.msgpack']`): `decodeMsgpack` from `@herald/client/msgpack`, kept out of
+   * the core to keep it small.
+   */
+  msgpack?: (bytes: Uint8Array) => unknown;
+  /**
+   * The transports to try, in order: `'websocket'`, and `sse` (Server-Sent Events) and `stream`
+   * (chunked NDJSON) from `@herald/client/fallback` for networks whose proxies refuse WebSocket.
+   * The client moves to the next one after `fallbackAfter` attempts in a row that never opened,
+   * and keeps the one that works for the rest of the session. Default `['websocket']`.
+   */
+  transports?: ('websocket' | Transport)[];
+  /** Attempts in a row that never opened before the next transport is tried. Default 2. */
+  fallbackAfter?: number;
   /** Channels to subscribe to (restored on every reconnect, like later `subscribe` calls). */
   channels?: string[];
   /** Rooms to join (restored on every reconnect, like later `joinRoom` calls). */
@@ -94,6 +124,12 @@ export interface HeraldClientOptions {
 }
 
 /**
+ * The application's events per channel or room name, for typed subscriptions:
+ * `new HeraldClient<{ orders: OrderEvent; [room: `chat:${string}`]: ChatEvent }>(…)`.
+ */
+export type EventMap = object;
+
+/**
  * The client's state:
  * - `idle`: created, `connect()` not called yet;
  * - `connecting`: a connection attempt is in progress;
@@ -109,6 +145,8 @@ export interface OpenEvent {
   /** Whether an earlier connection of this client had opened. */
   reconnect: boolean;
   url: string;
+  /** `websocket`, `sse` or `stream`. */
+  transport: string;
 }
 
 /** Payload of the `ready` lifecycle event. */
@@ -228,7 +266,7 @@ function toList(names: string | readonly string[]): string[] {
  * await client.joinRoom('campaign:123');
  * ```
  */
-export class HeraldClient {
+export class HeraldClient<Events extends EventMap = Record<string, HeraldMessage>> {
   readonly #options: HeraldClientOptions;
   readonly #WebSocket: WebSocketConstructor;
   readonly #reconnect: ReconnectOptions | false;
@@ -236,12 +274,18 @@ export class HeraldClient {
   readonly #connectTimeoutMs: number;
   readonly #positions: PositionTracker;
   readonly #handlers = new Map<string, Set<Handler>>();
+  /** Subscription objects by stream key (`c:<channel>`, `r:<room>`). */
+  readonly #subs = new Map<string, Subscription<any>>();
+  #host: SubscriptionHost | undefined;
 
   // What the application asked for, restored on every connection.
   readonly #channels = new Set<string>();
   readonly #rooms = new Set<string>();
 
   #state: ConnectionState = 'idle';
+  /** Index into the transports; moves on after `fallbackAfter` failed attempts in a row. */
+  #transport = 0;
+  #failures = 0;
   #stopped = true;
   #ws: WebSocketLike | null = null;
   /** Incremented for every connection attempt and by close(); stale callbacks compare it. */
@@ -305,6 +349,17 @@ export class HeraldClient {
   /** The welcome of the current connection, if one arrived. */
   get welcome(): WelcomeMessage | undefined {
     return this.#welcome;
+  }
+
+  /** The subprotocol the server chose for the current connection (`herald.json`, `herald.msgpack`), if any. */
+  get protocol(): string | undefined {
+    return this.#ws?.protocol || undefined;
+  }
+
+  /** The name of the transport of the current (or next) connection. */
+  get transport(): string {
+    const t = this.#transports()[this.#transport] ?? 'websocket';
+    return typeof t === 'string' ? t : t.name;
   }
 
   /** The server's id for the current connection. */
@@ -373,6 +428,7 @@ export class HeraldClient {
       }
     }
     this.#state = 'closed';
+    this.#subsLost();
     const error = new HeraldError(ClientErrorCode.CLOSED, 'client closed', { closeCode: validCode });
     this.#rejectAll(error, () => true);
     this.#rejectReadyWaiters(error);
@@ -467,12 +523,41 @@ export class HeraldClient {
     });
   }
 
+  /**
+   * The subscription object of a channel (one per name): `subscribe()` it, listen to its events
+   * (`sub.on('event', …)` or by message type), read its `history()`. Events reach it when they
+   * name it (see README, "Subscriptions").
+   */
+  channel<K extends keyof Events & string>(name: K): Subscription<Events[K]>;
+  channel(name: string): Subscription<HeraldMessage>;
+  channel(name: string): Subscription<unknown> {
+    return this.#sub('channel', name);
+  }
+
+  /** The subscription object of a room: a channel's API plus `presence()`, `join`/`leave` and `publish()`. */
+  room<K extends keyof Events & string>(name: K): RoomSubscription<Events[K]>;
+  room(name: string): RoomSubscription<HeraldMessage>;
+  room(name: string): RoomSubscription<unknown> {
+    return this.#sub('room', name) as RoomSubscription<unknown>;
+  }
+
+  /**
+   * Drops a subscription object (after unsubscribing it): `channel()` / `room()` then make a new
+   * one. Objects are otherwise kept, so one can be subscribed again with its handlers.
+   */
+  removeSubscription(sub: Subscription<any>): void {
+    if (sub.state !== 'unsubscribed') void sub.unsubscribe().catch(noop);
+    const key = `${sub.kind[0]}:${sub.name}`;
+    if (this.#subs.get(key) === sub) this.#subs.delete(key);
+  }
+
   /** Unsubscribes from channels: forgets them and tells the server. Resolves with `unsubscribed`. */
   unsubscribe(channels: string | readonly string[]): Promise<HeraldMessage> {
     const names = this.#checkNames('channel', channels);
     for (const c of names) {
       this.#channels.delete(c);
       this.#positions.delete(`c:${c}`);
+      this.#subs.get(`c:${c}`)?.setState('unsubscribed', {});
     }
     return this.#intent({ type: 'unsubscribe', channels: names }, noop);
   }
@@ -492,7 +577,63 @@ export class HeraldClient {
     const [name] = this.#checkNames('room', room) as [string];
     this.#rooms.delete(name);
     this.#positions.delete(`r:${name}`);
+    this.#subs.get(`r:${name}`)?.setState('unsubscribed', {});
     return this.#intent({ type: 'leave_room', room: name }, noop);
+  }
+
+  #sub(kind: 'channel' | 'room', name: string): Subscription<unknown> {
+    assertName(kind, name);
+    const key = `${kind[0]}:${name}`;
+    let sub = this.#subs.get(key);
+    if (sub === undefined) {
+      this.#host ??= {
+        request: (message) => this.request(message),
+        add: (k, n) => (k === 'channel' ? this.subscribe(n) : this.joinRoom(n)),
+        remove: (k, n) => (k === 'channel' ? this.unsubscribe(n) : this.leaveRoom(n)),
+        timeoutMs: this.#requestTimeoutMs,
+        report: (error) => this.#emit('error', error),
+      };
+      sub = kind === 'channel' ? new Subscription(this.#host, kind, name) : new RoomSubscription(this.#host, kind, name);
+      this.#subs.set(key, sub);
+    }
+    return sub;
+  }
+
+  /** Subscription objects that are confirmed go back to `subscribing` (the connection is gone). */
+  #subsLost(): void {
+    for (const sub of this.#subs.values()) {
+      if (sub.state === 'subscribed') sub.setState('subscribing', { reconnect: true });
+    }
+  }
+
+  /** Refreshes the token in band after `token_expiring`, before the server's deadline. */
+  async #refreshToken(gen: number, message: HeraldMessage): Promise<void> {
+    const getToken = this.#options.getToken;
+    if (getToken === undefined) return;
+    try {
+      const token = await getToken();
+      if (gen !== this.#gen) return;
+      const type = typeof message.refresh_with === 'string' ? message.refresh_with : 'refresh_token';
+      await this.#enqueue({ type, token }, this.#requestTimeoutMs, true);
+    } catch (cause) {
+      if (gen !== this.#gen) return;
+      this.#emit(
+        'error',
+        cause instanceof HeraldError ? cause : new HeraldError(ClientErrorCode.TOKEN_ERROR, 'getToken failed', { cause }),
+      );
+    }
+  }
+
+  #transports(): ('websocket' | Transport)[] {
+    return this.#options.transports ?? ['websocket'];
+  }
+
+  /** How the token travels on this client (see `tokenIn`). */
+  #tokenIn(): 'header' | 'protocol' | 'url' {
+    if (this.#options.tokenInUrl === true) return 'url';
+    if (this.#options.tokenIn !== undefined) return this.#options.tokenIn;
+    const g = globalThis as { process?: { versions?: { node?: string } }; WebSocket?: unknown };
+    return typeof g.process?.versions?.node === 'string' && this.#WebSocket !== g.WebSocket ? 'header' : 'protocol';
   }
 
   // ------------------------------------------------------------------------------------------
@@ -534,16 +675,29 @@ export class HeraldClient {
       // With positions to recover, channels go in `subscribe` requests (which can carry them),
       // not in the URL (which cannot).
       const recovering = this.#options.recover === true && this.#positions.size > 0;
+      const tokenIn = this.#tokenIn();
       const built = buildConnectUrl(this.#options.url, {
         channels: recovering ? new Set<string>() : this.#channels,
-        token,
+        token: tokenIn === 'url' ? token : undefined,
         clientId: this.#options.clientId,
         userId: this.#options.userId === undefined ? undefined : String(this.#options.userId),
         params: this.#options.recover === true ? { ...params, seq: '1' } : params,
       });
       url = built.url;
       this.#urlChannels = new Set(built.urlChannels);
-      ws = new this.#WebSocket(url, this.#options.protocols);
+      let protocols = this.#options.protocols;
+      if (token !== undefined && tokenIn === 'protocol') {
+        // The server must pick one of the offered protocols, so a real one goes first.
+        protocols = [...toList(protocols ?? 'herald.json'), `herald.token.${token}`];
+      }
+      const transport = this.#transports()[this.#transport] ?? 'websocket';
+      ws =
+        transport !== 'websocket'
+          ? transport.open(url, token)
+          : token !== undefined && tokenIn === 'header'
+            ? new this.#WebSocket(url, protocols, { headers: { Authorization: `Bearer ${token}` } })
+            : new this.#WebSocket(url, protocols);
+      if ('binaryType' in ws) ws.binaryType = 'arraybuffer';
     } catch (cause) {
       // A URL the WebSocket implementation refuses will be refused every time: stop.
       const error =
@@ -566,7 +720,8 @@ export class HeraldClient {
       this.#pinged = false;
       this.#armWatchdog(gen);
       const reconnect = this.#opened > 1;
-      this.#emit('open', { reconnect, url });
+      this.#failures = 0;
+      this.#emit('open', { reconnect, url, transport: this.transport });
       if (gen === this.#gen) void this.#restore(gen, reconnect);
     };
     ws.onmessage = (event: { data: unknown }) => {
@@ -606,8 +761,11 @@ export class HeraldClient {
       const recover = this.#recoverFor('c', missing);
       const subscribe: OutgoingMessage = { type: 'subscribe', channels: missing, ...this.#seqField() };
       if (recover !== undefined) subscribe.recover = recover;
-      steps.push(this.#restoreStep(gen, subscribe, () => {
-        for (const c of missing) this.#channels.delete(c);
+      steps.push(this.#restoreStep(gen, subscribe, (error) => {
+        for (const c of missing) {
+          this.#channels.delete(c);
+          this.#subs.get(`c:${c}`)?.refused(error);
+        }
       }));
     }
     if (extra.length > 0) steps.push(this.#restoreStep(gen, { type: 'unsubscribe', channels: extra }, noop));
@@ -615,7 +773,10 @@ export class HeraldClient {
       const join: OutgoingMessage = { type: 'join_room', room, ...this.#seqField() };
       const recover = this.#recoverFor('r', [room]);
       if (recover !== undefined) join.recover = recover[room];
-      steps.push(this.#restoreStep(gen, join, () => this.#rooms.delete(room)));
+      steps.push(this.#restoreStep(gen, join, (error) => {
+        this.#rooms.delete(room);
+        this.#subs.get(`r:${room}`)?.refused(error);
+      }));
     }
     // Without other requests, a ping: its reply proves the server has registered the connection
     // (and its URL subscriptions), so events published after `ready` reach it.
@@ -631,6 +792,10 @@ export class HeraldClient {
     const waiters = this.#readyWaiters;
     this.#readyWaiters = [];
     for (const waiter of waiters) waiter.resolve();
+    for (const [key, sub] of this.#subs) {
+      const wanted = key[0] === 'c' ? this.#channels.has(sub.name) : this.#rooms.has(sub.name);
+      if (wanted && sub.state === 'subscribing') sub.setState('subscribed', undefined);
+    }
     this.#emit('ready', ready);
   }
 
@@ -680,13 +845,13 @@ export class HeraldClient {
   }
 
   /** One restore request; a server refusal drops the name from the desired set and is reported. */
-  async #restoreStep(gen: number, message: OutgoingMessage, forget: () => void): Promise<void> {
+  async #restoreStep(gen: number, message: OutgoingMessage, forget: (error: HeraldError) => void): Promise<void> {
     try {
       await this.#enqueue(message, this.#requestTimeoutMs, true);
     } catch (error) {
       if (gen !== this.#gen) return;
       if (error instanceof HeraldError && error.isServerError) {
-        forget();
+        forget(error);
         this.#emit(
           'error',
           new HeraldError(error.code, `restoring ${JSON.stringify(message)} was refused: ${error.message}`, {
@@ -716,6 +881,14 @@ export class HeraldClient {
     );
     // Nothing from this attempt (a late getToken, a stale socket callback) may act any more.
     const current = ++this.#gen;
+    const transports = this.#transports();
+    // A token service that fails says nothing about the transport.
+    const transportFailed = !opened && info.reason !== 'getToken failed';
+    if (transportFailed && transports.length > 1 && ++this.#failures >= (this.#options.fallbackAfter ?? 2)) {
+      this.#failures = 0;
+      this.#transport = (this.#transport + 1) % transports.length;
+    }
+    this.#subsLost();
     if (this.#stopped) return;
     const byDefault = defaultShouldReconnect(info, { canRefreshToken: this.#options.getToken !== undefined });
     let retry = this.#reconnect !== false && (this.#options.shouldReconnect?.(info, byDefault) ?? byDefault);
@@ -811,18 +984,18 @@ export class HeraldClient {
   // ------------------------------------------------------------------------------------------
 
   #receive(data: unknown): void {
-    let text: string;
-    if (typeof data === 'string') text = data;
-    else if (data instanceof ArrayBuffer || ArrayBuffer.isView(data)) text = new TextDecoder().decode(data as ArrayBuffer);
-    else {
-      this.#emit('error', new HeraldError(ClientErrorCode.INVALID_FRAME, 'received a frame that is not text'));
-      return;
-    }
     let message: unknown;
     try {
-      message = JSON.parse(text);
+      if (typeof data === 'string') message = JSON.parse(data);
+      else if (data instanceof ArrayBuffer || ArrayBuffer.isView(data)) {
+        const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+        // Binary frames are MessagePack when `herald.msgpack` was negotiated, JSON otherwise.
+        if (this.#ws?.protocol !== 'herald.msgpack') message = JSON.parse(new TextDecoder().decode(bytes));
+        else if (this.#options.msgpack !== undefined) message = this.#options.msgpack(bytes);
+        else throw new Error('herald.msgpack was negotiated but no `msgpack` decoder was given');
+      } else throw new Error('not text or binary');
     } catch (cause) {
-      this.#emit('error', new HeraldError(ClientErrorCode.INVALID_FRAME, 'received a frame that is not JSON', { cause }));
+      this.#emit('error', new HeraldError(ClientErrorCode.INVALID_FRAME, 'received a frame that could not be decoded', { cause }));
       return;
     }
     if (!isMessage(message)) {
@@ -853,8 +1026,18 @@ export class HeraldClient {
       // An error that answers no request of ours (e.g. for a message sent with `send`).
       this.#emit('error', HeraldError.fromReply(message));
     }
+    if (message.type === 'token_expiring') void this.#refreshToken(this.#gen, message);
     if (message.type !== 'error' && !LIFECYCLE_EVENTS.has(message.type)) this.#emit(message.type, message);
     this.#emit('*', message);
+    // Replies to requests are not events of a subscription.
+    if (pending === undefined && message.type !== 'error') {
+      const stream = typeof message.stream === 'string' && /^[cr]:/.test(message.stream) ? message.stream : undefined;
+      const room = typeof message.room === 'string' ? message.room : message.room_id;
+      const key =
+        stream ??
+        (typeof message.channel === 'string' ? `c:${message.channel}` : typeof room === 'string' ? `r:${room}` : undefined);
+      if (key !== undefined) this.#subs.get(key)?.deliver(message);
+    }
   }
 
   /** Creates a request; sends it now if possible, otherwise queues it until ready. */

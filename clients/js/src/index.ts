@@ -7,6 +7,7 @@ export {
   HeraldClient,
   LIFECYCLE_EVENTS,
   type CloseEvent,
+  type EventMap,
   type GapEvent,
   type ConnectionState,
   type HeraldClientOptions,
@@ -28,12 +29,23 @@ export {
 } from './backoff.js';
 export { CloseCode, defaultShouldReconnect, NO_RECONNECT_CODES } from './close-codes.js';
 export { ClientErrorCode, HeraldError } from './errors.js';
+export {
+  RoomSubscription,
+  Subscription,
+  type HistoryOptions,
+  type HistoryResult,
+  type PresenceEvent,
+  type PresenceMember,
+  type SubscriptionLifecycleEvents,
+  type SubscriptionState,
+} from './subscription.js';
 export { defaultStreamOf, PositionTracker, type StreamOf } from './positions.js';
 export { buildConnectUrl, nameProblem, MAX_NAME_BYTES, type ConnectUrl, type ConnectUrlParts } from './url.js';
 export type {
   CloseInfo,
   HeraldMessage,
   StreamPosition,
+  Transport,
   WebSocketConstructor,
   WebSocketLike,
   WelcomeMessage,

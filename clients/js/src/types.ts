@@ -26,12 +26,21 @@ export interface WebSocketLike {
   onmessage: ((event: any) => void) | null;
   onclose: ((event: any) => void) | null;
   onerror: ((event: any) => void) | null;
+  /** The negotiated subprotocol (`herald.msgpack` switches decoding to MessagePack). */
+  readonly protocol?: string;
+  /** Set to `arraybuffer` so that binary frames arrive as bytes in browsers. */
+  binaryType?: string;
   send(data: string): void;
   close(code?: number, reason?: string): void;
 }
 
 /** A WebSocket constructor (`globalThis.WebSocket`, or `WebSocket` from the `ws` package in Node). */
-export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+export type WebSocketConstructor = new (
+  url: string,
+  protocols?: string | string[],
+  /** Node's `ws` package: `{ headers }` carries `Authorization` (see `tokenIn`). */
+  options?: { headers?: Record<string, string> },
+) => WebSocketLike;
 
 /** How a connection ended. */
 export interface CloseInfo {
@@ -47,4 +56,13 @@ export interface CloseInfo {
 export interface StreamPosition {
   seq: number;
   epoch?: string | number;
+}
+
+/**
+ * A transport other than WebSocket (`sse` and `stream` from `@herald/client/fallback`): opens one
+ * connection to the endpoint `url` (the token goes in a header, never in the URL).
+ */
+export interface Transport {
+  readonly name: string;
+  open(url: string, token: string | undefined): WebSocketLike;
 }

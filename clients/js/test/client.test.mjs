@@ -271,7 +271,7 @@ async function scriptedServer(onMessage, onConnection = () => {}) {
   await new Promise((resolve) => server.once('listening', resolve));
   const connections = [];
   server.on('connection', (socket, request) => {
-    const conn = { socket, url: request.url, received: [], muted: false };
+    const conn = { socket, url: request.url, headers: request.headers, received: [], muted: false };
     connections.push(conn);
     server.emit('scripted-connection', conn);
     socket.on('message', (data) => {
@@ -419,7 +419,7 @@ describe('HeraldClient against a scripted server', () => {
     assert.deepEqual(reasons, ['connect timeout', 'getToken failed']);
     assert.ok(events.some(([t, e]) => t === 'error' && e.code === ClientErrorCode.TOKEN_ERROR));
     assert.equal(server.connections.length, 1);
-    assert.equal(new URL(server.connections[0].url, 'ws://x').searchParams.get('token'), 'token-3');
+    assert.equal(server.connections[0].headers?.authorization, 'Bearer token-3');
   });
 
   test('a policy close (1008) is not retried and connect() rejects', async () => {

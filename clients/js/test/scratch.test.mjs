@@ -43,12 +43,15 @@ const WebSocket = require(process.env.WS_MODULE);
 ${CLIENT_BODY}`;
 
 const TYPES_ESM = `import { HeraldClient, type HeraldClientOptions } from '@herald/client';
-const options: HeraldClientOptions = { url: 'ws://127.0.0.1:1/ws', channels: ['a'] };
+import { sse, stream } from '@herald/client/fallback';
+import { decodeMsgpack } from '@herald/client/msgpack';
+const options: HeraldClientOptions = { url: 'ws://127.0.0.1:1/ws', channels: ['a'], transports: ['websocket', sse, stream], msgpack: decodeMsgpack };
 export const client: HeraldClient = new HeraldClient(options);
 `;
 
 const TYPES_CJS = `import herald = require('@herald/client');
-const options: herald.HeraldClientOptions = { url: 'ws://127.0.0.1:1/ws' };
+import fallback = require('@herald/client/fallback');
+const options: herald.HeraldClientOptions = { url: 'ws://127.0.0.1:1/ws', transports: ['websocket', fallback.sse] };
 export const client: herald.HeraldClient = new herald.HeraldClient(options);
 `;
 
@@ -127,9 +130,9 @@ describe('the packed package in a scratch project', () => {
         const client = new window.Herald.HeraldClient({ url, channels: ['emails'] });
         window.opened = new Promise((resolveEvent) => client.on('email:opened', resolveEvent));
         await client.connect();
-        return client.state;
+        return [client.state, typeof window.Herald.sse.open, typeof window.Herald.decodeMsgpack];
       }, herald.wsUrl);
-      assert.equal(state, 'ready');
+      assert.deepEqual(state, ['ready', 'function', 'function'], 'the global build carries the fallbacks and msgpack');
       await herald.publish({ channel: 'emails', event: { type: 'email:opened', email_id: 8 } });
       const event = await within(page.evaluate(() => window.opened), 'the event in the page');
       assert.deepEqual(event, { type: 'email:opened', email_id: 8 });
@@ -137,6 +140,28 @@ describe('the packed package in a scratch project', () => {
       await browser.close();
       await web.close();
     }
+  });
+
+  test('the optional entry points resolve by import and by require', () => {
+    writeFileSync(
+      join(scratch, 'entries.mjs'),
+      `import { createRequire } from 'node:module';
+const require = createRequire(import.meta.url);
+const { sse, stream } = await import('@herald/client/fallback');
+const { decodeMsgpack } = await import('@herald/client/msgpack');
+if (sse.name !== 'sse' || stream.name !== 'stream') throw new Error('fallback');
+if (decodeMsgpack(new Uint8Array([0x81, 0xa1, 0x61, 0x01])).a !== 1) throw new Error('msgpack');
+if (require('@herald/client/fallback').sse.name !== 'sse') throw new Error('fallback (require)');
+if (typeof require('@herald/client/msgpack').decodeMsgpack !== 'function') throw new Error('msgpack (require)');
+// React is an optional peer, not installed here: the entry point resolves to its own file.
+if (!import.meta.resolve('@herald/client/react').endsWith('/dist/react.js')) throw new Error('react (import)');
+if (!require.resolve('@herald/client/react').endsWith('/dist/react.cjs')) throw new Error('react (require)');
+console.log('ok');
+`,
+    );
+    const result = spawnSync(process.execPath, ['entries.mjs'], { cwd: scratch, encoding: 'utf8' });
+    assert.equal(result.status, 0, result.stdout + result.stderr);
+    assert.equal(result.stdout.trim(), 'ok');
   });
 
   test('the types resolve for an ES module, a CommonJS module and the script-tag global', () => {

@@ -92,6 +92,8 @@ pub(crate) fn finish(shard: &Shard, session: &Rc<Session>, pending: &Pending, re
         for (seq, payload) in recovery.events {
             let event = Event::new(Target::default(), payload);
             let _ = event.stream.set(StreamPos { stream: pending.stream.clone(), seq, epoch: recovery.epoch.clone() });
+            // The position moves with each frame sent: an SSE session's `id:` line says so.
+            advance(session, pending, seq, &recovery.epoch);
             session.send(shard, event.frame(true, &session.info.wire, compression));
             last = seq;
         }
@@ -107,12 +109,20 @@ pub(crate) fn finish(shard: &Shard, session: &Rc<Session>, pending: &Pending, re
     // a gap history no longer holds) every held frame is live news and goes out in order.
     for (seq, frame) in held {
         if !resumed || seq > last {
+            advance(session, pending, seq, &recovery.epoch);
             session.send(shard, frame);
             last = seq;
         }
     }
     if let Some(follow) = session.follows.borrow_mut().get_mut(&pending.stream) {
         follow.last = follow.last.max(last);
+    }
+}
+
+fn advance(session: &Session, pending: &Pending, seq: u64, epoch: &Arc<str>) {
+    if let Some(follow) = session.follows.borrow_mut().get_mut(&pending.stream) {
+        follow.last = seq;
+        follow.epoch = Some(epoch.clone());
     }
 }
 

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod nginx;
 pub mod postgres;
 pub mod raw;
 pub mod redis;
