@@ -5,6 +5,7 @@
 //! every refusal is a 4xx with `{"success":false,"error":…,"code":…}`.
 
 pub mod admin;
+pub mod batch;
 pub mod health;
 pub mod history;
 pub mod ingest;
@@ -38,6 +39,13 @@ use crate::transport::{fallback, handshake};
 
 /// Default largest request body.
 pub(crate) const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// The largest body any route accepts (the batch route may allow more than the others), which
+/// is what the HTTP layer reads at most.
+pub(crate) fn largest_body(config: &crate::config::Config) -> usize {
+    let api = &config.api;
+    api.max_body_size.unwrap_or(DEFAULT_BODY_LIMIT).max(api.max_batch_bytes.unwrap_or(batch::DEFAULT_MAX_BYTES))
+}
 
 /// A refused or failed API request.
 #[derive(Debug)]
@@ -186,6 +194,7 @@ pub fn router_and_document(node: Arc<Node>) -> (Router, utoipa::openapi::OpenApi
         .serve(routes!(metrics::metrics))
         .serve(routes!(publish::publish))
         .serve(routes!(publish::broadcast))
+        .serve(batch_route(&node))
         .serve(routes!(stats::stats))
         .serve(openapi::at("/api/health", routes!(health::health)))
         .serve(routes!(ingest::post, ingest::recent))
@@ -247,6 +256,16 @@ pub fn router_and_document(node: Arc<Node>) -> (Router, utoipa::openapi::OpenApi
     let cors = cors(&node.config.server.allowed_origins);
     let router = router.fallback(not_found).layer(DefaultBodyLimit::max(body_limit)).layer(cors).with_state(node);
     (router, document)
+}
+
+/// `POST /api/publish/batch` with its state; the route checks `api.max_batch_bytes` itself, with
+/// a JSON 413, instead of the router-wide body limit.
+fn batch_route(node: &Node) -> utoipa_axum::router::UtoipaMethodRouter<Arc<Node>> {
+    let (schemas, paths, method_router) = routes!(batch::publish_batch);
+    let method_router = method_router
+        .layer::<_, std::convert::Infallible>(DefaultBodyLimit::disable())
+        .layer::<_, std::convert::Infallible>(axum::Extension(batch::BatchState::new(node)));
+    (schemas, paths, method_router)
 }
 
 /// CORS for browser callers of the API, from `server.allowed_origins` (empty or `*`: any origin).

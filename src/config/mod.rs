@@ -302,6 +302,16 @@ pub struct ApiConfig {
     pub local_admin_without_key: bool,
     /// Largest request body accepted, in bytes.
     pub max_body_size: Option<usize>,
+    /// Most events in one `POST /api/publish/batch` (default 1000); more is refused with 413.
+    pub max_batch_items: Option<usize>,
+    /// Largest body of one `POST /api/publish/batch`, in bytes (default 1 MiB); more is refused
+    /// with 413.
+    pub max_batch_bytes: Option<usize>,
+    /// How long a batch item's idempotency key is remembered, so that a retried batch publishes
+    /// it once (default 5 minutes).
+    #[serde(default, with = "duration::option")]
+    #[schemars(with = "Option<String>")]
+    pub idempotency_window: Option<Duration>,
     /// Addresses or CIDR ranges allowed to call admin routes; empty: any (with the key).
     #[schemars(with = "Vec<String>")]
     pub allowed_ips: NetList,

@@ -250,6 +250,16 @@ impl Event {
         event
     }
 
+    /// The same payload for other recipients, sharing `other`'s text frame, so that one event
+    /// sent to many targets (a batch item with `user_ids`) is framed once.
+    pub fn sharing(target: Target, other: &Event) -> Arc<Event> {
+        let mut event = Self::routed(target, other.payload.clone(), None, Route::Full);
+        if let Some(event) = Arc::get_mut(&mut event) {
+            let _ = event.text_frame.set(other.text_frame().clone());
+        }
+        event
+    }
+
     /// The same, not delivered to `exclude`.
     pub fn excluding(target: Target, payload: Bytes, exclude: ConnId) -> Arc<Event> {
         Self::routed(target, payload, Some(exclude), Route::Full)

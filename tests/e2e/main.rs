@@ -2,6 +2,7 @@
 
 mod api;
 mod badinput;
+mod batch;
 mod cli;
 mod collab;
 mod common;
