@@ -23,8 +23,12 @@ use crate::store::writer::Writer;
 pub struct Node {
     /// This node's name in a cluster.
     pub id: Arc<str>,
-    /// The validated configuration.
+    /// The validated configuration the node started with. Keys that a SIGHUP reload may change
+    /// (see [`crate::reload`]) are read from [`Node::live`] or from the part that owns them
+    /// (`auth`, `limits`).
     pub config: Arc<Config>,
+    /// The configuration in force: `config` with the live keys of the last reload.
+    pub(crate) live: arc_swap::ArcSwap<Config>,
     /// Shards and interest.
     pub hub: Hub,
     /// Cross-node transport.
@@ -71,6 +75,17 @@ pub enum PublishError {
 }
 
 impl Node {
+    /// The configuration in force, for the keys a reload may change (`api.key`, `api.allowed_ips`,
+    /// `ingest.*` credentials). One atomic load; no lock.
+    pub fn live(&self) -> Arc<Config> {
+        self.live.load_full()
+    }
+
+    /// Puts a reloaded configuration in force (see [`crate::reload::apply`]).
+    pub(crate) fn set_live(&self, config: Config) {
+        self.live.store(Arc::new(config));
+    }
+
     /// Resolves where an event goes and serializes it, applying the channel's rules (default
     /// `type`, broadcast to everyone, shape). This runs once per event, before the fan-out.
     pub fn prepare(&self, mut target: Target, event: Value) -> Result<(Target, Bytes), EventError> {

@@ -194,6 +194,58 @@ pub async fn disconnect_local(node: &Node, id: &str) -> bool {
     found.contains(&true)
 }
 
+/// Closes every connection of `user` on this node with 4001; returns how many there were.
+pub async fn disconnect_user_local(node: &Node, user: &str) -> usize {
+    let wanted: Arc<str> = Arc::from(user);
+    node.hub
+        .ask(move |shard| {
+            let mine: Vec<_> =
+                shard.all_sessions().into_iter().filter(|s| s.user_id().as_deref() == Some(&*wanted)).collect();
+            for session in &mine {
+                let code = crate::pusher::protocol::close_for(session.info.kind, close_code::DISCONNECTED_BY_ADMIN);
+                session.close(shard, code, "disconnected by an administrator");
+            }
+            mine.len()
+        })
+        .await
+        .into_iter()
+        .sum()
+}
+
+/// `DELETE …/users/{user}/connections`: closes every connection of a user with 4001, on every
+/// node. The other live nodes are asked on their control channels; each closes its own and
+/// logs how many, so the answer counts this node's connections and names the nodes asked.
+#[utoipa::path(delete, path = "/users/{user}/connections", tag = "admin", security(("api_key" = []), ("x_api_key" = [])),
+    params(("user" = String, Path, description = "the user id")),
+    responses((status = 200, description = "closed with 4001 here; every other live node asked to close its own",
+               body = schema::UserDisconnected)))]
+pub async fn disconnect_user(
+    State(node): State<Arc<Node>>,
+    admin: Admin,
+    Path(user): Path<String>,
+) -> Result<Response, ApiError> {
+    audit::admin_action(&admin.peer, "disconnect_user", &user);
+    let here = disconnect_user_local(&node, &user).await;
+    let mut asked = Vec::new();
+    if let Some(redis) = node.broker.redis().filter(|r| r.is_connected()) {
+        let nodes = redis.cluster_nodes().await.unwrap_or_default();
+        for other in nodes.iter().filter_map(|n| n["node"].as_str()).filter(|id| *id != &*node.id) {
+            if redis.send_control(other, &json!({ "disconnect_user": user })).await.unwrap_or(false) {
+                asked.push(other.to_string());
+            }
+        }
+    }
+    if here > 0 {
+        audit::forced_disconnect(
+            "-",
+            Some(&user),
+            close_code::DISCONNECTED_BY_ADMIN,
+            "disconnected by an administrator",
+        );
+    }
+    Ok(ok(json!({ "user_id": user, "disconnected": here, "nodes_asked": asked })))
+}
+
 /// `DELETE …/connections/{id}`: closes one connection with 4001, on whichever node holds it.
 #[utoipa::path(delete, path = "/connections/{id}", tag = "admin", security(("api_key" = []), ("x_api_key" = [])),
     params(("id" = String, Path, description = "`connection_id` from the listing")),

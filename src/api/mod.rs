@@ -90,22 +90,21 @@ impl FromRequestParts<Arc<Node>> for Admin {
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
         let client = peer.map(|ip| crate::transport::upgrade::client_ip(&node.config, ip, &parts.headers));
-        let allowed = &node.config.api.allowed_ips;
-        if !allowed.is_empty() {
-            let nets: Vec<ipnet::IpNet> = allowed.iter().filter_map(|a| crate::config::parse_net(a)).collect();
-            if !client.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))) {
-                let who = client.map(|ip| ip.to_string()).unwrap_or_default();
-                crate::audit::admin_action(&who, "refused", "address not in api.allowed_ips");
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "PERMISSION_DENIED",
-                    "this address may not use the admin API",
-                ));
-            }
+        // The key and addresses of the last reload.
+        let live = node.live();
+        let allowed = &live.api.allowed_ips;
+        if !allowed.is_empty() && !client.is_some_and(|ip| allowed.contains(&ip)) {
+            let who = client.map(|ip| ip.to_string()).unwrap_or_default();
+            crate::audit::admin_action(&who, "refused", "address not in api.allowed_ips");
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "PERMISSION_DENIED",
+                "this address may not use the admin API",
+            ));
         }
         let admin = Admin { peer: client.map(|ip| ip.to_string()).unwrap_or_default() };
         let presented = presented_key(&parts.headers);
-        match (&node.config.api.key, presented) {
+        match (&live.api.key, presented) {
             (Some(key), Some(given)) if bool::from(key.as_bytes().ct_eq(given.as_bytes())) => Ok(admin),
             (Some(_), Some(_)) => {
                 crate::audit::authentication_failed(&admin.peer, parts.uri.path(), "invalid API key");
@@ -149,14 +148,15 @@ pub(crate) fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
 /// request carries no forwarding header. A proxied request is never local, whatever the proxy's
 /// own address, because the proxy speaks for someone else.
 pub(crate) fn keyless_local(node: &Node, parts: &Parts) -> bool {
-    let api = &node.config.api;
+    let live = node.live();
+    let api = &live.api;
     if api.key.is_some() || !api.local_admin_without_key {
         return false;
     }
     let Some(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()) else {
         return false;
     };
-    let proxy = crate::transport::upgrade::trusted_proxies(&node.config).iter().any(|n| n.contains(&peer));
+    let proxy = node.config.server.trusted_proxies.contains(&peer);
     let forwarded = ["x-forwarded-for", "forwarded", "x-real-ip", "x-forwarded-host"]
         .iter()
         .any(|h| parts.headers.contains_key(*h));
@@ -214,6 +214,7 @@ pub fn router_and_document(node: Arc<Node>) -> (Router, utoipa::openapi::OpenApi
             .serve(mounted(prefix, routes!(presence::broadcast)))
             .serve(mounted(prefix, routes!(admin::connections)))
             .serve(mounted(prefix, routes!(admin::disconnect)))
+            .serve(mounted(prefix, routes!(admin::disconnect_user)))
             .serve(mounted(prefix, routes!(stats::detailed)))
             .serve(mounted(prefix, routes!(admin::shutdown)))
     };

@@ -558,6 +558,19 @@ pub struct Disconnected {
     node: Option<String>,
 }
 
+/// `DELETE …/users/{user}/connections`.
+#[derive(Serialize, ToSchema)]
+pub struct UserDisconnected {
+    /// Always `true`.
+    success: bool,
+    /// The user.
+    user_id: String,
+    /// Connections of the user closed on this node.
+    disconnected: u64,
+    /// The other live nodes asked to close theirs (through Redis).
+    nodes_asked: Vec<String>,
+}
+
 /// `POST /messages` (201; 202 `queued` for a batch answered before it is durable).
 #[derive(Serialize, ToSchema)]
 pub struct Ingested {

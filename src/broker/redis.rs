@@ -134,6 +134,9 @@ struct Envelope<'a> {
 #[derive(Deserialize)]
 struct Control {
     disconnect: Option<String>,
+    /// A user id: close all of that user's connections on this node.
+    #[serde(default)]
+    disconnect_user: Option<String>,
     /// `[app id, user id]`: close that Pusher user's connections on this node.
     #[serde(default)]
     pusher_terminate: Option<(String, String)>,
@@ -976,6 +979,10 @@ async fn control(node: &Arc<Node>, payload: &[u8]) {
     if let Some(id) = command.disconnect {
         let found = crate::api::admin::disconnect_local(node, &id).await;
         tracing::info!(connection = %id, found, "disconnect requested by another node");
+    }
+    if let Some(user) = command.disconnect_user {
+        let closed = crate::api::admin::disconnect_user_local(node, &user).await;
+        tracing::info!(user = %user, closed, "user disconnect requested by another node");
     }
     if let Some((app, user)) = command.pusher_terminate {
         crate::pusher::api::terminate_local(node, &app, &user).await;

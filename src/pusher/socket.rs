@@ -85,7 +85,7 @@ pub async fn upgrade(node: Arc<Node>, key: String, mut request: Request) -> Resp
     // Refusals after this point are in-band (`pusher:error`, then the protocol's close code),
     // which is how pusher-js learns whether to reconnect.
     let mut opening = Opening { app: None, refusal: None };
-    let cap = node.config.limits.max_connections;
+    let cap = node.limits.config().max_connections;
     let app = node.pusher.by_key(&key);
     opening.refusal = match (params.get("protocol").map(|p| p.parse::<u32>()), app) {
         (None, _) => Some((code::NO_PROTOCOL, "no protocol version given; pusher-js sends ?protocol=7".into())),
@@ -337,7 +337,7 @@ async fn subscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) 
     let hub: Arc<str> = Arc::from(app.hub_name(channel));
     let node = shard.node().clone();
     let already = session.state.borrow().channels.contains(&*hub);
-    let limit = node.config.limits.max_channels_per_connection;
+    let limit = node.limits.config().max_channels_per_connection;
     if !already && limit > 0 && session.state.borrow().channels.len() >= limit {
         return Err(refusal(format!("a connection may subscribe to at most {limit} channels")));
     }

@@ -14,6 +14,7 @@ mod openapi;
 mod ops;
 mod pusher;
 mod redis;
+mod reload;
 mod resilience;
 mod resume;
 mod security;
