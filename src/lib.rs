@@ -30,6 +30,7 @@ pub mod node;
 pub mod presence;
 pub mod protocol;
 pub mod pusher;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod stats;

@@ -18,6 +18,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use parking_lot::Mutex;
 
@@ -35,6 +36,8 @@ pub struct RateState {
     exempt: Option<DefaultDirectRateLimiter>,
     blocked_until: Option<Instant>,
     refusals: u32,
+    /// The [`Rates`] generation its limiters were made under.
+    generation: u64,
 }
 
 /// The verdict on one client message.
@@ -64,9 +67,8 @@ pub enum ConnectionRefused {
 
 /// Node-wide limit state.
 pub struct Limits {
-    config: LimitsConfig,
-    /// Per-minute and per-hour limiters keyed by user, when rates are limited at all.
-    per_user: Option<(Option<UserLimiter>, Option<UserLimiter>)>,
+    /// What a reload may replace, swapped whole so that the message path takes no lock.
+    rates: ArcSwap<Rates>,
     blocked_users: Mutex<HashMap<Arc<str>, Instant>>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     per_user_connections: Mutex<HashMap<Arc<str>, usize>>,
@@ -82,18 +84,43 @@ fn quota_hour(n: u32) -> Option<Quota> {
     NonZeroU32::new(n).map(Quota::per_hour)
 }
 
+/// The configured limits and the per-user limiters made for their rates.
+struct Rates {
+    config: Arc<LimitsConfig>,
+    /// Per-minute and per-hour limiters keyed by user, when rates are limited at all.
+    per_user: Option<Arc<(Option<UserLimiter>, Option<UserLimiter>)>>,
+    /// Told apart from the previous rates by a reload that changed a quota; a connection's own
+    /// limiters made under another generation are made again.
+    generation: u64,
+}
+
+impl Rates {
+    fn new(config: &LimitsConfig, generation: u64) -> Rates {
+        let limited = config.messages_per_minute > 0 || config.messages_per_hour > 0;
+        Rates {
+            per_user: limited.then(|| {
+                Arc::new((
+                    quota_minute(config.messages_per_minute).map(RateLimiter::keyed),
+                    quota_hour(config.messages_per_hour).map(RateLimiter::keyed),
+                ))
+            }),
+            config: Arc::new(config.clone()),
+            generation,
+        }
+    }
+
+    fn same_quotas(&self, config: &LimitsConfig) -> bool {
+        let old = &self.config;
+        (old.messages_per_minute, old.messages_per_hour, old.exempt_per_second)
+            == (config.messages_per_minute, config.messages_per_hour, config.exempt_per_second)
+    }
+}
+
 impl Limits {
     /// Limits as configured, shared through `cluster` when the node runs with Redis.
     pub fn new(config: &LimitsConfig, cluster: Option<Arc<RedisBroker>>) -> Limits {
-        let rates = config.messages_per_minute > 0 || config.messages_per_hour > 0;
         Limits {
-            per_user: rates.then(|| {
-                (
-                    quota_minute(config.messages_per_minute).map(RateLimiter::keyed),
-                    quota_hour(config.messages_per_hour).map(RateLimiter::keyed),
-                )
-            }),
-            config: config.clone(),
+            rates: ArcSwap::from_pointee(Rates::new(config, 0)),
             blocked_users: Mutex::new(HashMap::new()),
             per_ip: Mutex::new(HashMap::new()),
             per_user_connections: Mutex::new(HashMap::new()),
@@ -106,14 +133,48 @@ impl Limits {
         self.cluster.as_deref().filter(|r| r.is_connected())
     }
 
-    fn state<'a>(&self, state: &'a mut Option<Box<RateState>>) -> &'a mut RateState {
+    /// The limits in force: after a reload, the new ones.
+    pub fn config(&self) -> Arc<LimitsConfig> {
+        self.rates.load().config.clone()
+    }
+
+    /// Applies reloaded limits. New values apply to the next check: caps to the next connection,
+    /// subscription or join (connections and memberships over a lowered cap stay); changed rates
+    /// start each connection and user afresh under the new quota. Connection counts and blocks
+    /// in force are kept.
+    pub fn reload(&self, config: &LimitsConfig) {
+        let current = self.rates.load_full();
+        let next = if current.same_quotas(config) {
+            // The limiters and everyone's place in them stay; only the other values change.
+            Rates {
+                config: Arc::new(config.clone()),
+                per_user: current.per_user.clone(),
+                generation: current.generation,
+            }
+        } else {
+            Rates::new(config, current.generation + 1)
+        };
+        self.rates.store(Arc::new(next));
+    }
+
+    fn state<'a>(&self, rates: &Rates, state: &'a mut Option<Box<RateState>>) -> &'a mut RateState {
+        if state.as_ref().is_some_and(|s| s.generation != rates.generation) {
+            // Made under other quotas: its blocks and refusals stay, its windows start afresh.
+            if let Some(old) = state.as_mut() {
+                old.minute = quota_minute(rates.config.messages_per_minute).map(RateLimiter::direct);
+                old.hour = quota_hour(rates.config.messages_per_hour).map(RateLimiter::direct);
+                old.exempt = None;
+                old.generation = rates.generation;
+            }
+        }
         state.get_or_insert_with(|| {
             Box::new(RateState {
-                minute: quota_minute(self.config.messages_per_minute).map(RateLimiter::direct),
-                hour: quota_hour(self.config.messages_per_hour).map(RateLimiter::direct),
+                minute: quota_minute(rates.config.messages_per_minute).map(RateLimiter::direct),
+                hour: quota_hour(rates.config.messages_per_hour).map(RateLimiter::direct),
                 exempt: None,
                 blocked_until: None,
                 refusals: 0,
+                generation: rates.generation,
             })
         })
     }
@@ -121,12 +182,12 @@ impl Limits {
     /// Whether frames that are not valid messages (invalid JSON, no `type`) are rate limited:
     /// they are, whenever messages are, so garbage is never a free channel.
     pub fn counts_invalid(&self) -> bool {
-        self.per_user.is_some()
+        self.rates.load().per_user.is_some()
     }
 
     /// Whether `kind` is one of the rate-exempt types, which have their own per-second budget.
     pub fn is_exempt(&self, kind: &str) -> bool {
-        self.config.rate_exempt_types.iter().any(|t| t == kind)
+        self.rates.load().config.rate_exempt_types.iter().any(|t| t == kind)
     }
 
     /// Counts one message of a rate-exempt type against the connection's per-second budget.
@@ -135,66 +196,67 @@ impl Limits {
     /// its rate, at most one position per connection and room goes out per
     /// `presence.cursor_interval`, and a pointer moved fast must not get an honest client closed.
     pub fn check_exempt(&self, state: &mut Option<Box<RateState>>, kind: &str) -> RateDecision {
-        let Some(per_second) = NonZeroU32::new(self.config.exempt_per_second) else {
+        let rates = self.rates.load();
+        let Some(per_second) = NonZeroU32::new(rates.config.exempt_per_second) else {
             return RateDecision::Allowed;
         };
         if kind == "cursor_move" {
             return RateDecision::Allowed;
         }
-        let state = self.state(state);
+        let state = self.state(&rates, state);
         let budget = state.exempt.get_or_insert_with(|| RateLimiter::direct(Quota::per_second(per_second)));
         if budget.check().is_ok() {
             return RateDecision::Allowed;
         }
-        self.refuse(state, Duration::from_secs(1))
+        refuse(&rates, state, Duration::from_secs(1))
     }
 
     /// Records a refusal decided by a handler (its own bound, e.g. typing changes per room);
     /// true when the connection has now been refused often enough to be closed.
     pub fn note_refusal(&self, state: &mut Option<Box<RateState>>) -> bool {
-        let state = self.state(state);
-        matches!(self.refuse(state, Duration::from_secs(1)), RateDecision::Refused { disconnect: true, .. })
+        let rates = self.rates.load();
+        let state = self.state(&rates, state);
+        matches!(refuse(&rates, state, Duration::from_secs(1)), RateDecision::Refused { disconnect: true, .. })
     }
 
     /// Whether messages of `kind` are rate limited at all.
     pub fn counts(&self, kind: &str) -> bool {
-        self.per_user.is_some() && !self.config.rate_exempt_types.iter().any(|t| t == kind)
+        let rates = self.rates.load();
+        rates.per_user.is_some() && !rates.config.rate_exempt_types.iter().any(|t| t == kind)
     }
 
     /// Counts one message of a connection (and its user); `state` is the connection's own.
     pub async fn check_message(&self, state: &mut Option<Box<RateState>>, user: Option<&Arc<str>>) -> RateDecision {
         let now = Instant::now();
-        let state = self.state(state);
+        // Held across the Redis round trips below: a reload during them applies from the next
+        // message on. A guard, not a clone of the `Arc`: every shard counts messages here, and a
+        // shared reference count would be one cache line all of them write.
+        let rates = self.rates.load();
+        let state = self.state(&rates, state);
         let user_block = match user {
             Some(user) => self.user_blocked_until(user, now).await,
             None => None,
         };
         let blocked = state.blocked_until.into_iter().chain(user_block).filter(|until| *until > now).max();
         if let Some(until) = blocked {
-            return self.refuse(state, until - now);
+            return refuse(&rates, state, until - now);
         }
         let connection_ok = state.minute.as_ref().is_none_or(|l| l.check().is_ok())
             && state.hour.as_ref().is_none_or(|l| l.check().is_ok());
         let user_ok = match user {
-            Some(user) => self.user_message(user).await,
+            Some(user) => self.user_message(&rates, user).await,
             None => true,
         };
         if connection_ok && user_ok {
             state.refusals = 0;
             return RateDecision::Allowed;
         }
-        let until = now + self.config.block_duration;
+        let until = now + rates.config.block_duration;
         state.blocked_until = Some(until);
         if let Some(user) = user {
             self.block_user(user, until).await;
         }
-        self.refuse(state, self.config.block_duration)
-    }
-
-    fn refuse(&self, state: &mut RateState, retry_after: Duration) -> RateDecision {
-        state.refusals += 1;
-        let limit = self.config.disconnect_after_refusals;
-        RateDecision::Refused { retry_after, disconnect: limit > 0 && state.refusals >= limit }
+        refuse(&rates, state, rates.config.block_duration)
     }
 
     async fn user_blocked_until(&self, user: &Arc<str>, now: Instant) -> Option<Instant> {
@@ -217,7 +279,7 @@ impl Limits {
     }
 
     /// Counts a message of `user`; false once the user is over a rate.
-    async fn user_message(&self, user: &Arc<str>) -> bool {
+    async fn user_message(&self, rates: &Rates, user: &Arc<str>) -> bool {
         if let Some(redis) = self.shared() {
             // Fixed windows shared by all nodes: one round trip per message.
             let secs = crate::stats::unix_millis() / 1000;
@@ -229,16 +291,16 @@ impl Limits {
             pipe.cmd("INCR").arg(&hour_key).cmd("EXPIRE").arg(&hour_key).arg(7200).ignore();
             let Ok((minute, hour)) = redis.pipeline_as::<(u64, u64)>(&pipe).await else { return true };
             let over = |count: u64, limit: u32| limit > 0 && count > u64::from(limit);
-            return !over(minute, self.config.messages_per_minute) && !over(hour, self.config.messages_per_hour);
+            return !over(minute, rates.config.messages_per_minute) && !over(hour, rates.config.messages_per_hour);
         }
-        let Some((minute, hour)) = &self.per_user else { return true };
+        let Some((minute, hour)) = rates.per_user.as_deref() else { return true };
         minute.as_ref().is_none_or(|l| l.check_key(user).is_ok())
             && hour.as_ref().is_none_or(|l| l.check_key(user).is_ok())
     }
 
     /// Forgets idle per-user state; called once a second.
     pub fn housekeeping(&self) {
-        if let Some((minute, hour)) = &self.per_user {
+        if let Some((minute, hour)) = self.rates.load().per_user.as_deref() {
             for limiter in [minute, hour].into_iter().flatten() {
                 limiter.retain_recent();
             }
@@ -253,7 +315,8 @@ impl Limits {
         ip: IpAddr,
         user: Option<Arc<str>>,
     ) -> Result<ConnectionPermit, ConnectionRefused> {
-        let (ip_cap, user_cap) = (self.config.max_connections_per_ip, self.config.max_connections_per_user);
+        let config = self.config();
+        let (ip_cap, user_cap) = (config.max_connections_per_ip, config.max_connections_per_user);
         let user = user.filter(|_| user_cap > 0);
         let shared = self.shared().is_some();
         let mut permit = ConnectionPermit { limits: self.clone(), ip: None, user: None, shared };
@@ -358,6 +421,12 @@ impl Limits {
     }
 }
 
+fn refuse(rates: &Rates, state: &mut RateState, retry_after: Duration) -> RateDecision {
+    state.refusals += 1;
+    let limit = rates.config.disconnect_after_refusals;
+    RateDecision::Refused { retry_after, disconnect: limit > 0 && state.refusals >= limit }
+}
+
 /// A reserved connection slot; dropping it gives the slot back.
 pub struct ConnectionPermit {
     limits: Arc<Limits>,
@@ -377,6 +446,28 @@ impl Drop for ConnectionPermit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reload with another quota applies to a connection that already has its limiters; one
+    /// with the same quotas keeps its place in them.
+    #[test]
+    fn a_reloaded_quota_applies_to_existing_connections() {
+        let generous = LimitsConfig { exempt_per_second: 1000, ..LimitsConfig::default() };
+        let limits = Limits::new(&generous, None);
+        let mut state = None;
+        for _ in 0..3 {
+            assert_eq!(limits.check_exempt(&mut state, "typing_start"), RateDecision::Allowed);
+        }
+        // Same quotas, another cap: the budget already used stays used.
+        limits.reload(&LimitsConfig { max_connections: 7, ..generous.clone() });
+        assert_eq!(limits.config().max_connections, 7);
+        assert_eq!(state.as_ref().map(|s| s.generation), Some(0));
+        assert_eq!(limits.check_exempt(&mut state, "typing_start"), RateDecision::Allowed);
+        assert_eq!(state.as_ref().map(|s| s.generation), Some(0));
+
+        limits.reload(&LimitsConfig { exempt_per_second: 1, ..generous });
+        assert_eq!(limits.check_exempt(&mut state, "typing_start"), RateDecision::Allowed);
+        assert!(matches!(limits.check_exempt(&mut state, "typing_start"), RateDecision::Refused { .. }));
+    }
 
     #[test]
     fn exempt_types_are_not_counted() {

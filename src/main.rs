@@ -160,7 +160,14 @@ fn main() -> anyhow::Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async {
         let running = herald::server::start(config).await?;
-        tokio::spawn(reload_on_hangup(overrides, running.node.config.clone(), set_level));
+        // Listened for before the node says it is listening: a SIGHUP that came before the
+        // handler would end the process (the signal's default action).
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hangups) => {
+                tokio::spawn(reload_on_hangup(hangups, overrides, running.node.clone(), set_level));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; configuration reload is unavailable"),
+        }
         let addr = running.local_addr;
         let mounts = running.node.config.server.mounts.join(", ");
         let scheme = running.scheme;
@@ -183,21 +190,15 @@ fn main() -> anyhow::Result<()> {
 type SetLevel = Box<dyn Fn(&str) -> anyhow::Result<()> + Send + Sync>;
 
 /// On SIGHUP, reads the configuration again (same file, environment and flags) and applies what
-/// can change live: `log.level`. An invalid configuration is refused with the reasons and the
-/// node carries on unchanged; keys that changed but need a restart are named in the log.
+/// can change live (see `herald::reload`): limits, access rules, keys and credentials, and
+/// `log.level`. An invalid configuration is refused with the reasons and the node carries on
+/// unchanged; keys that changed but need a restart are named in the log and keep their value.
 async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
     overrides: Overrides,
-    mut current: std::sync::Arc<herald::config::Config>,
+    node: std::sync::Arc<herald::node::Node>,
     set_level: SetLevel,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; configuration reload is unavailable");
-            return;
-        }
-    };
     while hangups.recv().await.is_some() {
         let next = match config::load(&overrides) {
             Ok(next) => next,
@@ -206,20 +207,28 @@ async fn reload_on_hangup(
                 continue;
             }
         };
-        let changed = config::show::changed_keys(&current, &next);
-        if next.log.level != current.log.level
+        // The filter is checked before anything is swapped, so a bad level changes nothing.
+        let old_level = node.live().log.level.clone();
+        if next.log.level != old_level
             && let Err(e) = set_level(&next.log.level)
         {
-            tracing::error!(error = %e, "log.level could not be applied");
+            tracing::error!(error = %e, "configuration reload refused, nothing changed: log.level could not be applied");
+            continue;
         }
-        let (live, restart): (Vec<_>, Vec<_>) = changed.into_iter().partition(|key| key == "log.level");
-        tracing::info!(applied = ?live, needs_restart = ?restart, "configuration reloaded");
-        if !restart.is_empty() {
-            tracing::warn!(keys = ?restart, "these changes take effect after a restart");
+        match herald::reload::apply(&node, &next).await {
+            Ok(done) => {
+                tracing::info!(applied = ?done.applied, needs_restart = ?done.needs_restart, "configuration reloaded");
+                if !done.needs_restart.is_empty() {
+                    tracing::warn!(keys = ?done.needs_restart, "these changes need a restart; the old values stay in force");
+                }
+            }
+            Err(e) => {
+                if next.log.level != old_level {
+                    let _ = set_level(&old_level);
+                }
+                tracing::error!("configuration reload refused, nothing changed: {e}");
+            }
         }
-        let mut kept = (*current).clone();
-        kept.log.level = next.log.level;
-        current = std::sync::Arc::new(kept);
     }
 }
 

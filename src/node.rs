@@ -24,8 +24,12 @@ use crate::store::writer::Writer;
 pub struct Node {
     /// This node's name in a cluster.
     pub id: Arc<str>,
-    /// The validated configuration.
+    /// The validated configuration the node started with. Keys that a SIGHUP reload may change
+    /// (see [`crate::reload`]) are read from [`Node::live`] or from the part that owns them
+    /// (`auth`, `limits`).
     pub config: Arc<Config>,
+    /// The configuration in force: `config` with the live keys of the last reload.
+    pub(crate) live: arc_swap::ArcSwap<Config>,
     /// Shards and interest.
     pub hub: Hub,
     /// Cross-node transport.
@@ -72,6 +76,17 @@ pub enum PublishError {
 }
 
 impl Node {
+    /// The configuration in force, for the keys a reload may change (`api.key`, `api.allowed_ips`,
+    /// `ingest.*` credentials). One atomic load; no lock.
+    pub fn live(&self) -> Arc<Config> {
+        self.live.load_full()
+    }
+
+    /// Puts a reloaded configuration in force (see [`crate::reload::apply`]).
+    pub(crate) fn set_live(&self, config: Config) {
+        self.live.store(Arc::new(config));
+    }
+
     /// Resolves where an event goes and serializes it, applying the channel's rules (default
     /// `type`, broadcast to everyone, shape). This runs once per event, before the fan-out.
     pub fn prepare(&self, mut target: Target, event: Value) -> Result<(Target, Bytes), EventError> {
@@ -204,6 +219,10 @@ impl BrokerHandler for Node {
         if let Some(id) = command.disconnect {
             let found = self.hub.disconnect_local(&id).await;
             tracing::info!(connection = %id, found, "disconnect requested by another node");
+        }
+        if let Some(user) = command.disconnect_user {
+            let closed = self.hub.disconnect_user_local(&user).await;
+            tracing::info!(user = %user, closed, "user disconnect requested by another node");
         }
         if let Some((app, user)) = command.pusher_terminate {
             crate::pusher::api::terminate_local(self, &app, &user).await;

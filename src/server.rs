@@ -114,6 +114,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let pusher = crate::pusher::Pusher::new(&config.pusher, &id);
     // Parts with state shared by the cluster choose where it lives once, here.
     let redis_handle = broker.redis_handle();
+    let endpoint_paths: Vec<String> = crate::transport::upgrade::endpoints(&config)
+        .into_iter()
+        .map(|e| e.path)
+        .chain((!config.pusher.apps.is_empty()).then(|| crate::stats::PUSHER_ENDPOINT.to_string()))
+        .collect();
     let node = Arc::new(Node {
         id,
         rules: ChannelRules::new(&config.channels),
@@ -121,10 +126,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         limits: Arc::new(Limits::new(&config.limits, redis_handle.clone())),
         store: store.clone(),
         writer,
+        live: arc_swap::ArcSwap::from_pointee(config.clone()),
         config: Arc::new(config),
         hub,
         broker,
-        stats: Stats::new(shards),
+        stats: Stats::new(shards).with_endpoints(endpoint_paths),
         shutdown: CancellationToken::new(),
         next_connection: AtomicU64::new(1),
         presence: crate::presence::Presence::new(redis_handle.clone()),

@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, kinds};
 
 /// Adds `n` to a counter that only the calling thread writes.
 #[inline]
@@ -25,6 +25,17 @@ pub fn bump(counter: &AtomicU64, n: u64) {
 pub fn count_client_error(counters: &ShardCounters, code: ErrorCode) {
     bump(&counters.client_errors, 1);
     if let Some(counter) = counters.client_errors_by_code.get(code.index()) {
+        bump(counter, 1);
+    }
+}
+
+/// Counts one client message under its `type` label (`protocol::kinds::label`), and, when it was
+/// refused (an error reply or the rate limits), as refused too.
+pub fn count_message_type(counters: &ShardCounters, label: usize, refused: bool) {
+    if let Some(counter) = counters.messages_by_type.get(label) {
+        bump(counter, 1);
+    }
+    if refused && let Some(counter) = counters.refused_by_type.get(label) {
         bump(counter, 1);
     }
 }
@@ -83,6 +94,10 @@ pub struct ShardCounters {
     pub client_errors: AtomicU64,
     /// The same, per error code (`ErrorCode::index`).
     pub client_errors_by_code: [AtomicU64; ErrorCode::ALL.len()],
+    /// Client messages of the Herald protocol per `type` label (`protocol::kinds::label`).
+    pub messages_by_type: [AtomicU64; kinds::LABELS],
+    /// The same, refused (an error reply or the rate limits).
+    pub refused_by_type: [AtomicU64; kinds::LABELS],
     /// Client messages refused by the rate limits.
     pub rate_limited: AtomicU64,
     /// Frames queued but not yet written, summed over connections (gauge).
@@ -174,6 +189,12 @@ pub struct Totals {
     /// The same, per error code (`ErrorCode::index`); for metrics, not the JSON statistics.
     #[serde(skip)]
     pub client_errors_by_code: [u64; ErrorCode::ALL.len()],
+    /// Client messages per `type` label; for metrics.
+    #[serde(skip)]
+    pub messages_by_type: [u64; kinds::LABELS],
+    /// The same, refused; for metrics.
+    #[serde(skip)]
+    pub refused_by_type: [u64; kinds::LABELS],
     /// Per transport: open, accepted, slow-consumer disconnects (see
     /// [`ShardCounters::by_transport`]); for metrics.
     #[serde(skip)]
@@ -212,6 +233,56 @@ pub struct Stats {
     /// The same, as wall-clock time.
     pub started_at: SystemTime,
     history: Mutex<History>,
+    /// Connections opened per endpoint and transport.
+    pub endpoints: EndpointCounts,
+}
+
+/// The `transport` labels of `herald_connections_opened_total`: Herald's transports
+/// (`hub::event::Transport`, in its order) and the Pusher protocol.
+pub const TRANSPORTS: [&str; 4] = ["websocket", "sse", "stream", "pusher"];
+
+/// The index of `pusher` in [`TRANSPORTS`].
+pub const PUSHER_TRANSPORT: usize = 3;
+
+/// The `endpoint` label of the Pusher face (its paths carry an app key).
+pub const PUSHER_ENDPOINT: &str = "/app/{key}";
+
+/// Connections opened per configured endpoint path and transport: a closed set of labels
+/// decided at start-up (a path outside it is counted as `other`). Written at connect time from
+/// any shard, so these are shared atomics, never on the message path.
+#[derive(Debug, Default)]
+pub struct EndpointCounts {
+    paths: Vec<Box<str>>,
+    /// One row per path, then one for `other`.
+    counts: Vec<[AtomicU64; TRANSPORTS.len()]>,
+}
+
+impl EndpointCounts {
+    /// Counters for these endpoint paths.
+    pub fn new(paths: impl IntoIterator<Item = String>) -> EndpointCounts {
+        let mut paths: Vec<Box<str>> = paths.into_iter().map(String::into_boxed_str).collect();
+        paths.sort();
+        paths.dedup();
+        let counts = (0..=paths.len()).map(|_| Default::default()).collect();
+        EndpointCounts { paths, counts }
+    }
+
+    /// Counts a connection opened on `path` with transport `TRANSPORTS[transport]`.
+    pub fn opened(&self, path: &str, transport: usize) {
+        let row = self.paths.binary_search_by(|p| (**p).cmp(path)).unwrap_or(self.paths.len());
+        if let Some(counter) = self.counts.get(row).and_then(|row| row.get(transport)) {
+            counter.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// `(endpoint, transport, count)` for every label pair.
+    pub fn snapshot(&self) -> Vec<(&str, &'static str, u64)> {
+        let names = self.paths.iter().map(|p| &**p).chain(["other"]);
+        names
+            .zip(&self.counts)
+            .flat_map(|(path, row)| TRANSPORTS.iter().zip(row).map(move |(t, n)| (path, *t, n.load(Relaxed))))
+            .collect()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -229,7 +300,14 @@ impl Stats {
             started: Instant::now(),
             started_at: SystemTime::now(),
             history: Mutex::new(History::default()),
+            endpoints: EndpointCounts::default(),
         }
+    }
+
+    /// The same, counting connections per endpoint under these paths.
+    pub fn with_endpoints(mut self, paths: impl IntoIterator<Item = String>) -> Self {
+        self.endpoints = EndpointCounts::new(paths);
+        self
     }
 
     /// Sums every counter.
@@ -251,6 +329,12 @@ impl Stats {
             t.protocol_errors += s.protocol_errors.load(Relaxed);
             t.client_errors += s.client_errors.load(Relaxed);
             for (total, count) in t.client_errors_by_code.iter_mut().zip(&s.client_errors_by_code) {
+                *total += count.load(Relaxed);
+            }
+            for (total, count) in t.messages_by_type.iter_mut().zip(&s.messages_by_type) {
+                *total += count.load(Relaxed);
+            }
+            for (total, count) in t.refused_by_type.iter_mut().zip(&s.refused_by_type) {
                 *total += count.load(Relaxed);
             }
             for (total, counts) in t.by_transport.iter_mut().zip(&s.by_transport) {

@@ -107,8 +107,14 @@ impl History {
         !self.rules.is_empty()
     }
 
-    /// The settings of a channel's or room's history, if it has one (first matching entry).
+    /// The settings of a channel's or room's history, if it has one (first matching entry). A
+    /// Pusher app's channel is matched by the name its app knows: an entry covers that name in
+    /// Herald's protocol and in every app, each its own stream.
     pub fn settings(&self, kind: NameKind, name: &str) -> Option<Settings> {
+        let name = match kind {
+            NameKind::Room => name,
+            _ => crate::pusher::bare_channel(name).unwrap_or(name),
+        };
         self.rules
             .iter()
             .find(|r| r.kind == kind && crate::config::stream::pattern_matches(&r.pattern, name))
@@ -213,5 +219,7 @@ mod tests {
         assert_eq!(&*history.stream_for(&t(Some("jobs:1"), Some("order_1"))).unwrap().0, "c:jobs:1");
         assert_eq!(&*history.stream_for(&t(Some("other"), Some("order_1"))).unwrap().0, "r:order_1");
         assert!(history.stream_for(&t(Some("other"), None)).is_none());
+        let pusher = history.stream_for(&t(Some("\u{1f}p1001\u{1f}jobs:1"), None)).unwrap().0;
+        assert_eq!(&*pusher, "c:\u{1f}p1001\u{1f}jobs:1", "a Pusher app's channel is its own stream");
     }
 }

@@ -18,7 +18,7 @@ use serde_json::Value;
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
-use crate::config::UpstreamConfig;
+use crate::config::{LifecycleEvent, UpstreamConfig};
 use crate::node::Node;
 
 /// Lifecycle events waiting for the webhook; beyond this they are dropped.
@@ -137,10 +137,11 @@ impl Upstream {
     }
 
     /// Queues a lifecycle event (`connect`, `disconnect`, `join`, `leave`) if it is configured.
-    pub fn lifecycle(&self, node: &Node, event: &str, mut fields: Value) {
-        if !node.config.upstream.lifecycle.iter().any(|e| e == event) {
+    pub fn lifecycle(&self, node: &Node, event: LifecycleEvent, mut fields: Value) {
+        if !node.config.upstream.lifecycle.contains(&event) {
             return;
         }
+        let event = event.as_str();
         if let Some(map) = fields.as_object_mut() {
             map.insert("type".into(), Value::from(format!("herald.{event}")));
             map.insert("event".into(), Value::from(event));

@@ -32,6 +32,10 @@ pub struct ConnectionInfo {
     pub transport: &'static str,
     /// RFC 3339 connect time.
     pub connected_at: String,
+    /// The Pusher app of a Pusher connection (whose channels and user are then the app's own
+    /// names).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pusher_app: Option<String>,
     /// Subscribed channels.
     pub channels: Vec<String>,
     /// Joined rooms.
@@ -99,15 +103,20 @@ pub async fn connections(State(node): State<Arc<Node>>, _admin: Admin, Query(que
                 .take(wanted)
                 .map(|s| {
                     let state = s.state.borrow();
+                    // A Pusher connection's channels and user are listed by the names its app
+                    // knows, not by their hub names.
+                    let pusher = &shard.node().pusher;
+                    let named = |hub: &str| pusher.by_hub(hub).unwrap_or(hub).to_string();
                     ConnectionInfo {
                         connection_id: s.connection_id.to_string(),
                         client_id: s.info.client_id.clone(),
-                        user_id: s.user_id().map(|u| u.to_string()),
+                        user_id: s.user_id().map(|u| named(&u)),
                         remote_addr: s.info.peer.to_string(),
                         path: s.info.path.clone(),
                         transport: s.info.wire.transport.as_str(),
                         connected_at: humantime::format_rfc3339_millis(s.info.connected_at).to_string(),
-                        channels: state.channels.iter().map(|c| c.to_string()).collect(),
+                        pusher_app: s.pusher.borrow().as_ref().map(|c| c.app().config.id.clone()),
+                        channels: state.channels.iter().map(|c| named(c)).collect(),
                         rooms: state.rooms.iter().map(|r| r.to_string()).collect(),
                         queued_frames: s.queued(),
                         shard: shard.number(),
@@ -151,15 +160,55 @@ pub async fn active_rooms(node: &Node, query: &ListQuery) -> Response {
     ok(serde_json::Value::Object(fields))
 }
 
-/// `GET …/channels?limit=&offset=`: a page of channels with subscriber counts, largest first.
+/// `GET …/channels?limit=&offset=`: a page of channels with subscriber counts, largest first. A
+/// Pusher app's channel is listed by the name the app knows, with `pusher_app` (its id).
 #[utoipa::path(get, path = "/channels", tag = "admin", security(("api_key" = []), ("x_api_key" = [])), params(ListQuery),
     responses((status = 200, description = "a page of channels", body = schema::Channels)))]
 pub async fn channels(State(node): State<Arc<Node>>, _admin: Admin, Query(query): Query<ListQuery>) -> Response {
     let (rows, mut fields) = query.page(merge(node.hub.ask(|shard| shard.channel_counts()).await));
-    let channels: Vec<_> =
-        rows.into_iter().map(|(channel, n)| json!({ "channel": channel, "subscribers": n })).collect();
+    let channels: Vec<_> = rows
+        .into_iter()
+        .map(|(channel, n)| match node.pusher.app_of_hub(&channel) {
+            Some((app, name)) => json!({ "channel": name, "pusher_app": app.config.id, "subscribers": n }),
+            None => json!({ "channel": channel, "subscribers": n }),
+        })
+        .collect();
     fields.insert("channels".into(), channels.into());
     ok(serde_json::Value::Object(fields))
+}
+
+/// `DELETE …/users/{user}/connections`: closes every connection of a user with 4001, on every
+/// node. The other live nodes are asked on their control channels; each closes its own and
+/// logs how many, so the answer counts this node's connections and names the nodes asked.
+#[utoipa::path(delete, path = "/users/{user}/connections", tag = "admin", security(("api_key" = []), ("x_api_key" = [])),
+    params(("user" = String, Path, description = "the user id")),
+    responses((status = 200, description = "closed with 4001 here; every other live node asked to close its own",
+               body = schema::UserDisconnected)))]
+pub async fn disconnect_user(
+    State(node): State<Arc<Node>>,
+    admin: Admin,
+    Path(user): Path<String>,
+) -> Result<Response, ApiError> {
+    audit::admin_action(&admin.peer, "disconnect_user", &user);
+    let here = node.hub.disconnect_user_local(&user).await;
+    let mut asked = Vec::new();
+    if let Some(redis) = node.broker.shared_state() {
+        let nodes = redis.cluster_nodes().await.unwrap_or_default();
+        for other in nodes.iter().filter_map(|n| n["node"].as_str()).filter(|id| *id != &*node.id) {
+            if redis.send_control(other, &json!({ "disconnect_user": user })).await.unwrap_or(false) {
+                asked.push(other.to_string());
+            }
+        }
+    }
+    if here > 0 {
+        audit::forced_disconnect(
+            "-",
+            Some(&user),
+            close_code::DISCONNECTED_BY_ADMIN,
+            "disconnected by an administrator",
+        );
+    }
+    Ok(ok(json!({ "user_id": user, "disconnected": here, "nodes_asked": asked })))
 }
 
 /// `DELETE …/connections/{id}`: closes one connection with 4001, on whichever node holds it.

@@ -45,7 +45,7 @@ impl FromRequestParts<Arc<Node>> for Caller {
             .map(|s| s.trim().to_string())
             .or_else(|| params.get("token").cloned());
         if let Some(token) = bearer {
-            if node.config.api.key.as_ref().is_some_and(|k| bool::from(k.as_bytes().ct_eq(token.as_bytes()))) {
+            if node.live().api.key.as_ref().is_some_and(|k| bool::from(k.as_bytes().ct_eq(token.as_bytes()))) {
                 let _admin = Admin::from_request_parts(parts, node).await?;
                 return Ok(Caller { identity: None, admin: true });
             }

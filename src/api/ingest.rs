@@ -86,7 +86,8 @@ impl FromRequestParts<Arc<Node>> for Ingestor {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
-        let config = &node.config.ingest;
+        let live = node.live();
+        let config = &live.ingest;
         if config.access == IngestAccess::Api {
             Admin::from_request_parts(parts, node).await?;
             return Ok(Ingestor);
@@ -94,9 +95,7 @@ impl FromRequestParts<Arc<Node>> for Ingestor {
         if !config.allowed_ips.is_empty() {
             let peer = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
             let client = peer.map(|ip| crate::transport::upgrade::client_ip(&node.config, ip, &parts.headers));
-            let nets: Vec<ipnet::IpNet> =
-                config.allowed_ips.iter().filter_map(|a| crate::config::parse_net(a)).collect();
-            if !client.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))) {
+            if !client.is_some_and(|ip| config.allowed_ips.contains(&ip)) {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "PERMISSION_DENIED",

@@ -94,6 +94,19 @@ const COUNTERS: &[(&str, &str)] = &[
     ("herald_idle_disconnects_total", "Connections closed for idleness (4000)."),
     ("herald_protocol_errors_total", "Connections closed for breaking the WebSocket protocol."),
     ("herald_client_errors_total", "Client messages refused with an error reply, by error code."),
+    (
+        "herald_client_messages_total",
+        "Client messages of the Herald protocol by type: the built-in types, alias, forwarded, unknown, invalid.",
+    ),
+    (
+        "herald_client_messages_refused_total",
+        "Client messages refused (an error reply or a rate limit), by type as in herald_client_messages_total.",
+    ),
+    (
+        "herald_connections_opened_total",
+        "WebSocket connections opened, by endpoint path (the configured ones, /app/{key} for Pusher, other) \
+         and transport (websocket, sse, stream, pusher).",
+    ),
     ("herald_rate_limited_total", "Client messages refused by a rate limit."),
     ("herald_refused_connections_total", "Upgrades refused (limits, authentication, origin)."),
     ("herald_broker_malformed_total", "Broker messages that could not be read."),
@@ -141,6 +154,15 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     for code in crate::protocol::ErrorCode::ALL {
         counter!("herald_client_errors_total", "code" => code.as_str())
             .absolute(t.client_errors_by_code.get(code.index()).copied().unwrap_or(0));
+    }
+    for (index, (received, refused)) in t.messages_by_type.iter().zip(&t.refused_by_type).enumerate() {
+        let label = crate::protocol::kinds::label(index);
+        counter!("herald_client_messages_total", "type" => label).absolute(*received);
+        counter!("herald_client_messages_refused_total", "type" => label).absolute(*refused);
+    }
+    for (endpoint, transport, count) in node.stats.endpoints.snapshot() {
+        counter!("herald_connections_opened_total", "endpoint" => endpoint.to_string(), "transport" => transport)
+            .absolute(count);
     }
     counter!("herald_rate_limited_total").absolute(t.rate_limited);
     counter!("herald_refused_connections_total").absolute(t.refused_connections);

@@ -5,6 +5,7 @@
 //! every refusal is a 4xx with `{"success":false,"error":…,"code":…}`.
 
 pub mod admin;
+pub mod batch;
 pub mod health;
 pub mod history;
 pub mod ingest;
@@ -38,6 +39,13 @@ use crate::transport::{fallback, handshake};
 
 /// Default largest request body.
 pub(crate) const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// The largest body any route accepts (the batch route may allow more than the others), which
+/// is what the HTTP layer reads at most.
+pub(crate) fn largest_body(config: &crate::config::Config) -> usize {
+    let api = &config.api;
+    api.max_body_size.unwrap_or(DEFAULT_BODY_LIMIT).max(api.max_batch_bytes.unwrap_or(batch::DEFAULT_MAX_BYTES))
+}
 
 /// A refused or failed API request.
 #[derive(Debug)]
@@ -82,22 +90,21 @@ impl FromRequestParts<Arc<Node>> for Admin {
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
         let client = peer.map(|ip| crate::transport::upgrade::client_ip(&node.config, ip, &parts.headers));
-        let allowed = &node.config.api.allowed_ips;
-        if !allowed.is_empty() {
-            let nets: Vec<ipnet::IpNet> = allowed.iter().filter_map(|a| crate::config::parse_net(a)).collect();
-            if !client.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))) {
-                let who = client.map(|ip| ip.to_string()).unwrap_or_default();
-                crate::audit::admin_action(&who, "refused", "address not in api.allowed_ips");
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "PERMISSION_DENIED",
-                    "this address may not use the admin API",
-                ));
-            }
+        // The key and addresses of the last reload.
+        let live = node.live();
+        let allowed = &live.api.allowed_ips;
+        if !allowed.is_empty() && !client.is_some_and(|ip| allowed.contains(&ip)) {
+            let who = client.map(|ip| ip.to_string()).unwrap_or_default();
+            crate::audit::admin_action(&who, "refused", "address not in api.allowed_ips");
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "PERMISSION_DENIED",
+                "this address may not use the admin API",
+            ));
         }
         let admin = Admin { peer: client.map(|ip| ip.to_string()).unwrap_or_default() };
         let presented = presented_key(&parts.headers);
-        match (&node.config.api.key, presented) {
+        match (&live.api.key, presented) {
             (Some(key), Some(given)) if bool::from(key.as_bytes().ct_eq(given.as_bytes())) => Ok(admin),
             (Some(_), Some(_)) => {
                 crate::audit::authentication_failed(&admin.peer, parts.uri.path(), "invalid API key");
@@ -141,14 +148,15 @@ pub(crate) fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
 /// request carries no forwarding header. A proxied request is never local, whatever the proxy's
 /// own address, because the proxy speaks for someone else.
 pub(crate) fn keyless_local(node: &Node, parts: &Parts) -> bool {
-    let api = &node.config.api;
+    let live = node.live();
+    let api = &live.api;
     if api.key.is_some() || !api.local_admin_without_key {
         return false;
     }
     let Some(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()) else {
         return false;
     };
-    let proxy = crate::transport::upgrade::trusted_proxies(&node.config).iter().any(|n| n.contains(&peer));
+    let proxy = node.config.server.trusted_proxies.contains(&peer);
     let forwarded = ["x-forwarded-for", "forwarded", "x-real-ip", "x-forwarded-host"]
         .iter()
         .any(|h| parts.headers.contains_key(*h));
@@ -186,6 +194,7 @@ pub fn router_and_document(node: Arc<Node>) -> (Router, utoipa::openapi::OpenApi
         .serve(routes!(metrics::metrics))
         .serve(routes!(publish::publish))
         .serve(routes!(publish::broadcast))
+        .serve(batch_route(&node))
         .serve(routes!(stats::stats))
         .serve(openapi::at("/api/health", routes!(health::health)))
         .serve(routes!(ingest::post, ingest::recent))
@@ -205,6 +214,7 @@ pub fn router_and_document(node: Arc<Node>) -> (Router, utoipa::openapi::OpenApi
             .serve(mounted(prefix, routes!(presence::broadcast)))
             .serve(mounted(prefix, routes!(admin::connections)))
             .serve(mounted(prefix, routes!(admin::disconnect)))
+            .serve(mounted(prefix, routes!(admin::disconnect_user)))
             .serve(mounted(prefix, routes!(stats::detailed)))
             .serve(mounted(prefix, routes!(admin::shutdown)))
     };
@@ -246,6 +256,16 @@ pub fn router_and_document(node: Arc<Node>) -> (Router, utoipa::openapi::OpenApi
     let cors = cors(&node.config.server.allowed_origins);
     let router = router.fallback(not_found).layer(DefaultBodyLimit::max(body_limit)).layer(cors).with_state(node);
     (router, document)
+}
+
+/// `POST /api/publish/batch` with its state; the route checks `api.max_batch_bytes` itself, with
+/// a JSON 413, instead of the router-wide body limit.
+fn batch_route(node: &Node) -> utoipa_axum::router::UtoipaMethodRouter<Arc<Node>> {
+    let (schemas, paths, method_router) = routes!(batch::publish_batch);
+    let method_router = method_router
+        .layer::<_, std::convert::Infallible>(DefaultBodyLimit::disable())
+        .layer::<_, std::convert::Infallible>(axum::Extension(batch::BatchState::new(node)));
+    (schemas, paths, method_router)
 }
 
 /// CORS for browser callers of the API, from `server.allowed_origins` (empty or `*`: any origin).

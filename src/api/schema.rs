@@ -253,6 +253,10 @@ pub struct Connection {
     channels: Vec<String>,
     /// Joined rooms.
     rooms: Vec<String>,
+    /// The Pusher app's id, for a Pusher connection (whose channels and user are then the app's
+    /// own names).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pusher_app: Option<String>,
     /// Frames waiting to be written.
     queued_frames: u64,
     /// Shard that owns it.
@@ -274,8 +278,11 @@ pub struct Connections {
 /// One channel and its subscribers.
 #[derive(Serialize, ToSchema)]
 pub struct ChannelCount {
-    /// Name.
+    /// Name (a Pusher app's channel by the name the app knows).
     channel: String,
+    /// The Pusher app's id, for a channel of a Pusher app (absent for Herald's own channels).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pusher_app: Option<String>,
     /// Subscribed connections.
     subscribers: u64,
 }
@@ -549,6 +556,19 @@ pub struct Disconnected {
     connection_id: String,
     /// The node that holds it, when it is another one.
     node: Option<String>,
+}
+
+/// `DELETE …/users/{user}/connections`.
+#[derive(Serialize, ToSchema)]
+pub struct UserDisconnected {
+    /// Always `true`.
+    success: bool,
+    /// The user.
+    user_id: String,
+    /// Connections of the user closed on this node.
+    disconnected: u64,
+    /// The other live nodes asked to close theirs (through Redis).
+    nodes_asked: Vec<String>,
 }
 
 /// `POST /messages` (201; 202 `queued` for a batch answered before it is durable).

@@ -8,6 +8,7 @@ pub mod token;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use http::HeaderMap;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -106,22 +107,33 @@ pub fn presented(headers: &HeaderMap, params: &HashMap<String, String>, protocol
     Presented::default()
 }
 
-/// Verification and access, as configured.
+/// Verification and access, as configured; a reload swaps the keys and rules whole, so that a
+/// check takes no lock.
 pub struct Auth {
+    live: ArcSwap<Keys>,
+}
+
+/// The keys, rules and `[auth]` section in force.
+struct Keys {
     verifier: Option<Verifier>,
     policy: Policy,
-    /// The `[auth]` section.
-    pub config: AuthConfig,
+    config: Arc<AuthConfig>,
+}
+
+impl Keys {
+    fn new(config: &Config) -> Result<Keys, AuthSetupError> {
+        Ok(Keys {
+            verifier: Verifier::new(&config.auth)?,
+            policy: Policy::new(&config.access).map_err(AuthSetupError::Rule)?,
+            config: Arc::new(config.auth.clone()),
+        })
+    }
 }
 
 impl Auth {
     /// Loads keys and compiles rules.
     pub fn new(config: &Config) -> Result<Auth, AuthSetupError> {
-        let auth = Auth {
-            verifier: Verifier::new(&config.auth)?,
-            policy: Policy::new(&config.access).map_err(AuthSetupError::Rule)?,
-            config: config.auth.clone(),
-        };
+        let auth = Auth { live: ArcSwap::from_pointee(Keys::new(config)?) };
         let open =
             |mode: Option<crate::config::AuthMode>| mode.unwrap_or(config.auth.mode) == crate::config::AuthMode::Off;
         if auth.proves_identities() && (open(None) || config.endpoints.iter().any(|e| open(e.auth))) {
@@ -135,12 +147,25 @@ impl Auth {
         Ok(auth)
     }
 
+    /// Loads the keys and rules of a reloaded configuration and puts them in force: tokens
+    /// signed with a removed key are refused from the next verification on. On an error
+    /// nothing changes.
+    pub fn reload(&self, config: &Config) -> Result<(), AuthSetupError> {
+        self.live.store(Arc::new(Keys::new(config)?));
+        Ok(())
+    }
+
+    /// The `[auth]` section in force.
+    pub fn config(&self) -> Arc<AuthConfig> {
+        self.live.load().config.clone()
+    }
+
     /// Whether this node can prove identities (a key is configured). On such a node a
     /// self-asserted `user_id` is never believed, on any endpoint or route, whatever its
     /// authentication mode: a claimed `alice` and a token's `alice` would otherwise share
     /// user-targeted delivery, notifications, presence, chat authorship and per-user limits.
     pub fn proves_identities(&self) -> bool {
-        self.verifier.is_some()
+        self.live.load().verifier.is_some()
     }
 
     /// Whether a self-asserted `user_id` may name a connection or a REST caller on an endpoint
@@ -152,7 +177,7 @@ impl Auth {
 
     /// Verifies a token.
     pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
-        match &self.verifier {
+        match &self.live.load().verifier {
             Some(verifier) => verifier.verify(token),
             None => Err(TokenError::UnknownKey),
         }
@@ -166,7 +191,10 @@ impl Auth {
         name: &str,
         action: Action,
     ) -> Result<(), Denied> {
-        let decision = self.policy.check(identity, kind, name, action).await;
+        // The rules in force when the check began, even if a reload lands while the backend
+        // is asked.
+        let keys = self.live.load_full();
+        let decision = keys.policy.check(identity, kind, name, action).await;
         if let Err(denied) = &decision {
             audit::permission_denied(identity.map(|i| &*i.id), kind, name, action, &denied.reason);
         }

@@ -32,7 +32,7 @@ pub struct PresenceConfig {
     pub status_events: Vec<String>,
     /// Typing event shapes: the manufacturing-chat profile's `typing_indicator` (`is_typing`),
     /// the spreadsheet profile's `user_typing` (`user_typing_start` / `user_typing_stop`), or both.
-    pub typing_events: Vec<String>,
+    pub typing_events: Vec<TypingEvent>,
     /// Largest cell (`value` and `formula` as JSON) a `cell_update` may write, in bytes.
     pub max_cell_bytes: usize,
     /// Most cells a room holds; edits of new cells beyond it get `LIMIT_EXCEEDED`.
@@ -50,7 +50,7 @@ impl Default for PresenceConfig {
             typing_timeout: Duration::from_secs(5),
             cursor_interval: Duration::from_millis(50),
             status_events: vec!["user_status_changed".into(), "presence_update".into()],
-            typing_events: vec!["typing_indicator".into(), "user_typing".into()],
+            typing_events: vec![TypingEvent::TypingIndicator, TypingEvent::UserTyping],
             max_cell_bytes: 32 * 1024,
             max_cells_per_room: 10_000,
             max_sheets_per_room: 100,
@@ -93,7 +93,7 @@ pub struct UpstreamConfig {
     #[serde(with = "duration")]
     pub webhook_timeout: Duration,
     /// Lifecycle events sent to the webhook: `connect`, `disconnect`, `join`, `leave`.
-    pub lifecycle: Vec<String>,
+    pub lifecycle: Vec<LifecycleEvent>,
 }
 
 impl Default for UpstreamConfig {
@@ -136,4 +136,40 @@ pub struct AliasConfig {
     pub action: AliasAction,
     /// Room or channel name template, filled from the message's fields.
     pub target: String,
+}
+
+/// A typing event shape (`presence.typing_events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TypingEvent {
+    /// `typing_indicator` with `is_typing`.
+    TypingIndicator,
+    /// `user_typing_start` / `user_typing_stop`.
+    UserTyping,
+}
+
+/// A lifecycle event for the webhook (`upstream.lifecycle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LifecycleEvent {
+    /// A connection opened.
+    Connect,
+    /// A connection closed.
+    Disconnect,
+    /// A user joined a room.
+    Join,
+    /// A user left a room.
+    Leave,
+}
+
+impl LifecycleEvent {
+    /// The name, as configured and as sent (`event`, and `herald.<name>` as `type`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LifecycleEvent::Connect => "connect",
+            LifecycleEvent::Disconnect => "disconnect",
+            LifecycleEvent::Join => "join",
+            LifecycleEvent::Leave => "leave",
+        }
+    }
 }

@@ -36,8 +36,11 @@ fn describe(error: &figment::Error) -> Vec<String> {
         .clone()
         .into_iter()
         .map(|e| {
-            let mut path = e.path.join(".");
+            let mut path = dotted(&e.path);
             let what = match &e.kind {
+                figment::error::Kind::UnknownVariant(found, expected) => {
+                    format!("{found:?} is not allowed; must be {}", one_of(expected))
+                }
                 figment::error::Kind::UnknownField(field, expected) => {
                     // figment's path already ends with the unknown key.
                     let mut parent_path = e.path.clone();
@@ -72,6 +75,31 @@ fn describe(error: &figment::Error) -> Vec<String> {
             if path.is_empty() { format!("{what}{source}") } else { format!("{path}: {what}{source}") }
         })
         .collect()
+}
+
+/// A key path as a user writes it: `presence.typing_events[0]`, not `presence.typing_events.0`.
+fn dotted(path: &[String]) -> String {
+    let mut out = String::new();
+    for part in path {
+        if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(&format!("[{part}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+/// `a`, `a or b`, `a, b or c`.
+fn one_of(names: &[&str]) -> String {
+    match names {
+        [] => "nothing".into(),
+        [one] => (*one).into(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    }
 }
 
 /// What the command line says; every field overrides files and environment.
@@ -334,6 +362,28 @@ pub fn parse_set(arg: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The enumerated keys (typing shapes, lifecycle events, modes) are typed: a value outside
+    /// them is refused naming the key as written and the values it may take.
+    #[test]
+    fn an_enumerated_value_names_its_key_and_choices() {
+        let err = from_toml_str("[presence]\ntyping_events = [\"user_typing\", \"typing\"]\n").unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "presence.typing_events[1]: \"typing\" is not allowed; must be typing_indicator or user_typing"
+            ),
+            "{err}"
+        );
+        let err = from_toml_str("[upstream]\nlifecycle = [\"boot\"]\n").unwrap_err().to_string();
+        assert!(
+            err.contains("upstream.lifecycle[0]: \"boot\" is not allowed; must be connect, disconnect, join or leave"),
+            "{err}"
+        );
+        let err = from_toml_str("[server]\nlisten = \"nowhere\"\n").unwrap_err().to_string();
+        assert!(err.contains("server.listen: \"nowhere\" is not an address and port"), "{err}");
+        let config = from_toml_str("[presence]\ntyping_events = [\"user_typing\"]\n").unwrap();
+        assert_eq!(config.presence.typing_events, vec![super::super::TypingEvent::UserTyping]);
+    }
     use std::io::Write;
 
     #[test]
@@ -358,7 +408,7 @@ mod tests {
             ..Default::default()
         };
         let config = load(&overrides).unwrap();
-        assert_eq!(config.server.listen, "127.0.0.1:9001");
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:9001");
         assert_eq!(config.websocket.idle_timeout, std::time::Duration::from_secs(180));
         assert_eq!(config.websocket.outbound_queue, 512);
     }
@@ -385,10 +435,9 @@ mod tests {
         assert_eq!(config.server.listen, Config::default().server.listen);
 
         assert!(from_toml_str("").is_ok());
-        assert!(matches!(
-            from_toml_str("[server]\nlisten = \"nowhere\""),
-            Err(ConfigError::Invalid(problems)) if problems[0].starts_with("server.listen")
-        ));
+        // An address is parsed as it is read: the error names the key all the same.
+        let err = from_toml_str("[server]\nlisten = \"nowhere\"").unwrap_err().to_string();
+        assert!(err.contains("\n  - server.listen: "), "{err}");
         assert!(matches!(from_toml_str("[server"), Err(ConfigError::Source(_))));
     }
 

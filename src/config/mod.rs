@@ -19,10 +19,12 @@ pub mod show;
 pub mod stream;
 pub mod text;
 
-pub use collab::{AliasAction, AliasConfig, NotificationsConfig, PresenceConfig, UpstreamConfig};
+pub use collab::{
+    AliasAction, AliasConfig, LifecycleEvent, NotificationsConfig, PresenceConfig, TypingEvent, UpstreamConfig,
+};
 pub use security::{
     AccessConfig, AccessDefault, AccessRuleConfig, AuditConfig, AuthConfig, AuthMode, ClaimCondition, ExpiryPolicy,
-    NameKind, RejectStyle, TlsConfig, parse_net,
+    NameKind, NetList, RejectStyle, TlsConfig, parse_net,
 };
 
 use std::net::SocketAddr;
@@ -87,8 +89,8 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address and port to listen on. Port 0 picks a free port (printed at start).
-    #[serde(deserialize_with = "text::string")]
-    pub listen: String,
+    #[serde(deserialize_with = "text::socket_addr")]
+    pub listen: SocketAddr,
     /// Path prefixes under which the WebSocket endpoints and the mirrored REST API live.
     /// Several may be active at once, e.g. `["/ws", "/api/v1/ws"]`.
     pub mounts: Vec<String>,
@@ -111,7 +113,8 @@ pub struct ServerConfig {
     /// Browser origins allowed to open WebSockets and call the API (CORS). Empty: any origin.
     pub allowed_origins: Vec<String>,
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the real client.
-    pub trusted_proxies: Vec<String>,
+    #[schemars(with = "Vec<String>")]
+    pub trusted_proxies: NetList,
     /// Serve the live dashboard and the test console (pages embedded in the binary).
     pub dashboard: bool,
     /// Where the dashboard lives; the console is at `<dashboard_path>console` (or `/console`).
@@ -122,7 +125,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:8000".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             mounts: vec!["/ws".into()],
             shards: 0,
             node_id: None,
@@ -130,7 +133,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(30),
             max_requests_in_flight: 1024,
             allowed_origins: Vec::new(),
-            trusted_proxies: Vec::new(),
+            trusted_proxies: NetList::default(),
             dashboard: true,
             dashboard_path: "/".into(),
         }
@@ -299,8 +302,19 @@ pub struct ApiConfig {
     pub local_admin_without_key: bool,
     /// Largest request body accepted, in bytes.
     pub max_body_size: Option<usize>,
+    /// Most events in one `POST /api/publish/batch` (default 1000); more is refused with 413.
+    pub max_batch_items: Option<usize>,
+    /// Largest body of one `POST /api/publish/batch`, in bytes (default 1 MiB); more is refused
+    /// with 413.
+    pub max_batch_bytes: Option<usize>,
+    /// How long a batch item's idempotency key is remembered, so that a retried batch publishes
+    /// it once (default 5 minutes).
+    #[serde(default, with = "duration::option")]
+    #[schemars(with = "Option<String>")]
+    pub idempotency_window: Option<Duration>,
     /// Addresses or CIDR ranges allowed to call admin routes; empty: any (with the key).
-    pub allowed_ips: Vec<String>,
+    #[schemars(with = "Vec<String>")]
+    pub allowed_ips: NetList,
     /// `GET <mount>/rooms` with the API key answers a bare JSON list of rooms (`room_id`,
     /// `user_count`, `active_sheets_count`, `last_activity`, `messages_sent`,
     /// `avg_users_per_hour`), as the spreadsheet profile's clients read it, instead of Herald's
@@ -323,7 +337,8 @@ pub struct IngestConfig {
     pub key: Option<String>,
     /// Addresses or CIDR ranges allowed to call the route (with `access` `open` or `key`);
     /// empty: any.
-    pub allowed_ips: Vec<String>,
+    #[schemars(with = "Vec<String>")]
+    pub allowed_ips: NetList,
 }
 
 /// Who may call the ingestion route.
@@ -604,9 +619,6 @@ impl Config {
         let mut problems = Vec::new();
         let mut problem = |key: String, what: &str| problems.push(format!("{key}: {what}"));
 
-        if self.server.listen.parse::<SocketAddr>().is_err() {
-            problem("server.listen".into(), "must be an address and port such as 127.0.0.1:8000 or [::1]:8000");
-        }
         if self.server.mounts.is_empty() {
             problem("server.mounts".into(), "must name at least one path prefix such as \"/ws\"");
         }
@@ -781,11 +793,6 @@ impl Config {
         if self.upstream.redis_stream.is_some() && self.redis.url.is_none() {
             problem("upstream.redis_stream".into(), "needs redis.url");
         }
-        for (i, event) in self.upstream.lifecycle.iter().enumerate() {
-            if !["connect", "disconnect", "join", "leave"].contains(&event.as_str()) {
-                problem(format!("upstream.lifecycle[{i}]"), "must be connect, disconnect, join or leave");
-            }
-        }
         if !self.upstream.lifecycle.is_empty() && self.upstream.webhook_url.is_none() {
             problem("upstream.lifecycle".into(), "lifecycle events need upstream.webhook_url");
         }
@@ -794,13 +801,8 @@ impl Config {
                 problem(format!("presence.status_events[{i}]"), "must be user_status_changed or presence_update");
             }
         }
-        for (i, event) in self.presence.typing_events.iter().enumerate() {
-            if !["typing_indicator", "user_typing"].contains(&event.as_str()) {
-                problem(format!("presence.typing_events[{i}]"), "must be typing_indicator or user_typing");
-            }
-        }
         for (i, alias) in self.aliases.iter().enumerate() {
-            if alias.kind.is_empty() || BUILT_IN_TYPES.contains(&alias.kind.as_str()) {
+            if alias.kind.is_empty() || crate::protocol::kinds::is_built_in(&alias.kind) {
                 problem(format!("aliases[{i}].type"), "must be a message type that Herald does not handle itself");
             }
             if let Err(e) = crate::protocol::template::check(&alias.target) {
@@ -815,33 +817,12 @@ impl Config {
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }
 
-    /// The listening address; valid after [`Config::validate`].
+    /// The listening address (parsed when the configuration was read; never fails now, kept
+    /// for its callers).
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.server.listen.parse().map_err(|_| {
-            ConfigError::Invalid(vec![format!("server.listen: {:?} is not an address", self.server.listen)])
-        })
+        Ok(self.server.listen)
     }
 }
-
-/// Message types Herald handles itself; aliases and forwarding cannot take them.
-pub const BUILT_IN_TYPES: &[&str] = &[
-    "ping",
-    "subscribe",
-    "unsubscribe",
-    "join_room",
-    "leave_room",
-    "refresh_token",
-    "chat_message",
-    "mark_read",
-    "read_receipt",
-    "status_update",
-    "typing_start",
-    "typing_stop",
-    "cursor_move",
-    "cell_update",
-    "subscribe_notifications",
-    "notification_read",
-];
 
 /// The longest interval or timeout a setting may take. Durations are added to the clock
 /// (heartbeat and shutdown deadlines), which cannot hold an arbitrarily distant future; a year is
@@ -861,16 +842,33 @@ mod tests {
         Config::default().validate().unwrap();
     }
 
+    /// An alias that takes a built-in type's name would validate and never fire (the built-in
+    /// handler comes first): every name the dispatcher handles is refused, `history` included
+    /// (it once was missing from a hand-kept list).
+    #[test]
+    fn an_alias_cannot_take_a_built_in_name() {
+        let names = crate::protocol::kinds::BUILT_IN.iter().map(|(name, _)| *name);
+        for name in names.chain(["history"]) {
+            let mut config = Config::default();
+            config.aliases.push(AliasConfig {
+                kind: name.into(),
+                action: AliasAction::JoinRoom,
+                target: "order_{order_id}".into(),
+            });
+            let err = config.validate().map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains("aliases[0].type"), "{name}: {err}");
+        }
+    }
+
     #[test]
     fn every_problem_names_its_key() {
         let mut config = Config::default();
-        config.server.listen = "nowhere".into();
         config.server.mounts = vec!["ws/".into()];
         config.websocket.outbound_queue = 0;
         config.endpoints.push(EndpointConfig { path: "campaigns".into(), ..Default::default() });
         let ConfigError::Invalid(problems) = config.validate().unwrap_err() else { panic!("expected Invalid") };
         let joined = problems.join("\n");
-        for key in ["server.listen", "server.mounts[0]", "websocket.outbound_queue", "endpoints[0].path"] {
+        for key in ["server.mounts[0]", "websocket.outbound_queue", "endpoints[0].path"] {
             assert!(joined.contains(key), "{key} missing from:\n{joined}");
         }
     }
@@ -900,7 +898,7 @@ mod tests {
     fn ingest_and_shape_problems_name_their_keys() {
         let mut config = Config::default();
         config.ingest.access = IngestAccess::Key;
-        config.ingest.allowed_ips = vec!["not-an-address".into()];
+        config.ingest.allowed_ips = vec!["not-an-address".to_string()].into();
         let shape = ShapeConfig {
             kind: Some(String::new()),
             copy: [("status".to_string(), ShapePaths::One("data..status".into()))].into(),

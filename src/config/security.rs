@@ -224,6 +224,52 @@ pub fn parse_net(text: &str) -> Option<ipnet::IpNet> {
     text.parse::<ipnet::IpNet>().ok().or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
+/// A list of IP addresses and CIDR ranges (`server.trusted_proxies`, `api.allowed_ips`,
+/// `ingest.allowed_ips`), parsed once when the configuration is read, so that a request checks
+/// its address against ready networks. Written and shown as it was given (a list of strings);
+/// an entry that is not an address or range is kept as text for `Config::validate` to name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetList {
+    entries: Vec<String>,
+    nets: Vec<ipnet::IpNet>,
+}
+
+impl NetList {
+    /// Whether no entry was given.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether `ip` is in one of the networks.
+    pub fn contains(&self, ip: &std::net::IpAddr) -> bool {
+        self.nets.iter().any(|net| net.contains(ip))
+    }
+
+    /// The entries that are not an address or a range, with their positions.
+    pub fn invalid(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.entries.iter().enumerate().filter(|(_, e)| parse_net(e).is_none()).map(|(i, e)| (i, e.as_str()))
+    }
+}
+
+impl From<Vec<String>> for NetList {
+    fn from(entries: Vec<String>) -> NetList {
+        let nets = entries.iter().filter_map(|e| parse_net(e)).collect();
+        NetList { entries, nets }
+    }
+}
+
+impl Serialize for NetList {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.entries.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for NetList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<NetList, D::Error> {
+        Vec::<String>::deserialize(deserializer).map(NetList::from)
+    }
+}
+
 /// Capture names of an access pattern, or a description of what is wrong with it.
 pub fn pattern_captures(pattern: &str) -> Result<Vec<String>, String> {
     if pattern.is_empty() {
@@ -354,10 +400,8 @@ impl super::Config {
             ("api.allowed_ips", &self.api.allowed_ips),
             ("ingest.allowed_ips", &self.ingest.allowed_ips),
         ] {
-            for (i, entry) in list.iter().enumerate() {
-                if parse_net(entry).is_none() {
-                    problem(format!("{key}[{i}]"), "must be an IP address or a CIDR range such as 10.0.0.0/8");
-                }
+            for (i, _) in list.invalid() {
+                problem(format!("{key}[{i}]"), "must be an IP address or a CIDR range such as 10.0.0.0/8");
             }
         }
         match (&self.ingest.access, &self.ingest.key) {
@@ -372,5 +416,21 @@ impl super::Config {
         {
             problem("limits.block_duration".into(), "must be longer than zero while message rates are limited");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_net_list_is_parsed_once_and_shown_as_written() {
+        let list: NetList = serde_json::from_str(r#"["10.0.0.0/8", "::1", "192.168.1.7", "nope"]"#).unwrap();
+        assert!(list.contains(&"10.1.2.3".parse().unwrap()));
+        assert!(list.contains(&"::1".parse().unwrap()));
+        assert!(list.contains(&"192.168.1.7".parse().unwrap()));
+        assert!(!list.contains(&"192.168.1.8".parse().unwrap()));
+        assert_eq!(list.invalid().collect::<Vec<_>>(), vec![(3, "nope")]);
+        assert_eq!(serde_json::to_string(&list).unwrap(), r#"["10.0.0.0/8","::1","192.168.1.7","nope"]"#);
     }
 }

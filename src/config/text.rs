@@ -36,3 +36,14 @@ pub fn string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::E
 pub fn opt_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
     Option::<Scalar>::deserialize(deserializer).map(|s| s.map(Scalar::into_string))
 }
+
+/// A listening address (`server.listen`): text such as `127.0.0.1:8000` or `[::1]:8000`, parsed
+/// when the configuration is read; an error says what is expected.
+pub fn socket_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<std::net::SocketAddr, D::Error> {
+    let text = string(deserializer)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an address and port; must be one such as 127.0.0.1:8000 or [::1]:8000"
+        ))
+    })
+}

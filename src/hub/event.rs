@@ -177,7 +177,9 @@ impl Wire {
     }
 }
 
-/// The JSON payload with the stream position appended as `seq`, `epoch` and `stream`.
+/// The JSON payload with the stream position appended as `seq`, `epoch` and `stream`. A Pusher
+/// channel's stream (a hub name, which holds control characters) is not named: the message's
+/// own `channel` already says which it is.
 pub fn with_position(payload: &[u8], pos: &StreamPos) -> Bytes {
     let Some(body) = payload.strip_suffix(b"}") else {
         return Bytes::copy_from_slice(payload);
@@ -187,9 +189,13 @@ pub fn with_position(payload: &[u8], pos: &StreamPos) -> Bytes {
     if !body.trim_ascii_end().ends_with(b"{") {
         out.push(b',');
     }
-    let stream = serde_json::to_string(&*pos.stream).unwrap_or_default();
     let epoch = serde_json::to_string(&*pos.epoch).unwrap_or_default();
-    out.extend_from_slice(format!("\"seq\":{},\"epoch\":{epoch},\"stream\":{stream}}}", pos.seq).as_bytes());
+    out.extend_from_slice(format!("\"seq\":{},\"epoch\":{epoch}", pos.seq).as_bytes());
+    if !pos.stream.contains('\u{1f}') {
+        let stream = serde_json::to_string(&*pos.stream).unwrap_or_default();
+        out.extend_from_slice(format!(",\"stream\":{stream}").as_bytes());
+    }
+    out.push(b'}');
     Bytes::from(out)
 }
 
@@ -246,6 +252,16 @@ impl Event {
         let mut event = Self::routed(target, payload, None, Route::Full);
         if let Some(event) = Arc::get_mut(&mut event) {
             event.sensitive = true;
+        }
+        event
+    }
+
+    /// The same payload for other recipients, sharing `other`'s text frame, so that one event
+    /// sent to many targets (a batch item with `user_ids`) is framed once.
+    pub fn sharing(target: Target, other: &Event) -> Arc<Event> {
+        let mut event = Self::routed(target, other.payload.clone(), None, Route::Full);
+        if let Some(event) = Arc::get_mut(&mut event) {
+            let _ = event.text_frame.set(other.text_frame().clone());
         }
         event
     }
@@ -376,6 +392,11 @@ mod tests {
             br#"{"type":"t","seq":7,"epoch":"ab","stream":"c:jobs"}"#
         );
         assert_eq!(&with_position(b"{}", &pos)[..], br#"{"seq":7,"epoch":"ab","stream":"c:jobs"}"#);
+        let pusher = StreamPos { stream: Arc::from("c:\u{1f}p1\u{1f}jobs"), seq: 7, epoch: Arc::from("ab") };
+        assert_eq!(
+            &with_position(br#"{"event":"e","channel":"jobs","data":"{}"}"#, &pusher)[..],
+            br#"{"event":"e","channel":"jobs","data":"{}","seq":7,"epoch":"ab"}"#
+        );
         let compression = CompressionConfig { threshold: 0, ..Default::default() };
         let event = Event::new(Target::default(), Bytes::from(r#"{"type":"t","pad":"xxxxxxxxxxxxxxxx"}"#));
         event.stream.set(pos).unwrap();

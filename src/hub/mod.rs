@@ -162,6 +162,27 @@ impl Hub {
         found.contains(&true)
     }
 
+    /// Closes every connection of `user` on this node with 4001 (or its protocol's code); returns
+    /// how many there were.
+    pub async fn disconnect_user_local(&self, user: &str) -> usize {
+        let wanted: Arc<str> = Arc::from(user);
+        self.ask(move |shard| {
+            let mine: Vec<_> =
+                shard.all_sessions().into_iter().filter(|s| s.user_id().as_deref() == Some(&*wanted)).collect();
+            for session in &mine {
+                let code = crate::pusher::protocol::close_for(
+                    session.info.kind,
+                    crate::transport::frame::close_code::DISCONNECTED_BY_ADMIN,
+                );
+                session.close(shard, code, "disconnected by an administrator");
+            }
+            mine.len()
+        })
+        .await
+        .into_iter()
+        .sum()
+    }
+
     /// Tells every shard to close its connections with 1001.
     pub(crate) async fn shutdown(&self) {
         for shard in &self.shards {

@@ -140,6 +140,11 @@ impl Shard {
         let by_transport = &counters.by_transport[session.info.wire.transport.index()];
         stats::bump(&by_transport[stats::by_transport::OPEN], 1);
         stats::bump(&by_transport[stats::by_transport::ACCEPTED], 1);
+        let (path, transport) = match session.info.kind {
+            EndpointKind::Pusher => (stats::PUSHER_ENDPOINT, stats::PUSHER_TRANSPORT),
+            _ => (session.info.path.as_str(), session.info.wire.transport.index()),
+        };
+        self.node().stats.endpoints.opened(path, transport);
         if session.is_authenticated() {
             stats::bump(&counters.authenticated, 1);
         }

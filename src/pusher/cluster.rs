@@ -7,10 +7,15 @@
 //! are read as this node's own plus the fields of the other live incarnations (the node
 //! registry), so a dead node's subscribers stop counting once the registry forgets it.
 //!
-//! The task also decides the webhooks: when this node's count of a channel goes from 0 it sends
-//! `channel_occupied` unless another live node already has the channel, and when it drops to 0
-//! `channel_vacated` unless another still has it. Two nodes gaining (or losing) the same
-//! channel in the same instant may both report it; that window is a Redis round trip wide.
+//! The webhooks are decided in Redis, so that each is sent once for the cluster: next to the
+//! count fields the hash holds one flag per occupied channel (field `<channel> ~`; `~` is never
+//! an incarnation, so readers skip it). One Lua script writes a node's count and, atomically,
+//! sets the flag when it was not set (that node sends `channel_occupied`) or, when the count
+//! drops to 0 and no other live node has the channel, deletes it (that node sends
+//! `channel_vacated`). Every node also sweeps the hashes for fields of dead incarnations: the
+//! node whose `HDEL` of such a field wins runs the same check, so a channel whose subscribers
+//! were all on a node that died is vacated once, after `redis.node_timeout`. Without Redis the
+//! node's own counts decide.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -99,17 +104,73 @@ pub async fn counts(node: &Node, app: &App) -> BTreeMap<String, usize> {
     out
 }
 
-/// Whether another live node has subscribers of `channel`.
-async fn elsewhere(redis: &RedisBroker, app: &App, channel: &str) -> bool {
-    let Ok(live) = redis.live_incarnations().await else { return false };
-    let others: Vec<String> =
-        live.iter().filter(|i| i.as_str() != redis.incarnation()).map(|i| format!("{channel} {i}")).collect();
-    if others.is_empty() {
-        return false;
+/// The flag field of an occupied channel in the counts hash.
+fn flag(channel: &str) -> String {
+    format!("{channel} ~")
+}
+
+/// Records this node's count of a channel and decides the cluster's webhook, atomically.
+/// KEYS[1]: the app's counts hash; ARGV: the channel, this node's field, its count (0: gone),
+/// then the other live incarnations. Answers 1 (send `channel_occupied`), -1 (send
+/// `channel_vacated`) or 0.
+const RECORD: &str = r"
+local flag = ARGV[1] .. ' ~'
+if tonumber(ARGV[3]) > 0 then
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+  return redis.call('HSETNX', KEYS[1], flag, '1')
+end
+redis.call('HDEL', KEYS[1], ARGV[2])
+for i = 4, #ARGV do
+  if (tonumber(redis.call('HGET', KEYS[1], ARGV[1] .. ' ' .. ARGV[i])) or 0) > 0 then return 0 end
+end
+return -redis.call('HDEL', KEYS[1], flag)
+";
+
+/// Removes a dead incarnation's count field; the one caller whose `HDEL` removed it learns
+/// whether that emptied the channel (-1: send `channel_vacated`). KEYS[1]: the counts hash;
+/// ARGV: the dead field, the channel, then the live incarnations.
+const FORGET: &str = r"
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+for i = 3, #ARGV do
+  if (tonumber(redis.call('HGET', KEYS[1], ARGV[2] .. ' ' .. ARGV[i])) or 0) > 0 then return 0 end
+end
+return -redis.call('HDEL', KEYS[1], ARGV[2] .. ' ~')
+";
+
+/// Writes this node's count of `channel` and answers which webhook, if any, this node sends.
+async fn record(redis: &RedisBroker, app: &App, channel: &str, now: usize) -> Result<i64, String> {
+    let live = redis.live_incarnations().await.map_err(|e| e.to_string())?;
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(RECORD).arg(1).arg(key(redis, app)).arg(channel).arg(format!("{channel} {}", redis.incarnation())).arg(now);
+    for incarnation in live.iter().filter(|i| i.as_str() != redis.incarnation()) {
+        cmd.arg(incarnation);
     }
-    let counts: redis::RedisResult<Vec<Option<String>>> =
-        redis.query_as(redis::cmd("HMGET").arg(key(redis, app)).arg(&others)).await;
-    counts.is_ok_and(|c| c.iter().flatten().any(|n| n.parse::<usize>().unwrap_or(0) > 0))
+    redis.query_as(&cmd).await.map_err(|e| e.to_string())
+}
+
+/// Deletes the count fields of dead incarnations from every app's hash, and sends
+/// `channel_vacated` for each channel that this leaves with no subscriber in the cluster.
+async fn forget_dead(node: &Node) {
+    let Some(redis) = node.broker.shared_state() else { return };
+    let Ok(live) = redis.live_incarnations().await else { return };
+    for app in node.pusher.apps() {
+        let fields: redis::RedisResult<Vec<String>> = redis.query_as(redis::cmd("HKEYS").arg(key(redis, app))).await;
+        let Ok(fields) = fields else { continue };
+        for field in fields {
+            let Some((channel, incarnation)) = field.rsplit_once(' ') else { continue };
+            if incarnation == "~" || live.contains(incarnation) {
+                continue;
+            }
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(FORGET).arg(1).arg(key(redis, app)).arg(&field).arg(channel);
+            for incarnation in &live {
+                cmd.arg(incarnation);
+            }
+            if let Ok(-1) = redis.query_as::<i64>(&cmd).await {
+                node.pusher.webhooks.send(app, json!({ "name": "channel_vacated", "channel": channel }));
+            }
+        }
+    }
 }
 
 /// Mirrors this node's counts to Redis and sends the occupancy webhooks, until the node stops.
@@ -127,6 +188,7 @@ pub async fn run(node: Arc<Node>) {
             },
             _ = refresh.tick() => {
                 rewrite(&node, &written).await;
+                forget_dead(&node).await;
                 super::presence::sweep(&node).await;
                 continue;
             }
@@ -146,25 +208,30 @@ pub async fn run(node: Arc<Node>) {
                 continue;
             }
             let channel = app.own_name(&hub).unwrap_or_default().to_string();
-            let redis = node.broker.shared_state();
-            if let Some(redis) = redis {
-                let field = format!("{channel} {}", redis.incarnation());
-                let cmd = if now == 0 {
-                    redis::cmd("HDEL").arg(key(redis, &app)).arg(&field).clone()
-                } else {
-                    redis::cmd("HSET").arg(key(redis, &app)).arg(&field).arg(now).clone()
-                };
-                if let Err(e) = redis.query_as::<()>(&cmd).await {
-                    tracing::debug!(error = %e, "could not record Pusher channel counts in Redis");
-                }
-            }
             let changed = (before == 0) != (now == 0);
-            let shared = match redis {
-                Some(redis) if changed => elsewhere(redis, &app, &channel).await,
-                _ => false,
+            // Without Redis (or when it fails) this node's own view decides.
+            let own_view = match (changed, now > 0) {
+                (false, _) => 0,
+                (true, true) => 1,
+                (true, false) => -1,
             };
-            if changed && !shared {
-                let name = if now > 0 { "channel_occupied" } else { "channel_vacated" };
+            let decision = match node.broker.shared_state() {
+                Some(redis) if changed => record(redis, &app, &channel, now).await.unwrap_or_else(|e| {
+                    tracing::debug!(error = %e, "could not record Pusher channel counts in Redis");
+                    own_view
+                }),
+                Some(redis) => {
+                    let field = format!("{channel} {}", redis.incarnation());
+                    let cmd = redis::cmd("HSET").arg(key(redis, &app)).arg(&field).arg(now).clone();
+                    if let Err(e) = redis.query_as::<()>(&cmd).await {
+                        tracing::debug!(error = %e, "could not record Pusher channel counts in Redis");
+                    }
+                    0
+                }
+                None => own_view,
+            };
+            if decision != 0 {
+                let name = if decision > 0 { "channel_occupied" } else { "channel_vacated" };
                 node.pusher.webhooks.send(&app, json!({ "name": name, "channel": channel }));
             }
             if now == 0 {
@@ -186,6 +253,9 @@ async fn rewrite(node: &Node, written: &HashMap<Arc<str>, Counted>) {
     for (hub, (app, n)) in written {
         let channel = app.own_name(hub).unwrap_or_default();
         pipe.cmd("HSET").arg(key(redis, app)).arg(format!("{channel} {}", redis.incarnation())).arg(*n).ignore();
+        // The cluster was told this channel is occupied; after a flush the flag comes back with
+        // the count, so that its `channel_vacated` is still sent.
+        pipe.cmd("HSETNX").arg(key(redis, app)).arg(flag(channel)).arg(1).ignore();
     }
     if let Err(e) = redis.pipeline_as::<()>(&pipe).await {
         tracing::debug!(error = %e, "could not refresh Pusher channel counts in Redis");

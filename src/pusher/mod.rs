@@ -147,6 +147,11 @@ impl Pusher {
         !self.apps.is_empty()
     }
 
+    /// Every configured app.
+    pub fn apps(&self) -> &[Arc<App>] {
+        &self.apps
+    }
+
     /// The app with this public key.
     pub fn by_key(&self, key: &str) -> Option<&Arc<App>> {
         self.by_key.get(key).map(|&i| &self.apps[i])
@@ -184,6 +189,19 @@ impl Pusher {
 pub async fn run(node: Arc<crate::node::Node>) {
     tokio::spawn(webhooks::run(node.clone()));
     cluster::run(node).await;
+}
+
+/// The app's own name of a hub channel of any app (`"\x1fp<id>\x1f<C>"` gives `C`), or `None`
+/// for a name of Herald's own protocol.
+pub fn bare_channel(hub: &str) -> Option<&str> {
+    hub.strip_prefix("\u{1f}p")?.split_once('\u{1f}').map(|(_, name)| name)
+}
+
+/// Publishes a `pusher_internal:` event (`member_added`, `member_removed`) without giving it a
+/// place in the channel's history: a resume replays only the channel's own events, since a
+/// replayed member change would contradict the member list the subscription has just handed out.
+pub async fn publish_internal(node: &crate::node::Node, event: Arc<crate::hub::Event>) {
+    let _ = node.broker.publish(&node.hub, &node.id, event).await;
 }
 
 /// The first half of the socket ids of the node `node_id`: FNV-1a of the id, below 10^9 so
@@ -273,6 +291,8 @@ mod tests {
         assert_eq!(a.own_name(&name), Some("news"));
         assert_eq!(b.own_name(&name), None);
         assert_ne!(a.hub_name("2\u{1f}x"), b.hub_name("\u{1f}x"));
+        assert_eq!(bare_channel(&b.hub_name("private-x")), Some("private-x"));
+        assert_eq!(bare_channel("news"), None);
     }
 
     #[test]

@@ -221,7 +221,7 @@ pub async fn sweep(node: &Node) {
                 let gone = json!({ "user_id": user });
                 let payload = super::protocol::message_json("pusher_internal:member_removed", Some(name), &gone);
                 let target = crate::hub::Target { channel: Some(channel.clone()), ..Default::default() };
-                let _ = node.publish_event(crate::hub::Event::new(target, payload)).await;
+                super::publish_internal(node, crate::hub::Event::new(target, payload)).await;
                 let hook = json!({ "name": "member_removed", "channel": name, "user_id": user });
                 node.pusher.webhooks.send(app, hook);
             }

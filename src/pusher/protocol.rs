@@ -58,6 +58,20 @@ pub fn message_json(event: &str, channel: Option<&str>, value: &Value) -> Bytes 
     message(event, channel, &value.to_string())
 }
 
+/// `pusher_internal:subscription_succeeded` (`data` a JSON-encoded string, as always), with
+/// Herald's stream position (`seq`, `epoch`, and `recovered` after a resume) beside it when the
+/// client asked for positions on a channel with history. pusher-js ignores the extra fields.
+pub fn subscription_succeeded(channel: &str, data: &str, position: Option<Value>) -> Bytes {
+    let mut map = Map::with_capacity(6);
+    map.insert("event".into(), Value::from("pusher_internal:subscription_succeeded"));
+    map.insert("channel".into(), Value::from(channel));
+    map.insert("data".into(), Value::from(data));
+    if let Some(Value::Object(position)) = position {
+        map.extend(position);
+    }
+    to_bytes(&Value::Object(map))
+}
+
 /// `pusher:error` with its code (`None` for errors that do not concern the connection).
 pub fn error(code: Option<u16>, text: &str) -> Bytes {
     to_bytes(&json!({ "event": "pusher:error", "data": { "code": code, "message": text } }))

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
@@ -19,10 +18,11 @@ use super::presence::Added;
 use super::protocol::{self, Inbound, code};
 use super::{App, ChannelKind, sign};
 use crate::auth::Identity;
-use crate::config::{EndpointKind, WelcomeStyle};
+use crate::config::{EndpointKind, NameKind, WelcomeStyle};
 use crate::hub::shard::Shard;
 use crate::hub::{Event, Hub, Target};
 use crate::node::Node;
+use crate::session::handlers::streams;
 use crate::session::{ConnectPlan, Session};
 use crate::transport::handshake;
 use crate::transport::upgrade::refuse;
@@ -36,19 +36,19 @@ pub struct Opening {
     pub refusal: Option<(u16, String)>,
 }
 
-/// A Pusher connection's own state, beside its [`Session`].
+/// A Pusher connection's own state, beside its [`Session`]. Kept small (80 bytes, no other
+/// allocation while idle): every idle connection holds one. The socket id is not stored (it is
+/// derived from the connection number), and presence memberships share the channel map.
 #[derive(Debug)]
 pub struct Conn {
     app: super::AppSlot,
-    socket_id: String,
-    /// Presence channels (hub names) → the member this socket is there.
-    presence: HashMap<Arc<str>, String>,
-    /// Every channel (hub name) it is subscribed to, for `channel_vacated` after it closes.
-    channels: std::collections::HashSet<Arc<str>>,
+    /// Every channel (hub name) it is subscribed to, for `channel_vacated` after it closes, with
+    /// the member this socket is on presence channels. Empty maps allocate nothing.
+    channels: HashMap<Arc<str>, Option<Box<str>>>,
     /// The signed-in user (`pusher:signin`).
-    user: Option<String>,
-    /// Client events in the current one-second window.
-    window: (Instant, u32),
+    user: Option<Box<str>>,
+    /// Client events in the current one-second window: (Unix second, count).
+    window: (u32, u32),
 }
 
 impl Conn {
@@ -85,7 +85,7 @@ pub async fn upgrade(node: Arc<Node>, key: String, mut request: Request) -> Resp
     // Refusals after this point are in-band (`pusher:error`, then the protocol's close code),
     // which is how pusher-js learns whether to reconnect.
     let mut opening = Opening { app: None, refusal: None };
-    let cap = node.config.limits.max_connections;
+    let cap = node.limits.config().max_connections;
     let app = node.pusher.by_key(&key);
     opening.refusal = match (params.get("protocol").map(|p| p.parse::<u32>()), app) {
         (None, _) => Some((code::NO_PROTOCOL, "no protocol version given; pusher-js sends ?protocol=7".into())),
@@ -171,14 +171,7 @@ pub(crate) fn start(shard: &Rc<Shard>, session: &Rc<Session>, plan: &mut Connect
     let node = shard.node();
     let socket_id = node.pusher.socket_id(session.id);
     let established = json!({ "socket_id": socket_id, "activity_timeout": activity_timeout(node) });
-    *session.pusher.borrow_mut() = Some(Box::new(Conn {
-        app,
-        socket_id,
-        presence: HashMap::new(),
-        channels: Default::default(),
-        user: None,
-        window: (Instant::now(), 0),
-    }));
+    *session.pusher.borrow_mut() = Some(Box::new(Conn { app, channels: HashMap::new(), user: None, window: (0, 0) }));
     session.accepting.set(true);
     session.reply(shard, &protocol::message_json("pusher:connection_established", None, &established));
 }
@@ -187,10 +180,12 @@ pub(crate) fn start(shard: &Rc<Shard>, session: &Rc<Session>, plan: &mut Connect
 pub(crate) async fn finish(shard: &Rc<Shard>, session: &Rc<Session>) {
     // Dropping `conn` at the end gives its app slot back.
     let Some(conn) = session.pusher.borrow_mut().take() else { return };
-    for (channel, user) in &conn.presence {
-        leave_presence(shard, &conn.app, channel, user).await;
+    for (channel, member) in &conn.channels {
+        if let Some(user) = member {
+            leave_presence(shard, &conn.app, channel, user).await;
+        }
     }
-    for channel in &conn.channels {
+    for channel in conn.channels.keys() {
         shard.node().pusher.occupancy.remove(channel);
     }
 }
@@ -202,7 +197,7 @@ async fn leave_presence(shard: &Shard, app: &Arc<App>, hub_channel: &Arc<str>, u
         node.pusher.webhooks.send(app, json!({ "name": "member_removed", "channel": name, "user_id": user }));
         let payload = protocol::message_json("pusher_internal:member_removed", Some(name), &json!({ "user_id": user }));
         let target = Target { channel: Some(hub_channel.clone()), ..Default::default() };
-        let _ = node.publish_event(Event::new(target, payload)).await;
+        super::publish_internal(node, Event::new(target, payload)).await;
     }
 }
 
@@ -265,9 +260,10 @@ fn refusal(text: impl Into<String>) -> Refusal {
     (Some(code::INVALID_MESSAGE), text.into())
 }
 
-fn conn_facts(session: &Session) -> Option<(Arc<App>, String, Option<String>)> {
+fn conn_facts(shard: &Shard, session: &Session) -> Option<(Arc<App>, String, Option<String>)> {
     let conn = session.pusher.borrow();
-    conn.as_ref().map(|c| (c.app.clone(), c.socket_id.clone(), c.user.clone()))
+    let socket_id = || shard.node().pusher.socket_id(session.id);
+    conn.as_ref().map(|c| (c.app.clone(), socket_id(), c.user.as_deref().map(String::from)))
 }
 
 fn string_field<'a>(data: &'a serde_json::Map<String, Value>, field: &str) -> Option<&'a str> {
@@ -275,7 +271,7 @@ fn string_field<'a>(data: &'a serde_json::Map<String, Value>, field: &str) -> Op
 }
 
 async fn subscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), Refusal> {
-    let Some((app, socket_id, user)) = conn_facts(session) else { return Ok(()) };
+    let Some((app, socket_id, user)) = conn_facts(shard, session) else { return Ok(()) };
     let data = message.data_object().ok_or_else(|| refusal("pusher:subscribe needs data {\"channel\": …}"))?;
     let channel = string_field(&data, "channel").ok_or_else(|| refusal("pusher:subscribe needs data.channel"))?;
     super::valid_channel(channel).map_err(refusal)?;
@@ -329,48 +325,66 @@ async fn subscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) 
             }
         }
     }
+    // Herald's positions, where the channel has history: `"seq": true` follows the channel with
+    // positions, `"recover": {"seq", "epoch"}` also replays what was missed since then.
+    let wanted = data.get("seq").and_then(Value::as_bool).unwrap_or(false);
+    let since = data
+        .get("recover")
+        .map(|p| streams::parse_position(p, "recover"))
+        .transpose()
+        .map_err(|e| refusal(e.message))?;
+    let asked_to_recover = since.is_some();
     let hub: Arc<str> = Arc::from(app.hub_name(channel));
     let node = shard.node().clone();
     let already = session.state.borrow().channels.contains(&*hub);
-    let limit = node.config.limits.max_channels_per_connection;
+    let limit = node.limits.config().max_channels_per_connection;
     if !already && limit > 0 && session.state.borrow().channels.len() >= limit {
         return Err(refusal(format!("a connection may subscribe to at most {limit} channels")));
     }
-    if !already {
-        if let Some((user_id, info)) = &member {
-            match super::presence::join(&node, &hub, user_id, info.clone(), app.config.max_presence_members).await {
-                Added::Full => {
-                    return Err((
-                        Some(code::OVER_QUOTA),
-                        format!("{channel} already has {} members", app.config.max_presence_members),
-                    ));
-                }
-                Added::New => {
-                    let hook = json!({ "name": "member_added", "channel": channel, "user_id": user_id });
-                    node.pusher.webhooks.send(&app, hook);
-                    let added = json!({ "user_id": user_id, "user_info": info });
-                    let payload = protocol::message_json("pusher_internal:member_added", Some(channel), &added);
-                    let target = Target { channel: Some(hub.clone()), ..Default::default() };
-                    let _ = node.publish_event(Event::excluding(target, payload, session.id)).await;
-                }
-                Added::Again => {}
+    if !already && let Some((user_id, info)) = &member {
+        match super::presence::join(&node, &hub, user_id, info.clone(), app.config.max_presence_members).await {
+            Added::Full => {
+                return Err((
+                    Some(code::OVER_QUOTA),
+                    format!("{channel} already has {} members", app.config.max_presence_members),
+                ));
             }
-            if let Some(conn) = session.pusher.borrow_mut().as_mut() {
-                conn.presence.insert(hub.clone(), user_id.clone());
+            Added::New => {
+                let hook = json!({ "name": "member_added", "channel": channel, "user_id": user_id });
+                node.pusher.webhooks.send(&app, hook);
+                let added = json!({ "user_id": user_id, "user_info": info });
+                let payload = protocol::message_json("pusher_internal:member_added", Some(channel), &added);
+                let target = Target { channel: Some(hub.clone()), ..Default::default() };
+                super::publish_internal(&node, Event::excluding(target, payload, session.id)).await;
             }
+            Added::Again => {}
         }
-        let ready = shard.subscribe(session, &hub);
+    }
+    let ready = shard.subscribe(session, &hub);
+    if !already {
         if let Some(conn) = session.pusher.borrow_mut().as_mut() {
-            conn.channels.insert(hub.clone());
+            let member = member.as_ref().map(|(user_id, _)| Box::from(user_id.as_str()));
+            conn.channels.insert(hub.clone(), member);
         }
         node.pusher.occupancy.add(&app, &hub);
-        Hub::ready(ready.into_iter().collect(), node.config.redis.timeout).await;
     }
+    // Right after the index subscription, before any await: live events from here on are held
+    // until the replay is done.
+    let pending = streams::begin(shard, session, NameKind::Channel, &hub, wanted, since);
+    Hub::ready(ready.into_iter().collect(), node.config.redis.timeout).await;
     let succeeded = match kind {
         ChannelKind::Presence => super::presence::snapshot(&node, &hub).await.to_string(),
         _ => "{}".to_string(),
     };
-    session.reply(shard, &protocol::message("pusher_internal:subscription_succeeded", Some(channel), &succeeded));
+    let recovery = match &pending {
+        Some(pending) => Some(streams::fetch(shard, pending).await),
+        None => None,
+    };
+    let position = recovery.as_ref().map(|r| streams::report(r, asked_to_recover));
+    session.reply(shard, &protocol::subscription_succeeded(channel, &succeeded, position));
+    if let (Some(pending), Some(recovery)) = (pending, recovery) {
+        streams::finish(shard, session, &pending, recovery);
+    }
     if super::is_cache(channel) {
         let cached = super::cache::recall(&node, &hub).await;
         match cached {
@@ -385,16 +399,14 @@ async fn subscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) 
 }
 
 async fn unsubscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), Refusal> {
-    let Some((app, _, _)) = conn_facts(session) else { return Ok(()) };
+    let Some((app, _, _)) = conn_facts(shard, session) else { return Ok(()) };
     let data = message.data_object().ok_or_else(|| refusal("pusher:unsubscribe needs data {\"channel\": …}"))?;
     let channel = string_field(&data, "channel").ok_or_else(|| refusal("pusher:unsubscribe needs data.channel"))?;
     super::valid_channel(channel).map_err(refusal)?;
     let hub: Arc<str> = Arc::from(app.hub_name(channel));
     let was = shard.unsubscribe(session, &hub);
-    let member = session.pusher.borrow_mut().as_mut().and_then(|c| {
-        c.channels.remove(&hub);
-        c.presence.remove(&hub)
-    });
+    streams::end(session, NameKind::Channel, &hub);
+    let member = session.pusher.borrow_mut().as_mut().and_then(|c| c.channels.remove(&hub).flatten());
     if let Some(user) = member {
         leave_presence(shard, &app, &hub, &user).await;
     }
@@ -405,7 +417,7 @@ async fn unsubscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound
 }
 
 fn signin(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), Refusal> {
-    let Some((app, socket_id, user)) = conn_facts(session) else { return Ok(()) };
+    let Some((app, socket_id, user)) = conn_facts(shard, session) else { return Ok(()) };
     let data = message.data_object().ok_or_else(|| refusal("pusher:signin needs data {auth, user_data}"))?;
     let auth = string_field(&data, "auth").unwrap_or_default();
     let user_data = string_field(&data, "user_data").ok_or_else(|| refusal("pusher:signin needs user_data"))?;
@@ -421,7 +433,7 @@ fn signin(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result
         return Err(refusal("this connection is already signed in as another user"));
     }
     if let Some(conn) = session.pusher.borrow_mut().as_mut() {
-        conn.user = Some(id.clone());
+        conn.user = Some(Box::from(id.as_str()));
     }
     if session.user_id().is_none() {
         // Indexed under the app's hub name of the user, so the node can find its sockets.
@@ -434,7 +446,7 @@ fn signin(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result
 }
 
 async fn client_event(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result<(), Refusal> {
-    let Some((app, _, _)) = conn_facts(session) else { return Ok(()) };
+    let Some((app, _, _)) = conn_facts(shard, session) else { return Ok(()) };
     if !app.config.enable_client_messages {
         return Err(refusal("client events are not enabled for this app"));
     }
@@ -452,13 +464,14 @@ async fn client_event(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inboun
     let (limited, user_id, socket_id) = {
         let mut conn = session.pusher.borrow_mut();
         let Some(conn) = conn.as_mut() else { return Ok(()) };
-        let now = Instant::now();
-        if now.duration_since(conn.window.0) >= Duration::from_secs(1) {
-            conn.window = (now, 0);
+        let second = (crate::stats::unix_millis() / 1000) as u32;
+        if conn.window.0 != second {
+            conn.window = (second, 0);
         }
         conn.window.1 += 1;
         let limited = conn.window.1 > app.config.max_client_events_per_second;
-        (limited, conn.presence.get(&hub).cloned(), conn.socket_id.clone())
+        let member = conn.channels.get(&hub).cloned().flatten().map(String::from);
+        (limited, member, shard.node().pusher.socket_id(session.id))
     };
     if limited {
         crate::stats::bump(&shard.counters().rate_limited, 1);
@@ -507,4 +520,16 @@ pub fn terminate_user(shard: &Rc<Shard>, app: &App, user: &str) -> usize {
         }
     }
     closed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_pusher_connection_holds_little() {
+        // Every idle Pusher connection holds one `Conn` beside its `Session`; it was 176 bytes
+        // plus a heap-allocated socket id before.
+        assert!(std::mem::size_of::<Conn>() <= 80, "{}", std::mem::size_of::<Conn>());
+    }
 }

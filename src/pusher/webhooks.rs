@@ -7,11 +7,22 @@
 //! task gathers them into a batch per app for up to [`BATCH_WINDOW`] or [`BATCH_MAX`] events and
 //! hands each batch to its own delivery task, so a slow or failing endpoint never holds back the
 //! next batch or another app.
+//!
+//! **With Redis a batch outlives its node.** Before its first attempt a batch (URL, key,
+//! signature, body) is recorded in the node's hash `{<key_prefix>:pw}:<incarnation>` (the node
+//! listed in the set `{<key_prefix>:pw}:owners`) and deleted once delivered or given up. A node
+//! that stops (shutdown, crash, kill) leaves its pending batches there; every node looks for
+//! owners that are no longer live incarnations, and one Lua script moves a dead owner's batches
+//! into the caller's own hash atomically, so exactly one survivor (or the node itself, restarted)
+//! delivers them, with the same signed body. Delivery is at least once: a batch whose answer was
+//! lost is sent again. What is lost with a node is only what it had not recorded yet: events
+//! still inside their [`BATCH_WINDOW`] (and everything, without Redis or while Redis is down).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use std::time::SystemTime;
 
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -66,13 +77,107 @@ pub fn body(time_ms: u64, events: &[Value]) -> String {
     json!({ "time_ms": time_ms, "events": events }).to_string()
 }
 
+/// One signed batch for one URL: what is delivered, and what Redis keeps until it is.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Batch {
+    url: String,
+    key: String,
+    signature: String,
+    body: String,
+}
+
+/// The hash of an incarnation's pending batches, and the set of incarnations that have one (one
+/// hash tag, so that the claim script also runs on Redis Cluster).
+fn pending_key(prefix: &str, incarnation: &str) -> String {
+    format!("{{{prefix}:pw}}:{incarnation}")
+}
+
+fn owners_key(prefix: &str) -> String {
+    format!("{{{prefix}:pw}}:owners")
+}
+
+/// Moves a dead owner's pending batches into the caller's hash and answers them (field, value,
+/// field, value, …). KEYS: the dead owner's hash, the caller's, the owners set; ARGV: the dead
+/// incarnation, the caller's.
+const CLAIM: &str = r"
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do redis.call('HSET', KEYS[2], all[i], all[i + 1]) end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+if #all > 0 then redis.call('SADD', KEYS[3], ARGV[2]) end
+return all
+";
+
+/// Records a batch in Redis before its first attempt; its field, or `None` without Redis.
+async fn record(node: &Node, batch: &Batch) -> Option<String> {
+    let redis = node.broker.shared_state()?;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let since_epoch = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let id = format!("{}-{}", since_epoch.as_millis(), NEXT.fetch_add(1, Ordering::Relaxed));
+    let value = serde_json::to_string(batch).ok()?;
+    let prefix = redis.key_prefix();
+    let mut pipe = redis::pipe();
+    pipe.cmd("SADD").arg(owners_key(prefix)).arg(redis.incarnation()).ignore();
+    pipe.cmd("HSET").arg(pending_key(prefix, redis.incarnation())).arg(&id).arg(value).ignore();
+    match redis.pipeline_as::<()>(&pipe).await {
+        Ok(()) => Some(id),
+        Err(e) => {
+            tracing::debug!(error = %e, "could not record a Pusher webhook batch in Redis");
+            None
+        }
+    }
+}
+
+/// Forgets a recorded batch (delivered or given up).
+async fn forget(node: &Node, id: &str) {
+    let Some(redis) = node.broker.redis() else { return };
+    let cmd = redis::cmd("HDEL").arg(pending_key(redis.key_prefix(), redis.incarnation())).arg(id).clone();
+    if let Err(e) = redis.query_as::<()>(&cmd).await {
+        tracing::debug!(error = %e, "could not forget a delivered Pusher webhook batch");
+    }
+}
+
+/// Takes over the pending batches of owners that are no longer live and delivers them.
+async fn claim_orphans(node: &Arc<Node>, client: &reqwest::Client) {
+    let Some(redis) = node.broker.shared_state() else { return };
+    let prefix = redis.key_prefix();
+    let owners: redis::RedisResult<Vec<String>> = redis.query_as(redis::cmd("SMEMBERS").arg(owners_key(prefix))).await;
+    let (Ok(owners), Ok(live)) = (owners, redis.live_incarnations().await) else { return };
+    for owner in owners.iter().filter(|o| o.as_str() != redis.incarnation() && !live.contains(*o)) {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(CLAIM)
+            .arg(3)
+            .arg(pending_key(prefix, owner))
+            .arg(pending_key(prefix, redis.incarnation()))
+            .arg(owners_key(prefix))
+            .arg(owner)
+            .arg(redis.incarnation());
+        let Ok(claimed) = redis.query_as::<Vec<String>>(&cmd).await else { continue };
+        for pair in claimed.chunks(2) {
+            let [id, value] = pair else { continue };
+            match serde_json::from_str::<Batch>(value) {
+                Ok(batch) => {
+                    tracing::info!(url = %batch.url, from = %owner, "delivering a Pusher webhook batch a stopped node left");
+                    tokio::spawn(deliver(node.clone(), client.clone(), batch, Some(id.clone())));
+                }
+                Err(_) => forget(node, id).await,
+            }
+        }
+    }
+}
+
 /// Gathers and delivers webhook batches until the node stops.
 pub async fn run(node: Arc<Node>) {
     let Some(mut rx) = node.pusher.webhooks.rx.lock().take() else { return };
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+    let mut orphans = tokio::time::interval((node.config.redis.node_timeout / 2).max(Duration::from_secs(1)));
     loop {
         let first = tokio::select! {
             item = rx.recv() => match item { Some(item) => item, None => return },
+            _ = orphans.tick() => {
+                claim_orphans(&node, &client).await;
+                continue;
+            }
             _ = node.shutdown.cancelled() => return,
         };
         let mut batches: HashMap<String, (Arc<App>, Vec<Value>)> = HashMap::new();
@@ -103,32 +208,39 @@ pub async fn run(node: Arc<Node>) {
                 }
                 let text = body(crate::stats::unix_millis(), &events);
                 let signature = super::sign::hmac_hex(&app.config.secret, text.as_bytes());
-                tokio::spawn(deliver(
-                    node.clone(),
-                    client.clone(),
-                    hook.url.clone(),
-                    app.config.key.clone(),
-                    signature,
-                    text,
-                ));
+                let batch = Batch { url: hook.url.clone(), key: app.config.key.clone(), signature, body: text };
+                let node = node.clone();
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let id = record(&node, &batch).await;
+                    deliver(node, client, batch, id).await;
+                });
             }
         }
     }
 }
 
-async fn deliver(node: Arc<Node>, client: reqwest::Client, url: String, key: String, signature: String, body: String) {
+/// Delivers a batch with retries; `id` is its record in Redis, forgotten once it is delivered or
+/// given up, and kept when the node stops first (a survivor delivers it).
+async fn deliver(node: Arc<Node>, client: reqwest::Client, batch: Batch, id: Option<String>) {
+    let url = &batch.url;
     let mut wait = Duration::from_secs(1);
     for attempt in 1..=ATTEMPTS {
         let result = client
-            .post(&url)
+            .post(url)
             .header("content-type", "application/json")
-            .header("x-pusher-key", &key)
-            .header("x-pusher-signature", &signature)
-            .body(body.clone())
+            .header("x-pusher-key", &batch.key)
+            .header("x-pusher-signature", &batch.signature)
+            .body(batch.body.clone())
             .send()
             .await;
         match result {
-            Ok(response) if response.status().is_success() => return,
+            Ok(response) if response.status().is_success() => {
+                if let Some(id) = &id {
+                    forget(&node, id).await;
+                }
+                return;
+            }
             Ok(response) => tracing::debug!(%url, status = %response.status(), attempt, "webhook refused"),
             Err(e) => tracing::debug!(%url, error = %e, attempt, "webhook failed"),
         }
@@ -137,9 +249,18 @@ async fn deliver(node: Arc<Node>, client: reqwest::Client, url: String, key: Str
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = node.shutdown.cancelled() => break,
+            _ = node.shutdown.cancelled() => {
+                if id.is_some() {
+                    tracing::info!(%url, "a pending Pusher webhook batch is left in Redis for another node");
+                    return;
+                }
+                break;
+            }
         }
         wait = (wait * 2).min(Duration::from_secs(30));
+    }
+    if let Some(id) = &id {
+        forget(&node, id).await;
     }
     node.pusher.webhooks.failed.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(%url, "a Pusher webhook batch was given up after {ATTEMPTS} attempts");

@@ -10,6 +10,7 @@ use super::{Session, handlers};
 use crate::audit;
 use crate::hub::shard::Shard;
 use crate::limits::RateDecision;
+use crate::protocol::kinds::{self, Builtin};
 use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound};
 use crate::stats;
 use crate::transport::frame::close_code;
@@ -25,35 +26,43 @@ pub(crate) async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: 
     let kind = parsed.as_ref().ok().map(|m| m.kind.as_str());
     let id = parsed.as_ref().ok().and_then(|m| m.id.as_ref());
     if !admit(shard, session, kind, id).await {
+        stats::count_message_type(shard.counters(), type_label(shard.node(), kind), true);
         return;
     }
     match parsed {
         Ok(message) => handle_admitted(shard, session, message).await,
-        Err(e) => session.send_error(shard, &e, None),
+        Err(e) => {
+            stats::count_message_type(shard.counters(), kinds::INVALID, true);
+            session.send_error(shard, &e, None);
+        }
     }
 }
 
 /// Handles a message the rate limits have already admitted (see [`admit`]).
 pub(crate) async fn handle_admitted(shard: &Rc<Shard>, session: &Rc<Session>, message: Inbound) {
     let node = shard.node();
-    let result = match message.kind.as_str() {
-        "ping" => handlers::ping::handle(shard, session, &message),
-        "refresh_token" => handlers::auth::refresh(shard, session, &message).await,
-        "chat_message" => handlers::chat::chat(shard, session, &message).await,
-        "mark_read" | "read_receipt" => handlers::chat::mark_read(shard, session, &message).await,
-        "subscribe" => handlers::channels::subscribe(shard, session, &message).await,
-        "unsubscribe" => handlers::channels::unsubscribe(shard, session, &message),
-        "join_room" => handlers::rooms::join(shard, session, &message).await,
-        "leave_room" => handlers::rooms::leave(shard, session, &message),
-        "status_update" => handlers::presence::status_update(shard, session, &message).await,
-        "typing_start" => handlers::presence::typing_start(shard, session, &message).await,
-        "typing_stop" => handlers::presence::typing_stop(shard, session, &message).await,
-        "cursor_move" => handlers::presence::cursor_move(shard, session, &message).await,
-        "cell_update" => handlers::cells::update(shard, session, &message).await,
-        "subscribe_notifications" => handlers::notifications::subscribe(shard, session, &message).await,
-        "history" => handlers::streams::history(shard, session, &message).await,
-        "notification_read" => handlers::notifications::read(shard, session, &message).await,
-        other => {
+    let label = type_label(node, Some(&message.kind));
+    // The label's index is the built-in's place in the table: one lookup serves both.
+    let builtin = kinds::BUILT_IN.get(label).map(|(_, builtin)| *builtin);
+    let result = match builtin {
+        Some(Builtin::Ping) => handlers::ping::handle(shard, session, &message),
+        Some(Builtin::RefreshToken) => handlers::auth::refresh(shard, session, &message).await,
+        Some(Builtin::ChatMessage) => handlers::chat::chat(shard, session, &message).await,
+        Some(Builtin::MarkRead) => handlers::chat::mark_read(shard, session, &message).await,
+        Some(Builtin::Subscribe) => handlers::channels::subscribe(shard, session, &message).await,
+        Some(Builtin::Unsubscribe) => handlers::channels::unsubscribe(shard, session, &message),
+        Some(Builtin::JoinRoom) => handlers::rooms::join(shard, session, &message).await,
+        Some(Builtin::LeaveRoom) => handlers::rooms::leave(shard, session, &message),
+        Some(Builtin::StatusUpdate) => handlers::presence::status_update(shard, session, &message).await,
+        Some(Builtin::TypingStart) => handlers::presence::typing_start(shard, session, &message).await,
+        Some(Builtin::TypingStop) => handlers::presence::typing_stop(shard, session, &message).await,
+        Some(Builtin::CursorMove) => handlers::presence::cursor_move(shard, session, &message).await,
+        Some(Builtin::CellUpdate) => handlers::cells::update(shard, session, &message).await,
+        Some(Builtin::SubscribeNotifications) => handlers::notifications::subscribe(shard, session, &message).await,
+        Some(Builtin::History) => handlers::streams::history(shard, session, &message).await,
+        Some(Builtin::NotificationRead) => handlers::notifications::read(shard, session, &message).await,
+        None => {
+            let other = message.kind.as_str();
             if let Some(alias) = node.config.aliases.iter().find(|a| a.kind == other) {
                 handlers::upstream::alias(shard, session, &message, alias).await
             } else if node.config.upstream.types.iter().any(|t| t == other) {
@@ -63,11 +72,27 @@ pub(crate) async fn handle_admitted(shard: &Rc<Shard>, session: &Rc<Session>, me
             }
         }
     };
+    stats::count_message_type(shard.counters(), label, result.is_err());
     if let Err(e) = result {
         session.send_error(shard, &e, message.id.as_ref());
         if e.code == ErrorCode::RateLimitExceeded && node.limits.note_refusal(&mut session.rate.borrow_mut()) {
             abuse(shard, session);
         }
+    }
+}
+
+/// The metrics label of a message of type `kind` (`None`: not a valid message): its built-in
+/// name, or `alias`, `forwarded`, `unknown`, `invalid`; never the client's own text.
+fn type_label(node: &crate::node::Node, kind: Option<&str>) -> usize {
+    let Some(kind) = kind else { return kinds::INVALID };
+    if let Some(index) = kinds::built_in_index(kind) {
+        index
+    } else if node.config.aliases.iter().any(|a| a.kind == kind) {
+        kinds::ALIAS
+    } else if node.config.upstream.types.iter().any(|t| t == kind) {
+        kinds::FORWARDED
+    } else {
+        kinds::UNKNOWN
     }
 }
 

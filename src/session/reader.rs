@@ -286,7 +286,7 @@ mod tests {
     /// Opens an upgraded connection to a fresh node's echo endpoint.
     async fn echo_connection() -> (crate::server::Running, TcpStream, Vec<u8>) {
         let mut config = Config::default();
-        config.server.listen = "127.0.0.1:0".into();
+        config.server.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         config.server.shards = 1;
         config.endpoints.push(EndpointConfig { path: "/echo".into(), kind: EndpointKind::Echo, ..Default::default() });
         let running = crate::server::start(config).await.unwrap();

@@ -39,7 +39,7 @@ impl HttpLimits {
         let cap = server.max_requests_in_flight;
         HttpLimits {
             request_timeout: server.request_timeout,
-            max_body: node.config.api.max_body_size.unwrap_or(crate::api::DEFAULT_BODY_LIMIT),
+            max_body: crate::api::largest_body(&node.config),
             in_flight: (cap > 0).then(|| Arc::new(Semaphore::new(cap))),
             cap,
         }

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 
 use crate::audit;
 use crate::auth::{self, Identity, TokenError};
-use crate::config::{AuthMode, Config, EndpointConfig, EndpointKind, RejectStyle, WelcomeStyle, parse_net};
+use crate::config::{AuthMode, Config, EndpointConfig, EndpointKind, RejectStyle, WelcomeStyle};
 use crate::node::Node;
 use crate::protocol::{template, validate_name};
 use crate::session::ConnectPlan;
@@ -154,7 +154,7 @@ pub(crate) async fn prepare(
         audit::authentication_failed(&client_ip.to_string(), &endpoint.path, &format!("origin {origin:?} not allowed"));
         return Err(refuse(StatusCode::FORBIDDEN, "ORIGIN_NOT_ALLOWED", &format!("origin {origin:?} is not allowed")));
     }
-    let cap = node.config.limits.max_connections;
+    let cap = node.limits.config().max_connections;
     // Statistics streams are not clients, but they hold sockets all the same: they count here.
     let totals = node.stats.totals();
     if cap > 0 && totals.connections + totals.observers >= cap as u64 {
@@ -185,7 +185,7 @@ pub(crate) async fn prepare(
         Err(e) => {
             refused(node);
             audit::authentication_failed(&client_ip.to_string(), &endpoint.path, &e.to_string());
-            if node.auth.config.reject == RejectStyle::Http {
+            if node.auth.config().reject == RejectStyle::Http {
                 return Err(refuse(StatusCode::UNAUTHORIZED, "AUTHENTICATION_FAILED", &e.to_string()));
             }
             plan.user = None;
@@ -222,16 +222,11 @@ fn refused(node: &Node) {
     node.stats.node.refused_connections.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The networks of `server.trusted_proxies`: peers whose forwarding headers are believed.
-pub(crate) fn trusted_proxies(config: &Config) -> Vec<ipnet::IpNet> {
-    config.server.trusted_proxies.iter().filter_map(|p| parse_net(p)).collect()
-}
-
 /// The client's address: the peer, or, behind a trusted proxy, the last address in
 /// `X-Forwarded-For` that is not itself a trusted proxy.
 pub fn client_ip(config: &Config, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
-    let trusted = trusted_proxies(config);
-    if !trusted.iter().any(|net| net.contains(&peer)) {
+    let trusted = &config.server.trusted_proxies;
+    if !trusted.contains(&peer) {
         return peer;
     }
     let forwarded = headers
@@ -241,7 +236,7 @@ pub fn client_ip(config: &Config, peer: IpAddr, headers: &http::HeaderMap) -> Ip
         .flat_map(|v| v.split(','))
         .filter_map(|a| a.trim().parse::<IpAddr>().ok())
         .collect::<Vec<_>>();
-    forwarded.into_iter().rev().find(|ip| !trusted.iter().any(|net| net.contains(ip))).unwrap_or(peer)
+    forwarded.into_iter().rev().find(|ip| !trusted.contains(ip)).unwrap_or(peer)
 }
 
 /// Checks the `Origin` of a browser's upgrade against `server.allowed_origins`. Requests without

@@ -2,6 +2,7 @@
 
 mod api;
 mod badinput;
+mod batch;
 mod cli;
 mod collab;
 mod common;
@@ -13,6 +14,7 @@ mod openapi;
 mod ops;
 mod pusher;
 mod redis;
+mod reload;
 mod resilience;
 mod resume;
 mod security;

@@ -89,6 +89,49 @@ async fn metrics_carry_help_build_info_and_process_figures() {
     }
 }
 
+/// Client messages are counted by type (received and refused), from a closed set of labels:
+/// a client's own type names never become a label. Connections are counted by endpoint and
+/// transport.
+#[tokio::test]
+async fn metrics_count_messages_by_type_and_connections_by_endpoint() {
+    let herald = Herald::start("[[endpoints]]\npath = \"/campaigns\"\nchannels = [\"campaigns\"]\n").await;
+    let mut client = herald.connect("/ws").await;
+    client.request(serde_json::json!({"type": "ping"})).await;
+    client.request(serde_json::json!({"type": "ping"})).await;
+    client.request(serde_json::json!({"type": "subscribe", "channels": ["a"]})).await;
+    // Refused: a bad subscribe, a type nobody handles, a frame that is no message.
+    client.send_json(serde_json::json!({"type": "subscribe"})).await;
+    assert_eq!(client.recv().await["type"], "error");
+    client.send_json(serde_json::json!({"type": "made_up_by_the_client"})).await;
+    assert_eq!(client.recv().await["code"], "UNKNOWN_MESSAGE_TYPE");
+    client.send_text("not json").await;
+    assert_eq!(client.recv().await["code"], "INVALID_JSON");
+    let _campaigns = herald.connect("/ws/campaigns").await;
+
+    let (_, text) = herald.get_text("/metrics").await;
+    for line in [
+        "herald_client_messages_total{type=\"ping\"} 2",
+        "herald_client_messages_refused_total{type=\"ping\"} 0",
+        "herald_client_messages_total{type=\"subscribe\"} 2",
+        "herald_client_messages_refused_total{type=\"subscribe\"} 1",
+        "herald_client_messages_total{type=\"unknown\"} 1",
+        "herald_client_messages_refused_total{type=\"unknown\"} 1",
+        "herald_client_messages_total{type=\"invalid\"} 1",
+        "herald_client_messages_total{type=\"history\"} 0",
+        "herald_connections_opened_total{endpoint=\"/ws\",transport=\"websocket\"} 1",
+        "herald_connections_opened_total{endpoint=\"/ws/campaigns\",transport=\"websocket\"} 1",
+        "herald_connections_opened_total{endpoint=\"/ws\",transport=\"sse\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
+    }
+    assert!(!text.contains("made_up_by_the_client"), "a client's type became a label:\n{text}");
+    for family in
+        ["herald_client_messages_total", "herald_client_messages_refused_total", "herald_connections_opened_total"]
+    {
+        assert!(text.contains(&format!("# HELP {family} ")), "no HELP for {family}");
+    }
+}
+
 /// The Grafana dashboard in the repository asks only for metrics Herald exports.
 #[tokio::test]
 async fn the_grafana_dashboard_uses_exported_metrics() {

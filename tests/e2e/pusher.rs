@@ -494,3 +494,414 @@ async fn presence_members_are_rewritten_after_redis_loses_them() {
     until("the member is written again", async || members().as_deref() == Some("1")).await;
     assert_alive(&mut alice).await;
 }
+
+/// Publishes event `name` with `data` on `channel` through the signed HTTP API of `herald`.
+async fn trigger(herald: &Herald, channel: &str, name: &str, data: &str) {
+    let body = json!({"name": name, "channel": channel, "data": data}).to_string();
+    let (status, reply) = post_raw(herald, &signed("POST", "/apps/77/events", &body, SECRET, now(), &[]), &body).await;
+    assert_eq!(status, 200, "{reply}");
+}
+
+/// Herald's positions through the Pusher socket: a client that asks (`"seq": true`) gets its
+/// channel's position on `subscription_succeeded` and on every event; after a reconnect to
+/// another node, `"recover"` replays exactly what it missed, in order, while events keep being
+/// published, with nothing lost or twice. Presence announcements take no place in the stream;
+/// a client that asks for nothing sees no new field.
+#[tokio::test]
+async fn positions_and_resume_through_the_pusher_socket() {
+    let redis = crate::common::redis::RedisServer::start().await;
+    let toml = format!(
+        "{}\n[redis]\nurl = \"{}\"\n\n[[history]]\nchannels = \"jobs-*\"\nsize = 100\n\n[[history]]\nchannels = \"presence-desk*\"\n",
+        config(false),
+        redis.url()
+    );
+    let a = Herald::start(&toml).await;
+    let b = Herald::start(&toml).await;
+    crate::redis::wait_live_nodes(&a, 2).await;
+    crate::redis::wait_live_nodes(&b, 2).await;
+    let channel = "jobs-7";
+
+    let (mut plain, _) = connect(&a).await;
+    subscribe(&mut plain, channel).await;
+    let (mut client, _) = connect(&a).await;
+    client.send_json(json!({"event": "pusher:subscribe", "data": {"channel": channel, "seq": true}})).await;
+    let succeeded = client.recv().await;
+    assert_eq!(succeeded["event"], "pusher_internal:subscription_succeeded", "{succeeded}");
+    assert_eq!((&succeeded["data"], &succeeded["seq"]), (&json!("{}"), &json!(0)), "{succeeded}");
+    assert!(succeeded.get("recovered").is_none(), "{succeeded}");
+
+    for n in 1..=3 {
+        trigger(&a, channel, "progress", &n.to_string()).await;
+    }
+    let mut epoch = String::new();
+    for n in 1..=3 {
+        let event = client.recv().await;
+        assert_eq!(
+            (&event["event"], &event["data"], &event["seq"]),
+            (&json!("progress"), &json!(n.to_string()), &json!(n))
+        );
+        assert!(event.get("stream").is_none(), "the channel already names the stream: {event}");
+        epoch = event["epoch"].as_str().expect("an epoch").to_string();
+        let seen = plain.recv().await;
+        assert_eq!(
+            seen,
+            json!({"event": "progress", "channel": channel, "data": n.to_string()}),
+            "plain clients see no new field"
+        );
+    }
+    drop(client);
+
+    // Missed while away, then more published while the client comes back on the other node.
+    for n in 4..=6 {
+        trigger(&a, channel, "progress", &n.to_string()).await;
+    }
+    let publisher = {
+        let url = a.url("");
+        tokio::spawn(async move {
+            for n in 7..=30 {
+                let path = "/apps/77/events";
+                let body = json!({"name": "progress", "channel": "jobs-7", "data": n.to_string()}).to_string();
+                let query = signed("POST", path, &body, SECRET, now(), &[]);
+                let response = reqwest::Client::new()
+                    .post(format!("{}{}", url.trim_end_matches('/'), query))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("POST");
+                assert_eq!(response.status().as_u16(), 200);
+            }
+        })
+    };
+    let (mut back, _) = connect(&b).await;
+    let recover = json!({"seq": 3, "epoch": epoch});
+    back.send_json(json!({"event": "pusher:subscribe", "data": {"channel": channel, "recover": recover}})).await;
+    let succeeded = back.recv().await;
+    assert_eq!(succeeded["event"], "pusher_internal:subscription_succeeded", "{succeeded}");
+    assert_eq!((&succeeded["recovered"], &succeeded["epoch"]), (&json!(true), &json!(epoch)), "{succeeded}");
+    let mut received = Vec::new();
+    while received.last() != Some(&30) {
+        let event = back.recv().await;
+        assert_eq!(event["event"], "progress", "{event}");
+        let n: u64 = event["data"].as_str().and_then(|d| d.parse().ok()).expect("a number");
+        assert_eq!(event["seq"], n, "{event}");
+        received.push(n);
+    }
+    assert_eq!(received, (4..=30).collect::<Vec<_>>(), "every missed and live event once, in order");
+    publisher.await.expect("the publisher");
+
+    // A position of another epoch cannot be resumed: said so, and live events follow.
+    let (mut stale, _) = connect(&b).await;
+    let recover = json!({"seq": 3, "epoch": "not-an-epoch"});
+    stale.send_json(json!({"event": "pusher:subscribe", "data": {"channel": channel, "recover": recover}})).await;
+    let succeeded = stale.recv().await;
+    assert_eq!((&succeeded["recovered"], &succeeded["seq"]), (&json!(false), &json!(30)), "{succeeded}");
+    trigger(&a, channel, "progress", "31").await;
+    assert_eq!(stale.recv().await["seq"], 31);
+
+    // On a presence channel with history, member changes are not events of the stream.
+    let desk = "presence-desk";
+    let (mut alice, alice_id) = connect(&a).await;
+    let channel_data = json!({"user_id": "alice"}).to_string();
+    let signature = hmac_hex(SECRET, format!("{alice_id}:{desk}:{channel_data}").as_bytes());
+    let data =
+        json!({"channel": desk, "auth": format!("{KEY}:{signature}"), "channel_data": channel_data, "seq": true});
+    alice.send_json(json!({"event": "pusher:subscribe", "data": data})).await;
+    let succeeded = alice.recv().await;
+    assert_eq!((&succeeded["event"], &succeeded["seq"]), (&json!("pusher_internal:subscription_succeeded"), &json!(0)));
+    let (mut bob, bob_id) = connect(&b).await;
+    join_presence(&mut bob, &bob_id, desk, "bob").await;
+    let added = alice.recv().await;
+    assert_eq!(added["event"], "pusher_internal:member_added", "{added}");
+    assert!(added.get("seq").is_none(), "{added}");
+    trigger(&b, desk, "note", "x").await;
+    let note = alice.recv().await;
+    assert_eq!((&note["event"], &note["seq"]), (&json!("note"), &json!(1)), "{note}");
+}
+
+/// Herald's operator listings (`/api/channels`, `/api/connections`, which the dashboard shows)
+/// name a Pusher app's channels and users as the app does, with the app's id beside them, never
+/// by their hub names; a channel of Herald's own protocol with the same name stays apart.
+#[tokio::test]
+async fn admin_listings_name_pusher_channels_as_their_app_does() {
+    let herald = Herald::start(&config(false)).await;
+    let (mut client, socket_id) = connect(&herald).await;
+    subscribe(&mut client, "news").await;
+    let user_data = json!({"id": "alice"}).to_string();
+    let signature = hmac_hex(SECRET, format!("{socket_id}::user::{user_data}").as_bytes());
+    let auth = format!("{KEY}:{signature}");
+    client.send_json(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}})).await;
+    assert_eq!(client.recv().await["event"], "pusher:signin_success");
+    let mut native = herald.connect("/ws").await;
+    native.send_json(json!({"type": "subscribe", "channels": ["news", "sports"]})).await;
+    assert_eq!(native.recv().await["type"], "subscribed");
+
+    let (status, listing) = herald.get("/api/channels").await;
+    assert_eq!(status, 200, "{listing}");
+    let mut rows = listing["channels"].as_array().expect("channels").clone();
+    rows.sort_by_key(|r| r.to_string());
+    assert_eq!(
+        rows,
+        [
+            json!({"channel": "news", "pusher_app": "77", "subscribers": 1}),
+            json!({"channel": "news", "subscribers": 1}),
+            json!({"channel": "sports", "subscribers": 1}),
+        ]
+    );
+
+    let (status, connections) = herald.get("/api/connections").await;
+    assert_eq!(status, 200, "{connections}");
+    let pusher = connections["connections"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c.get("pusher_app").is_some()))
+        .unwrap_or_else(|| panic!("no Pusher connection listed: {connections}"));
+    assert_eq!(
+        (&pusher["pusher_app"], &pusher["channels"], &pusher["user_id"]),
+        (&json!("77"), &json!(["news"]), &json!("alice"))
+    );
+    for text in [listing.to_string(), connections.to_string()] {
+        assert!(!text.contains("\\u001f"), "a hub name leaked: {text}");
+    }
+}
+
+/// A receiver of Pusher webhooks: every event of every batch, in arrival order.
+async fn webhook_receiver() -> (String, std::sync::Arc<parking_lot::Mutex<Vec<Value>>>) {
+    let seen: std::sync::Arc<parking_lot::Mutex<Vec<Value>>> = Default::default();
+    let app = axum::Router::new().route(
+        "/pusher",
+        axum::routing::post({
+            let seen = seen.clone();
+            move |body: axum::body::Bytes| {
+                let seen = seen.clone();
+                async move {
+                    let batch: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    seen.lock().extend(batch["events"].as_array().cloned().unwrap_or_default());
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/pusher", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+/// How many `name` webhooks `channel` drew so far.
+fn hooks(seen: &parking_lot::Mutex<Vec<Value>>, name: &str, channel: &str) -> usize {
+    seen.lock().iter().filter(|e| e["name"] == name && e["channel"] == channel).count()
+}
+
+/// Waits until `channel` drew a `name` webhook.
+async fn wait_hook(seen: &parking_lot::Mutex<Vec<Value>>, name: &str, channel: &str) {
+    tokio::time::timeout(crate::common::WAIT, async {
+        while hooks(seen, name, channel) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {name} for {channel}: {:?}", seen.lock()));
+}
+
+/// Occupancy is the cluster's: two nodes gaining a channel at once send one `channel_occupied`;
+/// a node that dies takes its counts with it (its Redis fields are deleted once the registry
+/// forgets it) and a channel whose only subscribers were there is vacated once, by a survivor.
+#[tokio::test]
+async fn occupancy_webhooks_are_sent_once_for_the_cluster_even_when_a_node_dies() {
+    let redis = crate::common::redis::RedisServer::start().await;
+    let (hook, seen) = webhook_receiver().await;
+    let toml = format!(
+        "{}\n[[pusher.apps.webhooks]]\nurl = \"{hook}\"\nevent_types = [\"channel_occupied\", \"channel_vacated\"]\n\n[redis]\nurl = \"{}\"\nnode_timeout = \"3s\"\n",
+        config(false),
+        redis.url()
+    );
+    let mut a = Herald::start(&toml).await;
+    let b = Herald::start(&toml).await;
+    crate::redis::wait_live_nodes(&a, 2).await;
+    crate::redis::wait_live_nodes(&b, 2).await;
+
+    let (mut on_a, _) = connect(&a).await;
+    let (mut on_b, _) = connect(&b).await;
+    tokio::join!(subscribe(&mut on_a, "shared"), subscribe(&mut on_b, "shared"));
+    subscribe(&mut on_a, "lonely").await;
+    wait_hook(&seen, "channel_occupied", "lonely").await;
+    wait_hook(&seen, "channel_occupied", "shared").await;
+
+    a.signal_and_wait("KILL").await;
+    drop(on_a);
+    wait_hook(&seen, "channel_vacated", "lonely").await;
+    let fields = redis.cli(&["HKEYS", "herald:pc:77"]).expect("HKEYS");
+    let mut fields: Vec<&str> = fields.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    fields.sort();
+    assert_eq!(fields.len(), 2, "only B's count of `shared` and its flag are left: {fields:?}");
+    assert!(fields[0].starts_with("shared ") && fields[1] == "shared ~", "{fields:?}");
+    let query = signed("GET", "/apps/77/channels", "", SECRET, now(), &[("info", "subscription_count")]);
+    let (status, channels) = b.get(&query).await;
+    assert_eq!(status, 200, "{channels}");
+    assert_eq!(channels["channels"], json!({"shared": {"subscription_count": 1}}));
+
+    on_b.send_json(json!({"event": "pusher:unsubscribe", "data": {"channel": "shared"}})).await;
+    wait_hook(&seen, "channel_vacated", "shared").await;
+    // A marker: a channel occupied and vacated after everything above, so that any duplicate
+    // sent before it has arrived by the time its own webhook does.
+    subscribe(&mut on_b, "marker").await;
+    on_b.send_json(json!({"event": "pusher:unsubscribe", "data": {"channel": "marker"}})).await;
+    wait_hook(&seen, "channel_vacated", "marker").await;
+    for channel in ["shared", "lonely"] {
+        for name in ["channel_occupied", "channel_vacated"] {
+            assert_eq!(hooks(&seen, name, channel), 1, "{name} of {channel}: {:?}", seen.lock());
+        }
+    }
+}
+
+/// With Redis a webhook batch outlives its node: the endpoint refuses while the node that made
+/// the batch is killed; a survivor takes the batch over and delivers it, signed as it was.
+#[tokio::test]
+async fn a_pending_webhook_batch_is_delivered_by_a_survivor_after_its_node_dies() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let redis = crate::common::redis::RedisServer::start().await;
+    let accept = std::sync::Arc::new(AtomicBool::new(false));
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen: std::sync::Arc<parking_lot::Mutex<Vec<(String, String)>>> = Default::default();
+    let app = axum::Router::new().route(
+        "/pusher",
+        axum::routing::post({
+            let (accept, refused, seen) = (accept.clone(), refused.clone(), seen.clone());
+            move |headers: axum::http::HeaderMap, body: String| {
+                let (accept, refused, seen) = (accept.clone(), refused.clone(), seen.clone());
+                async move {
+                    if !accept.load(Ordering::SeqCst) {
+                        refused.fetch_add(1, Ordering::SeqCst);
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let signature = headers.get("x-pusher-signature").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                    seen.lock().push((signature.to_string(), body));
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/pusher", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let toml = format!(
+        "{}\n[[pusher.apps.webhooks]]\nurl = \"{hook}\"\nevent_types = [\"channel_occupied\"]\n\n[redis]\nurl = \"{}\"\nnode_timeout = \"3s\"\n",
+        config(false),
+        redis.url()
+    );
+    let mut a = Herald::start(&toml).await;
+    let b = Herald::start(&toml).await;
+    crate::redis::wait_live_nodes(&a, 2).await;
+    crate::redis::wait_live_nodes(&b, 2).await;
+    let (mut client, _) = connect(&a).await;
+    subscribe(&mut client, "orders").await;
+    tokio::time::timeout(crate::common::WAIT, async {
+        while refused.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the batch was never attempted");
+    a.signal_and_wait("KILL").await;
+    drop(client);
+    accept.store(true, Ordering::SeqCst);
+    let (signature, body) = tokio::time::timeout(crate::common::WAIT, async {
+        loop {
+            if let Some(found) = seen.lock().iter().find(|(_, body)| body.contains("\"orders\"")).cloned() {
+                return found;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("nobody delivered the dead node's batch");
+    assert_eq!(signature, hmac_hex(SECRET, body.as_bytes()), "signed as it was");
+    let events: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(events["events"], json!([{"name": "channel_occupied", "channel": "orders"}]));
+    // Delivered, it is forgotten: no pending batch is left in Redis.
+    tokio::time::timeout(crate::common::WAIT, async {
+        while redis.cli(&["KEYS", "{herald:pw}:*"]).unwrap_or_default().trim() != "{herald:pw}:owners" {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("a batch is still pending: {:?}", redis.cli(&["KEYS", "{herald:pw}:*"])));
+}
+
+/// The limits that Soketi's own test suite checks against its server (which its suite starts
+/// in-process, so it cannot be pointed at Herald): channel name length, presence member size
+/// and count, client event size, the HTTP API's event name, payload and channel count limits,
+/// `users` of a non-presence channel, unknown routes, and that sockets closed without
+/// unsubscribing leave no channel behind.
+#[tokio::test]
+async fn the_limits_soketis_suite_checks() {
+    let toml = format!(
+        "{}max_presence_members = 2\nmax_presence_user_info_bytes = 64\nmax_event_payload_bytes = 100\nmax_event_channels = 3\n",
+        config(true)
+    );
+    let herald = Herald::start(&toml).await;
+    let (mut client, socket_id) = connect(&herald).await;
+    let long = format!("private-{}", "x".repeat(160));
+    let error =
+        error_for(&mut client, &json!({"event": "pusher:subscribe", "data": {"channel": long}}).to_string()).await;
+    assert!(error["message"].as_str().is_some_and(|m| m.contains("164")), "{error}");
+
+    // Presence: a member's user_info is bounded, and so is the channel's member count.
+    let presence = |client_socket: &str, user: &str, info: Value| {
+        let channel_data = json!({"user_id": user, "user_info": info}).to_string();
+        let signature = hmac_hex(SECRET, format!("{client_socket}:presence-full:{channel_data}").as_bytes());
+        json!({"event": "pusher:subscribe", "data": {"channel": "presence-full", "auth": format!("{KEY}:{signature}"), "channel_data": channel_data}})
+    };
+    let error = error_for(&mut client, &presence(&socket_id, "big", json!({"bio": "y".repeat(100)})).to_string()).await;
+    assert!(error["message"].as_str().is_some_and(|m| m.contains("64 bytes")), "{error}");
+    let mut members = Vec::new();
+    for user in ["u1", "u2"] {
+        let (mut member, id) = connect(&herald).await;
+        member.send_json(presence(&id, user, json!({}))).await;
+        assert_eq!(member.recv().await["event"], "pusher_internal:subscription_succeeded");
+        members.push(member);
+    }
+    let error = error_for(&mut client, &presence(&socket_id, "u3", json!({})).to_string()).await;
+    assert_eq!(error["code"], 4004, "{error}");
+
+    // A client event larger than the app's payload limit is refused; the connection carries on.
+    let private = format!("{KEY}:{}", hmac_hex(SECRET, format!("{socket_id}:private-chat").as_bytes()));
+    client.send_json(json!({"event": "pusher:subscribe", "data": {"channel": "private-chat", "auth": private}})).await;
+    assert_eq!(client.recv().await["event"], "pusher_internal:subscription_succeeded");
+    let big = json!({"event": "client-big", "channel": "private-chat", "data": {"text": "z".repeat(1000)}});
+    let error = error_for(&mut client, &big.to_string()).await;
+    assert!(error["message"].as_str().is_some_and(|m| m.contains("larger")), "{error}");
+    assert_alive(&mut client).await;
+
+    // The HTTP API's limits.
+    let events = "/apps/77/events";
+    for (what, body, status) in [
+        ("event name over 200 characters", json!({"name": "n".repeat(201), "channel": "a", "data": "1"}), 400),
+        ("payload over the limit", json!({"name": "e", "channel": "a", "data": "d".repeat(101)}), 413),
+        ("more channels than allowed", json!({"name": "e", "channels": ["a", "b", "c", "d"], "data": "1"}), 400),
+        ("channel name over 164 characters", json!({"name": "e", "channel": "c".repeat(165), "data": "1"}), 400),
+    ] {
+        let body = body.to_string();
+        let (got, reply) = post_raw(&herald, &signed("POST", events, &body, SECRET, now(), &[]), &body).await;
+        assert_eq!(got, status, "{what}: {reply}");
+    }
+    let (status, reply) =
+        herald.get(&signed("GET", "/apps/77/channels/public-news/users", "", SECRET, now(), &[])).await;
+    assert_eq!(status, 400, "users of a public channel: {reply}");
+    let (status, reply) = herald.get(&signed("GET", "/apps/77/no-such-route", "", SECRET, now(), &[])).await;
+    assert_eq!(status, 404, "{reply}");
+
+    // Sockets closed without unsubscribing leave no channel and no member behind.
+    drop(members);
+    drop(client);
+    let query = signed("GET", "/apps/77/channels", "", SECRET, now(), &[]);
+    tokio::time::timeout(crate::common::WAIT, async {
+        while herald.get(&query).await.1 != json!({"channels": {}}) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("channels were left behind: {}", "see the log"));
+    let users = signed("GET", "/apps/77/channels/presence-full/users", "", SECRET, now(), &[]);
+    assert_eq!(herald.get(&users).await.1, json!({"users": []}));
+}

@@ -321,6 +321,27 @@ async fn admin_disconnect_reaches_the_owning_node() {
     assert_eq!(on_b.expect_close().await.0, 4001);
 }
 
+/// The dashboard's "disconnect a user": one call on any node closes that user's connections on
+/// every node (the others through their control channels) and leaves everyone else connected.
+#[tokio::test]
+async fn disconnecting_a_user_reaches_every_node() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    wait_live_nodes(&a, 2).await;
+    let mut alice_a = a.connect("/ws?user_id=alice").await;
+    let mut alice_b1 = b.connect("/ws?user_id=alice").await;
+    let mut alice_b2 = b.connect("/ws?user_id=alice").await;
+    let mut bob_b = b.connect("/ws?user_id=bob").await;
+    let (status, body) = a.delete("/api/users/alice/connections").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["disconnected"], 1, "{body}");
+    assert_eq!(body["nodes_asked"].as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(alice_a.expect_close().await.0, 4001);
+    assert_eq!(alice_b1.expect_close().await.0, 4001);
+    assert_eq!(alice_b2.expect_close().await.0, 4001);
+    bob_b.assert_alive().await;
+}
+
 #[tokio::test]
 async fn an_unreachable_redis_at_start_is_not_fatal() {
     let port = crate::common::redis::free_port();

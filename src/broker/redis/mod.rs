@@ -103,6 +103,9 @@ pub struct Control {
     /// Close this connection of the node.
     #[serde(default)]
     pub disconnect: Option<String>,
+    /// A user id: close all of that user's connections on this node.
+    #[serde(default)]
+    pub disconnect_user: Option<String>,
     /// `[app id, user id]`: close that Pusher user's connections on this node.
     #[serde(default)]
     pub pusher_terminate: Option<(String, String)>,

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::{presence, streams};
 use crate::audit;
 use crate::auth::{Action, Identity};
-use crate::config::{ExpiryPolicy, NameKind};
+use crate::config::{EndpointKind, ExpiryPolicy, NameKind};
 use crate::hub::shard::Shard;
 use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound};
 use crate::session::Session;
@@ -53,20 +53,39 @@ pub(crate) async fn refresh(shard: &Rc<Shard>, session: &Rc<Session>, message: &
         shard,
         &outbound::reply("token_refreshed", json!({ "expires_at": unix(verified.expires_at) }), message.id.as_ref()),
     );
-    recheck(shard, session, &identity).await;
+    recheck(shard, session, Some(&identity)).await;
     Ok(())
+}
+
+/// After the access rules were reloaded: every Herald connection of the node is checked again
+/// (each shard in a task of its own, one connection after another) and leaves what the new
+/// rules refuse. Returns once every shard has started its task.
+pub(crate) async fn recheck_everyone(node: &crate::node::Node) {
+    node.hub
+        .ask(|shard| {
+            let sessions: Vec<Rc<Session>> =
+                shard.all_sessions().into_iter().filter(|s| s.info.kind == EndpointKind::Events).collect();
+            let shard = shard.clone();
+            shard.clone().spawn(async move {
+                for session in sessions {
+                    let identity = session.user();
+                    recheck(&shard, &session, identity.as_deref()).await;
+                }
+            });
+        })
+        .await;
 }
 
 /// Asks the access policy again, under `identity`, for every room and channel the connection
 /// holds, and leaves those it no longer allows, telling the client why.
-async fn recheck(shard: &Rc<Shard>, session: &Rc<Session>, identity: &Identity) {
+async fn recheck(shard: &Rc<Shard>, session: &Rc<Session>, identity: Option<&Identity>) {
     let node = shard.node();
     let (rooms, channels): (Vec<Arc<str>>, Vec<Arc<str>>) = {
         let state = session.state.borrow();
         (state.rooms.iter().cloned().collect(), state.channels.iter().cloned().collect())
     };
     for room in rooms {
-        let Err(denied) = node.auth.check(Some(identity), NameKind::Room, &room, Action::Join).await else {
+        let Err(denied) = node.auth.check(identity, NameKind::Room, &room, Action::Join).await else {
             continue;
         };
         let was_member = shard.leave(session, &room);
@@ -78,7 +97,7 @@ async fn recheck(shard: &Rc<Shard>, session: &Rc<Session>, identity: &Identity) 
         }
     }
     for channel in channels {
-        let Err(denied) = node.auth.check(Some(identity), NameKind::Channel, &channel, Action::Subscribe).await else {
+        let Err(denied) = node.auth.check(identity, NameKind::Channel, &channel, Action::Subscribe).await else {
             continue;
         };
         shard.unsubscribe(session, &channel);
@@ -92,7 +111,7 @@ async fn recheck(shard: &Rc<Shard>, session: &Rc<Session>, identity: &Identity) 
 /// closes with 4003 once it has expired.
 pub(crate) fn check_expiry(shard: &Rc<Shard>, session: &Rc<Session>, now: SystemTime) {
     let Some(expires_at) = session.expires_at.get() else { return };
-    let config = &shard.node().auth.config;
+    let config = shard.node().auth.config();
     if now >= expires_at + config.leeway {
         session.send_error(shard, &ProtocolError::new(ErrorCode::AuthenticationFailed, "token expired"), None);
         audit::forced_disconnect(

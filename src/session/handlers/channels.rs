@@ -23,7 +23,7 @@ pub(crate) async fn subscribe_one(
     validate_name("channel", channel)?;
     let user = session.user();
     shard.node().auth.check(user.as_deref(), NameKind::Channel, channel, Action::Subscribe).await.map_err(denied)?;
-    let limit = shard.node().config.limits.max_channels_per_connection;
+    let limit = shard.node().limits.config().max_channels_per_connection;
     if limit > 0 && session.state.borrow().channels.len() >= limit && !session.state.borrow().channels.contains(channel)
     {
         return Err(ProtocolError::new(

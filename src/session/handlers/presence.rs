@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde_json::{Map, Value, json};
 
+use crate::config::{LifecycleEvent, TypingEvent};
 use crate::hub::Target;
 use crate::hub::shard::Shard;
 use crate::presence::{self, Status, Who};
@@ -83,12 +84,12 @@ fn typing_payloads(
     let mut payloads = Vec::new();
     for kind in &shard.node().config.presence.typing_events {
         let mut fields = Map::new();
-        match kind.as_str() {
-            "typing_indicator" => {
+        match kind {
+            TypingEvent::TypingIndicator => {
                 fields.insert("type".into(), "typing_indicator".into());
                 fields.insert("is_typing".into(), typing.into());
             }
-            _ => {
+            TypingEvent::UserTyping => {
                 let kind = if typing { "user_typing_start" } else { "user_typing_stop" };
                 fields.insert("type".into(), kind.into());
             }
@@ -354,7 +355,7 @@ pub(crate) async fn after_join(shard: &Rc<Shard>, session: &Rc<Session>, room: &
     let Some(who) = who(session) else { return };
     node.upstream.lifecycle(
         node,
-        "join",
+        LifecycleEvent::Join,
         json!({ "connection_id": &*session.connection_id, "user_id": &*who.user_id, "room": room }),
     );
     let room: Arc<str> = Arc::from(room);
@@ -370,7 +371,7 @@ pub(crate) async fn after_leave(shard: &Rc<Shard>, session: &Rc<Session>, room: 
     let Some(who) = who(session) else { return };
     node.upstream.lifecycle(
         node,
-        "leave",
+        LifecycleEvent::Leave,
         json!({ "connection_id": &*session.connection_id, "user_id": &*who.user_id, "room": room }),
     );
     stop_typing(shard, session, &who, |r| &**r == room).await;
@@ -401,7 +402,7 @@ pub(crate) async fn after_disconnect(shard: &Rc<Shard>, session: &Rc<Session>, r
     let Some(who) = who(session) else { return };
     node.upstream.lifecycle(
         node,
-        "disconnect",
+        LifecycleEvent::Disconnect,
         json!({ "connection_id": &*session.connection_id, "user_id": &*who.user_id, "rooms": rooms }),
     );
     stop_typing(shard, session, &who, |_| true).await;
@@ -415,7 +416,7 @@ pub(crate) fn after_connect(shard: &Shard, session: &Session) {
     presence::connected(node, &who);
     node.upstream.lifecycle(
         node,
-        "connect",
+        LifecycleEvent::Connect,
         json!({
             "connection_id": &*session.connection_id,
             "user_id": &*who.user_id,

@@ -22,7 +22,7 @@ pub(crate) async fn join_one(
     validate_name("room", room)?;
     let user = session.user();
     shard.node().auth.check(user.as_deref(), NameKind::Room, room, Action::Join).await.map_err(denied)?;
-    let limit = shard.node().config.limits.max_rooms_per_connection;
+    let limit = shard.node().limits.config().max_rooms_per_connection;
     if limit > 0 && session.state.borrow().rooms.len() >= limit && !session.state.borrow().rooms.contains(room) {
         return Err(ProtocolError::new(
             ErrorCode::LimitExceeded,

@@ -278,6 +278,29 @@ impl Herald {
         until(Missing(needle, &self.log), async || self.log.lock().contains(needle)).await;
     }
 
+    /// Rewrites the configuration file, sends SIGHUP and waits until the node has answered
+    /// that reload (applied or refused); returns the log from the line that answered it on.
+    pub async fn reload(&self, toml: &str) -> String {
+        let before = self.log.lock().matches("configuration reload").count();
+        std::fs::write(self.dir().join("herald.toml"), toml).expect("rewrite config");
+        self.signal("HUP");
+        let answered = tokio::time::timeout(WAIT, async {
+            loop {
+                {
+                    let log = self.log.lock();
+                    // The answering line and what follows (a refusal's reasons take lines of their own).
+                    if let Some((at, _)) = log.match_indices("configuration reload").nth(before) {
+                        let start = log[..at].rfind('\n').map_or(0, |n| n + 1);
+                        return log[start..].to_string();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        answered.unwrap_or_else(|_| panic!("the reload was never answered; log:\n{}", self.log.lock()))
+    }
+
     /// Waits for the process to exit by itself; returns its exit code.
     pub async fn wait_exit(&mut self) -> Option<i32> {
         let mut child = self.child.take().expect("running");

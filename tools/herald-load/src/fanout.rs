@@ -58,6 +58,10 @@ pub struct Args {
     /// Concurrent publishers.
     #[arg(long, default_value_t = 1)]
     pub publishers: usize,
+    /// Events per HTTP request (`--via http`): above 1, each request is a `POST
+    /// /api/publish/batch` of this many events, each with its own target.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// API key for publishing.
     #[arg(long, env = "HERALD_API_KEY")]
     pub api_key: Option<String>,
@@ -278,6 +282,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let redis_prefix = args.redis_prefix.clone();
     let published: Arc<Vec<AtomicU64>> = Arc::new((0..targets).map(|_| AtomicU64::new(0)).collect());
     let seq = Arc::new(AtomicU64::new(0));
+    let requests = Arc::new(AtomicU64::new(0));
     let pad = "x".repeat(args.size.saturating_sub(60));
     let total_events = args.warmup + (args.rate * args.duration).round() as u64;
     let publish_started_ns = report::now_ns();
@@ -299,9 +304,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         };
         let publisher_count = args.publishers.max(1) as f64;
         let warmup = args.warmup;
+        let batch = if args.via == Via::Http { args.batch.max(1) } else { 1 };
+        let requests = requests.clone();
         publishers.push(tokio::spawn(async move {
             let mut ticker = (rate > 0.0).then(|| {
-                let mut t = tokio::time::interval(Duration::from_secs_f64(publisher_count / rate));
+                let mut t = tokio::time::interval(Duration::from_secs_f64(publisher_count * batch as f64 / rate));
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 t
             });
@@ -309,12 +316,42 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 if let Some(t) = ticker.as_mut() {
                     t.tick().await;
                 }
-                let n = seq.fetch_add(1, Ordering::Relaxed);
+                let n = seq.fetch_add(batch as u64, Ordering::Relaxed);
                 let past_warmup = n >= warmup;
                 let done =
                     if rate > 0.0 { n >= total_events } else { past_warmup && publish_started.elapsed() >= duration };
                 if done {
                     break;
+                }
+                if batch > 1 {
+                    let last = if rate > 0.0 { total_events.min(n + batch as u64) } else { n + batch as u64 };
+                    let mut items = Vec::with_capacity(batch);
+                    for m in n..last {
+                        let target = (m % published.len() as u64) as usize;
+                        let event = json!({"type": "bench", "t": report::now_ns(), "seq": m, "pad": pad});
+                        items.push(match mode_kind {
+                            0 => json!({"channel": channel, "event": event}),
+                            1 => json!({"room": format!("{channel}-room-{target}"), "event": event}),
+                            _ => json!({"user_id": format!("{channel}-user-{target}"), "event": event}),
+                        });
+                    }
+                    let mut request = http.post(format!("{base}/api/publish/batch")).json(&json!({"items": items}));
+                    if let Some(key) = &api_key {
+                        request = request.bearer_auth(key);
+                    }
+                    let response = request.send().await?;
+                    let status = response.status();
+                    let reply: serde_json::Value = response.json().await.unwrap_or_default();
+                    if !status.is_success() || reply["failed"] != 0 {
+                        bail!("batch publish failed: {status} {reply}");
+                    }
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    for m in n..last {
+                        if m >= warmup {
+                            published[(m % published.len() as u64) as usize].fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    continue;
                 }
                 let target = (n % published.len() as u64) as usize;
                 let room = (mode_kind == 1).then(|| format!("{channel}-room-{target}"));
@@ -367,6 +404,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     if !response.status().is_success() {
                         bail!("publish failed: {} {}", response.status(), response.text().await.unwrap_or_default());
                     }
+                    requests.fetch_add(1, Ordering::Relaxed);
                 }
                 if past_warmup {
                     published[target].fetch_add(1, Ordering::Relaxed);
@@ -393,6 +431,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         reader.abort();
     }
     let received = shared.counted_latencies.load(Ordering::Relaxed);
+    if args.via == Via::Http {
+        let requests = requests.load(Ordering::Relaxed);
+        println!(
+            "HTTP requests: {requests} ({:.1}/s, {} event(s) each) over {} keep-alive publisher(s)",
+            requests as f64 / publish_secs,
+            args.batch.max(1),
+            args.publishers.max(1)
+        );
+    }
     let span_ns = shared.last_receive_ns.load(Ordering::Relaxed).saturating_sub(publish_started_ns).max(1);
     let histogram = report::merged();
     println!(
