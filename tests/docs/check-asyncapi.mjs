@@ -1,6 +1,6 @@
 // Checks docs/asyncapi.yaml: it is valid AsyncAPI 3.0 (@asyncapi/parser, the AsyncAPI
 // initiative's own validator), and it is in step with the code: every client message type the
-// dispatch table (src/session/dispatch.rs) handles and every error code (src/protocol/error.rs)
+// dispatch table (`BUILT_IN` in src/protocol/kinds.rs) handles and every error code (src/protocol/error.rs)
 // is in the document, every client message and error code in the document is one the code knows,
 // every server message type in the document is one the code sends, and every type the code builds
 // (`outbound::reply("…")`, `"type": "…"`) is documented. It also renders the book's
@@ -29,9 +29,11 @@ const json = document.json();
 if (json.asyncapi !== '3.0.0') failures.push(`asyncapi is ${json.asyncapi}, expected 3.0.0`);
 
 // The code's side.
-const dispatch = readFileSync(join(root, 'src/session/dispatch.rs'), 'utf8');
-const table = dispatch.slice(dispatch.indexOf('match message.kind.as_str()'), dispatch.indexOf('other =>'));
-const handled = new Set([...table.matchAll(/"([a-z_]+)"/g)].map((m) => m[1]));
+// The dispatcher finds every handler in one table, `BUILT_IN` in src/protocol/kinds.rs.
+const kinds = readFileSync(join(root, 'src/protocol/kinds.rs'), 'utf8');
+const start = kinds.indexOf('pub const BUILT_IN');
+const table = start < 0 ? '' : kinds.slice(start, kinds.indexOf('];', start));
+const handled = new Set([...table.matchAll(/\("([a-z_]+)",\s*Builtin::/g)].map((m) => m[1]));
 const errors = readFileSync(join(root, 'src/protocol/error.rs'), 'utf8');
 const codes = new Set([...errors.matchAll(/=> "([A-Z_]+)"/g)].map((m) => m[1]));
 if (handled.size < 10 || codes.size < 10) failures.push('could not read the dispatch table or the error codes');
@@ -69,8 +71,8 @@ const documentedClient = new Set(messages.filter(([k]) => k.startsWith('client_'
 const documentedServer = new Set(messages.filter(([k]) => k.startsWith('server_')).map(([, m]) => typeOf(m)).filter(Boolean));
 const documentedCodes = new Set(json.components.schemas.ErrorCode.enum);
 
-for (const t of handled) if (!documentedClient.has(t)) failures.push(`client message type "${t}" is handled in dispatch.rs but not documented`);
-for (const t of documentedClient) if (!handled.has(t)) failures.push(`client message type "${t}" is documented but dispatch.rs does not handle it`);
+for (const t of handled) if (!documentedClient.has(t)) failures.push(`client message type "${t}" is handled (protocol/kinds.rs) but not documented`);
+for (const t of documentedClient) if (!handled.has(t)) failures.push(`client message type "${t}" is documented but the dispatch table (protocol/kinds.rs) does not handle it`);
 for (const c of codes) if (!documentedCodes.has(c)) failures.push(`error code ${c} is in error.rs but not documented`);
 for (const c of documentedCodes) if (!codes.has(c)) failures.push(`error code ${c} is documented but not in error.rs`);
 for (const t of documentedServer) if (!everything.includes(`"${t}"`)) failures.push(`server message type "${t}" is documented but the code never spells it`);
