@@ -146,37 +146,32 @@ impl Hub {
     /// by an administrator"); returns whether it was here.
     pub async fn disconnect_local(&self, id: &str) -> bool {
         let wanted: Arc<str> = Arc::from(id);
-        let found = self
-            .ask(move |shard| match shard.all_sessions().into_iter().find(|s| s.connection_id == wanted) {
-                Some(session) => {
-                    let code = crate::pusher::protocol::close_for(
-                        session.info.kind,
-                        crate::transport::frame::close_code::DISCONNECTED_BY_ADMIN,
-                    );
-                    session.close(shard, code, "disconnected by an administrator");
-                    true
-                }
-                None => false,
-            })
-            .await;
-        found.contains(&true)
+        self.disconnect_matching(move |session| session.connection_id == wanted).await > 0
     }
 
     /// Closes every connection of `user` on this node with 4001 (or its protocol's code); returns
     /// how many there were.
     pub async fn disconnect_user_local(&self, user: &str) -> usize {
         let wanted: Arc<str> = Arc::from(user);
+        self.disconnect_matching(move |session| session.user_id().as_deref() == Some(&*wanted)).await
+    }
+
+    /// Closes every connection of this node that `matches` picks, each with its protocol's code
+    /// for "disconnected by an administrator"; returns how many there were.
+    async fn disconnect_matching<F>(&self, matches: F) -> usize
+    where
+        F: Fn(&crate::session::Session) -> bool + Send + Sync + 'static,
+    {
         self.ask(move |shard| {
-            let mine: Vec<_> =
-                shard.all_sessions().into_iter().filter(|s| s.user_id().as_deref() == Some(&*wanted)).collect();
-            for session in &mine {
+            let picked: Vec<_> = shard.all_sessions().into_iter().filter(|s| matches(s)).collect();
+            for session in &picked {
                 let code = crate::pusher::protocol::close_for(
                     session.info.kind,
                     crate::transport::frame::close_code::DISCONNECTED_BY_ADMIN,
                 );
                 session.close(shard, code, "disconnected by an administrator");
             }
-            mine.len()
+            picked.len()
         })
         .await
         .into_iter()
