@@ -38,6 +38,17 @@ impl Target {
     pub fn is_empty(&self) -> bool {
         self.channel.is_none() && self.room.is_none() && self.user.is_none() && !self.broadcast
     }
+
+    /// A target of these keys, not a broadcast: for tests.
+    #[cfg(test)]
+    pub(crate) fn of(channel: Option<&str>, room: Option<&str>, user: Option<&str>) -> Target {
+        Target {
+            channel: channel.map(Arc::from),
+            room: room.map(Arc::from),
+            user: user.map(Arc::from),
+            broadcast: false,
+        }
+    }
 }
 
 /// Which of the target's recipients a copy of an event is for.

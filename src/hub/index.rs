@@ -137,15 +137,6 @@ mod tests {
         index
     }
 
-    fn target(channel: Option<&str>, room: Option<&str>, user: Option<&str>) -> Target {
-        Target {
-            channel: channel.map(Arc::from),
-            room: room.map(Arc::from),
-            user: user.map(Arc::from),
-            broadcast: false,
-        }
-    }
-
     fn visited(index: &LocalIndex, target: &Target, route: Route) -> Vec<usize> {
         let mut slots = Vec::new();
         index.for_each_recipient(target, route, |slot| slots.push(slot));
@@ -155,7 +146,7 @@ mod tests {
     #[test]
     fn a_connection_under_several_keys_of_an_event_receives_it_once() {
         let index = index();
-        let mut full = visited(&index, &target(Some("c"), Some("r"), Some("u")), Route::Full);
+        let mut full = visited(&index, &Target::of(Some("c"), Some("r"), Some("u")), Route::Full);
         let len = full.len();
         full.sort();
         full.dedup();
@@ -166,7 +157,7 @@ mod tests {
     #[test]
     fn per_key_copies_together_reach_each_connection_once() {
         let index = index();
-        let t = target(Some("c"), Some("r"), Some("u"));
+        let t = Target::of(Some("c"), Some("r"), Some("u"));
         assert_eq!(visited(&index, &t, Route::Channel), [1, 2]);
         assert_eq!(visited(&index, &t, Route::Room), [3, 4], "room members reached by the channel skipped");
         assert_eq!(visited(&index, &t, Route::User), [5, 6], "the user's connections reached before skipped");
@@ -182,18 +173,18 @@ mod tests {
     fn keys_the_event_does_not_name_exclude_nobody() {
         let index = index();
         // Without a channel in the target, channel subscribers in the room are the room's.
-        assert_eq!(visited(&index, &target(None, Some("r"), None), Route::Room), [2, 3, 4]);
-        assert_eq!(visited(&index, &target(None, None, Some("u")), Route::User), [1, 3, 5, 6]);
+        assert_eq!(visited(&index, &Target::of(None, Some("r"), None), Route::Room), [2, 3, 4]);
+        assert_eq!(visited(&index, &Target::of(None, None, Some("u")), Route::User), [1, 3, 5, 6]);
         // Keys with no local connections, and broadcasts, visit nothing here.
-        assert!(visited(&index, &target(Some("other"), Some("none"), None), Route::Full).is_empty());
-        assert!(visited(&index, &target(Some("c"), None, None), Route::Broadcast).is_empty());
+        assert!(visited(&index, &Target::of(Some("other"), Some("none"), None), Route::Full).is_empty());
+        assert!(visited(&index, &Target::of(Some("c"), None, None), Route::Broadcast).is_empty());
     }
 
     #[test]
     fn removal_keeps_the_remaining_members_reachable_once() {
         let mut index = index();
         index.channels.remove("c", 2);
-        let t = target(Some("c"), Some("r"), None);
+        let t = Target::of(Some("c"), Some("r"), None);
         assert_eq!(visited(&index, &t, Route::Channel), [1]);
         let mut room = visited(&index, &t, Route::Room);
         room.sort();

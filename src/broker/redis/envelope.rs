@@ -127,15 +127,6 @@ pub(super) fn decode(payload: &[u8], own_node: &str) -> Result<Arc<Event>, serde
 mod tests {
     use super::*;
 
-    fn target(channel: Option<&str>, room: Option<&str>, user: Option<&str>) -> Target {
-        Target {
-            channel: channel.map(Arc::from),
-            room: room.map(Arc::from),
-            user: user.map(Arc::from),
-            broadcast: false,
-        }
-    }
-
     /// Every copy of `event` as another node (`node-b`) and as the origin (`node-a`) decode it.
     fn round_trip(event: &Event) -> Vec<(Arc<Event>, Arc<Event>)> {
         let head = head("node-a", event);
@@ -151,7 +142,7 @@ mod tests {
     #[test]
     fn every_copy_carries_the_target_the_event_and_its_route() {
         let payload = Bytes::from_static(br#"{"type":"x","n":[1,2,{"a":"\u00e9\"q"}]}"#);
-        let event = Event::excluding(target(Some("c1"), Some("r1"), Some("u1")), payload.clone(), 42);
+        let event = Event::excluding(Target::of(Some("c1"), Some("r1"), Some("u1")), payload.clone(), 42);
         let copies = round_trip(&event);
         let routes: Vec<Route> = copies.iter().map(|(remote, _)| remote.route).collect();
         assert_eq!(routes, [Route::Channel, Route::Room, Route::User]);
@@ -167,7 +158,7 @@ mod tests {
     #[test]
     fn names_that_json_escapes_survive() {
         let name = "a \"quoted\" \\ name\u{1f}p7\u{1f}presence-x ✓";
-        let event = Event::new(target(Some(name), None, Some("ü")), Bytes::from_static(b"{}"));
+        let event = Event::new(Target::of(Some(name), None, Some("ü")), Bytes::from_static(b"{}"));
         for (remote, _) in round_trip(&event) {
             assert_eq!(remote.target, event.target);
         }
@@ -175,7 +166,7 @@ mod tests {
 
     #[test]
     fn broadcasts_travel_on_one_key() {
-        let mut t = target(Some("c"), Some("r"), None);
+        let mut t = Target::of(Some("c"), Some("r"), None);
         t.broadcast = true;
         let event = Event::new(t, Bytes::from_static(b"{\"a\":1}"));
         assert_eq!(copies(&event.target), [("a", None)]);
@@ -188,7 +179,7 @@ mod tests {
     fn tags_and_stream_positions_arrive() {
         let tags = NotificationTags { category: Some("system".into()), module: None, priority: Some("high".into()) };
         let event = Event::tagged(
-            target(None, None, Some("u")),
+            Target::of(None, None, Some("u")),
             Bytes::from_static(b"{}"),
             None,
             Route::Full,
