@@ -94,6 +94,26 @@ impl Hub {
         }
     }
 
+    /// Hands several events to every shard in one inbox message per shard, in order: a batch
+    /// publish of a hundred targeted events costs each shard one wake-up, not a hundred, and
+    /// the shard writes each touched socket once for the whole group.
+    pub async fn dispatch_many(&self, events: Vec<Arc<Event>>) {
+        match events.len() {
+            0 => {}
+            1 => {
+                for event in events {
+                    self.dispatch(event).await;
+                }
+            }
+            _ => {
+                let events: Arc<[Arc<Event>]> = events.into();
+                for shard in &self.shards {
+                    let _ = shard.inbox.send(ShardMsg::DeliverMany(events.clone())).await;
+                }
+            }
+        }
+    }
+
     /// The shard with the fewest connections (ties rotate).
     pub(crate) fn pick_shard(&self, load: impl Fn(usize) -> u64) -> usize {
         let start = self.next_shard.fetch_add(1, Ordering::Relaxed);
