@@ -293,6 +293,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_batch_reaches_each_shard_as_one_message_in_order() {
+        let (hub, mut inboxes) = Hub::new(2);
+        let events: Vec<Arc<Event>> = (0..3)
+            .map(|n| Event::new(Target::of(None, None, Some(&format!("u{n}"))), bytes::Bytes::from("{}")))
+            .collect();
+        hub.dispatch_many(events.clone()).now_or_never().expect("room in the inboxes");
+        for inbox in &mut inboxes {
+            let Ok(ShardMsg::DeliverMany(got)) = inbox.try_recv() else { panic!("one grouped message") };
+            assert!(got.iter().zip(&events).all(|(a, b)| Arc::ptr_eq(a, b)), "the same events, in order");
+            assert!(inbox.try_recv().is_err(), "and nothing else");
+        }
+    }
+
+    #[test]
     fn interest_reports_only_node_wide_transitions() {
         let (hub, _inboxes) = Hub::new(2);
         let (initial, mut changes) = hub.watch_interest();
