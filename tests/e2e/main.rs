@@ -4,6 +4,7 @@ mod api;
 mod badinput;
 mod batch;
 mod cli;
+mod cluster;
 mod collab;
 mod common;
 mod core;
