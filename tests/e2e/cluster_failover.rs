@@ -1,0 +1,405 @@
+//! Redis Cluster failover and resharding under traffic: three Herald nodes on a cluster of three
+//! masters with one replica each. A master is killed mid-traffic (its replica is promoted) and a
+//! slot is migrated while events flow; Herald must not crash, must report the outage in
+//! `/health`, must resume delivery, and must never lose an acknowledged event silently.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+use crate::common::redis::{RedisCluster, key_slot};
+use crate::common::{Client, Herald, until};
+use crate::redis::wait_live_nodes;
+
+/// The Herald configuration for `cluster`: every node of the cluster listed, so that a node can
+/// rediscover the cluster whichever node died; presence on; history for `fo-*` channels.
+fn config(cluster: &RedisCluster) -> String {
+    let nodes: Vec<String> = cluster.nodes.iter().map(|n| format!("\"{}\"", n.url())).collect();
+    format!(
+        r#"
+[presence]
+enabled = true
+
+[redis]
+url = "{}"
+mode = "cluster"
+cluster_nodes = [{}]
+prefixes = ["app"]
+"#,
+        cluster.url(),
+        nodes.join(", ")
+    )
+}
+
+/// Three nodes that see each other through the cluster.
+async fn three_nodes(toml: &str) -> [Herald; 3] {
+    let nodes = [Herald::start(toml).await, Herald::start(toml).await, Herald::start(toml).await];
+    for node in &nodes {
+        wait_live_nodes(node, 3).await;
+    }
+    nodes
+}
+
+/// The first `<base>-<i>` whose keys (as `keys_of` builds them) all live on master `master`.
+fn name_on(cluster: &RedisCluster, master: usize, base: &str, keys_of: impl Fn(&str) -> Vec<String>) -> String {
+    let owner = cluster.slot_owners();
+    (0..100_000)
+        .map(|i| format!("{base}-{i}"))
+        .find(|name| keys_of(name).iter().all(|key| owner(key_slot(key)) == master))
+        .expect("a name on that master")
+}
+
+/// A channel's pub/sub key and its stream's keys (see `src/broker/keys.rs`).
+fn channel_keys(channel: &str) -> Vec<String> {
+    vec![format!("herald:c:{channel}"), format!("herald:h:{{c:{channel}}}")]
+}
+
+/// `/health`'s `health_status`.
+async fn health_of(node: &Herald) -> String {
+    node.get("/health").await.1["data"]["health_status"].as_str().unwrap_or_default().to_string()
+}
+
+/// Joins a room; returns the `room_state` that follows the acknowledgement.
+async fn join(client: &mut Client, room: &str) -> Value {
+    let ack = client.request(json!({"type": "join_room", "room_id": room})).await;
+    assert_eq!(ack["type"], "room_joined", "{ack}");
+    client.recv_type("room_state").await
+}
+
+fn user_ids(state: &Value) -> BTreeSet<String> {
+    state["users"].as_array().into_iter().flatten().filter_map(|u| u["user_id"].as_str().map(String::from)).collect()
+}
+
+/// Publishes `{"type":"tick","n":n}` on `channel` through `node` until `stop`, at most `limit`
+/// times; records each `n` with whether Herald acknowledged it as handed to every node (no
+/// `local_only`). Traffic, not a timing: each publish waits for the previous answer.
+fn traffic(node: &Herald, channel: &str, stop: Arc<AtomicBool>, limit: u64) -> tokio::task::JoinHandle<Vec<(u64, bool)>> {
+    let (url, channel) = (node.url("/api/publish"), channel.to_string());
+    let key = node.api_key.clone().expect("api key");
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut sent = Vec::new();
+        for n in 0..limit {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let body = json!({"channel": channel, "event": {"type": "tick", "n": n}});
+            let reply = http.post(&url).bearer_auth(&key).json(&body).send().await;
+            let everywhere = match reply {
+                Ok(response) if response.status().is_success() => {
+                    let body: Value = response.json().await.unwrap_or_default();
+                    body["local_only"] != true
+                }
+                _ => false,
+            };
+            sent.push((n, everywhere));
+        }
+        sent
+    })
+}
+
+/// Reads a client's events until a `marker` with `n`, collecting the ticks on the way.
+async fn ticks_until_marker(client: &mut Client, n: u64, ticks: &Mutex<Vec<Value>>) {
+    loop {
+        let event = client.recv_event().await;
+        match event["type"].as_str() {
+            Some("tick") => ticks.lock().push(event),
+            Some("marker") if event["n"] == n => return,
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_test_computes_slots_as_redis_does() {
+    let cluster = RedisCluster::start().await;
+    for key in ["herald:nodes", "herald:c:fo-1", "herald:h:{c:feed}", "123456789", "{}x", "a{b}c"] {
+        assert_eq!(key_slot(key), cluster.slot_of(key), "{key}");
+    }
+}
+
+/// A master killed mid-traffic: its replica is promoted, no Herald node crashes, `/health` says
+/// `degraded` during the failover and `healthy` after, `/api/stats` answers throughout, delivery
+/// on a channel of the killed master resumes, and the node registry and a room's presence (both
+/// on the killed master too) survive.
+#[tokio::test]
+async fn a_killed_master_is_failed_over_and_delivery_resumes() {
+    let mut cluster = RedisCluster::start_with_replicas().await;
+    // The registry, the channel and the room's presence all on the master that dies.
+    let victim = cluster.master_of(key_slot("herald:nodes"));
+    let replica = cluster.replica_of(victim);
+    let channel = name_on(&cluster, victim, "fo-ch", channel_keys);
+    let room = name_on(&cluster, victim, "fo-room", |r| vec![format!("herald:pr:room:{r}")]);
+    let [a, b, c] = three_nodes(&config(&cluster)).await;
+
+    let mut subscriber = b.connect(&format!("/ws?channels={channel}")).await;
+    let mut alice = c.connect("/ws?user_id=alice").await;
+    join(&mut alice, &room).await;
+    until("node A sees alice in the room", async || {
+        user_ids(&a.get(&format!("/api/rooms/{room}/presence")).await.1).contains("alice")
+    })
+    .await;
+    let mut bob = a.connect("/ws?user_id=bob").await;
+    let state = join(&mut bob, &room).await;
+    assert_eq!(user_ids(&state), BTreeSet::from(["alice".to_string(), "bob".to_string()]));
+
+    // Traffic flows through node A to node B's subscriber.
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = traffic(&a, &channel, stop.clone(), 100_000);
+    let ticks = Mutex::new(Vec::new());
+    ticks.lock().push(subscriber.recv_type("tick").await);
+
+    cluster.kill(victim);
+
+    // Node B's link to the dead master is gone: degraded, and its statistics still answer.
+    until("node B reports degraded health", async || health_of(&b).await == "degraded").await;
+    let (status, stats) = b.get("/api/stats").await;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(stats["redis"]["connected"], false, "{stats}");
+
+    cluster.wait_promoted(replica).await;
+    for node in [&a, &b, &c] {
+        until(format_args!("node on {} is healthy again", node.addr), async || health_of(node).await == "healthy")
+            .await;
+    }
+
+    // Delivery resumes: an event published after the failover reaches node B's subscriber, from
+    // either of the other nodes.
+    a.publish(json!({"channel": channel, "event": {"type": "marker", "n": 1}})).await;
+    ticks_until_marker(&mut subscriber, 1, &ticks).await;
+    c.publish(json!({"channel": channel, "event": {"type": "marker", "n": 2}})).await;
+    ticks_until_marker(&mut subscriber, 2, &ticks).await;
+    stop.store(true, Ordering::Relaxed);
+    let sent = publisher.await.expect("publisher");
+    assert!(sent.iter().any(|&(_, everywhere)| everywhere), "some ticks were handed to every node");
+
+    // Nobody crashed, the registry has all three nodes again, and the room kept both members
+    // with no departure announced.
+    for node in [&a, &b, &c] {
+        assert_eq!(node.get("/livez").await.0, 200);
+        wait_live_nodes(node, 3).await;
+    }
+    until("the room still has alice and bob, seen from node B", async || {
+        user_ids(&b.get(&format!("/api/rooms/{room}/presence")).await.1)
+            == BTreeSet::from(["alice".to_string(), "bob".to_string()])
+    })
+    .await;
+    let (status, _) = a.post(&format!("/api/rooms/{room}/broadcast"), json!({"type": "marker", "n": 3})).await;
+    assert_eq!(status, 200);
+    loop {
+        let event = bob.recv_event().await;
+        assert_ne!(event["type"], "user_left", "alice never left: {event}");
+        if event["type"] == "marker" {
+            break;
+        }
+    }
+    let log = b.log.lock().clone();
+    assert!(!log.contains("panicked"), "node B panicked:\n{log}");
+}
+
+/// Streams with history for the accounting tests.
+const HISTORY: &str = "\n[[history]]\nchannels = \"fo-*\"\nsize = 100000\nmax_age = \"10m\"\n";
+
+/// What a client following a stream with positions saw live: each event's seq, epoch and `n`.
+#[derive(Default)]
+struct Followed {
+    events: Vec<(u64, String, Value)>,
+}
+
+impl Followed {
+    fn push(&mut self, event: &Value) {
+        let seq = event["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {event}"));
+        let epoch = event["epoch"].as_str().unwrap_or_default().to_string();
+        self.events.push((seq, epoch, event.clone()));
+    }
+}
+
+/// Reads a following client's events until the marker `n`, recording every event's position.
+async fn follow_until_marker(client: &mut Client, n: u64, followed: &mut Followed) {
+    loop {
+        let event = client.recv_event().await;
+        if event["type"] != "tick" && event["type"] != "marker" {
+            continue;
+        }
+        followed.push(&event);
+        if event["type"] == "marker" && event["n"] == n {
+            return;
+        }
+    }
+}
+
+/// Checks the promise for a stream with history: every tick acknowledged as handed to every
+/// node (`sent`) reached the client live, or is replayed by a resume from the position before a
+/// jump in seq, or lies in a gap Herald reports (`recovered: false`, a changed epoch). Returns how
+/// many ticks were replayed and how many fell into reported gaps.
+async fn account(client: &mut Client, channel: &str, followed: &Followed, sent: &[(u64, bool)]) -> (usize, u64) {
+    let mut delivered: BTreeSet<u64> =
+        followed.events.iter().filter(|(_, _, e)| e["type"] == "tick").filter_map(|(_, _, e)| e["n"].as_u64()).collect();
+    let live = delivered.len();
+    let mut reported = 0u64;
+    for pair in followed.events.windows(2) {
+        let ((seq, epoch, _), (next, next_epoch, _)) = (&pair[0], &pair[1]);
+        if epoch != next_epoch {
+            // A new epoch: the old position must be reported unrecoverable, never half-served.
+            let reply = client
+                .request(json!({"type": "history", "channel": channel, "since": {"seq": seq, "epoch": epoch}}))
+                .await;
+            assert_eq!(reply["recovered"], false, "an old epoch cannot be recovered: {reply}");
+            reported += u64::MAX / 4;
+            continue;
+        }
+        assert!(next > seq, "seq went backwards or repeated within one epoch: {seq} then {next}");
+        if next - seq == 1 {
+            continue;
+        }
+        // A jump: resume from the last position seen, as a client does.
+        let reply =
+            client.request(json!({"type": "history", "channel": channel, "since": {"seq": seq, "epoch": epoch}})).await;
+        assert_eq!(reply["type"], "history", "{reply}");
+        if reply["recovered"] == true {
+            for event in reply["events"].as_array().into_iter().flatten() {
+                if let (Some(s), Some(n)) = (event["seq"].as_u64(), event["n"].as_u64())
+                    && s > *seq
+                    && s < *next
+                    && event["type"] == "tick"
+                {
+                    delivered.insert(n);
+                }
+            }
+        } else {
+            reported += next - seq - 1;
+        }
+    }
+    let missing: Vec<u64> =
+        sent.iter().filter(|(n, everywhere)| *everywhere && !delivered.contains(n)).map(|(n, _)| *n).collect();
+    assert!(
+        missing.len() as u64 <= reported,
+        "acknowledged ticks neither delivered, replayed nor inside a reported gap: {missing:?} \
+         (reported gaps cover {reported})"
+    );
+    (delivered.len() - live, reported)
+}
+
+/// The promise with history: a master killed mid-traffic loses no acknowledged event silently.
+/// What the subscriber missed while the cluster failed over is replayed from the stream's
+/// history (kept on the promoted replica) or reported as a gap.
+#[tokio::test]
+async fn what_a_failover_misses_is_replayed_or_reported_never_silently_lost() {
+    let mut cluster = RedisCluster::start_with_replicas().await;
+    // The stream's keys and its pub/sub channel on the master that dies.
+    let victim = cluster.master_of(key_slot("herald:nodes"));
+    let channel = name_on(&cluster, victim, "fo-stream", channel_keys);
+    let replica = cluster.replica_of(victim);
+    let [a, b, _c] = three_nodes(&(config(&cluster) + HISTORY)).await;
+
+    let mut subscriber = b.connect("/ws").await;
+    let reply = subscriber.request(json!({"type": "subscribe", "channels": [channel], "seq": true})).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = traffic(&a, &channel, stop.clone(), 100_000);
+    let mut followed = Followed::default();
+    let first = subscriber.recv_type("tick").await;
+    followed.push(&first);
+
+    cluster.kill(victim);
+    until("node A reports degraded health", async || health_of(&a).await == "degraded").await;
+    cluster.wait_promoted(replica).await;
+    for node in [&a, &b] {
+        until(format_args!("node on {} is healthy again", node.addr), async || health_of(node).await == "healthy")
+            .await;
+    }
+    a.publish(json!({"channel": channel, "event": {"type": "marker", "n": 1}})).await;
+    follow_until_marker(&mut subscriber, 1, &mut followed).await;
+    stop.store(true, Ordering::Relaxed);
+    let sent = publisher.await.expect("publisher");
+    a.publish(json!({"channel": channel, "event": {"type": "marker", "n": 2}})).await;
+    follow_until_marker(&mut subscriber, 2, &mut followed).await;
+
+    let (replayed, reported) = account(&mut subscriber, &channel, &followed, &sent).await;
+    eprintln!(
+        "failover: {} ticks sent, {} acknowledged, {} seen live, {replayed} replayed, gaps reported: {reported}",
+        sent.len(),
+        sent.iter().filter(|(_, e)| *e).count(),
+        followed.events.len()
+    );
+}
+
+/// A slot migrated while events flow (`MIGRATING`/`IMPORTING`, `MIGRATE`, `SETSLOT NODE`):
+/// Herald follows the move (`MOVED`/`ASK` answered by the cluster client, sharded subscriptions
+/// made again on the new owner), delivery and presence keep working, and every acknowledged
+/// event of a stream with history is delivered, replayed or inside a reported gap.
+#[tokio::test]
+async fn a_slot_migrated_while_events_flow_keeps_delivery_and_presence() {
+    let cluster = RedisCluster::start().await;
+    // The stream (its keys and its channel) and the room's presence on the master that gives
+    // slots away; the registry stays where it is.
+    let from = (cluster.master_of(key_slot("herald:nodes")) + 1) % 3;
+    let to = (from + 1) % 3;
+    let channel = name_on(&cluster, from, "fo-mig", channel_keys);
+    let channel_slot = key_slot(&format!("herald:c:{channel}"));
+    let history_slot = key_slot(&format!("herald:h:{{c:{channel}}}"));
+    let room = name_on(&cluster, from, "fo-room", |r| vec![format!("herald:pr:room:{r}")]);
+    let room_slot = key_slot(&format!("herald:pr:room:{room}"));
+    let [a, b, c] = three_nodes(&(config(&cluster) + HISTORY)).await;
+
+    let mut subscriber = b.connect("/ws").await;
+    let reply = subscriber.request(json!({"type": "subscribe", "channels": [channel], "seq": true})).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    let mut alice = c.connect("/ws?user_id=alice").await;
+    join(&mut alice, &room).await;
+    until("node A sees alice in the room", async || {
+        user_ids(&a.get(&format!("/api/rooms/{room}/presence")).await.1).contains("alice")
+    })
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = traffic(&a, &channel, stop.clone(), 100_000);
+    let mut followed = Followed::default();
+    let first = subscriber.recv_type("tick").await;
+    followed.push(&first);
+
+    let mut slots = vec![channel_slot, history_slot, room_slot];
+    slots.sort_unstable();
+    slots.dedup();
+    for &slot in &slots {
+        cluster.begin_migration(slot, from, to);
+    }
+    // Half-way (keys on both sides: ASK for those already moved).
+    c.publish(json!({"channel": channel, "event": {"type": "marker", "n": 1}})).await;
+    follow_until_marker(&mut subscriber, 1, &mut followed).await;
+    let moved: usize = slots.iter().map(|&slot| cluster.move_keys(slot, from, to)).sum();
+    assert!(moved >= 2, "the stream's keys and the room's presence moved ({moved} keys)");
+    for &slot in &slots {
+        cluster.finish_migration(slot, from, to);
+    }
+    for &slot in &slots {
+        cluster.wait_slot_owner(slot, to).await;
+    }
+
+    // Delivery keeps working from every node after the move.
+    for (i, node) in [&a, &b, &c].into_iter().enumerate() {
+        let n = 2 + i as u64;
+        node.publish(json!({"channel": channel, "event": {"type": "marker", "n": n}})).await;
+        follow_until_marker(&mut subscriber, n, &mut followed).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = publisher.await.expect("publisher");
+    a.publish(json!({"channel": channel, "event": {"type": "marker", "n": 9}})).await;
+    follow_until_marker(&mut subscriber, 9, &mut followed).await;
+    let (replayed, reported) = account(&mut subscriber, &channel, &followed, &sent).await;
+    assert_eq!(reported, 0, "a migration is no outage: nothing may be lost");
+    eprintln!("migration: {} ticks sent, {} seen live, {replayed} replayed", sent.len(), followed.events.len());
+
+    // Presence keeps working: the room still has alice, and a newcomer on node B is announced to her.
+    until("node B sees alice in the room after the move", async || {
+        user_ids(&b.get(&format!("/api/rooms/{room}/presence")).await.1).contains("alice")
+    })
+    .await;
+    let mut carol = b.connect("/ws?user_id=carol").await;
+    let state = join(&mut carol, &room).await;
+    assert_eq!(user_ids(&state), BTreeSet::from(["alice".to_string(), "carol".to_string()]));
+    assert_eq!(alice.recv_type("user_joined").await["user_id"], "carol");
+}
