@@ -57,6 +57,25 @@ fn channel_keys(channel: &str) -> Vec<String> {
     vec![format!("herald:c:{channel}"), format!("herald:h:{{c:{channel}}}")]
 }
 
+/// A wait's description that, shown on failure, carries the nodes' logs (what Redis did to them).
+struct WithLogs<'a>(&'a str, [&'a Herald; 3]);
+
+impl std::fmt::Display for WithLogs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}", self.0)?;
+        for (name, node) in ["A", "B", "C"].iter().zip(self.1) {
+            let log = node.log.lock();
+            let interesting: Vec<&str> =
+                log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("redis")).collect();
+            writeln!(f, "--- node {name} ({} lines, warnings and redis):", log.lines().count())?;
+            for line in interesting.iter().rev().take(40).rev() {
+                writeln!(f, "{line}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `/health`'s `health_status`.
 async fn health_of(node: &Herald) -> String {
     node.get("/health").await.1["data"]["health_status"].as_str().unwrap_or_default().to_string()
@@ -138,7 +157,7 @@ async fn a_killed_master_is_failed_over_and_delivery_resumes() {
     let mut subscriber = b.connect(&format!("/ws?channels={channel}")).await;
     let mut alice = c.connect("/ws?user_id=alice").await;
     join(&mut alice, &room).await;
-    until("node A sees alice in the room", async || {
+    until(WithLogs("node A sees alice in the room", [&a, &b, &c]), async || {
         user_ids(&a.get(&format!("/api/rooms/{room}/presence")).await.1).contains("alice")
     })
     .await;
@@ -182,7 +201,7 @@ async fn a_killed_master_is_failed_over_and_delivery_resumes() {
         assert_eq!(node.get("/livez").await.0, 200);
         wait_live_nodes(node, 3).await;
     }
-    until("the room still has alice and bob, seen from node B", async || {
+    until(WithLogs("the room still has alice and bob, seen from node B", [&a, &b, &c]), async || {
         user_ids(&b.get(&format!("/api/rooms/{room}/presence")).await.1)
             == BTreeSet::from(["alice".to_string(), "bob".to_string()])
     })
