@@ -420,9 +420,10 @@ impl RedisCluster {
     pub async fn wait_slot_owner(&self, slot: u16, to: usize) {
         let port = self.nodes[to].port;
         super::until(format_args!("every node sees slot {slot} on port {port}"), async || {
-            self.nodes.iter().filter(|n| n.is_running()).all(|n| {
-                n.cluster_view().is_some_and(|view| view.iter().any(|v| v.port == port && v.serves(slot)))
-            })
+            self.nodes
+                .iter()
+                .filter(|n| n.is_running())
+                .all(|n| n.cluster_view().is_some_and(|view| view.iter().any(|v| v.port == port && v.serves(slot))))
         })
         .await;
     }
