@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 use crate::common::redis::{RedisCluster, key_slot};
@@ -129,11 +128,11 @@ fn traffic(
 }
 
 /// Reads a client's events until a `marker` with `n`, collecting the ticks on the way.
-async fn ticks_until_marker(client: &mut Client, n: u64, ticks: &Mutex<Vec<Value>>) {
+async fn ticks_until_marker(client: &mut Client, n: u64, ticks: &mut Vec<Value>) {
     loop {
         let event = client.recv_event().await;
         match event["type"].as_str() {
-            Some("tick") => ticks.lock().push(event),
+            Some("tick") => ticks.push(event),
             Some("marker") if event["n"] == n => return,
             _ => {}
         }
@@ -165,8 +164,7 @@ async fn a_killed_master_is_failed_over_and_delivery_resumes() {
     // Traffic flows through node A to node B's subscriber.
     let stop = Arc::new(AtomicBool::new(false));
     let publisher = traffic(&a, &channel, stop.clone(), 20_000);
-    let ticks = Mutex::new(Vec::new());
-    ticks.lock().push(subscriber.recv_type("tick").await);
+    let mut ticks = vec![subscriber.recv_type("tick").await];
 
     cluster.kill(victim);
 
@@ -185,7 +183,7 @@ async fn a_killed_master_is_failed_over_and_delivery_resumes() {
     // every node (node B's own publish goes through Redis too).
     for (n, node) in [&a, &b, &c].into_iter().enumerate() {
         node.publish(json!({"channel": channel, "event": {"type": "marker", "n": n}})).await;
-        ticks_until_marker(&mut subscriber, n as u64, &ticks).await;
+        ticks_until_marker(&mut subscriber, n as u64, &mut ticks).await;
     }
     stop.store(true, Ordering::Relaxed);
     let sent = publisher.await.expect("publisher");
@@ -194,7 +192,7 @@ async fn a_killed_master_is_failed_over_and_delivery_resumes() {
         "failover without history: {} ticks sent, {} acknowledged, {} delivered",
         sent.len(),
         sent.iter().filter(|(_, e)| *e).count(),
-        ticks.lock().len()
+        ticks.len()
     );
 
     // Nobody crashed, and the registry has all three nodes again.
@@ -458,12 +456,11 @@ async fn a_slot_migrated_while_events_flow_keeps_delivery() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let publisher = traffic(&a, &channel, stop.clone(), 20_000);
-    let ticks = Mutex::new(Vec::new());
-    ticks.lock().push(subscriber.recv_type("tick").await);
+    let mut ticks = vec![subscriber.recv_type("tick").await];
 
     cluster.begin_migration(slot, from, to);
     c.publish(json!({"channel": channel, "event": {"type": "marker", "n": 0}})).await;
-    ticks_until_marker(&mut subscriber, 0, &ticks).await;
+    ticks_until_marker(&mut subscriber, 0, &mut ticks).await;
     cluster.move_keys(slot, from, to);
     cluster.finish_migration(slot, from, to);
     cluster.wait_slot_owner(slot, to).await;
@@ -475,7 +472,7 @@ async fn a_slot_migrated_while_events_flow_keeps_delivery() {
         let what = format!("marker {n} after the move");
         tokio::time::timeout(
             crate::common::WAIT - std::time::Duration::from_secs(1),
-            ticks_until_marker(&mut subscriber, n, &ticks),
+            ticks_until_marker(&mut subscriber, n, &mut ticks),
         )
         .await
         .unwrap_or_else(|_| panic!("{}", WithLogs(&what, [&a, &b, &c])));
@@ -486,7 +483,7 @@ async fn a_slot_migrated_while_events_flow_keeps_delivery() {
         "migration without history: {} ticks sent, {} acknowledged, {} delivered",
         sent.len(),
         sent.iter().filter(|(_, e)| *e).count(),
-        ticks.lock().len()
+        ticks.len()
     );
     for node in [&a, &b, &c] {
         assert_eq!(health_of(node).await, "healthy", "a migration is no outage");
