@@ -66,6 +66,12 @@ pub enum Route {
     Room,
     /// The user's connections neither subscribed to the channel nor in the room.
     User,
+    /// All the room's members: the copy on the key of a room stream whose events also name a
+    /// channel. The room comes first so that every follower of the stream gets its events
+    /// through the stream's own key, in seq order.
+    WholeRoom,
+    /// The channel's subscribers not in the room (the channel copy beside [`Route::WholeRoom`]).
+    ChannelNotInRoom,
     /// Every connection.
     Broadcast,
 }

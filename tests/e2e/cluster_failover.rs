@@ -51,9 +51,10 @@ fn name_on(cluster: &RedisCluster, master: usize, base: &str, keys_of: impl Fn(&
         .expect("a name on that master")
 }
 
-/// A channel's pub/sub key and its stream's keys (see `src/broker/keys.rs`).
+/// A channel's sharded pub/sub channel and its stream's keys (see `src/broker/keys.rs`): one
+/// hash tag, so one slot.
 fn channel_keys(channel: &str) -> Vec<String> {
-    vec![format!("herald:c:{channel}"), format!("herald:h:{{c:{channel}}}")]
+    vec![format!("herald:c:{{c:{channel}}}"), format!("herald:h:{{c:{channel}}}")]
 }
 
 /// A wait's description that, shown on failure, carries the nodes' logs (what Redis did to them).
@@ -450,7 +451,7 @@ async fn a_slot_migrated_while_events_flow_keeps_delivery() {
     let from = (cluster.master_of(key_slot("herald:nodes")) + 1) % 3;
     let to = (from + 1) % 3;
     let channel = name_on(&cluster, from, "fo-mig", channel_keys);
-    let slot = key_slot(&format!("herald:c:{channel}"));
+    let slot = key_slot(&channel_keys(&channel)[0]);
     let [a, b, c] = three_nodes(&config(&cluster)).await;
     let mut subscriber = b.connect(&format!("/ws?channels={channel}")).await;
 

@@ -4,6 +4,7 @@ mod api;
 mod badinput;
 mod batch;
 mod cli;
+mod cluster;
 mod cluster_failover;
 mod collab;
 mod common;

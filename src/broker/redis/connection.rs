@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{AsyncPushSender, ConnectionManager, ConnectionManagerConfig, SendError};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, Value as RedisValue};
 use tokio::sync::mpsc;
 
@@ -44,10 +45,35 @@ impl Conn {
         }
     }
 
+    /// Runs a pipeline. On a Redis Cluster, where a pipeline may not span hash slots, one that
+    /// does is split into a pipeline per slot, run concurrently (each keeps its commands'
+    /// order); its reply then holds every command's reply in order, `ignore()` or not.
     pub(super) async fn pipeline(&self, pipe: &redis::Pipeline) -> redis::RedisResult<RedisValue> {
         match self.clone() {
             Conn::Single(mut c) => pipe.query_async(&mut c).await,
-            Conn::Cluster(mut c) => pipe.query_async(&mut c).await,
+            Conn::Cluster(mut c) => {
+                let groups = by_slot(pipe);
+                if groups.len() <= 1 {
+                    return pipe.query_async(&mut c).await;
+                }
+                let commands: Vec<&redis::Cmd> = pipe.cmd_iter().collect();
+                let runs = groups.iter().map(|indices| {
+                    let mut part = redis::pipe();
+                    for &i in indices {
+                        part.add_command(commands[i].clone());
+                    }
+                    let mut c = c.clone();
+                    async move { part.query_async::<Vec<RedisValue>>(&mut c).await }
+                });
+                let replies = futures_util::future::try_join_all(runs).await?;
+                let mut all = vec![RedisValue::Nil; commands.len()];
+                for (indices, values) in groups.iter().zip(replies) {
+                    for (&i, value) in indices.iter().zip(values) {
+                        all[i] = value;
+                    }
+                }
+                Ok(RedisValue::Array(all))
+            }
         }
     }
 }
@@ -146,7 +172,11 @@ impl RedisBroker {
         redis::from_redis_value(value).map_err(Into::into)
     }
 
-    /// Runs a pipeline and converts its replies.
+    /// Runs a pipeline and converts its replies. On a Redis Cluster a pipeline whose keys span
+    /// hash slots is split per slot (order kept within each); its reply then holds every
+    /// command's reply, `ignore()`d or not, so a caller that reads the replies of a pipeline that
+    /// may span slots ignores none. Keys that must be read or written together take one hash tag
+    /// (`broker::keys::tagged`).
     pub async fn pipeline_as<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> redis::RedisResult<T> {
         let value = self.commands.pipeline(pipe).await?;
         redis::from_redis_value(value).map_err(Into::into)
@@ -322,5 +352,62 @@ pub(super) async fn resubscribe_dropped(broker: &RedisBroker) {
         if let Err(e) = broker.set_subscription(&again, true).await {
             broker.mark_down(&e.to_string());
         }
+    }
+}
+
+/// The indices of a pipeline's commands, grouped by the hash slot of their key (commands
+/// without a key go with the first group).
+fn by_slot(pipe: &redis::Pipeline) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(Option<Slot>, Vec<usize>)> = Vec::new();
+    for (i, cmd) in pipe.cmd_iter().enumerate() {
+        let slot = slot_of(cmd);
+        let found = match slot {
+            None => groups.first_mut(),
+            Some(_) => groups.iter_mut().find(|(s, _)| s.is_none_or(|s| Some(s) == slot)),
+        };
+        match found {
+            Some((s, indices)) => {
+                *s = s.or(slot);
+                indices.push(i);
+            }
+            None => groups.push((slot, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, indices)| indices).collect()
+}
+
+/// The hash slot of a command's key: its first argument, or an `EVAL`'s first key.
+fn slot_of(cmd: &redis::Cmd) -> Option<Slot> {
+    let mut args = cmd.args_iter().filter_map(|arg| match arg {
+        redis::Arg::Simple(bytes) => Some(bytes),
+        _ => None,
+    });
+    let name = args.next()?;
+    if name.eq_ignore_ascii_case(b"EVAL") || name.eq_ignore_ascii_case(b"EVALSHA") {
+        let _script = args.next()?;
+        if args.next()? == b"0" {
+            return None;
+        }
+    }
+    args.next().map(Slot::for_key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pipeline_is_grouped_by_the_slot_of_each_key() {
+        let mut pipe = redis::pipe();
+        pipe.cmd("PING");
+        pipe.cmd("SPUBLISH").arg("herald:c:{c:a}").arg("1");
+        pipe.cmd("HSET").arg("herald:h:{c:a}").arg("f").arg("v");
+        pipe.cmd("SPUBLISH").arg("herald:r:{r:b}").arg("2");
+        pipe.cmd("EVAL").arg("return 1").arg(1).arg("x:{c:a}");
+        pipe.cmd("SPUBLISH").arg("herald:c:{c:a}").arg("3");
+        assert_eq!(by_slot(&pipe), [vec![0, 1, 2, 4, 5], vec![3]]);
+        let mut one = redis::pipe();
+        one.cmd("INCR").arg("k:{u}:m").cmd("INCR").arg("k:{u}:h");
+        assert_eq!(by_slot(&one).len(), 1);
     }
 }

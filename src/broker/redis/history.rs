@@ -8,6 +8,7 @@ use redis::Value as RedisValue;
 
 use super::{RedisBroker, bytes_of, envelope};
 use crate::broker::BrokerError;
+use crate::config::RedisMode;
 use crate::hub::Event;
 
 impl RedisBroker {
@@ -27,6 +28,17 @@ impl RedisBroker {
     ) -> Result<(), BrokerError> {
         self.ensure_subscribed()?;
         let head = envelope::stream_head(node_id, event, stream);
+        let copies = envelope::copies(&event.target, envelope::room_first(&event.target, stream));
+        // A script may publish only in its own slot on a Redis Cluster: there it publishes the
+        // copy on the stream's own key (first in delivery order, so every follower of the
+        // stream gets the stream's events through it, in seq order), and the other copies
+        // follow with the seq it gave. With a single Redis it publishes every copy.
+        let inside = match self.mode() {
+            RedisMode::Standalone => copies.len(),
+            RedisMode::Cluster => {
+                usize::from(copies.first().is_some_and(|(kind, name)| name.is_some_and(|n| is_stream(stream, kind, n))))
+            }
+        };
         let (key, meta) = self.history_keys(stream);
         let mut script = self.append_script.key(key);
         script
@@ -35,19 +47,40 @@ impl RedisBroker {
             .arg(settings.size)
             .arg(settings.max_age.as_millis() as u64)
             .arg(record)
-            .arg(head);
-        for (kind, name) in envelope::copies(&event.target) {
+            .arg(&head)
+            .arg(self.publish_cmd());
+        for (kind, name) in &copies[..inside] {
             let mut tail = Vec::with_capacity(event.payload.len() + 16);
             envelope::push_tail(&mut tail, kind, &event.payload);
-            script.arg(self.copy_channel(kind, name)).arg(tail);
+            script.arg(self.copy_channel(kind, *name)).arg(tail);
         }
-        match self.commands.script(&script).await {
-            Ok(_) => Ok(()),
+        let reply = match self.commands.script(&script).await {
+            Ok(reply) => reply,
             Err(e) => {
                 self.mark_down(&e.to_string());
-                Err(BrokerError::Unavailable(e.to_string()))
+                return Err(BrokerError::Unavailable(e.to_string()));
             }
+        };
+        if inside == copies.len() {
+            return Ok(());
         }
+        let (seq, epoch): (u64, String) = redis::from_redis_value(reply)
+            .map_err(|e| BrokerError::Unavailable(format!("unexpected append reply: {e}")))?;
+        let head = format!("{head}{seq},\"p\":{}", serde_json::Value::from(epoch));
+        let mut pipe = redis::pipe();
+        for (kind, name) in &copies[inside..] {
+            pipe.cmd(self.publish_cmd())
+                .arg(self.copy_channel(kind, *name))
+                .arg(envelope::encode(&head, kind, &event.payload))
+                .ignore();
+        }
+        // The event is recorded and on its stream's key: an error here must not make the caller
+        // deliver it again locally. The other keys' recipients miss it, as after any outage.
+        if let Err(e) = self.commands.pipeline(&pipe).await {
+            tracing::warn!(stream, error = %e, "an event's copies beside its stream's key were not published");
+            self.mark_down(&e.to_string());
+        }
+        Ok(())
     }
 
     /// A stream's history as Redis holds it.
@@ -95,4 +128,9 @@ impl RedisBroker {
         events.reverse();
         Ok(crate::broker::stream::Snapshot { epoch: Arc::from(epoch), top, events })
     }
+}
+
+/// Whether a copy's key (`kind`, `name`) is the stream's own (`c:<channel>`, `r:<room>`).
+fn is_stream(stream: &str, kind: &str, name: &str) -> bool {
+    stream.strip_prefix(kind).and_then(|rest| rest.strip_prefix(':')) == Some(name)
 }

@@ -46,7 +46,7 @@ use connection::Conn;
 pub use control::Control;
 
 use super::{BrokerError, BrokerHandler, BurstLog};
-use crate::config::RedisConfig;
+use crate::config::{RedisConfig, RedisMode};
 use crate::hub::{Event, InterestChange, InterestKey};
 
 /// The Redis broker.
@@ -129,8 +129,15 @@ impl RedisBroker {
         &self.config.key_prefix
     }
 
+    /// The pub/sub channel of a channel, room or user key. On a Redis Cluster a channel's and a
+    /// room's carry the hash tag of their stream ([`super::keys::sharded`]).
     fn key(&self, kind: &str, name: &str) -> String {
-        super::keys::trailing(&self.config.key_prefix, kind, name)
+        match self.config.mode {
+            RedisMode::Cluster if kind == "c" || kind == "r" => {
+                super::keys::sharded(&self.config.key_prefix, kind, name)
+            }
+            _ => super::keys::trailing(&self.config.key_prefix, kind, name),
+        }
     }
 
     fn all_key(&self) -> String {
@@ -178,7 +185,7 @@ impl RedisBroker {
 
     fn add_to_pipeline(&self, pipe: &mut redis::Pipeline, node_id: &str, event: &Event) {
         let head = envelope::head(node_id, event);
-        for (kind, name) in envelope::copies(&event.target) {
+        for (kind, name) in envelope::copies(&event.target, false) {
             let message = envelope::encode(&head, kind, &event.payload);
             pipe.cmd(self.publish_cmd()).arg(self.copy_channel(kind, name)).arg(message).ignore();
         }

@@ -131,6 +131,14 @@ impl RedisCluster {
         self.nodes[0].url()
     }
 
+    /// Runs `redis-cli -c args…` on the first node, following the cluster's redirections to the
+    /// master of the command's key; returns stdout.
+    pub fn cli_routed(&self, args: &[&str]) -> String {
+        let port = self.nodes[0].port.to_string();
+        let output = Command::new("redis-cli").args(["-c", "-p", &port]).args(args).output().expect("redis-cli");
+        String::from_utf8_lossy(&output.stdout).to_string()
+    }
+
     /// `PUBLISH` through one node (classic pub/sub is propagated to every node of a cluster).
     pub fn publish(&self, node: usize, channel: &str, payload: &str) {
         self.nodes[node].cli(&["PUBLISH", channel, payload]).expect("PUBLISH");
