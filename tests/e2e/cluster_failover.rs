@@ -301,6 +301,18 @@ async fn follow_until_marker(client: &mut Client, n: u64, followed: &mut Followe
     }
 }
 
+/// Reads a following client's events until `n` more ticks arrived, recording every position.
+async fn follow_ticks(client: &mut Client, n: usize, followed: &mut Followed) {
+    let mut seen = 0;
+    while seen < n {
+        let event = client.recv_event().await;
+        if event["type"] == "tick" || event["type"] == "marker" {
+            seen += usize::from(event["type"] == "tick");
+            followed.push(&event);
+        }
+    }
+}
+
 /// Checks the promise for a stream with history: every tick acknowledged as handed to every
 /// node (`sent`) reached the client live, or is replayed by a resume from the position before a
 /// jump in seq, or lies in a gap Herald reports (`recovered: false`, a changed epoch). Returns how
@@ -399,8 +411,7 @@ async fn what_a_failover_misses_is_replayed_or_reported_never_silently_lost() {
     let stop = Arc::new(AtomicBool::new(false));
     let publisher = traffic(&a, &channel, stop.clone(), 20_000);
     let mut followed = Followed::default();
-    let first = subscriber.recv_type("tick").await;
-    followed.push(&first);
+    follow_ticks(&mut subscriber, 20, &mut followed).await;
 
     cluster.kill(victim);
     until("node A reports degraded health", async || health_of(&a).await == "degraded").await;
@@ -411,6 +422,7 @@ async fn what_a_failover_misses_is_replayed_or_reported_never_silently_lost() {
     }
     a.publish(json!({"channel": channel, "event": {"type": "marker", "n": 1}})).await;
     follow_until_marker(&mut subscriber, 1, &mut followed).await;
+    follow_ticks(&mut subscriber, 20, &mut followed).await;
     stop.store(true, Ordering::Relaxed);
     let sent = publisher.await.expect("publisher");
     a.publish(json!({"channel": channel, "event": {"type": "marker", "n": 2}})).await;
