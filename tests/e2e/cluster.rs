@@ -232,6 +232,15 @@ async fn presence_cells_and_upstream_across_nodes() {
         user_ids(&b.get("/api/rooms/shared/presence").await.1) == ["alice", "carol"]
     })
     .await;
+    // Several rooms and the user in one mirror write: keys of several slots.
+    let mut dave = a.connect("/ws?user_id=dave").await;
+    for room in ["one", "two", "three"] {
+        dave.send_json(json!({"type": "join_room", "room_id": room})).await;
+    }
+    for room in ["one", "two", "three"] {
+        let path = format!("/api/rooms/{room}/presence");
+        until(format_args!("node B sees dave in {room}"), async || user_ids(&b.get(&path).await.1) == ["dave"]).await;
+    }
     let mut bob = b.connect("/ws?user_id=bob").await;
     let state = join(&mut bob, "shared", true).await;
     assert_eq!(user_ids(&state), ["alice", "bob", "carol"]);
