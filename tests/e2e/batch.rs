@@ -206,11 +206,7 @@ default_type = "job_update"
     let key = herald.api_key.clone().expect("an API key");
     let http = reqwest::Client::new();
     let post = |path: &str, body: &'static str| {
-        http.post(herald.url(path))
-            .bearer_auth(&key)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
+        http.post(herald.url(path)).bearer_auth(&key).header("content-type", "application/json").body(body).send()
     };
     let batch = "{ \"items\" : [\n  { \"user_id\" : \"dana\" ,\n    \"event\" : { \"type\" : \"note\" , \
                  \"text\" : \" two  spaces, a \\\"quote\\\" \\\\ \" , \"list\" : [ 1 , 2.5 ] } } ,\n  \
