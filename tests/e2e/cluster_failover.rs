@@ -217,19 +217,10 @@ async fn presence_and_the_registry_survive_a_failover_and_a_migration() {
     let [a, b, c] = three_nodes(&config(&cluster)).await;
     let mut alice = c.connect("/ws?user_id=alice").await;
     join(&mut alice, &room).await;
-    // WAITS ON THE `cluster` WORK (issue 20): presence across nodes on Redis Cluster. A build
-    // whose presence does not cross nodes on a healthy cluster (its own tests say so) has
-    // nothing to keep through a failover: this test says so on stderr and stops here.
-    let shared = tokio::time::timeout(crate::common::WAIT, async {
-        while !user_ids(&a.get(&format!("/api/rooms/{room}/presence")).await.1).contains("alice") {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+    until(WithLogs("node A sees alice in the room", [&a, &b, &c]), async || {
+        user_ids(&a.get(&format!("/api/rooms/{room}/presence")).await.1).contains("alice")
     })
     .await;
-    if shared.is_err() {
-        eprintln!("NOT RUN: presence does not cross nodes on this cluster yet; log:\n{}", WithLogs("", [&a, &b, &c]));
-        return;
-    }
     let mut bob = a.connect("/ws?user_id=bob").await;
     let state = join(&mut bob, &room).await;
     assert_eq!(user_ids(&state), BTreeSet::from(["alice".to_string(), "bob".to_string()]));
@@ -369,36 +360,12 @@ async fn account(client: &mut Client, channel: &str, followed: &Followed, sent: 
     (delivered.len() - live, reported)
 }
 
-/// Whether this build accepts `[[history]]` with `redis.mode = "cluster"` (`herald check-config`).
-/// WAITS ON THE `cluster` WORK (issue 20): history on Redis Cluster. Until a build accepts it, the
-/// history tests below say so on stderr and stop there; once it does, they run in full.
-fn cluster_history_supported(cluster: &RedisCluster) -> bool {
-    let dir = tempfile::tempdir().expect("dir");
-    let file = dir.path().join("herald.toml");
-    std::fs::write(&file, config(cluster) + HISTORY).expect("write config");
-    let out = std::process::Command::new(crate::common::herald_bin())
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .expect("herald check-config");
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    if out.status.success() {
-        return true;
-    }
-    assert!(text.contains("is not supported with redis.mode"), "unexpected check-config answer: {text}");
-    eprintln!("NOT RUN: this build refuses history with redis.mode = \"cluster\" (issue 20, cluster part)");
-    false
-}
-
 /// The promise with history: a master killed mid-traffic loses no acknowledged event silently.
 /// What the subscriber missed while the cluster failed over is replayed from the stream's
 /// history (kept on the promoted replica) or reported as a gap.
 #[tokio::test]
 async fn what_a_failover_misses_is_replayed_or_reported_never_silently_lost() {
     let mut cluster = RedisCluster::start_with_replicas().await;
-    if !cluster_history_supported(&cluster) {
-        return;
-    }
     // The stream's keys and its pub/sub channel on the master that dies.
     let victim = cluster.master_of(key_slot("herald:nodes"));
     let channel = name_on(&cluster, victim, "fo-stream", channel_keys);
@@ -509,9 +476,6 @@ async fn a_slot_migrated_while_events_flow_keeps_delivery() {
 #[tokio::test]
 async fn a_slot_migrated_while_events_flow_loses_nothing_with_history() {
     let cluster = RedisCluster::start().await;
-    if !cluster_history_supported(&cluster) {
-        return;
-    }
     let from = (cluster.master_of(key_slot("herald:nodes")) + 1) % 3;
     let to = (from + 1) % 3;
     let channel = name_on(&cluster, from, "fo-mig", channel_keys);
