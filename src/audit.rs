@@ -2,7 +2,6 @@
 //! structured record each under the `herald::audit` tracing target. `main.rs` routes that target
 //! to `audit.file` as JSON lines when one is configured.
 
-use crate::auth::Action;
 use crate::config::NameKind;
 
 /// The tracing target of audit records.
@@ -13,10 +12,11 @@ pub fn authentication_failed(peer: &str, path: &str, reason: &str) {
     tracing::warn!(target: TARGET, audit = "authentication_failed", peer, path, reason);
 }
 
-/// An identity was refused access to a room or channel.
-pub fn permission_denied(user: Option<&str>, kind: NameKind, name: &str, action: Action, reason: &str) {
+/// An identity was refused access to a room or channel. `action` is the access verb's wire
+/// spelling (`auth::Action::as_str`): the audit log sits below `auth`, which writes to it.
+pub fn permission_denied(user: Option<&str>, kind: NameKind, name: &str, action: &str, reason: &str) {
     let kind = kind.as_str();
-    tracing::warn!(target: TARGET, audit = "permission_denied", user = user.unwrap_or("-"), kind, name, action = action.as_str(), reason);
+    tracing::warn!(target: TARGET, audit = "permission_denied", user = user.unwrap_or("-"), kind, name, action, reason);
 }
 
 /// A connection was refused or cut for a limit.

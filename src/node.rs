@@ -26,7 +26,7 @@ pub struct Node {
     /// This node's name in a cluster.
     pub id: Arc<str>,
     /// The validated configuration the node started with. Keys that a SIGHUP reload may change
-    /// (see [`crate::reload`]) are read from [`Node::live`] or from the part that owns them
+    /// (see `reload.rs`) are read from [`Node::live`] or from the part that owns them
     /// (`auth`, `limits`).
     pub config: Arc<Config>,
     /// The configuration in force: `config` with the live keys of the last reload.
@@ -56,7 +56,7 @@ pub struct Node {
     /// Versions of collaborative cells.
     pub cells: crate::cells::Cells,
     /// Requests and lifecycle events for the application's backend.
-    pub upstream: crate::upstream::Upstream,
+    pub upstream: Arc<crate::upstream::Upstream>,
     /// Which streams keep history, and (embedded) their logs.
     pub history: crate::streams::History,
     /// The Pusher Channels face: apps, presence members, cached events.
@@ -83,7 +83,7 @@ impl Node {
         self.live.load_full()
     }
 
-    /// Puts a reloaded configuration in force (see [`crate::reload::apply`]).
+    /// Puts a reloaded configuration in force (see `reload::apply`, which runs above the node).
     pub(crate) fn set_live(&self, config: Config) {
         self.live.store(Arc::new(config));
     }
@@ -285,6 +285,36 @@ impl BrokerHandler for Node {
             "deliveries_per_second": self.stats.latest().deliveries_per_second,
             "slow_consumer_disconnects": totals.slow_consumer_disconnects,
         })
+    }
+}
+
+/// Publishing into a stream with history needs the broker, the hub, the node's id and keyring.
+impl crate::streams::Sequencer for Node {
+    fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    fn node_id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    fn keyring(&self) -> &crate::store::crypto::Keyring {
+        self.store.keyring()
+    }
+}
+
+/// Presence announces through the node's publish path.
+impl crate::presence::Announce for Node {
+    async fn announce(&self, target: Target, event: Value, exclude: Option<ConnId>) {
+        let _ = self.publish(target, event, exclude).await;
+    }
+
+    async fn announce_events(&self, events: Vec<Arc<Event>>) {
+        self.publish_events(events).await;
     }
 }
 

@@ -109,12 +109,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             (Broker::Redis(Arc::new(redis)), Some(pushes))
         }
     };
-    let upstream = crate::upstream::Upstream::new(&config.upstream);
     let config_history = config.history.clone();
-    let pusher = crate::pusher::Pusher::new(&config.pusher, &id);
     // Parts with state shared by the cluster choose where it lives once, here.
     let redis_handle = broker.redis_handle();
-    let endpoint_paths: Vec<String> = crate::transport::upgrade::endpoints(&config)
+    let presence = crate::presence::Presence::new(
+        &config.presence,
+        config.api.bare_room_list,
+        config.redis.node_timeout,
+        redis_handle.clone(),
+    );
+    let pusher = crate::pusher::Pusher::new(&config.pusher, &id, redis_handle.clone());
+    let upstream = Arc::new(crate::upstream::Upstream::new(&config.upstream, id.clone(), redis_handle.clone()));
+    let endpoint_paths: Vec<String> = crate::gateway::upgrade::endpoints(&config)
         .into_iter()
         .map(|e| e.path)
         .chain((!config.pusher.apps.is_empty()).then(|| crate::stats::PUSHER_ENDPOINT.to_string()))
@@ -133,7 +139,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stats: Stats::new(shards).with_endpoints(endpoint_paths),
         shutdown: CancellationToken::new(),
         next_connection: AtomicU64::new(1),
-        presence: crate::presence::Presence::new(redis_handle.clone()),
+        presence,
         cells: crate::cells::Cells::new(redis_handle),
         upstream,
         history: crate::streams::History::new(&config_history),
@@ -141,7 +147,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         fallback: Default::default(),
     });
     crate::api::metrics::install();
-    let router = crate::api::router(node.clone());
+    let router = crate::api::router(node.clone(), &[crate::web::routes, crate::pusher::api::routes]);
     let tls = crate::transport::tls::acceptor(&node.config.tls)?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     for (number, inbox) in inboxes.into_iter().enumerate() {
@@ -149,19 +155,26 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     tokio::spawn(sample_stats(node.clone()));
     let writer = tokio::spawn(crate::store::writer::run(node.clone(), store, write_queue));
-    tokio::spawn(crate::store::retention::run(node.clone()));
-    tokio::spawn(crate::presence::run(node.clone()));
-    tokio::spawn(crate::upstream::run(node.clone()));
+    tokio::spawn(crate::store::retention::run(node.store.clone(), node.writer.health(), node.shutdown.clone()));
+    tokio::spawn({
+        let node = node.clone();
+        async move { crate::presence::run(&node.presence, &*node, &node.shutdown).await }
+    });
+    tokio::spawn(crate::upstream::run(node.upstream.clone(), node.shutdown.clone()));
     tokio::spawn(crate::pusher::run(node.clone()));
-    tokio::spawn(crate::streams::run(node.clone()));
+    tokio::spawn({
+        let node = node.clone();
+        async move { node.history.run(&node.broker, &node.shutdown).await }
+    });
     if let (Some(pushes), Broker::Redis(redis)) = (pushes, &node.broker) {
         let interest = node.hub.watch_interest();
         tokio::spawn(crate::broker::redis::run(redis.clone(), node.clone(), pushes, interest, node.shutdown.clone()));
     }
+    let limits = crate::transport::http::HttpLimits::new(&node.config.server, crate::api::largest_body(&node.config));
     let accept = tokio::spawn({
-        let node = node.clone();
+        let shutdown = node.shutdown.clone();
         async move {
-            if let Err(e) = listener::accept_loop(node, router, std_listener, tls).await {
+            if let Err(e) = listener::accept_loop(limits, shutdown, router, std_listener, tls).await {
                 tracing::error!(error = %e, "accept loop failed");
             }
         }

@@ -2,13 +2,12 @@
 //!
 //! Hot-path counters are per shard and written only by their shard's thread, so counting a
 //! delivery is a plain store to a cache line no other core writes. Readers sum the shards.
-//! [`report`] renders them, with the node's other figures, for the stats routes and stream.
-
-pub mod report;
+//! `report.rs` renders them, with the node's other figures, for the stats routes and
+//! stream.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -411,6 +410,34 @@ impl Stats {
 /// Milliseconds since the Unix epoch.
 pub fn unix_millis() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Logs the first occurrence of a recurring problem and then at most one summary per interval,
+/// so a burst of bad input produces a handful of lines, not one per message.
+#[derive(Debug, Default)]
+pub struct BurstLog {
+    window_start: Option<Instant>,
+    suppressed: u64,
+}
+
+impl BurstLog {
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    /// Logs `what` (with `detail`) unless a line was written in the current window.
+    pub fn warn(&mut self, what: &str, detail: &str) {
+        match self.window_start {
+            Some(start) if start.elapsed() < Self::WINDOW => self.suppressed += 1,
+            _ => {
+                if self.suppressed > 0 {
+                    tracing::warn!(suppressed = self.suppressed, "{what} (and more like it): {detail}");
+                } else {
+                    tracing::warn!("{what}: {detail}");
+                }
+                self.window_start = Some(Instant::now());
+                self.suppressed = 0;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,11 +18,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use tokio_util::sync::CancellationToken;
+
 pub use crate::broker::stream::{Settings, Snapshot};
-use crate::broker::{BrokerError, Published};
+use crate::broker::{Broker, BrokerError, Published};
 use crate::config::{HistoryConfig, NameKind};
-use crate::hub::{Event, Target};
-use crate::node::Node;
+use crate::hub::{Event, Hub, Target};
+use crate::store::crypto::Keyring;
 
 /// How often [`run`] sweeps the streams held in memory.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -113,7 +115,7 @@ impl History {
     pub fn settings(&self, kind: NameKind, name: &str) -> Option<Settings> {
         let name = match kind {
             NameKind::Room => name,
-            _ => crate::pusher::bare_channel(name).unwrap_or(name),
+            _ => crate::protocol::bare_channel(name).unwrap_or(name),
         };
         self.rules
             .iter()
@@ -145,41 +147,62 @@ impl History {
         Some((Arc::from(stream_name(NameKind::Room, room)), settings))
     }
 
-    /// The stream's history now, from whichever broker keeps it.
-    pub async fn snapshot(&self, node: &Node, stream: &Arc<str>, settings: Settings) -> Result<Snapshot, BrokerError> {
-        node.broker.stream_snapshot(stream, settings, node.store.keyring()).await
+    /// The stream's history now, from whichever broker keeps it (`keyring` opens sensitive
+    /// events).
+    pub async fn snapshot(
+        &self,
+        broker: &Broker,
+        keyring: &Keyring,
+        stream: &Arc<str>,
+        settings: Settings,
+    ) -> Result<Snapshot, BrokerError> {
+        broker.stream_snapshot(stream, settings, keyring).await
+    }
+
+    /// Sweeps the streams `broker` holds in memory every minute until `shutdown` (when history
+    /// is configured; a broker that expires its own streams has nothing to sweep).
+    pub async fn run(&self, broker: &Broker, shutdown: &CancellationToken) {
+        if !self.is_enabled() {
+            return;
+        }
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let forgotten = broker.sweep_streams(Instant::now(), |stream| self.stream_settings(stream));
+                    if forgotten > 0 {
+                        tracing::debug!(forgotten, "forgot quiet history streams");
+                    }
+                }
+                _ = shutdown.cancelled() => return,
+            }
+        }
     }
 }
 
-/// Sweeps the streams held in memory every minute until the node shuts down (when history is
-/// configured; a broker that expires its own streams has nothing to sweep).
-pub async fn run(node: Arc<Node>) {
-    if !node.history.is_enabled() {
-        return;
-    }
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                let forgotten = node.broker.sweep_streams(Instant::now(), |stream| node.history.stream_settings(stream));
-                if forgotten > 0 {
-                    tracing::debug!(forgotten, "forgot quiet history streams");
-                }
-            }
-            _ = node.shutdown.cancelled() => return,
-        }
-    }
+/// What publishing into a stream uses: the broker that sequences, the hub it delivers to
+/// locally, the node's id and the keyring that seals sensitive events. The node implements it
+/// (`node.rs`); this module knows nothing else of the node.
+pub trait Sequencer {
+    /// The broker that keeps the streams.
+    fn broker(&self) -> &Broker;
+    /// The hub of this node.
+    fn hub(&self) -> &Hub;
+    /// This node's id.
+    fn node_id(&self) -> &Arc<str>;
+    /// The keyring sealing sensitive events before they are recorded.
+    fn keyring(&self) -> &Keyring;
 }
 
 /// Publishes an event of a stream with history: gives it its seq, records it and hands it to
 /// every node, in one step per stream so that every node sees the stream in seq order.
 pub async fn publish(
-    node: &Node,
+    via: &impl Sequencer,
     event: Arc<Event>,
     stream: Arc<str>,
     settings: Settings,
 ) -> Result<Published, BrokerError> {
-    Ok(node.broker.publish_in_stream(&node.hub, &node.id, event, stream, settings, node.store.keyring()).await)
+    Ok(via.broker().publish_in_stream(via.hub(), via.node_id(), event, stream, settings, via.keyring()).await)
 }
 
 #[cfg(test)]

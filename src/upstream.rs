@@ -18,8 +18,10 @@ use serde_json::Value;
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::redis::RedisBroker;
 use crate::config::{LifecycleEvent, UpstreamConfig};
-use crate::node::Node;
 
 /// Lifecycle events waiting for the webhook; beyond this they are dropped.
 const LIFECYCLE_QUEUE: usize = 10_000;
@@ -59,6 +61,11 @@ pub enum Handed {
 
 /// The upstream service of a node.
 pub struct Upstream {
+    config: UpstreamConfig,
+    /// This node's name, in lifecycle events.
+    node_id: Arc<str>,
+    /// The Redis broker for `upstream.redis_stream`, chosen once at start-up.
+    redis: Option<Arc<RedisBroker>>,
     client: reqwest::Client,
     lifecycle: mpsc::Sender<Value>,
     lifecycle_rx: Mutex<Option<mpsc::Receiver<Value>>>,
@@ -77,11 +84,15 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
 }
 
 impl Upstream {
-    /// The service for a configuration.
-    pub fn new(config: &UpstreamConfig) -> Upstream {
+    /// The service for a configuration, on the node named `node_id`, with the Redis broker when
+    /// one runs (for `upstream.redis_stream`).
+    pub fn new(config: &UpstreamConfig, node_id: Arc<str>, redis: Option<Arc<RedisBroker>>) -> Upstream {
         let (tx, rx) = mpsc::channel(LIFECYCLE_QUEUE);
         let client = reqwest::Client::builder().timeout(config.webhook_timeout).build().unwrap_or_default();
         Upstream {
+            config: config.clone(),
+            node_id,
+            redis,
             client,
             lifecycle: tx,
             lifecycle_rx: Mutex::new(Some(rx)),
@@ -91,11 +102,11 @@ impl Upstream {
     }
 
     /// Hands a request to the backend: the stream when one is configured, else the webhook.
-    pub async fn forward(&self, node: &Node, request: &Value) -> Result<Handed, UpstreamError> {
-        let config = &node.config.upstream;
+    pub async fn forward(&self, request: &Value) -> Result<Handed, UpstreamError> {
+        let config = &self.config;
         let body = request.to_string();
         let handed = if let Some(stream) = &config.redis_stream {
-            let redis = node.broker.redis().ok_or_else(|| UpstreamError::Stream("Redis is not configured".into()))?;
+            let redis = self.redis.as_deref().ok_or_else(|| UpstreamError::Stream("Redis is not configured".into()))?;
             let kind = request.get("type").and_then(Value::as_str).unwrap_or_default();
             let id: String = redis
                 .query_as(
@@ -137,15 +148,15 @@ impl Upstream {
     }
 
     /// Queues a lifecycle event (`connect`, `disconnect`, `join`, `leave`) if it is configured.
-    pub fn lifecycle(&self, node: &Node, event: LifecycleEvent, mut fields: Value) {
-        if !node.config.upstream.lifecycle.contains(&event) {
+    pub fn lifecycle(&self, event: LifecycleEvent, mut fields: Value) {
+        if !self.config.lifecycle.contains(&event) {
             return;
         }
         let event = event.as_str();
         if let Some(map) = fields.as_object_mut() {
             map.insert("type".into(), Value::from(format!("herald.{event}")));
             map.insert("event".into(), Value::from(event));
-            map.insert("node".into(), Value::from(&*node.id));
+            map.insert("node".into(), Value::from(&*self.node_id));
             map.insert("timestamp".into(), Value::from(crate::protocol::outbound::now()));
         }
         if self.lifecycle.try_send(fields).is_err() {
@@ -156,17 +167,17 @@ impl Upstream {
 
 /// Posts lifecycle events to the webhook in order, until shutdown. A failed delivery is retried
 /// with backoff (the events behind it wait, so the order holds) before it is given up.
-pub async fn run(node: Arc<Node>) {
-    let Some(mut queue) = node.upstream.lifecycle_rx.lock().take() else { return };
+pub async fn run(upstream: Arc<Upstream>, shutdown: CancellationToken) {
+    let Some(mut queue) = upstream.lifecycle_rx.lock().take() else { return };
     loop {
         let event = tokio::select! {
             event = queue.recv() => match event { Some(event) => event, None => return },
-            _ = node.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         };
         let body = event.to_string();
         let mut wait = std::time::Duration::from_secs(1);
         for attempt in 1..=LIFECYCLE_ATTEMPTS {
-            match node.upstream.post(&node.config.upstream, body.clone()).await {
+            match upstream.post(&upstream.config, body.clone()).await {
                 Ok(()) => break,
                 Err(e) if attempt == LIFECYCLE_ATTEMPTS => {
                     tracing::warn!(error = %e, "a lifecycle event did not reach the webhook; given up");
@@ -175,7 +186,7 @@ pub async fn run(node: Arc<Node>) {
                     tracing::debug!(error = %e, attempt, "a lifecycle event did not reach the webhook; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = node.shutdown.cancelled() => return,
+                        _ = shutdown.cancelled() => return,
                     }
                     wait *= 2;
                 }

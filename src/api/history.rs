@@ -227,7 +227,7 @@ async fn bare_room_list(node: &Node, page: &super::admin::ListQuery) -> Response
     let mut rooms = Vec::with_capacity(counts.len().min(limit));
     for (room, connections) in counts.into_iter().skip(offset).take(limit) {
         let (users, sheets) = if node.config.presence.enabled {
-            let (members, sheets) = crate::presence::members(node, &room).await;
+            let (members, sheets) = crate::presence::members(&node.presence, &room).await;
             (members.len(), sheets.len())
         } else {
             (connections, 0)
@@ -459,7 +459,7 @@ pub async fn run_retention(
         None => None,
     };
     crate::audit::admin_action(&admin.peer, "retention", query.older_than.as_deref().unwrap_or("configured age"));
-    let removed = crate::store::retention::run_once(&node, max_age).await.map_err(store_api_error)?;
+    let removed = crate::store::retention::run_once(&node.store, max_age).await.map_err(store_api_error)?;
     Ok(ok(json!({ "removed": removed, "mode": node.store.config.retention_mode })))
 }
 

@@ -94,7 +94,7 @@ impl FromRequestParts<Arc<Node>> for Ingestor {
         }
         if !config.allowed_ips.is_empty() {
             let peer = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
-            let client = peer.map(|ip| crate::transport::upgrade::client_ip(&node.config, ip, &parts.headers));
+            let client = peer.map(|ip| crate::gateway::upgrade::client_ip(&node.config, ip, &parts.headers));
             if !client.is_some_and(|ip| config.allowed_ips.contains(&ip)) {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,

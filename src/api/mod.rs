@@ -33,9 +33,10 @@ use openapi::{Routes, mounted};
 use utoipa_axum::routes;
 
 use crate::config::EndpointKind;
+use crate::gateway::fallback;
+use crate::gateway::upgrade::{self, Endpoint};
 use crate::node::Node;
-use crate::transport::upgrade::{self, Endpoint};
-use crate::transport::{fallback, handshake};
+use crate::transport::handshake;
 
 /// Default largest request body.
 pub(crate) const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
@@ -89,7 +90,7 @@ impl FromRequestParts<Arc<Node>> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-        let client = peer.map(|ip| crate::transport::upgrade::client_ip(&node.config, ip, &parts.headers));
+        let client = peer.map(|ip| crate::gateway::upgrade::client_ip(&node.config, ip, &parts.headers));
         // The key and addresses of the last reload.
         let live = node.live();
         let allowed = &live.api.allowed_ips;
@@ -180,13 +181,18 @@ pub fn valid_name(what: &str, name: &str) -> Result<(), ApiError> {
 }
 
 /// The whole HTTP surface of a node, and its OpenAPI document (served at `/api/openapi.json`).
-pub fn router(node: Arc<Node>) -> Router {
-    router_and_document(node).0
+pub fn router(node: Arc<Node>, faces: &[Face]) -> Router {
+    router_and_document(node, faces).0
 }
+
+/// A part that serves routes of its own beside the API (the dashboard pages, the Pusher face):
+/// it adds them to the routes, described like every other. The server hands them in, so this
+/// module never names the parts above it.
+pub type Face = fn(Routes, &Node) -> Routes;
 
 /// The node's router and the OpenAPI document generated from the same registrations: every
 /// route goes through [`openapi::Routes::serve`], so none is served without being described.
-pub fn router_and_document(node: Arc<Node>) -> (Router, utoipa::openapi::OpenApi) {
+pub fn router_and_document(node: Arc<Node>, faces: &[Face]) -> (Router, utoipa::openapi::OpenApi) {
     let mut routes = Routes::new()
         .serve(routes!(health::health))
         .serve(routes!(health::livez))
@@ -243,8 +249,9 @@ pub fn router_and_document(node: Arc<Node>) -> (Router, utoipa::openapi::OpenApi
     for endpoint in upgrade::endpoints(&node.config) {
         routes = route_endpoint(routes, endpoint);
     }
-    routes = crate::web::routes(routes, &node);
-    routes = crate::pusher::api::routes(routes, &node);
+    for face in faces {
+        routes = face(routes, &node);
+    }
     let (router, mut document) = routes.finish();
     openapi::describe_self(&mut document);
     let served = document.to_json().map(bytes::Bytes::from).unwrap_or_default();
@@ -276,7 +283,7 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
         http::header::AUTHORIZATION,
         http::header::CONTENT_TYPE,
         http::HeaderName::from_static("x-api-key"),
-        http::HeaderName::from_static(crate::transport::fallback::SESSION_KEY_HEADER),
+        http::HeaderName::from_static(fallback::SESSION_KEY_HEADER),
         http::HeaderName::from_static("last-event-id"),
     ];
     let layer = CorsLayer::new().allow_methods(methods).allow_headers(headers);

@@ -31,7 +31,7 @@ pub async fn room(
     Query(page): Query<super::admin::ListQuery>,
 ) -> Result<Response, ApiError> {
     super::valid_name("room", &room)?;
-    let (users, sheets) = crate::presence::members(&node, &room).await;
+    let (users, sheets) = crate::presence::members(&node.presence, &room).await;
     let total = users.len();
     let (users, mut fields) = page.page(users);
     fields.insert("room".into(), json!(room));
@@ -52,7 +52,7 @@ pub async fn user(
     Path(user): Path<String>,
 ) -> Result<Response, ApiError> {
     super::valid_name("user", &user)?;
-    Ok(ok(crate::presence::user_presence(&node, &user).await))
+    Ok(ok(crate::presence::user_presence(&node.presence, &user).await))
 }
 
 /// Query of the notification list.

@@ -1,5 +1,5 @@
 //! Statistics over HTTP: `GET <mount>/stats`, `/api/stats` and `…/stats/detailed`. The figures
-//! themselves are [`crate::stats::report`]'s.
+//! themselves are [`crate::report`]'s.
 
 use std::sync::Arc;
 
@@ -12,14 +12,14 @@ use super::Admin;
 use crate::api::schema;
 use crate::node::Node;
 use crate::protocol::outbound;
-use crate::stats::report::figures;
+use crate::report::figures;
 
 /// `GET <mount>/stats`: the fields the compatibility profiles' dashboards read, at the top level and
 /// under `stats`.
 #[utoipa::path(get, path = "/api/stats", tag = "stats", operation_id = "stats",
     responses((status = 200, description = "the node's figures", body = schema::Stats)))]
 pub async fn stats(State(node): State<Arc<Node>>) -> Response {
-    Json(crate::stats::report::snapshot(&node).await).into_response()
+    Json(crate::report::snapshot(&node).await).into_response()
 }
 
 /// `GET …/stats/detailed`: adds per-shard figures and the last minutes of samples.

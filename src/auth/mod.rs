@@ -196,7 +196,7 @@ impl Auth {
         let keys = self.live.load_full();
         let decision = keys.policy.check(identity, kind, name, action).await;
         if let Err(denied) = &decision {
-            audit::permission_denied(identity.map(|i| &*i.id), kind, name, action, &denied.reason);
+            audit::permission_denied(identity.map(|i| &*i.id), kind, name, action.as_str(), &denied.reason);
         }
         decision
     }

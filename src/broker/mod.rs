@@ -11,7 +11,7 @@ pub mod redis;
 pub mod stream;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -247,30 +247,4 @@ impl Broker {
     }
 }
 
-/// Logs the first occurrence of a recurring problem and then at most one summary per interval,
-/// so a burst of bad input produces a handful of lines, not one per message.
-#[derive(Debug, Default)]
-pub struct BurstLog {
-    window_start: Option<Instant>,
-    suppressed: u64,
-}
-
-impl BurstLog {
-    const WINDOW: Duration = Duration::from_secs(10);
-
-    /// Logs `what` (with `detail`) unless a line was written in the current window.
-    pub fn warn(&mut self, what: &str, detail: &str) {
-        match self.window_start {
-            Some(start) if start.elapsed() < Self::WINDOW => self.suppressed += 1,
-            _ => {
-                if self.suppressed > 0 {
-                    tracing::warn!(suppressed = self.suppressed, "{what} (and more like it): {detail}");
-                } else {
-                    tracing::warn!("{what}: {detail}");
-                }
-                self.window_start = Some(Instant::now());
-                self.suppressed = 0;
-            }
-        }
-    }
-}
+pub use crate::stats::BurstLog;

@@ -173,3 +173,74 @@ impl LifecycleEvent {
         }
     }
 }
+
+impl UpstreamConfig {
+    /// `[upstream]`'s own checks (that `redis_stream` needs `redis.url` is the whole
+    /// configuration's).
+    pub(crate) fn validate(&self, problem: &mut dyn FnMut(String, &str)) {
+        if let Some(url) = &self.webhook_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            problem("upstream.webhook_url".into(), "must be an http:// or https:// URL");
+        }
+        if !self.types.is_empty() && self.webhook_url.is_none() && self.redis_stream.is_none() {
+            problem("upstream.types".into(), "forwarded types need upstream.redis_stream or upstream.webhook_url");
+        }
+        if !self.lifecycle.is_empty() && self.webhook_url.is_none() {
+            problem("upstream.lifecycle".into(), "lifecycle events need upstream.webhook_url");
+        }
+    }
+}
+
+impl PresenceConfig {
+    /// `[presence]`'s own checks.
+    pub(crate) fn validate(&self, problem: &mut dyn FnMut(String, &str)) {
+        for (i, event) in self.status_events.iter().enumerate() {
+            if !["user_status_changed", "presence_update"].contains(&event.as_str()) {
+                problem(format!("presence.status_events[{i}]"), "must be user_status_changed or presence_update");
+            }
+        }
+    }
+}
+
+impl AliasConfig {
+    /// One `[[aliases]]` entry's own checks (`i` is its index, for the key names).
+    pub(crate) fn validate(&self, i: usize, problem: &mut dyn FnMut(String, &str)) {
+        if self.kind.is_empty() || crate::protocol::kinds::is_built_in(&self.kind) {
+            problem(format!("aliases[{i}].type"), "must be a message type that Herald does not handle itself");
+        }
+        if let Err(e) = crate::protocol::template::check(&self.target) {
+            problem(format!("aliases[{i}].target"), &e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::problems_of;
+
+    #[test]
+    fn upstream_checks_itself() {
+        let upstream = UpstreamConfig { types: vec!["ai_request".into()], ..Default::default() };
+        assert!(problems_of(|p| upstream.validate(p))[0].starts_with("upstream.types"));
+        let upstream = UpstreamConfig { webhook_url: Some("ftp://x".into()), ..Default::default() };
+        assert!(problems_of(|p| upstream.validate(p))[0].starts_with("upstream.webhook_url"));
+        assert!(problems_of(|p| UpstreamConfig::default().validate(p)).is_empty());
+    }
+
+    #[test]
+    fn presence_checks_itself() {
+        let presence = PresenceConfig { status_events: vec!["status".into()], ..Default::default() };
+        assert!(problems_of(|p| presence.validate(p))[0].starts_with("presence.status_events[0]"));
+        assert!(problems_of(|p| PresenceConfig::default().validate(p)).is_empty());
+    }
+
+    #[test]
+    fn an_alias_checks_its_type_and_target() {
+        let alias = AliasConfig { kind: "ping".into(), action: AliasAction::JoinRoom, target: "order_{".into() };
+        let problems = problems_of(|p| alias.validate(4, p));
+        assert!(problems[0].starts_with("aliases[4].type"), "{problems:?}");
+        assert!(problems[1].starts_with("aliases[4].target"), "{problems:?}");
+    }
+}

@@ -620,114 +620,18 @@ impl Config {
         let mut problems = Vec::new();
         let mut problem = |key: String, what: &str| problems.push(format!("{key}: {what}"));
 
-        if self.server.mounts.is_empty() {
-            problem("server.mounts".into(), "must name at least one path prefix such as \"/ws\"");
-        }
-        for (i, mount) in self.server.mounts.iter().enumerate() {
-            if !mount.starts_with('/') || (mount.len() > 1 && mount.ends_with('/')) {
-                problem(format!("server.mounts[{i}]"), "must start with '/' and not end with '/'");
-            }
-            if mount == "/" || mount == "/api" || mount == "/metrics" || mount == "/health" {
-                problem(format!("server.mounts[{i}]"), "collides with a built-in route; choose a prefix such as /ws");
-            }
-        }
-        let dashboard = &self.server.dashboard_path;
-        if !dashboard.starts_with('/') || !dashboard.ends_with('/') {
-            problem("server.dashboard_path".into(), "must start and end with '/', such as \"/\" or \"/admin/\"");
-        } else if dashboard.starts_with("/api/")
-            || self.server.mounts.iter().any(|m| dashboard.starts_with(&format!("{m}/")))
-        {
-            problem("server.dashboard_path".into(), "collides with the API or a WebSocket mount");
-        }
-        if let Some(id) = &self.server.node_id
-            && (id.is_empty()
-                || id.len() > 64
-                || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-        {
-            problem("server.node_id".into(), "must be 1-64 characters of letters, digits, '-' or '_'");
-        }
-        for (key, value) in [
-            ("server.shutdown_timeout", self.server.shutdown_timeout),
-            ("websocket.heartbeat_interval", self.websocket.heartbeat_interval),
-            ("websocket.idle_timeout", self.websocket.idle_timeout),
-        ] {
-            if value > MAX_DURATION {
-                problem(key.into(), "must be at most 365 days");
-            }
-        }
-        if self.websocket.heartbeat_interval < Duration::from_millis(100) {
-            problem("websocket.heartbeat_interval".into(), "must be at least 100ms");
-        }
-        if self.websocket.idle_timeout < self.websocket.heartbeat_interval {
-            problem(
-                "websocket.idle_timeout".into(),
-                "must be at least websocket.heartbeat_interval, or live clients would be cut off between heartbeats",
-            );
-        }
-        if self.websocket.max_message_size < 125 {
-            problem("websocket.max_message_size".into(), "must be at least 125 bytes");
-        }
-        if self.websocket.outbound_queue == 0 {
-            problem("websocket.outbound_queue".into(), "must be at least 1");
-        }
-        if self.websocket.outbound_queue_bytes < 1024 {
-            problem("websocket.outbound_queue_bytes".into(), "must be at least 1024");
-        }
+        // Each section checks itself; what follows the section calls is what spans sections.
+        self.server.validate(&mut problem);
+        self.websocket.validate(&mut problem);
         let mut paths = std::collections::HashSet::new();
         for (i, endpoint) in self.endpoints.iter().enumerate() {
-            let key = format!("endpoints[{i}].path");
-            if !endpoint.path.is_empty() && (!endpoint.path.starts_with('/') || endpoint.path.ends_with('/')) {
-                problem(key.clone(), "must be \"\" (the mount itself) or start with '/' and not end with '/'");
-            }
+            endpoint.validate(i, &mut problem);
             if !paths.insert(endpoint.path.as_str()) {
-                problem(key.clone(), "is declared twice");
-            }
-            for reserved in RESERVED_MOUNT_PATHS {
-                if endpoint.path == *reserved {
-                    problem(key.clone(), "collides with a built-in route under the mount");
-                }
-            }
-            for (j, template) in endpoint.channels.iter().chain(&endpoint.rooms).enumerate() {
-                if let Err(e) = crate::protocol::template::check(template) {
-                    problem(format!("endpoints[{i}] template {j} ({template:?})"), &e);
-                }
-            }
-            if endpoint.max_message_size.is_some_and(|m| m < 125) {
-                problem(format!("endpoints[{i}].max_message_size"), "must be at least 125 bytes");
+                problem(format!("endpoints[{i}].path"), "is declared twice");
             }
         }
         for (i, channel) in self.channels.iter().enumerate() {
-            if !stream::is_name_or_prefix(&channel.name) {
-                problem(
-                    format!("channels[{i}].name"),
-                    "must be a channel name, or a prefix followed by a single trailing '*'",
-                );
-            }
-            if channel.default_type.as_deref() == Some("") {
-                problem(format!("channels[{i}].default_type"), "must not be empty");
-            }
-            if let Some(shape) = &channel.shape {
-                let key = format!("channels[{i}].shape");
-                if shape.kind.as_deref() == Some("") {
-                    problem(format!("{key}.type"), "must not be empty");
-                }
-                let bad_path = |p: &String| p.split('.').any(str::is_empty);
-                for (what, fields) in [("copy", &shape.copy), ("lift", &shape.lift)] {
-                    for (field, paths) in fields {
-                        if field.is_empty() || paths.as_slice().is_empty() || paths.as_slice().iter().any(bad_path) {
-                            problem(
-                                format!("{key}.{what}.{field}"),
-                                "must name a field and one or more dot-separated paths such as \"data.status\"",
-                            );
-                        }
-                    }
-                }
-                if shape.rename.iter().any(|(from, to)| from.is_empty() || to.is_empty())
-                    || shape.drop.iter().any(String::is_empty)
-                {
-                    problem(key, "rename and drop need non-empty field names");
-                }
-            }
+            channel.validate(i, &mut problem);
         }
         self.validate_streams(&mut problem);
         if let Some(key) = &self.api.key
@@ -735,13 +639,177 @@ impl Config {
         {
             problem("api.key".into(), "must be at least 8 characters");
         }
-        if let Some(url) = &self.redis.url
+        self.redis.validate(&mut problem);
+        self.validate_security(&mut problem);
+        self.database.validate(&mut problem);
+        self.upstream.validate(&mut problem);
+        if self.upstream.redis_stream.is_some() && self.redis.url.is_none() {
+            problem("upstream.redis_stream".into(), "needs redis.url");
+        }
+        self.presence.validate(&mut problem);
+        for (i, alias) in self.aliases.iter().enumerate() {
+            alias.validate(i, &mut problem);
+        }
+        if let Err(e) = level::check(&self.log.level) {
+            problem("log.level".into(), &e);
+        }
+
+        problems.extend(self.pusher.problems());
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+
+    /// The listening address (parsed when the configuration was read; never fails now, kept
+    /// for its callers).
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        Ok(self.server.listen)
+    }
+}
+
+impl ServerConfig {
+    /// `[server]`'s own checks: mounts, dashboard path, node id, shutdown timeout.
+    pub(crate) fn validate(&self, problem: &mut dyn FnMut(String, &str)) {
+        if self.mounts.is_empty() {
+            problem("server.mounts".into(), "must name at least one path prefix such as \"/ws\"");
+        }
+        for (i, mount) in self.mounts.iter().enumerate() {
+            if !mount.starts_with('/') || (mount.len() > 1 && mount.ends_with('/')) {
+                problem(format!("server.mounts[{i}]"), "must start with '/' and not end with '/'");
+            }
+            if mount == "/" || mount == "/api" || mount == "/metrics" || mount == "/health" {
+                problem(format!("server.mounts[{i}]"), "collides with a built-in route; choose a prefix such as /ws");
+            }
+        }
+        let dashboard = &self.dashboard_path;
+        if !dashboard.starts_with('/') || !dashboard.ends_with('/') {
+            problem("server.dashboard_path".into(), "must start and end with '/', such as \"/\" or \"/admin/\"");
+        } else if dashboard.starts_with("/api/") || self.mounts.iter().any(|m| dashboard.starts_with(&format!("{m}/")))
+        {
+            problem("server.dashboard_path".into(), "collides with the API or a WebSocket mount");
+        }
+        if let Some(id) = &self.node_id
+            && (id.is_empty()
+                || id.len() > 64
+                || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            problem("server.node_id".into(), "must be 1-64 characters of letters, digits, '-' or '_'");
+        }
+        if self.shutdown_timeout > MAX_DURATION {
+            problem("server.shutdown_timeout".into(), "must be at most 365 days");
+        }
+    }
+}
+
+impl WebSocketConfig {
+    /// `[websocket]`'s own checks: durations that fit the clock, heartbeat against idle
+    /// timeout, message and queue sizes.
+    pub(crate) fn validate(&self, problem: &mut dyn FnMut(String, &str)) {
+        for (key, value) in
+            [("websocket.heartbeat_interval", self.heartbeat_interval), ("websocket.idle_timeout", self.idle_timeout)]
+        {
+            if value > MAX_DURATION {
+                problem(key.into(), "must be at most 365 days");
+            }
+        }
+        if self.heartbeat_interval < Duration::from_millis(100) {
+            problem("websocket.heartbeat_interval".into(), "must be at least 100ms");
+        }
+        if self.idle_timeout < self.heartbeat_interval {
+            problem(
+                "websocket.idle_timeout".into(),
+                "must be at least websocket.heartbeat_interval, or live clients would be cut off between heartbeats",
+            );
+        }
+        if self.max_message_size < 125 {
+            problem("websocket.max_message_size".into(), "must be at least 125 bytes");
+        }
+        if self.outbound_queue == 0 {
+            problem("websocket.outbound_queue".into(), "must be at least 1");
+        }
+        if self.outbound_queue_bytes < 1024 {
+            problem("websocket.outbound_queue_bytes".into(), "must be at least 1024");
+        }
+    }
+}
+
+impl EndpointConfig {
+    /// One `[[endpoints]]` entry's own checks (`i` is its index, for the key names); that no two
+    /// share a path is the list's check.
+    pub(crate) fn validate(&self, i: usize, problem: &mut dyn FnMut(String, &str)) {
+        let key = format!("endpoints[{i}].path");
+        if !self.path.is_empty() && (!self.path.starts_with('/') || self.path.ends_with('/')) {
+            problem(key.clone(), "must be \"\" (the mount itself) or start with '/' and not end with '/'");
+        }
+        for reserved in RESERVED_MOUNT_PATHS {
+            if self.path == *reserved {
+                problem(key.clone(), "collides with a built-in route under the mount");
+            }
+        }
+        for (j, template) in self.channels.iter().chain(&self.rooms).enumerate() {
+            if let Err(e) = crate::protocol::template::check(template) {
+                problem(format!("endpoints[{i}] template {j} ({template:?})"), &e);
+            }
+        }
+        if self.max_message_size.is_some_and(|m| m < 125) {
+            problem(format!("endpoints[{i}].max_message_size"), "must be at least 125 bytes");
+        }
+    }
+}
+
+impl ChannelConfig {
+    /// One `[[channels]]` entry's own checks (`i` is its index, for the key names).
+    pub(crate) fn validate(&self, i: usize, problem: &mut dyn FnMut(String, &str)) {
+        if !stream::is_name_or_prefix(&self.name) {
+            problem(
+                format!("channels[{i}].name"),
+                "must be a channel name, or a prefix followed by a single trailing '*'",
+            );
+        }
+        if self.default_type.as_deref() == Some("") {
+            problem(format!("channels[{i}].default_type"), "must not be empty");
+        }
+        if let Some(shape) = &self.shape {
+            let key = format!("channels[{i}].shape");
+            if shape.kind.as_deref() == Some("") {
+                problem(format!("{key}.type"), "must not be empty");
+            }
+            let bad_path = |p: &String| p.split('.').any(str::is_empty);
+            for (what, fields) in [("copy", &shape.copy), ("lift", &shape.lift)] {
+                for (field, paths) in fields {
+                    if field.is_empty() || paths.as_slice().is_empty() || paths.as_slice().iter().any(bad_path) {
+                        problem(
+                            format!("{key}.{what}.{field}"),
+                            "must name a field and one or more dot-separated paths such as \"data.status\"",
+                        );
+                    }
+                }
+            }
+            if shape.rename.iter().any(|(from, to)| from.is_empty() || to.is_empty())
+                || shape.drop.iter().any(String::is_empty)
+            {
+                problem(key, "rename and drop need non-empty field names");
+            }
+        }
+    }
+}
+
+impl RedisConfig {
+    /// `[redis]`'s own checks.
+    pub(crate) fn validate(&self, problem: &mut dyn FnMut(String, &str)) {
+        if let Some(url) = &self.url
             && !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://"))
         {
             problem("redis.url".into(), "must start with redis://, rediss:// or unix://");
         }
-        self.validate_security(&mut problem);
-        let db = &self.database;
+        if self.node_timeout < Duration::from_secs(3) {
+            problem("redis.node_timeout".into(), "must be at least 3s (nodes record themselves every 2 s)");
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// `[database]`'s own checks: URL, sizes, encryption keys and sensitivity rules.
+    pub(crate) fn validate(&self, problem: &mut dyn FnMut(String, &str)) {
+        let db = self;
         let url = db.effective_url();
         let url = url.as_str();
         if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -777,51 +845,6 @@ impl Config {
         {
             problem("database.encryption_key_id".into(), "names no configured key");
         }
-        if self.redis.node_timeout < Duration::from_secs(3) {
-            problem("redis.node_timeout".into(), "must be at least 3s (nodes record themselves every 2 s)");
-        }
-        if let Some(url) = &self.upstream.webhook_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            problem("upstream.webhook_url".into(), "must be an http:// or https:// URL");
-        }
-        if !self.upstream.types.is_empty()
-            && self.upstream.webhook_url.is_none()
-            && self.upstream.redis_stream.is_none()
-        {
-            problem("upstream.types".into(), "forwarded types need upstream.redis_stream or upstream.webhook_url");
-        }
-        if self.upstream.redis_stream.is_some() && self.redis.url.is_none() {
-            problem("upstream.redis_stream".into(), "needs redis.url");
-        }
-        if !self.upstream.lifecycle.is_empty() && self.upstream.webhook_url.is_none() {
-            problem("upstream.lifecycle".into(), "lifecycle events need upstream.webhook_url");
-        }
-        for (i, event) in self.presence.status_events.iter().enumerate() {
-            if !["user_status_changed", "presence_update"].contains(&event.as_str()) {
-                problem(format!("presence.status_events[{i}]"), "must be user_status_changed or presence_update");
-            }
-        }
-        for (i, alias) in self.aliases.iter().enumerate() {
-            if alias.kind.is_empty() || crate::protocol::kinds::is_built_in(&alias.kind) {
-                problem(format!("aliases[{i}].type"), "must be a message type that Herald does not handle itself");
-            }
-            if let Err(e) = crate::protocol::template::check(&alias.target) {
-                problem(format!("aliases[{i}].target"), &e);
-            }
-        }
-        if let Err(e) = level::check(&self.log.level) {
-            problem("log.level".into(), &e);
-        }
-
-        problems.extend(self.pusher.problems());
-        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
-    }
-
-    /// The listening address (parsed when the configuration was read; never fails now, kept
-    /// for its callers).
-    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        Ok(self.server.listen)
     }
 }
 
@@ -923,11 +946,52 @@ mod tests {
         }
     }
 
+    /// The problems one section's own `validate` reports.
+    pub(super) fn problems_of(validate: impl FnOnce(&mut dyn FnMut(String, &str))) -> Vec<String> {
+        let mut problems = Vec::new();
+        validate(&mut |key, what| problems.push(format!("{key}: {what}")));
+        problems
+    }
+
     #[test]
     fn idle_timeout_must_cover_heartbeats() {
+        let websocket = WebSocketConfig { idle_timeout: Duration::from_secs(5), ..Default::default() };
+        let problems = problems_of(|p| websocket.validate(p));
+        assert!(problems.iter().any(|p| p.starts_with("websocket.idle_timeout")), "{problems:?}");
+        assert!(problems_of(|p| WebSocketConfig::default().validate(p)).is_empty());
+    }
+
+    #[test]
+    fn sections_check_themselves() {
+        let server = ServerConfig { dashboard_path: "/ws/x/".into(), mounts: vec!["/ws".into()], ..Default::default() };
+        assert!(problems_of(|p| server.validate(p))[0].starts_with("server.dashboard_path"));
+        let redis = RedisConfig { url: Some("http://x".into()), ..Default::default() };
+        assert!(problems_of(|p| redis.validate(p))[0].starts_with("redis.url"));
+        let database = DatabaseConfig { batch_size: 0, ..Default::default() };
+        assert!(problems_of(|p| database.validate(p))[0].starts_with("database.batch_size"));
+        let endpoint = EndpointConfig { path: "/stats".into(), ..Default::default() };
+        assert!(problems_of(|p| endpoint.validate(3, p))[0].starts_with("endpoints[3].path"));
+        let channel = ChannelConfig { name: "a*b".into(), ..Default::default() };
+        assert!(problems_of(|p| channel.validate(2, p))[0].starts_with("channels[2].name"));
+        for ok in [
+            problems_of(|p| ServerConfig::default().validate(p)),
+            problems_of(|p| RedisConfig::default().validate(p)),
+            problems_of(|p| DatabaseConfig::default().validate(p)),
+        ] {
+            assert!(ok.is_empty(), "{ok:?}");
+        }
+    }
+
+    /// What spans sections stays the whole configuration's: two endpoints on one path, an
+    /// upstream stream without Redis.
+    #[test]
+    fn cross_section_checks_stay_in_config() {
         let mut config = Config::default();
-        config.websocket.idle_timeout = Duration::from_secs(5);
+        config.endpoints.push(EndpointConfig { path: "/a".into(), ..Default::default() });
+        config.endpoints.push(EndpointConfig { path: "/a".into(), ..Default::default() });
+        config.upstream.redis_stream = Some("requests".into());
         let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("websocket.idle_timeout"), "{err}");
+        assert!(err.contains("endpoints[1].path: is declared twice"), "{err}");
+        assert!(err.contains("upstream.redis_stream: needs redis.url"), "{err}");
     }
 }

@@ -292,7 +292,7 @@ pub fn pattern_captures(pattern: &str) -> Result<Vec<String>, String> {
 
 impl super::Config {
     /// Checks the security sections; called from [`super::Config::validate`].
-    pub(super) fn validate_security(&self, problem: &mut impl FnMut(String, &str)) {
+    pub(super) fn validate_security(&self, problem: &mut dyn FnMut(String, &str)) {
         let modes = std::iter::once(self.auth.mode).chain(self.endpoints.iter().filter_map(|e| e.auth));
         let auth_used = modes.into_iter().any(|m| m != AuthMode::Off);
         let has_key =

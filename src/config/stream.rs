@@ -80,7 +80,7 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
 }
 
 impl Config {
-    pub(super) fn validate_streams(&self, problem: &mut impl FnMut(String, &str)) {
+    pub(super) fn validate_streams(&self, problem: &mut dyn FnMut(String, &str)) {
         for (i, history) in self.history.iter().enumerate() {
             match (&history.channels, &history.rooms) {
                 (None, None) | (Some(_), Some(_)) => {

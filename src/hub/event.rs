@@ -89,7 +89,7 @@ pub struct StreamPos {
 }
 
 /// What carries a connection's messages: a WebSocket, or one of the HTTP fallbacks (see
-/// `transport::fallback`).
+/// `gateway::fallback`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Transport {
     /// RFC 6455 frames.

@@ -185,7 +185,7 @@ impl Hub {
         self.ask(move |shard| {
             let picked: Vec<_> = shard.all_sessions().into_iter().filter(|s| matches(s)).collect();
             for session in &picked {
-                let code = crate::pusher::protocol::close_for(
+                let code = crate::transport::frame::close_code::close_for(
                     session.info.kind,
                     crate::transport::frame::close_code::DISCONNECTED_BY_ADMIN,
                 );

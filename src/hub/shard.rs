@@ -436,7 +436,7 @@ impl Shard {
             if idle_checked && now.duration_since(session.last_seen.get()) > ws.idle_timeout {
                 stats::bump(&self.counters().idle_disconnects, 1);
                 tracing::debug!(connection = %session.connection_id, "idle timeout");
-                let code = crate::pusher::protocol::close_for(session.info.kind, close_code::IDLE_TIMEOUT);
+                let code = crate::transport::frame::close_code::close_for(session.info.kind, close_code::IDLE_TIMEOUT);
                 session.close(self, code, "idle timeout: nothing received");
                 continue;
             }

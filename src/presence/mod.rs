@@ -20,11 +20,12 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::broker::keys;
 use crate::broker::redis::RedisBroker;
-use crate::hub::{Event, Target};
-use crate::node::Node;
+use crate::config::PresenceConfig;
+use crate::hub::{ConnId, Event, Target};
 use crate::protocol::outbound;
 use crate::store::now_ms;
 
@@ -142,6 +143,21 @@ pub struct Presence {
     dirty_rx: Mutex<Option<mpsc::UnboundedReceiver<Dirty>>>,
     /// The Redis broker, when presence is mirrored for a cluster.
     cluster: Option<Arc<RedisBroker>>,
+    /// `[presence]`.
+    config: PresenceConfig,
+    /// `api.bare_room_list`: count joins for the bare rooms list.
+    bare_room_list: bool,
+    /// `redis.node_timeout`: how often the mirror rewrites every own field.
+    resync: Duration,
+}
+
+/// How presence announces changes: cluster-wide publishes through the node's publish path. The
+/// node implements it (`node.rs`); presence knows nothing else of the node.
+pub trait Announce: Send + Sync {
+    /// Publishes one event (prepared by the node's rules), leaving out `exclude`.
+    fn announce(&self, target: Target, event: Value, exclude: Option<ConnId>) -> impl Future<Output = ()> + Send;
+    /// Publishes prepared events in order.
+    fn announce_events(&self, events: Vec<Arc<Event>>) -> impl Future<Output = ()> + Send;
 }
 
 fn ms_to_rfc3339(ms: i64) -> String {
@@ -154,14 +170,20 @@ fn field(user: &str, incarnation: &str) -> String {
 
 impl Default for Presence {
     fn default() -> Self {
-        Self::new(None)
+        Self::new(&PresenceConfig::default(), false, Duration::from_secs(10), None)
     }
 }
 
 impl Presence {
-    /// An empty presence service, mirrored through `cluster` when the node runs with Redis
-    /// (chosen once, here).
-    pub fn new(cluster: Option<Arc<RedisBroker>>) -> Presence {
+    /// An empty presence service for `[presence]`, counting joins for the bare rooms list when
+    /// `bare_room_list`, mirrored through `cluster` when the node runs with Redis (chosen once,
+    /// here) and rewritten there every `resync` (`redis.node_timeout`).
+    pub fn new(
+        config: &PresenceConfig,
+        bare_room_list: bool,
+        resync: Duration,
+        cluster: Option<Arc<RedisBroker>>,
+    ) -> Presence {
         let (tx, rx) = mpsc::unbounded_channel();
         Presence {
             activity: activity::RoomActivity::default(),
@@ -169,6 +191,9 @@ impl Presence {
             dirty: tx,
             dirty_rx: Mutex::new(Some(rx)),
             cluster,
+            config: config.clone(),
+            bare_room_list,
+            resync,
         }
     }
 
@@ -378,12 +403,12 @@ impl UserView {
     }
 }
 
-async fn user_view(node: &Node, user: &str) -> UserView {
+async fn user_view(presence: &Presence, user: &str) -> UserView {
     let mut view = UserView::default();
-    if let Some(record) = node.presence.local_user(user) {
+    if let Some(record) = presence.local_user(user) {
         view.add(&record);
     }
-    if let Some(redis) = node.presence.shared() {
+    if let Some(redis) = presence.shared() {
         let key = keys::key(redis.key_prefix(), "pr:user", &[user]);
         let (fields, live) = tokio::join!(hgetall(redis, &key), redis.live_incarnations());
         if let (Ok(fields), Ok(live)) = (fields, live) {
@@ -432,13 +457,13 @@ fn merge_member(room: &str, user: String, records: &[RoomRecord], status: Status
 }
 
 /// Records of a room across live nodes, grouped by user, and its active sheets.
-async fn room_view(node: &Node, room: &str) -> (HashMap<String, Vec<RoomRecord>>, Vec<String>) {
-    let (local, mut sheets) = node.presence.local_room(room);
+async fn room_view(presence: &Presence, room: &str) -> (HashMap<String, Vec<RoomRecord>>, Vec<String>) {
+    let (local, mut sheets) = presence.local_room(room);
     let mut users: HashMap<String, Vec<RoomRecord>> = HashMap::new();
     for (user, record) in local {
         users.entry(user).or_default().push(record);
     }
-    if let Some(redis) = node.presence.shared() {
+    if let Some(redis) = presence.shared() {
         let key = keys::key(redis.key_prefix(), "pr:room", &[room]);
         let sheets_key = keys::key(redis.key_prefix(), "pr:sheets", &[room]);
         let (fields, remote_sheets, live) =
@@ -454,16 +479,16 @@ async fn room_view(node: &Node, room: &str) -> (HashMap<String, Vec<RoomRecord>>
     }
     sheets.sort();
     // Each node lists at most the cap; the union of several nodes' lists is cut to it as well.
-    sheets.truncate(node.config.presence.max_sheets_per_room);
+    sheets.truncate(presence.config.max_sheets_per_room);
     (users, sheets)
 }
 
 /// The members of a room across the cluster, with their statuses.
-pub async fn members(node: &Node, room: &str) -> (Vec<Member>, Vec<String>) {
-    let (users, sheets) = room_view(node, room).await;
+pub async fn members(presence: &Presence, room: &str) -> (Vec<Member>, Vec<String>) {
+    let (users, sheets) = room_view(presence, room).await;
     let mut members = Vec::with_capacity(users.len());
     for (user, records) in users {
-        let status = user_view(node, &user).await.effective();
+        let status = user_view(presence, &user).await.effective();
         members.push(merge_member(room, user, &records, status));
     }
     members.sort_by(|a, b| a.user_id.cmp(&b.user_id));
@@ -471,8 +496,8 @@ pub async fn members(node: &Node, room: &str) -> (Vec<Member>, Vec<String>) {
 }
 
 /// `room_state` as the spreadsheet profile shows it.
-pub async fn room_state(node: &Node, room: &str) -> Value {
-    let (members, sheets) = members(node, room).await;
+pub async fn room_state(presence: &Presence, room: &str) -> Value {
+    let (members, sheets) = members(presence, room).await;
     json!({
         "type": "room_state",
         "room_id": room,
@@ -485,8 +510,8 @@ pub async fn room_state(node: &Node, room: &str) -> Value {
 }
 
 /// A user's presence across the cluster.
-pub async fn user_presence(node: &Node, user: &str) -> Value {
-    let view = user_view(node, user).await;
+pub async fn user_presence(presence: &Presence, user: &str) -> Value {
+    let view = user_view(presence, user).await;
     let mut rooms: Vec<String> = view.rooms.into_iter().collect();
     rooms.sort();
     json!({
@@ -500,8 +525,8 @@ pub async fn user_presence(node: &Node, user: &str) -> Value {
 }
 
 /// Whether the user has a connection in the room on any other live node.
-async fn present_elsewhere(node: &Node, room: &str, user: &str) -> bool {
-    let Some(redis) = node.presence.shared() else { return false };
+async fn present_elsewhere(presence: &Presence, room: &str, user: &str) -> bool {
+    let Some(redis) = presence.shared() else { return false };
     let key = keys::key(redis.key_prefix(), "pr:room", &[room]);
     let (fields, live) = tokio::join!(hgetall(redis, &key), redis.live_incarnations());
     let (Ok(fields), Ok(live)) = (fields, live) else { return false };
@@ -540,40 +565,46 @@ fn room_target(room: &str) -> Target {
 
 /// After a connection joined `room`: announces the user if this is their first connection there
 /// in the cluster (excluding the joining connection), and returns the `room_state` for it.
-pub async fn joined(node: &Node, room: &Arc<str>, who: &Who, connection: crate::hub::ConnId) -> Option<Value> {
-    if !node.config.presence.enabled {
+pub async fn joined(
+    presence: &Presence,
+    out: &impl Announce,
+    room: &Arc<str>,
+    who: &Who,
+    connection: ConnId,
+) -> Option<Value> {
+    if !presence.config.enabled {
         return None;
     }
-    let first_here = node.presence.join(room, who);
-    if node.config.api.bare_room_list {
-        node.presence.activity.joined(room, &who.user_id, crate::store::now_ms());
+    let first_here = presence.join(room, who);
+    if presence.bare_room_list {
+        presence.activity.joined(room, &who.user_id, crate::store::now_ms());
     }
-    if first_here && !present_elsewhere(node, room, &who.user_id).await {
-        let _ = node.publish(room_target(room), joined_event(room, who), Some(connection)).await;
+    if first_here && !present_elsewhere(presence, room, &who.user_id).await {
+        out.announce(room_target(room), joined_event(room, who), Some(connection)).await;
     }
-    if node.config.presence.room_state_to_room {
+    if presence.config.room_state_to_room {
         // The others hear the new state through the room; the joiner gets it as a reply, as
         // below, so it never depends on when the room's subscription took effect.
-        let state = room_state(node, room).await;
-        let _ = node.publish(room_target(room), state.clone(), Some(connection)).await;
+        let state = room_state(presence, room).await;
+        out.announce(room_target(room), state.clone(), Some(connection)).await;
         return Some(state);
     }
-    if !node.config.presence.room_state_on_join {
+    if !presence.config.room_state_on_join {
         return None;
     }
-    Some(room_state(node, room).await)
+    Some(room_state(presence, room).await)
 }
 
 /// After a connection left `room`: announces the user's departure if it was their last
 /// connection there in the cluster.
-pub async fn left(node: &Node, room: &Arc<str>, who: &Who) {
-    if !node.config.presence.enabled {
+pub async fn left(presence: &Presence, out: &impl Announce, room: &Arc<str>, who: &Who) {
+    if !presence.config.enabled {
         return;
     }
-    if node.presence.leave(room, who) && !present_elsewhere(node, room, &who.user_id).await {
-        let _ = node.publish(room_target(room), left_event(room, &who.user_id, who.username.as_deref()), None).await;
-        if node.config.presence.room_state_to_room {
-            let _ = node.publish(room_target(room), room_state(node, room).await, None).await;
+    if presence.leave(room, who) && !present_elsewhere(presence, room, &who.user_id).await {
+        out.announce(room_target(room), left_event(room, &who.user_id, who.username.as_deref()), None).await;
+        if presence.config.room_state_to_room {
+            out.announce(room_target(room), room_state(presence, room).await, None).await;
         }
     }
 }
@@ -591,71 +622,71 @@ fn status_event(kind: &str, user: &str, status: Status, room: &str) -> Value {
 }
 
 /// Status events for a user, one per room it is in.
-async fn announce_status(node: &Node, user: &str, status: Status, rooms: HashSet<String>) {
+async fn announce_status(presence: &Presence, out: &impl Announce, user: &str, status: Status, rooms: HashSet<String>) {
     let mut events = Vec::new();
     for room in rooms {
-        for kind in &node.config.presence.status_events {
+        for kind in &presence.config.status_events {
             let payload = status_event(kind, user, status, &room);
             events.push(Event::new(room_target(&room), bytes::Bytes::from(payload.to_string())));
         }
     }
     if !events.is_empty() {
-        node.publish_events(events).await;
+        out.announce_events(events).await;
     }
 }
 
 /// A client chose a status: delivered to the rooms the user is in, on every node.
-pub async fn status_changed(node: &Node, user: &Arc<str>, status: Status) {
-    node.presence.set_status(user, status);
-    let view = user_view(node, user).await;
-    announce_status(node, user, view.effective(), view.rooms).await;
+pub async fn status_changed(presence: &Presence, out: &impl Announce, user: &Arc<str>, status: Status) {
+    presence.set_status(user, status);
+    let view = user_view(presence, user).await;
+    announce_status(presence, out, user, view.effective(), view.rooms).await;
 }
 
 /// A connection closed: leaves its rooms, and if it was the user's last connection anywhere,
 /// announces the user offline.
-pub async fn disconnected(node: &Node, who: &Who, rooms: Vec<Arc<str>>) {
-    if !node.config.presence.enabled {
+pub async fn disconnected(presence: &Presence, out: &impl Announce, who: &Who, rooms: Vec<Arc<str>>) {
+    if !presence.config.enabled {
         return;
     }
     let mut user_rooms: HashSet<String> = rooms.iter().map(|r| r.to_string()).collect();
     for room in &rooms {
-        left(node, room, who).await;
+        left(presence, out, room, who).await;
     }
-    if node.presence.disconnect(who) {
-        let view = user_view(node, &who.user_id).await;
+    if presence.disconnect(who) {
+        let view = user_view(presence, &who.user_id).await;
         if view.connections == 0 {
             user_rooms.extend(view.rooms);
-            announce_status(node, &who.user_id, Status::Offline, user_rooms).await;
+            announce_status(presence, out, &who.user_id, Status::Offline, user_rooms).await;
         }
     }
 }
 
 /// A connection opened.
-pub fn connected(node: &Node, who: &Who) {
-    if node.config.presence.enabled {
-        node.presence.connect(who);
+pub fn connected(presence: &Presence, who: &Who) {
+    if presence.config.enabled {
+        presence.connect(who);
     }
 }
 
 /// Mirrors this node's presence to Redis and sweeps the presence of dead nodes, until shutdown.
-pub async fn run(node: Arc<Node>) {
-    let Some(mut dirty) = node.presence.dirty_rx.lock().take() else { return };
+pub async fn run(presence: &Presence, out: &impl Announce, shutdown: &CancellationToken) {
+    let Some(mut dirty) = presence.dirty_rx.lock().take() else { return };
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     // Rewrites every field of this node now and then: Redis may have restarted empty, or another
     // node may have swept this one's fields during a moment it looked dead.
-    let mut resync = tokio::time::interval(node.config.redis.node_timeout);
+    let mut resync = tokio::time::interval(presence.resync);
     let mut pending: HashSet<Dirty> = HashSet::new();
     loop {
         tokio::select! {
             _ = resync.tick() => {
                 {
-                    let local = node.presence.local.lock();
+                    let local = presence.local.lock();
                     for (room, members) in &local.rooms {
                         pending.extend(members.keys().map(|user| Dirty::Room(room.clone(), user.clone())));
                     }
                     pending.extend(local.users.keys().map(|user| Dirty::User(user.clone())));
                 }
-                mirror(&node, &mut pending).await;
+                mirror(presence, &mut pending).await;
             }
             change = dirty.recv() => {
                 let Some(change) = change else { return };
@@ -663,16 +694,16 @@ pub async fn run(node: Arc<Node>) {
                 while let Ok(more) = dirty.try_recv() {
                     pending.insert(more);
                 }
-                mirror(&node, &mut pending).await;
+                mirror(presence, &mut pending).await;
             }
             _ = sweep.tick() => {
                 if !pending.is_empty() {
-                    mirror(&node, &mut pending).await;
+                    mirror(presence, &mut pending).await;
                 }
-                sweep_dead(&node).await;
+                sweep_dead(presence, out).await;
             }
-            _ = node.shutdown.cancelled() => {
-                remove_own(&node).await;
+            _ = shutdown.cancelled() => {
+                remove_own(presence).await;
                 return;
             }
         }
@@ -680,8 +711,8 @@ pub async fn run(node: Arc<Node>) {
 }
 
 /// Writes the current value of every changed field.
-async fn mirror(node: &Node, pending: &mut HashSet<Dirty>) {
-    let Some(redis) = node.presence.cluster.as_deref() else {
+async fn mirror(presence: &Presence, pending: &mut HashSet<Dirty>) {
+    let Some(redis) = presence.cluster.as_deref() else {
         pending.clear();
         return;
     };
@@ -693,7 +724,7 @@ async fn mirror(node: &Node, pending: &mut HashSet<Dirty>) {
     let prefix = redis.key_prefix().to_string();
     let mut pipe = redis::pipe();
     {
-        let local = node.presence.local.lock();
+        let local = presence.local.lock();
         for change in pending.iter() {
             match change {
                 Dirty::Room(room, user) => {
@@ -742,10 +773,10 @@ async fn mirror(node: &Node, pending: &mut HashSet<Dirty>) {
 
 /// Removes the presence of dead nodes from the rooms this node's clients are in, and tells
 /// those clients who went away.
-async fn sweep_dead(node: &Node) {
-    let Some(redis) = node.presence.shared() else { return };
+async fn sweep_dead(presence: &Presence, out: &impl Announce) {
+    let Some(redis) = presence.shared() else { return };
     let Ok(live) = redis.live_incarnations().await else { return };
-    for room in node.presence.local_rooms() {
+    for room in presence.local_rooms() {
         let key = keys::key(redis.key_prefix(), "pr:room", &[&room]);
         let Ok(fields) = hgetall(redis, &key).await else { continue };
         let mut alive: HashSet<&str> = HashSet::new();
@@ -774,25 +805,25 @@ async fn sweep_dead(node: &Node) {
                 room_target(&room),
                 bytes::Bytes::from(left_event(&room, user, username.as_deref()).to_string()),
             )];
-            let gone_everywhere = user_view(node, user).await.connections == 0;
+            let gone_everywhere = user_view(presence, user).await.connections == 0;
             if gone_everywhere {
-                for kind in &node.config.presence.status_events {
+                for kind in &presence.config.status_events {
                     let payload = status_event(kind, user, Status::Offline, &room);
                     events.push(Event::new(room_target(&room), bytes::Bytes::from(payload.to_string())));
                 }
             }
-            node.publish_events(events).await;
+            out.announce_events(events).await;
         }
     }
 }
 
 /// On shutdown, this node's fields go away at once rather than after the node timeout.
-async fn remove_own(node: &Node) {
-    let Some(redis) = node.presence.shared() else { return };
+async fn remove_own(presence: &Presence) {
+    let Some(redis) = presence.shared() else { return };
     let me = redis.incarnation().to_string();
     let mut pipe = redis::pipe();
     {
-        let local = node.presence.local.lock();
+        let local = presence.local.lock();
         for (room, members) in &local.rooms {
             for user in members.keys() {
                 pipe.cmd("HDEL").arg(keys::key(redis.key_prefix(), "pr:room", &[room])).arg(field(user, &me)).ignore();

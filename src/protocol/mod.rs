@@ -12,3 +12,11 @@ pub mod template;
 
 pub use error::ErrorCode;
 pub use inbound::{Inbound, ProtocolError, validate_name};
+
+/// The app's own name of a hub channel of any Pusher app (`"\x1fp<id>\x1f<C>"` gives `C`), or
+/// `None` for a name of Herald's own protocol. The namespace form lives here, beside
+/// [`validate_name`] (which refuses control characters in every Herald name), so that the parts
+/// below the Pusher face (history's patterns) can read it.
+pub fn bare_channel(hub: &str) -> Option<&str> {
+    hub.strip_prefix("\u{1f}p")?.split_once('\u{1f}').map(|(_, name)| name)
+}

@@ -178,7 +178,7 @@ fn prepare(node: &Node, app: &App, event: &EventBody) -> Result<Vec<Arc<Event>>,
 
 /// The id of the live node whose socket `socket_id` is, when it is another node's.
 async fn owner_of(node: &Node, socket_id: &str) -> Option<String> {
-    let redis = node.broker.shared_state()?;
+    let redis = node.pusher.shared()?;
     let tag: u32 = socket_id.split_once('.')?.0.parse().ok()?;
     if tag == node.pusher.node_tag {
         return None;
@@ -193,7 +193,7 @@ async fn owner_of(node: &Node, socket_id: &str) -> Option<String> {
 async fn forwarded(node: &Node, app: &App, event: &EventBody) -> bool {
     let Some(socket_id) = &event.socket_id else { return false };
     let Some(owner) = owner_of(node, socket_id).await else { return false };
-    let Some(redis) = node.broker.redis() else { return false };
+    let Some(redis) = node.pusher.redis() else { return false };
     let command = json!({ "pusher_publish": { "app": app.config.id, "event": event } });
     redis.send_control(&owner, &command).await.unwrap_or(false)
 }
@@ -439,7 +439,7 @@ async fn terminate(
     authorized(&node, &app_id, &method, &uri, &body)?;
     terminate_local(&node, &app_id, &user).await;
     // Every other live node closes its own connections of the user.
-    if let Some(redis) = node.broker.redis()
+    if let Some(redis) = node.pusher.redis()
         && let Ok(nodes) = redis.cluster_nodes().await
     {
         let command = json!({ "pusher_terminate": [app_id, user] });

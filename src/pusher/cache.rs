@@ -26,7 +26,7 @@ pub struct Cache {
 }
 
 fn key(node: &Node, hub: &str) -> Option<String> {
-    node.broker.redis().map(|r| crate::broker::keys::trailing(r.key_prefix(), "pk", hub))
+    node.pusher.redis().map(|r| crate::broker::keys::trailing(r.key_prefix(), "pk", hub))
 }
 
 /// Records `payload` as the last event of the cache channel `hub`.
@@ -38,7 +38,7 @@ pub async fn remember(node: &Node, hub: &Arc<str>, payload: &Bytes) {
         }
         last.insert(hub.clone(), (Instant::now(), payload.clone()));
     }
-    if let (Some(redis), Some(key)) = (node.broker.shared_state(), key(node, hub)) {
+    if let (Some(redis), Some(key)) = (node.pusher.shared(), key(node, hub)) {
         let cmd = redis::cmd("SET").arg(key).arg(payload.as_ref()).arg("EX").arg(TTL.as_secs()).clone();
         if let Err(e) = redis.query_as::<()>(&cmd).await {
             tracing::debug!(error = %e, "could not store a cache channel's last event in Redis");
@@ -48,7 +48,7 @@ pub async fn remember(node: &Node, hub: &Arc<str>, payload: &Bytes) {
 
 /// The last event of the cache channel `hub`, if one is fresh.
 pub async fn recall(node: &Node, hub: &str) -> Option<Bytes> {
-    if let (Some(redis), Some(key)) = (node.broker.shared_state(), key(node, hub)) {
+    if let (Some(redis), Some(key)) = (node.pusher.shared(), key(node, hub)) {
         let stored: redis::RedisResult<Option<Vec<u8>>> = redis.query_as(redis::cmd("GET").arg(key)).await;
         if let Ok(stored) = stored {
             return stored.map(Bytes::from);

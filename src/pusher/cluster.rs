@@ -88,7 +88,7 @@ fn key(redis: &RedisBroker, app: &App) -> String {
 /// Subscription counts of `app`'s channels across the cluster, by the app's own names.
 pub async fn counts(node: &Node, app: &App) -> BTreeMap<String, usize> {
     let mut out = node.pusher.occupancy.local(app);
-    let Some(redis) = node.broker.shared_state() else { return out };
+    let Some(redis) = node.pusher.shared() else { return out };
     let fields: redis::RedisResult<HashMap<String, String>> =
         redis.query_as(redis::cmd("HGETALL").arg(key(redis, app))).await;
     let (Ok(fields), Ok(live)) = (fields, redis.live_incarnations().await) else { return out };
@@ -151,7 +151,7 @@ async fn record(redis: &RedisBroker, app: &App, channel: &str, now: usize) -> Re
 /// Deletes the count fields of dead incarnations from every app's hash, and sends
 /// `channel_vacated` for each channel that this leaves with no subscriber in the cluster.
 async fn forget_dead(node: &Node) {
-    let Some(redis) = node.broker.shared_state() else { return };
+    let Some(redis) = node.pusher.shared() else { return };
     let Ok(live) = redis.live_incarnations().await else { return };
     for app in node.pusher.apps() {
         let fields: redis::RedisResult<Vec<String>> = redis.query_as(redis::cmd("HKEYS").arg(key(redis, app))).await;
@@ -215,7 +215,7 @@ pub async fn run(node: Arc<Node>) {
                 (true, true) => 1,
                 (true, false) => -1,
             };
-            let decision = match node.broker.shared_state() {
+            let decision = match node.pusher.shared() {
                 Some(redis) if changed => record(redis, &app, &channel, now).await.unwrap_or_else(|e| {
                     tracing::debug!(error = %e, "could not record Pusher channel counts in Redis");
                     own_view
@@ -245,7 +245,7 @@ pub async fn run(node: Arc<Node>) {
 
 /// Writes every count this node holds again (after a Redis restart or flush they would be gone).
 async fn rewrite(node: &Node, written: &HashMap<Arc<str>, Counted>) {
-    let Some(redis) = node.broker.shared_state() else { return };
+    let Some(redis) = node.pusher.shared() else { return };
     if written.is_empty() {
         return;
     }

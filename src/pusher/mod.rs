@@ -104,7 +104,7 @@ impl Drop for AppSlot {
 }
 
 /// The node's Pusher face: its apps and its presence sets.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Pusher {
     apps: Vec<Arc<App>>,
     by_key: HashMap<String, usize>,
@@ -121,11 +121,15 @@ pub struct Pusher {
     pub webhooks: webhooks::Webhooks,
     /// Pusher subscriptions per channel on this node, mirrored for the cluster.
     pub occupancy: cluster::Occupancy,
+    /// The Redis broker, when the face's state is shared by a cluster (chosen once, at start-up).
+    cluster: Option<Arc<crate::broker::redis::RedisBroker>>,
 }
 
 impl Pusher {
-    /// The apps from `[pusher]`, for the node named `node_id`.
-    pub fn new(config: &PusherConfig, node_id: &str) -> Self {
+    /// The apps from `[pusher]`, for the node named `node_id`, with their presence members,
+    /// channel counts, cached events and webhook batches shared through `cluster` when the node
+    /// runs with Redis (chosen once, here).
+    pub fn new(config: &PusherConfig, node_id: &str, cluster: Option<Arc<crate::broker::redis::RedisBroker>>) -> Self {
         let apps: Vec<Arc<App>> = config.apps.iter().cloned().map(|c| Arc::new(App::new(c))).collect();
         let by_key = apps.iter().enumerate().map(|(i, a)| (a.config.key.clone(), i)).collect();
         let by_id = apps.iter().enumerate().map(|(i, a)| (a.config.id.clone(), i)).collect();
@@ -139,7 +143,20 @@ impl Pusher {
             clock_skew: config.clock_skew(),
             webhooks: Default::default(),
             occupancy: Default::default(),
+            cluster,
         }
+    }
+
+    /// Where the face's shared state lives right now: Redis while it is connected; `None` means
+    /// this node alone (no Redis, or Redis down).
+    pub fn shared(&self) -> Option<&crate::broker::redis::RedisBroker> {
+        self.cluster.as_deref().filter(|r| r.is_connected())
+    }
+
+    /// The Redis broker when one is configured, connected or not (key names, control messages
+    /// that report their own failure).
+    pub fn redis(&self) -> Option<&crate::broker::redis::RedisBroker> {
+        self.cluster.as_deref()
     }
 
     /// Whether any app is configured (the face is on).
@@ -189,12 +206,6 @@ impl Pusher {
 pub async fn run(node: Arc<crate::node::Node>) {
     tokio::spawn(webhooks::run(node.clone()));
     cluster::run(node).await;
-}
-
-/// The app's own name of a hub channel of any app (`"\x1fp<id>\x1f<C>"` gives `C`), or `None`
-/// for a name of Herald's own protocol.
-pub fn bare_channel(hub: &str) -> Option<&str> {
-    hub.strip_prefix("\u{1f}p")?.split_once('\u{1f}').map(|(_, name)| name)
 }
 
 /// Publishes a `pusher_internal:` event (`member_added`, `member_removed`) without giving it a
@@ -291,8 +302,8 @@ mod tests {
         assert_eq!(a.own_name(&name), Some("news"));
         assert_eq!(b.own_name(&name), None);
         assert_ne!(a.hub_name("2\u{1f}x"), b.hub_name("\u{1f}x"));
-        assert_eq!(bare_channel(&b.hub_name("private-x")), Some("private-x"));
-        assert_eq!(bare_channel("news"), None);
+        assert_eq!(crate::protocol::bare_channel(&b.hub_name("private-x")), Some("private-x"));
+        assert_eq!(crate::protocol::bare_channel("news"), None);
     }
 
     #[test]
@@ -307,8 +318,8 @@ mod tests {
 
     #[test]
     fn socket_ids_round_trip_on_their_node_only() {
-        let one = Pusher::new(&PusherConfig::default(), "node-a");
-        let two = Pusher::new(&PusherConfig::default(), "node-b");
+        let one = Pusher::new(&PusherConfig::default(), "node-a", None);
+        let two = Pusher::new(&PusherConfig::default(), "node-b", None);
         let id = one.socket_id(42);
         assert!(id.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())));
         assert_eq!(one.local_conn(&id), Some(42));

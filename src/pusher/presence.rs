@@ -107,7 +107,7 @@ fn key(redis: &crate::broker::redis::RedisBroker, channel: &str) -> String {
 
 /// The fields of `channel` recorded by other live nodes: user → `user_info`.
 async fn elsewhere(node: &Node, channel: &str) -> Option<HashMap<String, Value>> {
-    let redis = node.broker.shared_state()?;
+    let redis = node.pusher.shared()?;
     let fields: redis::RedisResult<HashMap<String, String>> =
         redis.query_as(redis::cmd("HGETALL").arg(key(redis, channel))).await;
     let (Ok(fields), Ok(live)) = (fields, redis.live_incarnations().await) else { return None };
@@ -130,7 +130,7 @@ pub async fn join(node: &Node, channel: &Arc<str>, user: &str, info: Value, max:
     if added != Added::New {
         return added;
     }
-    let Some(redis) = node.broker.shared_state() else { return added };
+    let Some(redis) = node.pusher.shared() else { return added };
     let others = elsewhere(node, channel).await;
     let write =
         redis::cmd("HSET").arg(key(redis, channel)).arg(field(user, redis.incarnation())).arg(info.to_string()).clone();
@@ -146,7 +146,7 @@ pub async fn leave(node: &Node, channel: &str, user: &str) -> bool {
     if !node.pusher.presence.remove(channel, user) {
         return false;
     }
-    let Some(redis) = node.broker.shared_state() else { return true };
+    let Some(redis) = node.pusher.shared() else { return true };
     let delete = redis::cmd("HDEL").arg(key(redis, channel)).arg(field(user, redis.incarnation())).clone();
     if let Err(e) = redis.query_as::<()>(&delete).await {
         tracing::debug!(error = %e, "could not remove a presence member from Redis");
@@ -175,7 +175,7 @@ pub async fn members(node: &Node, channel: &str) -> IndexMap<String, Value> {
 /// dead nodes from the presence channels this node has members in, and announces the departures
 /// no live node covers (once: `HDEL` answers 1 to one sweeping node).
 pub async fn sweep(node: &Node) {
-    let Some(redis) = node.broker.shared_state() else { return };
+    let Some(redis) = node.pusher.shared() else { return };
     let own: Vec<(Arc<str>, String, String)> = {
         let channels = node.pusher.presence.channels.lock();
         channels

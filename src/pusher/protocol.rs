@@ -29,18 +29,7 @@ pub mod code {
     pub const INVALID_MESSAGE: u16 = 4300;
 }
 
-/// The close code a connection of `kind` gets for one of Herald's own. To pusher-js, 4000–4099
-/// mean "never reconnect", so a Pusher client closed for idleness is told to reconnect at once
-/// (4201, pong not received) and a slow consumer to back off (4100, over capacity).
-pub fn close_for(kind: crate::config::EndpointKind, herald: u16) -> u16 {
-    use crate::transport::frame::close_code;
-    match (kind, herald) {
-        (crate::config::EndpointKind::Pusher, close_code::IDLE_TIMEOUT) => 4201,
-        (crate::config::EndpointKind::Pusher, close_code::SLOW_CONSUMER) => code::OVER_CAPACITY,
-        (crate::config::EndpointKind::Pusher, close_code::DISCONNECTED_BY_ADMIN) => code::UNAUTHORIZED,
-        _ => herald,
-    }
-}
+pub use crate::transport::frame::close_code::close_for;
 
 /// A message with a string `data`, as the server sends it.
 pub fn message(event: &str, channel: Option<&str>, data: &str) -> Bytes {
@@ -151,6 +140,16 @@ impl Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn herald_close_codes_map_to_pushers() {
+        use crate::config::EndpointKind;
+        use crate::transport::frame::close_code;
+        assert_eq!(close_for(EndpointKind::Pusher, close_code::SLOW_CONSUMER), code::OVER_CAPACITY);
+        assert_eq!(close_for(EndpointKind::Pusher, close_code::DISCONNECTED_BY_ADMIN), code::UNAUTHORIZED);
+        assert_eq!(close_for(EndpointKind::Pusher, close_code::IDLE_TIMEOUT), 4201);
+        assert_eq!(close_for(EndpointKind::Events, close_code::SLOW_CONSUMER), close_code::SLOW_CONSUMER);
+    }
 
     #[test]
     fn server_data_is_a_string() {

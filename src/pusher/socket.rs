@@ -19,13 +19,13 @@ use super::protocol::{self, Inbound, code};
 use super::{App, ChannelKind, sign};
 use crate::auth::Identity;
 use crate::config::{EndpointKind, NameKind, WelcomeStyle};
+use crate::gateway::upgrade::refuse;
 use crate::hub::shard::Shard;
 use crate::hub::{Event, Hub, Target};
 use crate::node::Node;
 use crate::session::handlers::streams;
 use crate::session::{ConnectPlan, Session};
 use crate::transport::handshake;
-use crate::transport::upgrade::refuse;
 
 /// What the upgrade decided for a Pusher connection, carried to its shard in the plan.
 #[derive(Debug)]
@@ -75,8 +75,8 @@ pub async fn upgrade(node: Arc<Node>, key: String, mut request: Request) -> Resp
     let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>().copied() else {
         return refuse(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "peer address unknown");
     };
-    let client_ip = crate::transport::upgrade::client_ip(&node.config, peer.ip(), request.headers());
-    if let Err(origin) = crate::transport::upgrade::check_origin(&node.config, request.headers()) {
+    let client_ip = crate::gateway::upgrade::client_ip(&node.config, peer.ip(), request.headers());
+    if let Err(origin) = crate::gateway::upgrade::check_origin(&node.config, request.headers()) {
         node.stats.node.refused_connections.fetch_add(1, Ordering::Relaxed);
         return refuse(StatusCode::FORBIDDEN, "ORIGIN_NOT_ALLOWED", &format!("origin {origin:?} is not allowed"));
     }

@@ -144,7 +144,7 @@ pub(crate) async fn run(shard: Rc<Shard>, io: ConnIo, input: Input, mut plan: Co
     } else if plan.kind == EndpointKind::Pusher {
         crate::pusher::socket::start(&shard, &session, &mut plan);
     } else if plan.kind == EndpointKind::Stats {
-        shard.spawn(crate::stats::report::stream(shard.clone(), session.clone()));
+        shard.spawn(stats_stream(shard.clone(), session.clone()));
     }
     drop(plan);
     match input {
@@ -276,4 +276,19 @@ fn welcome(shard: &Shard, session: &Session, kind: &str) -> Bytes {
         }
     }
     outbound::reply(kind, fields, None)
+}
+
+/// How often the stats stream pushes (the dashboard profile's 500 ms).
+const STATS_STREAM_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Pushes [`crate::report::stream_frame`] every 500 ms until the connection closes.
+async fn stats_stream(shard: Rc<Shard>, session: Rc<Session>) {
+    let mut ticker = tokio::time::interval(STATS_STREAM_INTERVAL);
+    loop {
+        ticker.tick().await;
+        if session.is_closing() || session.killed.get() {
+            return;
+        }
+        session.reply(&shard, &outbound::to_bytes(&crate::report::stream_frame(shard.node())));
+    }
 }

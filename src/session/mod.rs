@@ -13,7 +13,7 @@ pub mod outbound;
 mod reader;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -224,4 +224,25 @@ impl Session {
     pub(crate) fn set_user(&self, user: Arc<Identity>) {
         *self.user.borrow_mut() = Some(user);
     }
+}
+
+/// The SSE `id:` of a connection: its position on every stream it follows, as
+/// `<stream>~<epoch>~<seq>` joined by `,` (stream and epoch percent-encoded), in stream order.
+/// `None` while it has no position anywhere.
+pub fn position_id(follows: &HashMap<Arc<str>, Follow>) -> Option<String> {
+    let mut entries: Vec<(&str, &str, u64)> =
+        follows.iter().filter_map(|(s, f)| f.epoch.as_ref().map(|e| (&**s, &**e, f.last))).collect();
+    if entries.is_empty() {
+        return None;
+    }
+    entries.sort_unstable();
+    let parts: Vec<String> = entries
+        .into_iter()
+        .map(|(stream, epoch, seq)| {
+            let stream: String = form_urlencoded::byte_serialize(stream.as_bytes()).collect();
+            let epoch: String = form_urlencoded::byte_serialize(epoch.as_bytes()).collect();
+            format!("{stream}~{epoch}~{seq}")
+        })
+        .collect();
+    Some(parts.join(","))
 }

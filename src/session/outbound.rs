@@ -152,7 +152,7 @@ impl Session {
             close_code::SLOW_CONSUMER,
             "slow consumer: outbound queue full",
         );
-        let code = crate::pusher::protocol::close_for(self.info.kind, close_code::SLOW_CONSUMER);
+        let code = crate::transport::frame::close_code::close_for(self.info.kind, close_code::SLOW_CONSUMER);
         self.close_dropping_queue(shard, code, "slow consumer: outbound queue full");
     }
 
@@ -165,7 +165,7 @@ impl Session {
         let max_bytes = shard.node().config.websocket.outbound_queue_bytes;
         let mut result = Ok(());
         if self.info.wire.transport == Transport::Sse
-            && let Some(id) = crate::transport::fallback::position_id(&self.follows.borrow())
+            && let Some(id) = crate::session::position_id(&self.follows.borrow())
             && stream.last_id.borrow().as_deref() != Some(id.as_str())
         {
             result = stream.push(Bytes::from(format!("id: {id}\n")), max_bytes);

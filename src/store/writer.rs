@@ -18,8 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{NewMessage, Row, Store, StoreError, StoredMessage, Written};
-use crate::broker::BurstLog;
 use crate::hub::{Event, Target};
+use crate::stats::BurstLog;
 use crate::stats::NodeCounters;
 
 /// How long a sender waits for room in a full queue before its write fails.
@@ -119,14 +119,31 @@ impl Writer {
         self.state.healthy.load(Ordering::Relaxed)
     }
 
-    /// Records that the database answered (or failed) outside a write, e.g. a probe.
-    pub(crate) fn set_healthy(&self, healthy: bool) {
-        self.state.set_healthy(healthy);
+    /// The writer's health flag alone, for the database probe (which must not hold a sender:
+    /// it would keep the queue open).
+    pub fn health(&self) -> Health {
+        Health(self.state.clone())
     }
 
     /// Stops taking rows; the writer drains what is queued and ends.
     pub fn close(&self) {
         self.state.closing.cancel();
+    }
+}
+
+/// The writer's health flag: read by health checks, set by the database probe.
+#[derive(Clone)]
+pub struct Health(Arc<State>);
+
+impl Health {
+    /// Whether the last write succeeded (or the database answered since).
+    pub fn is_healthy(&self) -> bool {
+        self.0.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records that the database answered outside a write.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.0.set_healthy(healthy);
     }
 }
 

@@ -49,6 +49,20 @@ pub mod close_code {
     pub const DISCONNECTED_BY_ADMIN: u16 = 4001;
     /// Herald: the credentials expired and were not refreshed.
     pub const TOKEN_EXPIRED: u16 = 4003;
+
+    /// The close code a connection of `kind` gets for one of Herald's own. To pusher-js,
+    /// 4000–4099 mean "never reconnect", so a Pusher client closed for idleness is told to
+    /// reconnect at once (4201, pong not received), a slow consumer to back off (4100, over
+    /// capacity) and one an operator cut that it is unauthorized (4009). It lives with the codes
+    /// so that the shard and the session, below the Pusher face, can close its connections.
+    pub fn close_for(kind: crate::config::EndpointKind, herald: u16) -> u16 {
+        match (kind, herald) {
+            (crate::config::EndpointKind::Pusher, IDLE_TIMEOUT) => 4201,
+            (crate::config::EndpointKind::Pusher, SLOW_CONSUMER) => 4100,
+            (crate::config::EndpointKind::Pusher, DISCONNECTED_BY_ADMIN) => 4009,
+            _ => herald,
+        }
+    }
 }
 
 /// A complete message or control frame received from a peer.

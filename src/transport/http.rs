@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
-use crate::node::Node;
+use crate::config::ServerConfig;
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,13 +33,12 @@ pub(crate) struct HttpLimits {
 }
 
 impl HttpLimits {
-    /// The bounds from the node's configuration.
-    pub(crate) fn new(node: &Node) -> Self {
-        let server = &node.config.server;
+    /// The bounds of `[server]`, reading bodies up to `max_body` bytes (the API's largest).
+    pub(crate) fn new(server: &ServerConfig, max_body: usize) -> Self {
         let cap = server.max_requests_in_flight;
         HttpLimits {
             request_timeout: server.request_timeout,
-            max_body: crate::api::largest_body(&node.config),
+            max_body,
             in_flight: (cap > 0).then(|| Arc::new(Semaphore::new(cap))),
             cap,
         }
@@ -129,9 +128,15 @@ impl ConnectionCut {
     }
 }
 
+/// Plain-text-free JSON error response for HTTP refusals.
+pub fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "success": false, "error": message, "code": code });
+    (status, axum::Json(body)).into_response()
+}
+
 /// A refusal after which the connection is closed (its request was not read to the end).
 fn closing(status: StatusCode, code: &str, message: &str) -> Response {
-    let mut response = crate::transport::upgrade::refuse(status, code, message);
+    let mut response = refuse(status, code, message);
     response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
     response
 }

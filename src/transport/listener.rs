@@ -2,14 +2,15 @@
 //! requests never wait behind a fan-out; only upgraded WebSocket sockets move to shards.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use tokio_rustls::TlsAcceptor;
 
-use crate::node::Node;
+use tokio_util::sync::CancellationToken;
+
+use super::http::HttpLimits;
 
 /// How long a client may take to complete its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,20 +28,20 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Accepts until the node shuts down, serving HTTP on each socket.
+/// Accepts until `shutdown`, serving HTTP on each socket within `limits`.
 pub(crate) async fn accept_loop(
-    node: Arc<Node>,
+    limits: HttpLimits,
+    shutdown: CancellationToken,
     router: axum::Router,
     listener: std::net::TcpListener,
     tls: Option<TlsAcceptor>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let limits = super::http::HttpLimits::new(&node);
     let mut last_error_log = None::<std::time::Instant>;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = node.shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => return Ok(()),
         };
         match accepted {
             Ok((stream, peer)) => {

@@ -5,6 +5,7 @@ mod badinput;
 mod batch;
 mod cli;
 mod cluster;
+mod cluster_failover;
 mod collab;
 mod common;
 mod core;

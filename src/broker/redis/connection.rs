@@ -259,6 +259,24 @@ impl RedisBroker {
         Ok(patterns.len() + plain.len() + internal.len())
     }
 
+    /// Whether this node wants to receive an internal channel now (interest, or the broadcast key).
+    fn still_wanted(&self, channel: &str) -> bool {
+        channel == self.all_key() || self.wanted.lock().contains(channel)
+    }
+
+    /// A `SUNSUBSCRIBE` push: the confirmation of this node's own (for a channel it no longer
+    /// wants), or Redis dropping a sharded subscription by itself, which it does to every
+    /// subscriber of a slot that moved to another master (resharding) and of a master that became
+    /// a replica (failover). The cluster client forgets the subscription as well, so nothing would
+    /// ever arrive on the channel again: a channel still wanted is handed to
+    /// [`resubscribe_dropped`].
+    pub(super) fn unsubscribed(&self, channel: &str) {
+        if self.still_wanted(channel) {
+            self.lost.lock().insert(channel.to_string());
+            self.lost_notify.notify_one();
+        }
+    }
+
     pub(super) async fn check(&self) -> bool {
         let ping = redis::cmd("PING");
         let subscriber_ok = self.subscriber.query(&ping).await.is_ok();
@@ -313,6 +331,26 @@ pub(super) async fn keep_connected<H: BrokerHandler>(broker: &RedisBroker, handl
             last_record = Instant::now();
             broker.record_node(handler).await;
             broker.refresh_live().await;
+        }
+    }
+}
+
+/// Subscribes again, until the task is dropped, to the sharded channels Redis dropped while this
+/// node still wants them (see [`RedisBroker::unsubscribed`]). The cluster client routes each
+/// `SSUBSCRIBE` to the slot's master now, following `MOVED`.
+pub(super) async fn resubscribe_dropped(broker: &RedisBroker) {
+    loop {
+        broker.lost_notify.notified().await;
+        let lost: Vec<String> = std::mem::take(&mut *broker.lost.lock()).into_iter().collect();
+        let _subscribing = broker.subscribing.lock().await;
+        let again: Vec<String> = lost.into_iter().filter(|c| broker.still_wanted(c)).collect();
+        // While down, the reconnection subscribes to everything anyway.
+        if again.is_empty() || !broker.is_connected() {
+            continue;
+        }
+        tracing::info!(channels = again.len(), "redis moved sharded channels away; subscribing again");
+        if let Err(e) = broker.set_subscription(&again, true).await {
+            broker.mark_down(&e.to_string());
         }
     }
 }

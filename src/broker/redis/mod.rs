@@ -63,6 +63,10 @@ pub struct RedisBroker {
     /// Held while (re)subscribing everything and while following one interest change, so that a
     /// key wanted during a resubscription is either in its snapshot or subscribed on its own.
     subscribing: tokio::sync::Mutex<()>,
+    /// Sharded channels Redis unsubscribed this node from on its own (their slot moved to another
+    /// master, or their master became a replica), to be subscribed again where they live now.
+    lost: Mutex<HashSet<String>>,
+    lost_notify: tokio::sync::Notify,
     dropped: Arc<AtomicU64>,
     malformed_log: Mutex<BurstLog>,
     outage_since: Mutex<Option<Instant>>,
@@ -91,6 +95,8 @@ impl RedisBroker {
             connected: AtomicBool::new(false),
             wanted: Mutex::new(HashSet::new()),
             subscribing: tokio::sync::Mutex::new(()),
+            lost: Mutex::new(HashSet::new()),
+            lost_notify: tokio::sync::Notify::new(),
             dropped,
             malformed_log: Mutex::new(BurstLog::default()),
             outage_since: Mutex::new(None),
@@ -246,6 +252,7 @@ pub async fn run<H: BrokerHandler>(
         _ = health => {}
         _ = interest => {}
         _ = dispatch => {}
+        _ = connection::resubscribe_dropped(&broker) => {}
         _ = shutdown.cancelled() => {}
     }
 }
@@ -262,6 +269,12 @@ async fn handle_push(broker: &RedisBroker, handler: &impl BrokerHandler, push: P
         },
         PushKind::Disconnection => {
             broker.mark_down("connection closed");
+            return;
+        }
+        PushKind::SUnsubscribe => {
+            if let Some(channel) = push.data.first().and_then(bytes_of).and_then(|c| std::str::from_utf8(c).ok()) {
+                broker.unsubscribed(channel);
+            }
             return;
         }
         _ => return,

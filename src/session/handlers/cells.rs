@@ -155,7 +155,7 @@ pub(crate) async fn update(shard: &Rc<Shard>, session: &Rc<Session>, message: &I
     }
     let forwarded = if node.config.upstream.types.iter().any(|t| t == "cell_update") {
         let request = super::upstream::request_for(shard, session, message);
-        match node.upstream.forward(node, &request).await {
+        match node.upstream.forward(&request).await {
             Ok(_) => Some(true),
             Err(e) => {
                 tracing::warn!(error = %e, "an accepted cell_update did not reach the backend");

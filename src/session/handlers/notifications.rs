@@ -80,7 +80,7 @@ pub(crate) async fn read(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inb
             return Err(ProtocolError::new(ErrorCode::InvalidMessage, format!("no notification {id:?} for this user")));
         }
         let request = super::upstream::request_for(shard, session, message);
-        if let Err(e) = node.upstream.forward(node, &request).await {
+        if let Err(e) = node.upstream.forward(&request).await {
             tracing::warn!(error = %e, "a notification_read did not reach the backend");
             return Err(ProtocolError::new(ErrorCode::InternalError, "the read could not be handed to the backend"));
         }

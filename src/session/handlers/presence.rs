@@ -65,7 +65,7 @@ pub(crate) async fn status_update(
     let status = Status::parse_chosen(text).ok_or_else(|| {
         ProtocolError::new(ErrorCode::InvalidMessage, format!("unknown status {text:?}: use online, away or busy"))
     })?;
-    presence::status_changed(shard.node(), &who.user_id, status).await;
+    presence::status_changed(&shard.node().presence, &**shard.node(), &who.user_id, status).await;
     session.reply(
         shard,
         &outbound::reply("status_updated", json!({ "user_id": &*who.user_id, "status": text }), message.id.as_ref()),
@@ -354,12 +354,11 @@ pub(crate) async fn after_join(shard: &Rc<Shard>, session: &Rc<Session>, room: &
     let node = shard.node();
     let Some(who) = who(session) else { return };
     node.upstream.lifecycle(
-        node,
         LifecycleEvent::Join,
         json!({ "connection_id": &*session.connection_id, "user_id": &*who.user_id, "room": room }),
     );
     let room: Arc<str> = Arc::from(room);
-    if let Some(state) = presence::joined(node, &room, &who, session.id).await {
+    if let Some(state) = presence::joined(&node.presence, &**node, &room, &who, session.id).await {
         session.reply(shard, &outbound::to_bytes(&state));
     }
 }
@@ -370,7 +369,6 @@ pub(crate) async fn after_leave(shard: &Rc<Shard>, session: &Rc<Session>, room: 
     let node = shard.node();
     let Some(who) = who(session) else { return };
     node.upstream.lifecycle(
-        node,
         LifecycleEvent::Leave,
         json!({ "connection_id": &*session.connection_id, "user_id": &*who.user_id, "room": room }),
     );
@@ -379,7 +377,7 @@ pub(crate) async fn after_leave(shard: &Rc<Shard>, session: &Rc<Session>, room: 
         live.cursors.remove(room);
         live.typing_starts.remove(room);
     });
-    presence::left(node, &Arc::from(room), &who).await;
+    presence::left(&node.presence, &**node, &Arc::from(room), &who).await;
 }
 
 async fn stop_typing(shard: &Shard, session: &Session, who: &Who, in_room: impl Fn(&Arc<str>) -> bool) {
@@ -401,21 +399,19 @@ pub(crate) async fn after_disconnect(shard: &Rc<Shard>, session: &Rc<Session>, r
     let node = shard.node();
     let Some(who) = who(session) else { return };
     node.upstream.lifecycle(
-        node,
         LifecycleEvent::Disconnect,
         json!({ "connection_id": &*session.connection_id, "user_id": &*who.user_id, "rooms": rooms }),
     );
     stop_typing(shard, session, &who, |_| true).await;
-    presence::disconnected(node, &who, rooms).await;
+    presence::disconnected(&node.presence, &**node, &who, rooms).await;
 }
 
 /// After a connection opened (with a user).
 pub(crate) fn after_connect(shard: &Shard, session: &Session) {
     let node = shard.node();
     let Some(who) = who(session) else { return };
-    presence::connected(node, &who);
+    presence::connected(&node.presence, &who);
     node.upstream.lifecycle(
-        node,
         LifecycleEvent::Connect,
         json!({
             "connection_id": &*session.connection_id,

@@ -66,7 +66,7 @@ pub(crate) fn begin(
 pub(crate) async fn fetch(shard: &Shard, pending: &Pending) -> Recovery {
     let node = shard.node();
     let since = pending.since.as_ref().map(|(s, e)| (*s, e.as_str()));
-    match node.history.snapshot(node, &pending.stream, pending.settings).await {
+    match node.history.snapshot(&node.broker, node.store.keyring(), &pending.stream, pending.settings).await {
         Ok(snapshot) => snapshot.recover(since),
         // History unreachable (Redis down): say so; live events still flow.
         Err(_) => Recovery { recovered: since.is_none(), epoch: Arc::from(""), top: 0, events: Vec::new() },
@@ -189,7 +189,7 @@ pub async fn read(
     let stream: Arc<str> = Arc::from(stream_name(kind, name));
     let snapshot = node
         .history
-        .snapshot(node, &stream, settings)
+        .snapshot(&node.broker, node.store.keyring(), &stream, settings)
         .await
         .map_err(|e| ReadError::Unavailable(format!("history is unavailable: {e}")))?;
     let (recovered, epoch, top, mut events) = match since {

@@ -35,7 +35,7 @@ pub(crate) async fn forward(shard: &Rc<Shard>, session: &Rc<Session>, message: &
     let request = request_for(shard, session, message);
     let handed = node
         .upstream
-        .forward(node, &request)
+        .forward(&request)
         .await
         .map_err(|e| ProtocolError::new(ErrorCode::Unavailable, format!("request not accepted: {e}")))?;
     let mut ack = Map::new();

@@ -9,9 +9,8 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
-use serde_json::json;
 
-use super::handshake::{self, HandshakeError};
+use crate::transport::handshake::{self, HandshakeError};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
@@ -70,11 +69,7 @@ pub fn endpoints(config: &Config) -> Vec<Endpoint> {
     out
 }
 
-/// Plain-text-free JSON error response for HTTP refusals.
-pub fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = json!({ "success": false, "error": message, "code": code });
-    (status, axum::Json(body)).into_response()
-}
+pub use crate::transport::http::refuse;
 
 /// How a connection proves who it is.
 pub(crate) enum Credential {
@@ -87,7 +82,7 @@ pub(crate) enum Credential {
 /// The handler behind every WebSocket endpoint.
 pub async fn handle(node: Arc<Node>, endpoint: Arc<Endpoint>, request: Request) -> Response {
     if endpoint.kind == EndpointKind::Stats && !handshake::is_upgrade(request.headers()) {
-        return axum::Json(crate::stats::report::snapshot(&node).await).into_response();
+        return axum::Json(crate::report::snapshot(&node).await).into_response();
     }
     let upgrade = match handshake::check(request.method(), request.headers()) {
         Ok(upgrade) => upgrade,

@@ -1,20 +1,15 @@
 //! What the node reports about itself: the JSON of `GET <mount>/stats` and `/api/stats`, and the
-//! live stream behind the WebSocket upgrade of `<mount>/stats`. The HTTP routes (`api::stats`)
-//! and the stats endpoint's upgrade (`transport::upgrade`, `session::connect`) all read it here.
+//! frames of the live stream behind the WebSocket upgrade of `<mount>/stats`. The HTTP routes
+//! (`api::stats`), the stats endpoint's plain GET (`gateway::upgrade`) and its stream
+//! (`session::connect`) all read it here. It sits beside `node.rs`, whose parts it reads; the
+//! counters themselves are `stats.rs`'s, below every part that counts.
 
 use std::collections::HashSet;
-use std::rc::Rc;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::hub::shard::Shard;
 use crate::node::Node;
 use crate::protocol::outbound;
-use crate::session::Session;
-
-/// How often the stats stream pushes (the dashboard profile's 500 ms).
-const STREAM_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Figures shared by every stats shape.
 pub fn figures(node: &Node, clients: Option<usize>) -> Value {
@@ -121,16 +116,4 @@ pub fn stream_frame(node: &Node) -> Value {
         }
     }
     frame
-}
-
-/// Pushes [`stream_frame`] every 500 ms until the connection closes.
-pub(crate) async fn stream(shard: Rc<Shard>, session: Rc<Session>) {
-    let mut ticker = tokio::time::interval(STREAM_INTERVAL);
-    loop {
-        ticker.tick().await;
-        if session.is_closing() || session.killed.get() {
-            return;
-        }
-        session.reply(&shard, &outbound::to_bytes(&stream_frame(shard.node())));
-    }
 }
