@@ -19,6 +19,21 @@ pub struct WsClient {
     leftover: Bytes,
 }
 
+/// Opens a TCP connection (no delay) from `source`, its port chosen at connect time.
+pub async fn connect_tcp(server: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let socket = if server.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some(ip) = source {
+        // Choose the port at connect time, so ports are per (source, destination) pair and
+        // tens of thousands of connections fit on one source address.
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
+            .map_err(io::Error::from)?;
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = socket.connect(server).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 /// Opens a TCP connection from `source` (any port) and performs the WebSocket handshake.
 pub async fn connect(server: SocketAddr, source: Option<IpAddr>, path_and_query: &str) -> io::Result<WsClient> {
     connect_with(server, source, path_and_query, false).await
@@ -31,16 +46,7 @@ pub async fn connect_with(
     path_and_query: &str,
     deflate: bool,
 ) -> io::Result<WsClient> {
-    let socket = if server.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    if let Some(ip) = source {
-        // Choose the port at connect time, so ports are per (source, destination) pair and
-        // tens of thousands of connections fit on one source address.
-        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
-            .map_err(io::Error::from)?;
-        socket.bind(SocketAddr::new(ip, 0))?;
-    }
-    let mut stream = socket.connect(server).await?;
-    stream.set_nodelay(true)?;
+    let mut stream = connect_tcp(server, source).await?;
     let request = format!(
         "GET {path_and_query} HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{}\r\n",
