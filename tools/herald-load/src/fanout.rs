@@ -96,6 +96,9 @@ pub struct Args {
     /// Worker threads of the yardstick's runtime (`--via yardstick`).
     #[arg(long, default_value_t = 2)]
     pub yardstick_threads: usize,
+    /// Messages each yardstick connection's channel holds before it is dropped as slow.
+    #[arg(long, default_value_t = crate::yardstick::DEFAULT_QUEUE)]
+    pub yardstick_queue: usize,
     /// The server's process id: its CPU time over the publishing and delivery is reported, per
     /// delivery. The yardstick's is reported without it.
     #[arg(long)]
@@ -193,7 +196,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         if args.rooms > 0 || args.users > 0 || args.seq {
             bail!("--via yardstick serves one channel, without --seq");
         }
-        Some(Arc::new(crate::yardstick::Yardstick::start(args.yardstick_threads).await?))
+        Some(Arc::new(crate::yardstick::Yardstick::start(args.yardstick_threads, args.yardstick_queue).await?))
     } else {
         None
     };
