@@ -134,3 +134,17 @@ impl RedisBroker {
 fn is_stream(stream: &str, kind: &str, name: &str) -> bool {
     stream.strip_prefix(kind).and_then(|rest| rest.strip_prefix(':')) == Some(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_stream;
+
+    #[test]
+    fn a_copy_is_the_streams_own_only_for_its_kind_and_name() {
+        assert!(is_stream("c:jobs:1", "c", "jobs:1"));
+        assert!(is_stream("r:order_7", "r", "order_7"));
+        assert!(!is_stream("c:order_7", "r", "order_7"));
+        assert!(!is_stream("c:jobs", "c", "jobs:1"));
+        assert!(!is_stream("cx:jobs", "c", "x:jobs"));
+    }
+}
