@@ -10,8 +10,9 @@ use herald::transport::frame::Message;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
+use crate::client::{self, Client, ClientKind, ReadMessages};
 use crate::report::{self, ms};
-use crate::ws::{self, json_u64};
+use crate::ws::json_u64;
 
 /// Fan-out options.
 #[derive(Debug, Clone, clap::Args)]
@@ -89,6 +90,25 @@ pub struct Args {
     /// Pusher app secret (`--via pusher`).
     #[arg(long, default_value = "app-secret-change-me")]
     pub pusher_secret: String,
+    /// The subscribers' WebSocket client: the load tool's own light one, or tokio-tungstenite.
+    #[arg(long, value_enum, default_value = "light")]
+    pub client: ClientKind,
+    /// Worker threads of the yardstick's runtime (`--via yardstick`).
+    #[arg(long, default_value_t = 2)]
+    pub yardstick_threads: usize,
+    /// Messages each yardstick connection's channel holds before it is dropped as slow.
+    #[arg(long, default_value_t = crate::yardstick::DEFAULT_QUEUE)]
+    pub yardstick_queue: usize,
+    /// The server's process id: its CPU time over the publishing and delivery is reported, per
+    /// delivery. The yardstick's is reported without it.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Run the publishers on the subscribers' runtime, as before `--client` existed. By default
+    /// they get a thread of their own: thousands of busy reader tasks would otherwise delay every
+    /// publish (an HTTP round trip is several task wake-ups), and the publishing rate would
+    /// depend on how costly the client is rather than on the server.
+    #[arg(long)]
+    pub shared_runtime: bool,
     /// Seconds to wait for stragglers after the last publish.
     #[arg(long, default_value_t = 10.0)]
     pub grace: f64,
@@ -131,6 +151,9 @@ pub enum Via {
     /// No Herald: the floor, an in-process server that only writes each event to every socket
     /// (one `write` each, from `--floor-threads` threads). The same clients, the same events.
     Floor,
+    /// No Herald: the yardstick, a straightforward tokio-tungstenite server in its own process
+    /// (one task and one bounded channel per connection, see `yardstick.rs`).
+    Yardstick,
 }
 
 pub(crate) fn loopback_addr(url: &str) -> anyhow::Result<SocketAddr> {
@@ -169,8 +192,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
+    let yardstick = if args.via == Via::Yardstick {
+        if args.rooms > 0 || args.users > 0 || args.seq {
+            bail!("--via yardstick serves one channel, without --seq");
+        }
+        Some(Arc::new(crate::yardstick::Yardstick::start(args.yardstick_threads, args.yardstick_queue).await?))
+    } else {
+        None
+    };
+    let server_pid = args.pid.or(yardstick.as_ref().map(|y| y.pid));
     let servers: Vec<SocketAddr> = match &args.connect {
         _ if floor.is_some() => vec![floor.as_ref().map(|f| f.addr).context("floor")?],
+        _ if yardstick.is_some() => vec![yardstick.as_ref().map(|y| y.addr).context("yardstick")?],
         Some(list) => {
             list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(loopback_addr).collect::<Result<_, _>>()?
         }
@@ -212,6 +245,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let deflate = args.deflate;
     let pusher = args.via == Via::Pusher;
     let pusher_key = args.pusher_key.clone();
+    let client_kind = args.client;
     for i in 0..args.clients {
         let source = sources.get(i % sources.len().max(1)).copied();
         let server = servers[i % servers.len()];
@@ -228,7 +262,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let channel = channel.clone();
         connecting.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let mut client = ws::connect_with(server, source, &path, deflate).await?;
+            let mut client = client::connect(client_kind, server, source, &path, deflate).await?;
             let mut scratch = vec![0u8; 4096];
             let mut messages = Vec::new();
             if pusher {
@@ -269,13 +303,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     // Publish.
+    let own_runtime = (!args.shared_runtime)
+        .then(|| {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("publisher").enable_all().build()
+        })
+        .transpose()?;
+    let spawn_on = own_runtime.as_ref().map_or_else(tokio::runtime::Handle::current, |rt| rt.handle().clone());
     let http = reqwest::Client::builder().pool_max_idle_per_host(args.publishers.max(1)).build()?;
     let redis = match args.via {
         Via::Redis => {
             let client = redis::Client::open(args.redis_url.as_str()).context("--redis-url")?;
             Some(client.get_multiplexed_async_connection().await.context("connecting to Redis")?)
         }
-        Via::Http | Via::Floor | Via::Pusher => None,
+        Via::Http | Via::Floor | Via::Pusher | Via::Yardstick => None,
     };
     let pusher_app = (args.via == Via::Pusher)
         .then(|| Arc::new((args.pusher_app_id.clone(), args.pusher_key.clone(), args.pusher_secret.clone())));
@@ -285,6 +325,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let requests = Arc::new(AtomicU64::new(0));
     let pad = "x".repeat(args.size.saturating_sub(60));
     let total_events = args.warmup + (args.rate * args.duration).round() as u64;
+    let cpu_before = server_pid.and_then(report::cpu_seconds);
     let publish_started_ns = report::now_ns();
     let publish_started = Instant::now();
     let mut publishers = Vec::new();
@@ -294,6 +335,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let (seq, published) = (seq.clone(), published.clone());
         let (mut redis, redis_prefix) = (redis.clone(), redis_prefix.clone());
         let floor = floor.clone();
+        let yardstick = yardstick.clone();
         let pusher_app = pusher_app.clone();
         let rate = args.rate;
         let duration = Duration::from_secs_f64(args.duration);
@@ -306,7 +348,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let warmup = args.warmup;
         let batch = if args.via == Via::Http { args.batch.max(1) } else { 1 };
         let requests = requests.clone();
-        publishers.push(tokio::spawn(async move {
+        publishers.push(spawn_on.spawn(async move {
             let mut ticker = (rate > 0.0).then(|| {
                 let mut t = tokio::time::interval(Duration::from_secs_f64(publisher_count * batch as f64 / rate));
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -368,6 +410,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 let mut event = json!({"type": "bench", "t": report::now_ns(), "seq": n, "pad": pad});
                 if let Some(floor) = &floor {
                     floor.publish(event.to_string().as_bytes());
+                } else if let Some(yardstick) = &yardstick {
+                    yardstick.publish(event.to_string().as_bytes()).await?;
                 } else if let Some(app) = &pusher_app {
                     let (id, key, secret) = &**app;
                     let path = format!("/apps/{id}/events");
@@ -426,6 +470,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for publisher in publishers {
         publisher.await.context("publisher task")??;
     }
+    if let Some(runtime) = own_runtime {
+        // Dropping a runtime inside another one's task would panic; its tasks are done anyway.
+        runtime.shutdown_background();
+    }
     let publish_secs = publish_started.elapsed().as_secs_f64();
     let expected: u64 =
         published.iter().zip(members.iter()).map(|(p, m)| p.load(Ordering::Relaxed) * m.load(Ordering::Relaxed)).sum();
@@ -436,6 +484,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     while shared.counted_latencies.load(Ordering::Relaxed) < expected && Instant::now() < grace_end {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let cpu_after = server_pid.and_then(report::cpu_seconds);
     shared.stop.store(true, Ordering::Relaxed);
     for reader in &readers {
         reader.abort();
@@ -471,6 +520,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ms(histogram.value_at_quantile(0.999)),
         ms(histogram.max())
     );
+    if let (Some(pid), Some(before), Some(after)) = (server_pid, cpu_before, cpu_after) {
+        let delivered = shared.received.load(Ordering::Relaxed).max(1);
+        println!(
+            "server CPU (pid {pid}) from the first publish to the last delivery: {:.2} s, {:.3} µs per delivery",
+            after - before,
+            (after - before) * 1e6 / delivered as f64
+        );
+    }
     Ok(())
 }
 
@@ -496,7 +553,7 @@ fn event_json(seq: u64, pad: &str) -> String {
 }
 
 pub(crate) async fn wait_for(
-    client: &mut ws::WsClient,
+    client: &mut impl ReadMessages,
     scratch: &mut [u8],
     messages: &mut Vec<Message>,
     needle: &str,
@@ -509,13 +566,13 @@ pub(crate) async fn wait_for(
                 return Ok(());
             }
         }
-        if !client.read_into(scratch, messages).await? {
+        if !client.read_messages(scratch, messages).await? {
             bail!("closed before {needle}");
         }
     }
 }
 
-async fn receive(mut client: ws::WsClient, shared: Arc<Shared>) {
+async fn receive(mut client: Client, shared: Arc<Shared>) {
     let mut scratch = vec![0u8; 4096];
     let mut messages = Vec::new();
     loop {

@@ -72,8 +72,19 @@ fn handshake(socket: &mut TcpStream, welcome: &[u8]) -> std::io::Result<()> {
         }
         request.extend_from_slice(&chunk[..n]);
     }
-    // The load tool's client does not check the accept key.
-    socket.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")?;
+    // The light client does not check the accept key, but tokio-tungstenite (`--client
+    // tungstenite`) does.
+    let head = String::from_utf8_lossy(&request);
+    let key = head
+        .lines()
+        .find_map(|line| line.split_once(':').filter(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-key")))
+        .map(|(_, value)| value.trim())
+        .ok_or(std::io::ErrorKind::InvalidData)?;
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        herald::transport::handshake::accept_key(key)
+    );
+    socket.write_all(response.as_bytes())?;
     socket.write_all(welcome)
 }
 

@@ -2,12 +2,14 @@
 //! compare. See BENCHMARKS.md for the command lines and results.
 
 mod chat;
+mod client;
 mod connections;
 mod fanout;
 mod floor;
 mod report;
 mod soak;
 mod ws;
+mod yardstick;
 
 use clap::{Parser, Subcommand};
 
@@ -32,10 +34,18 @@ enum Command {
     /// Clients sending chat messages into rooms with persistence on; prints acknowledged
     /// messages per second and ack latency.
     Chat(chat::Args),
+    /// The yardstick server that `fanout --via yardstick` starts: reads events, one JSON text per
+    /// line, from standard input and sends each to every connection.
+    #[command(hide = true)]
+    Yardstick(yardstick::ServeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Yardstick(args) = cli.command {
+        // Its own runtime, sized like the server it stands for.
+        return yardstick::serve(args);
+    }
     report::now_ns();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -44,6 +54,7 @@ fn main() -> anyhow::Result<()> {
             Command::Chat(args) => chat::run(args).await,
             Command::Connections(args) => connections::run(args).await,
             Command::Soak(args) => soak::run(args).await,
+            Command::Yardstick(_) => unreachable!("served above"),
         }
     })
 }

@@ -65,3 +65,26 @@ pub fn machine() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{cpu}, {cores} cores, Linux {}; herald-load {}", kernel.trim(), env!("CARGO_PKG_VERSION"))
 }
+
+/// User plus system CPU seconds a process has used so far (`/proc/<pid>/stat`), or `None` when
+/// it cannot be read.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses; the fields after it are plain.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_own_cpu_time() {
+        let own = super::cpu_seconds(std::process::id());
+        assert!(own.is_some_and(|s| s >= 0.0), "{own:?}");
+        assert_eq!(super::cpu_seconds(u32::MAX), None);
+    }
+}

@@ -19,6 +19,21 @@ pub struct WsClient {
     leftover: Bytes,
 }
 
+/// Opens a TCP connection (no delay) from `source`, its port chosen at connect time.
+pub async fn connect_tcp(server: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let socket = if server.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some(ip) = source {
+        // Choose the port at connect time, so ports are per (source, destination) pair and
+        // tens of thousands of connections fit on one source address.
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
+            .map_err(io::Error::from)?;
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = socket.connect(server).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 /// Opens a TCP connection from `source` (any port) and performs the WebSocket handshake.
 pub async fn connect(server: SocketAddr, source: Option<IpAddr>, path_and_query: &str) -> io::Result<WsClient> {
     connect_with(server, source, path_and_query, false).await
@@ -31,16 +46,7 @@ pub async fn connect_with(
     path_and_query: &str,
     deflate: bool,
 ) -> io::Result<WsClient> {
-    let socket = if server.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    if let Some(ip) = source {
-        // Choose the port at connect time, so ports are per (source, destination) pair and
-        // tens of thousands of connections fit on one source address.
-        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
-            .map_err(io::Error::from)?;
-        socket.bind(SocketAddr::new(ip, 0))?;
-    }
-    let mut stream = socket.connect(server).await?;
-    stream.set_nodelay(true)?;
+    let mut stream = connect_tcp(server, source).await?;
     let request = format!(
         "GET {path_and_query} HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{}\r\n",
@@ -105,12 +111,14 @@ impl WsClient {
 }
 
 /// Extracts an unsigned integer field from a flat JSON object without parsing the whole of it.
+///
+/// Called twice for every message received, so it allocates nothing: the load tool's cost per
+/// message is part of every figure it prints.
 pub fn json_u64(text: &[u8], field: &str) -> Option<u64> {
     // Also inside a JSON-encoded string (the `data` of a Pusher message): `\"t\":123`.
-    let plain = format!("\"{field}\":");
-    let escaped = format!("\\\"{field}\\\":");
-    let find = |needle: &str| text.windows(needle.len()).position(|w| w == needle.as_bytes()).map(|p| p + needle.len());
-    let start = find(&plain).or_else(|| find(&escaped))?;
+    let mut buf = [0u8; 64];
+    let start = find_after(text, &mut buf, b"\"", field.as_bytes(), b"\":")
+        .or_else(|| find_after(text, &mut buf, b"\\\"", field.as_bytes(), b"\\\":"))?;
     let digits = text[start..].iter().skip_while(|b| **b == b' ').take_while(|b| b.is_ascii_digit());
     let mut value: u64 = 0;
     let mut any = false;
@@ -119,6 +127,16 @@ pub fn json_u64(text: &[u8], field: &str) -> Option<u64> {
         any = true;
     }
     any.then_some(value)
+}
+
+/// Where the text after `open field close` starts in `text`, the needle built in `buf`.
+fn find_after(text: &[u8], buf: &mut [u8; 64], open: &[u8], field: &[u8], close: &[u8]) -> Option<usize> {
+    let len = open.len() + field.len() + close.len();
+    let needle = buf.get_mut(..len)?;
+    needle[..open.len()].copy_from_slice(open);
+    needle[open.len()..open.len() + field.len()].copy_from_slice(field);
+    needle[open.len() + field.len()..].copy_from_slice(close);
+    memchr::memmem::find(text, needle).map(|p| p + len)
 }
 
 #[cfg(test)]
