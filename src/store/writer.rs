@@ -287,8 +287,11 @@ struct Prepared {
 }
 
 fn prepare(store: &Store, batch: &mut Vec<Job>) -> Prepared {
-    let mut prepared =
-        Prepared { rows: Vec::with_capacity(batch.len()), waiting: Vec::with_capacity(batch.len()), answers: Vec::new() };
+    let mut prepared = Prepared {
+        rows: Vec::with_capacity(batch.len()),
+        waiting: Vec::with_capacity(batch.len()),
+        answers: Vec::new(),
+    };
     for job in batch.drain(..) {
         match job {
             Job::Message { message, ack } => match store.prepare(&message) {
