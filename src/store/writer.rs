@@ -274,14 +274,17 @@ async fn collect(
     true
 }
 
-type Answer = (oneshot::Sender<Result<StoredMessage, StoreError>>, Result<StoredMessage, StoreError>);
+/// Where a sender waits for its message's outcome.
+type Reply = oneshot::Sender<Result<StoredMessage, StoreError>>;
+
+type Answer = (Reply, Result<StoredMessage, StoreError>);
 
 /// A batch turned into rows (sensitive ones encrypted), with who waits for each.
 struct Prepared {
     rows: Vec<Row>,
     /// The message rows' messages in order, each with its sender's acknowledgement and
     /// whether it is stored encrypted.
-    waiting: Vec<(NewMessage, Option<oneshot::Sender<Result<StoredMessage, StoreError>>>, bool)>,
+    waiting: Vec<(NewMessage, Option<Reply>, bool)>,
     /// Messages refused before the database (encryption failed): their answers.
     answers: Vec<Answer>,
 }
