@@ -41,6 +41,9 @@ pub enum StoreError {
     /// The database refused or is unreachable.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The SQLite writer's connection refused a batch.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// Migrations failed.
     #[error("database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
@@ -293,6 +296,15 @@ pub(crate) enum Row {
     Member { room: String, user_id: String, at: i64 },
 }
 
+/// The writer's way to a database: SQLite's is a blocking connection of its own for a thread,
+/// PostgreSQL's the async pool.
+pub(crate) enum BatchWriter<'a> {
+    /// Open [`sqlite::SqliteStore::open_writer`] on the writer's thread.
+    Sqlite(&'a sqlite::SqliteStore),
+    /// Write with [`postgres::PgStore::write`].
+    Postgres(&'a postgres::PgStore),
+}
+
 enum Backend {
     Sqlite(sqlite::SqliteStore),
     Postgres(postgres::PgStore),
@@ -405,11 +417,11 @@ impl Store {
         rows.into_iter().map(|r| self.open_row(r)).collect()
     }
 
-    /// Writes rows in one transaction; returns the id of each message row, in order.
-    pub(crate) async fn write(&self, rows: &[Row]) -> Result<Vec<Written>, StoreError> {
+    /// How the writer reaches this database.
+    pub(crate) fn batch_writer(&self) -> BatchWriter<'_> {
         match &self.backend {
-            Backend::Sqlite(s) => s.write(rows).await,
-            Backend::Postgres(s) => s.write(rows).await,
+            Backend::Sqlite(s) => BatchWriter::Sqlite(s),
+            Backend::Postgres(s) => BatchWriter::Postgres(s),
         }
     }
 

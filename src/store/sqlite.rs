@@ -1,20 +1,42 @@
 //! The embedded store: one SQLite file in WAL mode, FTS5 for search.
+//!
+//! Reads and the occasional small write (read marks, retention, notifications) use sqlx's pool.
+//! Messages are written by [`SqliteWriter`]: one connection of its own, driven synchronously by
+//! the writer's thread, so a batch costs no hand-off between threads per statement.
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row as _, Sqlite};
 
 use super::query::Query;
-use super::{InsertRow, MarkRead, Page, RawMessage, Row, StoreError, Written};
-
-/// Rows per multi-row statement: 10 parameters each stays far below SQLite's limit of 32,766.
-const INSERT_CHUNK: usize = 500;
+use super::{MarkRead, Page, RawMessage, Row, StoreError, Written};
 use crate::config::{DatabaseConfig, RetentionMode, SqliteSynchronous as Sync};
+
+/// How long a statement waits for another connection's write lock (retention, read marks).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pages of WAL before the writer folds it back into the database file. SQLite's default is
+/// 1,000; a larger WAL means fewer checkpoints (each one syncs the database file) on the
+/// writer's thread while messages wait.
+const WAL_AUTOCHECKPOINT: u32 = 4_000;
 
 pub(crate) struct SqliteStore {
     pool: SqlitePool,
+    /// Where the writer opens its own connection.
+    target: WriterTarget,
+}
+
+/// How the writer's connection reaches the same database as the pool.
+#[derive(Debug, Clone)]
+struct WriterTarget {
+    /// A path, or sqlx's URI of a shared in-memory database.
+    filename: PathBuf,
+    in_memory: bool,
+    synchronous: Sync,
 }
 
 impl SqliteStore {
@@ -26,107 +48,31 @@ impl SqliteStore {
                 Sync::Full => SqliteSynchronous::Full,
                 Sync::Normal => SqliteSynchronous::Normal,
             })
-            .busy_timeout(Duration::from_secs(5))
+            .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(false);
+        // sqlx names a `sqlite::memory:` database `file:sqlx-in-memory-N` and opens it with a
+        // shared cache, which is how a second connection can see it.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let target = WriterTarget {
+            filename: options.get_filename().to_path_buf(),
+            in_memory,
+            synchronous: config.sqlite_synchronous,
+        };
         let pool = SqlitePoolOptions::new()
             .max_connections(config.max_connections.max(2))
+            // An in-memory database lives as long as one connection to it does.
+            .min_connections(u32::from(in_memory))
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, target })
     }
 
-    /// Writes a batch in one transaction with a few statements: the messages as multi-row
-    /// inserts and the memberships as one upsert. Each statement is a round trip to sqlx's
-    /// connection thread, which on a busy machine costs more than the insert itself, so the
-    /// statement count must not grow with the batch.
-    pub(crate) async fn write(&self, rows: &[Row]) -> Result<Vec<Written>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let messages: Vec<&InsertRow> = rows
-            .iter()
-            .filter_map(|r| match r {
-                Row::Message(m) => Some(m),
-                Row::Member { .. } => None,
-            })
-            .collect();
-        let mut written = Vec::with_capacity(messages.len());
-        for chunk in messages.chunks(INSERT_CHUNK) {
-            let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO messages (room, user_id, user_name, message_type, content, encrypted, key_id, metadata, created_at, idempotency_key) ",
-            );
-            insert.push_values(chunk, |mut row, m| {
-                row.push_bind(&m.room)
-                    .push_bind(&m.user_id)
-                    .push_bind(&m.user_name)
-                    .push_bind(m.message_type)
-                    .push_bind(&m.content)
-                    .push_bind(&m.encrypted)
-                    .push_bind(&m.key_id)
-                    .push_bind(&m.metadata)
-                    .push_bind(m.created_at)
-                    .push_bind(&m.idempotency_key);
-            });
-            // With a key, a conflict inserts nothing and returns no row: the earlier message
-            // with that key is the answer.
-            insert.push(
-                " ON CONFLICT (room, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
-                 RETURNING id, room, idempotency_key",
-            );
-            let mut inserted: Vec<(i64, String, Option<String>)> = insert.build_query_as().fetch_all(&mut *tx).await?;
-            // Ids grow in insertion order, whatever order RETURNING lists them in.
-            inserted.sort_unstable_by_key(|(id, _, _)| *id);
-            let mut inserted = inserted.into_iter().peekable();
-            for m in chunk {
-                // Inserted rows are the batch's rows in order, minus the conflicts; a row
-                // without a key never conflicts, and a keyed row that conflicted cannot share
-                // its (room, key) with a later inserted row, so matching in order is exact.
-                let mine = inserted.next_if(|(_, room, key)| *room == m.room && *key == m.idempotency_key);
-                match mine {
-                    Some((id, _, _)) => written.push(Written::New(id)),
-                    None => {
-                        let existing: RawMessage = sqlx::query_as(concat!(
-                            "SELECT ",
-                            message_columns!(),
-                            " FROM messages WHERE room = ? AND idempotency_key = ?"
-                        ))
-                        .bind(&m.room)
-                        .bind(&m.idempotency_key)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        written.push(Written::Existing(existing));
-                    }
-                }
-            }
-        }
-        // Memberships: the senders of inserted messages and the recorded joins, one row per
-        // (room, user) with its first and latest time.
-        let mut members: indexmap::IndexMap<(&str, &str), (i64, i64)> = indexmap::IndexMap::new();
-        let senders = messages.iter().zip(&written).filter_map(|(m, w)| match (w, &m.user_id) {
-            (Written::New(_), Some(user)) => Some((m.room.as_str(), user.as_str(), m.created_at)),
-            _ => None,
-        });
-        let joins = rows.iter().filter_map(|r| match r {
-            Row::Member { room, user_id, at } => Some((room.as_str(), user_id.as_str(), *at)),
-            Row::Message(_) => None,
-        });
-        for (room, user, at) in senders.chain(joins) {
-            let entry = members.entry((room, user)).or_insert((at, at));
-            entry.1 = entry.1.max(at);
-        }
-        let members: Vec<_> = members.into_iter().collect();
-        for chunk in members.chunks(INSERT_CHUNK) {
-            let mut upsert: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO room_members (room, user_id, joined_at, last_seen) ");
-            upsert.push_values(chunk, |mut row, ((room, user), (first, last))| {
-                row.push_bind(*room).push_bind(*user).push_bind(*first).push_bind(*last);
-            });
-            upsert.push(" ON CONFLICT (room, user_id) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen)");
-            upsert.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        // Rows come back in the batch's order: messages as written, joins answer nothing.
-        Ok(written)
+    /// Opens the writer's own connection (a blocking call: run it off the async threads, or
+    /// at start-up).
+    pub(crate) fn open_writer(&self) -> Result<SqliteWriter, StoreError> {
+        SqliteWriter::open(&self.target)
     }
 
     pub(crate) async fn history(&self, room: &str, page: Page) -> Result<Vec<RawMessage>, StoreError> {
@@ -332,9 +278,134 @@ impl SqliteStore {
     }
 }
 
+/// The message writer's connection: prepared statements cached, one transaction per batch,
+/// every statement a plain function call on the calling thread.
+pub(crate) struct SqliteWriter {
+    conn: rusqlite::Connection,
+}
+
+const INSERT_MESSAGE: &str = "INSERT INTO messages (room, user_id, user_name, message_type, content, encrypted, key_id, \
+     metadata, created_at, idempotency_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+     ON CONFLICT (room, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id";
+const SELECT_BY_KEY: &str =
+    concat!("SELECT ", message_columns!(), " FROM messages WHERE room = ?1 AND idempotency_key = ?2");
+const UPSERT_MEMBER: &str = "INSERT INTO room_members (room, user_id, joined_at, last_seen) VALUES (?1, ?2, ?3, ?4) \
+     ON CONFLICT (room, user_id) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen)";
+
+impl SqliteWriter {
+    fn open(target: &WriterTarget) -> Result<SqliteWriter, StoreError> {
+        use rusqlite::OpenFlags;
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI;
+        // One thread owns the connection: SQLite's own mutex would only add cost.
+        flags |= OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if target.in_memory {
+            flags |= OpenFlags::SQLITE_OPEN_MEMORY | OpenFlags::SQLITE_OPEN_SHARED_CACHE;
+        }
+        let conn = rusqlite::Connection::open_with_flags(&target.filename, flags)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // `synchronous` is a setting of each connection, not of the file: this is the one that
+        // decides what an acknowledgement promises.
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match target.synchronous {
+                Sync::Full => "FULL",
+                Sync::Normal => "NORMAL",
+            },
+        )?;
+        if !target.in_memory {
+            conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT)?;
+        }
+        conn.set_prepared_statement_cache_capacity(16);
+        Ok(SqliteWriter { conn })
+    }
+
+    /// Writes a batch in one transaction and commits it; answers each message row in order.
+    /// On any error nothing of the batch is committed (the transaction rolls back).
+    pub(crate) fn write(&mut self, rows: &[Row]) -> Result<Vec<Written>, StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut written = Vec::with_capacity(rows.len());
+        // Memberships: the senders of inserted messages and the recorded joins, one row per
+        // (room, user) with its first and latest time.
+        let mut members: indexmap::IndexMap<(&str, &str), (i64, i64)> = indexmap::IndexMap::new();
+        let mut note = |room, user, at| {
+            let entry = members.entry((room, user)).or_insert((at, at));
+            entry.1 = entry.1.max(at);
+        };
+        {
+            let mut insert = tx.prepare_cached(INSERT_MESSAGE)?;
+            let mut by_key = tx.prepare_cached(SELECT_BY_KEY)?;
+            for row in rows {
+                let m = match row {
+                    Row::Message(m) => m,
+                    Row::Member { room, user_id, at } => {
+                        note(room.as_str(), user_id.as_str(), *at);
+                        continue;
+                    }
+                };
+                // With a key, a conflict inserts nothing and returns no row: the earlier
+                // message with that key is the answer.
+                let id: Option<i64> = insert
+                    .query_row(
+                        params![
+                            m.room,
+                            m.user_id,
+                            m.user_name,
+                            m.message_type,
+                            m.content,
+                            m.encrypted,
+                            m.key_id,
+                            m.metadata,
+                            m.created_at,
+                            m.idempotency_key
+                        ],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                match id {
+                    Some(id) => {
+                        if let Some(user) = &m.user_id {
+                            note(m.room.as_str(), user.as_str(), m.created_at);
+                        }
+                        written.push(Written::New(id));
+                    }
+                    None => {
+                        let existing = by_key.query_row(params![m.room, m.idempotency_key], raw_message)?;
+                        written.push(Written::Existing(existing));
+                    }
+                }
+            }
+            let mut upsert = tx.prepare_cached(UPSERT_MEMBER)?;
+            for ((room, user), (first, last)) in members {
+                upsert.execute(params![room, user, first, last])?;
+            }
+        }
+        tx.commit()?;
+        // Rows come back in the batch's order: messages as written, joins answer nothing.
+        Ok(written)
+    }
+}
+
+/// A message row read by the writer's connection.
+fn raw_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawMessage> {
+    Ok(RawMessage {
+        id: r.get(0)?,
+        room: r.get(1)?,
+        user_id: r.get(2)?,
+        user_name: r.get(3)?,
+        message_type: r.get(4)?,
+        content: r.get(5)?,
+        encrypted: r.get(6)?,
+        key_id: r.get(7)?,
+        metadata: r.get(8)?,
+        created_at: r.get(9)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::InsertRow;
 
     fn row(room: &str, user: &str, content: &str, key: Option<&str>, at: i64) -> Row {
         Row::Message(InsertRow {
@@ -369,15 +440,16 @@ mod tests {
             .collect()
     }
 
-    /// One batch's multi-row insert answers each row in order: conflicts inside the batch and
+    /// One batch answers each row in order: conflicts inside the batch and
     /// with earlier batches return the original, the rest get their new ids, search sees every
     /// stored row, and membership keeps the first and the latest time.
     #[tokio::test]
-    async fn a_batch_is_written_in_few_statements_and_answered_row_by_row() {
+    async fn a_batch_is_answered_row_by_row() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let store = SqliteStore::open(&url, &DatabaseConfig::default()).await.unwrap();
-        let first = store
+        let mut writer = store.open_writer().unwrap();
+        let first = writer
             .write(&[
                 row("r1", "ann", "apple one", None, 10),
                 row("r1", "ann", "apple two", Some("k1"), 11),
@@ -386,14 +458,11 @@ mod tests {
                 row("r2", "ann", "apple four", Some("k1"), 13),
                 row("r1", "ann", "apple five", None, 14),
             ])
-            .await
             .unwrap();
         let mut ids = Vec::new();
         assert_eq!(outcome(&first, &mut ids), ["new", "new", "existing 1", "new", "new"]);
-        let second = store
-            .write(&[row("r1", "cat", "apple six", Some("k1"), 20), row("r1", "cat", "pear", None, 21)])
-            .await
-            .unwrap();
+        let second =
+            writer.write(&[row("r1", "cat", "apple six", Some("k1"), 20), row("r1", "cat", "pear", None, 21)]).unwrap();
         assert_eq!(outcome(&second, &mut ids), ["existing 1", "new"]);
 
         let query = super::super::query::parse("apple").unwrap();

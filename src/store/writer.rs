@@ -1,4 +1,4 @@
-//! The batching writer: every persisted message goes through one task with a bounded queue.
+//! The batching writer: every persisted message goes through one writer with a bounded queue.
 //!
 //! It takes the first waiting row at once and everything that queued meanwhile (up to
 //! `database.batch_size`; with `database.batch_linger` it first waits that long for a batch to
@@ -7,6 +7,11 @@
 //! message is therefore acknowledged only once durable, and delivery never waits for a disk that
 //! a busy shard would otherwise wait for. On shutdown the queue is drained before the process
 //! exits.
+//!
+//! On SQLite the batches are written by a thread of their own holding its own connection
+//! (statements are function calls there, not hand-offs to a database thread); each committed
+//! batch crosses back to the async side once, to be delivered and acknowledged. On PostgreSQL
+//! one task writes through the pool.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +22,9 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{NewMessage, Row, Store, StoreError, StoredMessage, Written};
+use super::postgres::PgStore;
+use super::sqlite::SqliteWriter;
+use super::{BatchWriter, NewMessage, Row, Store, StoreError, StoredMessage, Written};
 use crate::hub::{Event, Target};
 use crate::stats::BurstLog;
 use crate::stats::NodeCounters;
@@ -161,70 +168,199 @@ impl State {
 
 /// Runs the writer until it is closed and drained, handing each committed batch to `out`.
 pub async fn run<D: Deliver>(out: Arc<D>, store: Arc<Store>, queue: Queue) {
-    let Queue { mut rx, state } = queue;
-    let size = store.config.batch_size.max(1);
-    let linger = store.config.batch_linger;
-    let mut batch: Vec<Job> = Vec::with_capacity(size);
-    loop {
-        let first = tokio::select! {
-            job = rx.recv() => job,
-            _ = state.closing.cancelled() => {
-                rx.close();
-                rx.recv().await
-            }
-        };
-        let Some(first) = first else { break };
-        batch.push(first);
-        while batch.len() < size {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        if !linger.is_zero() && batch.len() < size && !state.closing.is_cancelled() {
-            let deadline = tokio::time::Instant::now() + linger;
-            while batch.len() < size {
-                tokio::select! {
-                    job = rx.recv() => match job {
-                        Some(job) => batch.push(job),
-                        None => break,
-                    },
-                    _ = tokio::time::sleep_until(deadline) => break,
-                    _ = state.closing.cancelled() => break,
-                }
-            }
-        }
-        out.counters().writer_queue_depth.store(rx.len() as u64, Ordering::Relaxed);
-        commit(&*out, &state, &store, &mut batch).await;
+    match store.batch_writer() {
+        BatchWriter::Sqlite(_) => run_sqlite(out.clone(), store.clone(), queue).await,
+        BatchWriter::Postgres(pg) => run_async(&*out, &store, pg, queue).await,
     }
     out.counters().writer_queue_depth.store(0, Ordering::Relaxed);
     tracing::info!("message writer drained and stopped");
 }
 
-async fn commit(out: &impl Deliver, state: &State, store: &Store, batch: &mut Vec<Job>) {
-    let mut rows = Vec::with_capacity(batch.len());
-    let mut waiting = Vec::with_capacity(batch.len());
+/// Committed batches waiting between the SQLite writer's thread and their delivery: enough for
+/// the next transaction to run while the last batch is delivered, few enough that the thread
+/// waits (and the queue holds senders back) when delivery falls behind.
+const IN_DELIVERY: usize = 4;
+
+/// SQLite: a thread of its own owns the writer's connection, takes batches from the queue,
+/// encrypts, writes and commits each with no hand-off per statement, and passes the committed
+/// batch here (one hand-off per batch) to be delivered and acknowledged in commit order.
+async fn run_sqlite<D: Deliver>(out: Arc<D>, store: Arc<Store>, queue: Queue) {
+    let (done_tx, mut done_rx) = mpsc::channel::<Done>(IN_DELIVERY);
+    let handle = tokio::runtime::Handle::current();
+    let thread_out = out.clone();
+    let spawned = std::thread::Builder::new()
+        .name("herald-sqlite-writer".into())
+        .spawn(move || write_on_thread(&*thread_out, &store, queue, &handle, done_tx));
+    if let Err(e) = spawned {
+        // The queue went with the closure: senders get "the writer has stopped".
+        tracing::error!(error = %e, "the SQLite writer thread could not start; messages cannot be stored");
+        return;
+    }
+    while let Some(done) = done_rx.recv().await {
+        done.deliver(&*out).await;
+    }
+}
+
+fn write_on_thread(
+    out: &impl Deliver,
+    store: &Store,
+    queue: Queue,
+    handle: &tokio::runtime::Handle,
+    done: mpsc::Sender<Done>,
+) {
+    let Queue { mut rx, state } = queue;
+    let BatchWriter::Sqlite(sqlite) = store.batch_writer() else { return };
+    let size = store.config.batch_size.max(1);
+    let linger = store.config.batch_linger;
+    let mut batch: Vec<Job> = Vec::with_capacity(size);
+    // Opened with the first batch, and again after a batch that found it unusable.
+    let mut connection: Option<SqliteWriter> = None;
+    while handle.block_on(collect(&mut rx, &state, size, linger, &mut batch)) {
+        out.counters().writer_queue_depth.store(rx.len() as u64, Ordering::Relaxed);
+        let prepared = prepare(store, &mut batch);
+        let result = if prepared.rows.is_empty() {
+            Ok(Vec::new())
+        } else {
+            let opened = match connection.take() {
+                Some(open) => Ok(open),
+                None => sqlite.open_writer(),
+            };
+            opened.and_then(|mut open| {
+                let written = open.write(&prepared.rows);
+                connection = Some(open);
+                written
+            })
+        };
+        if done.blocking_send(finish(out, &state, store, prepared, result)).is_err() {
+            break;
+        }
+    }
+}
+
+/// PostgreSQL: one task, one transaction (a few statements) per batch through the pool.
+async fn run_async(out: &impl Deliver, store: &Store, pg: &PgStore, queue: Queue) {
+    let Queue { mut rx, state } = queue;
+    let size = store.config.batch_size.max(1);
+    let linger = store.config.batch_linger;
+    let mut batch: Vec<Job> = Vec::with_capacity(size);
+    while collect(&mut rx, &state, size, linger, &mut batch).await {
+        out.counters().writer_queue_depth.store(rx.len() as u64, Ordering::Relaxed);
+        let prepared = prepare(store, &mut batch);
+        let result = if prepared.rows.is_empty() { Ok(Vec::new()) } else { pg.write(&prepared.rows).await };
+        finish(out, &state, store, prepared, result).deliver(out).await;
+    }
+}
+
+/// Waits for the next batch: the first job, everything queued meanwhile (up to `size`) and,
+/// with a linger, what arrives within it. False once the writer is closed and drained.
+async fn collect(
+    rx: &mut mpsc::Receiver<Job>,
+    state: &State,
+    size: usize,
+    linger: Duration,
+    batch: &mut Vec<Job>,
+) -> bool {
+    let first = tokio::select! {
+        job = rx.recv() => job,
+        _ = state.closing.cancelled() => {
+            rx.close();
+            rx.recv().await
+        }
+    };
+    let Some(first) = first else { return false };
+    batch.push(first);
+    while batch.len() < size {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+    if !linger.is_zero() && batch.len() < size && !state.closing.is_cancelled() {
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < size {
+            tokio::select! {
+                job = rx.recv() => match job {
+                    Some(job) => batch.push(job),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = state.closing.cancelled() => break,
+            }
+        }
+    }
+    true
+}
+
+/// Where a sender waits for its message's outcome.
+type Reply = oneshot::Sender<Result<StoredMessage, StoreError>>;
+
+type Answer = (Reply, Result<StoredMessage, StoreError>);
+
+/// A batch turned into rows (sensitive ones encrypted), with who waits for each.
+struct Prepared {
+    rows: Vec<Row>,
+    /// The message rows' messages in order, each with its sender's acknowledgement and
+    /// whether it is stored encrypted.
+    waiting: Vec<(NewMessage, Option<Reply>, bool)>,
+    /// Messages refused before the database (encryption failed): their answers.
+    answers: Vec<Answer>,
+}
+
+fn prepare(store: &Store, batch: &mut Vec<Job>) -> Prepared {
+    let mut prepared = Prepared {
+        rows: Vec::with_capacity(batch.len()),
+        waiting: Vec::with_capacity(batch.len()),
+        answers: Vec::new(),
+    };
     for job in batch.drain(..) {
         match job {
             Job::Message { message, ack } => match store.prepare(&message) {
                 Ok(row) => {
                     let encrypted = row.encrypted.is_some();
-                    rows.push(Row::Message(row));
-                    waiting.push((message, ack, encrypted));
+                    prepared.rows.push(Row::Message(row));
+                    prepared.waiting.push((message, ack, encrypted));
                 }
-                Err(e) => {
-                    if let Some(ack) = ack {
-                        let _ = ack.send(Err(e));
-                    }
-                }
+                Err(e) => prepared.answers.extend(ack.map(|ack| (ack, Err(e)))),
             },
-            Job::Member { room, user_id, at } => rows.push(Row::Member { room, user_id, at }),
+            Job::Member { room, user_id, at } => prepared.rows.push(Row::Member { room, user_id, at }),
         }
     }
-    if rows.is_empty() {
-        return;
+    prepared
+}
+
+/// A batch after its transaction: the events to deliver in commit order, then every sender's
+/// answer (sent only after the delivery, so an acknowledgement means committed and delivered).
+struct Done {
+    events: Vec<Arc<Event>>,
+    answers: Vec<Answer>,
+}
+
+impl Done {
+    /// Delivers in commit order, in one broker round trip for the whole batch, then answers.
+    async fn deliver(self, out: &impl Deliver) {
+        if !self.events.is_empty() {
+            out.deliver_committed(self.events).await;
+        }
+        for (ack, answer) in self.answers {
+            let _ = ack.send(answer);
+        }
     }
-    let ids = match store.write(&rows).await {
+}
+
+/// Turns a batch's outcome into what goes out: for a failed transaction an error to every
+/// sender and nothing delivered (nothing of it was committed).
+fn finish(
+    out: &impl Deliver,
+    state: &State,
+    store: &Store,
+    prepared: Prepared,
+    result: Result<Vec<Written>, StoreError>,
+) -> Done {
+    let Prepared { rows, waiting, mut answers } = prepared;
+    if rows.is_empty() {
+        return Done { events: Vec::new(), answers };
+    }
+    let ids = match result {
         Ok(ids) => {
             state.set_healthy(true);
             ids
@@ -233,12 +369,12 @@ async fn commit(out: &impl Deliver, state: &State, store: &Store, batch: &mut Ve
             state.set_healthy(false);
             state.failures.lock().warn("a batch of messages could not be written", &e.to_string());
             let reason = e.to_string();
-            for (_, ack, _) in waiting {
-                if let Some(ack) = ack {
-                    let _ = ack.send(Err(StoreError::Unavailable(reason.clone())));
-                }
-            }
-            return;
+            answers.extend(
+                waiting
+                    .into_iter()
+                    .filter_map(|(_, ack, _)| ack.map(|ack| (ack, Err(StoreError::Unavailable(reason.clone()))))),
+            );
+            return Done { events: Vec::new(), answers };
         }
     };
     let inserted = ids.iter().filter(|w| matches!(w, Written::New(_))).count();
@@ -247,16 +383,14 @@ async fn commit(out: &impl Deliver, state: &State, store: &Store, batch: &mut Ve
     metrics::histogram!("herald_writer_batch_rows").record(rows.len() as f64);
 
     let mut events = Vec::with_capacity(waiting.len());
-    let mut acks = Vec::with_capacity(waiting.len());
+    answers.reserve(waiting.len());
     for ((message, ack, encrypted), written) in waiting.into_iter().zip(ids) {
         let id = match written {
             Written::New(id) => id,
             // A retry: the original was stored (and delivered) before; answer with it, once.
             Written::Existing(raw) => {
                 let outcome = store.open_row(raw).map(|original| StoredMessage { duplicate: true, ..original });
-                if let Some(ack) = ack {
-                    let _ = ack.send(outcome);
-                }
+                answers.extend(ack.map(|ack| (ack, outcome)));
                 continue;
             }
         };
@@ -275,13 +409,131 @@ async fn commit(out: &impl Deliver, state: &State, store: &Store, batch: &mut Ve
         let payload = Bytes::from(stored.to_json().to_string());
         let target = Target { channel: message.channel, room: Some(message.room), user: None, broadcast: false };
         events.push(if encrypted { Event::sensitive(target, payload) } else { Event::new(target, payload) });
-        acks.push((ack, stored));
+        answers.extend(ack.map(|ack| (ack, Ok(stored))));
     }
-    // Delivery in commit order, in one broker round trip for the whole batch.
-    out.deliver_committed(events).await;
-    for (ack, stored) in acks {
-        if let Some(ack) = ack {
-            let _ = ack.send(Ok(stored));
+    Done { events, answers }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatabaseConfig;
+    use crate::store::{Backend, MessageType, Page};
+
+    /// Records what the writer delivers.
+    #[derive(Default)]
+    struct Recorder {
+        delivered: Mutex<Vec<Arc<Event>>>,
+        counters: NodeCounters,
+    }
+
+    impl Deliver for Recorder {
+        async fn deliver_committed(&self, events: Vec<Arc<Event>>) {
+            self.delivered.lock().extend(events);
         }
+        fn counters(&self) -> &NodeCounters {
+            &self.counters
+        }
+    }
+
+    fn message(room: &str, content: &str) -> NewMessage {
+        NewMessage {
+            room: room.into(),
+            user_id: Some("ann".into()),
+            user_name: None,
+            message_type: MessageType::Text,
+            content: content.into(),
+            metadata: None,
+            sensitive: false,
+            created_at: 1,
+            channel: None,
+            idempotency_key: None,
+        }
+    }
+
+    async fn sqlite_store(dir: &tempfile::TempDir) -> Arc<Store> {
+        let config = DatabaseConfig {
+            url: Some(format!("sqlite://{}", dir.path().join("w.db").display())),
+            ..DatabaseConfig::default()
+        };
+        Arc::new(Store::open(&config).await.unwrap())
+    }
+
+    /// A statement that fails in the middle of a batch fails the whole transaction: every
+    /// sender of that batch gets an error, nothing of it is delivered or found in history, and
+    /// the writer carries on with the next batch.
+    #[tokio::test]
+    async fn a_batch_that_fails_midway_acknowledges_and_delivers_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite_store(&dir).await;
+        if let Backend::Sqlite(s) = &store.backend {
+            sqlx::query(
+                "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN new.content = 'boom' \
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END",
+            )
+            .execute(s.pool())
+            .await
+            .unwrap();
+        }
+        let (writer, queue) = Writer::new(100);
+        // Queued before the writer runs, so the three are one batch.
+        let acks = [
+            writer.submit(message("r", "one")).await.unwrap(),
+            writer.submit(message("r", "boom")).await.unwrap(),
+            writer.submit(message("r", "three")).await.unwrap(),
+        ];
+        let out = Arc::new(Recorder::default());
+        let running = tokio::spawn(run(out.clone(), store.clone(), queue));
+        for ack in acks {
+            assert!(matches!(ack.await.unwrap(), Err(StoreError::Unavailable(_))));
+        }
+        assert!(out.delivered.lock().is_empty());
+        assert!(!writer.is_healthy());
+        assert!(store.history("r", Page::Offset { limit: 10, offset: 0 }).await.unwrap().is_empty());
+        assert!(store.search("one", None, 10).await.unwrap().is_empty());
+
+        let stored = writer.submit(message("r", "four")).await.unwrap().await.unwrap().unwrap();
+        assert!(writer.is_healthy());
+        assert_eq!(out.delivered.lock().len(), 1);
+        let history = store.history("r", Page::Offset { limit: 10, offset: 0 }).await.unwrap();
+        assert_eq!(history.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["four"]);
+        assert_eq!(history[0].id, stored.id);
+        assert_eq!(out.counters.stored_messages.load(Ordering::Relaxed), 1);
+
+        writer.close();
+        running.await.unwrap();
+    }
+
+    /// Acknowledged means committed and searchable; a retry with the same key is answered with
+    /// the original and delivered once; closing drains what was queued.
+    #[tokio::test]
+    async fn acknowledged_messages_are_stored_once_and_the_queue_drains_on_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite_store(&dir).await;
+        let (writer, queue) = Writer::new(100);
+        let out = Arc::new(Recorder::default());
+        let running = tokio::spawn(run(out.clone(), store.clone(), queue));
+        let keyed = NewMessage { idempotency_key: Some("k".into()), ..message("r", "apple") };
+        let first = writer.submit(keyed.clone()).await.unwrap().await.unwrap().unwrap();
+        let again = writer.submit(keyed).await.unwrap().await.unwrap().unwrap();
+        assert!(!first.duplicate);
+        assert!(again.duplicate);
+        assert_eq!(again.id, first.id);
+        assert_eq!(store.search("apple", None, 10).await.unwrap().len(), 1);
+
+        let pending: Vec<Ack> = {
+            let mut acks = Vec::new();
+            for n in 0..20 {
+                acks.push(writer.submit(message("r", &format!("m{n}"))).await.unwrap());
+            }
+            acks
+        };
+        writer.close();
+        running.await.unwrap();
+        for ack in pending {
+            ack.await.unwrap().unwrap();
+        }
+        assert_eq!(out.delivered.lock().len(), 21);
+        assert_eq!(store.history("r", Page::Offset { limit: 100, offset: 0 }).await.unwrap().len(), 21);
     }
 }
