@@ -263,7 +263,7 @@ thread_local! {
 
 /// Keeps a connection open: answers pings, counts the marked event, ignores everything else.
 async fn hold(mut client: ws::WsClient, tally: Arc<Tally>) {
-    loop {
+    'open: loop {
         let mut messages = Vec::new();
         let read = SCRATCH.with(|scratch| client.try_read_into(&mut scratch.borrow_mut(), &mut messages));
         match read {
@@ -277,18 +277,17 @@ async fn hold(mut client: ws::WsClient, tally: Arc<Tally>) {
             Ok(Some(false)) | Err(_) => break,
         }
         for message in messages {
-            match message {
-                Message::Ping(payload) => {
-                    if client.pong(&payload).await.is_err() {
-                        tally.open.fetch_sub(1, Ordering::Relaxed);
-                        return;
-                    }
-                }
+            let alive = match message {
+                Message::Ping(payload) => client.pong(&payload).await.is_ok(),
                 Message::Text(text) if text.windows(MARK.len()).any(|w| w == MARK.as_bytes()) => {
                     tally.last_ns.fetch_max(realtime_ns(), Ordering::Relaxed);
                     tally.received.fetch_add(1, Ordering::Relaxed);
+                    true
                 }
-                _ => {}
+                _ => true,
+            };
+            if !alive {
+                break 'open;
             }
         }
     }
