@@ -215,6 +215,7 @@ async fn open(
         let (path, welcome) = idle_target(&args.path, args.pusher_key.as_deref(), args.channel.as_deref(), i);
         let permits = permits.clone();
         let stop = stop.clone();
+        let tally = tally.clone();
         connecting.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
             if stop.get().is_some() {
@@ -235,16 +236,15 @@ async fn open(
             let mut scratch = [0u8; 512];
             let mut messages = Vec::new();
             wait_for(&mut client, &mut scratch, &mut messages, welcome).await?;
-            anyhow::Ok(Some(client))
+            // Hold (and answer pings) at once: the rest may take longer than the idle timeout.
+            tally.open.fetch_add(1, Ordering::Relaxed);
+            anyhow::Ok(Some(tokio::spawn(hold(client, tally))))
         }));
     }
     let mut opened = Opened { holders: Vec::with_capacity(count), failed: 0, first_error: None, stopped: None };
     for handle in connecting {
         match handle.await.context("connect task")? {
-            Ok(Some(client)) => {
-                tally.open.fetch_add(1, Ordering::Relaxed);
-                opened.holders.push(tokio::spawn(hold(client, tally.clone())));
-            }
+            Ok(Some(holder)) => opened.holders.push(holder),
             Ok(None) => {}
             Err(e) => {
                 opened.failed += 1;
