@@ -284,8 +284,10 @@ impl Limits {
             // Fixed windows shared by all nodes: one round trip per message.
             let secs = crate::stats::unix_millis() / 1000;
             let prefix = redis.key_prefix();
-            let minute_key = keys::key(prefix, "lim:rate", &[user, &format!("m{}", secs / 60)]);
-            let hour_key = keys::key(prefix, "lim:rate", &[user, &format!("h{}", secs / 3600)]);
+            // Both windows under the user's hash tag: one slot, so one pipeline on a Redis Cluster.
+            let user_key = keys::tagged(prefix, "lim:rate", user);
+            let minute_key = format!("{user_key}:m{}", secs / 60);
+            let hour_key = format!("{user_key}:h{}", secs / 3600);
             let mut pipe = redis::pipe();
             pipe.cmd("INCR").arg(&minute_key).cmd("EXPIRE").arg(&minute_key).arg(120).ignore();
             pipe.cmd("INCR").arg(&hour_key).cmd("EXPIRE").arg(&hour_key).arg(7200).ignore();
@@ -361,12 +363,13 @@ impl Limits {
             let hash = keys::key(redis.key_prefix(), "lim:conn", &[kind, name]);
             let field = redis.incarnation();
             // The count and the registry of live nodes in one round trip: a field counts only while
-            // its node is alive.
+            // its node is alive. (Two slots on a Redis Cluster: the pipeline is split there, and
+            // every reply is returned, so none is ignored here.)
             let mut pipe = redis::pipe();
-            pipe.cmd("HINCRBY").arg(&hash).arg(field).arg(1).ignore().cmd("HGETALL").arg(&hash);
+            pipe.cmd("HINCRBY").arg(&hash).arg(field).arg(1).cmd("HGETALL").arg(&hash);
             pipe.cmd("HGETALL").arg(redis.registry_key());
-            if let Ok((counts, registry)) =
-                redis.pipeline_as::<(HashMap<String, i64>, HashMap<String, String>)>(&pipe).await
+            if let Ok((_, counts, registry)) =
+                redis.pipeline_as::<(i64, HashMap<String, i64>, HashMap<String, String>)>(&pipe).await
             {
                 let live = redis.live_from_registry(registry.values());
                 return counts

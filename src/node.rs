@@ -5,13 +5,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
 use crate::broker::redis::Control;
 use crate::broker::{Broker, BrokerError, BrokerHandler, Published};
 use crate::config::Config;
-use crate::hub::event::{EventError, prepare_payload};
+use crate::hub::event::{EventError, compact_object, prepare_payload};
 use crate::hub::rules::ChannelRules;
 use crate::hub::{ConnId, Event, Hub, Target};
 use crate::limits::Limits;
@@ -87,12 +88,8 @@ impl Node {
         self.live.store(Arc::new(config));
     }
 
-    /// Resolves where an event goes and serializes it, applying the channel's rules (default
-    /// `type`, broadcast to everyone, shape). This runs once per event, before the fan-out.
-    pub fn prepare(&self, mut target: Target, event: Value) -> Result<(Target, Bytes), EventError> {
-        let Value::Object(event) = event else {
-            return Err(EventError::NotAnObject);
-        };
+    /// Checks a target's names and applies its channel's `broadcast` rule.
+    fn check_target(&self, mut target: Target) -> Result<Target, EventError> {
         for (what, name) in [("channel", &target.channel), ("room", &target.room), ("user", &target.user)] {
             if let Some(name) = name {
                 validate_name(what, name).map_err(|e| EventError::InvalidName(e.message))?;
@@ -101,15 +98,39 @@ impl Node {
         if target.is_empty() {
             return Err(EventError::NoTarget);
         }
-        let rule = target.channel.as_deref().and_then(|c| self.rules.get(c));
-        if rule.is_some_and(|r| r.broadcast) {
+        if target.channel.as_deref().and_then(|c| self.rules.get(c)).is_some_and(|r| r.broadcast) {
             target.broadcast = true;
         }
+        Ok(target)
+    }
+
+    /// Resolves where an event goes and serializes it, applying the channel's rules (default
+    /// `type`, broadcast to everyone, shape). This runs once per event, before the fan-out.
+    pub fn prepare(&self, target: Target, event: Value) -> Result<(Target, Bytes), EventError> {
+        let Value::Object(event) = event else {
+            return Err(EventError::NotAnObject);
+        };
+        let target = self.check_target(target)?;
+        let rule = target.channel.as_deref().and_then(|c| self.rules.get(c));
         let (event, kind) = match rule.and_then(|r| r.shape.as_deref()) {
             Some(shape) => (shape.apply(event), shape.kind().or(rule.and_then(|r| r.default_type.as_deref()))),
             None => (event, rule.and_then(|r| r.default_type.as_deref())),
         };
         Ok((target, prepare_payload(event, kind)))
+    }
+
+    /// [`Node::prepare`] for an event still in its request's text: when the channel has no
+    /// default `type` and no shape, the object's text is kept (compacted) instead of being
+    /// parsed into a `Value` and serialized again; otherwise it is parsed and prepared as usual.
+    pub fn prepare_raw(&self, target: Target, event: &RawValue) -> Result<(Target, Bytes), EventError> {
+        let rule = target.channel.as_deref().and_then(|c| self.rules.get(c));
+        if rule.is_some_and(|r| r.default_type.is_some() || r.shape.is_some()) {
+            let value: Value = serde_json::from_str(event.get()).map_err(|_| EventError::NotAnObject)?;
+            return self.prepare(target, value);
+        }
+        let payload = compact_object(event.get()).ok_or(EventError::NotAnObject)?;
+        let target = self.check_target(target)?;
+        Ok((target, payload))
     }
 
     /// Validates and publishes an event to every node.
@@ -131,6 +152,17 @@ impl Node {
             None => Event::new(target, payload),
         };
         self.publish_event(event).await
+    }
+
+    /// [`Node::publish`] for an event still in its request's text (see [`Node::prepare_raw`]).
+    pub async fn publish_raw(&self, target: Target, event: &RawValue) -> Result<Published, PublishError> {
+        match self.prepare_raw(target, event) {
+            Ok((target, payload)) => self.publish_event(Event::new(target, payload)).await,
+            Err(e) => {
+                self.stats.node.publish_errors.fetch_add(1, Ordering::Relaxed);
+                Err(e.into())
+            }
+        }
     }
 
     /// Publishes prepared events in order (one broker round trip).

@@ -8,6 +8,7 @@
 //! backend can retry a whole batch after a timeout without delivering (or appending to a
 //! stream's history) twice.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -49,6 +50,24 @@ struct BatchRequest<'a> {
     /// Each item is parsed on its own, so one malformed item is that item's error.
     #[serde(borrow)]
     items: Vec<&'a RawValue>,
+}
+
+/// One item as the route reads it: names borrowed from the body where they hold no escapes, the
+/// event left as text for [`Node::prepare_raw`]. [`BatchItem`] describes the same shape.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawItem<'a> {
+    #[serde(borrow)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    room: Option<Cow<'a, str>>,
+    user_id: Option<IdValue>,
+    user_ids: Option<Vec<IdValue>>,
+    #[serde(default)]
+    broadcast: bool,
+    #[serde(borrow)]
+    event: &'a RawValue,
+    idempotency_key: Option<String>,
 }
 
 /// The request body as the OpenAPI document describes it.
@@ -360,19 +379,19 @@ async fn claim_in_redis(node: &Node, window: Duration, outcomes: &mut [Outcome])
 /// Parses and prepares one item: its idempotency key and its events (one, or one per user of
 /// `user_ids`, all sharing one serialized payload and one frame). `room_left` bounds `user_ids`.
 fn prepare_item(node: &Node, raw: &str, room_left: usize) -> Result<(Option<String>, Vec<Arc<Event>>), ApiError> {
-    let item: BatchItem = serde_json::from_str(raw)
+    let item: RawItem<'_> = serde_json::from_str(raw)
         .map_err(|e| ApiError::bad_request("INVALID_JSON", format!("invalid batch item: {e}")))?;
     if let Some(key) = &item.idempotency_key {
         crate::store::check_idempotency_key(key).map_err(|e| ApiError::bad_request("INVALID_MESSAGE", e))?;
     }
     let Some(users) = item.user_ids else {
         let target = Target {
-            channel: item.channel.map(Arc::from),
-            room: item.room.map(Arc::from),
+            channel: item.channel.as_deref().map(Arc::from),
+            room: item.room.as_deref().map(Arc::from),
             user: item.user_id.map(|u| Arc::from(u.into_string())),
             broadcast: item.broadcast,
         };
-        let (target, payload) = node.prepare(target, item.event).map_err(|e| publish_error(e.into()))?;
+        let (target, payload) = node.prepare_raw(target, item.event).map_err(|e| publish_error(e.into()))?;
         return Ok((item.idempotency_key, vec![Event::new(target, payload)]));
     };
     if item.channel.is_some() || item.room.is_some() || item.user_id.is_some() || item.broadcast {
@@ -389,7 +408,7 @@ fn prepare_item(node: &Node, raw: &str, room_left: usize) -> Result<(Option<Stri
     }
     let mut users = users.into_iter().map(|u| Arc::<str>::from(u.into_string()));
     let first = users.next().map(|user| Target { user: Some(user), ..Target::default() }).unwrap_or_default();
-    let (_, payload) = node.prepare(first.clone(), item.event).map_err(|e| publish_error(e.into()))?;
+    let (_, payload) = node.prepare_raw(first.clone(), item.event).map_err(|e| publish_error(e.into()))?;
     let mut events = vec![Event::new(first, payload.clone())];
     for user in users {
         crate::protocol::validate_name("user", &user).map_err(|e| ApiError::bad_request("INVALID_NAME", e.message))?;

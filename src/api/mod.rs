@@ -164,7 +164,7 @@ pub(crate) fn keyless_local(node: &Node, parts: &Parts) -> bool {
 }
 
 /// Parses a JSON request body, refusing with a clear 400.
-pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub fn parse_body<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     if body.is_empty() {
         return Err(ApiError::bad_request("INVALID_JSON", "the request body is empty; send a JSON object"));
     }

@@ -9,6 +9,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use http::StatusCode;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::{Admin, ApiError, ok, parse_body};
@@ -56,6 +57,19 @@ pub struct PublishRequest {
     pub event: Value,
 }
 
+/// [`PublishRequest`] as the route reads it: the event left as text for [`Node::prepare_raw`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPublish<'a> {
+    channel: Option<String>,
+    room: Option<String>,
+    user_id: Option<IdValue>,
+    #[serde(default)]
+    broadcast: bool,
+    #[serde(borrow)]
+    event: &'a RawValue,
+}
+
 /// `POST /api/broadcast`: one event to several channels.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -98,9 +112,9 @@ fn target(channel: Option<String>, room: Option<String>, user: Option<String>, b
     responses((status = 200, description = "published", body = schema::Published),
               (status = 400, description = "INVALID_JSON, INVALID_EVENT, NO_TARGET, INVALID_NAME", body = schema::ApiErrorBody)))]
 pub async fn publish(State(node): State<Arc<Node>>, _admin: Admin, body: Bytes) -> Result<Response, ApiError> {
-    let request: PublishRequest = parse_body(&body)?;
+    let request: RawPublish<'_> = parse_body(&body)?;
     let target = target(request.channel, request.room, request.user_id.map(IdValue::into_string), request.broadcast);
-    let published = node.publish(target, request.event, None).await.map_err(publish_error)?;
+    let published = node.publish_raw(target, request.event).await.map_err(publish_error)?;
     Ok(outcome(published, json!({})))
 }
 

@@ -54,6 +54,14 @@ pub fn stream(prefix: &str, stream: &str) -> (String, String) {
     (format!("{prefix}:h:{{{stream}}}"), format!("{prefix}:hm:{{{stream}}}"))
 }
 
+/// `<prefix>:<kind>:{<kind>:<name>}`: on a Redis Cluster, the sharded pub/sub channel of a
+/// channel (`c`) or room (`r`), under the hash tag of the stream of the same name (see
+/// [`stream`]), so that the append script, which runs in the stream's slot, may publish on it.
+/// The name is kept as it is, as in [`stream`], so that both always hash alike.
+pub fn sharded(prefix: &str, kind: &str, name: &str) -> String {
+    format!("{prefix}:{kind}:{{{kind}:{name}}}")
+}
+
 /// `<prefix>:<kind>:{<part>}`: a key whose hash tag is the encoded name, so that every key built
 /// with the same name lands on the same Redis Cluster slot (a Lua script may touch them together).
 pub fn tagged(prefix: &str, kind: &str, name: &str) -> String {
@@ -85,5 +93,17 @@ mod tests {
         assert_eq!(trailing("herald", "pp", "\u{1f}p77\u{1f}presence-x"), "herald:pp:\u{1f}p77\u{1f}presence-x");
         assert_eq!(trailing("herald", "c", "a:b"), "herald:c:a:b");
         assert_eq!(stream("herald", "c:jobs:1"), ("herald:h:{c:jobs:1}".into(), "herald:hm:{c:jobs:1}".into()));
+    }
+
+    #[test]
+    fn a_sharded_channel_shares_its_streams_slot() {
+        use redis::cluster_routing::Slot;
+        for (kind, name) in [("c", "jobs:1"), ("r", "order_7"), ("c", "a}b{c"), ("r", "")] {
+            let channel = sharded("herald", kind, name);
+            let (history, meta) = stream("herald", &format!("{kind}:{name}"));
+            assert_eq!(Slot::for_key(&channel), Slot::for_key(&history), "{channel} / {history}");
+            assert_eq!(Slot::for_key(&channel), Slot::for_key(&meta));
+        }
+        assert_eq!(sharded("herald", "c", "news"), "herald:c:{c:news}");
     }
 }

@@ -107,17 +107,13 @@ impl Broker {
     pub async fn publish_batch(&self, hub: &Hub, node_id: &str, events: Vec<Arc<Event>>) -> Published {
         match self {
             Broker::Local(_) => {
-                for event in events {
-                    hub.dispatch(event).await;
-                }
+                hub.dispatch_many(events).await;
                 Published::Everywhere
             }
             Broker::Redis(redis) => match redis.publish_batch(node_id, &events).await {
                 Ok(()) => Published::Everywhere,
                 Err(_) => {
-                    for event in events {
-                        hub.dispatch(event).await;
-                    }
+                    hub.dispatch_many(events).await;
                     Published::LocalOnly
                 }
             },

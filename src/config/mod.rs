@@ -415,7 +415,8 @@ pub struct RedisConfig {
     /// any one node of the cluster (more in `cluster_nodes`).
     #[serde(deserialize_with = "text::opt_string")]
     pub url: Option<String>,
-    /// `standalone` (default) or `cluster` (Redis Cluster with sharded pub/sub).
+    /// `standalone` (default) or `cluster` (Redis Cluster with sharded pub/sub; every feature
+    /// works there, each command within one hash slot: the key layout is `docs/redis-keys.md`).
     pub mode: RedisMode,
     /// Further cluster nodes to discover the cluster from.
     pub cluster_nodes: Vec<String>,

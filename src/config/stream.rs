@@ -103,9 +103,6 @@ impl Config {
                 problem(format!("history[{i}].max_age"), "must be between 1s and 365 days");
             }
         }
-        if !self.history.is_empty() && self.redis.url.is_some() && self.redis.mode == super::RedisMode::Cluster {
-            problem("history".into(), "is not supported with redis.mode = \"cluster\" yet; use a standalone Redis");
-        }
         let c = &self.compression;
         if c.level > 9 {
             problem("compression.level".into(), "must be between 0 and 9");

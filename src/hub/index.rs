@@ -81,13 +81,17 @@ impl LocalIndex {
     /// user's connections in neither. A full route is the three together, so each connection is
     /// visited once however many of the target's keys it is under; a per-key copy from another
     /// node visits only the connections no earlier key reaches, so the copies of one event
-    /// together reach each connection once. Broadcasts are the shard's (every session).
+    /// together reach each connection once. A room stream's copies put the room first
+    /// ([`Route::WholeRoom`], [`Route::ChannelNotInRoom`]). Broadcasts are the shard's (every
+    /// session).
     pub(crate) fn for_each_recipient(&self, target: &Target, route: Route, mut visit: impl FnMut(usize)) {
-        let (by_channel, by_room, by_user) = match route {
-            Route::Full => (true, true, true),
-            Route::Channel => (true, false, false),
-            Route::Room => (false, true, false),
-            Route::User => (false, false, true),
+        let (by_channel, by_room, by_user, room_first) = match route {
+            Route::Full => (true, true, true, false),
+            Route::Channel => (true, false, false, false),
+            Route::Room => (false, true, false, false),
+            Route::User => (false, false, true, false),
+            Route::WholeRoom => (false, true, false, true),
+            Route::ChannelNotInRoom => (true, false, false, true),
             Route::Broadcast => return,
         };
         let channel = target.channel.as_deref().and_then(|c| self.channels.get(c));
@@ -95,10 +99,10 @@ impl LocalIndex {
         let in_channel = |slot: &usize| channel.is_some_and(|m| m.contains(slot));
         let in_room = |slot: &usize| room.is_some_and(|m| m.contains(slot));
         if by_channel {
-            channel.into_iter().flatten().for_each(|slot| visit(*slot));
+            channel.into_iter().flatten().filter(|slot| !(room_first && in_room(slot))).for_each(|slot| visit(*slot));
         }
         if by_room {
-            room.into_iter().flatten().filter(|slot| !in_channel(slot)).for_each(|slot| visit(*slot));
+            room.into_iter().flatten().filter(|slot| room_first || !in_channel(slot)).for_each(|slot| visit(*slot));
         }
         if by_user {
             let user = target.user.as_deref().and_then(|u| self.users.get(u));
@@ -163,6 +167,25 @@ mod tests {
         assert_eq!(visited(&index, &t, Route::User), [5, 6], "the user's connections reached before skipped");
         let mut copies: Vec<usize> =
             [Route::Channel, Route::Room, Route::User].into_iter().flat_map(|r| visited(&index, &t, r)).collect();
+        copies.sort();
+        let mut full = visited(&index, &t, Route::Full);
+        full.sort();
+        assert_eq!(copies, full);
+    }
+
+    #[test]
+    fn a_room_streams_copies_put_the_room_first_and_still_reach_each_connection_once() {
+        let index = index();
+        let t = Target::of(Some("c"), Some("r"), Some("u"));
+        let mut room = visited(&index, &t, Route::WholeRoom);
+        room.sort();
+        assert_eq!(room, [2, 3, 4], "every member, the channel's subscriber 2 too");
+        assert_eq!(visited(&index, &t, Route::ChannelNotInRoom), [1], "members of the room skipped");
+        assert_eq!(visited(&index, &t, Route::User), [5, 6]);
+        let mut copies: Vec<usize> = [Route::WholeRoom, Route::ChannelNotInRoom, Route::User]
+            .into_iter()
+            .flat_map(|r| visited(&index, &t, r))
+            .collect();
         copies.sort();
         let mut full = visited(&index, &t, Route::Full);
         full.sort();

@@ -94,6 +94,26 @@ impl Hub {
         }
     }
 
+    /// Hands several events to every shard in one inbox message per shard, in order: a batch
+    /// publish of a hundred targeted events costs each shard one wake-up, not a hundred, and
+    /// the shard writes each touched socket once for the whole group.
+    pub async fn dispatch_many(&self, events: Vec<Arc<Event>>) {
+        match events.len() {
+            0 => {}
+            1 => {
+                for event in events {
+                    self.dispatch(event).await;
+                }
+            }
+            _ => {
+                let events: Arc<[Arc<Event>]> = events.into();
+                for shard in &self.shards {
+                    let _ = shard.inbox.send(ShardMsg::DeliverMany(events.clone())).await;
+                }
+            }
+        }
+    }
+
     /// The shard with the fewest connections (ties rotate).
     pub(crate) fn pick_shard(&self, load: impl Fn(usize) -> u64) -> usize {
         let start = self.next_shard.fetch_add(1, Ordering::Relaxed);
@@ -271,6 +291,20 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_reaches_each_shard_as_one_message_in_order() {
+        let (hub, mut inboxes) = Hub::new(2);
+        let events: Vec<Arc<Event>> = (0..3)
+            .map(|n| Event::new(Target::of(None, None, Some(&format!("u{n}"))), bytes::Bytes::from("{}")))
+            .collect();
+        hub.dispatch_many(events.clone()).now_or_never().expect("room in the inboxes");
+        for inbox in &mut inboxes {
+            let Ok(ShardMsg::DeliverMany(got)) = inbox.try_recv() else { panic!("one grouped message") };
+            assert!(got.iter().zip(&events).all(|(a, b)| Arc::ptr_eq(a, b)), "the same events, in order");
+            assert!(inbox.try_recv().is_err(), "and nothing else");
+        }
+    }
 
     #[test]
     fn interest_reports_only_node_wide_transitions() {

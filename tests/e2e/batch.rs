@@ -188,3 +188,37 @@ async fn a_batch_retried_on_another_node_is_not_delivered_twice() {
     let got = drain_until_marker(&b, &mut gil, json!({"user_id": "gil"})).await;
     assert_eq!(got.iter().map(|e| e["n"].clone()).collect::<Vec<_>>(), [json!(1), json!(2)]);
 }
+
+/// Events are kept as the publisher wrote them (only the whitespace between tokens goes), and a
+/// channel's default `type` still applies, through the batch route and the single publish alike.
+#[tokio::test]
+async fn events_arrive_as_written_and_channel_rules_still_apply() {
+    let herald = Herald::start(
+        r#"
+[[channels]]
+name = "jobs"
+default_type = "job_update"
+"#,
+    )
+    .await;
+    let mut dana = herald.connect("/ws?user_id=dana").await;
+    let mut jobs = herald.connect("/ws?channels=jobs").await;
+    let key = herald.api_key.clone().expect("an API key");
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: &'static str| {
+        http.post(herald.url(path)).bearer_auth(&key).header("content-type", "application/json").body(body).send()
+    };
+    let batch = "{ \"items\" : [\n  { \"user_id\" : \"dana\" ,\n    \"event\" : { \"type\" : \"note\" , \
+                 \"text\" : \" two  spaces, a \\\"quote\\\" \\\\ \" , \"list\" : [ 1 , 2.5 ] } } ,\n  \
+                 { \"channel\" : \"jobs\", \"event\" : {\r\n\t\"status\" : \"done\" } }\n] }";
+    let response = post("/api/publish/batch", batch).await.expect("POST");
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    let single = "{\"user_id\": \"dana\", \"event\": {\"type\": \"single\", \"n\": [ ]} }";
+    let response = post("/api/publish", single).await.expect("POST");
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+
+    let note = dana.recv_event().await;
+    assert_eq!(note.to_string(), r#"{"type":"note","text":" two  spaces, a \"quote\" \\ ","list":[1,2.5]}"#);
+    assert_eq!(dana.recv_event().await.to_string(), r#"{"type":"single","n":[]}"#);
+    assert_eq!(jobs.recv_event().await.to_string(), r#"{"type":"job_update","status":"done"}"#);
+}

@@ -4,6 +4,8 @@ mod api;
 mod badinput;
 mod batch;
 mod cli;
+mod cluster;
+mod cluster_failover;
 mod collab;
 mod common;
 mod core;

@@ -287,7 +287,7 @@ async fn redis_cluster_with_sharded_pub_sub() {
     let mut serving = 0;
     for master in &cluster.nodes {
         let out = master.cli(&["PUBSUB", "SHARDCHANNELS", "herald:*"]).unwrap_or_default();
-        if out.lines().any(|l| l.starts_with("herald:c:sharded-")) {
+        if out.lines().any(|l| l.starts_with("herald:c:{c:sharded-")) {
             serving += 1;
         }
     }

@@ -2,10 +2,13 @@
 //! which travels as it is and is never parsed again.
 //!
 //! `{"v":1,"n":<origin node>,"c"|"r"|"u":<target names>,"x":<excluded connection>,
-//! "g":<notification tags>,"h":<stream>,"s":<seq>,"p":<epoch>,"k":<key kind>,"e":<event>}`.
+//! "g":<notification tags>,"h":<stream>,"f":"r","s":<seq>,"p":<epoch>,"k":<key kind>,"e":<event>}`.
 //! One event is published once per key of its target (`k`: `c`, `r`, `u`, or `a` for a
 //! broadcast); every copy shares the head, and the tail names the key and carries the event.
 //! The append script writes `s` and `p` itself, between head and tail, once it has the seq.
+//! `"f":"r"` marks the copies of a room stream's event that also names a channel: the room
+//! comes first (see [`room_first`]). A node that does not know `f` delivers the copies in the
+//! usual order, which still reaches each connection once.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -18,15 +21,27 @@ use crate::hub::event::{NotificationTags, StreamPos};
 use crate::hub::{Event, Route, Target};
 
 /// The kind letter of each key an event travels on, in delivery order, with the name under it;
-/// a broadcast travels on one key, `a`, with no name.
-pub(super) fn copies(target: &Target) -> Vec<(&'static str, Option<&str>)> {
+/// a broadcast travels on one key, `a`, with no name. `room_first` puts the room before the
+/// channel (see [`room_first`]).
+pub(super) fn copies(target: &Target, room_first: bool) -> Vec<(&'static str, Option<&str>)> {
     if target.broadcast {
         return vec![("a", None)];
     }
-    [("c", target.channel.as_deref()), ("r", target.room.as_deref()), ("u", target.user.as_deref())]
+    let (channel, room) = (("c", target.channel.as_deref()), ("r", target.room.as_deref()));
+    let order = if room_first { [room, channel] } else { [channel, room] };
+    order
         .into_iter()
+        .chain([("u", target.user.as_deref())])
         .filter_map(|(kind, name)| name.map(|n| (kind, Some(n))))
         .collect()
+}
+
+/// Whether an event of `stream` travels room first: a room stream's event that also names a
+/// channel. Its stream's own key then comes first, so that every follower of the stream (a
+/// member of the room) gets the stream's events through that one key, in seq order, even on a
+/// Redis Cluster where the other keys are other shards.
+pub(super) fn room_first(target: &Target, stream: &str) -> bool {
+    stream.starts_with("r:") && target.room.is_some() && target.channel.is_some()
 }
 
 /// The head every copy of the event shares: everything but the key kind and the event, without
@@ -51,7 +66,8 @@ pub(super) fn head(node_id: &str, event: &Event) -> String {
 
 /// The head of an event of a stream with history, up to where the append script writes the seq.
 pub(super) fn stream_head(node_id: &str, event: &Event, stream: &str) -> String {
-    format!("{},\"h\":{},\"s\":", head(node_id, event), json_string(stream))
+    let first = if room_first(&event.target, stream) { ",\"f\":\"r\"" } else { "" };
+    format!("{},\"h\":{}{first},\"s\":", head(node_id, event), json_string(stream))
 }
 
 /// Ends an envelope: the key kind it travels on and the event itself, then the closing brace.
@@ -94,6 +110,8 @@ struct Envelope<'a> {
     s: Option<u64>,
     #[serde(default)]
     p: Option<&'a str>,
+    #[serde(default)]
+    f: Option<&'a str>,
     #[serde(borrow)]
     e: &'a RawValue,
 }
@@ -102,7 +120,10 @@ struct Envelope<'a> {
 /// on its own node (`own_node`): connection numbers are per node.
 pub(super) fn decode(payload: &[u8], own_node: &str) -> Result<Arc<Event>, serde_json::Error> {
     let envelope: Envelope<'_> = serde_json::from_slice(payload)?;
+    let room_first = envelope.f == Some("r");
     let route = match envelope.k {
+        "c" if room_first => Route::ChannelNotInRoom,
+        "r" if room_first => Route::WholeRoom,
         "c" => Route::Channel,
         "r" => Route::Room,
         "u" => Route::User,
@@ -130,7 +151,7 @@ mod tests {
     /// Every copy of `event` as another node (`node-b`) and as the origin (`node-a`) decode it.
     fn round_trip(event: &Event) -> Vec<(Arc<Event>, Arc<Event>)> {
         let head = head("node-a", event);
-        copies(&event.target)
+        copies(&event.target, false)
             .into_iter()
             .map(|(kind, _)| {
                 let message = encode(&head, kind, &event.payload);
@@ -169,7 +190,7 @@ mod tests {
         let mut t = Target::of(Some("c"), Some("r"), None);
         t.broadcast = true;
         let event = Event::new(t, Bytes::from_static(b"{\"a\":1}"));
-        assert_eq!(copies(&event.target), [("a", None)]);
+        assert_eq!(copies(&event.target, false), [("a", None)]);
         let (remote, _) = round_trip(&event).remove(0);
         assert_eq!(remote.route, Route::Broadcast);
         assert!(remote.target.broadcast);
@@ -192,6 +213,21 @@ mod tests {
         assert_eq!(remote.tags.as_deref(), Some(&tags));
         let pos = remote.stream.get().unwrap();
         assert_eq!((&*pos.stream, pos.seq, &*pos.epoch), ("r:room \"1\"", 7, "ab12"));
+    }
+
+    #[test]
+    fn a_room_streams_copies_travel_room_first() {
+        let event = Event::new(Target::of(Some("c"), Some("r"), Some("u")), Bytes::from_static(b"{}"));
+        assert!(room_first(&event.target, "r:r") && !room_first(&event.target, "c:c"));
+        assert!(!room_first(&Target::of(None, Some("r"), None), "r:r"), "no channel to come before");
+        let order: Vec<&str> = copies(&event.target, true).into_iter().map(|(kind, _)| kind).collect();
+        assert_eq!(order, ["r", "c", "u"]);
+        let head = format!("{}3,\"p\":\"e\"", stream_head("node-a", &event, "r:r"));
+        let routes: Vec<Route> = ["r", "c", "u"]
+            .into_iter()
+            .map(|kind| decode(&encode(&head, kind, &event.payload), "node-b").unwrap().route)
+            .collect();
+        assert_eq!(routes, [Route::WholeRoom, Route::ChannelNotInRoom, Route::User]);
     }
 
     #[test]

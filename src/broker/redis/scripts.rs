@@ -2,8 +2,9 @@
 
 /// Gives an event of a stream its seq, appends it to the stream's Redis Stream and publishes
 /// it to the nodes, atomically: every node sees the stream's events in seq order.
-/// KEYS: stream, meta. ARGV: epoch if new, size, max age ms, payload, envelope head, then
-/// (channel, envelope tail) pairs.
+/// KEYS: stream, meta. ARGV: epoch if new, size, max age ms, payload, envelope head, the publish
+/// command (`PUBLISH`, or `SPUBLISH` on a Redis Cluster, where every channel given must be in
+/// the stream's slot), then (channel, envelope tail) pairs. Returns the seq and the epoch.
 pub(super) const APPEND_LUA: &str = r#"
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
@@ -19,10 +20,10 @@ redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 's', seq, 'e', ARGV[4])
 redis.call('XTRIM', KEYS[1], 'MINID', '~', tostring(now - age))
 redis.call('PEXPIRE', KEYS[1], age)
 redis.call('PEXPIRE', KEYS[2], age + 86400000)
-for i = 6, #ARGV, 2 do
-  redis.call('PUBLISH', ARGV[i], ARGV[5] .. seq .. ',"p":"' .. epoch .. '"' .. ARGV[i + 1])
+for i = 7, #ARGV, 2 do
+  redis.call(ARGV[6], ARGV[i], ARGV[5] .. seq .. ',"p":"' .. epoch .. '"' .. ARGV[i + 1])
 end
-return seq
+return {seq, epoch}
 "#;
 
 /// Reads a stream's epoch, last seq and newest entries in one step. KEYS: stream, meta.
