@@ -99,6 +99,26 @@ impl WsClient {
         Ok(true)
     }
 
+    /// Reads and decodes what is available without waiting (call after `stream.readable()`):
+    /// `Ok(None)` when nothing was, `Ok(Some(false))` at end of stream. Lets an idle holder keep
+    /// its scratch buffer per thread instead of per connection.
+    pub fn try_read_into(&mut self, scratch: &mut [u8], out: &mut Vec<Message>) -> io::Result<Option<bool>> {
+        if !self.leftover.is_empty() {
+            let leftover = std::mem::take(&mut self.leftover);
+            self.decoder.feed(&leftover, out).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            return Ok(Some(true));
+        }
+        match self.stream.try_read(scratch) {
+            Ok(0) => Ok(Some(false)),
+            Ok(n) => {
+                self.decoder.feed(&scratch[..n], out).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                Ok(Some(true))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sends a text frame.
     pub async fn send_text(&mut self, text: &str) -> io::Result<()> {
         self.stream.write_all(&frame::encode_masked(frame::OP_TEXT, text.as_bytes(), MASK)).await
