@@ -1,5 +1,5 @@
 //! Every feature on a Redis Cluster: three Herald nodes (`redis.mode = "cluster"`) on a cluster of
-//! three masters. Delivery, history and resume, presence, cells, limits, upstream streams and the
+//! three masters and three replicas, as a production cluster runs. Delivery, history and resume, presence, cells, limits, upstream streams and the
 //! node registry, each across nodes.
 
 use serde_json::{Value, json};
@@ -90,7 +90,7 @@ async fn reply_of(client: &mut Client, message: Value, kinds: &[&str]) -> Value 
 /// the other nodes once: its copies travel on sharded channels of different slots.
 #[tokio::test]
 async fn delivery_across_nodes_reaches_channel_room_and_user_once_each() {
-    let cluster = RedisCluster::start().await;
+    let cluster = RedisCluster::start_with_replicas().await;
     let (a, b, c) = three_nodes(&cluster, "").await;
     let mut clients = Vec::new();
     for node in [&b, &c] {
@@ -133,7 +133,7 @@ async fn delivery_across_nodes_reaches_channel_room_and_user_once_each() {
 /// beyond history is reported as `recovered: false`.
 #[tokio::test]
 async fn history_and_resume_across_nodes() {
-    let cluster = RedisCluster::start().await;
+    let cluster = RedisCluster::start_with_replicas().await;
     let (a, b, c) = three_nodes(&cluster, HISTORY).await;
 
     let mut watcher = c.connect("/ws?channels=feed&seq=1").await;
@@ -217,7 +217,7 @@ async fn history_and_resume_across_nodes() {
 /// Presence, cells and upstream streams on a cluster, across nodes.
 #[tokio::test]
 async fn presence_cells_and_upstream_across_nodes() {
-    let cluster = RedisCluster::start().await;
+    let cluster = RedisCluster::start_with_replicas().await;
     let extra =
         "[presence]\nenabled = true\n[upstream]\ntypes = [\"ai_request\"]\nredis_stream = \"herald:requests\"\n";
     let (a, b, mut c) = three_nodes(&cluster, extra).await;
@@ -277,7 +277,7 @@ async fn presence_cells_and_upstream_across_nodes() {
 /// Rate and connection limits on a cluster: counted for the user across nodes.
 #[tokio::test]
 async fn limits_are_counted_across_nodes() {
-    let cluster = RedisCluster::start().await;
+    let cluster = RedisCluster::start_with_replicas().await;
     let extra = "[auth]\nmode = \"required\"\njwt_secret = \"cluster-test-secret\"\n\
                  [limits]\nmax_connections_per_user = 2\nmessages_per_minute = 6\nblock_duration = \"1m\"\n";
     let (a, b, _c) = three_nodes(&cluster, extra).await;
