@@ -8,23 +8,7 @@ use crate::common::raw::RawClient;
 use crate::common::redis::RedisCluster;
 use crate::common::{Client, Herald, until};
 use crate::redis::wait_live_nodes;
-
-const HISTORY: &str = r#"
-[[history]]
-channels = "feed*"
-size = 500
-max_age = "10m"
-
-[[history]]
-channels = "small"
-size = 10
-max_age = "10m"
-
-[[history]]
-rooms = "order_*"
-size = 100
-max_age = "10m"
-"#;
+use crate::resume::HISTORY;
 
 fn cluster_toml(cluster: &RedisCluster, extra: &str) -> String {
     format!(
@@ -295,15 +279,7 @@ async fn limits_are_counted_across_nodes() {
     let mut on_b = b.connect(&path).await;
     let third = RawClient::connect_with_headers(a.addr, &path, &[]).await.err().expect("a third connection is refused");
     assert!(third.starts_with("HTTP/1.1 429"), "{third}");
-    let mut refused = None;
-    for i in 0..8 {
-        let client = if i % 2 == 0 { &mut on_a } else { &mut on_b };
-        let reply = client.request(json!({"type": "subscribe", "channels": [format!("x{i}")]})).await;
-        if reply["code"] == "RATE_LIMIT_EXCEEDED" {
-            refused = Some(i);
-            break;
-        }
-    }
+    let refused = crate::common::first_rate_limited(&mut on_a, &mut on_b).await;
     assert_eq!(refused, Some(6), "the seventh message of the user is the first refused");
     assert_eq!(on_a.request(json!({"type": "subscribe", "channels": ["after"]})).await["code"], "RATE_LIMIT_EXCEEDED");
 }

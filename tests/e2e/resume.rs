@@ -11,7 +11,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use crate::common::redis::RedisServer;
 use crate::common::{Client, Herald, WAIT};
 
-const HISTORY: &str = r#"
+/// Streams with history for these tests (also the cluster suite's).
+pub const HISTORY: &str = r#"
 [[history]]
 channels = "feed*"
 size = 500

@@ -476,15 +476,7 @@ async fn limits_are_counted_across_nodes_with_redis() {
     assert!(third.starts_with("HTTP/1.1 429"), "{third}");
 
     // The user's messages count together: six in all, whichever node they go through.
-    let mut refused = None;
-    for i in 0..8 {
-        let client = if i % 2 == 0 { &mut on_a } else { &mut on_b };
-        let reply = client.request(json!({"type": "subscribe", "channels": [format!("x{i}")]})).await;
-        if reply["code"] == "RATE_LIMIT_EXCEEDED" {
-            refused = Some(i);
-            break;
-        }
-    }
+    let refused = crate::common::first_rate_limited(&mut on_a, &mut on_b).await;
     assert_eq!(refused, Some(6), "the seventh message of the user is the first refused");
     // The block is shared too: the other node refuses as well.
     let reply = on_a.request(json!({"type": "subscribe", "channels": ["after-block"]})).await;

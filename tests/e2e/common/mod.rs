@@ -98,6 +98,20 @@ impl Options {
     }
 }
 
+/// Sends subscribe requests alternately through two connections of one user and returns the
+/// index of the first that is refused with `RATE_LIMIT_EXCEEDED` (at most eight are sent): the
+/// probe of a rate limit counted across nodes.
+pub async fn first_rate_limited(on_a: &mut Client, on_b: &mut Client) -> Option<usize> {
+    for i in 0..8 {
+        let client = if i % 2 == 0 { &mut *on_a } else { &mut *on_b };
+        let reply = client.request(serde_json::json!({"type": "subscribe", "channels": [format!("x{i}")]})).await;
+        if reply["code"] == "RATE_LIMIT_EXCEEDED" {
+            return Some(i);
+        }
+    }
+    None
+}
+
 pub fn herald_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_herald"))
 }

@@ -92,8 +92,22 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub async fn start() -> RedisCluster {
+        let cluster = RedisCluster::create(3, 0, 2000).await;
+        super::until("the cluster reaches cluster_state:ok", async || {
+            cluster
+                .nodes
+                .iter()
+                .all(|n| n.cli(&["CLUSTER", "INFO"]).is_some_and(|info| info.contains("cluster_state:ok")))
+        })
+        .await;
+        cluster
+    }
+
+    /// Starts `masters × (1 + replicas_each)` cluster-enabled servers on free loopback ports and
+    /// joins them with `redis-cli --cluster create`; the caller waits for the state it needs.
+    async fn create(masters: usize, replicas_each: usize, node_timeout_ms: u64) -> RedisCluster {
         let mut nodes = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..masters * (1 + replicas_each) {
             nodes.push(
                 RedisServer::start_with(vec![
                     "--cluster-enabled".into(),
@@ -101,7 +115,7 @@ impl RedisCluster {
                     "--cluster-config-file".into(),
                     "nodes.conf".into(),
                     "--cluster-node-timeout".into(),
-                    "2000".into(),
+                    node_timeout_ms.to_string(),
                 ])
                 .await,
             );
@@ -111,19 +125,11 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas_each.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli --cluster create");
         assert!(created.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&created.stdout));
-        let cluster = RedisCluster { nodes };
-        super::until("the cluster reaches cluster_state:ok", async || {
-            cluster
-                .nodes
-                .iter()
-                .all(|n| n.cli(&["CLUSTER", "INFO"]).is_some_and(|info| info.contains("cluster_state:ok")))
-        })
-        .await;
-        cluster
+        RedisCluster { nodes }
     }
 
     /// A seed URL (the first node).
@@ -277,30 +283,7 @@ impl RedisCluster {
     /// once every node reports `cluster_state:ok`, sees three masters serving all slots and
     /// three replicas, and every replica is in sync with its master.
     pub async fn start_with_replicas() -> RedisCluster {
-        let mut nodes = Vec::new();
-        for _ in 0..6 {
-            nodes.push(
-                RedisServer::start_with(vec![
-                    "--cluster-enabled".into(),
-                    "yes".into(),
-                    "--cluster-config-file".into(),
-                    "nodes.conf".into(),
-                    "--cluster-node-timeout".into(),
-                    FAILOVER_NODE_TIMEOUT_MS.to_string(),
-                ])
-                .await,
-            );
-        }
-        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-        let created = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addresses)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .output()
-            .expect("redis-cli --cluster create");
-        assert!(created.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&created.stdout));
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster::create(3, 1, FAILOVER_NODE_TIMEOUT_MS).await;
         cluster.wait_settled(3, 3).await;
         cluster
     }
