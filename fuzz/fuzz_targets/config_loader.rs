@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use herald::config::{Config, from_toml_str};
 use herald::hub::rules::ChannelRules;
-use herald::transport::upgrade;
+use herald::gateway::upgrade;
 use libfuzzer_sys::fuzz_target;
 
 fn printed(config: &Config) -> String {
