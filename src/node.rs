@@ -140,29 +140,29 @@ impl Node {
         event: Value,
         exclude: Option<ConnId>,
     ) -> Result<Published, PublishError> {
-        let (target, payload) = match self.prepare(target, event) {
-            Ok(prepared) => prepared,
-            Err(e) => {
-                self.stats.node.publish_errors.fetch_add(1, Ordering::Relaxed);
-                return Err(e.into());
-            }
-        };
+        self.publish_prepared(self.prepare(target, event), exclude).await
+    }
+
+    /// [`Node::publish`] for an event still in its request's text (see [`Node::prepare_raw`]).
+    pub async fn publish_raw(&self, target: Target, event: &RawValue) -> Result<Published, PublishError> {
+        self.publish_prepared(self.prepare_raw(target, event), None).await
+    }
+
+    /// Publishes what [`Node::prepare`] or [`Node::prepare_raw`] made of an event, counting a
+    /// refused one as a publish error.
+    async fn publish_prepared(
+        &self,
+        prepared: Result<(Target, Bytes), EventError>,
+        exclude: Option<ConnId>,
+    ) -> Result<Published, PublishError> {
+        let (target, payload) = prepared.inspect_err(|_| {
+            self.stats.node.publish_errors.fetch_add(1, Ordering::Relaxed);
+        })?;
         let event = match exclude {
             Some(conn) => Event::excluding(target, payload, conn),
             None => Event::new(target, payload),
         };
         self.publish_event(event).await
-    }
-
-    /// [`Node::publish`] for an event still in its request's text (see [`Node::prepare_raw`]).
-    pub async fn publish_raw(&self, target: Target, event: &RawValue) -> Result<Published, PublishError> {
-        match self.prepare_raw(target, event) {
-            Ok((target, payload)) => self.publish_event(Event::new(target, payload)).await,
-            Err(e) => {
-                self.stats.node.publish_errors.fetch_add(1, Ordering::Relaxed);
-                Err(e.into())
-            }
-        }
     }
 
     /// Publishes prepared events in order (one broker round trip).

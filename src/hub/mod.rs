@@ -98,19 +98,16 @@ impl Hub {
     /// publish of a hundred targeted events costs each shard one wake-up, not a hundred, and
     /// the shard writes each touched socket once for the whole group.
     pub async fn dispatch_many(&self, events: Vec<Arc<Event>>) {
-        match events.len() {
-            0 => {}
-            1 => {
-                for event in events {
-                    self.dispatch(event).await;
-                }
+        if events.len() <= 1 {
+            // None, or a lone event: the ordinary path, with no shared slice to allocate.
+            for event in events {
+                self.dispatch(event).await;
             }
-            _ => {
-                let events: Arc<[Arc<Event>]> = events.into();
-                for shard in &self.shards {
-                    let _ = shard.inbox.send(ShardMsg::DeliverMany(events.clone())).await;
-                }
-            }
+            return;
+        }
+        let events: Arc<[Arc<Event>]> = events.into();
+        for shard in &self.shards {
+            let _ = shard.inbox.send(ShardMsg::DeliverMany(events.clone())).await;
         }
     }
 

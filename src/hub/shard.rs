@@ -75,8 +75,8 @@ pub struct Shard {
     /// Acknowledgement tasks waiting for the writer; shutdown lets them answer before closing.
     acks_pending: Cell<usize>,
     acks_settled: tokio::sync::Notify,
-    /// `herald_publish_to_write_seconds`, looked up once: the macro's registry lookup per
-    /// event was a measurable part of a targeted fan-out.
+    /// `herald_publish_to_write_seconds`, looked up once instead of through the macro's
+    /// registry lookup for every event delivered.
     publish_to_write: metrics::Histogram,
 }
 

@@ -377,6 +377,8 @@ fn by_slot(pipe: &redis::Pipeline) -> Vec<Vec<usize>> {
 }
 
 /// The hash slot of a command's key: its first argument, or an `EVAL`'s first key.
+/// (redis-rs routes commands the same way, but keeps that routing private to the crate; only
+/// [`Slot::for_key`] is public.)
 fn slot_of(cmd: &redis::Cmd) -> Option<Slot> {
     let mut args = cmd.args_iter().filter_map(|arg| match arg {
         redis::Arg::Simple(bytes) => Some(bytes),
