@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::common::raw::RawClient;
 use crate::common::redis::RedisCluster;
 use crate::common::{Client, Herald, until};
-use crate::redis::wait_live_nodes;
+use crate::redis::live_nodes;
 use crate::resume::HISTORY;
 
 fn cluster_toml(cluster: &RedisCluster, extra: &str) -> String {
@@ -19,12 +19,8 @@ fn cluster_toml(cluster: &RedisCluster, extra: &str) -> String {
 
 /// Three nodes on the cluster, each seeing the other two.
 async fn three_nodes(cluster: &RedisCluster, extra: &str) -> (Herald, Herald, Herald) {
-    let toml = cluster_toml(cluster, extra);
-    let nodes = (Herald::start(&toml).await, Herald::start(&toml).await, Herald::start(&toml).await);
-    for node in [&nodes.0, &nodes.1, &nodes.2] {
-        wait_live_nodes(node, 3).await;
-    }
-    nodes
+    let [a, b, c] = live_nodes(&cluster_toml(cluster, extra)).await;
+    (a, b, c)
 }
 
 /// Skips heartbeats and everything whose type is not in `kinds`.

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::common::redis::{RedisCluster, key_slot};
 use crate::common::{Client, Herald, until};
-use crate::redis::wait_live_nodes;
+use crate::redis::{live_nodes, wait_live_nodes};
 
 /// The Herald configuration for `cluster`: every node of the cluster listed, so that a node can
 /// rediscover the cluster whichever node died; presence on; history for `fo-*` channels.
@@ -31,15 +31,6 @@ prefixes = ["app"]
         cluster.url(),
         nodes.join(", ")
     )
-}
-
-/// Three nodes that see each other through the cluster.
-async fn three_nodes(toml: &str) -> [Herald; 3] {
-    let nodes = [Herald::start(toml).await, Herald::start(toml).await, Herald::start(toml).await];
-    for node in &nodes {
-        wait_live_nodes(node, 3).await;
-    }
-    nodes
 }
 
 /// The first `<base>-<i>` whose keys (as `keys_of` builds them) all live on master `master`.
@@ -159,7 +150,7 @@ async fn a_killed_master_is_failed_over_and_delivery_resumes() {
     let victim = cluster.master_of(key_slot("herald:nodes"));
     let replica = cluster.replica_of(victim);
     let channel = name_on(&cluster, victim, "fo-ch", channel_keys);
-    let [a, b, c] = three_nodes(&config(&cluster)).await;
+    let [a, b, c] = live_nodes(&config(&cluster)).await;
     let mut subscriber = b.connect(&format!("/ws?channels={channel}")).await;
 
     // Traffic flows through node A to node B's subscriber.
@@ -214,7 +205,7 @@ async fn presence_and_the_registry_survive_a_failover_and_a_migration() {
     let victim = cluster.master_of(key_slot("herald:nodes"));
     let replica = cluster.replica_of(victim);
     let room = name_on(&cluster, victim, "fo-room", |r| vec![format!("herald:pr:room:{r}")]);
-    let [a, b, c] = three_nodes(&config(&cluster)).await;
+    let [a, b, c] = live_nodes(&config(&cluster)).await;
     let mut alice = c.connect("/ws?user_id=alice").await;
     join(&mut alice, &room).await;
     until(WithLogs("node A sees alice in the room", [&a, &b, &c]), async || {
@@ -370,7 +361,7 @@ async fn what_a_failover_misses_is_replayed_or_reported_never_silently_lost() {
     let victim = cluster.master_of(key_slot("herald:nodes"));
     let channel = name_on(&cluster, victim, "fo-stream", channel_keys);
     let replica = cluster.replica_of(victim);
-    let [a, b, _c] = three_nodes(&(config(&cluster) + HISTORY)).await;
+    let [a, b, _c] = live_nodes(&(config(&cluster) + HISTORY)).await;
 
     let mut subscriber = b.connect("/ws").await;
     let reply = subscriber.request(json!({"type": "subscribe", "channels": [channel], "seq": true})).await;
@@ -431,7 +422,7 @@ async fn a_slot_migrated_while_events_flow_keeps_delivery() {
     let to = (from + 1) % 3;
     let channel = name_on(&cluster, from, "fo-mig", channel_keys);
     let slot = key_slot(&channel_keys(&channel)[0]);
-    let [a, b, c] = three_nodes(&config(&cluster)).await;
+    let [a, b, c] = live_nodes(&config(&cluster)).await;
     let mut subscriber = b.connect(&format!("/ws?channels={channel}")).await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -482,7 +473,7 @@ async fn a_slot_migrated_while_events_flow_loses_nothing_with_history() {
     let mut slots: Vec<u16> = channel_keys(&channel).iter().map(|k| key_slot(k)).collect();
     slots.sort_unstable();
     slots.dedup();
-    let [a, b, c] = three_nodes(&(config(&cluster) + HISTORY)).await;
+    let [a, b, c] = live_nodes(&(config(&cluster) + HISTORY)).await;
     let mut subscriber = b.connect("/ws").await;
     let reply = subscriber.request(json!({"type": "subscribe", "channels": [channel], "seq": true})).await;
     assert_eq!(reply["type"], "subscribed", "{reply}");

@@ -263,10 +263,7 @@ async fn join_presence(client: &mut Client, socket_id: &str, channel: &str, user
 async fn presence_is_one_member_per_user_across_nodes_sharing_redis() {
     let redis = crate::common::redis::RedisServer::start().await;
     let toml = format!("{}\n[redis]\nurl = \"{}\"\n", config(false), redis.url());
-    let a = Herald::start(&toml).await;
-    let b = Herald::start(&toml).await;
-    crate::redis::wait_live_nodes(&a, 2).await;
-    crate::redis::wait_live_nodes(&b, 2).await;
+    let [a, b] = crate::redis::live_nodes(&toml).await;
     let channel = "presence-team";
 
     // Events cross nodes.
@@ -379,10 +376,7 @@ async fn herald_limits_apply_to_pusher_clients() {
 async fn terminate_connections_reaches_every_node() {
     let redis = crate::common::redis::RedisServer::start().await;
     let toml = format!("{}\n[redis]\nurl = \"{}\"\n", config(false), redis.url());
-    let a = Herald::start(&toml).await;
-    let b = Herald::start(&toml).await;
-    crate::redis::wait_live_nodes(&a, 2).await;
-    crate::redis::wait_live_nodes(&b, 2).await;
+    let [a, b] = crate::redis::live_nodes(&toml).await;
     let mut sessions = Vec::new();
     for node in [&a, &b] {
         let (mut client, socket_id) = connect(node).await;
@@ -409,10 +403,7 @@ async fn terminate_connections_reaches_every_node() {
 async fn socket_exclusion_reaches_the_sockets_node() {
     let redis = crate::common::redis::RedisServer::start().await;
     let toml = format!("{}\n[redis]\nurl = \"{}\"\n", config(false), redis.url());
-    let a = Herald::start(&toml).await;
-    let b = Herald::start(&toml).await;
-    crate::redis::wait_live_nodes(&a, 2).await;
-    crate::redis::wait_live_nodes(&b, 2).await;
+    let [a, b] = crate::redis::live_nodes(&toml).await;
     let (mut excluded, excluded_id) = connect(&b).await;
     let (mut other, _) = connect(&b).await;
     for client in [&mut excluded, &mut other] {
@@ -462,10 +453,7 @@ async fn cache_channels_replay_across_nodes() {
 async fn members_of_a_dead_node_are_announced_gone() {
     let redis = crate::common::redis::RedisServer::start().await;
     let toml = format!("{}\n[redis]\nurl = \"{}\"\nnode_timeout = \"3s\"\n", config(false), redis.url());
-    let mut a = Herald::start(&toml).await;
-    let b = Herald::start(&toml).await;
-    crate::redis::wait_live_nodes(&a, 2).await;
-    crate::redis::wait_live_nodes(&b, 2).await;
+    let [mut a, b] = crate::redis::live_nodes(&toml).await;
     let (mut alice, alice_id) = connect(&a).await;
     join_presence(&mut alice, &alice_id, "presence-ops", "alice").await;
     let (mut bob, bob_id) = connect(&b).await;
@@ -515,10 +503,7 @@ async fn positions_and_resume_through_the_pusher_socket() {
         config(false),
         redis.url()
     );
-    let a = Herald::start(&toml).await;
-    let b = Herald::start(&toml).await;
-    crate::redis::wait_live_nodes(&a, 2).await;
-    crate::redis::wait_live_nodes(&b, 2).await;
+    let [a, b] = crate::redis::live_nodes(&toml).await;
     let channel = "jobs-7";
 
     let (mut plain, _) = connect(&a).await;
@@ -715,10 +700,7 @@ async fn occupancy_webhooks_are_sent_once_for_the_cluster_even_when_a_node_dies(
         config(false),
         redis.url()
     );
-    let mut a = Herald::start(&toml).await;
-    let b = Herald::start(&toml).await;
-    crate::redis::wait_live_nodes(&a, 2).await;
-    crate::redis::wait_live_nodes(&b, 2).await;
+    let [mut a, b] = crate::redis::live_nodes(&toml).await;
 
     let (mut on_a, _) = connect(&a).await;
     let (mut on_b, _) = connect(&b).await;
@@ -789,10 +771,7 @@ async fn a_pending_webhook_batch_is_delivered_by_a_survivor_after_its_node_dies(
         config(false),
         redis.url()
     );
-    let mut a = Herald::start(&toml).await;
-    let b = Herald::start(&toml).await;
-    crate::redis::wait_live_nodes(&a, 2).await;
-    crate::redis::wait_live_nodes(&b, 2).await;
+    let [mut a, _b] = crate::redis::live_nodes(&toml).await;
     let (mut client, _) = connect(&a).await;
     subscribe(&mut client, "orders").await;
     tokio::time::timeout(crate::common::WAIT, async {

@@ -45,6 +45,19 @@ pub(crate) async fn wait_live_nodes(herald: &Herald, n: u64) {
     .await;
 }
 
+/// Starts `N` nodes with one configuration and waits until each sees all `N` live.
+pub(crate) async fn live_nodes<const N: usize>(toml: &str) -> [Herald; N] {
+    let mut nodes = Vec::with_capacity(N);
+    for _ in 0..N {
+        nodes.push(Herald::start(toml).await);
+    }
+    for node in &nodes {
+        wait_live_nodes(node, N as u64).await;
+    }
+    let Ok(nodes) = nodes.try_into() else { unreachable!("N nodes were started") };
+    nodes
+}
+
 /// Waits until the node reports Redis as connected.
 pub(crate) async fn wait_redis_connected(herald: &Herald, connected: bool) {
     until(format_args!("the node reports redis connected = {connected}"), async || {
