@@ -1,6 +1,11 @@
 //! Records what `herald --version` and `herald_build_info` report: the git revision and the build
 //! date. A build outside a git checkout (a source tarball) or without git says "unknown" instead
 //! of failing.
+//!
+//! Only optimised builds follow the checkout's HEAD. A build script that reruns makes cargo
+//! recompile the whole package, so watching HEAD in debug builds recompiled Herald and every test
+//! after each commit, merge or branch switch, even one that touched only documentation. Debug
+//! builds therefore say "unknown" unless `HERALD_GIT_REVISION` names the revision.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,9 +25,11 @@ fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     // Only this checkout's own history counts: a source tarball unpacked inside some other git
     // repository must not report that repository's revision.
-    let own_checkout = git(&["rev-parse", "--show-toplevel"])
-        .and_then(|top| std::fs::canonicalize(top).ok())
-        .is_some_and(|top| std::fs::canonicalize(&manifest_dir).is_ok_and(|dir| dir == top));
+    let optimised = std::env::var("PROFILE").is_ok_and(|profile| profile != "debug");
+    let own_checkout = optimised
+        && git(&["rev-parse", "--show-toplevel"])
+            .and_then(|top| std::fs::canonicalize(top).ok())
+            .is_some_and(|top| std::fs::canonicalize(&manifest_dir).is_ok_and(|dir| dir == top));
     let revision = std::env::var("HERALD_GIT_REVISION")
         .ok()
         .filter(|r| !r.is_empty())

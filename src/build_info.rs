@@ -3,7 +3,8 @@
 /// The crate version, e.g. `0.1.0`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The git revision the binary was built from (12 hex digits), or `unknown` outside a checkout.
+/// The git revision the binary was built from (12 hex digits); `unknown` outside a checkout and in
+/// debug builds (see `build.rs`).
 pub const GIT_REVISION: &str = env!("HERALD_GIT_REVISION");
 
 /// The build date, `YYYY-MM-DD` (UTC; `SOURCE_DATE_EPOCH` when set).
