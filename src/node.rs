@@ -1,9 +1,11 @@
 //! A node: the parts assembled, shared by every shard, handler and background task.
 
+use std::any::Any;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
@@ -59,10 +61,34 @@ pub struct Node {
     pub upstream: Arc<crate::upstream::Upstream>,
     /// Which streams keep history, and (embedded) their logs.
     pub history: crate::streams::History,
-    /// The Pusher Channels face: apps, presence members, cached events.
-    pub pusher: crate::pusher::Pusher,
+    /// The state of the protocol faces wired above the node (the Pusher face's apps, presence
+    /// members, cached events), held without knowing them.
+    pub faces: Faces,
     /// Fallback (SSE, NDJSON) sessions by id, and one-time tickets.
     pub fallback: Arc<crate::transport::fallback::Fallback>,
+}
+
+/// What a protocol face wired above the node keeps on it: its state, which the face finds by
+/// type ([`Faces::get`]), and its part of other nodes' control commands.
+pub trait FaceState: Any + Send + Sync {
+    /// Acts on what concerns this face in another node's control command.
+    fn control<'a>(&'a self, node: &'a Node, command: &'a Control) -> BoxFuture<'a, ()>;
+}
+
+/// The faces' states, chosen by `server.rs` (the wiring); the node only hands commands on.
+#[derive(Default)]
+pub struct Faces(Vec<Box<dyn FaceState>>);
+
+impl Faces {
+    /// The faces' states.
+    pub fn new(faces: Vec<Box<dyn FaceState>>) -> Self {
+        Faces(faces)
+    }
+
+    /// The state of the face whose state is a `T`, if it is wired.
+    pub fn get<T: FaceState>(&self) -> Option<&T> {
+        self.0.iter().find_map(|face| (&**face as &dyn Any).downcast_ref::<T>())
+    }
 }
 
 /// Why a publish failed.
@@ -219,7 +245,7 @@ impl Node {
 
 /// The node is what its broker delivers to: events of other nodes go to the hub, publishers'
 /// messages through [`Node::prepare`] and history, other nodes' commands to the hub and the
-/// Pusher face.
+/// protocol faces.
 impl BrokerHandler for Node {
     async fn deliver(&self, event: Arc<Event>) {
         self.hub.dispatch(event).await;
@@ -248,19 +274,16 @@ impl BrokerHandler for Node {
     }
 
     async fn control(&self, command: Control) {
-        if let Some(id) = command.disconnect {
-            let found = self.hub.disconnect_local(&id).await;
+        if let Some(id) = &command.disconnect {
+            let found = self.hub.disconnect_local(id).await;
             tracing::info!(connection = %id, found, "disconnect requested by another node");
         }
-        if let Some(user) = command.disconnect_user {
-            let closed = self.hub.disconnect_user_local(&user).await;
+        if let Some(user) = &command.disconnect_user {
+            let closed = self.hub.disconnect_user_local(user).await;
             tracing::info!(user = %user, closed, "user disconnect requested by another node");
         }
-        if let Some((app, user)) = command.pusher_terminate {
-            crate::pusher::api::terminate_local(self, &app, &user).await;
-        }
-        if let Some(publish) = command.pusher_publish {
-            crate::pusher::api::publish_forwarded(self, &publish).await;
+        for face in &self.faces.0 {
+            face.control(self, &command).await;
         }
         if let Some(forwarded) = command.fallback_command {
             self.fallback.deliver_forwarded(forwarded);

@@ -105,8 +105,7 @@ pub async fn connections(State(node): State<Arc<Node>>, _admin: Admin, Query(que
                     let state = s.state.borrow();
                     // A Pusher connection's channels and user are listed by the names its app
                     // knows, not by their hub names.
-                    let pusher = &shard.node().pusher;
-                    let named = |hub: &str| pusher.by_hub(hub).unwrap_or(hub).to_string();
+                    let named = |hub: &str| s.client_name(hub);
                     ConnectionInfo {
                         connection_id: s.connection_id.to_string(),
                         client_id: s.info.client_id.clone(),
@@ -115,7 +114,7 @@ pub async fn connections(State(node): State<Arc<Node>>, _admin: Admin, Query(que
                         path: s.info.path.clone(),
                         transport: s.info.wire.transport.as_str(),
                         connected_at: humantime::format_rfc3339_millis(s.info.connected_at).to_string(),
-                        pusher_app: s.pusher.borrow().as_ref().map(|c| c.app().config.id.clone()),
+                        pusher_app: s.face_app(),
                         channels: state.channels.iter().map(|c| named(c)).collect(),
                         rooms: state.rooms.iter().map(|r| r.to_string()).collect(),
                         queued_frames: s.queued(),
@@ -168,8 +167,8 @@ pub async fn channels(State(node): State<Arc<Node>>, _admin: Admin, Query(query)
     let (rows, mut fields) = query.page(merge(node.hub.ask(|shard| shard.channel_counts()).await));
     let channels: Vec<_> = rows
         .into_iter()
-        .map(|(channel, n)| match node.pusher.app_of_hub(&channel) {
-            Some((app, name)) => json!({ "channel": name, "pusher_app": app.config.id, "subscribers": n }),
+        .map(|(channel, n)| match crate::hub::namespaced(&channel) {
+            Some((app, name)) => json!({ "channel": name, "pusher_app": app, "subscribers": n }),
             None => json!({ "channel": channel, "subscribers": n }),
         })
         .collect();

@@ -299,7 +299,7 @@ fn plan(
         permit: None,
         wire: Default::default(),
         seq: matches!(params.get("seq").map(String::as_str), Some("1" | "true")),
-        pusher: None,
+        face: None,
         fallback: None,
     })
 }

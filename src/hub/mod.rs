@@ -24,6 +24,19 @@ use tokio::sync::{mpsc, oneshot};
 pub use event::{ConnId, Event, Route, Target};
 use shard::{Shard, ShardMsg};
 
+/// The prefix of every hub name (channel or user) in the namespace `space` of a protocol face:
+/// `"\x1fp<space>\x1f"` (a Pusher app's id). Herald's own names can never hold a control
+/// character, so nothing else can reach these names.
+pub fn namespace_prefix(space: &str) -> String {
+    format!("\u{1f}p{space}\u{1f}")
+}
+
+/// A namespaced hub name's namespace and its own name (see [`namespace_prefix`]); `None` for a
+/// name of Herald's own protocol. Namespaces hold no control character.
+pub fn namespaced(hub_name: &str) -> Option<(&str, &str)> {
+    hub_name.strip_prefix("\u{1f}p")?.split_once('\u{1f}')
+}
+
 /// Capacity of a shard's inbox; a full inbox makes publishers wait (back-pressure).
 const INBOX_CAPACITY: usize = 16 * 1024;
 
@@ -288,6 +301,13 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_namespaced_name_splits_back_into_its_parts() {
+        let name = format!("{}private-jobs", namespace_prefix("app-1"));
+        assert_eq!(namespaced(&name), Some(("app-1", "private-jobs")));
+        assert_eq!(namespaced("jobs"), None);
+    }
 
     #[test]
     fn a_batch_reaches_each_shard_as_one_message_in_order() {

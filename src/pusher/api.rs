@@ -15,6 +15,7 @@ use http::{Method, StatusCode, Uri};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::PusherOf;
 use super::protocol;
 use super::{App, ChannelKind};
 use crate::api::openapi::Routes;
@@ -24,7 +25,7 @@ use crate::node::Node;
 /// The Pusher routes: the WebSocket at `/app/{key}` and the HTTP API. Empty when no app is
 /// configured.
 pub fn routes(routes: Routes, node: &Node) -> Routes {
-    if !node.pusher.enabled() {
+    if !node.pusher().enabled() {
         return routes;
     }
     let socket = get(|State(node): State<Arc<Node>>, Path(key): Path<String>, request: Request| {
@@ -67,7 +68,7 @@ type ApiResult = Result<Response, PusherApiError>;
 
 /// The app of a request whose signature, key, timestamp and body digest check out.
 fn authorized(node: &Node, app_id: &str, method: &Method, uri: &Uri, body: &[u8]) -> Result<Arc<App>, PusherApiError> {
-    let Some(app) = node.pusher.by_id(app_id) else {
+    let Some(app) = node.pusher().by_id(app_id) else {
         return Err(PusherApiError::new(StatusCode::NOT_FOUND, format!("unknown app {app_id:?}")));
     };
     let query: Vec<(String, String)> =
@@ -81,7 +82,7 @@ fn authorized(node: &Node, app_id: &str, method: &Method, uri: &Uri, body: &[u8]
         &query,
         body,
         now,
-        node.pusher.clock_skew,
+        node.pusher().clock_skew,
     )
     .map_err(|e| {
         crate::audit::authentication_failed("pusher-api", uri.path(), &e.to_string());
@@ -159,7 +160,7 @@ fn prepare(node: &Node, app: &App, event: &EventBody) -> Result<Vec<Arc<Event>>,
     }
     let exclude = match &event.socket_id {
         None => None,
-        Some(id) if valid_socket_id(id) => node.pusher.local_conn(id),
+        Some(id) if valid_socket_id(id) => node.pusher().local_conn(id),
         Some(id) => return Err(PusherApiError::bad(format!("invalid socket_id {id:?}"))),
     };
     let mut out = Vec::with_capacity(channels.len());
@@ -178,9 +179,9 @@ fn prepare(node: &Node, app: &App, event: &EventBody) -> Result<Vec<Arc<Event>>,
 
 /// The id of the live node whose socket `socket_id` is, when it is another node's.
 async fn owner_of(node: &Node, socket_id: &str) -> Option<String> {
-    let redis = node.pusher.shared()?;
+    let redis = node.pusher().shared()?;
     let tag: u32 = socket_id.split_once('.')?.0.parse().ok()?;
-    if tag == node.pusher.node_tag {
+    if tag == node.pusher().node_tag {
         return None;
     }
     let nodes = redis.cluster_nodes().await.ok()?;
@@ -193,14 +194,14 @@ async fn owner_of(node: &Node, socket_id: &str) -> Option<String> {
 async fn forwarded(node: &Node, app: &App, event: &EventBody) -> bool {
     let Some(socket_id) = &event.socket_id else { return false };
     let Some(owner) = owner_of(node, socket_id).await else { return false };
-    let Some(redis) = node.pusher.redis() else { return false };
+    let Some(redis) = node.pusher().redis() else { return false };
     let command = json!({ "pusher_publish": { "app": app.config.id, "event": event } });
     redis.send_control(&owner, &command).await.unwrap_or(false)
 }
 
 /// Publishes an event another node forwarded because its excluded socket lives here.
 pub async fn publish_forwarded(node: &Node, command: &Value) {
-    let Some(app) = command["app"].as_str().and_then(|id| node.pusher.by_id(id)).cloned() else { return };
+    let Some(app) = command["app"].as_str().and_then(|id| node.pusher().by_id(id)).cloned() else { return };
     let Ok(event) = serde_json::from_value::<EventBody>(command["event"].clone()) else { return };
     match prepare(node, &app, &event) {
         Ok(events) => {
@@ -215,7 +216,7 @@ pub async fn publish_forwarded(node: &Node, command: &Value) {
 async fn remember_cached(node: &Node, events: &[Arc<Event>]) {
     for event in events {
         if let Some(hub) = &event.target.channel
-            && node.pusher.by_hub(hub).is_some_and(super::is_cache)
+            && node.pusher().by_hub(hub).is_some_and(super::is_cache)
         {
             super::cache::remember(node, hub, &event.payload).await;
         }
@@ -439,7 +440,7 @@ async fn terminate(
     authorized(&node, &app_id, &method, &uri, &body)?;
     terminate_local(&node, &app_id, &user).await;
     // Every other live node closes its own connections of the user.
-    if let Some(redis) = node.pusher.redis()
+    if let Some(redis) = node.pusher().redis()
         && let Ok(nodes) = redis.cluster_nodes().await
     {
         let command = json!({ "pusher_terminate": [app_id, user] });
@@ -454,7 +455,7 @@ async fn terminate(
 
 /// Closes the Pusher connections of `user` in app `app_id` on this node; returns how many.
 pub async fn terminate_local(node: &Node, app_id: &str, user: &str) -> usize {
-    let Some(app) = node.pusher.by_id(app_id).cloned() else { return 0 };
+    let Some(app) = node.pusher().by_id(app_id).cloned() else { return 0 };
     let user = user.to_string();
     node.hub.ask(move |shard| super::socket::terminate_user(shard, &app, &user)).await.into_iter().sum()
 }

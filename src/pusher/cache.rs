@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use super::PusherOf;
 use crate::node::Node;
 
 /// How long a cached event is replayed.
@@ -26,19 +27,19 @@ pub struct Cache {
 }
 
 fn key(node: &Node, hub: &str) -> Option<String> {
-    node.pusher.redis().map(|r| crate::broker::keys::trailing(r.key_prefix(), "pk", hub))
+    node.pusher().redis().map(|r| crate::broker::keys::trailing(r.key_prefix(), "pk", hub))
 }
 
 /// Records `payload` as the last event of the cache channel `hub`.
 pub async fn remember(node: &Node, hub: &Arc<str>, payload: &Bytes) {
     {
-        let mut last = node.pusher.cache.last.lock();
+        let mut last = node.pusher().cache.last.lock();
         if last.len() >= PRUNE_AT {
             last.retain(|_, (at, _)| at.elapsed() < TTL);
         }
         last.insert(hub.clone(), (Instant::now(), payload.clone()));
     }
-    if let (Some(redis), Some(key)) = (node.pusher.shared(), key(node, hub)) {
+    if let (Some(redis), Some(key)) = (node.pusher().shared(), key(node, hub)) {
         let cmd = redis::cmd("SET").arg(key).arg(payload.as_ref()).arg("EX").arg(TTL.as_secs()).clone();
         if let Err(e) = redis.query_as::<()>(&cmd).await {
             tracing::debug!(error = %e, "could not store a cache channel's last event in Redis");
@@ -48,12 +49,12 @@ pub async fn remember(node: &Node, hub: &Arc<str>, payload: &Bytes) {
 
 /// The last event of the cache channel `hub`, if one is fresh.
 pub async fn recall(node: &Node, hub: &str) -> Option<Bytes> {
-    if let (Some(redis), Some(key)) = (node.pusher.shared(), key(node, hub)) {
+    if let (Some(redis), Some(key)) = (node.pusher().shared(), key(node, hub)) {
         let stored: redis::RedisResult<Option<Vec<u8>>> = redis.query_as(redis::cmd("GET").arg(key)).await;
         if let Ok(stored) = stored {
             return stored.map(Bytes::from);
         }
     }
-    let last = node.pusher.cache.last.lock();
+    let last = node.pusher().cache.last.lock();
     last.get(hub).filter(|(at, _)| at.elapsed() < TTL).map(|(_, payload)| payload.clone())
 }

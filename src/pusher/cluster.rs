@@ -26,6 +26,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::App;
+use super::PusherOf;
 use crate::broker::redis::RedisBroker;
 use crate::node::Node;
 
@@ -87,8 +88,8 @@ fn key(redis: &RedisBroker, app: &App) -> String {
 
 /// Subscription counts of `app`'s channels across the cluster, by the app's own names.
 pub async fn counts(node: &Node, app: &App) -> BTreeMap<String, usize> {
-    let mut out = node.pusher.occupancy.local(app);
-    let Some(redis) = node.pusher.shared() else { return out };
+    let mut out = node.pusher().occupancy.local(app);
+    let Some(redis) = node.pusher().shared() else { return out };
     let fields: redis::RedisResult<HashMap<String, String>> =
         redis.query_as(redis::cmd("HGETALL").arg(key(redis, app))).await;
     let (Ok(fields), Ok(live)) = (fields, redis.live_incarnations().await) else { return out };
@@ -151,9 +152,9 @@ async fn record(redis: &RedisBroker, app: &App, channel: &str, now: usize) -> Re
 /// Deletes the count fields of dead incarnations from every app's hash, and sends
 /// `channel_vacated` for each channel that this leaves with no subscriber in the cluster.
 async fn forget_dead(node: &Node) {
-    let Some(redis) = node.pusher.shared() else { return };
+    let Some(redis) = node.pusher().shared() else { return };
     let Ok(live) = redis.live_incarnations().await else { return };
-    for app in node.pusher.apps() {
+    for app in node.pusher().apps() {
         let fields: redis::RedisResult<Vec<String>> = redis.query_as(redis::cmd("HKEYS").arg(key(redis, app))).await;
         let Ok(fields) = fields else { continue };
         for field in fields {
@@ -167,7 +168,7 @@ async fn forget_dead(node: &Node) {
                 cmd.arg(incarnation);
             }
             if let Ok(-1) = redis.query_as::<i64>(&cmd).await {
-                node.pusher.webhooks.send(app, json!({ "name": "channel_vacated", "channel": channel }));
+                node.pusher().webhooks.send(app, json!({ "name": "channel_vacated", "channel": channel }));
             }
         }
     }
@@ -175,7 +176,7 @@ async fn forget_dead(node: &Node) {
 
 /// Mirrors this node's counts to Redis and sends the occupancy webhooks, until the node stops.
 pub async fn run(node: Arc<Node>) {
-    let Some(mut rx) = node.pusher.occupancy.dirty_rx.lock().take() else { return };
+    let Some(mut rx) = node.pusher().occupancy.dirty_rx.lock().take() else { return };
     // What this node last reported per channel, with the channel's app.
     let mut written: HashMap<Arc<str>, Counted> = HashMap::new();
     let mut refresh = tokio::time::interval((node.config.redis.node_timeout / 2).max(Duration::from_secs(1)));
@@ -198,8 +199,8 @@ pub async fn run(node: Arc<Node>) {
             dirty.insert(hub);
         }
         for hub in dirty {
-            let now = node.pusher.occupancy.current(&hub);
-            let app = match (written.get(&hub), node.pusher.occupancy.counts.lock().get(&hub)) {
+            let now = node.pusher().occupancy.current(&hub);
+            let app = match (written.get(&hub), node.pusher().occupancy.counts.lock().get(&hub)) {
                 (Some((app, _)), _) | (None, Some((app, _))) => app.clone(),
                 (None, None) => continue,
             };
@@ -215,7 +216,7 @@ pub async fn run(node: Arc<Node>) {
                 (true, true) => 1,
                 (true, false) => -1,
             };
-            let decision = match node.pusher.shared() {
+            let decision = match node.pusher().shared() {
                 Some(redis) if changed => record(redis, &app, &channel, now).await.unwrap_or_else(|e| {
                     tracing::debug!(error = %e, "could not record Pusher channel counts in Redis");
                     own_view
@@ -232,7 +233,7 @@ pub async fn run(node: Arc<Node>) {
             };
             if decision != 0 {
                 let name = if decision > 0 { "channel_occupied" } else { "channel_vacated" };
-                node.pusher.webhooks.send(&app, json!({ "name": name, "channel": channel }));
+                node.pusher().webhooks.send(&app, json!({ "name": name, "channel": channel }));
             }
             if now == 0 {
                 written.remove(&hub);
@@ -245,7 +246,7 @@ pub async fn run(node: Arc<Node>) {
 
 /// Writes every count this node holds again (after a Redis restart or flush they would be gone).
 async fn rewrite(node: &Node, written: &HashMap<Arc<str>, Counted>) {
-    let Some(redis) = node.pusher.shared() else { return };
+    let Some(redis) = node.pusher().shared() else { return };
     if written.is_empty() {
         return;
     }

@@ -42,7 +42,7 @@ pub struct App {
 
 impl App {
     fn new(config: PusherAppConfig) -> Self {
-        let prefix = format!("\u{1f}p{}\u{1f}", config.id);
+        let prefix = crate::hub::namespace_prefix(&config.id);
         App { config, prefix, connections: AtomicUsize::new(0) }
     }
 
@@ -199,6 +199,40 @@ impl Pusher {
         let (tag, conn) = socket_id.split_once('.')?;
         (tag.parse::<u32>().ok()? == self.node_tag).then_some(())?;
         conn.parse().ok()
+    }
+}
+
+/// The Pusher face's state on a node: the one `server.rs` wired in ([`crate::node::Faces`]), or,
+/// on a node built without it, one with no apps (every key and id is then unknown).
+pub trait PusherOf {
+    /// The Pusher face's state.
+    fn pusher(&self) -> &Pusher;
+}
+
+impl PusherOf for crate::node::Node {
+    fn pusher(&self) -> &Pusher {
+        static NONE: std::sync::LazyLock<Pusher> =
+            std::sync::LazyLock::new(|| Pusher::new(&PusherConfig::default(), "", None));
+        self.faces.get::<Pusher>().unwrap_or(&NONE)
+    }
+}
+
+/// Other nodes' commands for this node's Pusher connections: an app's `terminate_connections`
+/// and events that exclude one of its sockets.
+impl crate::node::FaceState for Pusher {
+    fn control<'a>(
+        &'a self,
+        node: &'a crate::node::Node,
+        command: &'a crate::broker::redis::Control,
+    ) -> futures_util::future::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some((app, user)) = &command.pusher_terminate {
+                api::terminate_local(node, app, user).await;
+            }
+            if let Some(publish) = &command.pusher_publish {
+                api::publish_forwarded(node, publish).await;
+            }
+        })
     }
 }
 

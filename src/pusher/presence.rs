@@ -26,6 +26,7 @@ use indexmap::IndexMap;
 use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 
+use super::PusherOf;
 use crate::node::Node;
 
 #[derive(Debug, Default)]
@@ -107,7 +108,7 @@ fn key(redis: &crate::broker::redis::RedisBroker, channel: &str) -> String {
 
 /// The fields of `channel` recorded by other live nodes: user → `user_info`.
 async fn elsewhere(node: &Node, channel: &str) -> Option<HashMap<String, Value>> {
-    let redis = node.pusher.shared()?;
+    let redis = node.pusher().shared()?;
     let fields: redis::RedisResult<HashMap<String, String>> =
         redis.query_as(redis::cmd("HGETALL").arg(key(redis, channel))).await;
     let (Ok(fields), Ok(live)) = (fields, redis.live_incarnations().await) else { return None };
@@ -126,11 +127,11 @@ async fn elsewhere(node: &Node, channel: &str) -> Option<HashMap<String, Value>>
 /// Adds a socket's member on this node and, with Redis, records it for the cluster. `New` only
 /// when the user is a new member of the channel cluster-wide.
 pub async fn join(node: &Node, channel: &Arc<str>, user: &str, info: Value, max: usize) -> Added {
-    let added = node.pusher.presence.add(channel, user, info.clone(), max);
+    let added = node.pusher().presence.add(channel, user, info.clone(), max);
     if added != Added::New {
         return added;
     }
-    let Some(redis) = node.pusher.shared() else { return added };
+    let Some(redis) = node.pusher().shared() else { return added };
     let others = elsewhere(node, channel).await;
     let write =
         redis::cmd("HSET").arg(key(redis, channel)).arg(field(user, redis.incarnation())).arg(info.to_string()).clone();
@@ -143,10 +144,10 @@ pub async fn join(node: &Node, channel: &Arc<str>, user: &str, info: Value, max:
 /// Removes a socket's member on this node; `true` when the user has left the channel
 /// cluster-wide (announce `member_removed`).
 pub async fn leave(node: &Node, channel: &str, user: &str) -> bool {
-    if !node.pusher.presence.remove(channel, user) {
+    if !node.pusher().presence.remove(channel, user) {
         return false;
     }
-    let Some(redis) = node.pusher.shared() else { return true };
+    let Some(redis) = node.pusher().shared() else { return true };
     let delete = redis::cmd("HDEL").arg(key(redis, channel)).arg(field(user, redis.incarnation())).clone();
     if let Err(e) = redis.query_as::<()>(&delete).await {
         tracing::debug!(error = %e, "could not remove a presence member from Redis");
@@ -157,7 +158,7 @@ pub async fn leave(node: &Node, channel: &str, user: &str) -> bool {
 /// The members of `channel` across the cluster: user → `user_info`, this node's first.
 pub async fn members(node: &Node, channel: &str) -> IndexMap<String, Value> {
     let mut out: IndexMap<String, Value> = {
-        let channels = node.pusher.presence.channels.lock();
+        let channels = node.pusher().presence.channels.lock();
         channels
             .get(channel)
             .map(|m| m.iter().map(|(id, member)| (id.clone(), member.info.clone())).collect())
@@ -175,9 +176,9 @@ pub async fn members(node: &Node, channel: &str) -> IndexMap<String, Value> {
 /// dead nodes from the presence channels this node has members in, and announces the departures
 /// no live node covers (once: `HDEL` answers 1 to one sweeping node).
 pub async fn sweep(node: &Node) {
-    let Some(redis) = node.pusher.shared() else { return };
+    let Some(redis) = node.pusher().shared() else { return };
     let own: Vec<(Arc<str>, String, String)> = {
-        let channels = node.pusher.presence.channels.lock();
+        let channels = node.pusher().presence.channels.lock();
         channels
             .iter()
             .flat_map(|(channel, members)| {
@@ -199,7 +200,7 @@ pub async fn sweep(node: &Node) {
     channels.dedup();
     let Ok(live) = redis.live_incarnations().await else { return };
     for channel in channels {
-        let Some((app, name)) = node.pusher.app_of_hub(&channel) else { continue };
+        let Some((app, name)) = node.pusher().app_of_hub(&channel) else { continue };
         let fields: redis::RedisResult<HashMap<String, String>> =
             redis.query_as(redis::cmd("HGETALL").arg(key(redis, &channel))).await;
         let Ok(fields) = fields else { continue };
@@ -216,14 +217,14 @@ pub async fn sweep(node: &Node) {
             }
             let removed: redis::RedisResult<i64> =
                 redis.query_as(redis::cmd("HDEL").arg(key(redis, &channel)).arg(field)).await;
-            let local = node.pusher.presence.channels.lock().get(&channel).is_some_and(|m| m.contains_key(user));
+            let local = node.pusher().presence.channels.lock().get(&channel).is_some_and(|m| m.contains_key(user));
             if removed == Ok(1) && !present.contains(user) && !local {
                 let gone = json!({ "user_id": user });
                 let payload = super::protocol::message_json("pusher_internal:member_removed", Some(name), &gone);
                 let target = crate::hub::Target { channel: Some(channel.clone()), ..Default::default() };
                 super::publish_internal(node, crate::hub::Event::new(target, payload)).await;
                 let hook = json!({ "name": "member_removed", "channel": name, "user_id": user });
-                node.pusher.webhooks.send(app, hook);
+                node.pusher().webhooks.send(app, hook);
             }
         }
     }

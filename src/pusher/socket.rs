@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{Value, json};
 
+use super::PusherOf;
 use super::presence::Added;
 use super::protocol::{self, Inbound, code};
 use super::{App, ChannelKind, sign};
@@ -23,9 +24,11 @@ use crate::gateway::upgrade::refuse;
 use crate::hub::shard::Shard;
 use crate::hub::{Event, Hub, Target};
 use crate::node::Node;
+use crate::session::face::{self, Face, FaceConn};
 use crate::session::handlers::streams;
 use crate::session::{ConnectPlan, Session};
 use crate::transport::handshake;
+use futures_util::future::LocalBoxFuture;
 
 /// What the upgrade decided for a Pusher connection, carried to its shard in the plan.
 #[derive(Debug)]
@@ -86,7 +89,7 @@ pub async fn upgrade(node: Arc<Node>, key: String, mut request: Request) -> Resp
     // which is how pusher-js learns whether to reconnect.
     let mut opening = Opening { app: None, refusal: None };
     let cap = node.limits.config().max_connections;
-    let app = node.pusher.by_key(&key);
+    let app = node.pusher().by_key(&key);
     opening.refusal = match (params.get("protocol").map(|p| p.parse::<u32>()), app) {
         (None, _) => Some((code::NO_PROTOCOL, "no protocol version given; pusher-js sends ?protocol=7".into())),
         (Some(Err(_)), _) => Some((code::INVALID_VERSION, "the protocol version must be a number".into())),
@@ -141,7 +144,7 @@ pub async fn upgrade(node: Arc<Node>, key: String, mut request: Request) -> Resp
         permit,
         wire,
         seq: false,
-        pusher: Some(Box::new(opening)),
+        face: Some(Box::new(opening)),
         fallback: None,
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
@@ -156,9 +159,47 @@ fn activity_timeout(node: &Node) -> u64 {
     (node.config.websocket.idle_timeout / 2).as_secs().clamp(1, 120)
 }
 
+/// The Pusher face's handlers, named by every Pusher connection's [`Conn`].
+struct PusherFace;
+
+static FACE: PusherFace = PusherFace;
+
+impl Face for PusherFace {
+    fn text<'a>(&self, shard: &'a Rc<Shard>, session: &'a Rc<Session>, text: Bytes) -> LocalBoxFuture<'a, ()> {
+        Box::pin(handle_text(shard, session, text))
+    }
+
+    fn binary(&self, shard: &Rc<Shard>, session: &Rc<Session>) {
+        binary(shard, session);
+    }
+
+    fn finish<'a>(&self, shard: &'a Rc<Shard>, session: &'a Rc<Session>) -> LocalBoxFuture<'a, ()> {
+        Box::pin(finish(shard, session))
+    }
+}
+
+impl FaceConn for Conn {
+    fn face(&self) -> &'static dyn Face {
+        &FACE
+    }
+
+    fn app_id(&self) -> Option<&str> {
+        Some(&self.app.config.id)
+    }
+
+    fn own_name<'a>(&self, hub_name: &'a str) -> Option<&'a str> {
+        self.app.own_name(hub_name)
+    }
+}
+
+impl face::Opening for Opening {
+    fn start(self: Box<Self>, shard: &Rc<Shard>, session: &Rc<Session>) {
+        start(shard, session, *self);
+    }
+}
+
 /// Starts a Pusher session on its shard: `pusher:connection_established`, or the refusal.
-pub(crate) fn start(shard: &Rc<Shard>, session: &Rc<Session>, plan: &mut ConnectPlan) {
-    let Some(opening) = plan.pusher.take() else { return };
+fn start(shard: &Rc<Shard>, session: &Rc<Session>, opening: Opening) {
     let app = match (opening.refusal, opening.app) {
         (None, Some(app)) => app,
         (refusal, _slot) => {
@@ -169,24 +210,24 @@ pub(crate) fn start(shard: &Rc<Shard>, session: &Rc<Session>, plan: &mut Connect
         }
     };
     let node = shard.node();
-    let socket_id = node.pusher.socket_id(session.id);
+    let socket_id = node.pusher().socket_id(session.id);
     let established = json!({ "socket_id": socket_id, "activity_timeout": activity_timeout(node) });
-    *session.pusher.borrow_mut() = Some(Box::new(Conn { app, channels: HashMap::new(), user: None, window: (0, 0) }));
+    session.set_face_state(Box::new(Conn { app, channels: HashMap::new(), user: None, window: (0, 0) }));
     session.accepting.set(true);
     session.reply(shard, &protocol::message_json("pusher:connection_established", None, &established));
 }
 
 /// After the session left its shard's index: presence departures and the app's slot.
-pub(crate) async fn finish(shard: &Rc<Shard>, session: &Rc<Session>) {
+async fn finish(shard: &Rc<Shard>, session: &Rc<Session>) {
     // Dropping `conn` at the end gives its app slot back.
-    let Some(conn) = session.pusher.borrow_mut().take() else { return };
+    let Some(conn) = session.take_face_state::<Conn>() else { return };
     for (channel, member) in &conn.channels {
         if let Some(user) = member {
             leave_presence(shard, &conn.app, channel, user).await;
         }
     }
     for channel in conn.channels.keys() {
-        shard.node().pusher.occupancy.remove(channel);
+        shard.node().pusher().occupancy.remove(channel);
     }
 }
 
@@ -194,7 +235,7 @@ async fn leave_presence(shard: &Shard, app: &Arc<App>, hub_channel: &Arc<str>, u
     let node = shard.node();
     if super::presence::leave(node, hub_channel, user).await {
         let name = app.own_name(hub_channel).unwrap_or_default();
-        node.pusher.webhooks.send(app, json!({ "name": "member_removed", "channel": name, "user_id": user }));
+        node.pusher().webhooks.send(app, json!({ "name": "member_removed", "channel": name, "user_id": user }));
         let payload = protocol::message_json("pusher_internal:member_removed", Some(name), &json!({ "user_id": user }));
         let target = Target { channel: Some(hub_channel.clone()), ..Default::default() };
         super::publish_internal(node, Event::new(target, payload)).await;
@@ -203,7 +244,7 @@ async fn leave_presence(shard: &Shard, app: &Arc<App>, hub_channel: &Arc<str>, u
 
 /// Handles one text message of a Pusher client. Every refusal is a `pusher:error` (or a
 /// `pusher:subscription_error`) and the connection carries on.
-pub(crate) async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: Bytes) {
+async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: Bytes) {
     let message = match Inbound::parse(&text) {
         Ok(message) => message,
         Err(e) => return fail(shard, session, Some(code::INVALID_MESSAGE), &e),
@@ -245,7 +286,7 @@ pub(crate) async fn handle_text(shard: &Rc<Shard>, session: &Rc<Session>, text: 
 }
 
 /// A binary frame: the protocol is JSON text only.
-pub(crate) fn binary(shard: &Rc<Shard>, session: &Rc<Session>) {
+fn binary(shard: &Rc<Shard>, session: &Rc<Session>) {
     fail(shard, session, Some(code::INVALID_MESSAGE), "binary frames are not part of the protocol; send JSON text");
 }
 
@@ -261,9 +302,8 @@ fn refusal(text: impl Into<String>) -> Refusal {
 }
 
 fn conn_facts(shard: &Shard, session: &Session) -> Option<(Arc<App>, String, Option<String>)> {
-    let conn = session.pusher.borrow();
-    let socket_id = || shard.node().pusher.socket_id(session.id);
-    conn.as_ref().map(|c| (c.app.clone(), socket_id(), c.user.as_deref().map(String::from)))
+    let conn = session.face_state::<Conn>()?;
+    Some((conn.app.clone(), shard.node().pusher().socket_id(session.id), conn.user.as_deref().map(String::from)))
 }
 
 fn string_field<'a>(data: &'a serde_json::Map<String, Value>, field: &str) -> Option<&'a str> {
@@ -351,7 +391,7 @@ async fn subscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) 
             }
             Added::New => {
                 let hook = json!({ "name": "member_added", "channel": channel, "user_id": user_id });
-                node.pusher.webhooks.send(&app, hook);
+                node.pusher().webhooks.send(&app, hook);
                 let added = json!({ "user_id": user_id, "user_info": info });
                 let payload = protocol::message_json("pusher_internal:member_added", Some(channel), &added);
                 let target = Target { channel: Some(hub.clone()), ..Default::default() };
@@ -362,11 +402,11 @@ async fn subscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) 
     }
     let ready = shard.subscribe(session, &hub);
     if !already {
-        if let Some(conn) = session.pusher.borrow_mut().as_mut() {
+        if let Some(mut conn) = session.face_state::<Conn>() {
             let member = member.as_ref().map(|(user_id, _)| Box::from(user_id.as_str()));
             conn.channels.insert(hub.clone(), member);
         }
-        node.pusher.occupancy.add(&app, &hub);
+        node.pusher().occupancy.add(&app, &hub);
     }
     // Right after the index subscription, before any await: live events from here on are held
     // until the replay is done.
@@ -391,7 +431,7 @@ async fn subscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) 
             Some(last) => session.reply(shard, &last),
             None => {
                 session.reply(shard, &protocol::message("pusher:cache_miss", Some(channel), "{}"));
-                node.pusher.webhooks.send(&app, json!({ "name": "cache_miss", "channel": channel }));
+                node.pusher().webhooks.send(&app, json!({ "name": "cache_miss", "channel": channel }));
             }
         }
     }
@@ -406,12 +446,12 @@ async fn unsubscribe(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound
     let hub: Arc<str> = Arc::from(app.hub_name(channel));
     let was = shard.unsubscribe(session, &hub);
     streams::end(session, NameKind::Channel, &hub);
-    let member = session.pusher.borrow_mut().as_mut().and_then(|c| c.channels.remove(&hub).flatten());
+    let member = session.face_state::<Conn>().and_then(|mut c| c.channels.remove(&hub).flatten());
     if let Some(user) = member {
         leave_presence(shard, &app, &hub, &user).await;
     }
     if was {
-        shard.node().pusher.occupancy.remove(&hub);
+        shard.node().pusher().occupancy.remove(&hub);
     }
     Ok(())
 }
@@ -432,7 +472,7 @@ fn signin(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inbound) -> Result
     if user.is_some_and(|u| u != id) {
         return Err(refusal("this connection is already signed in as another user"));
     }
-    if let Some(conn) = session.pusher.borrow_mut().as_mut() {
+    if let Some(mut conn) = session.face_state::<Conn>() {
         conn.user = Some(Box::from(id.as_str()));
     }
     if session.user_id().is_none() {
@@ -462,8 +502,7 @@ async fn client_event(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inboun
         return Err(refusal(format!("subscribe to {channel} before sending client events on it")));
     }
     let (limited, user_id, socket_id) = {
-        let mut conn = session.pusher.borrow_mut();
-        let Some(conn) = conn.as_mut() else { return Ok(()) };
+        let Some(mut conn) = session.face_state::<Conn>() else { return Ok(()) };
         let second = (crate::stats::unix_millis() / 1000) as u32;
         if conn.window.0 != second {
             conn.window = (second, 0);
@@ -471,7 +510,7 @@ async fn client_event(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inboun
         conn.window.1 += 1;
         let limited = conn.window.1 > app.config.max_client_events_per_second;
         let member = conn.channels.get(&hub).cloned().flatten().map(String::from);
-        (limited, member, shard.node().pusher.socket_id(session.id))
+        (limited, member, shard.node().pusher().socket_id(session.id))
     };
     if limited {
         crate::stats::bump(&shard.counters().rate_limited, 1);
@@ -500,7 +539,7 @@ async fn client_event(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inboun
     if let Some(user) = user_id {
         hook["user_id"] = Value::from(user);
     }
-    shard.node().pusher.webhooks.send(&app, hook);
+    shard.node().pusher().webhooks.send(&app, hook);
     Ok(())
 }
 
@@ -509,9 +548,7 @@ pub fn terminate_user(shard: &Rc<Shard>, app: &App, user: &str) -> usize {
     let mut closed = 0;
     for session in shard.all_sessions() {
         let matches = session
-            .pusher
-            .borrow()
-            .as_ref()
+            .face_state::<Conn>()
             .is_some_and(|c| c.app.config.id == app.config.id && c.user.as_deref() == Some(user));
         if matches {
             session.reply(shard, &protocol::error(Some(code::UNAUTHORIZED), "connection terminated by the app"));

@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::App;
+use super::PusherOf;
 use crate::node::Node;
 
 /// How long events wait to share a batch.
@@ -110,7 +111,7 @@ return all
 
 /// Records a batch in Redis before its first attempt; its field, or `None` without Redis.
 async fn record(node: &Node, batch: &Batch) -> Option<String> {
-    let redis = node.pusher.shared()?;
+    let redis = node.pusher().shared()?;
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let since_epoch = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let id = format!("{}-{}", since_epoch.as_millis(), NEXT.fetch_add(1, Ordering::Relaxed));
@@ -130,7 +131,7 @@ async fn record(node: &Node, batch: &Batch) -> Option<String> {
 
 /// Forgets a recorded batch (delivered or given up).
 async fn forget(node: &Node, id: &str) {
-    let Some(redis) = node.pusher.redis() else { return };
+    let Some(redis) = node.pusher().redis() else { return };
     let cmd = redis::cmd("HDEL").arg(pending_key(redis.key_prefix(), redis.incarnation())).arg(id).clone();
     if let Err(e) = redis.query_as::<()>(&cmd).await {
         tracing::debug!(error = %e, "could not forget a delivered Pusher webhook batch");
@@ -139,7 +140,7 @@ async fn forget(node: &Node, id: &str) {
 
 /// Takes over the pending batches of owners that are no longer live and delivers them.
 async fn claim_orphans(node: &Arc<Node>, client: &reqwest::Client) {
-    let Some(redis) = node.pusher.shared() else { return };
+    let Some(redis) = node.pusher().shared() else { return };
     let prefix = redis.key_prefix();
     let owners: redis::RedisResult<Vec<String>> = redis.query_as(redis::cmd("SMEMBERS").arg(owners_key(prefix))).await;
     let (Ok(owners), Ok(live)) = (owners, redis.live_incarnations().await) else { return };
@@ -168,7 +169,7 @@ async fn claim_orphans(node: &Arc<Node>, client: &reqwest::Client) {
 
 /// Gathers and delivers webhook batches until the node stops.
 pub async fn run(node: Arc<Node>) {
-    let Some(mut rx) = node.pusher.webhooks.rx.lock().take() else { return };
+    let Some(mut rx) = node.pusher().webhooks.rx.lock().take() else { return };
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
     let mut orphans = tokio::time::interval((node.config.redis.node_timeout / 2).max(Duration::from_secs(1)));
     loop {
@@ -262,7 +263,7 @@ async fn deliver(node: Arc<Node>, client: reqwest::Client, batch: Batch, id: Opt
     if let Some(id) = &id {
         forget(&node, id).await;
     }
-    node.pusher.webhooks.failed.fetch_add(1, Ordering::Relaxed);
+    node.pusher().webhooks.failed.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(%url, "a Pusher webhook batch was given up after {ATTEMPTS} attempts");
 }
 

@@ -54,8 +54,8 @@ pub struct ConnectPlan {
     pub wire: crate::hub::event::Wire,
     /// Positions on every stream it follows (`?seq=1`).
     pub seq: bool,
-    /// For a Pusher connection: its app, or why it is refused.
-    pub pusher: Option<Box<crate::pusher::socket::Opening>>,
+    /// For a connection of another protocol face: what its upgrade decided (see [`super::face`]).
+    pub face: Option<Box<dyn super::face::Opening>>,
     /// For a fallback (SSE, NDJSON) session: its opening message and what it resumes.
     pub fallback: Option<Box<crate::transport::fallback::Start>>,
 }
@@ -141,8 +141,8 @@ pub(crate) async fn run(shard: Rc<Shard>, io: ConnIo, input: Input, mut plan: Co
         // Boxed, here and below: this future lives as long as the connection, so it must not be
         // sized for steps that run once (an idle connection's memory is mostly this future).
         Box::pin(start_events(&shard, &session, &plan, user_ready)).await;
-    } else if plan.kind == EndpointKind::Pusher {
-        crate::pusher::socket::start(&shard, &session, &mut plan);
+    } else if let Some(opening) = plan.face.take() {
+        opening.start(&shard, &session);
     } else if plan.kind == EndpointKind::Stats {
         shard.spawn(stats_stream(shard.clone(), session.clone()));
     }
@@ -159,8 +159,8 @@ pub(crate) async fn run(shard: Rc<Shard>, io: ConnIo, input: Input, mut plan: Co
     if events {
         Box::pin(handlers::presence::after_disconnect(&shard, &session, rooms)).await;
     }
-    if session.info.kind == EndpointKind::Pusher {
-        Box::pin(crate::pusher::socket::finish(&shard, &session)).await;
+    if let Some(face) = session.face() {
+        face.finish(&shard, &session).await;
     }
     tracing::debug!(connection = %session.connection_id, "disconnected");
 }

@@ -7,6 +7,7 @@
 
 pub(crate) mod connect;
 mod dispatch;
+pub mod face;
 pub mod handlers;
 pub mod live;
 pub mod outbound;
@@ -116,8 +117,8 @@ pub struct Session {
     pub(crate) live: RefCell<Option<Box<live::LiveState>>>,
     /// Its slot under the per-address and per-user connection caps.
     _permit: Option<ConnectionPermit>,
-    /// The Pusher protocol's state of a Pusher connection; `None` for every other.
-    pub(crate) pusher: RefCell<Option<Box<crate::pusher::socket::Conn>>>,
+    /// The state of another protocol face (see [`face`]); `None` for Herald's own protocol.
+    face: RefCell<Option<Box<dyn face::FaceConn>>>,
 }
 
 impl Session {
@@ -149,7 +150,7 @@ impl Session {
             live: RefCell::new(None),
             follows: RefCell::new(std::collections::HashMap::new()),
             _permit: permit,
-            pusher: RefCell::new(None),
+            face: RefCell::new(None),
         }
     }
 

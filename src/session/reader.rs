@@ -214,7 +214,11 @@ async fn handle(shard: &Rc<Shard>, session: &Rc<Session>, message: Message) {
                 EndpointKind::Echo => {
                     session.send(shard, echo(shard, session, frame::OP_TEXT, &text));
                 }
-                EndpointKind::Pusher => Box::pin(crate::pusher::socket::handle_text(shard, session, text)).await,
+                EndpointKind::Pusher => {
+                    if let Some(face) = session.face() {
+                        face.text(shard, session, text).await;
+                    }
+                }
                 EndpointKind::Stats => {}
             }
         }
@@ -244,7 +248,11 @@ async fn handle(shard: &Rc<Shard>, session: &Rc<Session>, message: Message) {
                         )
                     }
                 }
-                EndpointKind::Pusher => crate::pusher::socket::binary(shard, session),
+                EndpointKind::Pusher => {
+                    if let Some(face) = session.face() {
+                        face.binary(shard, session);
+                    }
+                }
                 EndpointKind::Stats => session.send_error(
                     shard,
                     &ProtocolError::new(
@@ -266,99 +274,5 @@ async fn handle(shard: &Rc<Shard>, session: &Rc<Session>, message: Message) {
             };
             session.close(shard, code, "");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
-
-    use crate::config::{Config, EndpointConfig, EndpointKind};
-    use crate::transport::frame::{Decoder, Message, OP_BINARY, OP_TEXT, Role, close_code, encode_masked};
-
-    const KEY: [u8; 4] = [1, 2, 3, 4];
-    /// Only a guard against a hung test; nothing here measures time.
-    const WAIT: Duration = Duration::from_secs(15);
-
-    /// Opens an upgraded connection to a fresh node's echo endpoint.
-    async fn echo_connection() -> (crate::server::Running, TcpStream, Vec<u8>) {
-        let mut config = Config::default();
-        config.server.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        config.server.shards = 1;
-        config.endpoints.push(EndpointConfig { path: "/echo".into(), kind: EndpointKind::Echo, ..Default::default() });
-        let running = crate::server::start(config).await.unwrap();
-        let mut stream = TcpStream::connect(running.local_addr).await.unwrap();
-        stream
-            .write_all(
-                b"GET /ws/echo HTTP/1.1\r\nHost: herald\r\nUpgrade: websocket\r\n\
-                  Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-                  Sec-WebSocket-Version: 13\r\n\r\n",
-            )
-            .await
-            .unwrap();
-        let mut head = Vec::new();
-        let end = loop {
-            let mut chunk = [0u8; 1024];
-            let n = stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed during the handshake");
-            head.extend_from_slice(&chunk[..n]);
-            if let Some(pos) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                break pos + 4;
-            }
-        };
-        assert!(head.starts_with(b"HTTP/1.1 101"), "{:?}", String::from_utf8_lossy(&head));
-        let rest = head.split_off(end);
-        (running, stream, rest)
-    }
-
-    /// Every message the server sends until it ends the stream.
-    async fn read_to_end(mut stream: TcpStream, already: Vec<u8>) -> Vec<Message> {
-        let mut decoder = Decoder::new(Role::Client, 1 << 20);
-        let mut out = Vec::new();
-        decoder.feed(&already, &mut out).unwrap();
-        loop {
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).await.unwrap();
-            if n == 0 {
-                return out;
-            }
-            decoder.feed(&chunk[..n], &mut out).unwrap();
-            if matches!(out.last(), Some(Message::Close(_))) {
-                return out;
-            }
-        }
-    }
-
-    // Autobahn 3.2, 4.1.3, 5.15: a valid message and a violation in the same read. The message
-    // came first and must be answered before the connection is failed.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn frames_before_a_violation_in_the_same_read_are_handled() {
-        tokio::time::timeout(WAIT, async {
-            let (running, mut stream, rest) = echo_connection().await;
-            let mut bytes = encode_masked(OP_TEXT, b"Hello", KEY).to_vec();
-            bytes.extend_from_slice(&encode_masked(OP_BINARY, b"bin", KEY));
-            let mut bad = encode_masked(OP_TEXT, b"x", KEY).to_vec();
-            bad[0] |= 0x20; // RSV2 without an extension
-            bytes.extend_from_slice(&bad);
-            stream.write_all(&bytes).await.unwrap();
-            let messages = read_to_end(stream, rest).await;
-            assert_eq!(
-                messages,
-                vec![
-                    Message::Text("Hello".into()),
-                    Message::Binary("bin".into()),
-                    Message::Close(Some((
-                        close_code::PROTOCOL_ERROR,
-                        "protocol error: reserved bits RSV2/RSV3 set".into()
-                    ))),
-                ]
-            );
-            running.shutdown().await;
-        })
-        .await
-        .expect("the exchange did not finish");
     }
 }
