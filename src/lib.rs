@@ -30,6 +30,7 @@ pub mod limits;
 pub mod node;
 pub mod presence;
 pub mod protocol;
+pub mod publish;
 pub mod pusher;
 pub mod reload;
 pub mod report;

@@ -50,14 +50,7 @@ pub fn figures(node: &Node, clients: Option<usize>) -> Value {
 /// The whole stats object: the fields the compatibility profiles' dashboards read, at the top
 /// level and under `stats`, with the Redis broker's state and the cluster's figures.
 pub async fn snapshot(node: &Node) -> Value {
-    let distinct = node
-        .hub
-        .ask(|shard| shard.all_sessions().iter().map(|s| s.info.client_id.clone()).collect::<Vec<_>>())
-        .await
-        .into_iter()
-        .flatten()
-        .collect::<HashSet<_>>()
-        .len();
+    let distinct = node.hub.client_ids().await.into_iter().collect::<HashSet<_>>().len();
     let mut figures = figures(node, Some(distinct));
     if let (Some(redis), Some(map)) = (node.broker.redis(), figures.as_object_mut()) {
         map.insert("redis".into(), redis.describe());

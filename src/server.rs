@@ -151,7 +151,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let tls = crate::transport::tls::acceptor(&node.config.tls)?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     for (number, inbox) in inboxes.into_iter().enumerate() {
-        crate::hub::shard::spawn_thread(number, node.clone(), inbox).map_err(StartError::Threads)?;
+        crate::hub::shard::spawn_thread::<crate::session::Session>(number, node.clone(), inbox)
+            .map_err(StartError::Threads)?;
     }
     tokio::spawn(sample_stats(node.clone()));
     let writer = tokio::spawn(crate::store::writer::run(node.clone(), store, write_queue));

@@ -2,6 +2,7 @@
 
 use crate::api::schema;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -13,6 +14,7 @@ use serde_json::json;
 use super::{Admin, ApiError, ok};
 use crate::audit;
 use crate::node::Node;
+use crate::session::Shard;
 use crate::transport::frame::close_code;
 
 /// One connection as operators see it.
@@ -95,7 +97,7 @@ pub async fn connections(State(node): State<Arc<Node>>, _admin: Admin, Query(que
     let wanted = offset.saturating_add(limit);
     let per_shard = node
         .hub
-        .ask(move |shard| {
+        .ask(move |shard: &Rc<Shard>| {
             let mut sessions = shard.all_sessions();
             sessions.sort_by_key(|s| s.info.connected_at);
             sessions
@@ -150,7 +152,7 @@ fn merge(per_shard: Vec<Vec<(Arc<str>, usize)>>) -> Vec<(String, usize)> {
 /// A page of active rooms with member counts, summed over shards, largest first
 /// (`GET /api/rooms?limit=&offset=` with the API key).
 pub async fn active_rooms(node: &Node, query: &ListQuery) -> Response {
-    let (rows, mut fields) = query.page(merge(node.hub.ask(|shard| shard.room_counts()).await));
+    let (rows, mut fields) = query.page(merge(node.hub.ask(|shard: &Rc<Shard>| shard.room_counts()).await));
     let rooms: Vec<_> = rows
         .into_iter()
         .map(|(room, n)| json!({ "room_id": room, "room": room, "user_count": n, "connections": n }))
@@ -164,7 +166,7 @@ pub async fn active_rooms(node: &Node, query: &ListQuery) -> Response {
 #[utoipa::path(get, path = "/channels", tag = "admin", security(("api_key" = []), ("x_api_key" = [])), params(ListQuery),
     responses((status = 200, description = "a page of channels", body = schema::Channels)))]
 pub async fn channels(State(node): State<Arc<Node>>, _admin: Admin, Query(query): Query<ListQuery>) -> Response {
-    let (rows, mut fields) = query.page(merge(node.hub.ask(|shard| shard.channel_counts()).await));
+    let (rows, mut fields) = query.page(merge(node.hub.ask(|shard: &Rc<Shard>| shard.channel_counts()).await));
     let channels: Vec<_> = rows
         .into_iter()
         .map(|(channel, n)| match crate::hub::namespaced(&channel) {

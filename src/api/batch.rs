@@ -1,7 +1,7 @@
 //! `POST /api/publish/batch`: many publishes, each with its own target, in one request.
 //!
 //! Each item is checked and prepared exactly as a single `POST /api/publish` would be
-//! ([`Node::prepare`]: names, channel rules, shape), serialized once, and every valid item is
+//! ([`Publisher::prepare`](crate::publish::Publisher::prepare): names, channel rules, shape), serialized once, and every valid item is
 //! handed to the broker in one call (one round trip to Redis). An invalid item is reported with
 //! the API's error code and does not stop the others. An item may carry an idempotency key: a
 //! key seen within `api.idempotency_window` is answered `duplicate` and publishes nothing, so a
@@ -53,7 +53,7 @@ struct BatchRequest<'a> {
 }
 
 /// One item as the route reads it: names borrowed from the body where they hold no escapes, the
-/// event left as text for [`Node::prepare_raw`]. [`BatchItem`] describes the same shape.
+/// event left as text for [`Publisher::prepare_raw`](crate::publish::Publisher::prepare_raw). [`BatchItem`] describes the same shape.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawItem<'a> {
@@ -300,7 +300,7 @@ pub async fn publish_batch(
             events.extend(prepared.iter().cloned());
         }
     }
-    let published = node.publish_events(events).await;
+    let published = node.publisher().publish_events(events).await;
     let status = match published {
         Published::Everywhere => "queued",
         Published::LocalOnly => "local_only",
@@ -391,7 +391,8 @@ fn prepare_item(node: &Node, raw: &str, room_left: usize) -> Result<(Option<Stri
             user: item.user_id.map(|u| Arc::from(u.into_string())),
             broadcast: item.broadcast,
         };
-        let (target, payload) = node.prepare_raw(target, item.event).map_err(|e| publish_error(e.into()))?;
+        let (target, payload) =
+            node.publisher().prepare_raw(target, item.event).map_err(|e| publish_error(e.into()))?;
         return Ok((item.idempotency_key, vec![Event::new(target, payload)]));
     };
     if item.channel.is_some() || item.room.is_some() || item.user_id.is_some() || item.broadcast {
@@ -408,7 +409,7 @@ fn prepare_item(node: &Node, raw: &str, room_left: usize) -> Result<(Option<Stri
     }
     let mut users = users.into_iter().map(|u| Arc::<str>::from(u.into_string()));
     let first = users.next().map(|user| Target { user: Some(user), ..Target::default() }).unwrap_or_default();
-    let (_, payload) = node.prepare_raw(first.clone(), item.event).map_err(|e| publish_error(e.into()))?;
+    let (_, payload) = node.publisher().prepare_raw(first.clone(), item.event).map_err(|e| publish_error(e.into()))?;
     let mut events = vec![Event::new(first, payload.clone())];
     for user in users {
         crate::protocol::validate_name("user", &user).map_err(|e| ApiError::bad_request("INVALID_NAME", e.message))?;

@@ -4,6 +4,7 @@
 
 use crate::api::schema;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -20,7 +21,7 @@ use crate::auth::{Action, Identity};
 use crate::config::{AuthMode, NameKind};
 use crate::node::Node;
 use crate::session::handlers::streams::ReadError;
-use crate::session::{parse_mark, record_read};
+use crate::session::{Shard, parse_mark, record_read};
 use crate::store::{MessageType, NewMessage, Page, StoreError, now_ms};
 
 /// Who is calling: a backend holding the API key, a user holding a token, or nobody.
@@ -216,7 +217,7 @@ pub async fn rooms(
 /// off); events sent, last activity and users per hour as this node saw them.
 async fn bare_room_list(node: &Node, page: &super::admin::ListQuery) -> Response {
     let mut counts: std::collections::BTreeMap<Arc<str>, usize> = std::collections::BTreeMap::new();
-    for shard in node.hub.ask(|shard| shard.room_counts()).await {
+    for shard in node.hub.ask(|shard: &Rc<Shard>| shard.room_counts()).await {
         for (room, n) in shard {
             *counts.entry(room).or_default() += n;
         }

@@ -154,6 +154,7 @@ pub async fn broadcast(
         let payload = Bytes::from(notification_event(&event_type, "", &notification).to_string());
         let target = Target { broadcast: true, ..Target::default() };
         let published = node
+            .publisher()
             .publish_event(Event::tagged(target, payload, None, Route::Full, tags.clone()))
             .await
             .map_err(publish_error)?;
@@ -164,7 +165,7 @@ pub async fn broadcast(
         let payload = Bytes::from(notification_event(&event_type, user, &notification).to_string());
         let target = Target { user: Some(Arc::from(user.as_str())), ..Target::default() };
         let event = Event::tagged(target, payload, None, Route::Full, tags.clone());
-        let published = node.publish_event(event).await.map_err(publish_error)?;
+        let published = node.publisher().publish_event(event).await.map_err(publish_error)?;
         local_only |= published == crate::broker::Published::LocalOnly;
     }
     let mut response = created(json!({

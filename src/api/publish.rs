@@ -16,7 +16,8 @@ use super::{Admin, ApiError, ok, parse_body};
 use crate::broker::Published;
 use crate::hub::Target;
 use crate::hub::event::EventError;
-use crate::node::{Node, PublishError};
+use crate::node::Node;
+use crate::publish::PublishError;
 
 /// A user id given as a string or a number (the dashboard document uses numbers).
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -57,7 +58,7 @@ pub struct PublishRequest {
     pub event: Value,
 }
 
-/// [`PublishRequest`] as the route reads it: the event left as text for [`Node::prepare_raw`].
+/// [`PublishRequest`] as the route reads it: the event left as text for [`Publisher::prepare_raw`](crate::publish::Publisher::prepare_raw).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPublish<'a> {
@@ -114,7 +115,7 @@ fn target(channel: Option<String>, room: Option<String>, user: Option<String>, b
 pub async fn publish(State(node): State<Arc<Node>>, _admin: Admin, body: Bytes) -> Result<Response, ApiError> {
     let request: RawPublish<'_> = parse_body(&body)?;
     let target = target(request.channel, request.room, request.user_id.map(IdValue::into_string), request.broadcast);
-    let published = node.publish_raw(target, request.event).await.map_err(publish_error)?;
+    let published = node.publisher().publish_raw(target, request.event).await.map_err(publish_error)?;
     Ok(outcome(published, json!({})))
 }
 
@@ -131,12 +132,14 @@ pub async fn broadcast(State(node): State<Arc<Node>>, _admin: Admin, body: Bytes
     }
     // Validate everything before publishing anything, so a bad name publishes nothing.
     for channel in &request.channels {
-        node.prepare(target(Some(channel.clone()), None, None, false), request.event.clone())
+        node.publisher()
+            .prepare(target(Some(channel.clone()), None, None, false), request.event.clone())
             .map_err(|e| publish_error(e.into()))?;
     }
     let mut published = Published::Everywhere;
     for channel in &request.channels {
         let one = node
+            .publisher()
             .publish(target(Some(channel.clone()), None, None, false), request.event.clone(), None)
             .await
             .map_err(publish_error)?;
@@ -159,8 +162,11 @@ pub async fn room_broadcast(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let event: Value = parse_body(&body)?;
-    let published =
-        node.publish(target(None, Some(room.clone()), None, false), event, None).await.map_err(publish_error)?;
+    let published = node
+        .publisher()
+        .publish(target(None, Some(room.clone()), None, false), event, None)
+        .await
+        .map_err(publish_error)?;
     Ok(outcome(published, json!({ "room": room })))
 }
 
@@ -176,7 +182,10 @@ pub async fn notify_user(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let event: Value = parse_body(&body)?;
-    let published =
-        node.publish(target(None, None, Some(user.clone()), false), event, None).await.map_err(publish_error)?;
+    let published = node
+        .publisher()
+        .publish(target(None, None, Some(user.clone()), false), event, None)
+        .await
+        .map_err(publish_error)?;
     Ok(outcome(published, json!({ "user_id": user })))
 }

@@ -1,6 +1,7 @@
 //! Statistics over HTTP: `GET <mount>/stats`, `/api/stats` and `…/stats/detailed`. The figures
 //! themselves are [`crate::report`]'s.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use axum::Json;
@@ -13,6 +14,7 @@ use crate::api::schema;
 use crate::node::Node;
 use crate::protocol::outbound;
 use crate::report::figures;
+use crate::session::Shard;
 
 /// `GET <mount>/stats`: the fields the compatibility profiles' dashboards read, at the top level and
 /// under `stats`.
@@ -28,7 +30,7 @@ pub async fn stats(State(node): State<Arc<Node>>) -> Response {
 pub async fn detailed(State(node): State<Arc<Node>>, _admin: Admin) -> Response {
     let shards = node
         .hub
-        .ask(|shard| {
+        .ask(|shard: &Rc<Shard>| {
             let (rooms, channels) = shard.key_counts();
             json!({ "shard": shard.number(), "connections": shard.all_sessions().len(), "rooms": rooms, "channels": channels })
         })

@@ -100,17 +100,14 @@ pub async fn open(
     let stream = StreamIo::new(tx, shared.clone());
     let shard = node.hub.pick_shard(|i| node.stats.shards[i].connections.load(Ordering::Relaxed));
     node.hub
-        .run_on(
-            shard,
-            Box::new(move |shard| {
-                if shard.is_shutting_down() {
-                    return;
-                }
-                let input = crate::session::connect::Input::Commands(commands, registration);
-                let io = io::ConnIo::Stream(Box::new(stream));
-                shard.spawn(crate::session::connect::run(shard.clone(), io, input, plan));
-            }),
-        )
+        .run_on(shard, move |shard: &std::rc::Rc<crate::session::Shard>| {
+            if shard.is_shutting_down() {
+                return;
+            }
+            let input = crate::session::connect::Input::Commands(commands, registration);
+            let io = io::ConnIo::Stream(Box::new(stream));
+            shard.spawn(crate::session::connect::run(shard.clone(), io, input, plan));
+        })
         .await;
 
     let content_type = match transport {

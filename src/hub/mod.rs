@@ -11,6 +11,7 @@ pub mod rules;
 pub mod shape;
 pub mod shard;
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 pub use event::{ConnId, Event, Route, Target};
-use shard::{Shard, ShardMsg};
+use shard::{ShardMsg, ShardRef};
 
 /// The prefix of every hub name (channel or user) in the namespace `space` of a protocol face:
 /// `"\x1fp<space>\x1f"` (a Pusher app's id). Herald's own names can never hold a control
@@ -131,32 +132,46 @@ impl Hub {
         (0..n).map(|i| (start + i) % n).min_by_key(|&i| load(i)).unwrap_or(0)
     }
 
-    /// Hands an upgraded connection to a shard.
-    pub(crate) async fn adopt(&self, shard: usize, adoption: shard::Adoption) {
+    /// Runs `f` on one shard's thread (adopting an upgraded connection, starting a fallback
+    /// session there). `S` is the shard's type (`session::Shard`); the hub does not know it.
+    pub(crate) async fn run_on<S: 'static>(&self, shard: usize, f: impl FnOnce(&Rc<S>) + Send + 'static) {
         if let Some(handle) = self.shards.get(shard) {
-            let _ = handle.inbox.send(ShardMsg::Adopt(Box::new(adoption))).await;
+            let call: shard::ShardCall = Box::new(move |s: &dyn ShardRef| {
+                if let Some(s) = (s as &dyn Any).downcast_ref::<Rc<S>>() {
+                    f(s);
+                }
+            });
+            let _ = handle.inbox.send(ShardMsg::Call(call)).await;
         }
     }
 
-    /// Runs `f` on one shard's thread (starting a fallback session there, say).
-    pub(crate) async fn run_on(&self, shard: usize, f: shard::ShardCall) {
-        if let Some(handle) = self.shards.get(shard) {
-            let _ = handle.inbox.send(ShardMsg::Call(f)).await;
-        }
+    /// Runs `f` on every shard and collects the results. `S` is the shard's type
+    /// (`session::Shard`), named by the caller; the hub does not know it.
+    pub async fn ask<S, T, F>(&self, f: F) -> Vec<T>
+    where
+        S: 'static,
+        T: Send + 'static,
+        F: Fn(&Rc<S>) -> T + Send + Sync + 'static,
+    {
+        self.ask_any(move |s: &dyn ShardRef| (s as &dyn Any).downcast_ref::<Rc<S>>().map(&f))
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
-    /// Runs `f` on every shard and collects the results.
-    pub async fn ask<T, F>(&self, f: F) -> Vec<T>
+    /// Runs `f` on every shard, whatever its connections' type, and collects the results.
+    pub async fn ask_any<T, F>(&self, f: F) -> Vec<T>
     where
         T: Send + 'static,
-        F: Fn(&Rc<Shard>) -> T + Send + Sync + 'static,
+        F: Fn(&dyn ShardRef) -> T + Send + Sync + 'static,
     {
         let f = Arc::new(f);
         let mut replies = Vec::with_capacity(self.shards.len());
         for shard in &self.shards {
             let (tx, rx) = oneshot::channel();
             let f = f.clone();
-            let call = ShardMsg::Call(Box::new(move |s: &Rc<Shard>| {
+            let call = ShardMsg::Call(Box::new(move |s: &dyn ShardRef| {
                 let _ = tx.send(f(s));
             }));
             if shard.inbox.send(call).await.is_ok() {
@@ -176,36 +191,28 @@ impl Hub {
     /// by an administrator"); returns whether it was here.
     pub async fn disconnect_local(&self, id: &str) -> bool {
         let wanted: Arc<str> = Arc::from(id);
-        self.disconnect_matching(move |session| session.connection_id == wanted).await > 0
+        self.disconnect_matching(move |connection, _| *connection == *wanted).await > 0
     }
 
     /// Closes every connection of `user` on this node with 4001 (or its protocol's code); returns
     /// how many there were.
     pub async fn disconnect_user_local(&self, user: &str) -> usize {
         let wanted: Arc<str> = Arc::from(user);
-        self.disconnect_matching(move |session| session.user_id().as_deref() == Some(&*wanted)).await
+        self.disconnect_matching(move |_, user| user == Some(&*wanted)).await
     }
 
-    /// Closes every connection of this node that `matches` picks, each with its protocol's code
+    /// Closes every connection of this node that `matches` picks by connection and user id, each with its protocol's code
     /// for "disconnected by an administrator"; returns how many there were.
     async fn disconnect_matching<F>(&self, matches: F) -> usize
     where
-        F: Fn(&crate::session::Session) -> bool + Send + Sync + 'static,
+        F: Fn(&str, Option<&str>) -> bool + Send + Sync + 'static,
     {
-        self.ask(move |shard| {
-            let picked: Vec<_> = shard.all_sessions().into_iter().filter(|s| matches(s)).collect();
-            for session in &picked {
-                let code = crate::transport::frame::close_code::close_for(
-                    session.info.kind,
-                    crate::transport::frame::close_code::DISCONNECTED_BY_ADMIN,
-                );
-                session.close(shard, code, "disconnected by an administrator");
-            }
-            picked.len()
-        })
-        .await
-        .into_iter()
-        .sum()
+        self.ask_any(move |shard| shard.disconnect_matching(&matches)).await.into_iter().sum()
+    }
+
+    /// The client ids of every connection of this node (with repeats).
+    pub async fn client_ids(&self) -> Vec<String> {
+        self.ask_any(|shard| shard.client_ids()).await.into_iter().flatten().collect()
     }
 
     /// Tells every shard to close its connections with 1001.

@@ -1,6 +1,6 @@
 //! Per-channel reshaping of events (`[channels.shape]`): set the `type`, copy or lift fields
 //! from paths such as `data.status`, rename and drop fields. Applied once per event in
-//! `Node::prepare`, before the payload is serialized, so it never costs anything per recipient.
+//! `Publisher::prepare`, before the payload is serialized, so it never costs anything per recipient.
 
 use serde_json::{Map, Value};
 

@@ -7,7 +7,9 @@
 //! socket is written once. One event to ten thousand local connections is one pass over an
 //! index and at most ten thousand `writev` calls, with no task wake-ups and no locks.
 
+use std::any::Any;
 use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -18,20 +20,96 @@ use slab::Slab;
 use tokio::sync::mpsc;
 use tokio::task::LocalSet;
 
-use super::event::Event;
-use super::event::Target;
+use super::event::{ConnId, Event, NotificationTags, Target, Transport};
 use super::index::LocalIndex;
-use super::{InterestKey, InterestReady, Route};
-use crate::config::EndpointKind;
-use crate::node::Node;
+use super::{Hub, InterestKey, InterestReady, Route};
+use crate::config::{CompressionConfig, Config, EndpointKind};
 use crate::protocol::outbound;
-use crate::session::{ConnectPlan, Session};
-use crate::stats::{self, ShardCounters};
+use crate::stats::{self, ShardCounters, Stats};
 use crate::transport::frame::{self, close_code};
 use crate::transport::io::{ConnIo, TlsIo};
 
+/// What a shard needs of the node it runs in (the node implements it; `node.rs`): the hub for
+/// interest, the counters, the configuration (compression, heartbeats, timeouts). The shard
+/// hands the whole host on to its connections ([`Shard::host`]) without looking further.
+pub trait Host: Send + Sync + 'static {
+    /// The node's hub (interest changes).
+    fn hub(&self) -> &Hub;
+    /// The node's counters.
+    fn stats(&self) -> &Stats;
+    /// The configuration the node started with.
+    fn config(&self) -> &Config;
+}
+
+/// A connection as its shard sees it: what the index, the fan-out, the sweeps and the admin
+/// commands need. `session::Session` implements it; the shard is generic over it, so the
+/// per-recipient calls of the fan-out are direct (monomorphised), not through a vtable.
+pub trait Connection: Sized + 'static {
+    /// What the connection's handlers reach the node through.
+    type Host: Host;
+    /// What the upgrade decided about a connection, carried to its shard.
+    type Plan: Send + 'static;
+
+    /// Runs an adopted connection until it ends (its task on the shard).
+    fn run(shard: Rc<Shard<Self>>, io: ConnIo, leftover: Bytes, plan: Self::Plan)
+    -> impl Future<Output = ()> + 'static;
+
+    /// Its number within the node (an event's `exclude`).
+    fn id(&self) -> ConnId;
+    /// The id clients and operators see.
+    fn connection_id(&self) -> &str;
+    /// The client's own id.
+    fn client_id(&self) -> &str;
+    /// What its endpoint serves.
+    fn kind(&self) -> EndpointKind;
+    /// The request path it connected to.
+    fn path(&self) -> &str;
+    /// Its transport (WebSocket, SSE, NDJSON).
+    fn transport(&self) -> Transport;
+    /// The user id, if any.
+    fn user_id(&self) -> Option<Arc<str>>;
+    /// Whether a token proved who this is.
+    fn is_authenticated(&self) -> bool;
+    /// Its slot in the shard's slab (the index's handle on it).
+    fn slot(&self) -> &Cell<usize>;
+    /// The channels and rooms it is in, mirroring the shard's index.
+    fn memberships(&self) -> &RefCell<Memberships>;
+
+    /// Whether its notification filter lets a notification through.
+    fn accepts_notification(&self, tags: &NotificationTags) -> bool;
+    /// The frame it gets for `event`, or `None` if it should not get it.
+    fn frame_for(&self, event: &Event, compression: &CompressionConfig) -> Option<Bytes>;
+    /// Queues a frame (written at once, or at the end of the shard's batch).
+    fn send(self: &Rc<Self>, shard: &Shard<Self>, frame: Bytes);
+    /// Writes what the batch queued.
+    fn flush(self: &Rc<Self>, shard: &Shard<Self>);
+    /// Starts closing it with `code`.
+    fn close(self: &Rc<Self>, shard: &Shard<Self>, code: u16, reason: &str);
+    /// Cuts the socket at once.
+    fn abort(&self);
+    /// Frames waiting in its queue.
+    fn queued(&self) -> usize;
+    /// When a closing connection is cut if the peer has not finished the handshake.
+    fn close_deadline(&self) -> Option<Instant>;
+    /// When anything last arrived from the peer.
+    fn last_seen(&self) -> Instant;
+    /// Whether it is a fallback session (no socket of its own: no pings, no idle timeout).
+    fn is_fallback(&self) -> bool;
+    /// Acts on its token's expiry (the sweep's per-connection check).
+    fn check_expiry(self: &Rc<Self>, shard: &Rc<Shard<Self>>, now: std::time::SystemTime);
+}
+
+/// The channels and rooms a connection is in: the connection's side of the shard's index.
+#[derive(Debug, Default)]
+pub struct Memberships {
+    /// Subscribed channels.
+    pub channels: HashSet<Arc<str>>,
+    /// Joined rooms.
+    pub rooms: HashSet<Arc<str>>,
+}
+
 /// A WebSocket connection handed over after its upgrade, with what was decided about it.
-pub(crate) struct Adoption {
+pub(crate) struct Adoption<P> {
     /// The socket, detached from the runtime that served the HTTP request.
     pub stream: std::net::TcpStream,
     /// The TLS session, for a connection that arrived over TLS.
@@ -39,21 +117,45 @@ pub(crate) struct Adoption {
     /// Bytes the client sent after its handshake that HTTP parsing already read.
     pub leftover: Bytes,
     /// Pre-subscriptions, identity, limits.
-    pub plan: ConnectPlan,
+    pub plan: P,
+}
+
+/// A shard as the hub reaches it from another thread, whatever its connections' type: for the
+/// admin commands that concern every connection, and (downcast) for typed calls.
+pub trait ShardRef: Any {
+    /// Closes every connection that `pick` chooses (by connection id and user id), each with
+    /// its protocol's code for "disconnected by an administrator"; returns how many.
+    fn disconnect_matching(&self, pick: &dyn Fn(&str, Option<&str>) -> bool) -> usize;
+    /// The client ids of every connection.
+    fn client_ids(&self) -> Vec<String>;
+}
+
+impl<C: Connection> ShardRef for Rc<Shard<C>> {
+    fn disconnect_matching(&self, pick: &dyn Fn(&str, Option<&str>) -> bool) -> usize {
+        let picked: Vec<_> =
+            self.all_sessions().into_iter().filter(|s| pick(s.connection_id(), s.user_id().as_deref())).collect();
+        for session in &picked {
+            let code = close_code::close_for(session.kind(), close_code::DISCONNECTED_BY_ADMIN);
+            session.close(self, code, "disconnected by an administrator");
+        }
+        picked.len()
+    }
+
+    fn client_ids(&self) -> Vec<String> {
+        self.sessions.borrow().iter().map(|(_, s)| s.client_id().to_string()).collect()
+    }
 }
 
 /// A function run on a shard's thread.
-pub(crate) type ShardCall = Box<dyn FnOnce(&Rc<Shard>) + Send>;
+pub(crate) type ShardCall = Box<dyn FnOnce(&dyn ShardRef) + Send>;
 
 /// Work sent to a shard.
 pub(crate) enum ShardMsg {
-    /// An upgraded WebSocket connection to own from now on.
-    Adopt(Box<Adoption>),
     /// An event to fan out to this shard's connections.
     Deliver(Arc<Event>),
     /// Several events to fan out in order (a batch publish), shared by every shard.
     DeliverMany(Arc<[Arc<Event>]>),
-    /// A function to run on the shard's thread (admin queries, targeted disconnects).
+    /// A function to run on the shard's thread (adoptions, admin queries, targeted disconnects).
     Call(ShardCall),
     /// Close every connection with 1001 and stop accepting.
     Shutdown,
@@ -63,13 +165,13 @@ pub(crate) enum ShardMsg {
 const ACK_GRACE: Duration = Duration::from_secs(2);
 
 /// One shard's state; lives on, and is only touched from, its own thread.
-pub struct Shard {
+pub struct Shard<C: Connection> {
     number: usize,
-    node: Arc<Node>,
-    sessions: RefCell<Slab<Rc<Session>>>,
+    host: Arc<C::Host>,
+    sessions: RefCell<Slab<Rc<C>>>,
     index: RefCell<LocalIndex>,
     batching: Cell<bool>,
-    dirty: RefCell<Vec<Rc<Session>>>,
+    dirty: RefCell<Vec<Rc<C>>>,
     shutting_down: Cell<bool>,
     next_heartbeat: Cell<Instant>,
     /// Acknowledgement tasks waiting for the writer; shutdown lets them answer before closing.
@@ -80,20 +182,24 @@ pub struct Shard {
     publish_to_write: metrics::Histogram,
 }
 
-impl Shard {
+impl<C: Connection> Shard<C> {
     /// This shard's number.
     pub fn number(&self) -> usize {
         self.number
     }
 
-    /// The node this shard belongs to.
-    pub fn node(&self) -> &Arc<Node> {
-        &self.node
+    /// The node this shard belongs to, as its connections reach it.
+    pub fn host(&self) -> &Arc<C::Host> {
+        &self.host
+    }
+
+    fn hub(&self) -> &Hub {
+        self.host.hub()
     }
 
     /// This shard's counters.
     pub fn counters(&self) -> &ShardCounters {
-        &self.node.stats.shards[self.number]
+        &self.host.stats().shards[self.number]
     }
 
     /// Whether a fan-out batch is in progress (writes are deferred to its end).
@@ -102,7 +208,7 @@ impl Shard {
     }
 
     /// Remembers a connection to write at the end of the batch.
-    pub(crate) fn mark_dirty(&self, session: &Rc<Session>) {
+    pub(crate) fn mark_dirty(&self, session: &Rc<C>) {
         self.dirty.borrow_mut().push(session.clone());
     }
 
@@ -132,62 +238,62 @@ impl Shard {
     }
 
     /// Adds a connection.
-    pub(crate) fn register(&self, session: &Rc<Session>) {
+    pub(crate) fn register(&self, session: &Rc<C>) {
         let slot = self.sessions.borrow_mut().insert(session.clone());
-        session.slot.set(slot);
+        session.slot().set(slot);
         let counters = self.counters();
-        if session.info.kind == EndpointKind::Stats {
+        if session.kind() == EndpointKind::Stats {
             stats::bump(&counters.observers, 1);
             return;
         }
         stats::bump(&counters.connections, 1);
         stats::bump(&counters.connections_total, 1);
-        let by_transport = &counters.by_transport[session.info.wire.transport.index()];
+        let by_transport = &counters.by_transport[session.transport().index()];
         stats::bump(&by_transport[stats::by_transport::OPEN], 1);
         stats::bump(&by_transport[stats::by_transport::ACCEPTED], 1);
-        let (path, transport) = match session.info.kind {
+        let (path, transport) = match session.kind() {
             EndpointKind::Pusher => (stats::PUSHER_ENDPOINT, stats::PUSHER_TRANSPORT),
-            _ => (session.info.path.as_str(), session.info.wire.transport.index()),
+            _ => (session.path(), session.transport().index()),
         };
-        self.node().stats.endpoints.opened(path, transport);
+        self.host.stats().endpoints.opened(path, transport);
         if session.is_authenticated() {
             stats::bump(&counters.authenticated, 1);
         }
     }
 
     /// Removes a connection and every index entry that points at it.
-    pub(crate) fn unregister(&self, session: &Rc<Session>) {
-        let slot = session.slot.get();
+    pub(crate) fn unregister(&self, session: &Rc<C>) {
+        let slot = session.slot().get();
         let (channels, rooms) = {
-            let mut state = session.state.borrow_mut();
+            let mut state = session.memberships().borrow_mut();
             (std::mem::take(&mut state.channels), std::mem::take(&mut state.rooms))
         };
         {
             let mut index = self.index.borrow_mut();
             for channel in &channels {
                 if index.channels.remove(channel, slot) {
-                    self.node.hub.interest(InterestKey::Channel(channel.clone()), false);
+                    self.hub().interest(InterestKey::Channel(channel.clone()), false);
                 }
             }
             for room in &rooms {
                 if index.rooms.remove(room, slot) {
-                    self.node.hub.interest(InterestKey::Room(room.clone()), false);
+                    self.hub().interest(InterestKey::Room(room.clone()), false);
                 }
             }
             if let Some(user) = session.user_id()
                 && index.users.remove(&user, slot)
             {
-                self.node.hub.interest(InterestKey::User(user), false);
+                self.hub().interest(InterestKey::User(user), false);
             }
         }
         let counters = self.counters();
         stats::drop_by(&counters.channel_subscriptions, channels.len() as u64);
         stats::drop_by(&counters.room_memberships, rooms.len() as u64);
-        if session.info.kind == EndpointKind::Stats {
+        if session.kind() == EndpointKind::Stats {
             stats::drop_by(&counters.observers, 1);
         } else {
             stats::drop_by(&counters.connections, 1);
-            let by_transport = &counters.by_transport[session.info.wire.transport.index()];
+            let by_transport = &counters.by_transport[session.transport().index()];
             stats::drop_by(&by_transport[stats::by_transport::OPEN], 1);
             if session.is_authenticated() {
                 stats::drop_by(&counters.authenticated, 1);
@@ -201,59 +307,59 @@ impl Shard {
 
     /// Subscribes a connection to a channel. The returned future, if any, resolves once the
     /// broker listens for the channel; acknowledge only after it.
-    pub(crate) fn subscribe(&self, session: &Session, channel: &str) -> Option<InterestReady> {
-        if session.state.borrow().channels.contains(channel) {
-            return self.node.hub.pending(&InterestKey::Channel(Arc::from(channel)));
+    pub(crate) fn subscribe(&self, session: &C, channel: &str) -> Option<InterestReady> {
+        if session.memberships().borrow().channels.contains(channel) {
+            return self.hub().pending(&InterestKey::Channel(Arc::from(channel)));
         }
-        let (name, first) = self.index.borrow_mut().channels.add(channel, session.slot.get());
-        session.state.borrow_mut().channels.insert(name.clone());
+        let (name, first) = self.index.borrow_mut().channels.add(channel, session.slot().get());
+        session.memberships().borrow_mut().channels.insert(name.clone());
         stats::bump(&self.counters().channel_subscriptions, 1);
         self.interest_added(InterestKey::Channel(name), first)
     }
 
     fn interest_added(&self, key: InterestKey, first_on_shard: bool) -> Option<InterestReady> {
-        if first_on_shard { self.node.hub.interest(key, true) } else { self.node.hub.pending(&key) }
+        if first_on_shard { self.hub().interest(key, true) } else { self.hub().pending(&key) }
     }
 
     /// Unsubscribes a connection from a channel; `false` if it was not subscribed.
-    pub(crate) fn unsubscribe(&self, session: &Session, channel: &str) -> bool {
-        let Some(name) = session.state.borrow_mut().channels.take(channel) else {
+    pub(crate) fn unsubscribe(&self, session: &C, channel: &str) -> bool {
+        let Some(name) = session.memberships().borrow_mut().channels.take(channel) else {
             return false;
         };
         stats::drop_by(&self.counters().channel_subscriptions, 1);
-        if self.index.borrow_mut().channels.remove(channel, session.slot.get()) {
-            self.node.hub.interest(InterestKey::Channel(name), false);
+        if self.index.borrow_mut().channels.remove(channel, session.slot().get()) {
+            self.hub().interest(InterestKey::Channel(name), false);
         }
         true
     }
 
     /// Adds a connection to a room; the future works as for [`Shard::subscribe`].
-    pub(crate) fn join(&self, session: &Session, room: &str) -> Option<InterestReady> {
-        if session.state.borrow().rooms.contains(room) {
-            return self.node.hub.pending(&InterestKey::Room(Arc::from(room)));
+    pub(crate) fn join(&self, session: &C, room: &str) -> Option<InterestReady> {
+        if session.memberships().borrow().rooms.contains(room) {
+            return self.hub().pending(&InterestKey::Room(Arc::from(room)));
         }
-        let (name, first) = self.index.borrow_mut().rooms.add(room, session.slot.get());
-        session.state.borrow_mut().rooms.insert(name.clone());
+        let (name, first) = self.index.borrow_mut().rooms.add(room, session.slot().get());
+        session.memberships().borrow_mut().rooms.insert(name.clone());
         stats::bump(&self.counters().room_memberships, 1);
         self.interest_added(InterestKey::Room(name), first)
     }
 
     /// Removes a connection from a room; `false` if it was not a member.
-    pub(crate) fn leave(&self, session: &Session, room: &str) -> bool {
-        let Some(name) = session.state.borrow_mut().rooms.take(room) else {
+    pub(crate) fn leave(&self, session: &C, room: &str) -> bool {
+        let Some(name) = session.memberships().borrow_mut().rooms.take(room) else {
             return false;
         };
         stats::drop_by(&self.counters().room_memberships, 1);
-        if self.index.borrow_mut().rooms.remove(room, session.slot.get()) {
-            self.node.hub.interest(InterestKey::Room(name), false);
+        if self.index.borrow_mut().rooms.remove(room, session.slot().get()) {
+            self.hub().interest(InterestKey::Room(name), false);
         }
         true
     }
 
     /// Indexes a connection under its user, for user-targeted events.
-    pub(crate) fn bind_user(&self, session: &Session) -> Option<InterestReady> {
+    pub(crate) fn bind_user(&self, session: &C) -> Option<InterestReady> {
         let user = session.user_id()?;
-        let (name, first) = self.index.borrow_mut().users.add(&user, session.slot.get());
+        let (name, first) = self.index.borrow_mut().users.add(&user, session.slot().get());
         self.interest_added(InterestKey::User(name), first)
     }
 
@@ -263,9 +369,9 @@ impl Shard {
         let sessions = self.sessions.borrow();
         let index = self.index.borrow();
         let mut delivered = 0u64;
-        let compression = &self.node.config.compression;
-        let mut deliver_to = |session: &Rc<Session>| {
-            if event.exclude == Some(session.id) {
+        let compression = &self.host.config().compression;
+        let mut deliver_to = |session: &Rc<C>| {
+            if event.exclude == Some(session.id()) {
                 return;
             }
             if let Some(tags) = &event.tags
@@ -297,9 +403,9 @@ impl Shard {
         }
     }
 
-    fn for_each_event_session(&self, sessions: &Slab<Rc<Session>>, deliver_to: &mut impl FnMut(&Rc<Session>)) {
+    fn for_each_event_session(&self, sessions: &Slab<Rc<C>>, deliver_to: &mut impl FnMut(&Rc<C>)) {
         for (_, session) in sessions.iter() {
-            if session.info.kind == EndpointKind::Events {
+            if session.kind() == EndpointKind::Events {
                 deliver_to(session);
             }
         }
@@ -333,7 +439,6 @@ impl Shard {
                         self.deliver(event);
                     }
                 }
-                ShardMsg::Adopt(adoption) => self.adopt(*adoption),
                 ShardMsg::Call(f) => f(self),
                 ShardMsg::Shutdown => self.begin_shutdown(),
             }
@@ -342,7 +447,8 @@ impl Shard {
         self.flush_dirty();
     }
 
-    fn adopt(self: &Rc<Self>, adoption: Adoption) {
+    /// Owns an upgraded connection from now on: runs it ([`Connection::run`]) on this thread.
+    pub(crate) fn adopt(self: &Rc<Self>, adoption: Adoption<C::Plan>) {
         let Adoption { stream, tls, leftover, plan } = adoption;
         if self.shutting_down.get() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
@@ -354,12 +460,7 @@ impl Shard {
                     Some(tls) => ConnIo::Tls(Box::new(TlsIo::new(stream, tls))),
                     None => ConnIo::Tcp(stream),
                 };
-                self.spawn(crate::session::connect::run(
-                    self.clone(),
-                    io,
-                    crate::session::connect::Input::Socket(leftover),
-                    plan,
-                ));
+                self.spawn(C::run(self.clone(), io, leftover, plan));
             }
             Err(e) => tracing::warn!(error = %e, "could not register an upgraded socket"),
         }
@@ -388,7 +489,7 @@ impl Shard {
     }
 
     /// A snapshot of every connection on the shard.
-    pub fn all_sessions(&self) -> Vec<Rc<Session>> {
+    pub fn all_sessions(&self) -> Vec<Rc<C>> {
         self.sessions.borrow().iter().map(|(_, s)| s.clone()).collect()
     }
 
@@ -412,7 +513,7 @@ impl Shard {
     fn tick(self: &Rc<Self>) {
         let now = Instant::now();
         let wall_clock = std::time::SystemTime::now();
-        let ws = &self.node.config.websocket;
+        let ws = &self.host.config().websocket;
         let heartbeat_due = now >= self.next_heartbeat.get();
         if heartbeat_due {
             self.next_heartbeat.set(now + ws.heartbeat_interval);
@@ -424,7 +525,7 @@ impl Shard {
         self.batching.set(true);
         for session in self.all_sessions() {
             queued += session.queued() as u64;
-            if let Some(deadline) = session.close_deadline.get() {
+            if let Some(deadline) = session.close_deadline() {
                 if now >= deadline {
                     session.abort();
                 }
@@ -432,17 +533,17 @@ impl Shard {
             }
             // A fallback client has no way to send anything but commands: its liveness is its
             // response body (a gone client ends it, a stalled one fills the queue).
-            let idle_checked = !matches!(session.io, ConnIo::Stream(_));
-            if idle_checked && now.duration_since(session.last_seen.get()) > ws.idle_timeout {
+            let idle_checked = !session.is_fallback();
+            if idle_checked && now.duration_since(session.last_seen()) > ws.idle_timeout {
                 stats::bump(&self.counters().idle_disconnects, 1);
-                tracing::debug!(connection = %session.connection_id, "idle timeout");
-                let code = crate::transport::frame::close_code::close_for(session.info.kind, close_code::IDLE_TIMEOUT);
+                tracing::debug!(connection = %session.connection_id(), "idle timeout");
+                let code = close_code::close_for(session.kind(), close_code::IDLE_TIMEOUT);
                 session.close(self, code, "idle timeout: nothing received");
                 continue;
             }
-            if session.info.kind == EndpointKind::Events {
+            if session.kind() == EndpointKind::Events {
                 self.send_keepalive(&session, heartbeat_due, heartbeat.as_deref(), ping.as_ref());
-                crate::session::check_expiry(self, &session, wall_clock);
+                session.check_expiry(self, wall_clock);
             }
         }
         self.batching.set(false);
@@ -450,22 +551,16 @@ impl Shard {
         self.counters().queued_frames.store(queued, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn send_keepalive(
-        self: &Rc<Self>,
-        session: &Rc<Session>,
-        due: bool,
-        heartbeat: Option<&Event>,
-        ping: Option<&Bytes>,
-    ) {
-        if let Some(frame) = heartbeat.and_then(|h| session.frame_for(h, &self.node.config.compression)) {
+    fn send_keepalive(self: &Rc<Self>, session: &Rc<C>, due: bool, heartbeat: Option<&Event>, ping: Option<&Bytes>) {
+        if let Some(frame) = heartbeat.and_then(|h| session.frame_for(h, &self.host.config().compression)) {
             session.send(self, frame);
             stats::bump(&self.counters().replies, 1);
         }
-        if let ConnIo::Stream(_) = &session.io {
+        if session.is_fallback() {
             // A comment line (SSE) or an empty line (NDJSON) keeps proxies from timing the
             // response out; there are no ping frames over HTTP.
             if due {
-                session.send(self, keepalive_line(session.info.wire.transport));
+                session.send(self, keepalive_line(session.transport()));
             }
         } else if let Some(ping) = ping {
             session.send(self, ping.clone());
@@ -482,9 +577,9 @@ fn keepalive_line(transport: super::event::Transport) -> Bytes {
 }
 
 /// Starts shard `number` on its own thread.
-pub(crate) fn spawn_thread(
+pub(crate) fn spawn_thread<C: Connection>(
     number: usize,
-    node: Arc<Node>,
+    host: Arc<C::Host>,
     inbox: mpsc::Receiver<ShardMsg>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name(format!("herald-shard-{number}")).spawn(move || {
@@ -495,16 +590,17 @@ pub(crate) fn spawn_thread(
                 return;
             }
         };
-        LocalSet::new().block_on(&runtime, run(number, node, inbox));
+        LocalSet::new().block_on(&runtime, run::<C>(number, host, inbox));
     })
 }
 
-async fn run(number: usize, node: Arc<Node>, mut inbox: mpsc::Receiver<ShardMsg>) {
-    let period = tick_period_for(node.config.websocket.heartbeat_interval);
-    let shard = Rc::new(Shard {
+async fn run<C: Connection>(number: usize, host: Arc<C::Host>, mut inbox: mpsc::Receiver<ShardMsg>) {
+    let heartbeat = host.config().websocket.heartbeat_interval;
+    let period = tick_period_for(heartbeat);
+    let shard = Rc::new(Shard::<C> {
         number,
-        next_heartbeat: Cell::new(Instant::now() + node.config.websocket.heartbeat_interval),
-        node,
+        next_heartbeat: Cell::new(Instant::now() + heartbeat),
+        host,
         sessions: RefCell::new(Slab::new()),
         index: RefCell::new(LocalIndex::default()),
         batching: Cell::new(false),

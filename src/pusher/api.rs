@@ -206,7 +206,7 @@ pub async fn publish_forwarded(node: &Node, command: &Value) {
     match prepare(node, &app, &event) {
         Ok(events) => {
             remember_cached(node, &events).await;
-            node.publish_events(events).await;
+            node.publisher().publish_events(events).await;
         }
         Err(e) => tracing::debug!(error = %e.message, "a forwarded Pusher event was refused"),
     }
@@ -248,7 +248,7 @@ async fn events(
     let channels: Vec<String> = events.iter().filter_map(|e| e.target.channel.as_deref()).map(String::from).collect();
     if !forwarded(&node, &app, &event).await {
         remember_cached(&node, &events).await;
-        node.publish_events(events).await;
+        node.publisher().publish_events(events).await;
     }
     let mut reply = Map::new();
     if let Some(info) = &event.info {
@@ -286,7 +286,7 @@ async fn batch_events(
         }
     }
     remember_cached(&node, &local).await;
-    node.publish_events(local).await;
+    node.publisher().publish_events(local).await;
     let mut infos = Vec::new();
     let any_info = batch.batch.iter().any(|e| e.info.is_some());
     for event in &batch.batch {
@@ -457,5 +457,9 @@ async fn terminate(
 pub async fn terminate_local(node: &Node, app_id: &str, user: &str) -> usize {
     let Some(app) = node.pusher().by_id(app_id).cloned() else { return 0 };
     let user = user.to_string();
-    node.hub.ask(move |shard| super::socket::terminate_user(shard, &app, &user)).await.into_iter().sum()
+    node.hub
+        .ask(move |shard: &std::rc::Rc<crate::session::Shard>| super::socket::terminate_user(shard, &app, &user))
+        .await
+        .into_iter()
+        .sum()
 }

@@ -21,9 +21,9 @@ use super::{App, ChannelKind, sign};
 use crate::auth::Identity;
 use crate::config::{EndpointKind, NameKind, WelcomeStyle};
 use crate::gateway::upgrade::refuse;
-use crate::hub::shard::Shard;
 use crate::hub::{Event, Hub, Target};
 use crate::node::Node;
+use crate::session::Shard;
 use crate::session::face::{self, Face, FaceConn};
 use crate::session::handlers::streams;
 use crate::session::{ConnectPlan, Session};
@@ -527,7 +527,7 @@ async fn client_event(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inboun
         super::cache::remember(shard.node(), &hub, &payload).await;
     }
     let target = Target { channel: Some(hub), ..Default::default() };
-    let _ = shard.node().publish_event(Event::excluding(target, payload, session.id)).await;
+    let _ = shard.node().publisher().publish_event(Event::excluding(target, payload, session.id)).await;
     // Webhooks carry `data` as a string, as the protocol's server messages do.
     let data = match &message.data {
         Value::String(text) => text.clone(),

@@ -12,10 +12,11 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
+use super::Shard;
 use super::{ConnInfo, Session, handlers, reader};
 use crate::auth::Identity;
 use crate::config::{EndpointKind, WelcomeStyle};
-use crate::hub::shard::{Adoption, Shard};
+use crate::hub::shard::Adoption;
 use crate::hub::{Hub, InterestReady};
 use crate::node::Node;
 use crate::protocol::{ErrorCode, ProtocolError, outbound};
@@ -104,7 +105,8 @@ pub(crate) async fn hand_over(node: Arc<Node>, shard: usize, on_upgrade: OnUpgra
             return;
         }
     };
-    node.hub.adopt(shard, Adoption { stream, tls, leftover, plan }).await;
+    let adoption = Adoption { stream, tls, leftover, plan };
+    node.hub.run_on(shard, move |shard: &Rc<Shard>| shard.adopt(adoption)).await;
 }
 
 /// Runs a session on its shard until the connection ends.

@@ -8,10 +8,10 @@ use bytes::Bytes;
 
 use super::{Session, handlers};
 use crate::audit;
-use crate::hub::shard::Shard;
 use crate::limits::RateDecision;
 use crate::protocol::kinds::{self, Builtin};
 use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound};
+use crate::session::Shard;
 use crate::stats;
 use crate::transport::frame::close_code;
 

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::future::LocalBoxFuture;
 
 use super::Session;
-use crate::hub::shard::Shard;
+use crate::session::Shard;
 
 /// A protocol face's handlers for the connections that speak it.
 pub trait Face: Sync + 'static {

@@ -14,7 +14,8 @@ pub mod outbound;
 mod reader;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -32,7 +33,6 @@ pub use outbound::SendOutcome;
 use crate::auth::Identity;
 use crate::config::EndpointKind;
 use crate::hub::event::Wire;
-use crate::hub::shard::Shard;
 use crate::hub::{ConnId, Event};
 use crate::limits::{ConnectionPermit, RateState};
 use crate::protocol::{ProtocolError, outbound as out};
@@ -72,13 +72,116 @@ pub struct Follow {
     pub held: Option<Vec<(u64, Bytes)>>,
 }
 
-/// What a connection has subscribed to and joined.
-#[derive(Debug, Default)]
-pub struct SessionState {
-    /// Subscribed channels.
-    pub channels: HashSet<Arc<str>>,
-    /// Joined rooms.
-    pub rooms: HashSet<Arc<str>>,
+/// What a connection has subscribed to and joined (its side of the shard's index).
+pub use crate::hub::shard::Memberships as SessionState;
+
+/// A shard of sessions: the hub's shard runtime, run with [`Session`] as its connection.
+pub type Shard = crate::hub::shard::Shard<Session>;
+
+impl Shard {
+    /// The node the shard's sessions belong to (the shard's host).
+    pub fn node(&self) -> &Arc<crate::node::Node> {
+        self.host()
+    }
+}
+
+/// The shard's view of a session: mostly its fields, and the session's own send, flush and
+/// close (`outbound.rs`), called directly from the fan-out (the shard is generic over this).
+impl crate::hub::shard::Connection for Session {
+    type Host = crate::node::Node;
+    type Plan = ConnectPlan;
+
+    fn run(shard: Rc<Shard>, io: ConnIo, leftover: Bytes, plan: ConnectPlan) -> impl Future<Output = ()> + 'static {
+        connect::run(shard, io, connect::Input::Socket(leftover), plan)
+    }
+
+    fn id(&self) -> ConnId {
+        self.id
+    }
+
+    fn connection_id(&self) -> &str {
+        &self.connection_id
+    }
+
+    fn client_id(&self) -> &str {
+        &self.info.client_id
+    }
+
+    fn kind(&self) -> EndpointKind {
+        self.info.kind
+    }
+
+    fn path(&self) -> &str {
+        &self.info.path
+    }
+
+    fn transport(&self) -> crate::hub::event::Transport {
+        self.info.wire.transport
+    }
+
+    fn user_id(&self) -> Option<Arc<str>> {
+        Session::user_id(self)
+    }
+
+    fn is_authenticated(&self) -> bool {
+        Session::is_authenticated(self)
+    }
+
+    fn slot(&self) -> &Cell<usize> {
+        &self.slot
+    }
+
+    fn memberships(&self) -> &RefCell<SessionState> {
+        &self.state
+    }
+
+    #[inline]
+    fn accepts_notification(&self, tags: &crate::hub::event::NotificationTags) -> bool {
+        Session::accepts_notification(self, tags)
+    }
+
+    #[inline]
+    fn frame_for(&self, event: &Event, compression: &crate::config::CompressionConfig) -> Option<Bytes> {
+        Session::frame_for(self, event, compression)
+    }
+
+    #[inline]
+    fn send(self: &Rc<Self>, shard: &Shard, frame: Bytes) {
+        Session::send(self, shard, frame);
+    }
+
+    #[inline]
+    fn flush(self: &Rc<Self>, shard: &Shard) {
+        Session::flush(self, shard);
+    }
+
+    fn close(self: &Rc<Self>, shard: &Shard, code: u16, reason: &str) {
+        Session::close(self, shard, code, reason);
+    }
+
+    fn abort(&self) {
+        Session::abort(self);
+    }
+
+    fn queued(&self) -> usize {
+        Session::queued(self)
+    }
+
+    fn close_deadline(&self) -> Option<Instant> {
+        self.close_deadline.get()
+    }
+
+    fn last_seen(&self) -> Instant {
+        self.last_seen.get()
+    }
+
+    fn is_fallback(&self) -> bool {
+        matches!(self.io, ConnIo::Stream(_))
+    }
+
+    fn check_expiry(self: &Rc<Self>, shard: &Rc<Shard>, now: SystemTime) {
+        check_expiry(shard, self, now);
+    }
 }
 
 /// One live connection.

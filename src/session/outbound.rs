@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use super::Session;
 use crate::hub::event::Transport;
-use crate::hub::shard::Shard;
+use crate::session::Shard;
 use crate::stats;
 use crate::transport::frame::{self, close_code};
 use crate::transport::io::{ConnIo, StreamFull, StreamIo};

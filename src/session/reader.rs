@@ -13,8 +13,8 @@ use bytes::Bytes;
 
 use super::{Session, dispatch};
 use crate::config::EndpointKind;
-use crate::hub::shard::Shard;
 use crate::protocol::{ErrorCode, ProtocolError};
+use crate::session::Shard;
 use crate::stats;
 use crate::transport::frame::{self, Decoder, FrameError, Message, Role, close_code};
 

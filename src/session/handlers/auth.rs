@@ -11,9 +11,9 @@ use super::{presence, streams};
 use crate::audit;
 use crate::auth::{Action, Identity};
 use crate::config::{EndpointKind, ExpiryPolicy, NameKind};
-use crate::hub::shard::Shard;
 use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound};
 use crate::session::Session;
+use crate::session::Shard;
 use crate::transport::frame::close_code;
 
 fn unix(t: SystemTime) -> u64 {
@@ -62,7 +62,7 @@ pub(crate) async fn refresh(shard: &Rc<Shard>, session: &Rc<Session>, message: &
 /// rules refuse. Returns once every shard has started its task.
 pub(crate) async fn recheck_everyone(node: &crate::node::Node) {
     node.hub
-        .ask(|shard| {
+        .ask(|shard: &Rc<Shard>| {
             let sessions: Vec<Rc<Session>> =
                 shard.all_sessions().into_iter().filter(|s| s.info.kind == EndpointKind::Events).collect();
             let shard = shard.clone();

@@ -9,9 +9,9 @@ use crate::auth::Action;
 use crate::cells::{Applied, Cell, CellLimits, MAX_AHEAD};
 use crate::config::NameKind;
 use crate::hub::Target;
-use crate::hub::shard::Shard;
 use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound};
 use crate::session::Session;
+use crate::session::Shard;
 use crate::session::handlers::presence::who;
 
 fn invalid(message: impl Into<String>) -> ProtocolError {
@@ -149,7 +149,7 @@ pub(crate) async fn update(shard: &Rc<Shard>, session: &Rc<Session>, message: &I
             "timestamp": outbound::now(),
         });
         let target = Target { room: Some(room.clone()), ..Target::default() };
-        if let Err(e) = node.publish(target, payload, Some(session.id)).await {
+        if let Err(e) = node.publisher().publish(target, payload, Some(session.id)).await {
             tracing::warn!(error = %e, "cell_updated not published");
         }
     }

@@ -6,10 +6,10 @@ use serde_json::{Value, json};
 
 use crate::auth::Action;
 use crate::config::NameKind;
-use crate::hub::shard::Shard;
 use crate::hub::{Hub, InterestReady};
 use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound, validate_name};
 use crate::session::Session;
+use crate::session::Shard;
 use crate::session::handlers::{denied, streams};
 
 /// Subscribes to one channel, within the per-connection limit.

@@ -8,9 +8,9 @@ use serde_json::{Value, json};
 use crate::auth::Action;
 use crate::config::NameKind;
 use crate::hub::Target;
-use crate::hub::shard::Shard;
 use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound};
 use crate::session::Session;
+use crate::session::Shard;
 use crate::session::handlers::denied;
 use crate::store::{MarkRead, MessageType, NewMessage, StoreError, now_ms};
 
@@ -170,6 +170,6 @@ pub async fn record_read(
     });
     let target = Target { room: Some(Arc::from(room)), ..Target::default() };
     // The receipt is live information; if the broker is down the room on this node still gets it.
-    let _ = node.publish(target, receipt.clone(), None).await;
+    let _ = node.publisher().publish(target, receipt.clone(), None).await;
     Ok(receipt)
 }

@@ -5,10 +5,10 @@ use std::rc::Rc;
 use serde_json::{Value, json};
 
 use crate::hub::event::NotificationTags;
-use crate::hub::shard::Shard;
 use crate::hub::{Event, Target};
 use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound};
 use crate::session::Session;
+use crate::session::Shard;
 use crate::session::handlers::chat::store_error;
 use crate::session::live::NotificationFilter;
 use crate::store::now_ms;
@@ -95,7 +95,7 @@ pub(crate) async fn read(shard: &Rc<Shard>, session: &Rc<Session>, message: &Inb
     });
     let target = Target { user: Some(user), ..Target::default() };
     let event = Event::new(target, bytes::Bytes::from(payload.to_string()));
-    if let Err(e) = node.publish_event(event).await {
+    if let Err(e) = node.publisher().publish_event(event).await {
         tracing::warn!(error = %e, "notification_read not published");
     }
     Ok(())

@@ -9,10 +9,10 @@ use serde_json::{Map, Value, json};
 
 use crate::config::{LifecycleEvent, TypingEvent};
 use crate::hub::Target;
-use crate::hub::shard::Shard;
 use crate::presence::{self, Status, Who};
 use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound};
 use crate::session::Session;
+use crate::session::Shard;
 use crate::session::live::CursorState;
 
 /// The presence identity of a connection, if it has a user.
@@ -43,7 +43,7 @@ fn room_target(room: &str) -> Target {
 
 /// Publishes to a room's other members, on every node.
 async fn to_others(shard: &Shard, session: &Session, room: &str, payload: Value) {
-    if let Err(e) = shard.node().publish(room_target(room), payload, Some(session.id)).await {
+    if let Err(e) = shard.node().publisher().publish(room_target(room), payload, Some(session.id)).await {
         tracing::debug!(error = %e, room, "presence event not published");
     }
 }

@@ -7,9 +7,9 @@ use std::rc::Rc;
 use serde_json::{Map, Value, json};
 
 use crate::config::{AliasAction, AliasConfig};
-use crate::hub::shard::Shard;
 use crate::protocol::{ErrorCode, Inbound, ProtocolError, outbound, template};
 use crate::session::Session;
+use crate::session::Shard;
 use crate::upstream::Handed;
 
 /// What the backend receives: the client's message and who sent it.
