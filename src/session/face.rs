@@ -95,3 +95,79 @@ impl Session {
         state.downcast::<T>().ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EndpointKind;
+    use crate::hub::event::Wire;
+    use crate::session::ConnInfo;
+    use crate::transport::io::{ConnIo, StreamIo};
+
+    struct Quiet;
+
+    impl Face for Quiet {
+        fn text<'a>(&self, _: &'a Rc<Shard>, _: &'a Rc<Session>, _: Bytes) -> LocalBoxFuture<'a, ()> {
+            Box::pin(async {})
+        }
+
+        fn binary(&self, _: &Rc<Shard>, _: &Rc<Session>) {}
+
+        fn finish<'a>(&self, _: &'a Rc<Shard>, _: &'a Rc<Session>) -> LocalBoxFuture<'a, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    static QUIET: Quiet = Quiet;
+
+    struct Counter(u32);
+
+    impl FaceConn for Counter {
+        fn face(&self) -> &'static dyn Face {
+            &QUIET
+        }
+
+        fn own_name<'a>(&self, hub_name: &'a str) -> Option<&'a str> {
+            hub_name.strip_prefix("app:")
+        }
+    }
+
+    struct Other;
+
+    impl FaceConn for Other {
+        fn face(&self) -> &'static dyn Face {
+            &QUIET
+        }
+    }
+
+    fn session() -> Session {
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let info = ConnInfo {
+            client_id: "c".into(),
+            peer: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+            kind: EndpointKind::Pusher,
+            path: "/app/k".into(),
+            connected_at: std::time::SystemTime::now(),
+            max_message: 1024,
+            wire: Wire::default(),
+            seq: false,
+        };
+        let io = ConnIo::Stream(Box::new(StreamIo::new(tx, Default::default())));
+        Session::new(1, "n-1".into(), info, io, None, None)
+    }
+
+    #[test]
+    fn a_faces_state_is_found_by_its_own_type_only() {
+        let session = session();
+        assert!(session.face().is_none() && session.face_state::<Counter>().is_none());
+        assert_eq!(session.client_name("app:jobs"), "app:jobs", "no face: the hub name as it is");
+        session.set_face_state(Box::new(Counter(1)));
+        assert!(session.face().is_some());
+        session.face_state::<Counter>().expect("its own type").0 += 1;
+        assert!(session.face_state::<Other>().is_none(), "another face's type finds nothing");
+        assert!(session.take_face_state::<Other>().is_none(), "and takes nothing");
+        assert_eq!(session.client_name("app:jobs"), "jobs", "the face names it");
+        assert_eq!(session.take_face_state::<Counter>().map(|c| c.0), Some(2));
+        assert!(session.face().is_none(), "taken back");
+    }
+}
