@@ -162,6 +162,17 @@ pub struct WebSocketConfig {
     pub outbound_queue: usize,
     /// Bytes a connection may have queued before it is treated as a slow consumer.
     pub outbound_queue_bytes: usize,
+    /// Write pacing under fan-out load: after a shard's pass of writes to N connections, an event
+    /// arriving within N × this of the pass's start (at most `max_write_delay`) waits for that
+    /// moment, so the events in between share one write per connection. A pass to a few
+    /// connections holds for microseconds; 0 turns pacing off (every event written at once).
+    #[schemars(with = "String")]
+    #[serde(with = "duration")]
+    pub write_pacing: Duration,
+    /// The longest a fan-out write is held back by `write_pacing`.
+    #[schemars(with = "String")]
+    #[serde(with = "duration")]
+    pub max_write_delay: Duration,
     /// The welcome message sent on connect, unless an endpoint says otherwise.
     pub welcome: WelcomeStyle,
     /// Serve the main endpoint at the bare mount path (`/ws`).
@@ -178,6 +189,8 @@ impl Default for WebSocketConfig {
             max_message_size: 64 * 1024,
             outbound_queue: 256,
             outbound_queue_bytes: 8 * 1024 * 1024,
+            write_pacing: Duration::from_micros(24),
+            max_write_delay: Duration::from_millis(100),
             welcome: WelcomeStyle::Connection,
             main_endpoint: true,
         }
@@ -727,6 +740,12 @@ impl WebSocketConfig {
         }
         if self.outbound_queue_bytes < 1024 {
             problem("websocket.outbound_queue_bytes".into(), "must be at least 1024");
+        }
+        if self.write_pacing > Duration::from_millis(1) {
+            problem("websocket.write_pacing".into(), "must be at most 1ms (per connection written)");
+        }
+        if self.max_write_delay > Duration::from_secs(1) {
+            problem("websocket.max_write_delay".into(), "must be at most 1s");
         }
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use slab::Slab;
 use tokio::sync::mpsc;
 use tokio::task::LocalSet;
@@ -172,6 +173,13 @@ pub struct Shard<C: Connection> {
     index: RefCell<LocalIndex>,
     batching: Cell<bool>,
     dirty: RefCell<Vec<Rc<C>>>,
+    /// How long after a pass's start the next one waits (`websocket.write_pacing`): a pass that
+    /// wrote to many sockets earns their readers a pause, and the events that arrive meanwhile
+    /// leave together in one write per socket. A pass that wrote nothing keeps the last hold.
+    write_hold: Cell<Duration>,
+    /// The most recipients of one event in the current pass: the connections it writes to,
+    /// whether at once, at its end or (for a connection whose socket is full) when writable.
+    pass_recipients: Cell<usize>,
     shutting_down: Cell<bool>,
     next_heartbeat: Cell<Instant>,
     /// Acknowledgement tasks waiting for the writer; shutdown lets them answer before closing.
@@ -393,6 +401,7 @@ impl<C: Connection> Shard<C> {
                 }
             }),
         }
+        self.pass_recipients.set(self.pass_recipients.get().max(delivered as usize));
         let counters = self.counters();
         stats::bump(&counters.deliveries, delivered);
         stats::bump(&counters.fanouts, 1);
@@ -427,10 +436,12 @@ impl<C: Connection> Shard<C> {
     }
 
     fn process(self: &Rc<Self>, batch: &mut Vec<ShardMsg>) {
-        // Deferring writes pays only when a socket may get several frames from one batch; a lone
-        // message is written as it is delivered, so early recipients are not held back.
+        // Deferring writes pays only when a socket may get several frames from one batch;
+        // otherwise a lone message is written as it is delivered, so early recipients are not
+        // held back.
         let grouped = matches!(batch.first(), Some(ShardMsg::DeliverMany(events)) if events.len() > 1);
-        self.batching.set(batch.len() > 1 || grouped);
+        let queued_up = batch.len() > 1 || grouped;
+        self.batching.set(queued_up);
         for msg in batch.drain(..) {
             match msg {
                 ShardMsg::Deliver(event) => self.deliver(&event),
@@ -444,7 +455,27 @@ impl<C: Connection> Shard<C> {
             }
         }
         self.batching.set(false);
+        self.write_pass();
+    }
+
+    /// Writes every connection touched since the last pass, and holds the next pass back by
+    /// `websocket.write_pacing` per connection this one wrote (at most `max_write_delay`, counted
+    /// from this pass's start; the run loop waits). For a pass to a few connections that is
+    /// microseconds; for a burst to thousands it is up to a hundred milliseconds, in which
+    /// further events gather into the same writes. One write of many frames costs the kernel and
+    /// the reader about what one write of one frame does, so a saturated shard no longer spends
+    /// itself, and its readers, on system calls.
+    ///
+    /// The hold is counted in connections, not in the pass's measured time: the wall time of a
+    /// pass grows with everything else the machine does, and a hold that followed it fed on
+    /// itself (measured in BENCHMARKS.md, "Write pacing").
+    fn write_pass(self: &Rc<Self>) {
+        let written = self.dirty.borrow().len().max(self.pass_recipients.replace(0));
         self.flush_dirty();
+        if written > 0 {
+            let ws = &self.host.config().websocket;
+            self.write_hold.set(write_hold(ws.write_pacing, ws.max_write_delay, written));
+        }
     }
 
     /// Owns an upgraded connection from now on: runs it ([`Connection::run`]) on this thread.
@@ -605,6 +636,8 @@ async fn run<C: Connection>(number: usize, host: Arc<C::Host>, mut inbox: mpsc::
         index: RefCell::new(LocalIndex::default()),
         batching: Cell::new(false),
         dirty: RefCell::new(Vec::new()),
+        write_hold: Cell::new(Duration::ZERO),
+        pass_recipients: Cell::new(0),
         shutting_down: Cell::new(false),
         acks_pending: Cell::new(0),
         acks_settled: tokio::sync::Notify::new(),
@@ -614,6 +647,7 @@ async fn run<C: Connection>(number: usize, host: Arc<C::Host>, mut inbox: mpsc::
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(256);
+    let mut last_pass = Instant::now();
     loop {
         tokio::select! {
             biased;
@@ -621,6 +655,15 @@ async fn run<C: Connection>(number: usize, host: Arc<C::Host>, mut inbox: mpsc::
                 if received == 0 {
                     break;
                 }
+                let held_until = last_pass + shard.write_hold.get();
+                if Instant::now() < held_until {
+                    // The last pass asked for a pause: what arrives meanwhile waits in the inbox
+                    // (the shard's other tasks run on) and leaves in one pass, one write per
+                    // socket. Connections being adopted wait too, at most `max_write_delay`.
+                    tokio::time::sleep_until(held_until.into()).await;
+                    let _ = inbox.recv_many(&mut batch, 256).now_or_never();
+                }
+                last_pass = Instant::now();
                 shard.process(&mut batch);
             }
             _ = ticker.tick() => shard.tick(),
@@ -628,7 +671,27 @@ async fn run<C: Connection>(number: usize, host: Arc<C::Host>, mut inbox: mpsc::
     }
 }
 
+/// The pause a pass that wrote to `written` connections earns before the next one.
+fn write_hold(per_connection: Duration, max: Duration, written: usize) -> Duration {
+    per_connection.saturating_mul(u32::try_from(written).unwrap_or(u32::MAX)).min(max)
+}
+
 /// How often a shard sweeps: at least once a second, and at least as often as heartbeats.
 pub(crate) fn tick_period_for(heartbeat: Duration) -> Duration {
     heartbeat.min(Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hold_grows_with_the_connections_written_up_to_its_cap() {
+        let (per, cap) = (Duration::from_micros(24), Duration::from_millis(100));
+        assert_eq!(write_hold(per, cap, 1), Duration::from_micros(24), "a lone write barely waits");
+        assert_eq!(write_hold(per, cap, 500), Duration::from_millis(12));
+        assert_eq!(write_hold(per, cap, 10_000), cap, "a burst to thousands waits the cap");
+        assert_eq!(write_hold(per, cap, usize::MAX), cap, "no overflow");
+        assert_eq!(write_hold(Duration::ZERO, cap, 10_000), Duration::ZERO, "0 turns pacing off");
+    }
 }

@@ -131,6 +131,10 @@ impl Session {
             return SendOutcome::Accepted;
         }
         out.push(frame);
+        // Held-back writes must not turn a busy reader into a slow consumer: past half its
+        // allowance a queue is written without waiting for the pass.
+        let half_full =
+            out.queue.len() * 2 >= limits.outbound_queue || out.queued_bytes * 2 >= limits.outbound_queue_bytes;
         drop(out);
         if was_idle {
             if shard.in_batch() {
@@ -138,6 +142,8 @@ impl Session {
             } else {
                 self.flush(shard);
             }
+        } else if half_full && shard.in_batch() {
+            self.flush(shard);
         }
         SendOutcome::Accepted
     }
