@@ -162,10 +162,11 @@ pub struct WebSocketConfig {
     pub outbound_queue: usize,
     /// Bytes a connection may have queued before it is treated as a slow consumer.
     pub outbound_queue_bytes: usize,
-    /// Write pacing under fan-out load: after a shard's pass of writes to N connections, an event
-    /// arriving within N × this of the pass's start (at most `max_write_delay`) waits for that
-    /// moment, so the events in between share one write per connection. A pass to a few
-    /// connections holds for microseconds; 0 turns pacing off (every event written at once).
+    /// Write pacing under fan-out load: after a shard's pass of writes to N connections for which
+    /// events had queued up, an event arriving within N × this of the pass's start (at most
+    /// `max_write_delay`) waits for that moment, so the events in between share one write per
+    /// connection. A lone event on a quiet shard earns no hold, and a pass to a few connections
+    /// holds for microseconds; 0 turns pacing off (every event written at once).
     #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub write_pacing: Duration,

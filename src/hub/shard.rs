@@ -455,12 +455,12 @@ impl<C: Connection> Shard<C> {
             }
         }
         self.batching.set(false);
-        self.write_pass();
+        self.write_pass(queued_up);
     }
 
-    /// Writes every connection touched since the last pass, and holds the next pass back by
-    /// `websocket.write_pacing` per connection this one wrote (at most `max_write_delay`, counted
-    /// from this pass's start; the run loop waits). For a pass to a few connections that is
+    /// Writes every connection touched since the last pass. When messages had queued up for this
+    /// one, holds the next pass back by `websocket.write_pacing` per connection this one wrote
+    /// (at most `max_write_delay`, counted from this pass's start; the run loop waits). For a pass to a few connections that is
     /// microseconds; for a burst to thousands it is up to a hundred milliseconds, in which
     /// further events gather into the same writes. One write of many frames costs the kernel and
     /// the reader about what one write of one frame does, so a saturated shard no longer spends
@@ -469,12 +469,15 @@ impl<C: Connection> Shard<C> {
     /// The hold is counted in connections, not in the pass's measured time: the wall time of a
     /// pass grows with everything else the machine does, and a hold that followed it fed on
     /// itself (measured in BENCHMARKS.md, "Write pacing").
-    fn write_pass(self: &Rc<Self>) {
+    fn write_pass(self: &Rc<Self>, queued_up: bool) {
         let written = self.dirty.borrow().len().max(self.pass_recipients.replace(0));
         self.flush_dirty();
         if written > 0 {
             let ws = &self.host.config().websocket;
-            self.write_hold.set(write_hold(ws.write_pacing, ws.max_write_delay, written));
+            // A pass nothing waited for (a lone event on a quiet shard) earns no hold: the next
+            // event may well come alone too.
+            let pacing = if queued_up { ws.write_pacing } else { Duration::ZERO };
+            self.write_hold.set(write_hold(pacing, ws.max_write_delay, written));
         }
     }
 
