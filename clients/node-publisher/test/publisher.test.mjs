@@ -142,10 +142,21 @@ describe('@herald/publisher against Herald and Redis', () => {
       const busy = await startHerald({ args: ['--set', 'server.max_requests_in_flight=1'] });
       const channel = unique('busy');
       const client = await subscriber(busy, `channels=${channel}`);
-      // A request whose body never comes holds the only place.
-      const stall = tcpConnect(busy.port, '127.0.0.1');
-      await new Promise((resolveConnect) => stall.once('connect', resolveConnect));
-      stall.write(`POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{`);
+      // A request whose body never comes holds the only place. A probe that reaches Herald first
+      // takes the place instead, and the stalled request is refused and closed: then stall again.
+      let stall;
+      const openStall = async () => {
+        stall?.destroy();
+        stall = tcpConnect(busy.port, '127.0.0.1');
+        stall.on('error', () => {});
+        await new Promise((resolveConnect) => stall.once('connect', resolveConnect));
+        stall.refused = false;
+        stall.once('data', () => {
+          stall.refused = true;
+        });
+        stall.write(`POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{`);
+      };
+      await openStall();
       const retries = [];
       const publisher = HeraldPublisher.http(busy.httpUrl, {
         apiKey: API_KEY,
@@ -156,17 +167,21 @@ describe('@herald/publisher against Herald and Redis', () => {
       });
       try {
         // The stalled request must hold the place before the publish is sent: wait until Herald
-        // refuses a probe.
+        // refuses a probe. The loop ends with the wait, so a failure cannot keep the process alive.
+        let waiting = true;
         await within(
           (async () => {
-            for (;;) {
+            while (waiting) {
               const response = await fetch(`${busy.httpUrl}/health`).catch(() => undefined);
               if (response?.status === 503 && response.headers.get('retry-after') !== null) return;
+              if (stall.refused) await openStall();
               await new Promise((r) => setTimeout(r, 20));
             }
           })(),
           'the stalled request to hold the only place',
-        );
+        ).finally(() => {
+          waiting = false;
+        });
         await publisher.publish({ type: 'busy:ok' }, { channel });
         assert.equal(retries.length, 1);
         assert.equal(retries[0].reason, 'HTTP 503');
