@@ -131,8 +131,9 @@ impl Session {
             return SendOutcome::Accepted;
         }
         out.push(frame);
-        // Held-back writes must not turn a busy reader into a slow consumer: past half its
-        // allowance a queue is written without waiting for the pass.
+        // A batch defers its writes to its end, and after a write-pacing hold a batch can carry
+        // hundreds of events: past half its allowance a queue is written without waiting for the
+        // end, so batching never turns a busy reader into a slow consumer.
         let half_full =
             out.queue.len() * 2 >= limits.outbound_queue || out.queued_bytes * 2 >= limits.outbound_queue_bytes;
         drop(out);
