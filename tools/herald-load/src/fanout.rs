@@ -112,6 +112,9 @@ pub struct Args {
     /// Seconds to wait for stragglers after the last publish.
     #[arg(long, default_value_t = 10.0)]
     pub grace: f64,
+    /// Seconds to wait after the last client connected before publishing.
+    #[arg(long, default_value_t = 0.0)]
+    pub settle: f64,
 }
 
 /// Parses `a,b` or `a-b` (last octet range) into addresses.
@@ -300,6 +303,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut readers = Vec::with_capacity(clients.len());
     for (client, _) in clients {
         readers.push(tokio::spawn(receive(client, shared.clone())));
+    }
+
+    if args.settle > 0.0 {
+        tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     }
 
     // Publish.
