@@ -170,7 +170,9 @@ pub struct WebSocketConfig {
     #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub write_pacing: Duration,
-    /// The longest a fan-out write is held back by `write_pacing`.
+    /// The longest a fan-out write is held back by `write_pacing`. Below about 90 ms a shard of
+    /// 5,000 busy subscribers was measured to write more often than its readers could follow
+    /// (BENCHMARKS.md, "The connect storm"), so the default leaves a margin above that.
     #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub max_write_delay: Duration,
@@ -191,7 +193,7 @@ impl Default for WebSocketConfig {
             outbound_queue: 256,
             outbound_queue_bytes: 8 * 1024 * 1024,
             write_pacing: Duration::from_micros(24),
-            max_write_delay: Duration::from_millis(100),
+            max_write_delay: Duration::from_millis(130),
             welcome: WelcomeStyle::Connection,
             main_endpoint: true,
         }
