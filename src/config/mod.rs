@@ -110,6 +110,10 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// HTTP requests handled at once by the node; more get 503 at once. 0: no cap.
     pub max_requests_in_flight: usize,
+    /// Also speak HTTP/2 with prior knowledge (h2c) on a plaintext listener, on the same port as
+    /// HTTP/1.1: a backend can multiplex many API calls over one connection. WebSockets stay on
+    /// HTTP/1.1; TLS listeners offer HTTP/1.1 only.
+    pub http2: bool,
     /// Browser origins allowed to open WebSockets and call the API (CORS). Empty: any origin.
     pub allowed_origins: Vec<String>,
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the real client.
@@ -132,6 +136,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_requests_in_flight: 1024,
+            http2: true,
             allowed_origins: Vec::new(),
             trusted_proxies: NetList::default(),
             dashboard: true,

@@ -49,7 +49,7 @@ pub(crate) async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 match &tls {
                     None => {
-                        tokio::spawn(super::http::serve(stream, peer, router.clone(), limits.clone()));
+                        tokio::spawn(super::http::serve_plain(stream, peer, router.clone(), limits.clone()));
                     }
                     Some(acceptor) => {
                         let (acceptor, router, limits) = (acceptor.clone(), router.clone(), limits.clone());

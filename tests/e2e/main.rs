@@ -11,6 +11,7 @@ mod common;
 mod core;
 mod fallback;
 mod hardening;
+mod http2;
 mod nginx;
 mod openapi;
 mod ops;
