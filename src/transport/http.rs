@@ -95,6 +95,7 @@ enum Protocol {
 /// that sends a byte at a time, is waited on for more.
 async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Protocol>> {
     let mut first = [0u8; H2_PREFACE.len()];
+    let mut pause = Duration::from_millis(1);
     loop {
         let n = stream.peek(&mut first).await?;
         if n == 0 {
@@ -107,8 +108,10 @@ async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Protocol>> {
             return Ok(Some(Protocol::Http2));
         }
         // Part of the preface came alone. `peek` answers at once while any byte is waiting, so
-        // readiness cannot say when more arrives: look again shortly (the caller's timeout bounds it).
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        // readiness cannot say when more arrives: look again, less and less often, so that a
+        // client stalling mid-preface costs a few dozen wake-ups before the caller's timeout.
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
     }
 }
 
