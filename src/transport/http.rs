@@ -172,11 +172,17 @@ impl Activity {
     async fn idle_for(&self, idle: Duration) {
         loop {
             let last = self.last_change.lock().map(|t| *t).unwrap_or_else(|_| Instant::now());
-            let deadline = last + idle;
-            if Instant::now() >= deadline && self.in_progress.load(Ordering::Acquire) == 0 {
+            let now = Instant::now();
+            let wake = if self.in_progress.load(Ordering::Acquire) > 0 {
+                // A request that outlasts `idle` (a long admin call) touches the clock when it
+                // ends; looking again one `idle` later is soon enough, and costs no polling.
+                now + idle
+            } else if now >= last + idle {
                 return;
-            }
-            tokio::time::sleep_until(deadline.max(Instant::now() + Duration::from_millis(1)).into()).await;
+            } else {
+                last + idle
+            };
+            tokio::time::sleep_until(wake.into()).await;
         }
     }
 }
@@ -335,22 +341,23 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let mut client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
-        for (i, bytes) in writes.iter().enumerate() {
-            client.write_all(bytes).await.expect("write");
-            if i == 0 {
-                // The server sees the first piece alone before the rest is sent.
-                let mut seen = [0u8; 24];
-                let n = server.peek(&mut seen).await.expect("peek");
-                assert_eq!(n, bytes.len().min(seen.len()));
-            }
-        }
-        if writes.is_empty() {
+        let Some((first, rest)) = writes.split_first() else {
             drop(client);
             return sniff(&server).await.expect("sniff");
-        }
-        let protocol = sniff(&server).await.expect("sniff");
-        drop(client);
-        protocol
+        };
+        client.write_all(first).await.expect("write");
+        // The server sees the first piece alone, and starts sniffing before the rest is sent.
+        let mut seen = [0u8; 24];
+        let n = server.peek(&mut seen).await.expect("peek");
+        assert_eq!(n, first.len().min(seen.len()));
+        let send_rest = async {
+            for bytes in rest {
+                tokio::task::yield_now().await;
+                client.write_all(bytes).await.expect("write");
+            }
+        };
+        let (protocol, ()) = tokio::join!(sniff(&server), send_rest);
+        protocol.expect("sniff")
     }
 
     #[tokio::test]
