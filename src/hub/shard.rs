@@ -461,10 +461,10 @@ impl<C: Connection> Shard<C> {
     /// Writes every connection touched since the last pass. When messages had queued up for this
     /// one, holds the next pass back by `websocket.write_pacing` per connection this one wrote
     /// (at most `max_write_delay`, counted from this pass's start; the run loop waits). For a
-    /// pass to a few connections that is microseconds; for a burst to thousands it is up to a
-    /// hundred milliseconds, in which further events gather into the same writes. One write of many frames costs the kernel and
-    /// the reader about what one write of one frame does, so a saturated shard no longer spends
-    /// itself, and its readers, on system calls.
+    /// pass to a few connections that is microseconds; for a burst to thousands it is up to
+    /// `max_write_delay`, in which further events gather into the same writes. One write of many
+    /// frames costs the kernel and the reader about what one write of one frame does, so a
+    /// saturated shard no longer spends itself, and its readers, on system calls.
     ///
     /// The hold is counted in connections, not in the pass's measured time: the wall time of a
     /// pass grows with everything else the machine does, and a hold that followed it fed on
