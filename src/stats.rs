@@ -87,6 +87,9 @@ pub struct ShardCounters {
     pub by_transport: [[AtomicU64; 3]; 3],
     /// Connections closed for silence.
     pub idle_disconnects: AtomicU64,
+    /// Write cycles entered: passes of fan-out under load after which the shard paced its
+    /// writes (`websocket.write_pacing`, `hub::cycle`).
+    pub write_cycles: AtomicU64,
     /// Connections closed for breaking the WebSocket protocol.
     pub protocol_errors: AtomicU64,
     /// Client messages refused with an error reply.
@@ -181,6 +184,8 @@ pub struct Totals {
     pub slow_consumer_disconnects: u64,
     /// Idle disconnects.
     pub idle_disconnects: u64,
+    /// Write cycles entered (fan-out under load, paced).
+    pub write_cycles: u64,
     /// Protocol-error disconnects.
     pub protocol_errors: u64,
     /// Refused client messages.
@@ -325,6 +330,7 @@ impl Stats {
             t.fanouts += s.fanouts.load(Relaxed);
             t.slow_consumer_disconnects += s.slow_consumer_disconnects.load(Relaxed);
             t.idle_disconnects += s.idle_disconnects.load(Relaxed);
+            t.write_cycles += s.write_cycles.load(Relaxed);
             t.protocol_errors += s.protocol_errors.load(Relaxed);
             t.client_errors += s.client_errors.load(Relaxed);
             for (total, count) in t.client_errors_by_code.iter_mut().zip(&s.client_errors_by_code) {

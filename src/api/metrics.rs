@@ -92,6 +92,10 @@ const COUNTERS: &[(&str, &str)] = &[
     ("herald_drops_total", "Events dropped: slow-consumer disconnects and malformed broker messages."),
     ("herald_slow_consumer_disconnects_total", "Connections closed because their outbound queue filled (4008)."),
     ("herald_idle_disconnects_total", "Connections closed for idleness (4000)."),
+    (
+        "herald_write_cycles_total",
+        "Write cycles shards entered: fan-out under load, each connection written at most once per hold (websocket.write_pacing).",
+    ),
     ("herald_protocol_errors_total", "Connections closed for breaking the WebSocket protocol."),
     ("herald_client_errors_total", "Client messages refused with an error reply, by error code."),
     (
@@ -150,6 +154,7 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     counter!("herald_drops_total").absolute(t.slow_consumer_disconnects + t.broker_malformed);
     counter!("herald_slow_consumer_disconnects_total").absolute(t.slow_consumer_disconnects);
     counter!("herald_idle_disconnects_total").absolute(t.idle_disconnects);
+    counter!("herald_write_cycles_total").absolute(t.write_cycles);
     counter!("herald_protocol_errors_total").absolute(t.protocol_errors);
     for code in crate::protocol::ErrorCode::ALL {
         counter!("herald_client_errors_total", "code" => code.as_str())

@@ -168,16 +168,17 @@ pub struct WebSocketConfig {
     /// Bytes a connection may have queued before it is treated as a slow consumer.
     pub outbound_queue_bytes: usize,
     /// Write pacing under fan-out load: after a shard's pass of writes to N connections for which
-    /// events had queued up, an event arriving within N × this of the pass's start (at most
-    /// `max_write_delay`) waits for that moment, so the events in between share one write per
-    /// connection. A lone event on a quiet shard earns no hold, and a pass to a few connections
-    /// holds for microseconds; 0 turns pacing off (every event written at once).
+    /// events had queued up, each of them is written at most once per N × this (at most
+    /// `max_write_delay`), so the events in between share one write per connection. The
+    /// connections are written in slices spread across that time, so an event waits on average
+    /// half of it. A lone event on a quiet shard is written at once, and a pass to a few
+    /// connections holds for microseconds; 0 turns pacing off (every event written at once).
     #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub write_pacing: Duration,
-    /// The longest a fan-out write is held back by `write_pacing`. Below about 90 ms a shard of
-    /// 5,000 busy subscribers was measured to write more often than its readers could follow
-    /// (BENCHMARKS.md, "The connect storm"), so the default leaves a margin above that.
+    /// The longest a connection's fan-out write is held back by `write_pacing`. Below about 90 ms
+    /// a shard of 5,000 busy subscribers was measured to write more often than its readers could
+    /// follow (BENCHMARKS.md, "The connect storm"), so the default leaves a margin above that.
     #[schemars(with = "String")]
     #[serde(with = "duration")]
     pub max_write_delay: Duration,

@@ -5,6 +5,7 @@
 //! to subscribe only to what this node needs. The index itself is split per shard
 //! ([`shard::Shard`]), so no lock sits between an event and its recipients.
 
+pub(crate) mod cycle;
 pub mod event;
 pub(crate) mod index;
 pub mod rules;

@@ -21,6 +21,7 @@ use slab::Slab;
 use tokio::sync::mpsc;
 use tokio::task::LocalSet;
 
+use super::cycle::{Cycle, Dirty, slices_for, write_hold};
 use super::event::{ConnId, Event, NotificationTags, Target, Transport};
 use super::index::LocalIndex;
 use super::{Hub, InterestKey, InterestReady, Route};
@@ -172,11 +173,8 @@ pub struct Shard<C: Connection> {
     sessions: RefCell<Slab<Rc<C>>>,
     index: RefCell<LocalIndex>,
     batching: Cell<bool>,
-    dirty: RefCell<Vec<Rc<C>>>,
-    /// How long after a pass's start the next one waits (`websocket.write_pacing`): a pass that
-    /// wrote to many sockets earns their readers a pause, and the events that arrive meanwhile
-    /// leave together in one write per socket. A pass that wrote nothing keeps the last hold.
-    write_hold: Cell<Duration>,
+    /// Connections whose writes a batch deferred, by slice of the write cycle ([`super::cycle`]).
+    dirty: RefCell<Dirty<C>>,
     /// The most recipients of one event in the current pass: the connections it writes to,
     /// whether at once, at its end or (for a connection whose socket is full) when writable.
     pass_recipients: Cell<usize>,
@@ -215,9 +213,10 @@ impl<C: Connection> Shard<C> {
         self.batching.get()
     }
 
-    /// Remembers a connection to write at the end of the batch.
+    /// Remembers a connection to write at the end of the batch, or in a write cycle at its
+    /// slice's turn.
     pub(crate) fn mark_dirty(&self, session: &Rc<C>) {
-        self.dirty.borrow_mut().push(session.clone());
+        self.dirty.borrow_mut().mark(session.slot().get(), session);
     }
 
     /// Runs a task on this shard's thread.
@@ -420,28 +419,20 @@ impl<C: Connection> Shard<C> {
         }
     }
 
-    /// Writes every connection touched during the batch.
-    fn flush_dirty(self: &Rc<Self>) {
-        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+    /// Writes every connection whose write was deferred; how many there were.
+    fn write_all(self: &Rc<Self>) -> usize {
+        let dirty = self.dirty.borrow_mut().take_all();
         for session in &dirty {
             session.flush(self);
         }
-        let mut slot = self.dirty.borrow_mut();
-        if slot.is_empty() && dirty.capacity() <= 4096 {
-            // Keep the allocation for the next batch.
-            let mut reuse = dirty;
-            reuse.clear();
-            *slot = reuse;
-        }
+        let written = dirty.len();
+        self.dirty.borrow_mut().recycle(dirty);
+        written
     }
 
-    fn process(self: &Rc<Self>, batch: &mut Vec<ShardMsg>) {
-        // Deferring writes pays only when a socket may get several frames from one batch;
-        // otherwise a lone message is written as it is delivered, so early recipients are not
-        // held back.
-        let grouped = matches!(batch.first(), Some(ShardMsg::DeliverMany(events)) if events.len() > 1);
-        let queued_up = batch.len() > 1 || grouped;
-        self.batching.set(queued_up);
+    /// Handles a batch from the inbox, writes deferred or not.
+    fn handle(self: &Rc<Self>, batch: &mut Vec<ShardMsg>, defer_writes: bool) {
+        self.batching.set(defer_writes);
         for msg in batch.drain(..) {
             match msg {
                 ShardMsg::Deliver(event) => self.deliver(&event),
@@ -455,30 +446,77 @@ impl<C: Connection> Shard<C> {
             }
         }
         self.batching.set(false);
-        self.write_pass(queued_up);
     }
 
-    /// Writes every connection touched since the last pass. When messages had queued up for this
-    /// one, holds the next pass back by `websocket.write_pacing` per connection this one wrote
-    /// (at most `max_write_delay`, counted from this pass's start; the run loop waits). For a
-    /// pass to a few connections that is microseconds; for a burst to thousands it is up to
-    /// `max_write_delay`, in which further events gather into the same writes. One write of many
-    /// frames costs the kernel and the reader about what one write of one frame does, so a
-    /// saturated shard no longer spends itself, and its readers, on system calls.
-    ///
-    /// The hold is counted in connections, not in the pass's measured time: the wall time of a
-    /// pass grows with everything else the machine does, and a hold that followed it fed on
-    /// itself (measured in BENCHMARKS.md, "Write pacing").
-    fn write_pass(self: &Rc<Self>, queued_up: bool) {
-        let written = self.dirty.borrow().len().max(self.pass_recipients.replace(0));
-        self.flush_dirty();
-        if written > 0 {
-            let ws = &self.host.config().websocket;
-            // A pass nothing waited for (a lone event on a quiet shard) earns no hold: the next
-            // event may well come alone too.
-            let pacing = if queued_up { ws.write_pacing } else { Duration::ZERO };
-            self.write_hold.set(write_hold(pacing, ws.max_write_delay, written));
+    /// Handles a batch outside a write cycle and writes what it touched. Returns the hold it
+    /// earned when messages had queued up for it (`websocket.write_pacing` per connection
+    /// written, at most `max_write_delay`): the write cycle that should follow.
+    fn process(self: &Rc<Self>, batch: &mut Vec<ShardMsg>) -> Option<Duration> {
+        // Deferring writes pays only when a socket may get several frames from one batch;
+        // otherwise a lone message is written as it is delivered, so early recipients are not
+        // held back, and the next one may well come alone too.
+        let grouped = matches!(batch.first(), Some(ShardMsg::DeliverMany(events)) if events.len() > 1);
+        let queued_up = batch.len() > 1 || grouped;
+        self.handle(batch, queued_up);
+        let written = self.write_all().max(self.pass_recipients.replace(0));
+        let ws = &self.host.config().websocket;
+        let hold = write_hold(ws.write_pacing, ws.max_write_delay, written);
+        (queued_up && !hold.is_zero()).then_some(hold)
+    }
+
+    /// Handles everything waiting in the inbox, writes deferred to the cycle. Returns whether
+    /// anything was waiting, and `false` as the second value once the inbox has closed.
+    fn receive_waiting(
+        self: &Rc<Self>,
+        inbox: &mut mpsc::Receiver<ShardMsg>,
+        batch: &mut Vec<ShardMsg>,
+    ) -> (bool, bool) {
+        let mut arrived = false;
+        loop {
+            match inbox.recv_many(batch, 256).now_or_never() {
+                None => return (arrived, true),
+                Some(0) => return (arrived, false),
+                Some(_) => {
+                    arrived = true;
+                    self.handle(batch, true);
+                }
+            }
         }
+    }
+
+    /// One step of a write cycle: writes the next slice. At the end of a round through the
+    /// slices, the hold is counted again from the connections the round wrote. Returns `false`
+    /// when the cycle is over: a whole round in which nothing arrived and nothing waits (or
+    /// pacing is off); what still waits is then written at once.
+    fn write_step(self: &Rc<Self>, cycle: &mut Cycle, arrived: bool) -> bool {
+        cycle.quiet_steps = if arrived { 0 } else { cycle.quiet_steps + 1 };
+        let due = self.dirty.borrow_mut().take_slice(cycle.next_slice);
+        for session in &due {
+            session.flush(self);
+        }
+        cycle.written += due.len();
+        self.dirty.borrow_mut().recycle(due);
+        cycle.next_slice += 1;
+        if cycle.next_slice >= self.dirty.borrow().slice_count() {
+            cycle.next_slice = 0;
+            let written = std::mem::take(&mut cycle.written).max(self.pass_recipients.replace(0));
+            if written > 0 {
+                let ws = &self.host.config().websocket;
+                cycle.hold = write_hold(ws.write_pacing, ws.max_write_delay, written);
+            }
+            self.dirty.borrow_mut().reslice(slices_for(cycle.hold), |session| session.slot().get());
+        }
+        let slices = self.dirty.borrow().slice_count();
+        let idle = cycle.quiet_steps >= slices && self.dirty.borrow().is_empty();
+        if idle || cycle.hold.is_zero() {
+            self.dirty.borrow_mut().reslice(1, |session| session.slot().get());
+            self.write_all();
+            return false;
+        }
+        // Behind schedule (a step took longer than its share), the next step runs at once: the
+        // cycle then clocks itself to the writes.
+        cycle.next_step = (cycle.next_step + super::cycle::step(cycle.hold, slices)).max(Instant::now());
+        true
     }
 
     /// Owns an upgraded connection from now on: runs it ([`Connection::run`]) on this thread.
@@ -581,7 +619,10 @@ impl<C: Connection> Shard<C> {
             }
         }
         self.batching.set(false);
-        self.flush_dirty();
+        if self.dirty.borrow().slice_count() == 1 {
+            // In a write cycle, the cycle writes them at their slices' turns.
+            self.write_all();
+        }
         self.counters().queued_frames.store(queued, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -638,8 +679,7 @@ async fn run<C: Connection>(number: usize, host: Arc<C::Host>, mut inbox: mpsc::
         sessions: RefCell::new(Slab::new()),
         index: RefCell::new(LocalIndex::default()),
         batching: Cell::new(false),
-        dirty: RefCell::new(Vec::new()),
-        write_hold: Cell::new(Duration::ZERO),
+        dirty: RefCell::new(Dirty::default()),
         pass_recipients: Cell::new(0),
         shutting_down: Cell::new(false),
         acks_pending: Cell::new(0),
@@ -650,51 +690,44 @@ async fn run<C: Connection>(number: usize, host: Arc<C::Host>, mut inbox: mpsc::
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(256);
-    let mut last_pass = Instant::now();
+    let mut cycle: Option<Cycle> = None;
     loop {
+        let next_step = cycle.as_ref().map_or_else(Instant::now, |c| c.next_step);
         tokio::select! {
             biased;
-            received = inbox.recv_many(&mut batch, 256) => {
+            received = inbox.recv_many(&mut batch, 256), if cycle.is_none() => {
                 if received == 0 {
                     break;
                 }
-                let held_until = last_pass + shard.write_hold.get();
-                if Instant::now() < held_until {
-                    // The last pass asked for a pause: what arrives meanwhile waits in the inbox
-                    // (the shard's other tasks run on) and leaves in one pass, one write per
-                    // socket. Connections being adopted wait too, at most `max_write_delay`.
-                    tokio::time::sleep_until(held_until.into()).await;
-                    let _ = inbox.recv_many(&mut batch, 256).now_or_never();
+                let pass_start = Instant::now();
+                if let Some(hold) = shard.process(&mut batch) {
+                    let slices = slices_for(hold);
+                    shard.dirty.borrow_mut().reslice(slices, |session| session.slot().get());
+                    stats::bump(&shard.counters().write_cycles, 1);
+                    cycle = Some(Cycle::start(hold, slices, pass_start));
                 }
-                last_pass = Instant::now();
-                shard.process(&mut batch);
+            }
+            () = tokio::time::sleep_until(next_step.into()), if cycle.is_some() => {
+                // What arrived since the last step is queued on its recipients now; each gets
+                // it at its slice's turn. The shard's other tasks (readers, adoptions) run
+                // between steps.
+                let (arrived, open) = shard.receive_waiting(&mut inbox, &mut batch);
+                if !open {
+                    shard.write_all();
+                    break;
+                }
+                if let Some(running) = cycle.as_mut()
+                    && !shard.write_step(running, arrived)
+                {
+                    cycle = None;
+                }
             }
             _ = ticker.tick() => shard.tick(),
         }
     }
 }
 
-/// The pause a pass that wrote to `written` connections earns before the next one.
-fn write_hold(per_connection: Duration, max: Duration, written: usize) -> Duration {
-    per_connection.saturating_mul(u32::try_from(written).unwrap_or(u32::MAX)).min(max)
-}
-
 /// How often a shard sweeps: at least once a second, and at least as often as heartbeats.
 pub(crate) fn tick_period_for(heartbeat: Duration) -> Duration {
     heartbeat.min(Duration::from_secs(1))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_hold_grows_with_the_connections_written_up_to_its_cap() {
-        let (per, cap) = (Duration::from_micros(24), Duration::from_millis(100));
-        assert_eq!(write_hold(per, cap, 1), Duration::from_micros(24), "a lone write barely waits");
-        assert_eq!(write_hold(per, cap, 500), Duration::from_millis(12));
-        assert_eq!(write_hold(per, cap, 10_000), cap, "a burst to thousands waits the cap");
-        assert_eq!(write_hold(per, cap, usize::MAX), cap, "no overflow");
-        assert_eq!(write_hold(Duration::ZERO, cap, 10_000), Duration::ZERO, "0 turns pacing off");
-    }
 }

@@ -10,6 +10,7 @@ mod collab;
 mod common;
 mod core;
 mod fallback;
+mod fanout;
 mod hardening;
 mod http2;
 mod nginx;
