@@ -8,7 +8,7 @@
 //! timestamps) by at most [`MAX_AHEAD`], so nobody can lock a cell with a huge version. Each room
 //! holds at most `presence.max_cells_per_room` cells on `presence.max_sheets_per_room` sheets; on a
 //! single node a room's cells are forgotten once no connection of the node is in it, and in Redis
-//! they expire [`CELL_TTL_SECS`] after the last edit.
+//! they expire `CELL_TTL_SECS` (seven days) after the last edit.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -78,7 +78,7 @@ impl IntoResponse for ApiError {
 }
 
 /// Proof that the request carries the admin key (or, with no key configured and
-/// `api.local_admin_without_key` on, comes straight from loopback: see [`keyless_local`]) and
+/// `api.local_admin_without_key` on, comes straight from loopback: see `keyless_local`) and
 /// comes from an address in `api.allowed_ips`.
 pub struct Admin {
     /// The caller's address, for the audit log.

@@ -2,7 +2,7 @@
 //!
 //! Sources, from lowest to highest precedence: built-in defaults, a TOML file (`--config`), the
 //! variables of the systems the compatibility profiles replace (`REDIS_URL`, `WEBSOCKET_PING_INTERVAL`, …),
-//! `HERALD_*` environment variables, and command-line flags. [`load`] merges them and
+//! `HERALD_*` environment variables, and command-line flags. [`load()`] merges them and
 //! [`Config::validate`] rejects anything inconsistent with a message naming the key.
 //!
 //! Every section has a `Default` that runs Herald embedded: no Redis, no database, loopback only.

@@ -99,7 +99,7 @@ impl AsyncPushSender for BoundedPush {
 
 impl RedisBroker {
     /// Creates the broker for one Redis server. Connections are lazy: an unreachable Redis does not
-    /// stop the node from starting. Returns the stream of pushes for [`run`].
+    /// stop the node from starting. Returns the stream of pushes for [`super::run`].
     pub fn connect(
         config: &RedisConfig,
         node_id: Arc<str>,

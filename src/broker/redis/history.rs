@@ -16,7 +16,7 @@ impl RedisBroker {
         crate::broker::keys::stream(&self.config.key_prefix, stream)
     }
 
-    /// Sequences, records and publishes an event of a stream with history (see [`super::scripts::APPEND_LUA`]).
+    /// Sequences, records and publishes an event of a stream with history (see `APPEND_LUA` in `scripts.rs`).
     /// `record` is what the stream keeps: the payload, or its sealed form for a sensitive one.
     pub async fn append_and_publish(
         &self,
