@@ -148,7 +148,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     });
     crate::api::metrics::install();
     let router = crate::api::router(node.clone(), &[crate::web::routes, crate::pusher::api::routes]);
-    let tls = crate::transport::tls::acceptor(&node.config.tls)?;
+    let tls = crate::transport::tls::acceptor(&node.config.tls, node.config.server.http2)?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     for (number, inbox) in inboxes.into_iter().enumerate() {
         crate::hub::shard::spawn_thread::<crate::session::Session>(number, node.clone(), inbox)

@@ -110,9 +110,9 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// HTTP requests handled at once by the node; more get 503 at once. 0: no cap.
     pub max_requests_in_flight: usize,
-    /// Also speak HTTP/2 with prior knowledge (h2c) on a plaintext listener, on the same port as
-    /// HTTP/1.1: a backend can multiplex many API calls over one connection. WebSockets stay on
-    /// HTTP/1.1; TLS listeners offer HTTP/1.1 only.
+    /// Also speak HTTP/2: with prior knowledge (h2c) on a plaintext listener, on the same port as
+    /// HTTP/1.1, and through ALPN (`h2` before `http/1.1`) on a TLS one. A backend can multiplex
+    /// many API calls over one connection. WebSockets stay on HTTP/1.1.
     pub http2: bool,
     /// Browser origins allowed to open WebSockets and call the API (CORS). Empty: any origin.
     pub allowed_origins: Vec<String>,

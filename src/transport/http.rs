@@ -115,8 +115,12 @@ async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Protocol>> {
     }
 }
 
-/// Serves one HTTP/2 connection: every stream is a request through the same bounds as HTTP/1.1.
-async fn serve_h2(stream: TcpStream, peer: SocketAddr, router: axum::Router, limits: HttpLimits) {
+/// Serves one HTTP/2 connection (h2c, or TLS with `h2` chosen by ALPN): every stream is a request
+/// through the same bounds as HTTP/1.1.
+pub(crate) async fn serve_h2<I>(stream: I, peer: SocketAddr, router: axum::Router, limits: HttpLimits)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let cut = ConnectionCut::default();
     let activity = Arc::new(Activity::new());
     let service = request_service(peer, router, limits, cut.clone(), Some(activity.clone()));

@@ -25,8 +25,11 @@ pub enum TlsError {
     Config(String),
 }
 
-/// The acceptor for the configured certificate, or `None` without TLS.
-pub fn acceptor(config: &TlsConfig) -> Result<Option<TlsAcceptor>, TlsError> {
+/// The acceptor for the configured certificate, or `None` without TLS. With `http2`, ALPN offers
+/// `h2` before `http/1.1`: API clients that offer both get HTTP/2, while WebSocket clients
+/// (browsers offer only `http/1.1` for a WebSocket; most libraries offer nothing) stay on HTTP/1.1,
+/// where the upgrade lives.
+pub fn acceptor(config: &TlsConfig, http2: bool) -> Result<Option<TlsAcceptor>, TlsError> {
     let (Some(cert_file), Some(key_file)) = (&config.cert_file, &config.key_file) else { return Ok(None) };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
         .and_then(|certs| certs.collect())
@@ -46,6 +49,6 @@ pub fn acceptor(config: &TlsConfig) -> Result<Option<TlsAcceptor>, TlsError> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    server.alpn_protocols = if http2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
     Ok(Some(TlsAcceptor::from(Arc::new(server))))
 }
