@@ -17,26 +17,23 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 const CONSOLE: &str = include_str!("console.html");
 
 /// A page ready to serve: its HTML with the placeholders filled, and the hashes of its inline
-/// scripts, computed from that very HTML at start-up so the policy can never drift from the page.
+/// scripts and style sheets, computed from that very HTML at start-up so the policy can never
+/// drift from the page.
 struct Page {
     html: String,
     script_hashes: String,
+    style_hashes: String,
 }
 
 impl Page {
     /// Fills the page's placeholders (the WebSocket mount the pages connect to) and hashes its
-    /// scripts.
+    /// scripts and style sheets.
     fn new(template: &str, node: &Node) -> Page {
         let mount = node.config.server.mounts.first().map(String::as_str).unwrap_or("/ws");
         let html = template.replace("__HERALD_MOUNT__", mount);
-        let script_hashes = inline_scripts(&html)
-            .map(|script| {
-                format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(Sha256::digest(script)))
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
-        let script_hashes = if script_hashes.is_empty() { "'none'".to_string() } else { script_hashes };
-        Page { html, script_hashes }
+        let script_hashes = hash_sources(inline_elements(&html, "script"));
+        let style_hashes = hash_sources(inline_elements(&html, "style"));
+        Page { html, script_hashes, style_hashes }
     }
 
     fn serve(&self, headers: &http::HeaderMap) -> Response {
@@ -49,8 +46,9 @@ impl Page {
         response
     }
 
-    /// Only the page's own scripts run, and it talks only to its own origin: `'self'` and the
-    /// WebSocket URLs of the host it was loaded from.
+    /// Only the page's own scripts and style sheets apply (no `style` attribute, no injected
+    /// `<style>`), and it talks only to its own origin: `'self'` and the WebSocket URLs of the
+    /// host it was loaded from.
     fn policy(&self, headers: &http::HeaderMap) -> String {
         let own_sockets = headers
             .get(http::header::HOST)
@@ -59,19 +57,34 @@ impl Page {
             .map(|host| format!(" ws://{host} wss://{host}"))
             .unwrap_or_default();
         format!(
-            "default-src 'self'; script-src {}; style-src 'unsafe-inline'; connect-src 'self'{own_sockets}; \
+            "default-src 'self'; script-src {}; style-src {}; connect-src 'self'{own_sockets}; \
              img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
-            self.script_hashes
+            self.script_hashes, self.style_hashes
         )
     }
 }
 
-/// The text of every inline `<script>` element, exactly as the browser hashes it.
-fn inline_scripts(html: &str) -> impl Iterator<Item = &str> {
-    html.split("<script").skip(1).filter_map(|rest| {
-        let body = &rest[rest.find('>')? + 1..];
-        Some(&body[..body.find("</script>")?])
-    })
+/// The text of every inline `<tag>` element (`script`, `style`), exactly as the browser hashes
+/// it.
+fn inline_elements<'a>(html: &'a str, tag: &str) -> std::vec::IntoIter<&'a str> {
+    let (open, close) = (format!("<{tag}"), format!("</{tag}>"));
+    let bodies: Vec<&'a str> = html
+        .split(open.as_str())
+        .skip(1)
+        .filter_map(|rest| {
+            let body = &rest[rest.find('>')? + 1..];
+            Some(&body[..body.find(close.as_str())?])
+        })
+        .collect();
+    bodies.into_iter()
+}
+
+/// A CSP source list of the SHA-256 hashes of `sources`; `'none'` for none.
+fn hash_sources<'a>(sources: impl Iterator<Item = &'a str>) -> String {
+    let hashes: Vec<String> = sources
+        .map(|source| format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(Sha256::digest(source))))
+        .collect();
+    if hashes.is_empty() { "'none'".to_string() } else { hashes.join(" ") }
 }
 
 /// A `Host` header that can go into a policy as it is: a name or address and a port, nothing
@@ -104,11 +117,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_inline_script_is_hashed_and_nothing_inline_is_allowed() {
-        let html = "<p>x</p><script>let a = 1;</script><script type=\"module\">b()</script>";
-        assert_eq!(inline_scripts(html).collect::<Vec<_>>(), vec!["let a = 1;", "b()"]);
+    fn every_inline_script_and_style_sheet_is_hashed_and_nothing_inline_is_allowed() {
+        let html = "<p>x</p><script>let a = 1;</script><script type=\"module\">b()</script><style>p{}</style>";
+        assert_eq!(inline_elements(html, "script").collect::<Vec<_>>(), vec!["let a = 1;", "b()"]);
+        assert_eq!(inline_elements(html, "style").collect::<Vec<_>>(), vec!["p{}"]);
+        assert_eq!(hash_sources(std::iter::empty()), "'none'");
         for page in [DASHBOARD, CONSOLE] {
-            assert_eq!(inline_scripts(page).count(), 1, "one script per page");
+            assert_eq!(inline_elements(page, "script").count(), 1, "one script per page");
+            assert_eq!(inline_elements(page, "style").count(), 1, "one style sheet per page");
+            // A `style` attribute would need 'unsafe-inline' (or 'unsafe-hashes').
+            assert!(!page.contains(" style=\""), "a style attribute in a page");
         }
     }
 

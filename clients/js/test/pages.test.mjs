@@ -41,6 +41,9 @@ describe('pages served by herald, in Chromium', () => {
       const script = directive('script-src');
       assert.ok(!script.includes('unsafe-inline'), `${path}: ${csp}`);
       assert.match(script, /'sha256-[A-Za-z0-9+/]+={0,2}'/, `${path}: ${csp}`);
+      const style = directive('style-src');
+      assert.ok(!style.includes('unsafe-inline'), `${path}: ${csp}`);
+      assert.match(style, /'sha256-[A-Za-z0-9+/]+={0,2}'/, `${path}: ${csp}`);
       const connect = directive('connect-src').split(/\s+/).slice(1);
       assert.deepEqual(connect, ["'self'", `ws://${host}`, `wss://${host}`], `${path}: ${csp}`);
     }
