@@ -21,7 +21,7 @@ use slab::Slab;
 use tokio::sync::mpsc;
 use tokio::task::LocalSet;
 
-use super::cycle::{Cycle, Dirty, slices_for, write_hold};
+use super::cycle::{Cycle, Dirty, slices_for, step, write_hold};
 use super::event::{ConnId, Event, NotificationTags, Target, Transport};
 use super::index::LocalIndex;
 use super::{Hub, InterestKey, InterestReady, Route};
@@ -515,7 +515,7 @@ impl<C: Connection> Shard<C> {
         }
         // Behind schedule (a step took longer than its share), the next step runs at once: the
         // cycle then clocks itself to the writes.
-        cycle.next_step = (cycle.next_step + super::cycle::step(cycle.hold, slices)).max(Instant::now());
+        cycle.next_step = (cycle.next_step + step(cycle.hold, slices)).max(Instant::now());
         true
     }
 

@@ -1,5 +1,6 @@
-//! Serving HTTP on an accepted socket: HTTP/1.1 (with WebSocket upgrades) and, on a plaintext
-//! listener, HTTP/2 with prior knowledge (h2c) for backends that multiplex API calls.
+//! Serving HTTP on an accepted socket: HTTP/1.1 (with WebSocket upgrades) and HTTP/2 for backends
+//! that multiplex API calls, with prior knowledge (h2c) on a plaintext listener or chosen by ALPN
+//! with TLS.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -82,6 +83,21 @@ pub(crate) async fn serve_plain(stream: TcpStream, peer: SocketAddr, router: axu
     }
 }
 
+/// Serves one connection after its TLS handshake, in the protocol ALPN chose: HTTP/2 for `h2`
+/// (offered only with `server.http2`, `tls::acceptor`), HTTP/1.1 otherwise.
+pub(crate) async fn serve_tls(
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    router: axum::Router,
+    limits: HttpLimits,
+) {
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        serve_h2(stream, peer, router, limits).await;
+    } else {
+        serve(stream, peer, router, limits).await;
+    }
+}
+
 /// The protocol a plaintext connection opens with.
 #[derive(Debug, PartialEq)]
 enum Protocol {
@@ -117,7 +133,7 @@ async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Protocol>> {
 
 /// Serves one HTTP/2 connection (h2c, or TLS with `h2` chosen by ALPN): every stream is a request
 /// through the same bounds as HTTP/1.1.
-pub(crate) async fn serve_h2<I>(stream: I, peer: SocketAddr, router: axum::Router, limits: HttpLimits)
+async fn serve_h2<I>(stream: I, peer: SocketAddr, router: axum::Router, limits: HttpLimits)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

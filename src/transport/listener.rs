@@ -55,10 +55,7 @@ pub(crate) async fn accept_loop(
                         let (acceptor, router, limits) = (acceptor.clone(), router.clone(), limits.clone());
                         tokio::spawn(async move {
                             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                                Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                                    super::http::serve_h2(stream, peer, router, limits).await;
-                                }
-                                Ok(Ok(stream)) => super::http::serve(stream, peer, router, limits).await,
+                                Ok(Ok(stream)) => super::http::serve_tls(stream, peer, router, limits).await,
                                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                             }
