@@ -246,6 +246,9 @@ sensitive_rooms = ["vault_*"]
         db = db.path().display()
     ))
     .await;
+    // Until its Redis subscriptions are live the node delivers locally and records nothing in
+    // Redis (by design); this test is about what Redis records, so it starts once they are.
+    crate::redis::wait_redis_connected(&herald, true).await;
     let alice = user("alice", json!({}));
     let mut client = herald.connect(&format!("/ws?token={alice}")).await;
     assert_eq!(client.request(json!({"type": "join_room", "room": "vault_1"})).await["type"], "room_joined");
